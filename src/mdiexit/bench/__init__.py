@@ -1,0 +1,1 @@
+"""Benchmarks: each prints medians of repeated runs measured side by side."""

@@ -1,0 +1,146 @@
+"""The one command line: `mdiexit train | export | profile | bench ...`. Heavy imports happen per command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_PACKAGE = Path("models/mobilenetv2-fmnist")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10", "folder"],
+                   help="dataset format (default: fashion-mnist)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="dataset folder (default: $MDIEXIT_DATA or /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--image-size", type=int, default=None, help="upscale images to SIZE x SIZE (camera scenario)")
+    p.add_argument("--channels", type=int, default=None, help="repeat grey images to this many channels")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out part of train for calibration")
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from mdiexit.data import load
+    from mdiexit.training.train import TrainConfig, train
+
+    cfg = TrainConfig(model=a.model, dataset=a.dataset, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                      mode=a.mode, seed=a.seed, threads=a.threads, val_fraction=a.val_fraction,
+                      image_size=a.image_size, channels=a.channels, init_from=a.init_from,
+                      augment=not a.no_augment)
+    splits = load(a.dataset, a.data_dir, a.val_fraction, a.seed, a.image_size, a.channels)
+    print(f"training {a.model} on {a.dataset}: {len(splits.train)} train / {len(splits.val)} val images, "
+          f"log in {a.out / 'train.log'}", file=sys.stderr)
+    train(cfg, splits.train, splits.val, a.out, resume=not a.no_resume, stop_after=a.stop_after)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from mdiexit.export import export_package
+
+    export_package(a.checkpoint, a.out, data_dir=a.data_dir, name=a.name, max_accuracy_loss=a.max_loss,
+                   compute_budget=a.compute_budget)
+    return 0
+
+
+def cmd_profile(a: argparse.Namespace) -> int:
+    from mdiexit.package import load_package
+    from mdiexit.profile_report import print_profile
+
+    print_profile(load_package(a.package))
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from mdiexit.evaluate import evaluate_package
+
+    evaluate_package(a.package, data_dir=a.data_dir, threads=a.threads, out=a.out)
+    return 0
+
+
+def cmd_bench_engine(a: argparse.Namespace) -> int:
+    from mdiexit.bench.engine import bench_engine
+
+    bench_engine(a.package, repeats=a.repeats, threads=a.threads, checkpoint=a.checkpoint)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mdiexit",
+        description="Early-exit, model-distributed DNN inference across edge devices. "
+                    "Train an early-exit model, export it as a model package (manifest + one ONNX file per "
+                    "task), inspect its exit profile and benchmark its engine.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train an early-exit model (torch)",
+                       description="Train backbone and exits jointly, or only the exits on a frozen backbone. "
+                                   "Resumes from OUT/checkpoint.pt when present.")
+    t.add_argument("--model", default="mobilenetv2", choices=["mobilenetv2", "resnet50", "tiny"])
+    _data_args(t)
+    t.add_argument("--epochs", type=int, default=8)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
+    t.add_argument("--mode", default="joint", choices=["joint", "exits-only"])
+    t.add_argument("--init-from", default=None, help="checkpoint whose weights start the run (for exits-only)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    t.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    t.add_argument("--no-resume", action="store_true", help="ignore OUT/checkpoint.pt")
+    t.add_argument("--stop-after", type=int, default=None, metavar="N",
+                   help="stop after N epochs in this call (the next call resumes)")
+    t.add_argument("--out", type=Path, required=True, help="run folder: checkpoint.pt, model.pt, train.log")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="calibrate, profile and write a model package",
+                       description="Fit a temperature per exit and the exit profile on the validation split, "
+                                   "pick default thresholds, write manifest.json + ONNX task files, and check "
+                                   "ONNX Runtime against torch. Refuses to write a package that disagrees.")
+    e.add_argument("checkpoint", type=Path, help="model.pt written by `mdiexit train`")
+    e.add_argument("--out", type=Path, required=True, help="package folder to write")
+    e.add_argument("--name", default=None, help="package name (default: ARCH-ee-DATASET)")
+    e.add_argument("--data-dir", type=Path, default=None)
+    e.add_argument("--max-loss", type=float, default=0.005,
+                   help="default thresholds: largest validation accuracy loss vs the final exit (default 0.005)")
+    e.add_argument("--compute-budget", type=float, default=None,
+                   help="instead of --max-loss: most accurate thresholds within this fraction of full compute")
+    e.set_defaults(func=cmd_export)
+
+    pr = sub.add_parser("profile", help="print a package's exit profile and thresholds")
+    pr.add_argument("package", type=Path, nargs="?", default=DEFAULT_PACKAGE)
+    pr.set_defaults(func=cmd_profile)
+
+    ev = sub.add_parser("evaluate", help="evaluate a package on the test split with ONNX Runtime")
+    ev.add_argument("package", type=Path, nargs="?", default=DEFAULT_PACKAGE)
+    ev.add_argument("--data-dir", type=Path, default=None)
+    ev.add_argument("--threads", type=int, default=2)
+    ev.add_argument("--out", type=Path, default=None, help="also write the evaluation as JSON here")
+    ev.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    be = bsub.add_parser("engine", help="per-task latency at batch 1 and 32, ONNX Runtime vs torch")
+    be.add_argument("package", type=Path, nargs="?", default=DEFAULT_PACKAGE)
+    be.add_argument("--checkpoint", type=Path, default=None, help="model.pt for the torch backend")
+    be.add_argument("--repeats", type=int, default=50)
+    be.add_argument("--threads", type=int, default=1)
+    be.set_defaults(func=cmd_bench_engine)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from mdiexit.data import DataError
+    from mdiexit.package import PackageError
+
+    try:
+        return args.func(args)
+    except (DataError, PackageError) as e:
+        print(f"mdiexit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mdiexit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Run one task of a model package on a batch. ONNX Runtime by default (no torch), torch optionally.
+
+    engine = OrtEngine(pkg, threads=1)
+    features, logits = engine.run(1, x_uint8_nchw)   # features is None for the last task
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from mdiexit.package import Package, PackageError
+
+
+class Engine(Protocol):
+    def run(self, task_index: int, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]: ...
+
+
+def ort_session(path: Path, threads: int = 1):
+    """An ONNX Runtime CPU session with `threads` intra-op threads (one per emulated device)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own types for corrupt files
+        raise PackageError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0]:.200})") from None
+
+
+class OrtEngine:
+    """ONNX Runtime sessions for the tasks a node holds, created on first use."""
+
+    def __init__(self, pkg: Package, threads: int = 1, tasks: list[int] | None = None):
+        self.pkg = pkg
+        self.threads = threads
+        self._sessions = {}
+        for k in tasks or []:
+            self._session(k)
+
+    def _session(self, task_index: int):
+        s = self._sessions.get(task_index)
+        if s is None:
+            s = self._sessions[task_index] = ort_session(self.pkg.task(task_index).path, self.threads)
+            self._has_features = getattr(self, "_has_features", {})
+            self._has_features[task_index] = any(o.name == "features" for o in s.get_outputs())
+        return s
+
+    def run(self, task_index: int, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        s = self._session(task_index)
+        if self._has_features[task_index]:
+            features, logits = s.run(["features", "logits"], {"x": x})
+            return features, logits
+        return None, s.run(["logits"], {"x": x})[0]
+
+
+class TorchEngine:
+    """The same tasks run in eager torch from a training checkpoint (for comparison and parity checks)."""
+
+    def __init__(self, checkpoint: Path, threads: int = 1):
+        import torch
+
+        from mdiexit.training.train import load_trained
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model, _, _ = load_trained(checkpoint)
+        self.model = self.model.to(memory_format=torch.channels_last)
+
+    def run(self, task_index: int, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        with self.torch.inference_mode():
+            features, logits = self.model.tasks[task_index - 1](self.torch.from_numpy(x))
+        last = task_index == self.model.num_exits
+        return (None if last else features.numpy()), logits.numpy()

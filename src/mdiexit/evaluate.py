@@ -1,0 +1,80 @@
+"""Evaluate a model package on the test split with ONNX Runtime: per-exit accuracy and the accuracy and
+expected compute of its default thresholds (the figures quoted in the README)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mdiexit.calibration import confidence
+from mdiexit.data import Dataset, load
+from mdiexit.engine import OrtEngine
+from mdiexit.exitprofile import evaluate as evaluate_point
+from mdiexit.package import Package, load_package
+
+
+def all_exit_logits(pkg: Package, images: np.ndarray, threads: int = 2, batch: int = 256,
+                    progress: bool = True) -> np.ndarray:
+    """Run every task on every item; return logits of shape (K, N, classes)."""
+    engine = OrtEngine(pkg, threads=threads)
+    out = [[] for _ in pkg.tasks]
+    for i in tqdm(range(0, len(images), batch), desc="evaluate", unit="batch", disable=not progress, leave=False):
+        x = images[i:i + batch]
+        for t in pkg.tasks:
+            x, logits = engine.run(t.index, x)
+            out[t.index - 1].append(logits)
+    return np.stack([np.concatenate(o) for o in out])
+
+
+def test_split(pkg: Package, data_dir: Path | None) -> Dataset:
+    cfg = pkg.manifest.get("training", {}).get("config", {})
+    return load(cfg.get("dataset", "fashion-mnist"), data_dir, cfg.get("val_fraction", 0.1), cfg.get("seed", 0),
+                cfg.get("image_size"), cfg.get("channels")).test
+
+
+def evaluate_logits(pkg: Package, logits: np.ndarray, labels: np.ndarray,
+                    thresholds: list[float] | None = None) -> dict:
+    thresholds = thresholds or pkg.default_thresholds
+    conf = np.stack([confidence(lg, t.temperature) for lg, t in zip(logits, pkg.tasks, strict=True)])
+    correct = logits.argmax(2) == labels[None]
+    cum = np.cumsum([t.macs for t in pkg.tasks]).astype(np.float64)
+    point = evaluate_point(conf, correct, cum, pkg.full_macs, np.array(thresholds))
+    from mdiexit.exitprofile import outcome
+
+    exits = outcome(conf, np.array(thresholds))
+    return {
+        "items": int(len(labels)),
+        "per_exit_accuracy": [float(c.mean()) for c in correct],
+        "thresholds": list(thresholds),
+        "accuracy": point.accuracy,
+        "final_exit_accuracy": float(correct[-1].mean()),
+        "accuracy_loss_points": 100 * (float(correct[-1].mean()) - point.accuracy),
+        "compute_fraction": point.compute_fraction,
+        "exit_fraction": [float((exits == k).mean()) for k in range(len(pkg.tasks))],
+    }
+
+
+def evaluate_package(package: Path, data_dir: Path | None = None, threads: int = 2, out: Path | None = None) -> dict:
+    pkg = load_package(package, check_onnx=True)
+    test = test_split(pkg, data_dir)
+    logits = all_exit_logits(pkg, test.images, threads)
+    result = {"package": pkg.name, "split": "test", **evaluate_logits(pkg, logits, test.labels)}
+    print_evaluation(result)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def print_evaluation(r: dict, file=sys.stdout) -> None:
+    print(f"{r['package']} on the {r['split']} split ({r['items']} items)", file=file)
+    for k, a in enumerate(r["per_exit_accuracy"], start=1):
+        print(f"  exit {k}: accuracy {a:.4f}", file=file)
+    print(f"  thresholds {r['thresholds']}: accuracy {r['accuracy']:.4f} "
+          f"({r['accuracy_loss_points']:+.2f} points below the final exit), "
+          f"compute {r['compute_fraction']:.1%} of the full model, "
+          f"exit fractions {' '.join(f'{f:.3f}' for f in r['exit_fraction'])}", file=file)

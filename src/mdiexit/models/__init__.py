@@ -1,0 +1,27 @@
+"""Early-exit model zoo. `create(arch, ...)` builds one; `build_early_exit` wraps your own backbone."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mdiexit.models.earlyexit import EarlyExitModel, ExitHead, Task, build_early_exit
+from mdiexit.models.mobilenetv2 import mobilenetv2_blocks
+from mdiexit.models.resnet import resnet50_blocks
+from mdiexit.models.tiny import tiny_blocks
+
+ARCHS = {"mobilenetv2": mobilenetv2_blocks, "resnet50": resnet50_blocks, "tiny": tiny_blocks}
+# Exits of the tiny model sit after blocks 0, 1 and 2 (fixed, for hand-checkable tests).
+FIXED_CUTS = {"tiny": [0, 1, 2]}
+HEAD_WIDTH = {"tiny": 16}
+
+
+def create(arch: str, input_shape: Sequence[int], num_classes: int, mean: Sequence[float], std: Sequence[float],
+           cut_after: Sequence[int] | None = None) -> EarlyExitModel:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown model {arch!r}; choose one of {', '.join(ARCHS)}")
+    blocks, head = ARCHS[arch](input_shape[0], num_classes)
+    return build_early_exit(blocks, input_shape, num_classes, head, cut_after=cut_after or FIXED_CUTS.get(arch),
+                            mean=mean, std=std, arch=arch, head_width=HEAD_WIDTH.get(arch, 128))
+
+
+__all__ = ["ARCHS", "EarlyExitModel", "ExitHead", "Task", "build_early_exit", "create"]

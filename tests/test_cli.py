@@ -1,0 +1,36 @@
+import subprocess
+import sys
+
+
+def mdiexit(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "mdiexit.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_help_lists_commands():
+    out = mdiexit("--help")
+    assert out.returncode == 0
+    for cmd in ("train", "export", "profile", "evaluate", "bench"):
+        assert cmd in out.stdout
+
+
+def test_profile_prints_tasks_and_thresholds(tiny_package):
+    out = mdiexit("profile", tiny_package)
+    assert out.returncode == 0, out.stderr
+    assert "exit profile on the validation split" in out.stdout and "default thresholds" in out.stdout
+
+
+def test_bad_package_is_a_clear_error(tmp_path):
+    out = mdiexit("profile", tmp_path)
+    assert out.returncode == 2 and "manifest.json not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, tiny_package):
+    out = mdiexit("evaluate", tiny_package, "--data-dir", tmp_path / "none")
+    assert out.returncode == 2 and "dataset-fashion-mnist" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bench_engine_runs(tiny_package, tiny_checkpoint):
+    out = mdiexit("bench", "engine", tiny_package, "--checkpoint", tiny_checkpoint, "--repeats", 3)
+    assert out.returncode == 0, out.stderr
+    assert "torch/ORT" in out.stdout and len([ln for ln in out.stdout.splitlines() if "x" in ln[-6:]]) == 8
