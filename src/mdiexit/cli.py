@@ -64,6 +64,56 @@ def cmd_bench_engine(a: argparse.Namespace) -> int:
     return 0
 
 
+def _run_opts(a: argparse.Namespace):
+    from mdiexit.runtime.launch import RunOptions
+
+    return RunOptions(mode=a.mode, rate=a.rate, duration_s=a.duration, warmup_s=a.warmup,
+                      deadline_ms=a.deadline_ms, live=not a.quiet, data_dir=a.data_dir)
+
+
+def _finish_run(summary: dict, out: Path) -> int:
+    from mdiexit.runtime.launch import print_summary, write_summary
+
+    path = write_summary(summary, out)
+    print_summary(summary)
+    print(f"summary written to {path}")
+    if summary.get("error"):
+        print(f"mdiexit: error: {summary['error']}", file=sys.stderr)
+    return 1 if summary["lost"] or summary["duplicates"] or summary.get("crashed") or summary.get("error") else 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from mdiexit.runtime.launch import run_cluster
+
+    return _finish_run(run_cluster(a.cluster, _run_opts(a)), a.out)
+
+
+def cmd_source(a: argparse.Namespace) -> int:
+    from mdiexit.runtime.launch import run_cluster
+
+    return _finish_run(run_cluster(a.cluster, _run_opts(a), spawn=False), a.out)
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    from mdiexit.runtime.launch import run_worker
+
+    return run_worker(a.cluster, a.name, a.mode)
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    from mdiexit.policies.modes import MODES
+
+    p.add_argument("--cluster", type=Path, default=Path("examples/edge4.yaml"), help="cluster file (YAML)")
+    p.add_argument("--mode", default=None, choices=list(MODES), help="override the cluster file's mode")
+    p.add_argument("--rate", type=float, default=50.0, help="items admitted per second (default 50)")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of admission (default 20)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds excluded from throughput (default 2)")
+    p.add_argument("--deadline-ms", type=float, default=None, help="also report accuracy within this deadline")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--quiet", action="store_true", help="no live view")
+    p.add_argument("--out", type=Path, default=Path("runs/last"), help="folder for summary.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mdiexit",
@@ -116,6 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, default=None, help="also write the evaluation as JSON here")
     ev.set_defaults(func=cmd_evaluate)
 
+    r = sub.add_parser("run", help="run a whole cluster on this machine and write DIR/summary.json",
+                       description="Start every node of the cluster file as its own process (ZeroMQ over TCP), "
+                                   "stream the test split through it at --rate for --duration seconds with a live "
+                                   "view, drain, and write the summary. Exit status 1 if any item was lost or "
+                                   "duplicated or a node crashed.")
+    _run_args(r)
+    r.set_defaults(func=cmd_run)
+
+    so = sub.add_parser("source", help="run only the source node (workers started elsewhere with `worker`)")
+    _run_args(so)
+    so.set_defaults(func=cmd_source)
+
+    w = sub.add_parser("worker", help="run one worker node of a cluster file until the source shuts it down")
+    w.add_argument("--cluster", type=Path, required=True)
+    w.add_argument("--name", required=True, help="this node's name in the cluster file")
+    w.add_argument("--mode", default=None, help="override the cluster file's mode")
+    w.set_defaults(func=cmd_worker)
+
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True, metavar="BENCH")
     be = bsub.add_parser("engine", help="per-task latency at batch 1 and 32, ONNX Runtime vs torch")
@@ -129,12 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from mdiexit.config import ConfigError
     from mdiexit.data import DataError
     from mdiexit.package import PackageError
 
     try:
         return args.func(args)
-    except (DataError, PackageError) as e:
+    except (DataError, PackageError, ConfigError) as e:
         print(f"mdiexit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

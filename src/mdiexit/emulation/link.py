@@ -1,0 +1,103 @@
+"""Link and device-speed emulation (DESIGN §7). Pure code: time is always an argument.
+
+A sender keeps one :class:`LinkPacer` per outgoing link. Before sending ``n`` bytes at time ``now`` it asks
+``departure(n, now)``, sleeps until then, and sends; the receiver sees the message ``latency_s`` later
+(``arrival``). ``queued_bytes(now)`` is what the offloading rule needs as queued_bytes(n->m).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+DEFAULT_BURST_BYTES = 16 * 1024
+
+
+def _unlimited(rate_bps: float | None) -> bool:
+    return rate_bps is None or math.isinf(rate_bps)
+
+
+@dataclass
+class TokenBucket:
+    """Byte pacing at ``rate_bps`` bit/s with up to ``burst_bytes`` sent back to back.
+
+    Tokens (bytes) refill at rate_bps/8 per second up to ``burst_bytes``; a reservation may drive them
+    negative, which is the backlog still to drain. A rate of None or inf means no pacing.
+    """
+
+    rate_bps: float | None
+    burst_bytes: int = DEFAULT_BURST_BYTES
+    tokens: float = field(init=False)
+    last: float = field(init=False, default=-math.inf)
+
+    def __post_init__(self) -> None:
+        if not _unlimited(self.rate_bps) and not (self.rate_bps is not None and self.rate_bps > 0):
+            raise ValueError(f"rate_bps: expected a positive number, None or inf, got {self.rate_bps!r}")
+        if self.burst_bytes < 0:
+            raise ValueError(f"burst_bytes: expected >= 0, got {self.burst_bytes!r}")
+        self.tokens = float(self.burst_bytes)
+
+    @property
+    def bytes_per_s(self) -> float:
+        return math.inf if _unlimited(self.rate_bps) else float(self.rate_bps) / 8.0  # type: ignore[operator]
+
+    def _level(self, now: float) -> float:
+        """Token level at ``now`` (without changing state)."""
+        if self.last == -math.inf:
+            return self.tokens
+        elapsed = max(0.0, now - self.last)
+        return min(float(self.burst_bytes), self.tokens + elapsed * self.bytes_per_s)
+
+    def reserve(self, nbytes: int, now: float) -> float:
+        """Reserve ``nbytes`` at ``now``; returns the time by which they have left the link (>= now)."""
+        if nbytes < 0:
+            raise ValueError(f"nbytes: expected >= 0, got {nbytes}")
+        if _unlimited(self.rate_bps):
+            return now
+        self.tokens = self._level(now) - nbytes
+        self.last = max(self.last, now)
+        if self.tokens >= 0:
+            return now
+        return self.last + (-self.tokens) / self.bytes_per_s
+
+    def backlog_bytes(self, now: float) -> float:
+        """Bytes reserved but not yet drained at ``now``."""
+        if _unlimited(self.rate_bps):
+            return 0.0
+        return max(0.0, -self._level(now))
+
+
+@dataclass
+class LinkPacer:
+    """One directed link (n->m): a token bucket at ``bandwidth_bps`` plus a fixed ``latency_s``."""
+
+    bandwidth_bps: float | None
+    latency_s: float = 0.0
+    burst_bytes: int = DEFAULT_BURST_BYTES
+    bytes_sent: int = field(init=False, default=0)
+    bucket: TokenBucket = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.latency_s >= 0:
+            raise ValueError(f"latency_s: expected >= 0, got {self.latency_s!r}")
+        self.bucket = TokenBucket(self.bandwidth_bps, self.burst_bytes)
+
+    def departure(self, nbytes: int, now: float) -> float:
+        """Reserve the link for ``nbytes``; returns when the send may go (the caller sleeps until then)."""
+        self.bytes_sent += nbytes
+        return self.bucket.reserve(nbytes, now)
+
+    def arrival(self, nbytes: int, now: float) -> float:
+        """Reserve like :meth:`departure`, and return when the receiver should see the message."""
+        return self.departure(nbytes, now) + self.latency_s
+
+    def queued_bytes(self, now: float) -> int:
+        """Bytes reserved on this link but not yet sent at ``now``."""
+        return int(math.ceil(self.bucket.backlog_bytes(now)))
+
+
+def emulate_slowdown(measured_s: float, slowdown: float) -> float:
+    """Extra sleep making a task measured at ``measured_s`` look ``slowdown`` times slower: (f-1)*t, >= 0."""
+    if not (math.isfinite(measured_s) and math.isfinite(slowdown)):
+        return 0.0
+    return max(0.0, (slowdown - 1.0) * measured_s)

@@ -1,0 +1,158 @@
+"""NodeCore: the pure step of one node (queue, backlog, exit and offload decisions). No sockets, no clock:
+every method takes `now`. The same core runs behind ZeroMQ (runtime.node) and in tests in-process."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mdiexit.package import Package
+from mdiexit.policies.exit import exit_decisions
+from mdiexit.policies.modes import ModeRules
+from mdiexit.policies.offload import NeighbourView, OffloadConfig, ServiceEstimator, choose_target
+
+
+@dataclass
+class WorkItem:
+    item_id: int
+    task: int  # next task to run, 1-based
+    x: np.ndarray  # that task's input, with a leading batch dimension of 1
+    admitted_at: float
+    thresholds: tuple[float, ...]
+    thresholds_version: int = 0
+    hops: int = 0
+    timings: list[tuple[str, int, float]] = field(default_factory=list)
+
+
+@dataclass
+class Finished:
+    item: WorkItem
+    label: int
+    exit: int
+    confidence: float
+
+
+@dataclass
+class Send:
+    item: WorkItem
+    target: str
+
+
+class NodeCore:
+    """One node's decisions. Thread-safe: the receive and compute threads of the shell share it."""
+
+    def __init__(self, name: str, pkg: Package, held: frozenset[int], rules: ModeRules, cfg: OffloadConfig,
+                 estimator: ServiceEstimator, neighbours: dict[str, NeighbourView], is_source: bool = False):
+        self.name, self.pkg, self.held, self.rules, self.cfg = name, pkg, held, rules, cfg
+        self.estimator = estimator
+        self.neighbours = neighbours
+        self.is_source = is_source
+        self.queue: deque[WorkItem] = deque()
+        self.parked: list[WorkItem] = []  # items no available node can take yet
+        self.queued_s = 0.0
+        self.busy_until = 0.0
+        self.tasks_run: dict[int, int] = {}
+        self.lock = threading.Condition()
+
+    # ---------------------------------------------------------------- state
+    def backlog_s(self, now: float) -> float:
+        """W_n: estimated seconds of queued compute plus what remains of the running batch."""
+        return self.queued_s + max(0.0, self.busy_until - now)
+
+    def on_report(self, sender: str, backlog_s: float, now: float, service_s: dict[int, float] | None) -> None:
+        view = self.neighbours.get(sender)
+        if view is not None:
+            view.on_report(backlog_s, now, service_s)
+
+    # ---------------------------------------------------------------- routing
+    def route(self, item: WorkItem, now: float, bytes_to_send: int, queued_bytes: dict[str, int]) -> Send | None:
+        """Decide where `item` runs its next task. Returns Send, or None after queueing it here (or parking it)."""
+        with self.lock:
+            decision = self._decide(item, now, bytes_to_send, queued_bytes)
+            if decision is None:
+                self._enqueue(item)
+                return None
+            if decision == "":
+                self.parked.append(item)
+                return None
+            self.neighbours[decision].on_sent(item.task)
+            return Send(item, decision)
+
+    def _decide(self, item: WorkItem, now: float, nbytes: int, queued_bytes: dict[str, int]) -> str | None:
+        holds = item.task in self.held
+        first_hop = self.is_source and item.task == 1 and item.hops == 0
+        if holds and first_hop and self.rules.source_runs_first:
+            return None
+        if holds and not first_hop and not self.rules.offload_later:
+            return None  # DDI: whoever received the item runs all its tasks
+        for name, view in self.neighbours.items():
+            view.queued_bytes = queued_bytes.get(name, 0)
+        own = self.estimator.get(item.task) if holds else None
+        d = choose_target(item.task, nbytes, self.backlog_s(now), own, self.neighbours.values(), item.hops, now,
+                          self.cfg)
+        if d.local:
+            return None
+        if d.no_holder:
+            return ""
+        return d.target
+
+    def _enqueue(self, item: WorkItem) -> None:
+        self.queue.append(item)
+        self.queued_s += self.estimator.get(item.task)
+        self.lock.notify()
+
+    def accept(self, item: WorkItem) -> None:
+        """An item arrived for a task this node must run (it was sent here)."""
+        with self.lock:
+            self._enqueue(item)
+
+    def take_parked(self) -> list[WorkItem]:
+        with self.lock:
+            items, self.parked = self.parked, []
+            return items
+
+    # ---------------------------------------------------------------- compute
+    def take_batch(self, max_batch: int, now: float, timeout: float) -> list[WorkItem]:
+        """Pop up to `max_batch` queued items that need the same task as the head (waits up to `timeout`).
+
+        Batching never delays an item: it takes only what is already queued."""
+        with self.lock:
+            if not self.queue:
+                self.lock.wait(timeout)
+            if not self.queue:
+                return []
+            task = self.queue[0].task
+            batch = []
+            while self.queue and len(batch) < max_batch and self.queue[0].task == task:
+                batch.append(self.queue.popleft())
+            est = self.estimator.get(task) * len(batch)
+            self.queued_s = max(0.0, self.queued_s - est)
+            self.busy_until = now + est
+            return batch
+
+    def finish_batch(self, batch: list[WorkItem], features: np.ndarray | None, logits: np.ndarray,
+                     seconds: float, now: float) -> tuple[list[Finished], list[WorkItem]]:
+        """Apply the exit rule to a computed batch. Returns (finished items, items needing the next task)."""
+        task = batch[0].task
+        spec = self.pkg.task(task)
+        last = task == self.pkg.num_tasks
+        per_item = seconds / len(batch)
+        with self.lock:
+            self.estimator.update(task, per_item)
+            self.tasks_run[task] = self.tasks_run.get(task, 0) + len(batch)
+            self.busy_until = now
+        finished, onward = [], []
+        for i, item in enumerate(batch):
+            item.timings.append((self.name, task, per_item))
+            threshold = item.thresholds[task - 1] if self.rules.exits or last else 1.0
+            exits, labels, conf = exit_decisions(logits[i:i + 1], spec.temperature, threshold, last)
+            if exits[0]:
+                finished.append(Finished(item, int(labels[0]), task, float(conf[0])))
+            else:
+                item.task = task + 1
+                item.x = features[i:i + 1]
+                onward.append(item)
+        return finished, onward

@@ -1,0 +1,172 @@
+"""Start a cluster on this machine (`mdiexit run`), or one node of a multi-device deployment
+(`mdiexit worker`, `mdiexit source`). Workers are separate OS processes; the source runs in the launcher.
+
+Shutdown: the end of the run, Ctrl-C, or a node crashing stops everything. Children die with their parent
+(PR_SET_PDEATHSIG), so no orphan process keeps a port bound, and a crash is reported by node name.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mdiexit.config import ClusterConfig, load_cluster
+from mdiexit.evaluate import test_split
+from mdiexit.package import Package, load_package
+from mdiexit.policies.modes import no_exit_thresholds, rules_for
+from mdiexit.runtime.metrics import summarize
+from mdiexit.runtime.node import NodeProcess
+from mdiexit.runtime.source import Admission, FixedAdmission, SourceProcess
+
+log = logging.getLogger("mdiexit.launch")
+
+
+@dataclass
+class RunOptions:
+    mode: str | None = None  # None: the cluster file's
+    rate: float = 50.0
+    duration_s: float = 20.0
+    warmup_s: float = 2.0
+    drain_timeout_s: float = 20.0
+    ready_timeout_s: float = 60.0
+    deadline_ms: float | None = None
+    live: bool = True
+    data_dir: Path | None = None
+    limit_items: int | None = None  # cycle over the first N test items only
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def spawn_worker(cluster_path: Path, name: str, mode: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "mdiexit.cli", "worker", "--cluster", str(cluster_path), "--name", name,
+           "--mode", mode]
+    return subprocess.Popen(cmd, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+
+
+def default_admission(pkg: Package, mode: str, rate: float) -> Admission:
+    thresholds = pkg.default_thresholds if rules_for(mode).exits else no_exit_thresholds(pkg.num_tasks)
+    return FixedAdmission(rate, tuple(thresholds))
+
+
+def run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | None = None, spawn: bool = True) -> dict:
+    """Run the source here and, with `spawn`, every worker of the cluster file as a child process (without
+    it, the workers are started elsewhere with `mdiexit worker`). Returns the run summary."""
+    cluster = load_cluster(cluster_path)
+    mode = opts.mode or cluster.mode
+    rules = rules_for(mode)
+    pkg = load_package(cluster.package, check_onnx=True)
+    cluster.check_tasks(pkg.num_tasks)
+    stream = test_split(pkg, opts.data_dir)
+    if opts.limit_items:
+        stream = stream.subset(list(range(min(opts.limit_items, len(stream)))))
+    admission = admission or default_admission(pkg, mode, opts.rate)
+    workers = [] if rules.single_node else [w.name for w in cluster.workers]
+    procs = {w: spawn_worker(cluster_path, w, mode) for w in workers} if spawn else {}
+    source = SourceProcess(cluster, cluster.source.name, pkg, mode=mode, stream=stream, admission=admission,
+                           live=opts.live)
+    crashed: list[str] = []
+    watching = threading.Event()
+    watching.set()
+
+    def watch() -> None:
+        while watching.is_set():
+            for name, p in procs.items():
+                if p.poll() is not None and name not in crashed:
+                    crashed.append(name)
+                    source.abort = f"node {name} exited unexpectedly with status {p.returncode}"
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    view_stop = threading.Event()
+    try:
+        source.start()
+        watcher.start()
+        source.wait_ready(workers, opts.ready_timeout_s)
+        viewer = threading.Thread(target=source.live_view, args=(view_stop,), daemon=True)
+        if opts.live:
+            viewer.start()
+        start, end = source.admit_for(opts.duration_s)
+        source.drain(opts.drain_timeout_s)
+        view_stop.set()
+        watching.clear()
+        source.shutdown_workers(workers)
+        summary = summarize(source.ledger, pkg.num_tasks, (start + opts.warmup_s, end), source.final_stats,
+                            source.backlog_samples, None if opts.deadline_ms is None else opts.deadline_ms / 1000)
+    finally:
+        view_stop.set()
+        watching.clear()
+        source.close()
+        _stop_all(procs)
+    summary = {"mode": mode, **summary, "crashed": crashed, "duration_s": opts.duration_s, "rate": opts.rate,
+               "config": {"cluster": str(cluster_path), "package": str(cluster.package), "mode": mode,
+                          "rate": opts.rate, "duration_s": opts.duration_s, "warmup_s": opts.warmup_s,
+                          "nodes": [n.__dict__ for n in cluster.nodes],
+                          "thresholds": list(admission.thresholds()[0])}}
+    if source.abort:
+        summary["error"] = source.abort
+    return summary
+
+
+def _stop_all(procs: dict[str, subprocess.Popen], grace_s: float = 3.0) -> None:
+    deadline = time.monotonic() + grace_s
+    for p in procs.values():
+        try:
+            p.wait(timeout=max(0.05, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.terminate()
+    for p in procs.values():
+        try:
+            p.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=2)
+
+
+def run_worker(cluster_path: Path, name: str, mode: str | None) -> int:
+    """One worker node, until the source sends shutdown (or SIGTERM / Ctrl-C)."""
+    cluster: ClusterConfig = load_cluster(cluster_path)
+    node = cluster.node(name)
+    if node.role != "worker":
+        raise SystemExit(f"mdiexit: error: node {name!r} is a {node.role}, not a worker")
+    pkg = load_package(cluster.package, check_onnx=True)
+    proc = NodeProcess(cluster, name, pkg, mode=mode)
+    signal.signal(signal.SIGTERM, lambda *_: proc.stop.set())
+    try:
+        proc.serve_forever()
+    except KeyboardInterrupt:
+        proc.stop.set()
+    return 0
+
+
+def write_summary(summary: dict, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "summary.json"
+    path.write_text(json.dumps(summary, indent=1, default=str))
+    return path
+
+
+def print_summary(s: dict, file=sys.stdout) -> None:
+    lat = s["latency_ms"]
+    print(f"mode {s['mode']}: admitted {s['admitted']}, completed {s['completed']}, lost {s['lost']}, "
+          f"duplicates {s['duplicates']}, bad messages {s['bad_messages']}", file=file)
+    print(f"  throughput {s['throughput_per_s']:.1f} items/s, accuracy {s['accuracy']:.4f}, latency p50/p95/p99 "
+          f"{lat['p50']:.0f}/{lat['p95']:.0f}/{lat['p99']:.0f} ms, {s['bytes_per_item']:.0f} bytes/item", file=file)
+    print(f"  exit fractions {' '.join(f'{x:.3f}' for x in s['exit_fraction'])}", file=file)
+    for name, n in s["per_node"].items():
+        print(f"  {name:>10}: utilization {n['utilization']:.0%}, tasks {n['tasks_run']}, "
+              f"mean backlog {n['backlog_s_mean'] * 1000:.0f} ms", file=file)
+    if s.get("crashed"):
+        print(f"  CRASHED: {', '.join(s['crashed'])}", file=file)

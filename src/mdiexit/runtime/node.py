@@ -1,0 +1,294 @@
+"""The process shell of one node: ZeroMQ sockets and threads around a NodeCore. Moves bytes, decides nothing.
+
+Threads:
+- receive: one PULL socket; decodes and validates every message (bad ones are counted, logged, dropped);
+- compute: takes batches from the core's queue, runs the engine, sleeps the emulated slowdown, then hands
+  finished items to the source and routes the rest;
+- one sender per outgoing link: paces bytes at the link's bandwidth and adds its latency (DESIGN §7);
+- heartbeat: a STATE to every neighbour (and the source) every `heartbeat_ms`.
+Communication overlaps compute: sends are queued to the link threads, never done by the compute thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+
+from mdiexit.config import ClusterConfig, NodeConfig
+from mdiexit.emulation.link import LinkPacer, emulate_slowdown
+from mdiexit.engine import OrtEngine
+from mdiexit.package import Package
+from mdiexit.policies.modes import rules_for
+from mdiexit.policies.offload import NeighbourView, ServiceEstimator
+from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, describe, encode
+from mdiexit.protocol.messages import Control, Data, Result, State
+from mdiexit.runtime.core import Finished, NodeCore, Send, WorkItem
+
+log = logging.getLogger("mdiexit.node")
+POLL_MS = 20
+
+
+def now() -> float:
+    return time.monotonic()
+
+
+@dataclass
+class Outgoing:
+    frames: list
+    nbytes: int
+    send_at: float  # departure from the token bucket + link latency
+
+
+class Link:
+    """One outgoing link: a PUSH socket owned by its own sender thread, paced by a token bucket."""
+
+    def __init__(self, ctx: zmq.Context, src: str, dst: NodeConfig, bandwidth_bps: float | None, latency_s: float):
+        self.dst = dst.name
+        self.pacer = LinkPacer(bandwidth_bps, latency_s)
+        self.q: queue.Queue[Outgoing | None] = queue.Queue()
+        self.lock = threading.Lock()
+        self.bytes_sent = 0
+        self.sock = ctx.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.LINGER, 500)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.connect(dst.address)
+        self.thread = threading.Thread(target=self._run, name=f"link-{src}->{dst.name}", daemon=True)
+        self.thread.start()
+
+    def send(self, frames: list, t: float) -> None:
+        nbytes = sum(len(memoryview(f).cast("B")) for f in frames)
+        with self.lock:
+            departure = self.pacer.departure(nbytes, t)
+            self.bytes_sent += nbytes
+        self.q.put(Outgoing(frames, nbytes, departure + self.pacer.latency_s))
+
+    def queued_bytes(self, t: float) -> int:
+        with self.lock:
+            return self.pacer.queued_bytes(t)
+
+    def _run(self) -> None:
+        while True:
+            out = self.q.get()
+            if out is None:
+                return
+            delay = out.send_at - now()
+            if delay > 0:
+                time.sleep(delay)
+            self.sock.send_multipart(out.frames, copy=False)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join(timeout=2)
+        self.sock.close()
+
+
+class NodeProcess:
+    """A worker (or, subclassed, the source) running in this OS process."""
+
+    def __init__(self, cluster: ClusterConfig, name: str, pkg: Package, mode: str | None = None):
+        self.cluster, self.pkg = cluster, pkg
+        self.cfg = cluster.node(name)
+        self.name = name
+        self.mode = mode or cluster.mode
+        self.rules = rules_for(self.mode)
+        self.is_source = self.cfg.role == "source"
+        self.held = self._held_tasks()
+        self.source_name = cluster.source.name
+        self.engine = OrtEngine(pkg, threads=self.cfg.threads, tasks=sorted(self.held))
+        self.limits = Limits()
+        self.stop = threading.Event()
+        self.bad_messages = 0
+        self.busy_s = 0.0
+        self.started_at = now()
+        self.ctx = zmq.Context()
+        estimator = ServiceEstimator.from_package(pkg, self.cfg.rated_macs_per_s)
+        self.core = NodeCore(name, pkg, self.held, self.rules, cluster.offload_config(), estimator,
+                             self._neighbour_views(), is_source=self.is_source)
+        self.links: dict[str, Link] = {}
+        self.inbox: zmq.Socket | None = None
+        self.threads: list[threading.Thread] = []
+
+    # ---------------------------------------------------------------- setup
+    def _held_tasks(self) -> frozenset[int]:
+        if self.is_source and not self.rules.source_computes:
+            return frozenset()
+        return self.cfg.held_tasks(self.pkg.num_tasks)
+
+    def _peers(self) -> list[str]:
+        if self.rules.single_node:
+            return []
+        peers = list(self.cluster.neighbours_of(self.name))
+        if not self.is_source and self.source_name not in peers:
+            peers.append(self.source_name)  # results and state always reach the source
+        return peers
+
+    def _neighbour_views(self) -> dict[str, NeighbourView]:
+        views = {}
+        for peer in self._peers():
+            if peer not in self.cluster.neighbours_of(self.name):
+                continue  # a result-only path, not a place to offload to
+            node = self.cluster.node(peer)
+            held = node.held_tasks(self.pkg.num_tasks)
+            if node.role == "source" and not self.rules.source_computes:
+                held = frozenset()
+            if not self.is_source and not self.rules.offload_later:
+                held = frozenset()  # DDI: workers never pass items on
+            bw, lat = self.cluster.link(self.name, peer)
+            views[peer] = NeighbourView(peer, held, bandwidth_bps=bw, latency_s=lat)
+        return views
+
+    def start(self) -> None:
+        self.inbox = self.ctx.socket(zmq.PULL)
+        self.inbox.setsockopt(zmq.LINGER, 0)
+        self.inbox.setsockopt(zmq.RCVHWM, 0)
+        try:
+            self.inbox.bind(f"tcp://*:{self.cfg.port}" if self.cfg.host not in ("127.0.0.1", "localhost")
+                            else self.cfg.address)
+        except zmq.ZMQError as e:
+            raise RuntimeError(f"node {self.name}: cannot listen on {self.cfg.address} ({e})") from None
+        for peer in self._peers():
+            bw, lat = self.cluster.link(self.name, peer)
+            self.links[peer] = Link(self.ctx, self.name, self.cluster.node(peer), bw, lat)
+        for target, tname in ((self._receive_loop, "receive"), (self._compute_loop, "compute"),
+                              (self._heartbeat_loop, "heartbeat")):
+            t = threading.Thread(target=target, name=f"{self.name}-{tname}", daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=2)
+        for link in self.links.values():
+            link.close()
+        if self.inbox is not None:
+            self.inbox.close()
+        self.ctx.term()
+
+    # ---------------------------------------------------------------- receive
+    def _receive_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.inbox, zmq.POLLIN)
+        while not self.stop.is_set():
+            if not poller.poll(POLL_MS):
+                continue
+            frames = self.inbox.recv_multipart(copy=False)
+            try:
+                msg, arrays = decode(frames, self.limits)
+                check_arrays(msg, arrays, self.pkg)
+                self.handle(msg, arrays)
+            except ProtocolError as e:
+                self.bad_messages += 1
+                log.warning("%s: dropped a bad message (%s)", self.name, e)
+
+    def handle(self, msg, arrays: list[np.ndarray]) -> None:
+        t = now()
+        if isinstance(msg, Data):
+            self.core.on_report(msg.sender, msg.backlog_s, t, None)
+            item = WorkItem(msg.item_id, msg.task, arrays[0], msg.admitted_at, tuple(msg.thresholds),
+                            msg.thresholds_version, msg.hops, [tuple(x) for x in msg.timings])
+            if msg.task in self.held:
+                self.core.accept(item)
+            else:
+                self.route(item, t)
+        elif isinstance(msg, State):
+            self.core.on_report(msg.sender, msg.backlog_s, t, dict(msg.service_s))
+            self.on_state(msg)
+        elif isinstance(msg, Result):
+            self.core.on_report(msg.sender, msg.backlog_s, t, None)
+            self.on_result(msg)
+        elif isinstance(msg, Control):
+            self.on_control(msg)
+
+    def on_state(self, msg: State) -> None:  # the source records these
+        pass
+
+    def on_result(self, msg: Result) -> None:
+        self.bad_messages += 1
+        log.warning("%s: RESULT for item %d sent to a worker; dropped", self.name, msg.item_id)
+
+    def on_control(self, msg: Control) -> None:
+        if msg.action == "shutdown":
+            self.send_state(final=True)
+            self.stop.set()
+
+    # ---------------------------------------------------------------- compute
+    def _compute_loop(self) -> None:
+        max_batch = self.cluster.max_batch
+        while not self.stop.is_set():
+            batch = self.core.take_batch(max_batch, now(), timeout=POLL_MS / 1000)
+            if not batch:
+                continue
+            t0 = now()
+            x = batch[0].x if len(batch) == 1 else np.concatenate([it.x for it in batch])
+            features, logits = self.engine.run(batch[0].task, x)
+            measured = now() - t0
+            time.sleep(emulate_slowdown(measured, self.cfg.slowdown))
+            seconds = now() - t0
+            self.busy_s += seconds
+            finished, onward = self.core.finish_batch(batch, features, logits, seconds, now())
+            for f in finished:
+                self.deliver(f)
+            t = now()
+            for item in onward:
+                self.route(item, t)
+
+    def route(self, item: WorkItem, t: float) -> None:
+        nbytes = item.x.nbytes
+        queued = {n: link.queued_bytes(t) for n, link in self.links.items()}
+        decision = self.core.route(item, t, nbytes, queued)
+        if isinstance(decision, Send):
+            self.send_item(decision, t)
+
+    def send_item(self, s: Send, t: float) -> None:
+        it = s.item
+        x = np.ascontiguousarray(it.x)
+        msg = Data(item_id=it.item_id, task=it.task, hops=it.hops + 1, admitted_at=it.admitted_at,
+                   thresholds_version=it.thresholds_version, thresholds=list(it.thresholds), sender=self.name,
+                   backlog_s=self.core.backlog_s(t), arrays=[describe("x", x)], timings=it.timings)
+        self.links[s.target].send(encode(msg, [x]), t)
+
+    def deliver(self, f: Finished) -> None:
+        it = f.item
+        msg = Result(item_id=it.item_id, label=f.label, exit=f.exit, confidence=min(1.0, f.confidence),
+                     sender=self.name, backlog_s=self.core.backlog_s(now()), admitted_at=it.admitted_at,
+                     timings=it.timings)
+        self.links[self.source_name].send(encode(msg), now())
+
+    # ---------------------------------------------------------------- heartbeat
+    def stats(self) -> dict[str, float]:
+        out = {f"tasks_run_{k}": float(v) for k, v in self.core.tasks_run.items()}
+        out.update(busy_s=self.busy_s, elapsed_s=now() - self.started_at, bad_messages=float(self.bad_messages),
+                   bytes_sent=float(sum(link.bytes_sent for link in self.links.values())))
+        return out
+
+    def send_state(self, final: bool = False) -> None:
+        t = now()
+        msg = State(sender=self.name, backlog_s=self.core.backlog_s(t), queue_len=len(self.core.queue),
+                    service_s=self.core.estimator.snapshot(), sent_at=t, stats=self.stats() if final else {})
+        frames = encode(msg)
+        for link in self.links.values():
+            link.send(frames, t)
+
+    def _heartbeat_loop(self) -> None:
+        period = self.cluster.heartbeat_ms / 1000
+        while not self.stop.wait(period):
+            self.send_state()
+            for item in self.core.take_parked():
+                self.route(item, now())
+
+    def serve_forever(self) -> None:
+        """Run until a CONTROL shutdown arrives (workers)."""
+        self.start()
+        try:
+            while not self.stop.wait(0.2):
+                pass
+            time.sleep(0.2)  # let the final STATE leave
+        finally:
+            self.close()

@@ -1,0 +1,64 @@
+import math
+
+import pytest
+
+from mdiexit.emulation.link import LinkPacer, TokenBucket, emulate_slowdown
+
+
+def test_one_megabyte_at_8_mbit_takes_one_second():
+    b = TokenBucket(8e6, burst_bytes=0)
+    assert b.reserve(1_000_000, now=10.0) == pytest.approx(11.0)
+
+
+def test_burst_goes_immediately_then_paces():
+    b = TokenBucket(8e6, burst_bytes=10_000)
+    assert b.reserve(10_000, now=0.0) == 0.0  # within the burst
+    assert b.reserve(1_000, now=0.0) == pytest.approx(0.001)  # 1000 B at 1 MB/s
+    assert b.reserve(1_000, now=0.0) == pytest.approx(0.002)  # queues behind the first
+
+
+def test_tokens_refill_while_idle_up_to_burst():
+    b = TokenBucket(8e6, burst_bytes=5_000)
+    b.reserve(5_000, now=0.0)
+    assert b.reserve(5_000, now=1.0) == 1.0  # refilled (capped at the burst)
+    assert b.reserve(2_000, now=1.0) == pytest.approx(1.002)
+
+
+def test_unlimited_rate_never_paces():
+    for rate in (None, math.inf):
+        b = TokenBucket(rate)
+        assert b.reserve(10**12, now=3.0) == 3.0
+        assert b.backlog_bytes(3.0) == 0.0
+
+
+def test_invalid_rate_rejected():
+    with pytest.raises(ValueError):
+        TokenBucket(0.0)
+    with pytest.raises(ValueError):
+        TokenBucket(1e6).reserve(-1, 0.0)
+
+
+def test_link_queued_bytes_drain():
+    link = LinkPacer(8e6, latency_s=0.003, burst_bytes=0)
+    t = link.departure(500_000, now=0.0)
+    assert t == pytest.approx(0.5)
+    assert link.queued_bytes(0.0) == 500_000
+    assert link.queued_bytes(0.25) == pytest.approx(250_000, abs=1)
+    assert link.queued_bytes(0.5) == 0
+    assert link.queued_bytes(2.0) == 0
+    assert link.arrival(1_000_000, now=1.0) == pytest.approx(2.0 + 0.003)
+    assert link.latency_s == 0.003 and link.bytes_sent == 1_500_000
+
+
+def test_back_to_back_sends_queue_on_the_link():
+    link = LinkPacer(8e6, burst_bytes=0)
+    times = [link.departure(100_000, now=0.0) for _ in range(3)]
+    assert times == pytest.approx([0.1, 0.2, 0.3])
+    assert link.queued_bytes(0.05) == pytest.approx(250_000, abs=1)
+
+
+def test_emulate_slowdown():
+    assert emulate_slowdown(0.01, 4.0) == pytest.approx(0.03)
+    assert emulate_slowdown(0.01, 1.0) == 0.0
+    assert emulate_slowdown(0.01, 0.5) == 0.0
+    assert emulate_slowdown(float("nan"), 4.0) == 0.0
