@@ -71,10 +71,11 @@ def _run_opts(a: argparse.Namespace):
                       deadline_ms=a.deadline_ms, live=not a.quiet, data_dir=a.data_dir)
 
 
-def _finish_run(summary: dict, out: Path) -> int:
-    from mdiexit.runtime.launch import print_summary, write_summary
+def _finish_run(result, out: Path) -> int:
+    from mdiexit.runtime.launch import print_summary, write_results
 
-    path = write_summary(summary, out)
+    path = write_results(result, out)
+    summary = result.summary
     print_summary(summary)
     print(f"summary written to {path}")
     if summary.get("error"):

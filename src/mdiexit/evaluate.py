@@ -30,7 +30,7 @@ def all_exit_logits(pkg: Package, images: np.ndarray, threads: int = 2, batch: i
     return np.stack([np.concatenate(o) for o in out])
 
 
-def test_split(pkg: Package, data_dir: Path | None) -> Dataset:
+def load_test_split(pkg: Package, data_dir: Path | None) -> Dataset:
     cfg = pkg.manifest.get("training", {}).get("config", {})
     return load(cfg.get("dataset", "fashion-mnist"), data_dir, cfg.get("val_fraction", 0.1), cfg.get("seed", 0),
                 cfg.get("image_size"), cfg.get("channels")).test
@@ -60,7 +60,7 @@ def evaluate_logits(pkg: Package, logits: np.ndarray, labels: np.ndarray,
 
 def evaluate_package(package: Path, data_dir: Path | None = None, threads: int = 2, out: Path | None = None) -> dict:
     pkg = load_package(package, check_onnx=True)
-    test = test_split(pkg, data_dir)
+    test = load_test_split(pkg, data_dir)
     logits = all_exit_logits(pkg, test.images, threads)
     result = {"package": pkg.name, "split": "test", **evaluate_logits(pkg, logits, test.labels)}
     print_evaluation(result)

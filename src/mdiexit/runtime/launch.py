@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mdiexit.config import ClusterConfig, load_cluster
-from mdiexit.evaluate import test_split
+from mdiexit.evaluate import load_test_split
 from mdiexit.package import Package, load_package
 from mdiexit.policies.modes import no_exit_thresholds, rules_for
 from mdiexit.runtime.metrics import summarize
 from mdiexit.runtime.node import NodeProcess
-from mdiexit.runtime.source import Admission, FixedAdmission, SourceProcess
+from mdiexit.runtime.source import Admission, FixedAdmission, Ledger, SourceProcess
 
 log = logging.getLogger("mdiexit.launch")
 
@@ -61,7 +61,14 @@ def default_admission(pkg: Package, mode: str, rate: float) -> Admission:
     return FixedAdmission(rate, tuple(thresholds))
 
 
-def run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | None = None, spawn: bool = True) -> dict:
+@dataclass
+class RunResult:
+    summary: dict
+    ledger: Ledger  # per-item records, keyed by item id (item i is stream item i % len(stream))
+
+
+def run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | None = None,
+                spawn: bool = True) -> RunResult:
     """Run the source here and, with `spawn`, every worker of the cluster file as a child process (without
     it, the workers are started elsewhere with `mdiexit worker`). Returns the run summary."""
     cluster = load_cluster(cluster_path)
@@ -69,7 +76,7 @@ def run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | Non
     rules = rules_for(mode)
     pkg = load_package(cluster.package, check_onnx=True)
     cluster.check_tasks(pkg.num_tasks)
-    stream = test_split(pkg, opts.data_dir)
+    stream = load_test_split(pkg, opts.data_dir)
     if opts.limit_items:
         stream = stream.subset(list(range(min(opts.limit_items, len(stream)))))
     admission = admission or default_admission(pkg, mode, opts.rate)
@@ -117,7 +124,7 @@ def run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | Non
                           "thresholds": list(admission.thresholds()[0])}}
     if source.abort:
         summary["error"] = source.abort
-    return summary
+    return RunResult(summary, source.ledger)
 
 
 def _stop_all(procs: dict[str, subprocess.Popen], grace_s: float = 3.0) -> None:
@@ -151,10 +158,16 @@ def run_worker(cluster_path: Path, name: str, mode: str | None) -> int:
     return 0
 
 
-def write_summary(summary: dict, out: Path) -> Path:
+def write_results(result: RunResult, out: Path) -> Path:
+    """DIR/summary.json and DIR/items.csv (one row per admitted item)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "summary.json"
-    path.write_text(json.dumps(summary, indent=1, default=str))
+    path.write_text(json.dumps(result.summary, indent=1, default=str))
+    with (out / "items.csv").open("w") as f:
+        f.write("item_id,truth,label,exit,confidence,latency_ms,node\n")
+        for i, r in sorted(result.ledger.records.items()):
+            lat = "" if r.done_at is None else f"{(r.done_at - r.admitted_at) * 1000:.2f}"
+            f.write(f"{i},{r.truth},{r.label},{r.exit},{r.confidence:.5f},{lat},{r.node}\n")
     return path
 
 

@@ -134,6 +134,7 @@ class SourceProcess(NodeProcess):
                 break
             if t - last_step >= 0.1:
                 self.admission.step(self.max_backlog_s(), t)
+                self.backlog_samples.setdefault(self.name, []).append(self.core.backlog_s(t))
                 last_step = t
             if t < next_t:
                 time.sleep(min(next_t - t, 0.01))

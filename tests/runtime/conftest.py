@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def write_cluster(path: Path, package: Path, slowdowns: list[float], mode: str = "mdi-exit",
+                  bandwidth_mbps: float = 50, **extra) -> Path:
+    ports = free_ports(len(slowdowns))
+    nodes = [{"name": "source" if i == 0 else f"w{i}", "role": "source" if i == 0 else "worker", "port": p,
+              "slowdown": f, "bandwidth_mbps": bandwidth_mbps, "latency_ms": 1}
+             for i, (p, f) in enumerate(zip(ports, slowdowns, strict=True))]
+    path.write_text(yaml.safe_dump({"package": str(package), "mode": mode, "nodes": nodes, **extra}))
+    return path
+
+
+@pytest.fixture
+def cluster_file(tmp_path, tiny_package):
+    return write_cluster(tmp_path / "cluster.yaml", tiny_package, [30, 10, 20])
