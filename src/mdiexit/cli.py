@@ -115,6 +115,13 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/last"), help="folder for summary.json")
 
 
+def cmd_bench_runtime(a: argparse.Namespace) -> int:
+    from mdiexit.bench.runtime import bench_runtime
+
+    bench_runtime(a.cluster, repeats=a.repeats, duration_s=a.duration, slowdown=a.slowdown, out=a.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mdiexit",
@@ -193,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--repeats", type=int, default=50)
     be.add_argument("--threads", type=int, default=1)
     be.set_defaults(func=cmd_bench_engine)
+    br = bsub.add_parser("runtime", help="per-hop overhead vs task time, and mdi-exit scaling on 1/2/4 workers")
+    br.add_argument("--cluster", type=Path, default=Path("examples/edge4.yaml"))
+    br.add_argument("--repeats", type=int, default=200)
+    br.add_argument("--duration", type=float, default=12.0, help="seconds per scaling run")
+    br.add_argument("--slowdown", type=float, default=None, help="worker slowdown (default: the workers' median)")
+    br.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    br.set_defaults(func=cmd_bench_runtime)
     return p
 
 

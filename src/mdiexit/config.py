@@ -203,10 +203,10 @@ def _node(d: Any, i: int) -> NodeConfig:
     role = _choice(d, "role", f"{w}.", "worker", ROLES)
     tasks = d.get("tasks")
     if tasks is not None:
-        if (not isinstance(tasks, list) or not tasks
+        if (not isinstance(tasks, list) or (not tasks and role != "source")
                 or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in tasks)):
             raise ConfigError(f"{w}.tasks: expected a non-empty list of task indices >= 1 "
-                              f"(or omit it for all tasks), got {_describe(tasks)}")
+                              f"(or omit it for all tasks; only a source may hold none), got {_describe(tasks)}")
         if len(set(tasks)) != len(tasks):
             raise ConfigError(f"{w}.tasks: duplicate task index in {tasks}")
         tasks = tuple(sorted(tasks))
