@@ -68,7 +68,8 @@ def _run_opts(a: argparse.Namespace):
     from mdiexit.runtime.launch import RunOptions
 
     return RunOptions(mode=a.mode, rate=a.rate, duration_s=a.duration, warmup_s=a.warmup,
-                      deadline_ms=a.deadline_ms, live=not a.quiet, data_dir=a.data_dir)
+                      deadline_ms=a.deadline_ms, live=not a.quiet, data_dir=a.data_dir, admission=a.admission,
+                      target_accuracy=a.target_accuracy, target_backlog_ms=a.target_backlog_ms)
 
 
 def _finish_run(result, out: Path) -> int:
@@ -110,9 +111,22 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=20.0, help="seconds of admission (default 20)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds excluded from throughput (default 2)")
     p.add_argument("--deadline-ms", type=float, default=None, help="also report accuracy within this deadline")
+    p.add_argument("--admission", default="fixed", choices=["fixed", "rate", "thresholds"],
+                   help="fixed: admit at --rate with the package's thresholds; rate: adapt the rate at the cheapest "
+                        "thresholds meeting --target-accuracy; thresholds: fixed --rate, adapt the thresholds")
+    p.add_argument("--target-accuracy", type=float, default=None,
+                   help="rate adaptation's accuracy target (default: final-exit validation accuracy - 0.01)")
+    p.add_argument("--target-backlog-ms", type=float, default=300.0, help="backlog the controllers aim for")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--quiet", action="store_true", help="no live view")
     p.add_argument("--out", type=Path, default=Path("runs/last"), help="folder for summary.json")
+
+
+def cmd_plot(a: argparse.Namespace) -> int:
+    from mdiexit.plot import plot_timeline
+
+    print(f"wrote {plot_timeline(a.run_dir)}")
+    return 0
 
 
 def cmd_bench_runtime(a: argparse.Namespace) -> int:
@@ -191,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--name", required=True, help="this node's name in the cluster file")
     w.add_argument("--mode", default=None, help="override the cluster file's mode")
     w.set_defaults(func=cmd_worker)
+
+    pl = sub.add_parser("plot", help="draw DIR/timeline.csv of a run to DIR/timeline.png")
+    pl.add_argument("run_dir", type=Path)
+    pl.set_defaults(func=cmd_plot)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True, metavar="BENCH")

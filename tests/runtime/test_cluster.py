@@ -63,3 +63,23 @@ def test_overload_moves_work_to_workers(cluster_file):
     worker_tasks = sum(sum(n["tasks_run"].values()) for name, n in s["per_node"].items() if name != "source")
     assert worker_tasks > 0.2 * s["admitted"]
     assert s["bytes_per_item"] > 0
+
+
+@pytest.mark.parametrize("admission", ["rate", "thresholds"])
+def test_adaptive_admission_runs_and_logs_a_timeline(cluster_file, tmp_path, admission):
+    from mdiexit.runtime.launch import write_results
+
+    opts = RunOptions(mode="mdi-exit", rate=60.0, duration_s=3.0, warmup_s=0.5, live=False, limit_items=ITEMS,
+                      admission=admission, target_accuracy=0.7, target_backlog_ms=100)
+    result = run_cluster(cluster_file, opts)
+    s = result.summary
+    assert s["lost"] == 0 and s["duplicates"] == 0 and s["config"]["admission"] == admission
+    assert len(result.timeline) >= 20
+    write_results(result, tmp_path)
+    header = (tmp_path / "timeline.csv").read_text().splitlines()[0].split(",")
+    assert {"t_s", "rate", "thresholds", "max_backlog_s", "throughput_per_s", "accuracy"} <= set(header)
+    rates = [row["rate"] for row in result.timeline]
+    if admission == "rate":
+        assert max(rates) > 60.0  # the idle cluster lets the rate climb
+    else:
+        assert set(rates) == {60.0}

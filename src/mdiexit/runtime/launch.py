@@ -21,6 +21,7 @@ from pathlib import Path
 from mdiexit.config import ClusterConfig, load_cluster
 from mdiexit.evaluate import load_test_split
 from mdiexit.package import Package, load_package
+from mdiexit.policies.admission import RateAdaptation, ThresholdAdaptation
 from mdiexit.policies.modes import no_exit_thresholds, rules_for
 from mdiexit.runtime.metrics import summarize
 from mdiexit.runtime.node import NodeProcess
@@ -41,6 +42,9 @@ class RunOptions:
     live: bool = True
     data_dir: Path | None = None
     limit_items: int | None = None  # cycle over the first N test items only
+    admission: str = "fixed"  # fixed | rate | thresholds
+    target_accuracy: float | None = None  # rate adaptation; default: final-exit validation accuracy - 1 point
+    target_backlog_ms: float = 300.0
 
 
 def _die_with_parent() -> None:
@@ -56,15 +60,29 @@ def spawn_worker(cluster_path: Path, name: str, mode: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
 
 
-def default_admission(pkg: Package, mode: str, rate: float) -> Admission:
-    thresholds = pkg.default_thresholds if rules_for(mode).exits else no_exit_thresholds(pkg.num_tasks)
-    return FixedAdmission(rate, tuple(thresholds))
+def make_admission(pkg: Package, mode: str, opts: RunOptions) -> Admission:
+    """The source's admission policy for this run (DESIGN §3.3)."""
+    if opts.admission == "fixed" or not rules_for(mode).exits:
+        if opts.admission != "fixed":
+            log.warning("mode %s has no exits: admission %s falls back to a fixed rate", mode, opts.admission)
+        thresholds = pkg.default_thresholds if rules_for(mode).exits else no_exit_thresholds(pkg.num_tasks)
+        return FixedAdmission(opts.rate, tuple(thresholds))
+    w_star = opts.target_backlog_ms / 1000
+    if opts.admission == "rate":
+        target = opts.target_accuracy
+        if target is None:
+            target = pkg.manifest["tasks"][-1].get("val_accuracy", 1.0) - 0.01
+        return RateAdaptation(pkg.profile, target, target_backlog_s=w_star, initial_rate=opts.rate)
+    if opts.admission == "thresholds":
+        return ThresholdAdaptation(pkg.profile, opts.rate, target_backlog_s=w_star)
+    raise ValueError(f"unknown admission {opts.admission!r}; choose fixed, rate or thresholds")
 
 
 @dataclass
 class RunResult:
     summary: dict
     ledger: Ledger  # per-item records, keyed by item id (item i is stream item i % len(stream))
+    timeline: list[dict]  # one row per admission-control step
 
 
 def run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | None = None,
@@ -79,7 +97,7 @@ def run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | Non
     stream = load_test_split(pkg, opts.data_dir)
     if opts.limit_items:
         stream = stream.subset(list(range(min(opts.limit_items, len(stream)))))
-    admission = admission or default_admission(pkg, mode, opts.rate)
+    admission = admission or make_admission(pkg, mode, opts)
     workers = [] if rules.single_node else [w.name for w in cluster.workers]
     procs = {w: spawn_worker(cluster_path, w, mode) for w in workers} if spawn else {}
     source = SourceProcess(cluster, cluster.source.name, pkg, mode=mode, stream=stream, admission=admission,
@@ -121,10 +139,12 @@ def run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | Non
                "config": {"cluster": str(cluster_path), "package": str(cluster.package), "mode": mode,
                           "rate": opts.rate, "duration_s": opts.duration_s, "warmup_s": opts.warmup_s,
                           "nodes": [n.__dict__ for n in cluster.nodes],
+                          "admission": opts.admission, "target_accuracy": getattr(admission, "target_accuracy", None),
+                          "target_backlog_ms": opts.target_backlog_ms, "deadline_ms": opts.deadline_ms,
                           "thresholds": list(admission.thresholds()[0])}}
     if source.abort:
         summary["error"] = source.abort
-    return RunResult(summary, source.ledger)
+    return RunResult(summary, source.ledger, source.timeline)
 
 
 def _stop_all(procs: dict[str, subprocess.Popen], grace_s: float = 3.0) -> None:
@@ -168,7 +188,17 @@ def write_results(result: RunResult, out: Path) -> Path:
         for i, r in sorted(result.ledger.records.items()):
             lat = "" if r.done_at is None else f"{(r.done_at - r.admitted_at) * 1000:.2f}"
             f.write(f"{i},{r.truth},{r.label},{r.exit},{r.confidence:.5f},{lat},{r.node}\n")
+    if result.timeline:
+        cols = list(result.timeline[0])
+        with (out / "timeline.csv").open("w") as f:
+            f.write(",".join(cols) + "\n")
+            for row in result.timeline:
+                f.write(",".join(_cell(row[c]) for c in cols) + "\n")
     return path
+
+
+def _cell(v) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
 def print_summary(s: dict, file=sys.stdout) -> None:

@@ -104,6 +104,7 @@ class NodeProcess:
         self.limits = Limits()
         self.stop = threading.Event()
         self.bad_messages = 0
+        self.thresholds_version = 0
         self.busy_s = 0.0
         self.started_at = now()
         self.ctx = zmq.Context()
@@ -214,7 +215,9 @@ class NodeProcess:
         log.warning("%s: RESULT for item %d sent to a worker; dropped", self.name, msg.item_id)
 
     def on_control(self, msg: Control) -> None:
-        if msg.action == "shutdown":
+        if msg.action == "thresholds":  # informational: every item carries the thresholds it was admitted with
+            self.thresholds_version = msg.thresholds_version
+        elif msg.action == "shutdown":
             self.send_state(final=True)
             self.stop.set()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -59,6 +60,7 @@ class Ledger:
     completed: int = 0
     duplicates: int = 0
     unknown: int = 0
+    recent: deque = field(default_factory=deque)  # (done_at, correct) of the last completions
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def admit(self, item_id: int, t: float, truth: int) -> None:
@@ -75,6 +77,16 @@ class Ledger:
             else:
                 r.done_at, r.label, r.exit, r.confidence, r.node = t, label, exit_, conf, node
                 self.completed += 1
+                self.recent.append((t, label == r.truth))
+
+    def window(self, t: float, span_s: float) -> tuple[float, float]:
+        """(throughput per s, accuracy) of the results completed in the last `span_s` seconds."""
+        with self.lock:
+            while self.recent and self.recent[0][0] < t - span_s:
+                self.recent.popleft()
+            n = len(self.recent)
+            correct = sum(c for _, c in self.recent)
+        return n / span_s, (correct / n if n else float("nan"))
 
     @property
     def admitted(self) -> int:
@@ -92,6 +104,9 @@ class SourceProcess(NodeProcess):
         self.final_stats: dict[str, dict[str, float]] = {}
         self.backlog_samples: dict[str, list[float]] = {}
         self.abort: str | None = None  # set (to a reason) by the launcher when a node crashes
+        self.timeline: list[dict] = []
+        self.no_exits = tuple([1.0] * (self.pkg.num_tasks - 1) + [0.0])
+        self.sent_version = -1
 
     # ---------------------------------------------------------------- results and state
     def on_result(self, msg: Result) -> None:
@@ -133,13 +148,12 @@ class SourceProcess(NodeProcess):
             if t >= start + duration_s:
                 break
             if t - last_step >= 0.1:
-                self.admission.step(self.max_backlog_s(), t)
-                self.backlog_samples.setdefault(self.name, []).append(self.core.backlog_s(t))
+                self.control_step(t, start)
                 last_step = t
             if t < next_t:
                 time.sleep(min(next_t - t, 0.01))
                 continue
-            thresholds, version = self.admission.thresholds()
+            thresholds, version = self.admission.thresholds() if self.rules.exits else (self.no_exits, 0)
             k = i % len(labels)
             self.ledger.admit(i, t, int(labels[k]))
             self.route(WorkItem(i, 1, images[k:k + 1], t, thresholds, version), t)
@@ -148,6 +162,27 @@ class SourceProcess(NodeProcess):
             if next_t < t - 1.0:
                 next_t = t  # do not burst to catch up after a stall
         return start, now()
+
+    def control_step(self, t: float, start: float) -> None:
+        """One admission-control step (every ~100 ms): feed the largest backlog, log a timeline row, and tell
+        the workers when the thresholds change."""
+        max_backlog = self.max_backlog_s()
+        self.admission.step(max_backlog, t)
+        self.backlog_samples.setdefault(self.name, []).append(self.core.backlog_s(t))
+        throughput, accuracy = self.ledger.window(t, 2.0)
+        thresholds, version = self.admission.thresholds()
+        state = getattr(self.admission, "state", dict)()
+        self.timeline.append({"t_s": t - start, "rate": self.admission.rate(),
+                              "operating_point": state.get("operating_point", ""),
+                              "thresholds": " ".join(f"{x:g}" for x in thresholds), "max_backlog_s": max_backlog,
+                              "throughput_per_s": throughput, "accuracy": accuracy,
+                              "target_backlog_s": state.get("target_backlog_s", "")})
+        if version != self.sent_version and self.rules.exits:
+            self.sent_version = version
+            frames = encode(Control(sender=self.name, action="thresholds", thresholds=list(thresholds),
+                                    thresholds_version=version))
+            for link in self.links.values():
+                link.send(frames, t)
 
     def drain(self, timeout_s: float) -> None:
         deadline = now() + timeout_s
