@@ -34,6 +34,7 @@ from mdiexit.policies.offload import OffloadConfig
 MODES = ("local", "ddi", "ddi-exit", "mdi", "mdi-static", "mdi-exit")
 ROLES = ("source", "worker")
 COMPRESS = ("off", "on", "auto")
+WIRE_CODECS = ("raw", "lz4", "zstd")
 BASE_RATED_GMACS = 4.0  # assumed speed of an un-slowed node, for initial service-time estimates
 MAX_HEARTBEAT_MS = 100.0  # DESIGN §3.2: a STATE at least every 100 ms
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -56,7 +57,8 @@ class NodeConfig:
     slowdown: float = 1.0
     bandwidth_mbps: float | None = None  # None = unlimited
     latency_ms: float = 0.0
-    compress: str = "off"  # "off" | "on" | "auto"
+    compress: str = "off"  # learned feature codes on this node's egress: "off" | "on" | "auto"
+    wire_codec: str = "raw"  # lossless compression of array frames on this node's egress: raw | lz4 | zstd
     rated_gmacs: float | None = None  # None = BASE_RATED_GMACS / slowdown
 
     @property
@@ -181,7 +183,7 @@ def _unknown(d: dict, allowed: set[str], where: str) -> None:
 
 
 _NODE_KEYS = {"name", "host", "port", "role", "tasks", "threads", "slowdown", "bandwidth_mbps", "latency_ms",
-              "compress", "rated_gmacs"}
+              "compress", "wire_codec", "rated_gmacs"}
 _TOP_KEYS = {"nodes", "neighbours", "package", "mode", "hysteresis_ms", "hop_limit", "stale_after_ms",
              "heartbeat_ms", "max_batch", "batch_wait_ms"}
 
@@ -221,6 +223,7 @@ def _node(d: Any, i: int) -> NodeConfig:
         bandwidth_mbps=_number(d, "bandwidth_mbps", f"{w}.", None, lo=0.0, lo_open=True, allow_none=True),
         latency_ms=_number(d, "latency_ms", f"{w}.", 0.0, lo=0.0),
         compress=compress,
+        wire_codec=_choice(d, "wire_codec", f"{w}.", "raw", WIRE_CODECS),
         rated_gmacs=_number(d, "rated_gmacs", f"{w}.", None, lo=0.0, lo_open=True, allow_none=True),
     )
 

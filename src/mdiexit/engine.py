@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mdiexit.package import Package, PackageError
+from mdiexit.package import CompressionSpec, Package, PackageError
 
 
 class Engine(Protocol):
@@ -41,6 +41,8 @@ class OrtEngine:
         self.pkg = pkg
         self.threads = threads
         self._sessions = {}
+        self._has_features: dict[int, bool] = {}
+        self._codecs: dict[int, FeatureCodec | None] = {}
         for k in tasks or []:
             self._session(k)
 
@@ -48,9 +50,15 @@ class OrtEngine:
         s = self._sessions.get(task_index)
         if s is None:
             s = self._sessions[task_index] = ort_session(self.pkg.task(task_index).path, self.threads)
-            self._has_features = getattr(self, "_has_features", {})
             self._has_features[task_index] = any(o.name == "features" for o in s.get_outputs())
         return s
+
+    def codec(self, after_task: int) -> FeatureCodec | None:
+        """The encoder/decoder pair for the features of `after_task`, if the package has one."""
+        if after_task not in self._codecs:
+            spec = self.pkg.compression_after(after_task)
+            self._codecs[after_task] = FeatureCodec(spec, self.threads) if spec else None
+        return self._codecs[after_task]
 
     def run(self, task_index: int, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         s = self._session(task_index)
@@ -58,6 +66,22 @@ class OrtEngine:
             features, logits = s.run(["features", "logits"], {"x": x})
             return features, logits
         return None, s.run(["logits"], {"x": x})[0]
+
+
+class FeatureCodec:
+    """The package's learned encoder/decoder of one task boundary (DESIGN §5), run with ONNX Runtime."""
+
+    def __init__(self, spec: CompressionSpec, threads: int = 1):
+        self.spec = spec
+        self.enc = ort_session(spec.encoder, threads)
+        self.dec = ort_session(spec.decoder, threads)
+        self.names = [o.name for o in spec.outputs]
+
+    def encode(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.names, self.enc.run(self.names, {"x": features}), strict=True))
+
+    def decode(self, code: dict[str, np.ndarray]) -> np.ndarray:
+        return self.dec.run(["features"], {n: np.asarray(code[n]) for n in self.names})[0]
 
 
 class TorchEngine:

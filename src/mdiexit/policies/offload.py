@@ -113,14 +113,15 @@ class Decision:
 SELF = ""  # key of the local estimate in Decision.estimates
 
 
-def choose_target(task: int, bytes_to_send: int, own_backlog_s: float, own_service_s: float | None,
+def choose_target(task: int, bytes_to_send: int | Mapping[str, int], own_backlog_s: float, own_service_s: float | None,
                   neighbours: Iterable[NeighbourView], hops: int, now: float,
                   cfg: OffloadConfig | None = None) -> Decision:
     """Pick where ``task`` runs for one item (DESIGN §3.2).
 
     Args:
         task: 1-based index of the task the item needs next.
-        bytes_to_send: the item's payload size on the wire (after compression, if the link compresses).
+        bytes_to_send: the item's payload size on the wire (after compression, if the link compresses); a
+            mapping gives it per neighbour name, for links that compress differently.
         own_backlog_s: W_n, this node's backlog in seconds.
         own_service_s: s_n(task), or None when this node does not hold the task.
         neighbours: the views of this node's neighbours.
@@ -141,7 +142,8 @@ def choose_target(task: int, bytes_to_send: int, own_backlog_s: float, own_servi
     for m in neighbours:
         if not m.is_fresh(now, cfg.stale_after_s):
             continue
-        est = m.finish_estimate(task, bytes_to_send)
+        nbytes = bytes_to_send if isinstance(bytes_to_send, int) else bytes_to_send[m.name]
+        est = m.finish_estimate(task, nbytes)
         if est is None:
             continue
         estimates[m.name] = est

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 # Wire dtypes: always little-endian. Names are numpy's canonical names.
 DTYPES: dict[str, np.dtype] = {n: np.dtype(n).newbyteorder("<") for n in (
     "bool", "uint8", "int8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64")}
-CODECS = ("raw",)  # "lz4" and "zstd" are valid names on the wire, but not implemented: rejected on decode
+CODECS = ("raw", "lz4", "zstd")  # lossless codecs of array frames, selectable per link
 
 Frame = Any  # bytes | bytearray | memoryview | zmq.Frame (anything with .buffer or the buffer protocol)
 
@@ -103,7 +103,46 @@ def encode(msg: Message, arrays: Sequence[np.ndarray] = ()) -> list[bytes | memo
                                 f"array is {arr.dtype}{list(arr.shape)}")
     header = {"kind": kind, **msgspec.structs.asdict(msg)}
     header["version"] = msg.version
-    return [_ENCODER.encode(header), *(_buffer(np.asarray(a)) for a in arrays)]
+    return [_ENCODER.encode(header), *(_pack(meta.codec, _buffer(np.asarray(a))) for meta, a in zip(metas, arrays,
+                                                                                                   strict=True))]
+
+
+def _pack(codec: str, buf: memoryview) -> memoryview | bytes:
+    if codec == "lz4":
+        import lz4.block
+
+        return lz4.block.compress(buf, store_size=False)
+    if codec == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=3, write_content_size=True).compress(buf)
+    return buf
+
+
+def _unpack(codec: str, buf: memoryview, nbytes: int, where: str) -> memoryview | bytes:
+    """Decompress one frame to exactly `nbytes` (the size its shape implies), never more."""
+    if codec == "lz4":
+        import lz4.block
+
+        try:
+            out = lz4.block.decompress(buf, uncompressed_size=nbytes)
+        except Exception as e:  # lz4 raises LZ4BlockError on garbage
+            raise ProtocolError(f"{where}: lz4 frame does not decode ({e})") from None
+    elif codec == "zstd":
+        import zstandard
+
+        try:
+            size = zstandard.frame_content_size(buf)
+            if size != nbytes:
+                raise ProtocolError(f"{where}: zstd frame holds {size} bytes, the shape needs {nbytes}")
+            out = zstandard.ZstdDecompressor().decompress(buf, max_output_size=nbytes)
+        except zstandard.ZstdError as e:
+            raise ProtocolError(f"{where}: zstd frame does not decode ({e})") from None
+    else:
+        return buf
+    if len(out) != nbytes:
+        raise ProtocolError(f"{where}: {codec} frame decodes to {len(out)} bytes, the shape needs {nbytes}")
+    return out
 
 
 # ------------------------------------------------------------------ decode
@@ -189,9 +228,10 @@ def _array(meta: ArrayMeta, buf: memoryview, i: int, limits: Limits) -> np.ndarr
         if n > limits.max_bytes:
             raise ProtocolError(f"{where}.shape: {list(meta.shape)} of {meta.dtype} exceeds "
                                 f"{limits.max_bytes} bytes")
-    if n != buf.nbytes:
+    buf = _unpack(meta.codec, buf, n, where)
+    if n != len(memoryview(buf)):
         raise ProtocolError(f"{where}: shape {list(meta.shape)} of {meta.dtype} needs {n} bytes, "
-                            f"frame has {buf.nbytes}")
+                            f"frame has {len(memoryview(buf))}")
     return np.frombuffer(buf, dtype=dt).reshape(meta.shape)
 
 

@@ -19,12 +19,19 @@ from mdiexit.policies.offload import NeighbourView, OffloadConfig, ServiceEstima
 class WorkItem:
     item_id: int
     task: int  # next task to run, 1-based
-    x: np.ndarray  # that task's input, with a leading batch dimension of 1
+    x: np.ndarray | None  # that task's input, with a leading batch dimension of 1 (None while still encoded)
     admitted_at: float
     thresholds: tuple[float, ...]
     thresholds_version: int = 0
     hops: int = 0
     timings: list[tuple[str, int, float]] = field(default_factory=list)
+    code: dict[str, np.ndarray] | None = None  # the learned code of x, as received (decoded before compute)
+
+    @property
+    def nbytes(self) -> int:
+        if self.x is not None:
+            return int(self.x.nbytes)
+        return sum(int(a.nbytes) for a in (self.code or {}).values())
 
 
 @dataclass
@@ -68,7 +75,8 @@ class NodeCore:
             view.on_report(backlog_s, now, service_s)
 
     # ---------------------------------------------------------------- routing
-    def route(self, item: WorkItem, now: float, bytes_to_send: int, queued_bytes: dict[str, int]) -> Send | None:
+    def route(self, item: WorkItem, now: float, bytes_to_send: int | dict[str, int],
+              queued_bytes: dict[str, int]) -> Send | None:
         """Decide where `item` runs its next task. Returns Send, or None after queueing it here (or parking it)."""
         with self.lock:
             decision = self._decide(item, now, bytes_to_send, queued_bytes)
@@ -81,7 +89,8 @@ class NodeCore:
             self.neighbours[decision].on_sent(item.task)
             return Send(item, decision)
 
-    def _decide(self, item: WorkItem, now: float, nbytes: int, queued_bytes: dict[str, int]) -> str | None:
+    def _decide(self, item: WorkItem, now: float, nbytes: int | dict[str, int],
+                queued_bytes: dict[str, int]) -> str | None:
         holds = item.task in self.held
         first_hop = self.is_source and item.task == 1 and item.hops == 0
         if holds and first_hop and self.rules.source_runs_first:

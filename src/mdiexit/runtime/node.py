@@ -45,6 +45,15 @@ class Outgoing:
     send_at: float  # departure from the token bucket + link latency
 
 
+def _median_s(fn, repeats: int = 7) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 class Link:
     """One outgoing link: a PUSH socket owned by its own sender thread, paced by a token bucket."""
 
@@ -112,6 +121,7 @@ class NodeProcess:
         self.core = NodeCore(name, pkg, self.held, self.rules, cluster.offload_config(), estimator,
                              self._neighbour_views(), is_source=self.is_source)
         self.links: dict[str, Link] = {}
+        self.compress_on: dict[str, set[int]] = {}  # peer -> task boundaries whose features travel as codes
         self.inbox: zmq.Socket | None = None
         self.threads: list[threading.Thread] = []
 
@@ -156,11 +166,46 @@ class NodeProcess:
         for peer in self._peers():
             bw, lat = self.cluster.link(self.name, peer)
             self.links[peer] = Link(self.ctx, self.name, self.cluster.node(peer), bw, lat)
+        self._plan_compression()
         for target, tname in ((self._receive_loop, "receive"), (self._compute_loop, "compute"),
                               (self._heartbeat_loop, "heartbeat")):
             t = threading.Thread(target=target, name=f"{self.name}-{tname}", daemon=True)
             t.start()
             self.threads.append(t)
+
+    # ---------------------------------------------------------------- compression
+    def _plan_compression(self) -> None:
+        """Per link and boundary: send learned codes or float features (`compress: on | off | auto`)."""
+        self.compress_on = {peer: set() for peer in self.links}
+        if self.cfg.compress == "off":
+            return
+        for spec in self.pkg.compression:
+            if spec.after_task not in self.held:
+                continue  # this node never produces those features
+            for peer in self.links:
+                if self.cfg.compress == "on" or self._compression_pays(spec, peer):
+                    self.compress_on[peer].add(spec.after_task)
+
+    def _compression_pays(self, spec, peer: str) -> bool:
+        """auto: compress when encode + code transfer + decode beats the float transfer on this link."""
+        bw, _ = self.cluster.link(self.name, peer)
+        if bw is None:
+            return False
+        codec = self.engine.codec(spec.after_task)
+        x = np.zeros((1, *spec.features_shape), np.float32)
+        enc_s = _median_s(lambda: codec.encode(x))
+        code = codec.encode(x)
+        dec_s = _median_s(lambda: codec.decode(code))
+        raw_bytes = 4 * int(np.prod(spec.features_shape))
+        coded = spec.code_bytes * 8 / bw + enc_s * self.cfg.slowdown + dec_s * self.cluster.node(peer).slowdown
+        return coded < raw_bytes * 8 / bw
+
+    def _slowed(self, fn, *args):
+        """Run a piece of this device's compute (encode/decode), emulating its slowdown; returns (result, s)."""
+        t0 = now()
+        out = fn(*args)
+        time.sleep(emulate_slowdown(now() - t0, self.cfg.slowdown))
+        return out, now() - t0
 
     def close(self) -> None:
         self.stop.set()
@@ -192,8 +237,10 @@ class NodeProcess:
         t = now()
         if isinstance(msg, Data):
             self.core.on_report(msg.sender, msg.backlog_s, t, None)
-            item = WorkItem(msg.item_id, msg.task, arrays[0], msg.admitted_at, tuple(msg.thresholds),
-                            msg.thresholds_version, msg.hops, [tuple(x) for x in msg.timings])
+            coded = [m.name for m in msg.arrays] != ["x"]
+            item = WorkItem(msg.item_id, msg.task, None if coded else arrays[0], msg.admitted_at,
+                            tuple(msg.thresholds), msg.thresholds_version, msg.hops, [tuple(x) for x in msg.timings],
+                            code={m.name: a for m, a in zip(msg.arrays, arrays, strict=True)} if coded else None)
             if msg.task in self.held:
                 self.core.accept(item)
             else:
@@ -229,6 +276,9 @@ class NodeProcess:
             if not batch:
                 continue
             t0 = now()
+            for it in batch:
+                if it.x is None:  # features that crossed the network as a learned code
+                    it.x, it.code = self.engine.codec(it.task - 1).decode(it.code), None
             x = batch[0].x if len(batch) == 1 else np.concatenate([it.x for it in batch])
             features, logits = self.engine.run(batch[0].task, x)
             measured = now() - t0
@@ -243,7 +293,10 @@ class NodeProcess:
                 self.route(item, t)
 
     def route(self, item: WorkItem, t: float) -> None:
-        nbytes = item.x.nbytes
+        boundary = item.task - 1
+        nbytes = {peer: (self.pkg.compression_after(boundary).code_bytes
+                         if item.x is not None and boundary in on else item.nbytes)
+                  for peer, on in self.compress_on.items()}
         queued = {n: link.queued_bytes(t) for n, link in self.links.items()}
         decision = self.core.route(item, t, nbytes, queued)
         if isinstance(decision, Send):
@@ -251,11 +304,19 @@ class NodeProcess:
 
     def send_item(self, s: Send, t: float) -> None:
         it = s.item
-        x = np.ascontiguousarray(it.x)
+        if it.x is None:
+            arrays = it.code  # forwarded as it came
+        elif it.task - 1 in self.compress_on.get(s.target, ()):
+            arrays, seconds = self._slowed(self.engine.codec(it.task - 1).encode, it.x)
+            self.busy_s += seconds
+        else:
+            arrays = {"x": it.x}
+        arrays = {n: np.ascontiguousarray(a) for n, a in arrays.items()}
         msg = Data(item_id=it.item_id, task=it.task, hops=it.hops + 1, admitted_at=it.admitted_at,
                    thresholds_version=it.thresholds_version, thresholds=list(it.thresholds), sender=self.name,
-                   backlog_s=self.core.backlog_s(t), arrays=[describe("x", x)], timings=it.timings)
-        self.links[s.target].send(encode(msg, [x]), t)
+                   backlog_s=self.core.backlog_s(t), timings=it.timings,
+                   arrays=[describe(n, a, self.cfg.wire_codec) for n, a in arrays.items()])
+        self.links[s.target].send(encode(msg, list(arrays.values())), t)
 
     def deliver(self, f: Finished) -> None:
         it = f.item
