@@ -129,6 +129,14 @@ def cmd_plot(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_paper(a: argparse.Namespace) -> int:
+    from mdiexit.bench.paper import PaperOptions, bench_paper
+
+    o = PaperOptions(probe_s=a.probe_s, adaptive_s=a.adaptive_s, exp2_s=a.exp2_s, data_dir=a.data_dir)
+    bench_paper(a.cluster, a.out, o)
+    return 0
+
+
 def cmd_bench_runtime(a: argparse.Namespace) -> int:
     from mdiexit.bench.runtime import bench_runtime
 
@@ -225,6 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--slowdown", type=float, default=None, help="worker slowdown (default: the workers' median)")
     br.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
     br.set_defaults(func=cmd_bench_runtime)
+    bp = bsub.add_parser("paper", help="both headline experiments for every mode: paper.json, PNG plots, table",
+                         description="Experiment 1: highest sustainable throughput at the target accuracy (rate "
+                                     "search; mdi-exit also with rate adaptation). Experiment 2: accuracy within "
+                                     "a 1 s deadline at fixed rates from 0.5x to 3x mdi's capacity.")
+    bp.add_argument("--cluster", type=Path, default=Path("examples/edge4.yaml"))
+    bp.add_argument("--out", type=Path, default=Path("docs/results"))
+    bp.add_argument("--probe-s", type=float, default=8.0, help="seconds per rate-search probe")
+    bp.add_argument("--adaptive-s", type=float, default=40.0, help="seconds of the rate-adaptation run")
+    bp.add_argument("--exp2-s", type=float, default=12.0, help="seconds per experiment-2 run")
+    bp.add_argument("--data-dir", type=Path, default=None)
+    bp.set_defaults(func=cmd_bench_paper)
     return p
 
 

@@ -1,0 +1,73 @@
+"""Find the highest sustainable rate of a mode by probing fixed rates (pure search logic; the probe runs
+the cluster). A rate is *sustainable* when the run keeps up with it and meets the service targets:
+
+- throughput >= `keep_up` x the admitted rate (no growing queue),
+- p95 latency <= `p95_ms`,
+- accuracy >= `target_accuracy`,
+- no item lost or duplicated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Criterion:
+    target_accuracy: float
+    p95_ms: float = 1000.0
+    keep_up: float = 0.95
+
+    def ok(self, rate: float, s: dict) -> bool:
+        return (s["throughput_per_s"] >= self.keep_up * rate and s["latency_ms"]["p95"] <= self.p95_ms
+                and s["accuracy"] >= self.target_accuracy and s["lost"] == 0 and s["duplicates"] == 0)
+
+
+@dataclass
+class SearchResult:
+    best_rate: float | None  # highest sustainable rate probed (None: not even the lowest)
+    best: dict | None  # that probe's summary
+    probes: list[tuple[float, bool, dict]] = field(default_factory=list)
+
+
+def search_rate(probe: Callable[[float], dict], criterion: Criterion, start: float, min_rate: float = 1.0,
+                max_rate: float = 5000.0, refine_steps: int = 3) -> SearchResult:
+    """Bracket the capacity by doubling (or halving) from `start`, then bisect `refine_steps` times."""
+    res = SearchResult(None, None)
+
+    def run(rate: float) -> bool:
+        s = probe(rate)
+        good = criterion.ok(rate, s)
+        res.probes.append((rate, good, s))
+        if good and (res.best_rate is None or rate > res.best_rate):
+            res.best_rate, res.best = rate, s
+        return good
+
+    lo, hi = None, None
+    rate = min(max(start, min_rate), max_rate)
+    if run(rate):
+        lo = rate
+        while hi is None and rate < max_rate:
+            rate = min(rate * 2, max_rate)
+            if run(rate):
+                lo = rate
+            else:
+                hi = rate
+    else:
+        hi = rate
+        while lo is None and rate > min_rate:
+            rate = max(rate / 2, min_rate)
+            if run(rate):
+                lo = rate
+            else:
+                hi = rate
+    if lo is None or hi is None:
+        return res
+    for _ in range(refine_steps):
+        mid = (lo * hi) ** 0.5
+        if run(mid):
+            lo = mid
+        else:
+            hi = mid
+    return res

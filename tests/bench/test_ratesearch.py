@@ -1,0 +1,33 @@
+import pytest
+
+from mdiexit.bench.ratesearch import Criterion, search_rate
+
+
+def fake_cluster(capacity: float, accuracy: float = 0.9):
+    """A queue that keeps up below its capacity and falls behind (with growing latency) above it."""
+    def probe(rate: float) -> dict:
+        thr = min(rate, capacity)
+        p95 = 50.0 if rate <= capacity else 50.0 + 40000.0 * (rate - capacity) / capacity
+        return {"throughput_per_s": thr, "latency_ms": {"p95": p95}, "accuracy": accuracy, "lost": 0,
+                "duplicates": 0}
+    return probe
+
+
+@pytest.mark.parametrize("capacity, start", [(37.0, 10.0), (37.0, 500.0), (900.0, 20.0), (3.0, 50.0)])
+def test_search_finds_capacity_within_the_bisection_resolution(capacity, start):
+    res = search_rate(fake_cluster(capacity), Criterion(0.8), start, refine_steps=4)
+    assert res.best_rate is not None
+    assert 0.9 * capacity <= res.best_rate <= capacity * 1.03
+    assert all(rate <= capacity * 1.03 for rate, good, _ in res.probes if good)
+    assert all(rate >= capacity for rate, good, _ in res.probes if not good)
+
+
+def test_accuracy_below_target_is_never_sustainable():
+    res = search_rate(fake_cluster(100.0, accuracy=0.7), Criterion(0.8), 10.0)
+    assert res.best_rate is None and res.best is None and len(res.probes) >= 2
+
+
+def test_lost_items_make_a_probe_fail():
+    def probe(rate):
+        return {"throughput_per_s": rate, "latency_ms": {"p95": 10.0}, "accuracy": 1.0, "lost": 1, "duplicates": 0}
+    assert search_rate(probe, Criterion(0.5), 10.0, min_rate=5.0).best_rate is None
