@@ -2,20 +2,31 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
+PACKAGE := models/mobilenetv2-fmnist
 export MALLOC_MMAP_THRESHOLD_ := 2147483647
 export MALLOC_TRIM_THRESHOLD_ := 4294967295
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint bench-engine bench-runtime bench-paper
 
 setup:
 	@scripts/setup.sh
 
+# The shipped model's exit profile, then a short mdi-exit run on the emulated 5-device edge cluster.
 demo: setup
-	$(BIN)/mdiexit profile models/mobilenetv2-fmnist
-	$(BIN)/mdiexit evaluate models/mobilenetv2-fmnist
+	$(BIN)/mdiexit profile $(PACKAGE)
+	$(BIN)/mdiexit run --cluster examples/edge4.yaml --mode mdi-exit --admission rate --duration 20 --out runs/demo
 
 test: setup lint
 	$(BIN)/pytest
 
 lint: setup
 	$(BIN)/ruff check src tests
+
+bench-engine: setup
+	$(BIN)/mdiexit bench engine $(PACKAGE)
+
+bench-runtime: setup
+	$(BIN)/mdiexit bench runtime --cluster examples/edge4.yaml --out docs/results/runtime.json
+
+bench-paper: setup
+	$(BIN)/mdiexit bench paper --cluster examples/edge4.yaml --out docs/results

@@ -48,7 +48,7 @@ def test_valid_file_loads_with_defaults(tmp_path, monkeypatch):
     oc = cfg.offload_config()
     assert oc.hysteresis_s == pytest.approx(0.002) and oc.hop_limit == 4
     assert oc.stale_after_s == pytest.approx(0.5)
-    assert cfg.heartbeat_ms <= 100 and cfg.max_batch == 8 and cfg.batch_wait_ms == 2.0
+    assert cfg.heartbeat_ms <= 100 and cfg.max_batch == 8
 
 
 def test_package_resolved_against_the_file_folder(tmp_path, monkeypatch):
@@ -123,7 +123,6 @@ def edit(path, value):
     (edit(["stale_after_ms"], 0), "stale_after_ms"),
     (edit(["heartbeat_ms"], 250), "heartbeat_ms: expected a number > 0 and <= 100"),
     (edit(["max_batch"], 0), "max_batch"),
-    (edit(["batch_wait_ms"], "soon"), "batch_wait_ms"),
     (edit(["neighbours"], {"src": ["w9"]}), "neighbours.src[0]: no node named 'w9'"),
     (edit(["neighbours"], {"w7": ["src"]}), "neighbours.w7: no node named"),
     (edit(["neighbours"], {"w1": ["w1"]}), "neighbours.w1[0]: a node is not its own neighbour"),

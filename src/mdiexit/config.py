@@ -7,7 +7,7 @@ YAML layout (flat; unknown keys are rejected so that typos do not pass silently)
 
     package: models/mobilenetv2-fmnist
     mode: mdi-exit                  # local | ddi | ddi-exit | mdi | mdi-static | mdi-exit
-    hysteresis_ms: 2                # and hop_limit, stale_after_ms, heartbeat_ms, max_batch, batch_wait_ms
+    hysteresis_ms: 2                # and hop_limit, stale_after_ms, heartbeat_ms, max_batch
     nodes:
       - {name: src, role: source, port: 5550, slowdown: 8, bandwidth_mbps: 50, latency_ms: 2}
       - {name: w1, role: worker, port: 5551, tasks: [2, 3], slowdown: 4}
@@ -91,8 +91,7 @@ class ClusterConfig:
     hop_limit: int = 4
     stale_after_ms: float = 500.0
     heartbeat_ms: float = 50.0
-    max_batch: int = 8
-    batch_wait_ms: float = 2.0
+    max_batch: int = 8  # dynamic batching: up to this many queued items of one task per engine call (never waits)
     path: Path | None = None  # the file it was loaded from
 
     @property
@@ -185,7 +184,7 @@ def _unknown(d: dict, allowed: set[str], where: str) -> None:
 _NODE_KEYS = {"name", "host", "port", "role", "tasks", "threads", "slowdown", "bandwidth_mbps", "latency_ms",
               "compress", "wire_codec", "rated_gmacs"}
 _TOP_KEYS = {"nodes", "neighbours", "package", "mode", "hysteresis_ms", "hop_limit", "stale_after_ms",
-             "heartbeat_ms", "max_batch", "batch_wait_ms"}
+             "heartbeat_ms", "max_batch"}
 
 
 def _node(d: Any, i: int) -> NodeConfig:
@@ -300,7 +299,6 @@ def cluster_from_dict(data: Any, base_dir: Path | None = None, path: Path | None
         stale_after_ms=_number(data, "stale_after_ms", "", 500.0, lo=0.0, lo_open=True),
         heartbeat_ms=_number(data, "heartbeat_ms", "", 50.0, lo=0.0, lo_open=True, hi=MAX_HEARTBEAT_MS),
         max_batch=_int(data, "max_batch", "", 8, 1, 4096),
-        batch_wait_ms=_number(data, "batch_wait_ms", "", 2.0, lo=0.0),
         path=path,
     )
 

@@ -44,6 +44,7 @@ log = logging.getLogger("mdiexit.compress")
 MAX_MAC_FRACTION = 0.10  # encoder + decoder MACs, relative to the task before the boundary
 PARITY_ITEMS = 256
 TIMING_REPEATS = 50
+ENCODER_GAIN = 0.5  # initial scale of standardised features into the sigmoid (keeps codes off the rails)
 STATE_FILE = "compress_state.pt"  # training checkpoint (resumed when the settings match)
 
 
@@ -99,6 +100,9 @@ class Encoder(nn.Module):
         self.register_buffer("scale", (1.0 / std).view(1, -1, 1, 1).float())
         self.pad = nn.ZeroPad2d((0, (-w) % s, 0, (-h) % s)) if s > 1 and (h % s or w % s) else nn.Identity()
         self.conv = nn.Conv2d(ch, shape.channels, s, s, groups=shape.groups)
+        for block in self.conv.weight.data.view(shape.groups, shape.channels // shape.groups, -1):
+            nn.init.orthogonal_(block, gain=ENCODER_GAIN)  # per group: orthonormal rows
+        nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.conv(self.pad(x * self.scale + self.shift))
@@ -107,7 +111,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """code (uint8, or float 0..255) -> features."""
+    """code (uint8, or float 0..255) -> /255 -> logit -> 1x1 conv (-> pixel shuffle, crop) -> features."""
 
     def __init__(self, shape: CodecShape, mean: torch.Tensor, std: torch.Tensor, relu: bool):
         super().__init__()
@@ -121,8 +125,17 @@ class Decoder(nn.Module):
         self.crop = s > 1 and (h % s or w % s)
         self.relu = nn.ReLU() if relu else nn.Identity()
 
+    @torch.no_grad()
+    def init_from(self, enc: Encoder, shape: CodecShape) -> None:
+        """Start as the encoder's transpose (its pseudo-inverse: the encoder's rows are orthogonal)."""
+        g, c, ch, s = shape.groups, shape.channels, shape.features_shape[0], shape.stride
+        w = enc.conv.weight.view(g, c // g, ch // g * s * s) / ENCODER_GAIN ** 2
+        self.conv.weight.copy_(w.transpose(1, 2).reshape(ch * s * s, c // g, 1, 1))
+        self.conv.bias.zero_()
+
     def forward(self, code: torch.Tensor) -> torch.Tensor:
-        y = self.shuffle(self.conv(code.float() * (1.0 / 255.0)))
+        u = (code.float() * (1.0 / 255.0)).clamp(0.5 / 255.0, 254.5 / 255.0)
+        y = self.shuffle(self.conv(torch.log(u / (1.0 - u))))  # logit: undo the encoder's sigmoid
         if self.crop:
             y = y[:, :, :self.h, :self.w]
         return self.relu(y * self.std + self.mean)
@@ -138,6 +151,7 @@ class Autoencoder(nn.Module):
         self.relu = relu
         self.encoder = Encoder(shape, mean, std)
         self.decoder = Decoder(shape, mean, std, relu)
+        self.decoder.init_from(self.encoder, shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
