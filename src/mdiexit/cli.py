@@ -42,6 +42,21 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(a: argparse.Namespace) -> int:
+    from mdiexit.training.compress import compress_package
+
+    try:
+        ratios = tuple(float(r) for r in a.ratios.split(","))
+    except ValueError:
+        ratios = ()
+    if not ratios or min(ratios) <= 1:
+        print(f"mdiexit: error: --ratios: expected numbers > 1 separated by commas, got {a.ratios!r}", file=sys.stderr)
+        return 2
+    compress_package(a.package, a.checkpoint, ratios=ratios, budget=a.budget, epochs=a.epochs, data_dir=a.data_dir,
+                     max_train_items=a.max_train_items, seed=a.seed, threads=a.threads)
+    return 0
+
+
 def cmd_profile(a: argparse.Namespace) -> int:
     from mdiexit.package import load_package
     from mdiexit.profile_report import print_profile
@@ -69,7 +84,7 @@ def _run_opts(a: argparse.Namespace):
 
     return RunOptions(mode=a.mode, rate=a.rate, duration_s=a.duration, warmup_s=a.warmup,
                       deadline_ms=a.deadline_ms, live=not a.quiet, data_dir=a.data_dir, admission=a.admission,
-                      target_accuracy=a.target_accuracy, target_backlog_ms=a.target_backlog_ms)
+                      target_accuracy=a.target_accuracy, target_backlog_ms=a.target_backlog_ms, net=a.net)
 
 
 def _finish_run(result, out: Path) -> int:
@@ -99,7 +114,7 @@ def cmd_source(a: argparse.Namespace) -> int:
 def cmd_worker(a: argparse.Namespace) -> int:
     from mdiexit.runtime.launch import run_worker
 
-    return run_worker(a.cluster, a.name, a.mode)
+    return run_worker(a.cluster, a.name, a.mode, pace=not a.no_pace)
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -119,6 +134,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-backlog-ms", type=float, default=300.0, help="backlog the controllers aim for")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--quiet", action="store_true", help="no live view")
+    p.add_argument("--net", default="app", choices=["app", "namespaces"],
+                   help="app: the nodes pace their links (default); namespaces: one network namespace per worker, "
+                        "bandwidths shaped by the kernel with tc tbf (root, Linux)")
     p.add_argument("--out", type=Path, default=Path("runs/last"), help="folder for summary.json")
 
 
@@ -185,6 +203,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of --max-loss: most accurate thresholds within this fraction of full compute")
     e.set_defaults(func=cmd_export)
 
+    c = sub.add_parser("compress", help="train and add feature autoencoders at the task boundaries (torch)",
+                       description="For every task boundary and ratio, train a small conv autoencoder with an 8-bit "
+                                   "code on the frozen model; keep per boundary the strongest ratio whose validation "
+                                   "accuracy loss at the default thresholds is within --budget, export it as "
+                                   "encK.onnx / decK.onnx, check ONNX Runtime against torch, and record it in the "
+                                   "manifest. Writes DIR/compression_report.json and DIR/compress.log.")
+    c.add_argument("--package", type=Path, required=True, help="package folder written by `mdiexit export`")
+    c.add_argument("--checkpoint", type=Path, required=True, help="model.pt the package was exported from")
+    c.add_argument("--ratios", default="4,8,16", help="compression ratios vs float32 to try (default 4,8,16)")
+    c.add_argument("--budget", type=float, default=0.005,
+                   help="largest validation accuracy loss per boundary, as a fraction (default 0.005)")
+    c.add_argument("--epochs", type=int, default=3)
+    c.add_argument("--data-dir", type=Path, default=None)
+    c.add_argument("--max-train-items", type=int, default=None, help="train on at most this many items")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    c.set_defaults(func=cmd_compress)
+
     pr = sub.add_parser("profile", help="print a package's exit profile and thresholds")
     pr.add_argument("package", type=Path, nargs="?", default=DEFAULT_PACKAGE)
     pr.set_defaults(func=cmd_profile)
@@ -212,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--cluster", type=Path, required=True)
     w.add_argument("--name", required=True, help="this node's name in the cluster file")
     w.add_argument("--mode", default=None, help="override the cluster file's mode")
+    w.add_argument("--no-pace", action="store_true",
+                   help="do not pace the links' bandwidth (the kernel shapes it, as in `run --net namespaces`)")
     w.set_defaults(func=cmd_worker)
 
     pl = sub.add_parser("plot", help="draw DIR/timeline.csv of a run to DIR/timeline.png")

@@ -18,8 +18,9 @@ from mdiexit.package import Package, load_package
 
 
 def all_exit_logits(pkg: Package, images: np.ndarray, threads: int = 2, batch: int = 256,
-                    progress: bool = True) -> np.ndarray:
-    """Run every task on every item; return logits of shape (K, N, classes)."""
+                    progress: bool = True, compressed: bool = False) -> np.ndarray:
+    """Run every task on every item; return logits of shape (K, N, classes). With `compressed`, features
+    pass through the package's encoder and decoder at every boundary that has them (as over the network)."""
     engine = OrtEngine(pkg, threads=threads)
     out = [[] for _ in pkg.tasks]
     for i in tqdm(range(0, len(images), batch), desc="evaluate", unit="batch", disable=not progress, leave=False):
@@ -27,6 +28,9 @@ def all_exit_logits(pkg: Package, images: np.ndarray, threads: int = 2, batch: i
         for t in pkg.tasks:
             x, logits = engine.run(t.index, x)
             out[t.index - 1].append(logits)
+            codec = engine.codec(t.index) if compressed and x is not None else None
+            if codec is not None:
+                x = codec.decode(codec.encode(x))
     return np.stack([np.concatenate(o) for o in out])
 
 

@@ -45,6 +45,7 @@ class RunOptions:
     admission: str = "fixed"  # fixed | rate | thresholds
     target_accuracy: float | None = None  # rate adaptation; default: final-exit validation accuracy - 1 point
     target_backlog_ms: float = 300.0
+    net: str = "app"  # app: links paced in the application | namespaces: kernel-shaped (root, Linux; DESIGN §7)
 
 
 def _die_with_parent() -> None:
@@ -54,9 +55,15 @@ def _die_with_parent() -> None:
         pass
 
 
-def spawn_worker(cluster_path: Path, name: str, mode: str) -> subprocess.Popen:
+def spawn_worker(cluster_path: Path, name: str, mode: str, netns: str | None = None,
+                 pace: bool = True) -> subprocess.Popen:
+    """A worker process; with ``netns``, inside that network namespace (`ip netns exec`)."""
     cmd = [sys.executable, "-m", "mdiexit.cli", "worker", "--cluster", str(cluster_path), "--name", name,
            "--mode", mode]
+    if not pace:
+        cmd.append("--no-pace")
+    if netns is not None:
+        cmd = ["ip", "netns", "exec", netns, *cmd]  # ip execs the command: the child is python itself
     return subprocess.Popen(cmd, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
 
 
@@ -88,7 +95,36 @@ class RunResult:
 def run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | None = None,
                 spawn: bool = True) -> RunResult:
     """Run the source here and, with `spawn`, every worker of the cluster file as a child process (without
-    it, the workers are started elsewhere with `mdiexit worker`). Returns the run summary."""
+    it, the workers are started elsewhere with `mdiexit worker`). Returns the run summary.
+
+    ``opts.net == "namespaces"``: each worker runs in its own network namespace, the kernel shapes the
+    bandwidths (tbf) and the application only adds the latencies (mdiexit.emulation.netns)."""
+    if opts.net == "namespaces":
+        return _run_in_namespaces(cluster_path, opts, admission, spawn)
+    if opts.net != "app":
+        raise ValueError(f"unknown net {opts.net!r}; choose app or namespaces")
+    return _run_cluster(cluster_path, opts, admission, spawn)
+
+
+def _run_in_namespaces(cluster_path: Path, opts: RunOptions, admission: Admission | None,
+                       spawn: bool) -> RunResult:
+    from mdiexit.emulation.netns import NamespaceError, NamespaceNetwork, cleanup_stale, namespaces_supported
+
+    if not spawn:
+        raise NamespaceError("--net namespaces starts every worker here; it cannot be used with `mdiexit source`")
+    ok, why = namespaces_supported()
+    if not ok:
+        raise NamespaceError(why)
+    cleanup_stale()  # leftovers of crashed earlier runs (owner process gone)
+    with NamespaceNetwork(load_cluster(cluster_path)) as net:
+        result = _run_cluster(net.cluster_path, opts, admission, spawn,
+                              netns={name: ns for name, (ns, _) in net.nodes.items()})
+    result.summary["config"].update(cluster=str(cluster_path), net="namespaces")
+    return result
+
+
+def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | None, spawn: bool,
+                 netns: dict[str, str | None] | None = None) -> RunResult:
     cluster = load_cluster(cluster_path)
     mode = opts.mode or cluster.mode
     rules = rules_for(mode)
@@ -99,9 +135,10 @@ def run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | Non
         stream = stream.subset(list(range(min(opts.limit_items, len(stream)))))
     admission = admission or make_admission(pkg, mode, opts)
     workers = [] if rules.single_node else [w.name for w in cluster.workers]
-    procs = {w: spawn_worker(cluster_path, w, mode) for w in workers} if spawn else {}
+    pace = netns is None  # in namespaces the kernel shapes the bandwidths
+    procs = {w: spawn_worker(cluster_path, w, mode, (netns or {}).get(w), pace) for w in workers} if spawn else {}
     source = SourceProcess(cluster, cluster.source.name, pkg, mode=mode, stream=stream, admission=admission,
-                           live=opts.live)
+                           live=opts.live, pace_bandwidth=pace)
     crashed: list[str] = []
     watching = threading.Event()
     watching.set()
@@ -162,14 +199,15 @@ def _stop_all(procs: dict[str, subprocess.Popen], grace_s: float = 3.0) -> None:
             p.wait(timeout=2)
 
 
-def run_worker(cluster_path: Path, name: str, mode: str | None) -> int:
-    """One worker node, until the source sends shutdown (or SIGTERM / Ctrl-C)."""
+def run_worker(cluster_path: Path, name: str, mode: str | None, pace: bool = True) -> int:
+    """One worker node, until the source sends shutdown (or SIGTERM / Ctrl-C). ``pace=False``: the links'
+    bandwidths are shaped by the kernel, not paced here (latency is still added)."""
     cluster: ClusterConfig = load_cluster(cluster_path)
     node = cluster.node(name)
     if node.role != "worker":
         raise SystemExit(f"mdiexit: error: node {name!r} is a {node.role}, not a worker")
     pkg = load_package(cluster.package, check_onnx=True)
-    proc = NodeProcess(cluster, name, pkg, mode=mode)
+    proc = NodeProcess(cluster, name, pkg, mode=mode, pace_bandwidth=pace)
     signal.signal(signal.SIGTERM, lambda *_: proc.stop.set())
     try:
         proc.serve_forever()

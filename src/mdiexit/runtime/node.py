@@ -55,10 +55,15 @@ def _median_s(fn, repeats: int = 7) -> float:
 
 
 class Link:
-    """One outgoing link: a PUSH socket owned by its own sender thread, paced by a token bucket."""
+    """One outgoing link: a PUSH socket owned by its own sender thread, paced by a token bucket.
 
-    def __init__(self, ctx: zmq.Context, src: str, dst: NodeConfig, bandwidth_bps: float | None, latency_s: float):
+    With ``pace_bandwidth=False`` (the kernel shapes the bandwidth, `--net namespaces`) sends only wait out the
+    latency; the bucket still counts the bytes, so ``queued_bytes`` estimates what the kernel holds."""
+
+    def __init__(self, ctx: zmq.Context, src: str, dst: NodeConfig, bandwidth_bps: float | None, latency_s: float,
+                 pace_bandwidth: bool = True):
         self.dst = dst.name
+        self.pace_bandwidth = pace_bandwidth
         self.pacer = LinkPacer(bandwidth_bps, latency_s)
         self.q: queue.Queue[Outgoing | None] = queue.Queue()
         self.lock = threading.Lock()
@@ -74,6 +79,8 @@ class Link:
         nbytes = sum(len(memoryview(f).cast("B")) for f in frames)
         with self.lock:
             departure = self.pacer.departure(nbytes, t)
+            if not self.pace_bandwidth:
+                departure = t
             self.bytes_sent += nbytes
         self.q.put(Outgoing(frames, nbytes, departure + self.pacer.latency_s))
 
@@ -100,8 +107,10 @@ class Link:
 class NodeProcess:
     """A worker (or, subclassed, the source) running in this OS process."""
 
-    def __init__(self, cluster: ClusterConfig, name: str, pkg: Package, mode: str | None = None):
+    def __init__(self, cluster: ClusterConfig, name: str, pkg: Package, mode: str | None = None,
+                 pace_bandwidth: bool = True):
         self.cluster, self.pkg = cluster, pkg
+        self.pace_bandwidth = pace_bandwidth  # False: the kernel shapes the links (`--net namespaces`)
         self.cfg = cluster.node(name)
         self.name = name
         self.mode = mode or cluster.mode
@@ -165,7 +174,7 @@ class NodeProcess:
             raise RuntimeError(f"node {self.name}: cannot listen on {self.cfg.address} ({e})") from None
         for peer in self._peers():
             bw, lat = self.cluster.link(self.name, peer)
-            self.links[peer] = Link(self.ctx, self.name, self.cluster.node(peer), bw, lat)
+            self.links[peer] = Link(self.ctx, self.name, self.cluster.node(peer), bw, lat, self.pace_bandwidth)
         self._plan_compression()
         for target, tname in ((self._receive_loop, "receive"), (self._compute_loop, "compute"),
                               (self._heartbeat_loop, "heartbeat")):

@@ -104,6 +104,23 @@ class Encoder(nn.Module):
             nn.init.orthogonal_(block, gain=ENCODER_GAIN)  # per group: orthonormal rows
         nn.init.zeros_(self.conv.bias)
 
+    @torch.no_grad()
+    def init_pca(self, sample: torch.Tensor, shape: CodecShape) -> None:
+        """Rows of each group's conv = the top principal directions of that group's standardised input patches
+        (the best linear code to start from)."""
+        g, c, s = shape.groups, shape.channels, shape.stride
+        ch = shape.features_shape[0]
+        x = self.pad(sample * self.scale + self.shift)  # (N, C, H', W')
+        n, _, hp, wp = x.shape
+        patches = x.view(n, ch, hp // s, s, wp // s, s).permute(0, 2, 4, 1, 3, 5).reshape(-1, ch * s * s)
+        per = ch // g * s * s
+        w = self.conv.weight.data.view(g, c // g, per)
+        for i in range(g):
+            p = patches[:, i * per:(i + 1) * per].double()
+            _, vecs = torch.linalg.eigh(p.T @ p / len(p))  # ascending eigenvalues
+            w[i] = ENCODER_GAIN * vecs[:, -(c // g):].flip(1).T.float()
+        self.conv.bias.zero_()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.conv(self.pad(x * self.scale + self.shift))
         q = torch.sigmoid(z) * 255.0
@@ -137,19 +154,22 @@ class Decoder(nn.Module):
         u = (code.float() * (1.0 / 255.0)).clamp(0.5 / 255.0, 254.5 / 255.0)
         y = self.shuffle(self.conv(torch.log(u / (1.0 - u))))  # logit: undo the encoder's sigmoid
         if self.crop:
-            y = y[:, :, :self.h, :self.w]
+            y = y.narrow(2, 0, self.h).narrow(3, 0, self.w)
         return self.relu(y * self.std + self.mean)
 
 
 class Autoencoder(nn.Module):
     def __init__(self, after_task: int, requested_ratio: float, shape: CodecShape, mean: torch.Tensor,
-                 std: torch.Tensor, relu: bool):
+                 std: torch.Tensor, relu: bool, sample: torch.Tensor | None = None):
+        """sample: features of some training items, for a PCA start (orthogonal random rows without it)."""
         super().__init__()
         self.after_task = after_task
         self.requested_ratio = requested_ratio
         self.shape = shape
         self.relu = relu
         self.encoder = Encoder(shape, mean, std)
+        if sample is not None:
+            self.encoder.init_pca(sample, shape)
         self.decoder = Decoder(shape, mean, std, relu)
         self.decoder.init_from(self.encoder, shape)
 
@@ -166,7 +186,8 @@ class Autoencoder(nn.Module):
 
 
 def build_autoencoder(after_task: int, ratio: float, features_shape: tuple[int, ...], task_macs: int,
-                      mean: torch.Tensor, std: torch.Tensor, relu: bool) -> Autoencoder:
+                      mean: torch.Tensor, std: torch.Tensor, relu: bool, sample: torch.Tensor | None = None
+                      ) -> Autoencoder:
     """The densest autoencoder for this ratio whose MACs fit in MAX_MAC_FRACTION of the task's MACs (grouped
     convs when dense 1x1 convs would not fit; the cheapest grouping when none fits, with a warning)."""
     c, s = code_geometry(features_shape, ratio)
@@ -176,9 +197,12 @@ def build_autoencoder(after_task: int, ratio: float, features_shape: tuple[int, 
     for g in [d for d in range(1, g_max + 1) if g_max % d == 0]:
         ae = Autoencoder(after_task, ratio, CodecShape(tuple(features_shape), c, s, g), mean, std, relu)
         if sum(ae.macs()) <= limit:
-            return ae
-    _say(f"warning: boundary {after_task} ratio {ratio:g}: even the cheapest codec ({sum(ae.macs())} MACs) "
-         f"exceeds {MAX_MAC_FRACTION:.0%} of task {after_task} ({task_macs} MACs)")
+            break
+    else:
+        _say(f"warning: boundary {after_task} ratio {ratio:g}: even the cheapest codec ({sum(ae.macs())} MACs) "
+             f"exceeds {MAX_MAC_FRACTION:.0%} of task {after_task} ({task_macs} MACs)")
+    if sample is not None:
+        ae = Autoencoder(after_task, ratio, ae.shape, mean, std, relu, sample)
     return ae
 
 
@@ -219,13 +243,11 @@ def _run_from(model: EarlyExitModel, k: int, feats: torch.Tensor) -> list[torch.
 
 
 @torch.no_grad()
-def _feature_stats(model: EarlyExitModel, images: np.ndarray, n: int = 1024) -> list[tuple[torch.Tensor, ...]]:
-    """Per boundary: per-channel mean, std, and whether every feature is >= 0 (then the decoder ends in ReLU)."""
+def _feature_stats(model: EarlyExitModel, images: np.ndarray, n: int = 1024) -> list[tuple]:
+    """Per boundary: per-channel mean, std, whether every feature is >= 0 (then the decoder ends in ReLU), and the
+    features of the first n items (for the PCA start)."""
     feats, _ = _features_and_logits(model, torch.from_numpy(images[:n]))
-    out = []
-    for f in feats[:-1]:
-        out.append((f.mean((0, 2, 3)), f.std((0, 2, 3)).clamp_min(1e-3), bool(f.min() >= 0)))
-    return out
+    return [(f.mean((0, 2, 3)), f.std((0, 2, 3)).clamp_min(1e-3), bool(f.min() >= 0), f) for f in feats[:-1]]
 
 
 def distill_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
@@ -431,7 +453,7 @@ def _ratio_key(r: float) -> str:
 
 def compress_package(package: Path, checkpoint: Path, ratios: tuple[float, ...] = (4, 8, 16), budget: float = 0.005,
                      epochs: int = 3, data_dir: Path | None = None, max_train_items: int | None = None, seed: int = 0,
-                     threads: int = 2, batch_size: int = 128, lr: float = 5e-3, train_set: Dataset | None = None,
+                     threads: int = 1, batch_size: int = 128, lr: float = 5e-3, train_set: Dataset | None = None,
                      val_set: Dataset | None = None, progress: bool = True) -> CompressResult:
     """Train, select, export and record one autoencoder per task boundary of the package at `package`.
 
@@ -475,9 +497,9 @@ def _compress(pkg, package, checkpoint, ratios, budget, epochs, data_dir, max_tr
     stats = _feature_stats(model, train_set.images)
     aes: list[Autoencoder] = []
     for t in pkg.tasks[:-1]:
-        mean, std, nonneg = stats[t.index - 1]
+        mean, std, nonneg, sample = stats[t.index - 1]
         for r in ratios:
-            aes.append(build_autoencoder(t.index, r, t.features_shape, t.macs, mean, std, nonneg))
+            aes.append(build_autoencoder(t.index, r, t.features_shape, t.macs, mean, std, nonneg, sample))
     _say(f"training {len(aes)} autoencoders ({pkg.num_tasks - 1} boundaries x {len(ratios)} ratios) for {epochs} "
          f"epochs on {len(train_set)} items; log in {package / 'compress.log'}")
     train_autoencoders(model, aes, train_set, epochs, seed, package / STATE_FILE, batch_size, lr, progress=progress)
@@ -493,7 +515,7 @@ def _compress(pkg, package, checkpoint, ratios, budget, epochs, data_dir, max_tr
         rows.append({"after_task": k, "requested_ratio": ae.requested_ratio, "ratio": round(ae.shape.ratio, 4),
                      "code_shape": list(ae.shape.code_shape), "stride": ae.shape.stride, "groups": ae.shape.groups,
                      "code_bytes": ae.shape.code_bytes, "float_bytes": ae.shape.float_bytes,
-                     "val_accuracy": acc, "accuracy_cost": base_acc - acc,
+                     "val_accuracy": acc, "accuracy_cost": round(base_acc - acc, 6),
                      "encoder_macs": enc_macs, "decoder_macs": dec_macs, "task_macs": pkg.task(k).macs,
                      "mac_fraction": (enc_macs + dec_macs) / pkg.task(k).macs})
         log.info("boundary %d ratio %g (achieved %.2f): val accuracy %.4f (cost %+.4f)", k, ae.requested_ratio,
@@ -539,7 +561,7 @@ def _compress(pkg, package, checkpoint, ratios, budget, epochs, data_dir, max_tr
               "thresholds": pkg.default_thresholds, "uncompressed_val_accuracy": base_acc, "boundaries": rows,
               "all_boundaries": {"ratios": {str(k): round(a.shape.ratio, 4) for k, a in chosen.items()},
                                  "uncompressed_val_accuracy": base_acc, "compressed_val_accuracy": all_acc,
-                                 "accuracy_cost": base_acc - all_acc}}
+                                 "accuracy_cost": round(base_acc - all_acc, 6)}}
     (package / "compression_report.json").write_text(json.dumps(report, indent=1))
     print_report(report)
     log.info("all boundaries compressed: val accuracy %.4f vs %.4f uncompressed", all_acc, base_acc)
