@@ -45,6 +45,8 @@ def test_valid_file_loads_with_defaults(tmp_path, monkeypatch):
     bw, lat = cfg.link("src", "w1")
     assert bw == 20e6 and lat == pytest.approx(0.007)
     assert cfg.link("w1", "w2") == (50e6, pytest.approx(0.002))
+    assert cfg.link("w1", "src") == (50e6, pytest.approx(0.007))  # the sender's egress bandwidth
+    assert cfg.link("w2", "src") == (None, pytest.approx(0.005))  # no limit given: unlimited
     oc = cfg.offload_config()
     assert oc.hysteresis_s == pytest.approx(0.002) and oc.hop_limit == 4
     assert oc.stale_after_s == pytest.approx(0.5)

@@ -289,11 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mdiexit.config import ConfigError
     from mdiexit.data import DataError
+    from mdiexit.emulation.netns import NamespaceError
     from mdiexit.package import PackageError
 
     try:
         return args.func(args)
-    except (DataError, PackageError, ConfigError) as e:
+    except (DataError, PackageError, ConfigError, NamespaceError) as e:
         print(f"mdiexit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,8 +14,8 @@ YAML layout (flat; unknown keys are rejected so that typos do not pass silently)
     neighbours:                     # optional; default: full mesh. n -> whom n may send DATA to
       src: [w1]
 
-A node's ``bandwidth_mbps``/``latency_ms`` describe its access link; the path n->m is limited by the slower
-of the two ends and pays both latencies (:meth:`ClusterConfig.link`). RESULTs go to the source directly,
+A node's ``bandwidth_mbps``/``latency_ms`` describe its access link: everything it sends shares that egress
+bandwidth, and the path n->m pays both ends' latencies (:meth:`ClusterConfig.link`). RESULTs go to the source directly,
 whatever the neighbour graph says.
 """
 
@@ -112,10 +112,11 @@ class ClusterConfig:
         return self.neighbours.get(name, ())
 
     def link(self, src: str, dst: str) -> tuple[float | None, float]:
-        """(bandwidth in bit/s or None for unlimited, latency in s) of the path src -> dst."""
+        """(bandwidth in bit/s or None for unlimited, latency in s) of the path src -> dst: the sender's egress
+        bandwidth (shared by all its sends, as on a device's one uplink) and both ends' latencies."""
         a, b = self.node(src), self.node(dst)
-        bws = [x for x in (a.bandwidth_mbps, b.bandwidth_mbps) if x is not None]
-        return (min(bws) * 1e6 if bws else None), (a.latency_ms + b.latency_ms) / 1000.0
+        bw = a.bandwidth_mbps * 1e6 if a.bandwidth_mbps is not None else None
+        return bw, (a.latency_ms + b.latency_ms) / 1000.0
 
     def offload_config(self) -> OffloadConfig:
         return OffloadConfig(hysteresis_s=self.hysteresis_ms / 1000.0, hop_limit=self.hop_limit,

@@ -59,6 +59,16 @@ def test_tbf_arguments():
     assert tbf_args(1000)[4] == str(1_000_000_000 // 8 // 250)  # fast links get a bigger burst
 
 
+def test_unsupported_says_why(monkeypatch, tmp_path):
+    from mdiexit.runtime.launch import RunOptions, run_cluster
+
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    ok, why = namespaces_supported()
+    assert not ok and "needs root" in why
+    with pytest.raises(NamespaceError, match="needs root"):
+        run_cluster(tmp_path / "unused.yaml", RunOptions(net="namespaces"))
+
+
 # ------------------------------------------------------------------ (a) setup / teardown
 
 def test_setup_layout_and_teardown():

@@ -119,7 +119,7 @@ def _run_in_namespaces(cluster_path: Path, opts: RunOptions, admission: Admissio
     with NamespaceNetwork(load_cluster(cluster_path)) as net:
         result = _run_cluster(net.cluster_path, opts, admission, spawn,
                               netns={name: ns for name, (ns, _) in net.nodes.items()})
-    result.summary["config"].update(cluster=str(cluster_path), net="namespaces")
+    result.summary["config"]["cluster"] = str(cluster_path)  # not the rewritten copy
     return result
 
 
@@ -175,7 +175,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     summary = {"mode": mode, **summary, "crashed": crashed, "duration_s": opts.duration_s, "rate": opts.rate,
                "config": {"cluster": str(cluster_path), "package": str(cluster.package), "mode": mode,
                           "rate": opts.rate, "duration_s": opts.duration_s, "warmup_s": opts.warmup_s,
-                          "nodes": [n.__dict__ for n in cluster.nodes],
+                          "nodes": [n.__dict__ for n in cluster.nodes], "net": opts.net,
                           "admission": opts.admission, "target_accuracy": getattr(admission, "target_accuracy", None),
                           "target_backlog_ms": opts.target_backlog_ms, "deadline_ms": opts.deadline_ms,
                           "thresholds": list(admission.thresholds()[0])}}

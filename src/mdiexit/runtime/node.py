@@ -54,20 +54,39 @@ def _median_s(fn, repeats: int = 7) -> float:
     return sorted(times)[len(times) // 2]
 
 
+class Egress:
+    """A node's egress: one token bucket at its bandwidth, shared by all its outgoing links (DESIGN §7)."""
+
+    def __init__(self, bandwidth_bps: float | None):
+        self.pacer = LinkPacer(bandwidth_bps, 0.0)
+        self.lock = threading.Lock()
+        self.bytes_sent = 0
+
+    def reserve(self, nbytes: int, t: float) -> float:
+        """Time at which `nbytes` sent now have left the node."""
+        with self.lock:
+            self.bytes_sent += nbytes
+            return self.pacer.departure(nbytes, t)
+
+    def queued_bytes(self, t: float) -> int:
+        with self.lock:
+            return self.pacer.queued_bytes(t)
+
+
 class Link:
-    """One outgoing link: a PUSH socket owned by its own sender thread, paced by a token bucket.
+    """One outgoing link: a PUSH socket owned by its own sender thread. Its bytes leave through the node's
+    shared egress bucket, then wait out the link latency.
 
     With ``pace_bandwidth=False`` (the kernel shapes the bandwidth, `--net namespaces`) sends only wait out the
     latency; the bucket still counts the bytes, so ``queued_bytes`` estimates what the kernel holds."""
 
-    def __init__(self, ctx: zmq.Context, src: str, dst: NodeConfig, bandwidth_bps: float | None, latency_s: float,
+    def __init__(self, ctx: zmq.Context, src: str, dst: NodeConfig, egress: Egress, latency_s: float,
                  pace_bandwidth: bool = True):
         self.dst = dst.name
+        self.egress = egress
+        self.latency_s = latency_s
         self.pace_bandwidth = pace_bandwidth
-        self.pacer = LinkPacer(bandwidth_bps, latency_s)
         self.q: queue.Queue[Outgoing | None] = queue.Queue()
-        self.lock = threading.Lock()
-        self.bytes_sent = 0
         self.sock = ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.LINGER, 500)
         self.sock.setsockopt(zmq.SNDHWM, 0)
@@ -77,16 +96,8 @@ class Link:
 
     def send(self, frames: list, t: float) -> None:
         nbytes = sum(len(memoryview(f).cast("B")) for f in frames)
-        with self.lock:
-            departure = self.pacer.departure(nbytes, t)
-            if not self.pace_bandwidth:
-                departure = t
-            self.bytes_sent += nbytes
-        self.q.put(Outgoing(frames, nbytes, departure + self.pacer.latency_s))
-
-    def queued_bytes(self, t: float) -> int:
-        with self.lock:
-            return self.pacer.queued_bytes(t)
+        departure = self.egress.reserve(nbytes, t)
+        self.q.put(Outgoing(frames, nbytes, (departure if self.pace_bandwidth else t) + self.latency_s))
 
     def _run(self) -> None:
         while True:
@@ -129,6 +140,8 @@ class NodeProcess:
         estimator = ServiceEstimator.from_package(pkg, self.cfg.rated_macs_per_s)
         self.core = NodeCore(name, pkg, self.held, self.rules, cluster.offload_config(), estimator,
                              self._neighbour_views(), is_source=self.is_source)
+        bandwidth = self.cfg.bandwidth_mbps * 1e6 if self.cfg.bandwidth_mbps is not None else None
+        self.egress = Egress(bandwidth)
         self.links: dict[str, Link] = {}
         self.compress_on: dict[str, set[int]] = {}  # peer -> task boundaries whose features travel as codes
         self.inbox: zmq.Socket | None = None
@@ -173,8 +186,9 @@ class NodeProcess:
         except zmq.ZMQError as e:
             raise RuntimeError(f"node {self.name}: cannot listen on {self.cfg.address} ({e})") from None
         for peer in self._peers():
-            bw, lat = self.cluster.link(self.name, peer)
-            self.links[peer] = Link(self.ctx, self.name, self.cluster.node(peer), bw, lat, self.pace_bandwidth)
+            _, lat = self.cluster.link(self.name, peer)
+            self.links[peer] = Link(self.ctx, self.name, self.cluster.node(peer), self.egress, lat,
+                                    self.pace_bandwidth)
         self._plan_compression()
         for target, tname in ((self._receive_loop, "receive"), (self._compute_loop, "compute"),
                               (self._heartbeat_loop, "heartbeat")):
@@ -306,7 +320,8 @@ class NodeProcess:
         nbytes = {peer: (self.pkg.compression_after(boundary).code_bytes
                          if item.x is not None and boundary in on else item.nbytes)
                   for peer, on in self.compress_on.items()}
-        queued = {n: link.queued_bytes(t) for n, link in self.links.items()}
+        queued_bytes = self.egress.queued_bytes(t)  # one egress queue, shared by every link
+        queued = dict.fromkeys(self.links, queued_bytes)
         decision = self.core.route(item, t, nbytes, queued)
         if isinstance(decision, Send):
             self.send_item(decision, t)
@@ -338,7 +353,7 @@ class NodeProcess:
     def stats(self) -> dict[str, float]:
         out = {f"tasks_run_{k}": float(v) for k, v in self.core.tasks_run.items()}
         out.update(busy_s=self.busy_s, elapsed_s=now() - self.started_at, bad_messages=float(self.bad_messages),
-                   bytes_sent=float(sum(link.bytes_sent for link in self.links.values())))
+                   bytes_sent=float(self.egress.bytes_sent))
         return out
 
     def send_state(self, final: bool = False) -> None:
