@@ -17,6 +17,14 @@ FORMAT = "mdiexit-model/1"
 DTYPES = {"uint8", "int8", "float16", "float32"}
 
 
+def float32_bytes(shape: tuple[int, ...]) -> int:
+    """Bytes of one float32 array of this shape."""
+    n = 4
+    for d in shape:
+        n *= d
+    return n
+
+
 class PackageError(Exception):
     """A model package is missing a file or its manifest is malformed. The message names the field."""
 
@@ -34,10 +42,7 @@ class TaskSpec:
     @property
     def feature_bytes(self) -> int:
         """float32 bytes per item of this task's output features (uncompressed)."""
-        n = 4
-        for d in self.features_shape:
-            n *= d
-        return n
+        return float32_bytes(self.features_shape)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from mdiexit.emulation.netns import (
     namespaces_supported,
     tbf_args,
 )
+from mdiexit.runtime.ports import free_ports
 
 SUPPORTED, WHY = namespaces_supported()
 pytestmark = pytest.mark.skipif(not SUPPORTED, reason=f"network namespaces unavailable: {WHY}")
@@ -34,20 +35,10 @@ DEAD_PREFIX = "mxzzzzz"  # pid 60466175: above any pid_max, so its owner is neve
 
 
 def cluster(bandwidths=(8, 8, 16), package="/nonexistent"):
-    ports = _free_ports(len(bandwidths))
+    ports = free_ports(len(bandwidths))
     nodes = [{"name": "source" if i == 0 else f"w{i}", "role": "source" if i == 0 else "worker", "port": p,
               "bandwidth_mbps": bw, "latency_ms": 1} for i, (p, bw) in enumerate(zip(ports, bandwidths, strict=True))]
     return cluster_from_dict({"package": str(package), "nodes": nodes})
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def leftovers(prefix):
@@ -125,7 +116,7 @@ def test_cleanup_stale_removes_a_crashed_run_only():
 def test_cluster_run_in_namespaces(tmp_path, tiny_package):
     from mdiexit.runtime.launch import RunOptions, run_cluster
 
-    ports = _free_ports(3)
+    ports = free_ports(3)
     # the tasks are split so that items must cross source -> w1 -> w2 and come back: every path is used
     nodes = [{"name": n, "role": "source" if n == "source" else "worker", "port": p, "slowdown": 3, "tasks": t,
               "bandwidth_mbps": 20, "latency_ms": 1}

@@ -1,22 +1,11 @@
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 import yaml
 
-
-def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
+from mdiexit.runtime.ports import free_ports
 
 
 def write_cluster(path: Path, package: Path, slowdowns: list[float], mode: str = "mdi-exit",

@@ -14,7 +14,7 @@ from mdiexit.evaluate import all_exit_logits, load_test_split
 from mdiexit.exitprofile import outcome
 from mdiexit.package import load_package
 from mdiexit.runtime.launch import RunOptions, run_cluster
-from tests.runtime.conftest import free_ports
+from mdiexit.runtime.ports import free_ports
 
 ITEMS = 200
 

@@ -26,6 +26,7 @@ from mdiexit.engine import OrtEngine
 from mdiexit.package import Package, load_package
 from mdiexit.protocol.codec import check_arrays, decode, describe, encode
 from mdiexit.protocol.messages import Data
+from mdiexit.runtime.ports import free_ports
 
 
 def hop_ms(pkg: Package, task: int, x: np.ndarray, repeats: int) -> float:
@@ -64,20 +65,8 @@ def hop_overhead(pkg: Package, slowdown: float, repeats: int) -> list[dict]:
     return rows
 
 
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def write_scaling_cluster(path: Path, package: Path, workers: int, slowdown: float) -> Path:
-    ports = _free_ports(workers + 1)
+    ports = free_ports(workers + 1)
     nodes = [{"name": "source", "role": "source", "port": ports[0], "tasks": []}]  # dispatch only
     nodes += [{"name": f"w{i}", "role": "worker", "port": p, "slowdown": slowdown} for i, p in enumerate(ports[1:], 1)]
     path.write_text(yaml.safe_dump({"package": str(Path(package).resolve()), "mode": "mdi-exit", "nodes": nodes}))

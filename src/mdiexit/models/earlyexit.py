@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mdiexit.models.macs import count_macs
+from mdiexit.package import float32_bytes
 
 
 class InputNorm(nn.Module):
@@ -65,10 +66,7 @@ class TaskInfo:
     @property
     def feature_bytes(self) -> int:
         """float32 bytes per item of this task's output features."""
-        n = 4
-        for d in self.features_shape:
-            n *= d
-        return n
+        return float32_bytes(self.features_shape)
 
 
 class EarlyExitModel(nn.Module):
