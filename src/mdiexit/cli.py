@@ -68,7 +68,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from mdiexit.evaluate import evaluate_package
 
-    evaluate_package(a.package, data_dir=a.data_dir, threads=a.threads, out=a.out)
+    evaluate_package(a.package, data_dir=a.data_dir, threads=a.threads, out=a.out, compressed=a.compressed)
     return 0
 
 
@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", type=Path, default=None)
     ev.add_argument("--threads", type=int, default=2)
     ev.add_argument("--out", type=Path, default=None, help="also write the evaluation as JSON here")
+    ev.add_argument("--compressed", action="store_true",
+                    help="pass features through the package's encoder/decoder at every boundary that has one")
     ev.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("run", help="run a whole cluster on this machine and write DIR/summary.json",

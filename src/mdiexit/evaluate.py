@@ -62,11 +62,13 @@ def evaluate_logits(pkg: Package, logits: np.ndarray, labels: np.ndarray,
     }
 
 
-def evaluate_package(package: Path, data_dir: Path | None = None, threads: int = 2, out: Path | None = None) -> dict:
+def evaluate_package(package: Path, data_dir: Path | None = None, threads: int = 2, out: Path | None = None,
+                     compressed: bool = False) -> dict:
     pkg = load_package(package, check_onnx=True)
     test = load_test_split(pkg, data_dir)
-    logits = all_exit_logits(pkg, test.images, threads)
-    result = {"package": pkg.name, "split": "test", **evaluate_logits(pkg, logits, test.labels)}
+    logits = all_exit_logits(pkg, test.images, threads, compressed=compressed)
+    result = {"package": pkg.name, "split": "test", "compressed": compressed,
+              **evaluate_logits(pkg, logits, test.labels)}
     print_evaluation(result)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +77,8 @@ def evaluate_package(package: Path, data_dir: Path | None = None, threads: int =
 
 
 def print_evaluation(r: dict, file=sys.stdout) -> None:
-    print(f"{r['package']} on the {r['split']} split ({r['items']} items)", file=file)
+    how = ", features through the learned codecs at every boundary" if r.get("compressed") else ""
+    print(f"{r['package']} on the {r['split']} split ({r['items']} items{how})", file=file)
     for k, a in enumerate(r["per_exit_accuracy"], start=1):
         print(f"  exit {k}: accuracy {a:.4f}", file=file)
     print(f"  thresholds {r['thresholds']}: accuracy {r['accuracy']:.4f} "
