@@ -4,7 +4,8 @@
    ZeroMQ TCP loopback connection, receive, decode and validate it; median of repeats. Compared with the
    task's compute time at the cluster file's emulated speeds (measured ONNX Runtime time x slowdown).
 2. Scaling: `mdi-exit` throughput on 1, 2 and 4 equal workers (the source only dispatches), each run
-   overloaded so that throughput is the cluster's capacity. Efficiency = T_n / (n x T_1).
+   offered 1.5x its estimated capacity (from measured task times, the slowdown and the default thresholds'
+   expected compute), so that throughput is the cluster's capacity. Efficiency = T_n / (n x T_1).
 """
 
 from __future__ import annotations
@@ -80,12 +81,13 @@ def scaling(package: Path, slowdown: float, duration_s: float, counts: tuple[int
     engine = OrtEngine(pkg, threads=1)
     inputs = task_inputs(pkg, engine, batch=1)
     full_ms = sum(median_ms(engine, t.index, x, 20) for t, x in zip(pkg.tasks, inputs, strict=True))
-    capacity_1 = 1000.0 / (full_ms * slowdown)  # items/s of one worker running every task, no exits
+    compute = pkg.manifest.get("default_operating_point", {}).get("compute_fraction", 1.0)
+    capacity_1 = 1000.0 / (full_ms * slowdown * compute)  # items/s of one worker at the default thresholds
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for n in counts:
             cluster = write_scaling_cluster(Path(d) / f"scale{n}.yaml", package, n, slowdown)
-            opts = RunOptions(rate=2.0 * capacity_1 * n, duration_s=duration_s, warmup_s=min(3.0, duration_s / 3),
+            opts = RunOptions(rate=1.5 * capacity_1 * n, duration_s=duration_s, warmup_s=min(3.0, duration_s / 3),
                               live=False, drain_timeout_s=60)
             s = run_cluster(cluster, opts).summary
             rows.append({"workers": n, "throughput_per_s": s["throughput_per_s"], "lost": s["lost"],
