@@ -279,9 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "a 1 s deadline at fixed rates from 0.5x to 3x mdi's capacity.")
     bp.add_argument("--cluster", type=Path, default=Path("examples/edge4.yaml"))
     bp.add_argument("--out", type=Path, default=Path("docs/results"))
-    bp.add_argument("--probe-s", type=float, default=8.0, help="seconds per rate-search probe")
+    bp.add_argument("--probe-s", type=float, default=6.0, help="seconds per rate-search probe")
     bp.add_argument("--adaptive-s", type=float, default=40.0, help="seconds of the rate-adaptation run")
-    bp.add_argument("--exp2-s", type=float, default=12.0, help="seconds per experiment-2 run")
+    bp.add_argument("--exp2-s", type=float, default=10.0, help="seconds per experiment-2 run")
     bp.add_argument("--data-dir", type=Path, default=None)
     bp.set_defaults(func=cmd_bench_paper)
     return p

@@ -32,9 +32,10 @@ NO_COMPRESSION = "mdi-exit (no compression)"
 
 @dataclass
 class PaperOptions:
-    probe_s: float = 8.0  # seconds of admission per rate-search probe
+    probe_s: float = 6.0  # seconds of admission per rate-search probe
     adaptive_s: float = 40.0  # seconds of the rate-adaptation run
-    exp2_s: float = 12.0  # seconds per fixed-rate run of experiment 2
+    exp2_s: float = 10.0  # seconds per fixed-rate run of experiment 2
+    drain_s: float = 5.0  # a run's results must arrive within this after admission stops (else: lost)
     rate_factors: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)  # experiment 2 rates, x mdi's capacity
     deadline_ms: float = 1000.0
     data_dir: Path | None = None
@@ -76,7 +77,7 @@ def experiment1(cluster: Path, no_comp: Path, target: float, o: PaperOptions) ->
 
         def probe(rate: float, run_mode=run_mode, path=path, mode=mode) -> dict:
             s = run_cluster(path, RunOptions(mode=run_mode, rate=rate, duration_s=o.probe_s, warmup_s=2.0,
-                                             live=False, data_dir=o.data_dir)).summary
+                                             live=False, data_dir=o.data_dir, drain_timeout_s=o.drain_s)).summary
             say(f"  {mode:>26} @ {rate:7.1f}/s: throughput {s['throughput_per_s']:6.1f}, acc {s['accuracy']:.4f}, "
                 f"p95 {s['latency_ms']['p95']:6.0f} ms, lost {s['lost']}")
             return s
@@ -109,7 +110,7 @@ def experiment2(cluster: Path, no_comp: Path, mdi_capacity: float, o: PaperOptio
         for rate in rates:
             s = run_cluster(path, RunOptions(mode=mode, rate=rate, duration_s=o.exp2_s, warmup_s=2.0, live=False,
                                              admission=admission, deadline_ms=o.deadline_ms,
-                                             data_dir=o.data_dir, drain_timeout_s=10)).summary
+                                             data_dir=o.data_dir, drain_timeout_s=o.drain_s)).summary
             results[name].append({"rate": rate, "accuracy_within_deadline": s["accuracy_within_deadline"],
                                   "accuracy": s["accuracy"], "throughput_per_s": s["throughput_per_s"],
                                   "p95_ms": s["latency_ms"]["p95"]})

@@ -36,7 +36,7 @@ class RunOptions:
     rate: float = 50.0
     duration_s: float = 20.0
     warmup_s: float = 2.0
-    drain_timeout_s: float = 20.0
+    drain_timeout_s: float = 60.0  # after admission stops, wait this long for the last results
     ready_timeout_s: float = 60.0
     deadline_ms: float | None = None
     live: bool = True
