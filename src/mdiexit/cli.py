@@ -155,6 +155,20 @@ def cmd_bench_paper(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_admission(a: argparse.Namespace) -> int:
+    from mdiexit.bench.admission import bench_admission
+
+    bench_admission(a.cluster, a.out, duration_s=a.duration, target_accuracy=a.target_accuracy)
+    return 0
+
+
+def cmd_bench_compression(a: argparse.Namespace) -> int:
+    from mdiexit.bench.compression import bench_compression
+
+    bench_compression(a.cluster, a.bandwidth, a.duration, a.target_accuracy, a.out)
+    return 0
+
+
 def cmd_bench_runtime(a: argparse.Namespace) -> int:
     from mdiexit.bench.runtime import bench_runtime
 
@@ -273,6 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--slowdown", type=float, default=None, help="worker slowdown (default: the workers' median)")
     br.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
     br.set_defaults(func=cmd_bench_runtime)
+    ba = bsub.add_parser("admission", help="rate and threshold adaptation against fixed-rate baselines")
+    ba.add_argument("--cluster", type=Path, default=Path("examples/edge4.yaml"))
+    ba.add_argument("--out", type=Path, default=Path("docs/results/admission"))
+    ba.add_argument("--duration", type=float, default=60.0, help="seconds of the rate-adaptation run")
+    ba.add_argument("--target-accuracy", type=float, default=None,
+                    help="default: the final exit's test accuracy - 0.01")
+    ba.set_defaults(func=cmd_bench_admission)
+    bc = bsub.add_parser("compression", help="mdi-exit with learned codes vs lz4 vs zstd vs raw features on slow links")
+    bc.add_argument("--cluster", type=Path, default=Path("examples/edge4.yaml"))
+    bc.add_argument("--bandwidth", type=float, default=10.0, help="Mbit/s of every node's egress (default 10)")
+    bc.add_argument("--duration", type=float, default=30.0, help="seconds per run (the second half is measured)")
+    bc.add_argument("--target-accuracy", type=float, default=None)
+    bc.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    bc.set_defaults(func=cmd_bench_compression)
     bp = bsub.add_parser("paper", help="both headline experiments for every mode: paper.json, PNG plots, table",
                          description="Experiment 1: highest sustainable throughput at the target accuracy (rate "
                                      "search; mdi-exit also with rate adaptation). Experiment 2: accuracy within "

@@ -23,8 +23,8 @@ import yaml
 from mdiexit.bench.ratesearch import Criterion, search_rate
 from mdiexit.config import load_cluster
 from mdiexit.evaluate import all_exit_logits, evaluate_logits, load_test_split
-from mdiexit.policies.modes import MODES
 from mdiexit.package import load_package
+from mdiexit.policies.modes import MODES
 from mdiexit.runtime.launch import RunOptions, run_cluster
 
 BASELINES = ["mdi", "local", "ddi", "ddi-exit", "mdi-static"]  # mdi first: its capacity seeds the others
@@ -43,7 +43,7 @@ class PaperOptions:
 
 
 def say(msg: str) -> None:
-    print(f"[paper {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def test_accuracies(package: Path, data_dir: Path | None) -> tuple[float, float]:
@@ -70,30 +70,36 @@ def summary_row(s: dict) -> dict:
             "bytes_per_item": s["bytes_per_item"], "lost": s["lost"], "exit_fraction": s["exit_fraction"]}
 
 
+def search_mode(path: Path, mode: str, label: str, criterion: Criterion, start: float, probe_s: float,
+                drain_s: float, data_dir: Path | None = None, thresholds: tuple[float, ...] | None = None,
+                refine_steps: int = 2) -> tuple[dict, dict]:
+    """Rate search of one mode at fixed thresholds. Returns (result row, search log)."""
+    def probe(rate: float) -> dict:
+        s = run_cluster(path, RunOptions(mode=mode, rate=rate, duration_s=probe_s, warmup_s=2.0, live=False,
+                                         data_dir=data_dir, drain_timeout_s=drain_s, thresholds=thresholds)).summary
+        say(f"  {label:>26} @ {rate:7.1f}/s: throughput {s['throughput_per_s']:6.1f}, acc {s['accuracy']:.4f}, "
+            f"p95 {s['latency_ms']['p95']:6.0f} ms, lost {s['lost']}")
+        return s
+
+    say(f"rate search for {label}")
+    res = search_rate(probe, criterion, start, refine_steps=refine_steps)
+    log = {"best_rate": res.best_rate, "probes": [{"rate": r, "ok": ok, **summary_row(s)} for r, ok, s in res.probes]}
+    row = ({"rate": res.best_rate, **summary_row(res.best)} if res.best else
+           {"rate": None, "throughput_per_s": 0.0, "accuracy": None, "p95_ms": None, "bytes_per_item": None})
+    return row, log
+
+
 def experiment1(cluster: Path, no_comp: Path, target: float, accuracies: tuple[float, float],
                 o: PaperOptions) -> tuple[dict, dict]:
     results, searches = {}, {}
     start = 20.0
     for mode, path in [(m, cluster) for m in BASELINES] + [("mdi-exit", cluster), (NO_COMPRESSION, no_comp)]:
         run_mode = "mdi-exit" if mode == NO_COMPRESSION else mode
-
-        def probe(rate: float, run_mode=run_mode, path=path, mode=mode) -> dict:
-            s = run_cluster(path, RunOptions(mode=run_mode, rate=rate, duration_s=o.probe_s, warmup_s=2.0,
-                                             live=False, data_dir=o.data_dir, drain_timeout_s=o.drain_s)).summary
-            say(f"  {mode:>26} @ {rate:7.1f}/s: throughput {s['throughput_per_s']:6.1f}, acc {s['accuracy']:.4f}, "
-                f"p95 {s['latency_ms']['p95']:6.0f} ms, lost {s['lost']}")
-            return s
-
-        say(f"experiment 1: rate search for {mode}")
         crit = Criterion(target, expected_accuracy=accuracies[1] if MODES[run_mode].exits else accuracies[0])
-        res = search_rate(probe, crit, start, refine_steps=2)
-        searches[mode] = {"best_rate": res.best_rate, "probes": [{"rate": r, "ok": ok, **summary_row(s)}
-                                                                 for r, ok, s in res.probes]}
-        results[mode] = ({"rate": res.best_rate, **summary_row(res.best)} if res.best else
-                         {"rate": None, "throughput_per_s": 0.0, "accuracy": None, "p95_ms": None,
-                          "bytes_per_item": None})
+        results[mode], searches[mode] = search_mode(path, run_mode, mode, crit, start, o.probe_s, o.drain_s,
+                                                    o.data_dir)
         if mode == "mdi":
-            start = max(start, res.best_rate or start)
+            start = max(start, results[mode]["rate"] or start)
     say("experiment 1: mdi-exit with rate adaptation")
     half = o.adaptive_s / 2
     s = run_cluster(cluster, RunOptions(mode="mdi-exit", rate=start, duration_s=o.adaptive_s, warmup_s=half,

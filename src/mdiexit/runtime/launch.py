@@ -45,6 +45,7 @@ class RunOptions:
     admission: str = "fixed"  # fixed | rate | thresholds
     target_accuracy: float | None = None  # rate adaptation; default: final-exit validation accuracy - 1 point
     target_backlog_ms: float = 300.0
+    thresholds: tuple[float, ...] | None = None  # fixed admission: these instead of the package's defaults
     net: str = "app"  # app: links paced in the application | namespaces: kernel-shaped (root, Linux; DESIGN §7)
 
 
@@ -72,7 +73,8 @@ def make_admission(pkg: Package, mode: str, opts: RunOptions) -> Admission:
     if opts.admission == "fixed" or not rules_for(mode).exits:
         if opts.admission != "fixed":
             log.warning("mode %s has no exits: admission %s falls back to a fixed rate", mode, opts.admission)
-        thresholds = pkg.default_thresholds if rules_for(mode).exits else no_exit_thresholds(pkg.num_tasks)
+        thresholds = (opts.thresholds or pkg.default_thresholds) if rules_for(mode).exits else \
+            no_exit_thresholds(pkg.num_tasks)
         return FixedAdmission(opts.rate, tuple(thresholds))
     w_star = opts.target_backlog_ms / 1000
     if opts.admission == "rate":
