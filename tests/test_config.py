@@ -72,11 +72,14 @@ def test_yaml_on_off_booleans_and_explicit_neighbours(tmp_path):
 def test_example_edge4_is_valid():
     cfg = load_cluster(REPO / "examples" / "edge4.yaml")
     assert cfg.mode == "mdi-exit" and len(cfg.workers) == 4
-    assert cfg.source.slowdown == 8
-    assert sorted(w.slowdown for w in cfg.workers) == [4, 4, 8, 16]
+    assert cfg.source.slowdown == 40
+    assert sorted(w.slowdown for w in cfg.workers) == [20, 20, 40, 80]
     assert all(20 <= n.bandwidth_mbps <= 50 and 2 <= n.latency_ms <= 5 for n in cfg.nodes)
     assert all(n.port >= 5550 for n in cfg.nodes)
     assert cfg.package.parts[-2:] == ("models", "mobilenetv2-fmnist")
+    slow = load_cluster(REPO / "examples" / "edge4-slowlinks.yaml")
+    assert all(n.bandwidth_mbps == 5 and n.compress == "off" for n in slow.nodes)
+    assert [n.slowdown for n in slow.nodes] == [n.slowdown for n in cfg.nodes]
 
 
 def edit(path, value):

@@ -24,7 +24,7 @@ from mdiexit.plot import plot_timeline
 from mdiexit.runtime.launch import RunOptions, run_cluster, write_results
 
 
-def settle_time(timeline: list[dict], steady_from_s: float, band: float = 0.1, smooth_s: float = 2.0) -> float | None:
+def settle_time(timeline: list[dict], steady_from_s: float, band: float = 0.15, smooth_s: float = 2.0) -> float | None:
     """First time after which λ, averaged over the last `smooth_s`, stays within +-band of its steady mean."""
     steady = [r["rate"] for r in timeline if r["t_s"] >= steady_from_s]
     if not steady:
