@@ -76,10 +76,11 @@ def test_onnx_swapped_with_another_task(pkg_copy):
         load_package(pkg_copy, check_onnx=True)
 
 
-def test_reader_imports_no_torch():
+def test_reader_and_worker_path_import_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, mdiexit.package, mdiexit.engine, mdiexit.exitprofile; print('torch' in sys.modules)"
+    code = ("import sys, mdiexit.package, mdiexit.engine, mdiexit.exitprofile, mdiexit.runtime.launch, "
+            "mdiexit.policies.admission, mdiexit.protocol.codec; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr

@@ -321,10 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     from mdiexit.data import DataError
     from mdiexit.emulation.netns import NamespaceError
     from mdiexit.package import PackageError
+    from mdiexit.runtime.node import ClusterError
 
     try:
         return args.func(args)
-    except (DataError, PackageError, ConfigError, NamespaceError) as e:
+    except (DataError, PackageError, ConfigError, NamespaceError, ClusterError) as e:
         print(f"mdiexit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

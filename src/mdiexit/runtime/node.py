@@ -54,6 +54,10 @@ def _median_s(fn, repeats: int = 7) -> float:
     return sorted(times)[len(times) // 2]
 
 
+class ClusterError(RuntimeError):
+    """A node cannot take part in the run (port taken, a peer never answered). The message names the node."""
+
+
 class Egress:
     """A node's egress: one token bucket at its bandwidth, shared by all its outgoing links (DESIGN §7)."""
 
@@ -184,7 +188,7 @@ class NodeProcess:
             self.inbox.bind(f"tcp://*:{self.cfg.port}" if self.cfg.host not in ("127.0.0.1", "localhost")
                             else self.cfg.address)
         except zmq.ZMQError as e:
-            raise RuntimeError(f"node {self.name}: cannot listen on {self.cfg.address} ({e})") from None
+            raise ClusterError(f"node {self.name}: cannot listen on {self.cfg.address} ({e})") from None
         for peer in self._peers():
             _, lat = self.cluster.link(self.name, peer)
             self.links[peer] = Link(self.ctx, self.name, self.cluster.node(peer), self.egress, lat,

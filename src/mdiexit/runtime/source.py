@@ -15,7 +15,7 @@ import numpy as np
 from mdiexit.data import Dataset
 from mdiexit.protocol.messages import Control, Result, State
 from mdiexit.runtime.core import Finished, WorkItem
-from mdiexit.runtime.node import NodeProcess, encode, now
+from mdiexit.runtime.node import ClusterError, NodeProcess, encode, now
 
 
 class Admission(Protocol):
@@ -134,9 +134,9 @@ class SourceProcess(NodeProcess):
                 return
             time.sleep(0.05)
         if self.abort:
-            raise RuntimeError(self.abort)
+            raise ClusterError(self.abort)
         missing = [w for w in workers if w not in self.reports]
-        raise RuntimeError(f"node(s) {', '.join(missing)} sent no heartbeat within {timeout:.0f} s")
+        raise ClusterError(f"node(s) {', '.join(missing)} sent no heartbeat within {timeout:.0f} s")
 
     def admit_for(self, duration_s: float) -> tuple[float, float]:
         """Admit items at the admission policy's rate for `duration_s`. Returns (start, end) times."""
