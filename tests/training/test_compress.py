@@ -173,3 +173,18 @@ def test_cli_rejects_bad_ratios(tiny_package, tiny_checkpoint):
                           "--checkpoint", str(tiny_checkpoint), "--ratios", "4,one"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 2 and "--ratios" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("budget", [0.0, 0.02])
+def test_joint_selection_keeps_all_boundaries_within_budget_or_backs_off_fully(compressed, tiny_checkpoint,
+                                                                            small_splits, tmp_path, budget):
+    """Costs measured one boundary at a time add up; the joint check backs off until all-at-once fits."""
+    pkg_dir, _ = compressed
+    dst = tmp_path / "pkg"
+    shutil.copytree(pkg_dir, dst)  # carries compress_state.pt: the autoencoders are reused, not retrained
+    tr, val = small_splits
+    r = compress_package(dst, tiny_checkpoint, ratios=(4, 8), epochs=1, max_train_items=300, seed=0, threads=1,
+                         budget=budget, train_set=tr, val_set=val, progress=False)
+    cost = r.report["all_boundaries"]["accuracy_cost"]
+    weakest = all(ae.requested_ratio == 4 for ae in r.chosen.values())
+    assert cost <= budget + 1e-9 or weakest

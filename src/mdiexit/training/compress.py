@@ -532,12 +532,10 @@ def _compress(pkg, package, checkpoint, ratios, budget, epochs, data_dir, max_tr
             f = val_feats[ae.after_task - 1].numpy()
             row["parity"] = check_codec_parity(ae, tmp / f"enc_{name}.onnx", tmp / f"dec_{name}.onnx", f)
             row["encoder_ms"], row["decoder_ms"] = time_codec(tmp / f"enc_{name}.onnx", tmp / f"dec_{name}.onnx", f)
-        for t in pkg.tasks[:-1]:
-            k = t.index
-            cands = [(ae, row) for ae, row in zip(aes, rows, strict=True) if ae.after_task == k]
-            ok = [c for c in cands if c[1]["accuracy_cost"] <= budget + 1e-12]
-            within = bool(ok)
-            ae, row = max(ok, key=lambda c: c[0].shape.ratio) if ok else min(cands, key=lambda c: c[0].shape.ratio)
+        picks = {t.index: _pick(t.index, aes, rows, budget) for t in pkg.tasks[:-1]}
+        all_acc = _back_off_jointly(model, pkg, val_set, picks, aes, rows, base_acc, budget)
+        for k, (ae, row, within) in picks.items():
+            cands = [(a, r) for a, r in zip(aes, rows, strict=True) if a.after_task == k]
             for _, r in cands:
                 r["chosen"] = r is row
             row["within_budget"] = within
@@ -555,7 +553,6 @@ def _compress(pkg, package, checkpoint, ratios, budget, epochs, data_dir, max_tr
 
     _write_manifest(package, entries)
 
-    all_acc = evaluate_logits(pkg, compressed_logits(model, val_set.images, chosen), val_set.labels)["accuracy"]
     report = {"package": pkg.name, "checkpoint": str(checkpoint), "budget": budget, "ratios": list(ratios),
               "epochs": epochs, "train_items": len(train_set), "val_items": len(val_set), "seed": seed,
               "thresholds": pkg.default_thresholds, "uncompressed_val_accuracy": base_acc, "boundaries": rows,
@@ -566,6 +563,38 @@ def _compress(pkg, package, checkpoint, ratios, budget, epochs, data_dir, max_tr
     print_report(report)
     log.info("all boundaries compressed: val accuracy %.4f vs %.4f uncompressed", all_acc, base_acc)
     return CompressResult(package, chosen, report, {(a.after_task, a.requested_ratio): a for a in aes})
+
+
+def _pick(k: int, aes: list[Autoencoder], rows: list[dict], budget: float) -> tuple[Autoencoder, dict, bool]:
+    """Boundary k alone: the strongest ratio within the budget (else the weakest). Returns (ae, row, within)."""
+    cands = [(ae, row) for ae, row in zip(aes, rows, strict=True) if ae.after_task == k]
+    ok = [c for c in cands if c[1]["accuracy_cost"] <= budget + 1e-12]
+    ae, row = max(ok, key=lambda c: c[0].shape.ratio) if ok else min(cands, key=lambda c: c[0].shape.ratio)
+    return ae, row, bool(ok)
+
+
+def _back_off_jointly(model: EarlyExitModel, pkg, val_set: Dataset, picks: dict, aes: list[Autoencoder],
+                      rows: list[dict], base_acc: float, budget: float) -> float:
+    """Costs measured one boundary at a time add up: while every boundary compressed at once costs more than
+    the budget, step the boundary with the costliest pick down to its next weaker ratio. Returns the final
+    all-boundaries validation accuracy (`picks` is updated in place)."""
+    while True:
+        codecs = {k: ae for k, (ae, _, _) in picks.items()}
+        acc = evaluate_logits(pkg, compressed_logits(model, val_set.images, codecs), val_set.labels)["accuracy"]
+        if base_acc - acc <= budget + 1e-12:
+            return acc
+        steps = []
+        for k, (ae, row, _) in picks.items():
+            weaker = [(a, r) for a, r in zip(aes, rows, strict=True)
+                      if a.after_task == k and a.shape.ratio < ae.shape.ratio]
+            if weaker:
+                steps.append((row["accuracy_cost"], k, max(weaker, key=lambda c: c[0].shape.ratio)))
+        if not steps:
+            return acc
+        _, k, (a, r) = max(steps, key=lambda s: (s[0], s[1]))
+        log.info("all boundaries cost %+.4f > budget: boundary %d backs off to %.2fx", base_acc - acc, k,
+                 a.shape.ratio)
+        picks[k] = (a, r, r["accuracy_cost"] <= budget + 1e-12)
 
 
 def _write_manifest(package: Path, entries: list[dict]) -> None:
