@@ -150,7 +150,9 @@ def cmd_plot(a: argparse.Namespace) -> int:
 def cmd_bench_paper(a: argparse.Namespace) -> int:
     from mdiexit.bench.paper import PaperOptions, bench_paper
 
-    o = PaperOptions(probe_s=a.probe_s, adaptive_s=a.adaptive_s, exp2_s=a.exp2_s, data_dir=a.data_dir)
+    o = PaperOptions(probe_s=a.probe_s, adaptive_s=a.adaptive_s, exp2_s=a.exp2_s, data_dir=a.data_dir,
+                     modes=tuple(a.modes.split(",")) if a.modes else None,
+                     experiments=tuple(int(x) for x in a.experiments.split(",")))
     bench_paper(a.cluster, a.out, o)
     return 0
 
@@ -311,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--adaptive-s", type=float, default=40.0, help="seconds of the rate-adaptation run")
     bp.add_argument("--exp2-s", type=float, default=10.0, help="seconds per experiment-2 run")
     bp.add_argument("--data-dir", type=Path, default=None)
+    bp.add_argument("--modes", default=None, help="comma-separated subset of modes (default: all)")
+    bp.add_argument("--experiments", default="1,2", help="which experiments to run (default: 1,2)")
     bp.set_defaults(func=cmd_bench_paper)
     return p
 

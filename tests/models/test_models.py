@@ -25,7 +25,7 @@ def test_depthwise_conv_counted_per_group():
 
 
 @pytest.mark.parametrize("arch, shape", [("mobilenetv2", (1, 28, 28)), ("resnet50", (3, 32, 32)),
-                                         ("tiny", (1, 28, 28))])
+                                         ("tiny", (1, 28, 28)), ("mobilenetv2", (3, 112, 112))])
 def test_tasks_chain_and_shapes(arch, shape):
     model = create(arch, shape, 10, MEAN * shape[0], STD * shape[0]).eval()
     assert model.num_exits == 4
@@ -83,3 +83,10 @@ def test_input_norm_folds_scaling_into_task1():
     norm = model.tasks[0].segment[0]
     out = norm(torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2))
     assert torch.allclose(out.flatten(), torch.tensor([-1.0, 1.0]))
+
+
+def test_camera_frames_are_brought_down_to_the_small_image_resolution_early():
+    small = create("mobilenetv2", (1, 28, 28), 10, MEAN, STD).task_info()
+    camera = create("mobilenetv2", (3, 112, 112), 10, MEAN * 3, STD * 3).task_info()
+    assert [i.features_shape for i in camera] == [i.features_shape for i in small]
+    assert camera[0].feature_bytes < 3 * 112 * 112  # task 1's features are smaller than the raw frame

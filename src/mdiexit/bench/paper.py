@@ -37,6 +37,8 @@ class PaperOptions:
     adaptive_s: float = 40.0  # seconds of the rate-adaptation run
     exp2_s: float = 10.0  # seconds per fixed-rate run of experiment 2
     drain_s: float = 5.0  # a run's results must arrive within this after admission stops (else: lost)
+    modes: tuple[str, ...] | None = None  # None: every mode, plus mdi-exit without compression
+    experiments: tuple[int, ...] = (1, 2)
     rate_factors: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)  # experiment 2 rates, x mdi's capacity
     deadline_ms: float = 1000.0
     data_dir: Path | None = None
@@ -93,13 +95,16 @@ def experiment1(cluster: Path, no_comp: Path, target: float, accuracies: tuple[f
                 o: PaperOptions) -> tuple[dict, dict]:
     results, searches = {}, {}
     start = 20.0
-    for mode, path in [(m, cluster) for m in BASELINES] + [("mdi-exit", cluster), (NO_COMPRESSION, no_comp)]:
+    runs = [(m, cluster) for m in BASELINES] + [("mdi-exit", cluster), (NO_COMPRESSION, no_comp)]
+    for mode, path in [(m, p) for m, p in runs if o.modes is None or m in o.modes]:
         run_mode = "mdi-exit" if mode == NO_COMPRESSION else mode
         crit = Criterion(target, expected_accuracy=accuracies[1] if MODES[run_mode].exits else accuracies[0])
         results[mode], searches[mode] = search_mode(path, run_mode, mode, crit, start, o.probe_s, o.drain_s,
                                                     o.data_dir)
         if mode == "mdi":
             start = max(start, results[mode]["rate"] or start)
+    if o.modes is not None and "mdi-exit" not in o.modes:
+        return results, searches
     say("experiment 1: mdi-exit with rate adaptation")
     half = o.adaptive_s / 2
     s = run_cluster(cluster, RunOptions(mode="mdi-exit", rate=start, duration_s=o.adaptive_s, warmup_s=half,
@@ -114,7 +119,7 @@ def experiment2(cluster: Path, no_comp: Path, mdi_capacity: float, o: PaperOptio
     results: dict[str, list[dict]] = {}
     runs = [(m, cluster, m, "fixed") for m in BASELINES] + [("mdi-exit", cluster, "mdi-exit", "thresholds"),
                                                            (NO_COMPRESSION, no_comp, "mdi-exit", "thresholds")]
-    for name, path, mode, admission in runs:
+    for name, path, mode, admission in [r for r in runs if o.modes is None or r[0] in o.modes]:
         results[name] = []
         for rate in rates:
             s = run_cluster(path, RunOptions(mode=mode, rate=rate, duration_s=o.exp2_s, warmup_s=2.0, live=False,
@@ -138,8 +143,8 @@ def bench_paper(cluster: Path, out: Path, o: PaperOptions) -> dict:
     with tempfile.TemporaryDirectory() as d:
         no_comp = without_compression(cluster, Path(d))
         exp1, searches = experiment1(cluster, no_comp, target, (final_acc, default_acc), o)
-        mdi_capacity = exp1["mdi"]["rate"] or 10.0
-        rates, exp2 = experiment2(cluster, no_comp, mdi_capacity, o)
+        mdi_capacity = (exp1.get("mdi") or {}).get("rate") or 10.0
+        rates, exp2 = experiment2(cluster, no_comp, mdi_capacity, o) if 2 in o.experiments else ([], {})
     paper = {"experiment1": {"target_accuracy": target, "final_test_accuracy": final_acc,
                              "default_thresholds_test_accuracy": default_acc, "results": exp1,
                              "criterion": Criterion(target).__dict__, "searches": searches},
@@ -165,6 +170,8 @@ def markdown_table(p: dict) -> str:
         p95 = "-" if r["p95_ms"] is None else f"{r['p95_ms']:.0f}"
         nb = "-" if r["bytes_per_item"] is None else f"{r['bytes_per_item']:.0f}"
         lines.append(f"| {mode} | {r['throughput_per_s']:.1f} | {acc} | {p95} | {nb} |")
+    if not e2["rates"]:
+        return "\n".join(lines) + "\n"
     lines += ["", f"**Experiment 2** - accuracy within {e2['deadline_ms']:.0f} ms at fixed arrival rates "
                   f"(mdi capacity {e2['mdi_capacity']:.1f} items/s)", "",
               "| mode | " + " | ".join(f"{r:g}/s" for r in e2["rates"]) + " |",
@@ -191,6 +198,8 @@ def plot_paper(p: dict, out: Path) -> None:
     fig.savefig(out / "experiment1.png", dpi=110)
     plt.close(fig)
     e2 = p["experiment2"]
+    if not e2["rates"]:
+        return
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, rows in e2["results"].items():
         ax.plot([r["rate"] for r in rows], [r["accuracy_within_deadline"] for r in rows], marker="o", label=name)

@@ -19,7 +19,8 @@ def create(arch: str, input_shape: Sequence[int], num_classes: int, mean: Sequen
            cut_after: Sequence[int] | None = None) -> EarlyExitModel:
     if arch not in ARCHS:
         raise ValueError(f"unknown model {arch!r}; choose one of {', '.join(ARCHS)}")
-    blocks, head = ARCHS[arch](input_shape[0], num_classes)
+    kwargs = {"image_size": input_shape[-1]} if arch == "mobilenetv2" else {}
+    blocks, head = ARCHS[arch](input_shape[0], num_classes, **kwargs)
     return build_early_exit(blocks, input_shape, num_classes, head, cut_after=cut_after or FIXED_CUTS.get(arch),
                             mean=mean, std=std, arch=arch, head_width=HEAD_WIDTH.get(arch, 128))
 

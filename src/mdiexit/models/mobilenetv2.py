@@ -32,16 +32,25 @@ SMALL_IMAGE_CONFIG = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 1), (6, 64, 4, 2)
 
 
 def mobilenetv2_blocks(in_channels: int, num_classes: int, width: float = 1.0,
-                       config: list[tuple[int, int, int, int]] | None = None) -> tuple[list[nn.Module], nn.Module]:
+                       config: list[tuple[int, int, int, int]] | None = None,
+                       image_size: int = 28) -> tuple[list[nn.Module], nn.Module]:
     """Return (blocks, final_head). Each inverted-residual block is one possible cut point."""
     def ch(c: int) -> int:
         return max(8, int(round(c * width / 8)) * 8)
 
     cin = ch(32)
-    blocks: list[nn.Module] = [conv_bn(in_channels, cin, 3, 1)]
-    for t, c, n, s in config or SMALL_IMAGE_CONFIG:
+    # Larger inputs (camera frames) are brought down to the small-image resolution (<= 32) early: the stem,
+    # then the first stage, each stride 2, as in the ImageNet MobileNetV2. 28x28 and 32x32 keep stride 1.
+    early = [1, 1]
+    size = image_size
+    for i in range(2):
+        if size > 32:
+            early[i], size = 2, (size + 1) // 2
+    blocks: list[nn.Module] = [conv_bn(in_channels, cin, 3, early[0])]
+    for stage, (t, c, n, s) in enumerate(config or SMALL_IMAGE_CONFIG):
         for i in range(n):
-            blocks.append(InvertedResidual(cin, ch(c), s if i == 0 else 1, t))
+            stride = (early[1] if stage == 0 else s) if i == 0 else 1
+            blocks.append(InvertedResidual(cin, ch(c), stride, t))
             cin = ch(c)
     last = max(1280, ch(1280)) if width > 1.0 else 1280
     blocks.append(conv_bn(cin, last, 1))
