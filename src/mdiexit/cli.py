@@ -182,8 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mdiexit",
         description="Early-exit, model-distributed DNN inference across edge devices. "
-                    "Train an early-exit model, export it as a model package (manifest + one ONNX file per "
-                    "task), inspect its exit profile and benchmark its engine.")
+                    "Train an early-exit model and export it as a model package (manifest + one ONNX file per "
+                    "task), then run it on a cluster of processes that offload tasks by queue backlog, exit "
+                    "early, and adapt the admitted rate or the exit thresholds. Start with `make demo`, or "
+                    "`mdiexit run --cluster examples/edge4.yaml`.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train an early-exit model (torch)",
