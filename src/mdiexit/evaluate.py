@@ -13,7 +13,7 @@ from tqdm import tqdm
 from mdiexit.calibration import confidence
 from mdiexit.data import Dataset, load
 from mdiexit.engine import OrtEngine
-from mdiexit.exitprofile import evaluate as evaluate_point
+from mdiexit.exitprofile import outcome
 from mdiexit.package import Package, load_package
 
 
@@ -46,18 +46,16 @@ def evaluate_logits(pkg: Package, logits: np.ndarray, labels: np.ndarray,
     conf = np.stack([confidence(lg, t.temperature) for lg, t in zip(logits, pkg.tasks, strict=True)])
     correct = logits.argmax(2) == labels[None]
     cum = np.cumsum([t.macs for t in pkg.tasks]).astype(np.float64)
-    point = evaluate_point(conf, correct, cum, pkg.full_macs, np.array(thresholds))
-    from mdiexit.exitprofile import outcome
-
     exits = outcome(conf, np.array(thresholds))
+    accuracy = float(correct[exits, np.arange(len(labels))].mean())
     return {
         "items": int(len(labels)),
         "per_exit_accuracy": [float(c.mean()) for c in correct],
         "thresholds": list(thresholds),
-        "accuracy": point.accuracy,
+        "accuracy": accuracy,
         "final_exit_accuracy": float(correct[-1].mean()),
-        "accuracy_loss_points": 100 * (float(correct[-1].mean()) - point.accuracy),
-        "compute_fraction": point.compute_fraction,
+        "accuracy_loss_points": 100 * (float(correct[-1].mean()) - accuracy),
+        "compute_fraction": float(cum[exits].mean() / pkg.full_macs),
         "exit_fraction": [float((exits == k).mean()) for k in range(len(pkg.tasks))],
     }
 

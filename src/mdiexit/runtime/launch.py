@@ -140,7 +140,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     pace = netns is None  # in namespaces the kernel shapes the bandwidths
     procs = {w: spawn_worker(cluster_path, w, mode, (netns or {}).get(w), pace) for w in workers} if spawn else {}
     source = SourceProcess(cluster, cluster.source.name, pkg, mode=mode, stream=stream, admission=admission,
-                           live=opts.live, pace_bandwidth=pace)
+                           pace_bandwidth=pace)
     crashed: list[str] = []
     watching = threading.Event()
     watching.set()

@@ -41,7 +41,6 @@ def now() -> float:
 @dataclass
 class Outgoing:
     frames: list
-    nbytes: int
     send_at: float  # departure from the token bucket + link latency
 
 
@@ -101,7 +100,7 @@ class Link:
     def send(self, frames: list, t: float) -> None:
         nbytes = sum(len(memoryview(f).cast("B")) for f in frames)
         departure = self.egress.reserve(nbytes, t)
-        self.q.put(Outgoing(frames, nbytes, (departure if self.pace_bandwidth else t) + self.latency_s))
+        self.q.put(Outgoing(frames, (departure if self.pace_bandwidth else t) + self.latency_s))
 
     def _run(self) -> None:
         while True:

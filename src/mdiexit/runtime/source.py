@@ -94,12 +94,11 @@ class Ledger:
 
 
 class SourceProcess(NodeProcess):
-    def __init__(self, *args, stream: Dataset, admission: Admission, live: bool = True, **kw):
+    def __init__(self, *args, stream: Dataset, admission: Admission, **kw):
         super().__init__(*args, **kw)
         self.stream = stream
         self.admission = admission
         self.ledger = Ledger()
-        self.live = live
         self.reports: dict[str, State] = {}
         self.final_stats: dict[str, dict[str, float]] = {}
         self.backlog_samples: dict[str, list[float]] = {}
