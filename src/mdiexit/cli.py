@@ -84,7 +84,8 @@ def _run_opts(a: argparse.Namespace):
 
     return RunOptions(mode=a.mode, rate=a.rate, duration_s=a.duration, warmup_s=a.warmup,
                       deadline_ms=a.deadline_ms, live=not a.quiet, data_dir=a.data_dir, admission=a.admission,
-                      target_accuracy=a.target_accuracy, target_backlog_ms=a.target_backlog_ms, net=a.net)
+                      target_accuracy=a.target_accuracy, target_backlog_ms=a.target_backlog_ms, net=a.net,
+                      insecure=a.insecure, keys_dir=a.keys_dir)
 
 
 def _finish_run(result, out: Path) -> int:
@@ -96,7 +97,7 @@ def _finish_run(result, out: Path) -> int:
     print(f"summary written to {path}")
     if summary.get("error"):
         print(f"mdiexit: error: {summary['error']}", file=sys.stderr)
-    return 1 if summary["lost"] or summary["duplicates"] or summary.get("crashed") or summary.get("error") else 0
+    return 1 if summary["lost"] or summary["duplicates"] or summary.get("error") else 0
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -114,7 +115,31 @@ def cmd_source(a: argparse.Namespace) -> int:
 def cmd_worker(a: argparse.Namespace) -> int:
     from mdiexit.runtime.launch import run_worker
 
-    return run_worker(a.cluster, a.name, a.mode, pace=not a.no_pace)
+    return run_worker(a.cluster, a.name, a.mode, pace=not a.no_pace, insecure=a.insecure, keys_dir=a.keys_dir,
+                      key_file=a.key)
+
+
+def cmd_keys(a: argparse.Namespace) -> int:
+    from mdiexit.config import load_cluster
+    from mdiexit.security import create_keys
+
+    names = [n.name for n in load_cluster(a.cluster).nodes] if a.cluster else a.names
+    if not names:
+        raise SystemExit("mdiexit: error: name the nodes: --cluster F, or --names a,b,c")
+    publics = create_keys(names, a.out, overwrite=a.force)
+    for name, key in publics.items():
+        print(f"{name}: public {key}  secret {a.out / (name + '.key_secret')} (mode 600)")
+    print(f"set `keys_dir: {a.out}` in the cluster file (or pass --keys-dir); copy each node's .key_secret to "
+          f"that device only, and every .key to all of them")
+    return 0
+
+
+def _security_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keys-dir", type=Path, default=None,
+                   help="folder of node keys from `mdiexit keys` (default: the cluster file's keys_dir; a one-machine "
+                        "`run` without keys makes ephemeral ones)")
+    p.add_argument("--insecure", action="store_true",
+                   help="no CurveZMQ: links are neither authenticated nor encrypted (debugging only)")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -138,6 +163,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="app: the nodes pace their links (default); namespaces: one network namespace per worker, "
                         "bandwidths shaped by the kernel with tc tbf (root, Linux)")
     p.add_argument("--out", type=Path, default=Path("runs/last"), help="folder for summary.json")
+    _security_args(p)
 
 
 def cmd_plot(a: argparse.Namespace) -> int:
@@ -255,8 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a whole cluster on this machine and write DIR/summary.json",
                        description="Start every node of the cluster file as its own process (ZeroMQ over TCP), "
                                    "stream the test split through it at --rate for --duration seconds with a live "
-                                   "view, drain, and write the summary. Exit status 1 if any item was lost or "
-                                   "duplicated or a node crashed.")
+                                   "view, drain, and write the summary. A worker that crashes or hangs is declared "
+                                   "down and its items are re-dispatched. Exit status 1 if any item was lost or "
+                                   "duplicated.")
     _run_args(r)
     r.set_defaults(func=cmd_run)
 
@@ -270,7 +297,20 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--mode", default=None, help="override the cluster file's mode")
     w.add_argument("--no-pace", action="store_true",
                    help="do not pace the links' bandwidth (the kernel shapes it, as in `run --net namespaces`)")
+    w.add_argument("--key", type=Path, default=None,
+                   help="this node's secret key file (default: KEYS_DIR/NAME.key_secret)")
+    _security_args(w)
     w.set_defaults(func=cmd_worker)
+
+    k = sub.add_parser("keys", help="create one CurveZMQ keypair per node",
+                       description="Write DIR/NAME.key (public) and DIR/NAME.key_secret (mode 600) for every node of "
+                                   "the cluster file. Nodes then authenticate each other and encrypt every link.")
+    k.add_argument("--cluster", type=Path, default=None, help="cluster file whose nodes get keys")
+    k.add_argument("--names", type=lambda v: [x for x in v.split(",") if x], default=None,
+                   help="comma-separated node names (instead of --cluster)")
+    k.add_argument("--out", type=Path, required=True, help="keys folder (created with mode 700)")
+    k.add_argument("--force", action="store_true", help="replace existing keys")
+    k.set_defaults(func=cmd_keys)
 
     pl = sub.add_parser("plot", help="draw DIR/timeline.csv of a run to DIR/timeline.png")
     pl.add_argument("run_dir", type=Path)
@@ -328,10 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     from mdiexit.emulation.netns import NamespaceError
     from mdiexit.package import PackageError
     from mdiexit.runtime.node import ClusterError
+    from mdiexit.security import KeyFileError
 
     try:
         return args.func(args)
-    except (DataError, PackageError, ConfigError, NamespaceError, ClusterError) as e:
+    except (DataError, PackageError, ConfigError, NamespaceError, ClusterError, KeyFileError) as e:
         print(f"mdiexit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

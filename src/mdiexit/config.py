@@ -60,6 +60,7 @@ class NodeConfig:
     compress: str = "off"  # learned feature codes on this node's egress: "off" | "on" | "auto"
     wire_codec: str = "raw"  # lossless compression of array frames on this node's egress: raw | lz4 | zstd
     rated_gmacs: float | None = None  # None = BASE_RATED_GMACS / slowdown
+    public_key: str | None = None  # CurveZMQ public key (Z85); None: KEYS_DIR/NAME.key
 
     @property
     def address(self) -> str:
@@ -92,6 +93,8 @@ class ClusterConfig:
     stale_after_ms: float = 500.0
     heartbeat_ms: float = 50.0
     max_batch: int = 8  # dynamic batching: up to this many queued items of one task per engine call (never waits)
+    dead_after_ms: float = 1000.0  # no report for this long: the node is down, nobody routes to it (DESIGN §9)
+    keys_dir: Path | None = None  # node keys (`mdiexit keys`): NAME.key_secret for itself, NAME.key for peers
     path: Path | None = None  # the file it was loaded from
 
     @property
@@ -110,6 +113,13 @@ class ClusterConfig:
 
     def neighbours_of(self, name: str) -> tuple[str, ...]:
         return self.neighbours.get(name, ())
+
+    def senders_to(self, name: str) -> tuple[str, ...]:
+        """The nodes that may send ``name`` DATA: it reports its state to them too (DESIGN §9)."""
+        return tuple(n for n, nb in self.neighbours.items() if name in nb)
+
+    def public_keys(self) -> dict[str, str | None]:
+        return {n.name: n.public_key for n in self.nodes}
 
     def link(self, src: str, dst: str) -> tuple[float | None, float]:
         """(bandwidth in bit/s or None for unlimited, latency in s) of the path src -> dst: the sender's egress
@@ -134,6 +144,38 @@ class ClusterConfig:
         missing = sorted(set(range(1, num_tasks + 1)) - held)
         if missing:
             raise ConfigError(f"nodes: no node holds task(s) {missing}")
+
+    def check_reachable(self, num_tasks: int, source_computes: bool = True, offload_later: bool = True) -> None:
+        """Every task must be reachable from the source along the neighbour graph, for a mode whose source
+        computes (or not) and whose workers pass items on (or not, as in DDI). The error names the task."""
+        src = self.source.name
+
+        def holds(node: str, task: int) -> bool:
+            n = self.node(node)
+            return (source_computes or n.role != "source") and task in n.held_tasks(num_tasks)
+
+        if not offload_later:  # DDI: one node runs every task of an item it received from the source
+            if not any(all(holds(m, t) for t in range(1, num_tasks + 1)) for m in (src, *self.neighbours_of(src))):
+                raise ConfigError(f"neighbours.{src}: no neighbour of the source holds every task, "
+                                  "as DDI modes need (give one all tasks, or link the source to one that does)")
+            return
+        # states: (node, next task); an item moves to a neighbour that holds its next task, or runs it here
+        seen, todo = {(src, 1)}, [(src, 1)]
+        while todo:
+            node, task = todo.pop()
+            nxt = [(m, task) for m in self.neighbours_of(node) if task <= num_tasks and holds(m, task)]
+            if task <= num_tasks and holds(node, task):
+                nxt.append((node, task + 1))
+            for s in nxt:
+                if s not in seen:
+                    seen.add(s)
+                    todo.append(s)
+        for task in range(1, num_tasks + 1):
+            if not any((n, task + 1) in seen for n in self.neighbours):
+                holders = [n.name for n in self.nodes if holds(n.name, task)]
+                raise ConfigError(f"neighbours: task {task} is unreachable from the source {src!r}: "
+                                  f"it is held by {', '.join(holders) or 'no node'}, which the items that "
+                                  f"need it cannot reach along the neighbour graph; add a link to one of them")
 
 
 # ------------------------------------------------------------------ field checks
@@ -183,9 +225,9 @@ def _unknown(d: dict, allowed: set[str], where: str) -> None:
 
 
 _NODE_KEYS = {"name", "host", "port", "role", "tasks", "threads", "slowdown", "bandwidth_mbps", "latency_ms",
-              "compress", "wire_codec", "rated_gmacs"}
+              "compress", "wire_codec", "rated_gmacs", "public_key"}
 _TOP_KEYS = {"nodes", "neighbours", "package", "mode", "hysteresis_ms", "hop_limit", "stale_after_ms",
-             "heartbeat_ms", "max_batch"}
+             "heartbeat_ms", "max_batch", "dead_after_ms", "keys_dir"}
 
 
 def _node(d: Any, i: int) -> NodeConfig:
@@ -212,6 +254,10 @@ def _node(d: Any, i: int) -> NodeConfig:
         if len(set(tasks)) != len(tasks):
             raise ConfigError(f"{w}.tasks: duplicate task index in {tasks}")
         tasks = tuple(sorted(tasks))
+    public_key = d.get("public_key")
+    if public_key is not None and (not isinstance(public_key, str) or len(public_key) != 40):
+        raise ConfigError(f"{w}.public_key: expected a 40-character Z85 CurveZMQ key (see `mdiexit keys`), "
+                          f"got {_describe(public_key)}")
     compress = d.get("compress", "off")
     if isinstance(compress, bool):  # YAML 1.1 reads unquoted on/off as booleans
         compress = "on" if compress else "off"
@@ -225,6 +271,7 @@ def _node(d: Any, i: int) -> NodeConfig:
         compress=compress,
         wire_codec=_choice(d, "wire_codec", f"{w}.", "raw", WIRE_CODECS),
         rated_gmacs=_number(d, "rated_gmacs", f"{w}.", None, lo=0.0, lo_open=True, allow_none=True),
+        public_key=public_key,
     )
 
 
@@ -242,6 +289,15 @@ def _resolve_package(p: Any, base_dir: Path | None) -> Path:
         if c.exists():
             return c
     return candidates[0]  # not there (yet): load_package will say so
+
+
+def _resolve_dir(p: Any, base_dir: Path | None) -> Path | None:
+    if p is None:
+        return None
+    if not isinstance(p, str) or not p:
+        raise ConfigError(f"keys_dir: expected a folder path, got {_describe(p)}")
+    path = Path(p).expanduser()
+    return path if path.is_absolute() or base_dir is None else base_dir / path
 
 
 def cluster_from_dict(data: Any, base_dir: Path | None = None, path: Path | None = None) -> ClusterConfig:
@@ -300,6 +356,8 @@ def cluster_from_dict(data: Any, base_dir: Path | None = None, path: Path | None
         stale_after_ms=_number(data, "stale_after_ms", "", 500.0, lo=0.0, lo_open=True),
         heartbeat_ms=_number(data, "heartbeat_ms", "", 50.0, lo=0.0, lo_open=True, hi=MAX_HEARTBEAT_MS),
         max_batch=_int(data, "max_batch", "", 8, 1, 4096),
+        dead_after_ms=_number(data, "dead_after_ms", "", 1000.0, lo=0.0, lo_open=True),
+        keys_dir=_resolve_dir(data.get("keys_dir"), base_dir),
         path=path,
     )
 

@@ -19,6 +19,10 @@ KIND_RESULT = b"R"
 KIND_STATE = b"S"
 KIND_CONTROL = b"C"
 
+# why a well-formed message was refused: no cluster key, a sender other than the key's node (or CONTROL not from
+# the source), a RESULT for no item in flight or from a node that does not hold its exit's task
+REJECT_REASONS = ("unauthenticated", "impersonation", "unexpected_result")
+
 MAX_NAME = 64  # node and array names
 MAX_TASKS = 64  # thresholds, service-time entries
 MAX_TIMINGS = 256  # per-hop timing entries
@@ -50,6 +54,7 @@ class Data(msgspec.Struct, frozen=True, kw_only=True):
     KIND: ClassVar[bytes] = KIND_DATA
 
     item_id: Count
+    attempt: Count = 0  # the source's dispatch number of this item: a re-dispatch increments it (DESIGN §9)
     task: TaskIndex  # next task to run, 1-based
     hops: Count = 0
     admitted_at: Time
@@ -68,6 +73,7 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     KIND: ClassVar[bytes] = KIND_RESULT
 
     item_id: Count
+    attempt: Count = 0
     label: Count
     exit: TaskIndex  # 1-based
     confidence: Unit
@@ -88,28 +94,20 @@ class State(msgspec.Struct, frozen=True, kw_only=True):
     queue_len: Count
     service_s: Annotated[dict[TaskIndex, Seconds], msgspec.Meta(max_length=MAX_TASKS)] = {}
     sent_at: Time
+    leaving: bool = False  # a graceful leave: route nothing more here
     # counters for the run summary (tasks_run_K, busy_s, bytes_sent, bad_messages, ...)
     stats: Annotated[dict[Name, Time], msgspec.Meta(max_length=MAX_TASKS)] = {}
     version: int = PROTOCOL_VERSION
 
 
 class Control(msgspec.Struct, frozen=True, kw_only=True):
-    """CONTROL: new thresholds (with their version), a new admission rate, or shutdown."""
+    """CONTROL, accepted only from the source: shutdown. (Thresholds travel with each item, not here.)"""
 
     KIND: ClassVar[bytes] = KIND_CONTROL
 
     sender: Name
-    action: Literal["thresholds", "rate", "shutdown"]
-    thresholds: Annotated[list[Unit], msgspec.Meta(min_length=1, max_length=MAX_TASKS)] | None = None
-    thresholds_version: Count | None = None
-    rate: Annotated[float, msgspec.Meta(ge=0.0, le=1e9)] | None = None
+    action: Literal["shutdown"]
     version: int = PROTOCOL_VERSION
-
-    def __post_init__(self) -> None:
-        if self.action == "thresholds" and (self.thresholds is None or self.thresholds_version is None):
-            raise ValueError("CONTROL 'thresholds' needs both `thresholds` and `thresholds_version`")
-        if self.action == "rate" and self.rate is None:
-            raise ValueError("CONTROL 'rate' needs `rate`")
 
 
 Message = Data | Result | State | Control

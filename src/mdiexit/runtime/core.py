@@ -1,8 +1,9 @@
 """NodeCore: the pure step of one node (queue, backlog, exit and offload decisions). No sockets, no clock:
-every method takes `now`. The same core runs behind ZeroMQ (runtime.node) and in tests in-process."""
+every method takes `now`. The same core runs behind ZeroMQ (runtime.node)."""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ class WorkItem:
     hops: int = 0
     timings: list[tuple[str, int, float]] = field(default_factory=list)
     code: dict[str, np.ndarray] | None = None  # the learned code of x, as received (decoded before compute)
+    attempt: int = 0  # the source's dispatch number (DESIGN §9): results of other attempts are told apart
+    parked_at: float | None = None  # when no available node could take it
 
     @property
     def nbytes(self) -> int:
@@ -74,6 +77,12 @@ class NodeCore:
         if view is not None:
             view.on_report(backlog_s, now, service_s)
 
+    def on_leave(self, sender: str) -> None:
+        """``sender`` leaves the cluster: it is unavailable at once (until it reports again)."""
+        view = self.neighbours.get(sender)
+        if view is not None:
+            view.reported_at = -math.inf
+
     # ---------------------------------------------------------------- routing
     def route(self, item: WorkItem, now: float, bytes_to_send: int | dict[str, int],
               queued_bytes: dict[str, int]) -> Send | None:
@@ -84,6 +93,8 @@ class NodeCore:
                 self._enqueue(item)
                 return None
             if decision == "":
+                if item.parked_at is None:
+                    item.parked_at = now
                 self.parked.append(item)
                 return None
             self.neighbours[decision].on_sent(item.task)
@@ -121,6 +132,14 @@ class NodeCore:
     def take_parked(self) -> list[WorkItem]:
         with self.lock:
             items, self.parked = self.parked, []
+            return items
+
+    def take_all(self) -> list[WorkItem]:
+        """Everything queued or parked here (a graceful leave hands it back)."""
+        with self.lock:
+            items = list(self.queue) + self.parked
+            self.queue.clear()
+            self.parked, self.queued_s = [], 0.0
             return items
 
     # ---------------------------------------------------------------- compute

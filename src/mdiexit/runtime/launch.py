@@ -1,8 +1,12 @@
 """Start a cluster on this machine (`mdiexit run`), or one node of a multi-device deployment
 (`mdiexit worker`, `mdiexit source`). Workers are separate OS processes; the source runs in the launcher.
 
-Shutdown: the end of the run, Ctrl-C, or a node crashing stops everything. Children die with their parent
-(PR_SET_PDEATHSIG), so no orphan process keeps a port bound, and a crash is reported by node name.
+Shutdown: the end of the run or Ctrl-C stops everything. A worker that crashes is reported by name and the
+run goes on without it (the source re-dispatches its items, DESIGN §9). Children die with their parent
+(PR_SET_PDEATHSIG), so no orphan process keeps a port bound.
+
+Security: every node uses CurveZMQ with the cluster's keys (`keys_dir`, `--keys-dir`). A one-machine run on a
+cluster file without keys makes ephemeral keys for the run. `insecure=True` turns CurveZMQ off.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -23,9 +28,11 @@ from mdiexit.evaluate import load_test_split
 from mdiexit.package import Package, load_package
 from mdiexit.policies.admission import RateAdaptation, ThresholdAdaptation
 from mdiexit.policies.modes import no_exit_thresholds, rules_for
+from mdiexit.runtime.ledger import Ledger
 from mdiexit.runtime.metrics import summarize
-from mdiexit.runtime.node import NodeProcess
-from mdiexit.runtime.source import Admission, FixedAdmission, Ledger, SourceProcess
+from mdiexit.runtime.node import ClusterError, NodeProcess
+from mdiexit.runtime.source import Admission, FixedAdmission, SourceProcess
+from mdiexit.security import Identity, create_keys, load_identity
 
 log = logging.getLogger("mdiexit.launch")
 
@@ -47,6 +54,8 @@ class RunOptions:
     target_backlog_ms: float = 300.0
     thresholds: tuple[float, ...] | None = None  # fixed admission: these instead of the package's defaults
     net: str = "app"  # app: links paced in the application | namespaces: kernel-shaped (root, Linux; DESIGN §7)
+    insecure: bool = False  # no CurveZMQ: anyone who reaches a port can talk to the cluster (debugging only)
+    keys_dir: Path | None = None  # overrides the cluster file's keys_dir
 
 
 def _die_with_parent() -> None:
@@ -57,10 +66,12 @@ def _die_with_parent() -> None:
 
 
 def spawn_worker(cluster_path: Path, name: str, mode: str, netns: str | None = None,
-                 pace: bool = True) -> subprocess.Popen:
-    """A worker process; with ``netns``, inside that network namespace (`ip netns exec`)."""
+                 pace: bool = True, keys_dir: Path | None = None) -> subprocess.Popen:
+    """A worker process; with ``netns``, inside that network namespace (`ip netns exec`). ``keys_dir`` None:
+    insecure."""
     cmd = [sys.executable, "-m", "mdiexit.cli", "worker", "--cluster", str(cluster_path), "--name", name,
            "--mode", mode]
+    cmd += ["--keys-dir", str(keys_dir)] if keys_dir is not None else ["--insecure"]
     if not pace:
         cmd.append("--no-pace")
     if netns is not None:
@@ -125,6 +136,29 @@ def _run_in_namespaces(cluster_path: Path, opts: RunOptions, admission: Admissio
     return result
 
 
+def cluster_keys(cluster: ClusterConfig, opts: RunOptions, ephemeral_ok: bool) -> Path | None:
+    """The keys folder of this run: --keys-dir, the cluster file's, or (one machine, no keys configured) a
+    temporary folder of ephemeral keys. None when insecure."""
+    if opts.insecure:
+        log.warning("running INSECURE (--insecure): links are neither authenticated nor encrypted")
+        return None
+    keys_dir = opts.keys_dir or cluster.keys_dir
+    if keys_dir is None and not any(n.public_key for n in cluster.nodes):
+        if not ephemeral_ok:
+            raise ClusterError("no keys for this cluster: create them with `mdiexit keys --cluster F --out DIR` "
+                               "and set keys_dir (or pass --keys-dir), or pass --insecure")
+        keys_dir = Path(tempfile.mkdtemp(prefix="mdiexit-keys-"))
+        create_keys([n.name for n in cluster.nodes], keys_dir)
+    return keys_dir
+
+
+def node_identity(cluster: ClusterConfig, name: str, keys_dir: Path | None,
+                  secret_file: Path | None = None) -> Identity | None:
+    if keys_dir is None and secret_file is None:
+        return None
+    return load_identity(name, cluster.public_keys(), keys_dir, secret_file)
+
+
 def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | None, spawn: bool,
                  netns: dict[str, str | None] | None = None) -> RunResult:
     cluster = load_cluster(cluster_path)
@@ -132,25 +166,33 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     rules = rules_for(mode)
     pkg = load_package(cluster.package, check_onnx=True)
     cluster.check_tasks(pkg.num_tasks)
+    if not rules.single_node:
+        cluster.check_reachable(pkg.num_tasks, rules.source_computes, rules.offload_later)
+    keys_dir = cluster_keys(cluster, opts, ephemeral_ok=spawn)
+    identity = node_identity(cluster, cluster.source.name, keys_dir)
     stream = load_test_split(pkg, opts.data_dir)
     if opts.limit_items:
         stream = stream.subset(list(range(min(opts.limit_items, len(stream)))))
     admission = admission or make_admission(pkg, mode, opts)
     workers = [] if rules.single_node else [w.name for w in cluster.workers]
     pace = netns is None  # in namespaces the kernel shapes the bandwidths
-    procs = {w: spawn_worker(cluster_path, w, mode, (netns or {}).get(w), pace) for w in workers} if spawn else {}
+    procs = {w: spawn_worker(cluster_path, w, mode, (netns or {}).get(w), pace, keys_dir)
+             for w in workers} if spawn else {}
     source = SourceProcess(cluster, cluster.source.name, pkg, mode=mode, stream=stream, admission=admission,
-                           pace_bandwidth=pace)
+                           pace_bandwidth=pace, identity=identity)
     crashed: list[str] = []
     watching = threading.Event()
     watching.set()
 
     def watch() -> None:
+        seen: dict[str, subprocess.Popen] = {}
         while watching.is_set():
-            for name, p in procs.items():
-                if p.poll() is not None and name not in crashed:
+            for name, p in list(procs.items()):
+                if p.poll() is not None and seen.get(name) is not p:
+                    seen[name] = p
                     crashed.append(name)
-                    source.abort = f"node {name} exited unexpectedly with status {p.returncode}"
+                    log.warning("node %s exited unexpectedly with status %s; the run goes on", name, p.returncode)
+                    source.node_down(name, "crashed", time.monotonic())
             time.sleep(0.1)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -158,7 +200,10 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     try:
         source.start()
         watcher.start()
+        if crash_during_start := [w for w in workers if procs.get(w) and procs[w].poll() is not None]:
+            raise ClusterError(f"node(s) {', '.join(crash_during_start)} exited during start-up")
         source.wait_ready(workers, opts.ready_timeout_s)
+        source.run_start = time.monotonic()
         viewer = threading.Thread(target=source.live_view, args=(view_stop,), daemon=True)
         if opts.live:
             viewer.start()
@@ -169,18 +214,23 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         source.shutdown_workers(workers)
         summary = summarize(source.ledger, pkg.num_tasks, (start + opts.warmup_s, end), source.final_stats,
                             source.backlog_samples, None if opts.deadline_ms is None else opts.deadline_ms / 1000)
+        failures = source.failure_summary()
+        recoveries = [e["recovery_s"] for e in failures if e.get("recovery_s") is not None]
+        summary.update(node_failures=failures, recovery_s=max(recoveries) if recoveries else None,
+                       secure=identity is not None)
     finally:
         view_stop.set()
         watching.clear()
         source.close()
         _stop_all(procs)
-    summary = {"mode": mode, **summary, "crashed": crashed, "duration_s": opts.duration_s, "rate": opts.rate,
+    summary = {"mode": mode, **summary, "crashed": sorted(set(crashed)), "duration_s": opts.duration_s,
+               "rate": opts.rate,
                "config": {"cluster": str(cluster_path), "package": str(cluster.package), "mode": mode,
                           "rate": opts.rate, "duration_s": opts.duration_s, "warmup_s": opts.warmup_s,
                           "nodes": [n.__dict__ for n in cluster.nodes], "net": opts.net,
                           "admission": opts.admission, "target_accuracy": getattr(admission, "target_accuracy", None),
                           "target_backlog_ms": opts.target_backlog_ms, "deadline_ms": opts.deadline_ms,
-                          "thresholds": list(admission.thresholds()[0])}}
+                          "thresholds": list(admission.thresholds()[0]), "dead_after_ms": cluster.dead_after_ms}}
     if source.abort:
         summary["error"] = source.abort
     return RunResult(summary, source.ledger, source.timeline)
@@ -201,16 +251,29 @@ def _stop_all(procs: dict[str, subprocess.Popen], grace_s: float = 3.0) -> None:
             p.wait(timeout=2)
 
 
-def run_worker(cluster_path: Path, name: str, mode: str | None, pace: bool = True) -> int:
-    """One worker node, until the source sends shutdown (or SIGTERM / Ctrl-C). ``pace=False``: the links'
-    bandwidths are shaped by the kernel, not paced here (latency is still added)."""
+def run_worker(cluster_path: Path, name: str, mode: str | None, pace: bool = True, insecure: bool = False,
+               keys_dir: Path | None = None, key_file: Path | None = None) -> int:
+    """One worker node, until the source sends shutdown. SIGTERM is a graceful leave (work is handed back);
+    Ctrl-C stops at once. ``pace=False``: the links' bandwidths are shaped by the kernel, not paced here."""
     cluster: ClusterConfig = load_cluster(cluster_path)
-    node = cluster.node(name)
+    try:
+        node = cluster.node(name)
+    except KeyError:
+        raise SystemExit(f"mdiexit: error: no node named {name!r} in {cluster_path} "
+                         f"(nodes: {', '.join(n.name for n in cluster.nodes)})") from None
     if node.role != "worker":
         raise SystemExit(f"mdiexit: error: node {name!r} is a {node.role}, not a worker")
+    if insecure:
+        log.warning("running INSECURE (--insecure): links are neither authenticated nor encrypted")
+        identity = None
+    else:
+        identity = node_identity(cluster, name, keys_dir or cluster.keys_dir, key_file)
+        if identity is None:
+            raise SystemExit(f"mdiexit: error: node {name}: no keys (set keys_dir in the cluster file, or pass "
+                             "--keys-dir or --key; create them with `mdiexit keys`), or pass --insecure")
     pkg = load_package(cluster.package, check_onnx=True)
-    proc = NodeProcess(cluster, name, pkg, mode=mode, pace_bandwidth=pace)
-    signal.signal(signal.SIGTERM, lambda *_: proc.stop.set())
+    proc = NodeProcess(cluster, name, pkg, mode=mode, pace_bandwidth=pace, identity=identity)
+    signal.signal(signal.SIGTERM, lambda *_: proc.leave_requested.set())
     try:
         proc.serve_forever()
     except KeyboardInterrupt:
@@ -224,10 +287,11 @@ def write_results(result: RunResult, out: Path) -> Path:
     path = out / "summary.json"
     path.write_text(json.dumps(result.summary, indent=1, default=str))
     with (out / "items.csv").open("w") as f:
-        f.write("item_id,truth,label,exit,confidence,latency_ms,node\n")
+        f.write("item_id,truth,label,exit,confidence,latency_ms,node,attempts,failed\n")
         for i, r in sorted(result.ledger.records.items()):
             lat = "" if r.done_at is None else f"{(r.done_at - r.admitted_at) * 1000:.2f}"
-            f.write(f"{i},{r.truth},{r.label},{r.exit},{r.confidence:.5f},{lat},{r.node}\n")
+            f.write(f"{i},{r.truth},{r.label},{r.exit},{r.confidence:.5f},{lat},{r.node},{r.attempt + 1},"
+                    f"\"{r.failed}\"\n")
     if result.timeline:
         cols = list(result.timeline[0])
         with (out / "timeline.csv").open("w") as f:
@@ -251,5 +315,12 @@ def print_summary(s: dict, file=sys.stdout) -> None:
     for name, n in s["per_node"].items():
         print(f"  {name:>10}: utilization {n['utilization']:.0%}, tasks {n['tasks_run']}, "
               f"mean backlog {n['backlog_s_mean'] * 1000:.0f} ms", file=file)
-    if s.get("crashed"):
-        print(f"  CRASHED: {', '.join(s['crashed'])}", file=file)
+    for e in s.get("node_failures", []):
+        rec = "" if e.get("recovery_s") is None else f", its {e['in_flight']} items in flight settled " \
+                                                      f"{e['recovery_s']:.1f} s later"
+        print(f"  node {e['node']} {e['kind']} at {e['at_s']:.1f} s{rec}", file=file)
+    if s.get("redispatched") or s.get("failed"):
+        print(f"  re-dispatched {s['redispatched']}, failed {s['failed']}, redundant results dropped "
+              f"{s['redundant_results']}", file=file)
+    if any(s.get("rejected_messages", {}).values()):
+        print(f"  rejected messages {s['rejected_messages']}", file=file)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mdiexit.runtime.source import Ledger
+from mdiexit.protocol.messages import REJECT_REASONS
+from mdiexit.runtime.ledger import Ledger
 
 
 def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final_stats: dict[str, dict[str, float]],
@@ -23,8 +24,11 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
     summary = {
         "admitted": admitted,
         "completed": len(done),
-        "lost": admitted - len(done),
+        "failed": ledger.failed,
+        "lost": admitted - len(done) - ledger.failed,
         "duplicates": ledger.duplicates,
+        "redispatched": ledger.redispatched,
+        "redundant_results": ledger.redundant,
         "accuracy": correct / admitted if admitted else 0.0,
         "throughput_per_s": in_window / max(w1 - w0, 1e-9),
         "latency_ms": {f"p{q}": float(np.percentile(lat, q) * 1000) for q in (50, 95, 99)},
@@ -38,7 +42,12 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
                      for name, s in sorted(final_stats.items())},
         "bad_messages": int(sum(s.get("bad_messages", 0.0) for s in final_stats.values())),
         "unknown_results": ledger.unknown,
+        "rejected_messages": {r: int(sum(s.get(f"rejected_{r}", 0.0) for s in final_stats.values()))
+                              for r in REJECT_REASONS},
     }
+    failures = {r.failed for r in recs if r.failed}
+    if failures:
+        summary["failure_reasons"] = sorted(failures)
     if deadline_s is not None:
         on_time = sum(r.label == r.truth and r.done_at - r.admitted_at <= deadline_s for r in done)
         summary["deadline_ms"] = deadline_s * 1000

@@ -1,47 +1,40 @@
-"""The process shell of one node: ZeroMQ sockets and threads around a NodeCore. Moves bytes, decides nothing.
+"""The process shell of one node: ZeroMQ sockets and threads around a NodeCore. The core decides where work
+runs; the shell moves bytes, checks who sent them, emulates the device and hands work back when leaving.
 
 Threads:
-- receive: one PULL socket; decodes and validates every message (bad ones are counted, logged, dropped);
+- receive: one PULL socket (a CurveZMQ server unless insecure); decodes and validates every message, and checks
+  that its ``sender`` is the node whose key authenticated the connection (bad ones are counted, logged, dropped);
 - compute: takes batches from the core's queue, runs the engine, sleeps the emulated slowdown, then hands
   finished items to the source and routes the rest;
 - one sender per outgoing link: paces bytes at the link's bandwidth and adds its latency (DESIGN §7);
-- heartbeat: a STATE to every neighbour (and the source) every `heartbeat_ms`.
+- heartbeat: a STATE every `heartbeat_ms` to every node it sends to or hears DATA from, and to the source.
 Communication overlaps compute: sends are queued to the link threads, never done by the compute thread.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
 
 import numpy as np
 import zmq
 
-from mdiexit.config import ClusterConfig, NodeConfig
-from mdiexit.emulation.link import LinkPacer, emulate_slowdown
+from mdiexit.config import ClusterConfig
+from mdiexit.emulation.link import emulate_slowdown
 from mdiexit.engine import OrtEngine
 from mdiexit.package import Package
 from mdiexit.policies.modes import rules_for
 from mdiexit.policies.offload import NeighbourView, ServiceEstimator
 from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, describe, encode
-from mdiexit.protocol.messages import Control, Data, Result, State
+from mdiexit.protocol.messages import REJECT_REASONS, Control, Data, Result, State
 from mdiexit.runtime.core import Finished, NodeCore, Send, WorkItem
+from mdiexit.runtime.links import Egress, Link, now
+from mdiexit.security import Identity, NodeAuthenticator, make_server
 
 log = logging.getLogger("mdiexit.node")
 POLL_MS = 20
-
-
-def now() -> float:
-    return time.monotonic()
-
-
-@dataclass
-class Outgoing:
-    frames: list
-    send_at: float  # departure from the token bucket + link latency
 
 
 def _median_s(fn, repeats: int = 7) -> float:
@@ -57,73 +50,17 @@ class ClusterError(RuntimeError):
     """A node cannot take part in the run (port taken, a peer never answered). The message names the node."""
 
 
-class Egress:
-    """A node's egress: one token bucket at its bandwidth, shared by all its outgoing links (DESIGN §7)."""
-
-    def __init__(self, bandwidth_bps: float | None):
-        self.pacer = LinkPacer(bandwidth_bps, 0.0)
-        self.lock = threading.Lock()
-        self.bytes_sent = 0
-
-    def reserve(self, nbytes: int, t: float) -> float:
-        """Time at which `nbytes` sent now have left the node."""
-        with self.lock:
-            self.bytes_sent += nbytes
-            return self.pacer.departure(nbytes, t)
-
-    def queued_bytes(self, t: float) -> int:
-        with self.lock:
-            return self.pacer.queued_bytes(t)
-
-
-class Link:
-    """One outgoing link: a PUSH socket owned by its own sender thread. Its bytes leave through the node's
-    shared egress bucket, then wait out the link latency.
-
-    With ``pace_bandwidth=False`` (the kernel shapes the bandwidth, `--net namespaces`) sends only wait out the
-    latency; the bucket still counts the bytes, so ``queued_bytes`` estimates what the kernel holds."""
-
-    def __init__(self, ctx: zmq.Context, src: str, dst: NodeConfig, egress: Egress, latency_s: float,
-                 pace_bandwidth: bool = True):
-        self.dst = dst.name
-        self.egress = egress
-        self.latency_s = latency_s
-        self.pace_bandwidth = pace_bandwidth
-        self.q: queue.Queue[Outgoing | None] = queue.Queue()
-        self.sock = ctx.socket(zmq.PUSH)
-        self.sock.setsockopt(zmq.LINGER, 500)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.connect(dst.address)
-        self.thread = threading.Thread(target=self._run, name=f"link-{src}->{dst.name}", daemon=True)
-        self.thread.start()
-
-    def send(self, frames: list, t: float) -> None:
-        nbytes = sum(len(memoryview(f).cast("B")) for f in frames)
-        departure = self.egress.reserve(nbytes, t)
-        self.q.put(Outgoing(frames, (departure if self.pace_bandwidth else t) + self.latency_s))
-
-    def _run(self) -> None:
-        while True:
-            out = self.q.get()
-            if out is None:
-                return
-            delay = out.send_at - now()
-            if delay > 0:
-                time.sleep(delay)
-            self.sock.send_multipart(out.frames, copy=False)
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.thread.join(timeout=2)
-        self.sock.close()
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 
 class NodeProcess:
     """A worker (or, subclassed, the source) running in this OS process."""
 
     def __init__(self, cluster: ClusterConfig, name: str, pkg: Package, mode: str | None = None,
-                 pace_bandwidth: bool = True):
+                 pace_bandwidth: bool = True, identity: Identity | None = None):
         self.cluster, self.pkg = cluster, pkg
+        self.identity = identity  # None: insecure (no CurveZMQ), asked for with --insecure
         self.pace_bandwidth = pace_bandwidth  # False: the kernel shapes the links (`--net namespaces`)
         self.cfg = cluster.node(name)
         self.name = name
@@ -135,8 +72,11 @@ class NodeProcess:
         self.engine = OrtEngine(pkg, threads=self.cfg.threads, tasks=sorted(self.held))
         self.limits = Limits()
         self.stop = threading.Event()
+        self.leave_requested = threading.Event()  # SIGTERM: a graceful leave
         self.bad_messages = 0
-        self.thresholds_version = 0
+        self.rejected: Counter[str] = Counter()  # messages refused, by REJECT_REASONS
+        self.leaving = False
+        self.dropped_parked = 0
         self.busy_s = 0.0
         self.started_at = now()
         self.ctx = zmq.Context()
@@ -148,6 +88,8 @@ class NodeProcess:
         self.links: dict[str, Link] = {}
         self.compress_on: dict[str, set[int]] = {}  # peer -> task boundaries whose features travel as codes
         self.inbox: zmq.Socket | None = None
+        self.monitor: zmq.Socket | None = None
+        self.auth: NodeAuthenticator | None = None
         self.threads: list[threading.Thread] = []
 
     # ---------------------------------------------------------------- setup
@@ -157,12 +99,13 @@ class NodeProcess:
         return self.cfg.held_tasks(self.pkg.num_tasks)
 
     def _peers(self) -> list[str]:
+        """Everyone this node sends to: its neighbours (DATA), the nodes that send it DATA (so that reports flow
+        both ways along each edge, DESIGN §9) and the source (results); the source reaches every worker."""
         if self.rules.single_node:
             return []
-        peers = list(self.cluster.neighbours_of(self.name))
-        if not self.is_source and self.source_name not in peers:
-            peers.append(self.source_name)  # results and state always reach the source
-        return peers
+        peers = [*self.cluster.neighbours_of(self.name), *self.cluster.senders_to(self.name)]
+        peers += [w.name for w in self.cluster.workers] if self.is_source else [self.source_name]
+        return list(dict.fromkeys(p for p in peers if p != self.name))
 
     def _neighbour_views(self) -> dict[str, NeighbourView]:
         views = {}
@@ -183,6 +126,11 @@ class NodeProcess:
         self.inbox = self.ctx.socket(zmq.PULL)
         self.inbox.setsockopt(zmq.LINGER, 0)
         self.inbox.setsockopt(zmq.RCVHWM, 0)
+        if self.identity is not None:
+            self.auth = NodeAuthenticator(self.ctx, self.identity.peers)
+            self.auth.begin()
+            make_server(self.inbox, self.identity)
+            self.monitor = self.inbox.get_monitor_socket(_HANDSHAKE_FAILED)
         try:
             self.inbox.bind(f"tcp://*:{self.cfg.port}" if self.cfg.host not in ("127.0.0.1", "localhost")
                             else self.cfg.address)
@@ -190,8 +138,8 @@ class NodeProcess:
             raise ClusterError(f"node {self.name}: cannot listen on {self.cfg.address} ({e})") from None
         for peer in self._peers():
             _, lat = self.cluster.link(self.name, peer)
-            self.links[peer] = Link(self.ctx, self.name, self.cluster.node(peer), self.egress, lat,
-                                    self.pace_bandwidth)
+            self.links[peer] = Link(self.ctx, self.name, peer, self.cluster.node(peer).address, self.egress, lat,
+                                    self.pace_bandwidth, self.identity)
         self._plan_compression()
         for target, tname in ((self._receive_loop, "receive"), (self._compute_loop, "compute"),
                               (self._heartbeat_loop, "heartbeat")):
@@ -239,25 +187,54 @@ class NodeProcess:
             t.join(timeout=2)
         for link in self.links.values():
             link.close()
+        if self.monitor is not None:
+            self.inbox.disable_monitor()
+            self.monitor.close()
         if self.inbox is not None:
             self.inbox.close()
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.term()
 
     # ---------------------------------------------------------------- receive
     def _receive_loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self.inbox, zmq.POLLIN)
+        if self.monitor is not None:
+            poller.register(self.monitor, zmq.POLLIN)
         while not self.stop.is_set():
-            if not poller.poll(POLL_MS):
+            ready = dict(poller.poll(POLL_MS))
+            if self.monitor is not None and self.monitor in ready:
+                self.monitor.recv_multipart()  # a peer without a cluster key tried to connect
+                self.reject("unauthenticated", "a connection without a cluster key was refused")
+            if self.inbox not in ready:
                 continue
             frames = self.inbox.recv_multipart(copy=False)
             try:
                 msg, arrays = decode(frames, self.limits)
                 check_arrays(msg, arrays, self.pkg)
-                self.handle(msg, arrays)
             except ProtocolError as e:
                 self.bad_messages += 1
                 log.warning("%s: dropped a bad message (%s)", self.name, e)
+                continue
+            if self.authentic(msg, frames[0]):
+                self.handle(msg, arrays)
+
+    def reject(self, reason: str, why: str) -> None:
+        self.rejected[reason] += 1
+        log.warning("%s: refused a message (%s): %s", self.name, reason, why)
+
+    def authentic(self, msg, frame: zmq.Frame) -> bool:
+        """The sender is who its key says, and CONTROL comes from the source (DESIGN §6, Security)."""
+        if self.identity is not None:
+            user = frame.get("User-Id")
+            if msg.sender != user:
+                self.reject("impersonation", f"{type(msg).__name__} claims sender {msg.sender!r}, key of {user!r}")
+                return False
+        if isinstance(msg, Control) and msg.sender != self.source_name:
+            self.reject("impersonation", f"CONTROL from {msg.sender!r}, not the source")
+            return False
+        return True
 
     def handle(self, msg, arrays: list[np.ndarray]) -> None:
         t = now()
@@ -266,13 +243,19 @@ class NodeProcess:
             coded = [m.name for m in msg.arrays] != ["x"]
             item = WorkItem(msg.item_id, msg.task, None if coded else arrays[0], msg.admitted_at,
                             tuple(msg.thresholds), msg.thresholds_version, msg.hops, [tuple(x) for x in msg.timings],
-                            code={m.name: a for m, a in zip(msg.arrays, arrays, strict=True)} if coded else None)
-            if msg.task in self.held:
+                            code={m.name: a for m, a in zip(msg.arrays, arrays, strict=True)} if coded else None,
+                            attempt=msg.attempt)
+            if self.leaving:
+                self.hand_back(item, t)
+            elif msg.task in self.held:
                 self.core.accept(item)
             else:
                 self.route(item, t)
         elif isinstance(msg, State):
-            self.core.on_report(msg.sender, msg.backlog_s, t, dict(msg.service_s))
+            if msg.leaving:
+                self.core.on_leave(msg.sender)
+            else:
+                self.core.on_report(msg.sender, msg.backlog_s, t, dict(msg.service_s))
             self.on_state(msg)
         elif isinstance(msg, Result):
             self.core.on_report(msg.sender, msg.backlog_s, t, None)
@@ -284,13 +267,10 @@ class NodeProcess:
         pass
 
     def on_result(self, msg: Result) -> None:
-        self.bad_messages += 1
-        log.warning("%s: RESULT for item %d sent to a worker; dropped", self.name, msg.item_id)
+        self.reject("unexpected_result", f"RESULT for item {msg.item_id} sent to a worker")
 
     def on_control(self, msg: Control) -> None:
-        if msg.action == "thresholds":  # informational: every item carries the thresholds it was admitted with
-            self.thresholds_version = msg.thresholds_version
-        elif msg.action == "shutdown":
+        if msg.action == "shutdown":
             self.send_state(final=True)
             self.stop.set()
 
@@ -298,6 +278,9 @@ class NodeProcess:
     def _compute_loop(self) -> None:
         max_batch = self.cluster.max_batch
         while not self.stop.is_set():
+            if self.leaving:
+                time.sleep(POLL_MS / 1000)
+                continue
             batch = self.core.take_batch(max_batch, now(), timeout=POLL_MS / 1000)
             if not batch:
                 continue
@@ -319,6 +302,9 @@ class NodeProcess:
                 self.route(item, t)
 
     def route(self, item: WorkItem, t: float) -> None:
+        if self.leaving:
+            self.hand_back(item, t)
+            return
         boundary = item.task - 1
         nbytes = {peer: (self.pkg.compression_after(boundary).code_bytes
                          if item.x is not None and boundary in on else item.nbytes)
@@ -339,7 +325,7 @@ class NodeProcess:
         else:
             arrays = {"x": it.x}
         arrays = {n: np.ascontiguousarray(a) for n, a in arrays.items()}
-        msg = Data(item_id=it.item_id, task=it.task, hops=it.hops + 1, admitted_at=it.admitted_at,
+        msg = Data(item_id=it.item_id, attempt=it.attempt, task=it.task, hops=it.hops + 1, admitted_at=it.admitted_at,
                    thresholds_version=it.thresholds_version, thresholds=list(it.thresholds), sender=self.name,
                    backlog_s=self.core.backlog_s(t), timings=it.timings,
                    arrays=[describe(n, a, self.cfg.wire_codec) for n, a in arrays.items()])
@@ -347,39 +333,68 @@ class NodeProcess:
 
     def deliver(self, f: Finished) -> None:
         it = f.item
-        msg = Result(item_id=it.item_id, label=f.label, exit=f.exit, confidence=min(1.0, f.confidence),
-                     sender=self.name, backlog_s=self.core.backlog_s(now()), admitted_at=it.admitted_at,
-                     timings=it.timings)
+        msg = Result(item_id=it.item_id, attempt=it.attempt, label=f.label, exit=f.exit,
+                     confidence=min(1.0, f.confidence), sender=self.name, backlog_s=self.core.backlog_s(now()),
+                     admitted_at=it.admitted_at, timings=it.timings)
         self.links[self.source_name].send(encode(msg), now())
 
     # ---------------------------------------------------------------- heartbeat
     def stats(self) -> dict[str, float]:
         out = {f"tasks_run_{k}": float(v) for k, v in self.core.tasks_run.items()}
         out.update(busy_s=self.busy_s, elapsed_s=now() - self.started_at, bad_messages=float(self.bad_messages),
-                   bytes_sent=float(self.egress.bytes_sent))
+                   bytes_sent=float(self.egress.bytes_sent), dropped_parked=float(self.dropped_parked))
+        out.update({f"rejected_{r}": float(self.rejected[r]) for r in REJECT_REASONS})
         return out
 
     def send_state(self, final: bool = False) -> None:
         t = now()
         msg = State(sender=self.name, backlog_s=self.core.backlog_s(t), queue_len=len(self.core.queue),
-                    service_s=self.core.estimator.snapshot(), sent_at=t, stats=self.stats() if final else {})
+                    service_s=self.core.estimator.snapshot(), sent_at=t, leaving=self.leaving,
+                    stats=self.stats() if final else {})
         frames = encode(msg)
         for link in self.links.values():
             link.send(frames, t)
 
     def _heartbeat_loop(self) -> None:
         period = self.cluster.heartbeat_ms / 1000
+        give_up_s = 5 * self.cluster.dead_after_ms / 1000
         while not self.stop.wait(period):
             self.send_state()
+            t = now()
             for item in self.core.take_parked():
-                self.route(item, now())
+                if item.parked_at is not None and t - item.parked_at > give_up_s:
+                    # nobody reachable holds its task: the source's ledger re-dispatches it or fails it
+                    self.dropped_parked += 1
+                    log.warning("%s: item %d waited %.1f s for a holder of task %d; dropped",
+                                self.name, item.item_id, t - item.parked_at, item.task)
+                    continue
+                self.route(item, t)
+
+    # ---------------------------------------------------------------- graceful leave
+    def hand_back(self, item: WorkItem, t: float) -> None:
+        """A leaving node returns work to the source, which routes it anew."""
+        self.send_item(Send(item, self.source_name), t)
+
+    def leave(self, grace_s: float | None = None) -> None:
+        """SIGTERM: stop taking work, tell every peer, hand back what is held, then stop (nothing is lost)."""
+        self.leaving = True
+        self.send_state()
+        grace_s = grace_s if grace_s is not None else max(0.5, 3 * self.cluster.heartbeat_ms / 1000)
+        deadline = now() + grace_s
+        while now() < deadline:  # items already on their way here are handed back as they arrive
+            for item in self.core.take_all():
+                self.hand_back(item, now())
+            time.sleep(POLL_MS / 1000)
+        self.send_state(final=True)
+        self.stop.set()
 
     def serve_forever(self) -> None:
-        """Run until a CONTROL shutdown arrives (workers)."""
+        """Run until a CONTROL shutdown arrives, or leave gracefully once `leave_requested` is set (workers)."""
         self.start()
         try:
-            while not self.stop.wait(0.2):
-                pass
+            while not self.stop.wait(0.05):
+                if self.leave_requested.is_set():
+                    self.leave()
             time.sleep(0.2)  # let the final STATE leave
         finally:
             self.close()

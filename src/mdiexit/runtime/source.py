@@ -1,13 +1,15 @@
 """The source node: admits items from a dataset stream, can run tasks itself, and keeps a ledger of every
-admitted item until its one result arrives. Admission decisions come from an `Admission` policy object."""
+admitted item until its one outcome (DESIGN §9). It watches every worker's heartbeats: a node silent for
+`dead_after_ms` (or whose process died) is down, and the items in flight are dispatched again; so is any
+item overdue. Admission decisions come from an `Admission` policy object."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -15,7 +17,10 @@ import numpy as np
 from mdiexit.data import Dataset
 from mdiexit.protocol.messages import Control, Result, State
 from mdiexit.runtime.core import Finished, WorkItem
+from mdiexit.runtime.ledger import Ledger
 from mdiexit.runtime.node import ClusterError, NodeProcess, encode, now
+
+log = logging.getLogger("mdiexit.source")
 
 
 class Admission(Protocol):
@@ -41,58 +46,6 @@ class FixedAdmission:
         pass
 
 
-@dataclass
-class Record:
-    admitted_at: float
-    truth: int
-    done_at: float | None = None
-    label: int = -1
-    exit: int = 0
-    confidence: float = 0.0
-    node: str = ""
-
-
-@dataclass
-class Ledger:
-    """Every admitted item, until its one result arrives. Counts duplicates and unknown results."""
-
-    records: dict[int, Record] = field(default_factory=dict)
-    completed: int = 0
-    duplicates: int = 0
-    unknown: int = 0
-    recent: deque = field(default_factory=deque)  # (done_at, correct) of the last completions
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def admit(self, item_id: int, t: float, truth: int) -> None:
-        with self.lock:
-            self.records[item_id] = Record(t, truth)
-
-    def complete(self, item_id: int, label: int, exit_: int, conf: float, node: str, t: float) -> None:
-        with self.lock:
-            r = self.records.get(item_id)
-            if r is None:
-                self.unknown += 1
-            elif r.done_at is not None:
-                self.duplicates += 1
-            else:
-                r.done_at, r.label, r.exit, r.confidence, r.node = t, label, exit_, conf, node
-                self.completed += 1
-                self.recent.append((t, label == r.truth))
-
-    def window(self, t: float, span_s: float) -> tuple[float, float]:
-        """(throughput per s, accuracy) of the results completed in the last `span_s` seconds."""
-        with self.lock:
-            while self.recent and self.recent[0][0] < t - span_s:
-                self.recent.popleft()
-            n = len(self.recent)
-            correct = sum(c for _, c in self.recent)
-        return n / span_s, (correct / n if n else float("nan"))
-
-    @property
-    def admitted(self) -> int:
-        return len(self.records)
-
-
 class SourceProcess(NodeProcess):
     def __init__(self, *args, stream: Dataset, admission: Admission, **kw):
         super().__init__(*args, **kw)
@@ -102,27 +55,97 @@ class SourceProcess(NodeProcess):
         self.reports: dict[str, State] = {}
         self.final_stats: dict[str, dict[str, float]] = {}
         self.backlog_samples: dict[str, list[float]] = {}
-        self.abort: str | None = None  # set (to a reason) by the launcher when a node crashes
+        self.abort: str | None = None  # set (to a reason) when the run cannot go on
         self.timeline: list[dict] = []
         self.no_exits = tuple([1.0] * (self.pkg.num_tasks - 1) + [0.0])
-        self.sent_version = -1
+        self.last_heard: dict[str, float] = {}
+        self.down: dict[str, float] = {}  # node -> when it was declared down
+        self.events: list[dict] = []  # node failures, leaves and returns, for the summary and the live view
+        self.run_start = now()
+        self.dead_after_s = self.cluster.dead_after_ms / 1000
 
     # ---------------------------------------------------------------- results and state
+    def handle(self, msg, arrays) -> None:
+        self.last_heard[msg.sender] = now()
+        super().handle(msg, arrays)
+
     def on_result(self, msg: Result) -> None:
-        self.ledger.complete(msg.item_id, msg.label, msg.exit, msg.confidence, msg.sender, now())
+        """Accepted only for an admitted item, from a node holding the task it exited at (DESIGN §6)."""
+        if not self.ledger.expects(msg.item_id):
+            self.reject("unexpected_result", f"RESULT for item {msg.item_id}, which is not in flight")
+            return
+        if not self._could_compute(msg.sender, msg.exit):
+            self.reject("unexpected_result", f"RESULT for item {msg.item_id} at exit {msg.exit} from "
+                                             f"{msg.sender!r}, which does not hold task {msg.exit}")
+            return
+        self.ledger.complete(msg.item_id, msg.label, msg.exit, msg.confidence, msg.sender, now(), msg.attempt)
+
+    def _could_compute(self, sender: str, task: int) -> bool:
+        try:
+            return task in self.cluster.node(sender).held_tasks(self.pkg.num_tasks)
+        except KeyError:
+            return False
 
     def deliver(self, f: Finished) -> None:
-        self.ledger.complete(f.item.item_id, f.label, f.exit, f.confidence, self.name, now())
+        self.ledger.complete(f.item.item_id, f.label, f.exit, f.confidence, self.name, now(), f.item.attempt)
 
     def on_state(self, msg: State) -> None:
         self.reports[msg.sender] = msg
         self.backlog_samples.setdefault(msg.sender, []).append(msg.backlog_s)
         if msg.stats:
             self.final_stats[msg.sender] = dict(msg.stats)
+        if msg.leaving:
+            self.node_down(msg.sender, "left", now())
 
     def max_backlog_s(self) -> float:
         own = self.core.backlog_s(now())
-        return max([own, *(s.backlog_s for s in self.reports.values())])
+        return max([own, *(s.backlog_s for n, s in self.reports.items() if n not in self.down)])
+
+    # ---------------------------------------------------------------- failures and recovery (DESIGN §9)
+    def node_down(self, name: str, kind: str, t: float) -> None:
+        """`name` crashed, hung or left: nobody routes to it, and every item in flight is dispatched again
+        (an item may be on it or on its way there; other attempts' late results are dropped)."""
+        if name in self.down or name == self.name:
+            return
+        self.down[name] = t
+        self.core.on_leave(name)
+        pending = self.ledger.in_flight_ids()
+        self.events.append({"node": name, "kind": kind, "at_s": t - self.run_start, "in_flight": len(pending),
+                            "pending": set(pending), "recovery_s": None})
+        log.warning("%s: node %s is down (%s); re-dispatching %d items in flight", self.name, name, kind,
+                    len(pending))
+        for item_id in pending:
+            self.redispatch(item_id, t, f"node {name} {kind}")
+
+    def redispatch(self, item_id: int, t: float, why: str) -> None:
+        r = self.ledger.retry(item_id, t, why)
+        if r is None:
+            return
+        thresholds, version = r.thresholds, r.thresholds_version
+        self.route(WorkItem(item_id, 1, r.x, r.admitted_at, thresholds, version, attempt=r.attempt), t)
+
+    def supervise(self, t: float) -> None:
+        """Declare silent nodes down, notice returning ones, re-dispatch overdue items, close recoveries."""
+        for name, heard in list(self.last_heard.items()):
+            if name in self.down:
+                if heard > self.down[name] and self.reports.get(name) is not None \
+                        and not self.reports[name].leaving:
+                    del self.down[name]
+                    self.events.append({"node": name, "kind": "back", "at_s": t - self.run_start})
+                    log.warning("%s: node %s is back", self.name, name)
+            elif t - heard > self.dead_after_s:
+                self.node_down(name, "silent", t)
+        overdue_s = max(3 * self.dead_after_s, 4 * (self.max_backlog_s() + self.ledger.recent_latency_s()))
+        for item_id in self.ledger.overdue(t, overdue_s):
+            self.redispatch(item_id, t, f"no result after {overdue_s:.1f} s")
+        for e in self.events:
+            if e.get("pending"):
+                e["pending"] = {i for i in e["pending"] if i in self.ledger.in_flight}
+                if not e["pending"]:
+                    e["recovery_s"] = t - self.run_start - e["at_s"]
+
+    def failure_summary(self) -> list[dict]:
+        return [{k: v for k, v in e.items() if k != "pending"} for e in self.events]
 
     # ---------------------------------------------------------------- the run
     def wait_ready(self, workers: list[str], timeout: float) -> None:
@@ -154,8 +177,9 @@ class SourceProcess(NodeProcess):
                 continue
             thresholds, version = self.admission.thresholds() if self.rules.exits else (self.no_exits, 0)
             k = i % len(labels)
-            self.ledger.admit(i, t, int(labels[k]))
-            self.route(WorkItem(i, 1, images[k:k + 1], t, thresholds, version), t)
+            x = images[k:k + 1]
+            self.ledger.admit(i, t, int(labels[k]), x, thresholds, version)
+            self.route(WorkItem(i, 1, x, t, thresholds, version), t)
             i += 1
             next_t += 1.0 / max(self.admission.rate(), 1e-3)
             if next_t < t - 1.0:
@@ -165,6 +189,7 @@ class SourceProcess(NodeProcess):
     def control_step(self, t: float, start: float) -> None:
         """One admission-control step (every ~100 ms): feed the largest backlog, log a timeline row, and tell
         the workers when the thresholds change."""
+        self.supervise(t)
         max_backlog = self.max_backlog_s()
         self.admission.step(max_backlog, t)
         self.backlog_samples.setdefault(self.name, []).append(self.core.backlog_s(t))
@@ -176,25 +201,26 @@ class SourceProcess(NodeProcess):
                               "thresholds": " ".join(f"{x:g}" for x in thresholds), "max_backlog_s": max_backlog,
                               "throughput_per_s": throughput, "accuracy": accuracy,
                               "target_backlog_s": state.get("target_backlog_s", "")})
-        if version != self.sent_version and self.rules.exits:
-            self.sent_version = version
-            frames = encode(Control(sender=self.name, action="thresholds", thresholds=list(thresholds),
-                                    thresholds_version=version))
-            for link in self.links.values():
-                link.send(frames, t)
 
     def drain(self, timeout_s: float) -> None:
+        """Wait for every admitted item's outcome, still recovering from failures meanwhile."""
         deadline = now() + timeout_s
-        while now() < deadline and not self.abort and self.ledger.completed < self.ledger.admitted:
+        last = now()
+        while now() < deadline and not self.abort and self.ledger.settled < self.ledger.admitted:
             time.sleep(0.02)
+            if now() - last >= 0.1:
+                last = now()
+                self.supervise(last)
+                self.ledger.window(last, 2.0)
 
     def shutdown_workers(self, workers: list[str], timeout_s: float = 3.0) -> None:
+        """Shut down every worker (not only the source's neighbours) and collect the live ones' counters."""
         frames = encode(Control(sender=self.name, action="shutdown"))
         for w in workers:
             if w in self.links:
                 self.links[w].send(frames, now())
         deadline = now() + timeout_s
-        while now() < deadline and any(w not in self.final_stats for w in workers):
+        while now() < deadline and any(w not in self.final_stats for w in workers if w not in self.down):
             time.sleep(0.02)
         self.final_stats[self.name] = self.stats()
 
@@ -222,9 +248,11 @@ class SourceProcess(NodeProcess):
         acc = np.mean([r.label == r.truth for r in recs]) if recs else 0.0
         hist = np.bincount([r.exit for r in recs], minlength=self.pkg.num_tasks + 1)[1:]
         hist = hist / max(1, hist.sum())
-        nodes = " ".join(f"{n}:{s.backlog_s * 1000:.0f}ms" for n, s in sorted(self.reports.items()))
+        nodes = " ".join(f"{n}:DOWN" if n in self.down else f"{n}:{s.backlog_s * 1000:.0f}ms"
+                         for n, s in sorted(self.reports.items()))
         own = self.core.backlog_s(now()) * 1000
         util = self.busy_s / max(1e-9, now() - self.started_at)
         return (f"[{self.mode}] {rate:6.1f} items/s  admitted {self.ledger.admitted}  done {self.ledger.completed}"
                 f"  acc {acc:.3f}  exits {' '.join(f'{h:.2f}' for h in hist)}  rate {self.admission.rate():.1f}/s"
-                f"  backlog {self.name}:{own:.0f}ms({util:.0%}) {nodes}")
+                f"  backlog {self.name}:{own:.0f}ms({util:.0%}) {nodes}"
+                + (f"  redispatched {self.ledger.redispatched}" if self.ledger.redispatched else ""))

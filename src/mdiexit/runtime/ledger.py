@@ -1,0 +1,131 @@
+"""The source's ledger (DESIGN §9): every admitted item, with its input, until its one outcome. Pure
+bookkeeping, time passed in; the source's shell holds the lock while its threads share it.
+
+An item ends in exactly one of: result, or failed (with a reason). It is dispatched once per attempt; the
+first result of any attempt is delivered, later ones are counted as redundant and dropped, so results are
+exactly-once. Memory per in-flight item: one Record (about 300 bytes) plus a reference to its input (the
+stream's own array: no copy).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAX_ATTEMPTS = 4  # dispatches of one item before it is failed
+
+
+@dataclass
+class Record:
+    admitted_at: float
+    truth: int
+    x: np.ndarray | None = None  # the input, kept until the outcome (None once done)
+    thresholds: tuple[float, ...] = ()
+    thresholds_version: int = 0
+    attempt: int = 0
+    dispatched_at: float = 0.0
+    done_at: float | None = None  # when its result arrived
+    label: int = -1
+    exit: int = 0
+    confidence: float = 0.0
+    node: str = ""
+    failed: str = ""  # the reason, when the item failed
+
+
+@dataclass
+class Ledger:
+    """Every admitted item until its outcome. Counts duplicates, redundant (other attempts) and unknown results."""
+
+    records: dict[int, Record] = field(default_factory=dict)
+    in_flight: dict[int, Record] = field(default_factory=dict)
+    completed: int = 0
+    failed: int = 0
+    duplicates: int = 0  # the same attempt's result twice: never delivered
+    redundant: int = 0  # a result of another attempt after the item's outcome: dropped
+    redispatched: int = 0
+    unknown: int = 0
+    recent: deque = field(default_factory=deque)  # (done_at, correct, latency_s) of the last completions
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def admit(self, item_id: int, t: float, truth: int, x: np.ndarray | None = None,
+              thresholds: tuple[float, ...] = (), version: int = 0) -> None:
+        with self.lock:
+            r = Record(t, truth, x, thresholds, version, dispatched_at=t)
+            self.records[item_id] = r
+            self.in_flight[item_id] = r
+
+    def expects(self, item_id: int) -> bool:
+        """A result for this item would be legitimate: it was admitted (in flight, or redundant after a retry)."""
+        with self.lock:
+            r = self.records.get(item_id)
+            return r is not None and (r.done_at is None or r.attempt > 0)
+
+    def complete(self, item_id: int, label: int, exit_: int, conf: float, node: str, t: float,
+                 attempt: int = 0) -> bool:
+        """Record a result; True when it is the item's outcome (delivered), False when dropped."""
+        with self.lock:
+            r = self.records.get(item_id)
+            if r is None:
+                self.unknown += 1
+                return False
+            if r.done_at is not None or r.failed:
+                if attempt != r.attempt or r.attempt > 0:
+                    self.redundant += 1
+                else:
+                    self.duplicates += 1
+                return False
+            r.done_at, r.label, r.exit, r.confidence, r.node, r.x = t, label, exit_, conf, node, None
+            del self.in_flight[item_id]
+            self.completed += 1
+            self.recent.append((t, label == r.truth, t - r.admitted_at))
+            return True
+
+    def retry(self, item_id: int, t: float, why: str) -> Record | None:
+        """A new attempt of an in-flight item, or None after failing it (too many attempts) or if it is done."""
+        with self.lock:
+            r = self.in_flight.get(item_id)
+            if r is None:
+                return None
+            if r.attempt + 1 >= MAX_ATTEMPTS:
+                r.failed, r.x = f"no result after {MAX_ATTEMPTS} attempts (last: {why})", None
+                del self.in_flight[item_id]
+                self.failed += 1
+                return None
+            r.attempt += 1
+            r.dispatched_at = t
+            self.redispatched += 1
+            return r
+
+    def overdue(self, t: float, after_s: float) -> list[int]:
+        with self.lock:
+            return [i for i, r in self.in_flight.items() if t - r.dispatched_at > after_s]
+
+    def in_flight_ids(self) -> list[int]:
+        with self.lock:
+            return list(self.in_flight)
+
+    def window(self, t: float, span_s: float) -> tuple[float, float]:
+        """(throughput per s, accuracy) of the results completed in the last `span_s` seconds."""
+        with self.lock:
+            while self.recent and self.recent[0][0] < t - span_s:
+                self.recent.popleft()
+            n = len(self.recent)
+            correct = sum(c for _, c, _ in self.recent)
+        return n / span_s, (correct / n if n else float("nan"))
+
+    def recent_latency_s(self, q: float = 95) -> float:
+        with self.lock:
+            lat = [x for _, _, x in self.recent]
+        return float(np.percentile(lat, q)) if lat else 0.0
+
+    @property
+    def admitted(self) -> int:
+        return len(self.records)
+
+    @property
+    def settled(self) -> int:
+        """Items with an outcome (result or failed)."""
+        return self.completed + self.failed

@@ -1,0 +1,169 @@
+"""Node keys and authenticated, encrypted links (DESIGN §6, Security): CurveZMQ on every socket, and a ZAP
+handler that admits only the cluster's keys and names the peer by its node name.
+
+    mdiexit keys --cluster F --out DIR      # one keypair per node: DIR/NAME.key, DIR/NAME.key_secret (0600)
+
+A node finds its own secret key at ``DIR/NAME.key_secret`` (``keys_dir`` in the cluster file, or
+``--keys-dir``) and every peer's public key in the cluster file (``public_key``) or at ``DIR/PEER.key``.
+Each refusal says which file and why. The ZAP handler sets every message's ``User-Id`` to the node name of
+the key that authenticated its connection, so a receiver checks a message's ``sender`` against it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
+
+KEY_CHARS = 40  # a Curve25519 key is 32 bytes, 40 characters in Z85
+
+
+class KeyFileError(ValueError):
+    """A key is missing, malformed, exposed or someone else's. The message names the file and the fix."""
+
+
+def check_key_text(key: str | bytes, where: str) -> bytes:
+    """A Z85 public or secret key as bytes, or KeyFileError saying what is wrong with it."""
+    if isinstance(key, str):
+        key = key.encode("ascii", "replace")
+    if len(key) != KEY_CHARS:
+        raise KeyFileError(f"{where}: a key is {KEY_CHARS} Z85 characters, got {len(key)}")
+    try:
+        z85.decode(key)
+    except (ValueError, KeyError, TypeError):
+        raise KeyFileError(f"{where}: not a Z85-encoded key") from None
+    return key
+
+
+def create_keys(names: list[str], out: Path, overwrite: bool = False) -> dict[str, str]:
+    """One keypair per name in ``out`` (public NAME.key, secret NAME.key_secret with mode 0600).
+    Returns name -> public key. Refuses to overwrite an existing secret unless asked."""
+    out.mkdir(parents=True, exist_ok=True)
+    os.chmod(out, 0o700)
+    publics = {}
+    for name in names:
+        secret = out / f"{name}.key_secret"
+        if secret.exists() and not overwrite:
+            raise KeyFileError(f"{secret}: exists; pass --force to replace the keys (then redistribute them)")
+        pub_file, sec_file = zmq.auth.create_certificates(str(out), name)
+        os.chmod(sec_file, 0o600)
+        publics[name] = zmq.auth.load_certificate(pub_file)[0].decode()
+    return publics
+
+
+def read_public(path: Path) -> bytes:
+    if not path.is_file():
+        raise KeyFileError(f"{path}: public key file missing (create keys with `mdiexit keys`)")
+    try:
+        public, _ = zmq.auth.load_certificate(str(path))
+    except (ValueError, OSError, IndexError) as e:
+        raise KeyFileError(f"{path}: not a key file ({e})") from None
+    if public is None:
+        raise KeyFileError(f"{path}: holds no public-key line")
+    return check_key_text(public, str(path))
+
+
+def read_secret(path: Path) -> tuple[bytes, bytes]:
+    """(public, secret) from a NAME.key_secret file, which only its owner may read."""
+    if not path.is_file():
+        raise KeyFileError(f"{path}: secret key file missing (create keys with `mdiexit keys --cluster F --out DIR`)")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeyFileError(f"{path}: readable by others (mode {mode:o}); run `chmod 600 {path}`")
+    try:
+        public, secret = zmq.auth.load_certificate(str(path))
+    except (ValueError, OSError, IndexError) as e:
+        raise KeyFileError(f"{path}: not a key file ({e})") from None
+    if secret is None or public is None:
+        raise KeyFileError(f"{path}: holds no secret-key line; this is a public key file")
+    return check_key_text(public, str(path)), check_key_text(secret, str(path))
+
+
+@dataclass
+class Identity:
+    """What a node needs for CURVE: its own keypair and the public key of every node it may talk to."""
+
+    name: str
+    public: bytes
+    secret: bytes
+    peers: dict[str, bytes] = field(default_factory=dict)  # node name -> public key (itself included)
+
+    def peer_key(self, name: str) -> bytes:
+        try:
+            return self.peers[name]
+        except KeyError:
+            raise KeyFileError(f"no public key for node {name!r}: add `public_key` to it in the cluster file, "
+                            f"or put {name}.key in the keys folder") from None
+
+
+def load_identity(name: str, public_keys: dict[str, str | None], keys_dir: Path | None,
+                  secret_file: Path | None = None) -> Identity:
+    """This node's identity. ``public_keys`` maps each node to its public key from the cluster file (None:
+    read DIR/NODE.key). The secret comes from ``secret_file`` or DIR/NAME.key_secret."""
+    if secret_file is None:
+        if keys_dir is None:
+            raise KeyFileError(f"node {name}: no keys (set `keys_dir` in the cluster file, pass --keys-dir or --key, "
+                            "or run with --insecure); create them with `mdiexit keys --cluster F --out DIR`")
+        secret_file = keys_dir / f"{name}.key_secret"
+    public, secret = read_secret(secret_file)
+    peers: dict[str, bytes] = {}
+    for peer, text in public_keys.items():
+        if text is not None:
+            peers[peer] = check_key_text(text, f"nodes.{peer}.public_key")
+        elif keys_dir is not None and (keys_dir / f"{peer}.key").exists():
+            peers[peer] = read_public(keys_dir / f"{peer}.key")
+    owner = next((p for p, k in peers.items() if k == public), None)
+    if owner is not None and owner != name:
+        raise KeyFileError(f"{secret_file}: this key belongs to node {owner!r}, not {name!r}")
+    if name in peers and peers[name] != public:
+        raise KeyFileError(f"{secret_file}: does not match node {name!r}'s public key in the cluster; "
+                        "use that node's own key_secret file")
+    peers[name] = public
+    return Identity(name, public, secret, peers)
+
+
+class NodeAuthenticator(ThreadAuthenticator):
+    """A ZAP handler admitting only known node keys. A message's ``User-Id`` becomes the sending node's name.
+    Keys can be added while running (a device joining the cluster)."""
+
+    def __init__(self, ctx: zmq.Context, keys: dict[str, bytes]):
+        super().__init__(ctx)
+        self._names: dict[bytes, str] = {}
+        self._lock = threading.Lock()
+        for name, key in keys.items():
+            self.allow(name, key)
+
+    def allow(self, name: str, key: bytes) -> None:
+        with self._lock:
+            self._names[key] = name
+
+    def callback(self, domain: str, key: bytes) -> bool:  # the credentials provider's hook
+        with self._lock:
+            return key in self._names
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        with self._lock:
+            return self._names.get(z85.encode(client_public_key), "")
+
+    def begin(self) -> None:
+        self.start()
+        self.configure_curve_callback("*", credentials_provider=self)
+
+
+def make_server(sock: zmq.Socket, ident: Identity) -> None:
+    sock.curve_secretkey = ident.secret
+    sock.curve_publickey = ident.public
+    sock.curve_server = True
+
+
+def make_client(sock: zmq.Socket, ident: Identity, server: str) -> None:
+    sock.curve_secretkey = ident.secret
+    sock.curve_publickey = ident.public
+    sock.curve_serverkey = ident.peer_key(server)
