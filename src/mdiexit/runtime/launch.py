@@ -20,6 +20,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from mdiexit.runtime.source import Admission, FixedAdmission, SourceProcess
 from mdiexit.security import Identity, create_keys, load_identity
 
 log = logging.getLogger("mdiexit.launch")
+_SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="spawner")
 
 
 @dataclass
@@ -99,6 +102,28 @@ def make_admission(pkg: Package, mode: str, opts: RunOptions) -> Admission:
 
 
 @dataclass
+class LiveRun:
+    """A running cluster, for whoever drives faults into it (the chaos bench, the recovery tests)."""
+
+    source: SourceProcess
+    procs: dict[str, subprocess.Popen]
+    spawn_args: dict  # what spawn_worker needs besides the name and namespace
+    netns: dict[str, str | None]
+
+    def signal(self, name: str, sig: int) -> None:
+        self.procs[name].send_signal(sig)
+
+    def restart(self, name: str) -> None:
+        """Start worker `name` again (after it died): it rejoins with the cluster file alone."""
+        old = self.procs[name]
+        if old.poll() is None:
+            raise RuntimeError(f"worker {name} is still running")
+        # from a thread that lives as long as this process: PR_SET_PDEATHSIG fires when the spawning thread ends
+        self.procs[name] = _SPAWNER.submit(spawn_worker, name=name, netns=self.netns.get(name),
+                                           **self.spawn_args).result()
+
+
+@dataclass
 class RunResult:
     summary: dict
     ledger: Ledger  # per-item records, keyed by item id (item i is stream item i % len(stream))
@@ -106,21 +131,21 @@ class RunResult:
 
 
 def run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | None = None,
-                spawn: bool = True) -> RunResult:
+                spawn: bool = True, on_ready: Callable[[LiveRun], None] | None = None) -> RunResult:
     """Run the source here and, with `spawn`, every worker of the cluster file as a child process (without
     it, the workers are started elsewhere with `mdiexit worker`). Returns the run summary.
 
     ``opts.net == "namespaces"``: each worker runs in its own network namespace, the kernel shapes the
     bandwidths (tbf) and the application only adds the latencies (mdiexit.emulation.netns)."""
     if opts.net == "namespaces":
-        return _run_in_namespaces(cluster_path, opts, admission, spawn)
+        return _run_in_namespaces(cluster_path, opts, admission, spawn, on_ready)
     if opts.net != "app":
         raise ValueError(f"unknown net {opts.net!r}; choose app or namespaces")
-    return _run_cluster(cluster_path, opts, admission, spawn)
+    return _run_cluster(cluster_path, opts, admission, spawn, on_ready=on_ready)
 
 
 def _run_in_namespaces(cluster_path: Path, opts: RunOptions, admission: Admission | None,
-                       spawn: bool) -> RunResult:
+                       spawn: bool, on_ready: Callable[[LiveRun], None] | None) -> RunResult:
     from mdiexit.emulation.netns import NamespaceError, NamespaceNetwork, cleanup_stale, namespaces_supported
 
     if not spawn:
@@ -131,7 +156,7 @@ def _run_in_namespaces(cluster_path: Path, opts: RunOptions, admission: Admissio
     cleanup_stale()  # leftovers of crashed earlier runs (owner process gone)
     with NamespaceNetwork(load_cluster(cluster_path)) as net:
         result = _run_cluster(net.cluster_path, opts, admission, spawn,
-                              netns={name: ns for name, (ns, _) in net.nodes.items()})
+                              netns={name: ns for name, (ns, _) in net.nodes.items()}, on_ready=on_ready)
     result.summary["config"]["cluster"] = str(cluster_path)  # not the rewritten copy
     return result
 
@@ -160,7 +185,8 @@ def node_identity(cluster: ClusterConfig, name: str, keys_dir: Path | None,
 
 
 def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | None, spawn: bool,
-                 netns: dict[str, str | None] | None = None) -> RunResult:
+                 netns: dict[str, str | None] | None = None,
+                 on_ready: Callable[[LiveRun], None] | None = None) -> RunResult:
     cluster = load_cluster(cluster_path)
     mode = opts.mode or cluster.mode
     rules = rules_for(mode)
@@ -190,6 +216,8 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
             for name, p in list(procs.items()):
                 if p.poll() is not None and seen.get(name) is not p:
                     seen[name] = p
+                    if p.returncode == 0:
+                        continue  # a graceful leave: the source already knows
                     crashed.append(name)
                     log.warning("node %s exited unexpectedly with status %s; the run goes on", name, p.returncode)
                     source.node_down(name, "crashed", time.monotonic())
@@ -204,11 +232,18 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
             raise ClusterError(f"node(s) {', '.join(crash_during_start)} exited during start-up")
         source.wait_ready(workers, opts.ready_timeout_s)
         source.run_start = time.monotonic()
+        if on_ready is not None:
+            spawn_args = {"cluster_path": cluster_path, "mode": mode, "pace": pace, "keys_dir": keys_dir}
+            live = LiveRun(source, procs, spawn_args, dict(netns or {}))
+            threading.Thread(target=on_ready, args=(live,), name="on-ready", daemon=True).start()
         viewer = threading.Thread(target=source.live_view, args=(view_stop,), daemon=True)
         if opts.live:
             viewer.start()
+        source.phase = "admitting"
         start, end = source.admit_for(opts.duration_s)
+        source.phase = "draining"
         source.drain(opts.drain_timeout_s)
+        source.phase = "done"
         view_stop.set()
         watching.clear()
         source.shutdown_workers(workers)

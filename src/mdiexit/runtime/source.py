@@ -62,6 +62,7 @@ class SourceProcess(NodeProcess):
         self.down: dict[str, float] = {}  # node -> when it was declared down
         self.events: list[dict] = []  # node failures, leaves and returns, for the summary and the live view
         self.run_start = now()
+        self.phase = "starting"  # admitting | draining | done
         self.dead_after_s = self.cluster.dead_after_ms / 1000
 
     # ---------------------------------------------------------------- results and state
