@@ -321,17 +321,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Errors that are the user's to fix (bad file, missing dataset...): one line, exit status 2, no traceback.
+_USER_ERRORS = (("mdiexit.config", "ConfigError"), ("mdiexit.data", "DataError"), ("mdiexit.package", "PackageError"),
+                ("mdiexit.emulation.netns", "NamespaceError"), ("mdiexit.runtime.node", "ClusterError"))
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The user-error classes of the modules the command has imported (one it did not import raised nothing), so
+    that a light command never loads the runtime just to name its errors."""
+    return tuple(getattr(sys.modules[m], name) for m, name in _USER_ERRORS if m in sys.modules)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from mdiexit.config import ConfigError
-    from mdiexit.data import DataError
-    from mdiexit.emulation.netns import NamespaceError
-    from mdiexit.package import PackageError
-    from mdiexit.runtime.node import ClusterError
-
     try:
         return args.func(args)
-    except (DataError, PackageError, ConfigError, NamespaceError, ClusterError) as e:
+    except _user_errors() as e:
         print(f"mdiexit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -41,7 +41,7 @@ def bench_engine(package: Path, repeats: int = 50, threads: int = 1, checkpoint:
     checkpoint = checkpoint or _default_checkpoint(package)
     torch_engine = None
     if checkpoint is not None:
-        from mdiexit.engine import TorchEngine
+        from mdiexit.training.torch_engine import TorchEngine
 
         torch_engine = TorchEngine(checkpoint, threads=threads)
     rows = []

@@ -22,7 +22,8 @@ import yaml
 
 from mdiexit.bench.ratesearch import Criterion, search_rate
 from mdiexit.config import load_cluster
-from mdiexit.evaluate import all_exit_logits, evaluate_logits, load_test_split
+from mdiexit.data import load_test_split
+from mdiexit.evaluate import all_exit_logits, evaluate_logits
 from mdiexit.package import load_package
 from mdiexit.policies.modes import MODES
 from mdiexit.runtime.launch import RunOptions, run_cluster

@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Protocol
+
 import numpy as np
 
-from mdiexit.runtime.source import Ledger
+
+class ItemRecord(Protocol):
+    """What the summary reads of one admitted item (the source's ledger record)."""
+
+    admitted_at: float
+    done_at: float | None
+    label: int
+    truth: int
+    exit: int
+
+
+class Ledger(Protocol):
+    """What the summary reads of the source's ledger (`mdiexit.runtime.source.Ledger`): the records by item id,
+    and the counts of duplicate and unknown results."""
+
+    records: Mapping[int, ItemRecord]
+    duplicates: int
+    unknown: int
 
 
 def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final_stats: dict[str, dict[str, float]],
