@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from mdiexit.exitprofile import ExitProfile, OperatingPoint
 from mdiexit.models import EarlyExitModel
 from mdiexit.package import FORMAT, PackageError, load_package
 from mdiexit.training.train import TrainConfig, load_trained, predict_logits
+from mdiexit.util import say
 
 PARITY_ATOL = 1e-3  # largest allowed |ORT - torch| on logits, relative to the logits' scale
 PARITY_ITEMS = 256
@@ -171,4 +171,4 @@ def export_package(checkpoint: Path, out: Path, data_dir: Path | None = None, na
 
 
 def _say(msg: str) -> None:
-    print(f"[export] {msg}", file=sys.stderr)
+    say("export", msg)
