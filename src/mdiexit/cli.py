@@ -6,11 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from mdiexit.data import DATASETS
+from mdiexit.policies.modes import ADMISSIONS, MODES
+
 DEFAULT_PACKAGE = Path("models/mobilenetv2-fmnist")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10", "folder"],
+    p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS,
                    help="dataset format (default: fashion-mnist)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="dataset folder (default: $MDIEXIT_DATA or /usr/share/datasets/fashion-mnist)")
@@ -79,12 +82,26 @@ def cmd_bench_engine(a: argparse.Namespace) -> int:
     return 0
 
 
+class _RunDefault:
+    """A `run` option left unset: RunOptions' default applies (read there, the one place it is stated, and only
+    when the command runs or its help is printed, so that parsing loads no runtime)."""
+
+    def __init__(self, field: str):
+        self.field = field
+
+    def __str__(self) -> str:
+        from mdiexit.runtime.launch import RunOptions
+
+        return f"{getattr(RunOptions(), self.field)}"
+
+
 def _run_opts(a: argparse.Namespace):
     from mdiexit.runtime.launch import RunOptions
 
-    return RunOptions(mode=a.mode, rate=a.rate, duration_s=a.duration, warmup_s=a.warmup,
-                      deadline_ms=a.deadline_ms, live=not a.quiet, data_dir=a.data_dir, admission=a.admission,
-                      target_accuracy=a.target_accuracy, target_backlog_ms=a.target_backlog_ms, net=a.net)
+    given = dict(mode=a.mode, rate=a.rate, duration_s=a.duration, warmup_s=a.warmup, deadline_ms=a.deadline_ms,
+                 live=not a.quiet, data_dir=a.data_dir, admission=a.admission, target_accuracy=a.target_accuracy,
+                 target_backlog_ms=a.target_backlog_ms, net=a.net)
+    return RunOptions(**{k: v for k, v in given.items() if not isinstance(v, _RunDefault)})
 
 
 def _finish_run(result, out: Path) -> int:
@@ -118,25 +135,28 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    from mdiexit.policies.modes import MODES
-
     p.add_argument("--cluster", type=Path, default=Path("examples/edge4.yaml"), help="cluster file (YAML)")
     p.add_argument("--mode", default=None, choices=list(MODES), help="override the cluster file's mode")
-    p.add_argument("--rate", type=float, default=50.0, help="items admitted per second (default 50)")
-    p.add_argument("--duration", type=float, default=20.0, help="seconds of admission (default 20)")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds excluded from throughput (default 2)")
+    p.add_argument("--rate", type=float, default=_RunDefault("rate"),
+                   help="items admitted per second (default %(default)s)")
+    p.add_argument("--duration", type=float, default=_RunDefault("duration_s"),
+                   help="seconds of admission (default %(default)s)")
+    p.add_argument("--warmup", type=float, default=_RunDefault("warmup_s"),
+                   help="seconds excluded from throughput (default %(default)s)")
     p.add_argument("--deadline-ms", type=float, default=None, help="also report accuracy within this deadline")
-    p.add_argument("--admission", default="fixed", choices=["fixed", "rate", "thresholds"],
+    p.add_argument("--admission", default=_RunDefault("admission"), choices=ADMISSIONS,
                    help="fixed: admit at --rate with the package's thresholds; rate: adapt the rate at the cheapest "
-                        "thresholds meeting --target-accuracy; thresholds: fixed --rate, adapt the thresholds")
+                        "thresholds meeting --target-accuracy; thresholds: fixed --rate, adapt the thresholds "
+                        "(default %(default)s)")
     p.add_argument("--target-accuracy", type=float, default=None,
                    help="rate adaptation's accuracy target (default: final-exit validation accuracy - 0.01)")
-    p.add_argument("--target-backlog-ms", type=float, default=300.0, help="backlog the controllers aim for")
+    p.add_argument("--target-backlog-ms", type=float, default=_RunDefault("target_backlog_ms"),
+                   help="backlog the controllers aim for (default %(default)s)")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--quiet", action="store_true", help="no live view")
-    p.add_argument("--net", default="app", choices=["app", "namespaces"],
-                   help="app: the nodes pace their links (default); namespaces: one network namespace per worker, "
-                        "bandwidths shaped by the kernel with tc tbf (root, Linux)")
+    p.add_argument("--net", default=_RunDefault("net"), choices=["app", "namespaces"],
+                   help="app: the nodes pace their links; namespaces: one network namespace per worker, "
+                        "bandwidths shaped by the kernel with tc tbf (root, Linux) (default %(default)s)")
     p.add_argument("--out", type=Path, default=Path("runs/last"), help="folder for summary.json")
 
 
@@ -267,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run one worker node of a cluster file until the source shuts it down")
     w.add_argument("--cluster", type=Path, required=True)
     w.add_argument("--name", required=True, help="this node's name in the cluster file")
-    w.add_argument("--mode", default=None, help="override the cluster file's mode")
+    w.add_argument("--mode", default=None, choices=list(MODES), help="override the cluster file's mode")
     w.add_argument("--no-pace", action="store_true",
                    help="do not pace the links' bandwidth (the kernel shapes it, as in `run --net namespaces`)")
     w.set_defaults(func=cmd_worker)
