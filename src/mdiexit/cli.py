@@ -46,7 +46,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_compress(a: argparse.Namespace) -> int:
-    from mdiexit.training.compress import compress_package
+    from mdiexit.training.compress import CompressConfig, compress_package
 
     try:
         ratios = tuple(float(r) for r in a.ratios.split(","))
@@ -55,8 +55,9 @@ def cmd_compress(a: argparse.Namespace) -> int:
     if not ratios or min(ratios) <= 1:
         print(f"mdiexit: error: --ratios: expected numbers > 1 separated by commas, got {a.ratios!r}", file=sys.stderr)
         return 2
-    compress_package(a.package, a.checkpoint, ratios=ratios, budget=a.budget, epochs=a.epochs, data_dir=a.data_dir,
-                     max_train_items=a.max_train_items, seed=a.seed, threads=a.threads)
+    cfg = CompressConfig(ratios=ratios, budget=a.budget, epochs=a.epochs, max_train_items=a.max_train_items,
+                         seed=a.seed, threads=a.threads)
+    compress_package(a.package, a.checkpoint, cfg, data_dir=a.data_dir)
     return 0
 
 
