@@ -10,6 +10,7 @@ from mdiexit.data import DATASETS
 from mdiexit.policies.modes import ADMISSIONS, MODES
 
 DEFAULT_PACKAGE = Path("models/mobilenetv2-fmnist")
+DEFAULT_CLUSTER = Path("examples/edge4.yaml")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -23,6 +24,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    """Train backbone and exits jointly, or only the exits on a frozen backbone. Resumes from OUT/checkpoint.pt
+    when present."""
     from mdiexit.data import load
     from mdiexit.training.train import TrainConfig, train
 
@@ -38,6 +41,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
+    """Fit a temperature per exit and the exit profile on the validation split, pick default thresholds, write
+    manifest.json + ONNX task files, and check ONNX Runtime against torch. Refuses to write a package that
+    disagrees."""
     from mdiexit.export import export_package
 
     export_package(a.checkpoint, a.out, data_dir=a.data_dir, name=a.name, max_accuracy_loss=a.max_loss,
@@ -46,6 +52,10 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_compress(a: argparse.Namespace) -> int:
+    """For every task boundary and ratio, train a small conv autoencoder with an 8-bit code on the frozen model;
+    keep per boundary the strongest ratio whose validation accuracy loss at the default thresholds is within
+    --budget, export it as encK.onnx / decK.onnx, check ONNX Runtime against torch, and record it in the
+    manifest. Writes DIR/compression_report.json and DIR/compress.log."""
     from mdiexit.training.compress import CompressConfig, compress_package
 
     try:
@@ -118,6 +128,9 @@ def _finish_run(result, out: Path) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    """Start every node of the cluster file as its own process (ZeroMQ over TCP), stream the test split through
+    it at --rate for --duration seconds with a live view, drain, and write the summary. Exit status 1 if any
+    item was lost or duplicated or a node crashed."""
     from mdiexit.runtime.launch import run_cluster
 
     return _finish_run(run_cluster(a.cluster, _run_opts(a)), a.out)
@@ -136,7 +149,7 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cluster", type=Path, default=Path("examples/edge4.yaml"), help="cluster file (YAML)")
+    _cluster_arg(p)
     p.add_argument("--mode", default=None, choices=list(MODES), help="override the cluster file's mode")
     p.add_argument("--rate", type=float, default=_RunDefault("rate"),
                    help="items admitted per second (default %(default)s)")
@@ -161,6 +174,14 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/last"), help="folder for summary.json")
 
 
+def _cluster_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", type=Path, default=DEFAULT_CLUSTER, help="cluster file (YAML; default %(default)s)")
+
+
+def _json_out_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+
+
 def cmd_plot(a: argparse.Namespace) -> int:
     from mdiexit.plot import plot_timeline
 
@@ -169,6 +190,8 @@ def cmd_plot(a: argparse.Namespace) -> int:
 
 
 def cmd_bench_paper(a: argparse.Namespace) -> int:
+    """Experiment 1: highest sustainable throughput at the target accuracy (rate search; mdi-exit also with rate
+    adaptation). Experiment 2: accuracy within a 1 s deadline at fixed rates from 0.5x to 3x mdi's capacity."""
     from mdiexit.bench.paper import PaperOptions, bench_paper
 
     o = PaperOptions(probe_s=a.probe_s, adaptive_s=a.adaptive_s, exp2_s=a.exp2_s, data_dir=a.data_dir,
@@ -199,6 +222,11 @@ def cmd_bench_runtime(a: argparse.Namespace) -> int:
     return 0
 
 
+def _doc(cmd) -> str:
+    """A command's description in its help: its docstring."""
+    return " ".join(cmd.__doc__.split())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mdiexit",
@@ -209,9 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "`mdiexit run --cluster examples/edge4.yaml`.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train an early-exit model (torch)",
-                       description="Train backbone and exits jointly, or only the exits on a frozen backbone. "
-                                   "Resumes from OUT/checkpoint.pt when present.")
+    t = sub.add_parser("train", help="train an early-exit model (torch)", description=_doc(cmd_train))
     t.add_argument("--model", default="mobilenetv2", choices=["mobilenetv2", "resnet50", "tiny"])
     _data_args(t)
     t.add_argument("--epochs", type=int, default=8)
@@ -228,10 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, required=True, help="run folder: checkpoint.pt, model.pt, train.log")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("export", help="calibrate, profile and write a model package",
-                       description="Fit a temperature per exit and the exit profile on the validation split, "
-                                   "pick default thresholds, write manifest.json + ONNX task files, and check "
-                                   "ONNX Runtime against torch. Refuses to write a package that disagrees.")
+    e = sub.add_parser("export", help="calibrate, profile and write a model package", description=_doc(cmd_export))
     e.add_argument("checkpoint", type=Path, help="model.pt written by `mdiexit train`")
     e.add_argument("--out", type=Path, required=True, help="package folder to write")
     e.add_argument("--name", default=None, help="package name (default: ARCH-ee-DATASET)")
@@ -243,11 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
 
     c = sub.add_parser("compress", help="train and add feature autoencoders at the task boundaries (torch)",
-                       description="For every task boundary and ratio, train a small conv autoencoder with an 8-bit "
-                                   "code on the frozen model; keep per boundary the strongest ratio whose validation "
-                                   "accuracy loss at the default thresholds is within --budget, export it as "
-                                   "encK.onnx / decK.onnx, check ONNX Runtime against torch, and record it in the "
-                                   "manifest. Writes DIR/compression_report.json and DIR/compress.log.")
+                       description=_doc(cmd_compress))
     c.add_argument("--package", type=Path, required=True, help="package folder written by `mdiexit export`")
     c.add_argument("--checkpoint", type=Path, required=True, help="model.pt the package was exported from")
     c.add_argument("--ratios", default="4,8,16", help="compression ratios vs float32 to try (default 4,8,16)")
@@ -274,10 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("run", help="run a whole cluster on this machine and write DIR/summary.json",
-                       description="Start every node of the cluster file as its own process (ZeroMQ over TCP), "
-                                   "stream the test split through it at --rate for --duration seconds with a live "
-                                   "view, drain, and write the summary. Exit status 1 if any item was lost or "
-                                   "duplicated or a node crashed.")
+                       description=_doc(cmd_run))
     _run_args(r)
     r.set_defaults(func=cmd_run)
 
@@ -306,31 +322,29 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--threads", type=int, default=1)
     be.set_defaults(func=cmd_bench_engine)
     br = bsub.add_parser("runtime", help="per-hop overhead vs task time, and mdi-exit scaling on 1/2/4 workers")
-    br.add_argument("--cluster", type=Path, default=Path("examples/edge4.yaml"))
+    _cluster_arg(br)
     br.add_argument("--repeats", type=int, default=200)
     br.add_argument("--duration", type=float, default=12.0, help="seconds per scaling run")
     br.add_argument("--slowdown", type=float, default=None, help="worker slowdown (default: the workers' median)")
-    br.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    _json_out_arg(br)
     br.set_defaults(func=cmd_bench_runtime)
     ba = bsub.add_parser("admission", help="rate and threshold adaptation against fixed-rate baselines")
-    ba.add_argument("--cluster", type=Path, default=Path("examples/edge4.yaml"))
+    _cluster_arg(ba)
     ba.add_argument("--out", type=Path, default=Path("docs/results/admission"))
     ba.add_argument("--duration", type=float, default=60.0, help="seconds of the rate-adaptation run")
     ba.add_argument("--target-accuracy", type=float, default=None,
                     help="default: the final exit's test accuracy - 0.01")
     ba.set_defaults(func=cmd_bench_admission)
     bc = bsub.add_parser("compression", help="mdi-exit with learned codes vs lz4 vs zstd vs raw features on slow links")
-    bc.add_argument("--cluster", type=Path, default=Path("examples/edge4.yaml"))
+    _cluster_arg(bc)
     bc.add_argument("--bandwidth", type=float, default=10.0, help="Mbit/s of every node's egress (default 10)")
     bc.add_argument("--duration", type=float, default=30.0, help="seconds per run (the second half is measured)")
     bc.add_argument("--target-accuracy", type=float, default=None)
-    bc.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    _json_out_arg(bc)
     bc.set_defaults(func=cmd_bench_compression)
     bp = bsub.add_parser("paper", help="both headline experiments for every mode: paper.json, PNG plots, table",
-                         description="Experiment 1: highest sustainable throughput at the target accuracy (rate "
-                                     "search; mdi-exit also with rate adaptation). Experiment 2: accuracy within "
-                                     "a 1 s deadline at fixed rates from 0.5x to 3x mdi's capacity.")
-    bp.add_argument("--cluster", type=Path, default=Path("examples/edge4.yaml"))
+                         description=_doc(cmd_bench_paper))
+    _cluster_arg(bp)
     bp.add_argument("--out", type=Path, default=Path("docs/results"))
     bp.add_argument("--probe-s", type=float, default=6.0, help="seconds per rate-search probe")
     bp.add_argument("--adaptive-s", type=float, default=40.0, help="seconds of the rate-adaptation run")
