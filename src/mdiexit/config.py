@@ -6,7 +6,7 @@
 YAML layout (flat; unknown keys are rejected so that typos do not pass silently)::
 
     package: models/mobilenetv2-fmnist
-    mode: mdi-exit                  # local | ddi | ddi-exit | mdi | mdi-static | mdi-exit
+    mode: mdi-exit                  # a mode of mdiexit.policies.modes.MODES
     hysteresis_ms: 2                # and hop_limit, stale_after_ms, heartbeat_ms, max_batch
     nodes:
       - {name: src, role: source, port: 5550, slowdown: 8, bandwidth_mbps: 50, latency_ms: 2}
