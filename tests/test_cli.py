@@ -34,3 +34,23 @@ def test_bench_engine_runs(tiny_package, tiny_checkpoint):
     out = mdiexit("bench", "engine", tiny_package, "--checkpoint", tiny_checkpoint, "--repeats", 3)
     assert out.returncode == 0, out.stderr
     assert "torch/ORT" in out.stdout and len([ln for ln in out.stdout.splitlines() if "x" in ln[-6:]]) == 8
+
+
+def test_worker_import_path_loads_neither_torch_nor_tqdm():
+    """A worker board has no torch (DESIGN §4) and needs no progress bars: `mdiexit worker` parses its command and
+    imports the node runtime without loading either."""
+    code = ("import sys, mdiexit.cli, mdiexit.runtime.node, mdiexit.runtime.launch\n"
+            "a = mdiexit.cli.build_parser().parse_args(['worker', '--cluster', 'c.yaml', '--name', 'w1'])\n"
+            "assert a.func is mdiexit.cli.cmd_worker\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'tqdm')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)
+
+
+def test_light_commands_do_not_load_the_runtime():
+    code = ("import sys, mdiexit.cli\n"
+            "mdiexit.cli.build_parser().parse_args(['profile'])\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'tqdm', 'zmq')\n"
+            "             or m.startswith('mdiexit.runtime')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)

@@ -81,6 +81,7 @@ def test_reader_and_worker_path_import_no_torch():
     import sys
 
     code = ("import sys, mdiexit.package, mdiexit.engine, mdiexit.exitprofile, mdiexit.runtime.launch, "
-            "mdiexit.policies.admission, mdiexit.protocol.codec; print('torch' in sys.modules)")
+            "mdiexit.policies.admission, mdiexit.protocol.codec; print([m for m in ('torch', 'tqdm') "
+            "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "False", out.stderr
+    assert out.stdout.strip() == "[]", out.stderr

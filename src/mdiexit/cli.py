@@ -6,11 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from mdiexit.data import DATASETS
+from mdiexit.policies.modes import ADMISSIONS, MODES
+
 DEFAULT_PACKAGE = Path("models/mobilenetv2-fmnist")
+DEFAULT_CLUSTER = Path("examples/edge4.yaml")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10", "folder"],
+    p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS,
                    help="dataset format (default: fashion-mnist)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="dataset folder (default: $MDIEXIT_DATA or /usr/share/datasets/fashion-mnist)")
@@ -20,6 +24,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    """Train backbone and exits jointly, or only the exits on a frozen backbone. Resumes from OUT/checkpoint.pt
+    when present."""
     from mdiexit.data import load
     from mdiexit.training.train import TrainConfig, train
 
@@ -35,6 +41,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
+    """Fit a temperature per exit and the exit profile on the validation split, pick default thresholds, write
+    manifest.json + ONNX task files, and check ONNX Runtime against torch. Refuses to write a package that
+    disagrees."""
     from mdiexit.export import export_package
 
     export_package(a.checkpoint, a.out, data_dir=a.data_dir, name=a.name, max_accuracy_loss=a.max_loss,
@@ -43,7 +52,11 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_compress(a: argparse.Namespace) -> int:
-    from mdiexit.training.compress import compress_package
+    """For every task boundary and ratio, train a small conv autoencoder with an 8-bit code on the frozen model;
+    keep per boundary the strongest ratio whose validation accuracy loss at the default thresholds is within
+    --budget, export it as encK.onnx / decK.onnx, check ONNX Runtime against torch, and record it in the
+    manifest. Writes DIR/compression_report.json and DIR/compress.log."""
+    from mdiexit.training.compress import CompressConfig, compress_package
 
     try:
         ratios = tuple(float(r) for r in a.ratios.split(","))
@@ -52,8 +65,9 @@ def cmd_compress(a: argparse.Namespace) -> int:
     if not ratios or min(ratios) <= 1:
         print(f"mdiexit: error: --ratios: expected numbers > 1 separated by commas, got {a.ratios!r}", file=sys.stderr)
         return 2
-    compress_package(a.package, a.checkpoint, ratios=ratios, budget=a.budget, epochs=a.epochs, data_dir=a.data_dir,
-                     max_train_items=a.max_train_items, seed=a.seed, threads=a.threads)
+    cfg = CompressConfig(ratios=ratios, budget=a.budget, epochs=a.epochs, max_train_items=a.max_train_items,
+                         seed=a.seed, threads=a.threads)
+    compress_package(a.package, a.checkpoint, cfg, data_dir=a.data_dir)
     return 0
 
 
@@ -79,13 +93,27 @@ def cmd_bench_engine(a: argparse.Namespace) -> int:
     return 0
 
 
+class _RunDefault:
+    """A `run` option left unset: RunOptions' default applies (read there, the one place it is stated, and only
+    when the command runs or its help is printed, so that parsing loads no runtime)."""
+
+    def __init__(self, field: str):
+        self.field = field
+
+    def __str__(self) -> str:
+        from mdiexit.runtime.launch import RunOptions
+
+        return f"{getattr(RunOptions(), self.field)}"
+
+
 def _run_opts(a: argparse.Namespace):
     from mdiexit.runtime.launch import RunOptions
 
-    return RunOptions(mode=a.mode, rate=a.rate, duration_s=a.duration, warmup_s=a.warmup,
-                      deadline_ms=a.deadline_ms, live=not a.quiet, data_dir=a.data_dir, admission=a.admission,
-                      target_accuracy=a.target_accuracy, target_backlog_ms=a.target_backlog_ms, net=a.net,
-                      insecure=a.insecure, keys_dir=a.keys_dir)
+    given = dict(mode=a.mode, rate=a.rate, duration_s=a.duration, warmup_s=a.warmup, deadline_ms=a.deadline_ms,
+                 live=not a.quiet, data_dir=a.data_dir, admission=a.admission, target_accuracy=a.target_accuracy,
+                 target_backlog_ms=a.target_backlog_ms, net=a.net,
+                 insecure=a.insecure, keys_dir=a.keys_dir)
+    return RunOptions(**{k: v for k, v in given.items() if not isinstance(v, _RunDefault)})
 
 
 def _finish_run(result, out: Path) -> int:
@@ -101,6 +129,10 @@ def _finish_run(result, out: Path) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    """Start every node of the cluster file as its own process (ZeroMQ over TCP), stream the test split through
+    it at --rate for --duration seconds with a live view, drain, and write the summary. A worker that crashes,
+    hangs or leaves is declared down and its items are dispatched again. Exit status 1 if any item was lost or
+    duplicated."""
     from mdiexit.runtime.launch import run_cluster
 
     return _finish_run(run_cluster(a.cluster, _run_opts(a)), a.out)
@@ -143,27 +175,38 @@ def _security_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    from mdiexit.policies.modes import MODES
-
-    p.add_argument("--cluster", type=Path, default=Path("examples/edge4.yaml"), help="cluster file (YAML)")
+    _cluster_arg(p)
     p.add_argument("--mode", default=None, choices=list(MODES), help="override the cluster file's mode")
-    p.add_argument("--rate", type=float, default=50.0, help="items admitted per second (default 50)")
-    p.add_argument("--duration", type=float, default=20.0, help="seconds of admission (default 20)")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds excluded from throughput (default 2)")
+    p.add_argument("--rate", type=float, default=_RunDefault("rate"),
+                   help="items admitted per second (default %(default)s)")
+    p.add_argument("--duration", type=float, default=_RunDefault("duration_s"),
+                   help="seconds of admission (default %(default)s)")
+    p.add_argument("--warmup", type=float, default=_RunDefault("warmup_s"),
+                   help="seconds excluded from throughput (default %(default)s)")
     p.add_argument("--deadline-ms", type=float, default=None, help="also report accuracy within this deadline")
-    p.add_argument("--admission", default="fixed", choices=["fixed", "rate", "thresholds"],
+    p.add_argument("--admission", default=_RunDefault("admission"), choices=ADMISSIONS,
                    help="fixed: admit at --rate with the package's thresholds; rate: adapt the rate at the cheapest "
-                        "thresholds meeting --target-accuracy; thresholds: fixed --rate, adapt the thresholds")
+                        "thresholds meeting --target-accuracy; thresholds: fixed --rate, adapt the thresholds "
+                        "(default %(default)s)")
     p.add_argument("--target-accuracy", type=float, default=None,
                    help="rate adaptation's accuracy target (default: final-exit validation accuracy - 0.01)")
-    p.add_argument("--target-backlog-ms", type=float, default=300.0, help="backlog the controllers aim for")
+    p.add_argument("--target-backlog-ms", type=float, default=_RunDefault("target_backlog_ms"),
+                   help="backlog the controllers aim for (default %(default)s)")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--quiet", action="store_true", help="no live view")
-    p.add_argument("--net", default="app", choices=["app", "namespaces"],
-                   help="app: the nodes pace their links (default); namespaces: one network namespace per worker, "
-                        "bandwidths shaped by the kernel with tc tbf (root, Linux)")
+    p.add_argument("--net", default=_RunDefault("net"), choices=["app", "namespaces"],
+                   help="app: the nodes pace their links; namespaces: one network namespace per worker, "
+                        "bandwidths shaped by the kernel with tc tbf (root, Linux) (default %(default)s)")
     p.add_argument("--out", type=Path, default=Path("runs/last"), help="folder for summary.json")
     _security_args(p)
+
+
+def _cluster_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", type=Path, default=DEFAULT_CLUSTER, help="cluster file (YAML; default %(default)s)")
+
+
+def _json_out_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
 
 
 def cmd_plot(a: argparse.Namespace) -> int:
@@ -174,6 +217,8 @@ def cmd_plot(a: argparse.Namespace) -> int:
 
 
 def cmd_bench_paper(a: argparse.Namespace) -> int:
+    """Experiment 1: highest sustainable throughput at the target accuracy (rate search; mdi-exit also with rate
+    adaptation). Experiment 2: accuracy within a 1 s deadline at fixed rates from 0.5x to 3x mdi's capacity."""
     from mdiexit.bench.paper import PaperOptions, bench_paper
 
     o = PaperOptions(probe_s=a.probe_s, adaptive_s=a.adaptive_s, exp2_s=a.exp2_s, data_dir=a.data_dir,
@@ -204,6 +249,11 @@ def cmd_bench_runtime(a: argparse.Namespace) -> int:
     return 0
 
 
+def _doc(cmd) -> str:
+    """A command's description in its help: its docstring."""
+    return " ".join(cmd.__doc__.split())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mdiexit",
@@ -214,9 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "`mdiexit run --cluster examples/edge4.yaml`.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train an early-exit model (torch)",
-                       description="Train backbone and exits jointly, or only the exits on a frozen backbone. "
-                                   "Resumes from OUT/checkpoint.pt when present.")
+    t = sub.add_parser("train", help="train an early-exit model (torch)", description=_doc(cmd_train))
     t.add_argument("--model", default="mobilenetv2", choices=["mobilenetv2", "resnet50", "tiny"])
     _data_args(t)
     t.add_argument("--epochs", type=int, default=8)
@@ -233,10 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, required=True, help="run folder: checkpoint.pt, model.pt, train.log")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("export", help="calibrate, profile and write a model package",
-                       description="Fit a temperature per exit and the exit profile on the validation split, "
-                                   "pick default thresholds, write manifest.json + ONNX task files, and check "
-                                   "ONNX Runtime against torch. Refuses to write a package that disagrees.")
+    e = sub.add_parser("export", help="calibrate, profile and write a model package", description=_doc(cmd_export))
     e.add_argument("checkpoint", type=Path, help="model.pt written by `mdiexit train`")
     e.add_argument("--out", type=Path, required=True, help="package folder to write")
     e.add_argument("--name", default=None, help="package name (default: ARCH-ee-DATASET)")
@@ -248,11 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
 
     c = sub.add_parser("compress", help="train and add feature autoencoders at the task boundaries (torch)",
-                       description="For every task boundary and ratio, train a small conv autoencoder with an 8-bit "
-                                   "code on the frozen model; keep per boundary the strongest ratio whose validation "
-                                   "accuracy loss at the default thresholds is within --budget, export it as "
-                                   "encK.onnx / decK.onnx, check ONNX Runtime against torch, and record it in the "
-                                   "manifest. Writes DIR/compression_report.json and DIR/compress.log.")
+                       description=_doc(cmd_compress))
     c.add_argument("--package", type=Path, required=True, help="package folder written by `mdiexit export`")
     c.add_argument("--checkpoint", type=Path, required=True, help="model.pt the package was exported from")
     c.add_argument("--ratios", default="4,8,16", help="compression ratios vs float32 to try (default 4,8,16)")
@@ -279,11 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("run", help="run a whole cluster on this machine and write DIR/summary.json",
-                       description="Start every node of the cluster file as its own process (ZeroMQ over TCP), "
-                                   "stream the test split through it at --rate for --duration seconds with a live "
-                                   "view, drain, and write the summary. A worker that crashes or hangs is declared "
-                                   "down and its items are re-dispatched. Exit status 1 if any item was lost or "
-                                   "duplicated.")
+                       description=_doc(cmd_run))
     _run_args(r)
     r.set_defaults(func=cmd_run)
 
@@ -294,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run one worker node of a cluster file until the source shuts it down")
     w.add_argument("--cluster", type=Path, required=True)
     w.add_argument("--name", required=True, help="this node's name in the cluster file")
-    w.add_argument("--mode", default=None, help="override the cluster file's mode")
+    w.add_argument("--mode", default=None, choices=list(MODES), help="override the cluster file's mode")
     w.add_argument("--no-pace", action="store_true",
                    help="do not pace the links' bandwidth (the kernel shapes it, as in `run --net namespaces`)")
     w.add_argument("--key", type=Path, default=None,
@@ -325,31 +362,29 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--threads", type=int, default=1)
     be.set_defaults(func=cmd_bench_engine)
     br = bsub.add_parser("runtime", help="per-hop overhead vs task time, and mdi-exit scaling on 1/2/4 workers")
-    br.add_argument("--cluster", type=Path, default=Path("examples/edge4.yaml"))
+    _cluster_arg(br)
     br.add_argument("--repeats", type=int, default=200)
     br.add_argument("--duration", type=float, default=12.0, help="seconds per scaling run")
     br.add_argument("--slowdown", type=float, default=None, help="worker slowdown (default: the workers' median)")
-    br.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    _json_out_arg(br)
     br.set_defaults(func=cmd_bench_runtime)
     ba = bsub.add_parser("admission", help="rate and threshold adaptation against fixed-rate baselines")
-    ba.add_argument("--cluster", type=Path, default=Path("examples/edge4.yaml"))
+    _cluster_arg(ba)
     ba.add_argument("--out", type=Path, default=Path("docs/results/admission"))
     ba.add_argument("--duration", type=float, default=60.0, help="seconds of the rate-adaptation run")
     ba.add_argument("--target-accuracy", type=float, default=None,
                     help="default: the final exit's test accuracy - 0.01")
     ba.set_defaults(func=cmd_bench_admission)
     bc = bsub.add_parser("compression", help="mdi-exit with learned codes vs lz4 vs zstd vs raw features on slow links")
-    bc.add_argument("--cluster", type=Path, default=Path("examples/edge4.yaml"))
+    _cluster_arg(bc)
     bc.add_argument("--bandwidth", type=float, default=10.0, help="Mbit/s of every node's egress (default 10)")
     bc.add_argument("--duration", type=float, default=30.0, help="seconds per run (the second half is measured)")
     bc.add_argument("--target-accuracy", type=float, default=None)
-    bc.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    _json_out_arg(bc)
     bc.set_defaults(func=cmd_bench_compression)
     bp = bsub.add_parser("paper", help="both headline experiments for every mode: paper.json, PNG plots, table",
-                         description="Experiment 1: highest sustainable throughput at the target accuracy (rate "
-                                     "search; mdi-exit also with rate adaptation). Experiment 2: accuracy within "
-                                     "a 1 s deadline at fixed rates from 0.5x to 3x mdi's capacity.")
-    bp.add_argument("--cluster", type=Path, default=Path("examples/edge4.yaml"))
+                         description=_doc(cmd_bench_paper))
+    _cluster_arg(bp)
     bp.add_argument("--out", type=Path, default=Path("docs/results"))
     bp.add_argument("--probe-s", type=float, default=6.0, help="seconds per rate-search probe")
     bp.add_argument("--adaptive-s", type=float, default=40.0, help="seconds of the rate-adaptation run")
@@ -361,18 +396,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Errors that are the user's to fix (bad file, missing dataset...): one line, exit status 2, no traceback.
+_USER_ERRORS = (("mdiexit.config", "ConfigError"), ("mdiexit.data", "DataError"), ("mdiexit.package", "PackageError"),
+                ("mdiexit.emulation.netns", "NamespaceError"), ("mdiexit.runtime.node", "ClusterError"),
+                ("mdiexit.security", "KeyFileError"))
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The user-error classes of the modules the command has imported (one it did not import raised nothing), so
+    that a light command never loads the runtime just to name its errors."""
+    return tuple(getattr(sys.modules[m], name) for m, name in _USER_ERRORS if m in sys.modules)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from mdiexit.config import ConfigError
-    from mdiexit.data import DataError
-    from mdiexit.emulation.netns import NamespaceError
-    from mdiexit.package import PackageError
-    from mdiexit.runtime.node import ClusterError
-    from mdiexit.security import KeyFileError
-
     try:
         return args.func(args)
-    except (DataError, PackageError, ConfigError, NamespaceError, ClusterError, KeyFileError) as e:
+    except _user_errors() as e:
         print(f"mdiexit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

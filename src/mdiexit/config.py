@@ -6,7 +6,7 @@
 YAML layout (flat; unknown keys are rejected so that typos do not pass silently)::
 
     package: models/mobilenetv2-fmnist
-    mode: mdi-exit                  # local | ddi | ddi-exit | mdi | mdi-static | mdi-exit
+    mode: mdi-exit                  # a mode of mdiexit.policies.modes.MODES
     hysteresis_ms: 2                # and hop_limit, stale_after_ms, heartbeat_ms, max_batch
     nodes:
       - {name: src, role: source, port: 5550, slowdown: 8, bandwidth_mbps: 50, latency_ms: 2}
@@ -17,50 +17,72 @@ YAML layout (flat; unknown keys are rejected so that typos do not pass silently)
 A node's ``bandwidth_mbps``/``latency_ms`` describe its access link: everything it sends shares that egress
 bandwidth, and the path n->m pays both ends' latencies (:meth:`ClusterConfig.link`). RESULTs go to the source directly,
 whatever the neighbour graph says.
+
+The fields are declared once, below, as typed dataclass fields with their constraints (msgspec ``Meta``); msgspec
+checks a parsed file against them, and :mod:`mdiexit.configcheck` turns its errors into messages naming the field.
+To add a field, add it to :class:`NodeConfig` or :class:`ClusterConfig` with its type, constraint and default.
 """
 
 from __future__ import annotations
 
-import math
-import re
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import yaml
+from msgspec import Meta
 
+from mdiexit.configcheck import ConfigError, convert, describe_value, one_of, reject_unknown
+from mdiexit.policies.modes import MODES
 from mdiexit.policies.offload import OffloadConfig
+from mdiexit.protocol.codec import CODECS
 
-MODES = ("local", "ddi", "ddi-exit", "mdi", "mdi-static", "mdi-exit")
 ROLES = ("source", "worker")
 COMPRESS = ("off", "on", "auto")
-WIRE_CODECS = ("raw", "lz4", "zstd")
 BASE_RATED_GMACS = 4.0  # assumed speed of an un-slowed node, for initial service-time estimates
 MAX_HEARTBEAT_MS = 100.0  # DESIGN §3.2: a STATE at least every 100 ms
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_OFFLOAD = OffloadConfig()  # the offloading policy's defaults, in the file's units (ms)
 
+Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.\-]{1,64}$", description="1-64 characters from A-Z a-z 0-9 _ . -")]
+Host = Annotated[str, Meta(pattern=r"^\S+$", description="a host name or IP address")]
+Positive = Annotated[float, Meta(gt=0)]
+NonNegative = Annotated[float, Meta(ge=0)]
 
-class ConfigError(Exception):
-    """The cluster file is invalid. The message names the field."""
+__all__ = ["BASE_RATED_GMACS", "COMPRESS", "ClusterConfig", "ConfigError", "MAX_HEARTBEAT_MS", "NodeConfig", "ROLES",
+           "cluster_dict", "cluster_from_dict", "load_cluster", "write_cluster"]
 
 
 @dataclass(frozen=True)
 class NodeConfig:
     """One node (process): where it listens, what it holds, and how its device and link are emulated."""
 
-    name: str
-    port: int
-    role: str = "worker"  # "source" | "worker"
-    host: str = "127.0.0.1"
-    tasks: tuple[int, ...] | None = None  # 1-based task indices; None = all tasks
-    threads: int = 1
-    slowdown: float = 1.0
-    bandwidth_mbps: float | None = None  # None = unlimited
-    latency_ms: float = 0.0
-    compress: str = "off"  # learned feature codes on this node's egress: "off" | "on" | "auto"
-    wire_codec: str = "raw"  # lossless compression of array frames on this node's egress: raw | lz4 | zstd
-    rated_gmacs: float | None = None  # None = BASE_RATED_GMACS / slowdown
-    public_key: str | None = None  # CurveZMQ public key (Z85); None: KEYS_DIR/NAME.key
+    name: Name
+    port: Annotated[int, Meta(ge=1, le=65535)]
+    role: one_of(ROLES) = "worker"
+    host: Host = "127.0.0.1"
+    tasks: tuple[Annotated[int, Meta(ge=1)], ...] | None = None  # 1-based task indices; None = all tasks
+    threads: Annotated[int, Meta(ge=1, le=256)] = 1
+    slowdown: Annotated[float, Meta(ge=1)] = 1.0
+    bandwidth_mbps: Positive | None = None  # None = unlimited
+    latency_ms: NonNegative = 0.0
+    compress: one_of(COMPRESS) = "off"  # learned feature codes on this node's egress
+    wire_codec: one_of(CODECS) = "raw"  # lossless compression of array frames on this node's egress
+    rated_gmacs: Positive | None = None  # None = BASE_RATED_GMACS / slowdown
+    # CurveZMQ public key (Z85, from `mdiexit keys`); None: KEYS_DIR/NAME.key
+    public_key: Annotated[str, Meta(min_length=40, max_length=40, description="a 40-character Z85 key")] | None = None
+
+    def __post_init__(self) -> None:
+        if self.tasks is None:
+            return
+        if not self.tasks and self.role != "source":
+            raise ValueError("tasks: expected a non-empty list of task indices >= 1 (or omit it for all tasks; "
+                             "only a source may hold none), got []")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks: duplicate task index in {list(self.tasks)}")
+        object.__setattr__(self, "tasks", tuple(sorted(self.tasks)))
 
     @property
     def address(self) -> str:
@@ -84,18 +106,19 @@ class NodeConfig:
 class ClusterConfig:
     """The whole cluster file, validated."""
 
-    nodes: tuple[NodeConfig, ...]
-    package: Path
-    mode: str = "mdi-exit"
-    neighbours: dict[str, tuple[str, ...]] = field(default_factory=dict)  # filled with the full mesh if empty
-    hysteresis_ms: float = 2.0
-    hop_limit: int = 4
-    stale_after_ms: float = 500.0
-    heartbeat_ms: float = 50.0
-    max_batch: int = 8  # dynamic batching: up to this many queued items of one task per engine call (never waits)
-    dead_after_ms: float = 1000.0  # no report for this long: the node is down, nobody routes to it (DESIGN §9)
+    nodes: Annotated[tuple[NodeConfig, ...], Meta(min_length=1, description="a non-empty list of nodes")]
+    package: Annotated[Path, Meta(description="a path to a model package folder")]
+    mode: one_of(MODES) = "mdi-exit"
+    # n -> whom n may send DATA to; the full mesh when the file has none
+    neighbours: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    hysteresis_ms: NonNegative = _OFFLOAD.hysteresis_s * 1000
+    hop_limit: Annotated[int, Meta(ge=0, le=64)] = _OFFLOAD.hop_limit
+    stale_after_ms: Positive = _OFFLOAD.stale_after_s * 1000
+    heartbeat_ms: Annotated[float, Meta(gt=0, le=MAX_HEARTBEAT_MS)] = 50.0
+    max_batch: Annotated[int, Meta(ge=1, le=4096)] = 8  # dynamic batching: up to this many queued items per call
+    dead_after_ms: Positive = 1000.0  # no report for this long: the node is down, its items re-dispatched (§9)
     keys_dir: Path | None = None  # node keys (`mdiexit keys`): NAME.key_secret for itself, NAME.key for peers
-    path: Path | None = None  # the file it was loaded from
+    path: Path | None = None  # the file it was loaded from (not a key of the file)
 
     @property
     def source(self) -> NodeConfig:
@@ -178,137 +201,45 @@ class ClusterConfig:
                                   f"need it cannot reach along the neighbour graph; add a link to one of them")
 
 
-# ------------------------------------------------------------------ field checks
-
-def _describe(v: Any) -> str:
-    return f"{v!r:.60}"
+_FILE_KEYS = [f.name for f in dataclasses.fields(ClusterConfig) if f.name != "path"]
+_NODE_KEYS = [f.name for f in dataclasses.fields(NodeConfig)]
 
 
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _number(d: dict, key: str, where: str, default: Any, lo: float | None = None, lo_open: bool = False,
-            hi: float | None = None, allow_none: bool = False) -> Any:
-    """d[key] as a float within bounds; ``where`` is the field prefix ("nodes[2]." or "")."""
-    v = d.get(key, default)
-    if v is None and allow_none:
+def _resolve_dir(path: Path | None, base_dir: Path | None) -> Path | None:
+    """A folder named in the file: relative to the file's folder."""
+    if path is None:
         return None
-    if not (_is_num(v) and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or v <= hi)):
-        bounds = ([f"{'>' if lo_open else '>='} {lo:g}"] if lo is not None else []) + \
-                 ([f"<= {hi:g}"] if hi is not None else [])
-        extra = " (or null)" if allow_none else ""
-        raise ConfigError(f"{where}{key}: expected a number {' and '.join(bounds)}{extra}, "
-                          f"got {_describe(v)}")
-    return float(v)
-
-
-def _int(d: dict, key: str, where: str, default: Any, lo: int, hi: int | None = None) -> int:
-    v = d.get(key, default)
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-        raise ConfigError(f"{where}{key}: expected an integer {rng}, got {_describe(v)}")
-    return v
-
-
-def _choice(d: dict, key: str, where: str, default: str, choices: tuple[str, ...]) -> str:
-    v = d.get(key, default)
-    if v not in choices or not isinstance(v, str):
-        raise ConfigError(f"{where}{key}: expected one of {', '.join(choices)}, got {_describe(v)}")
-    return v
-
-
-def _unknown(d: dict, allowed: set[str], where: str) -> None:
-    extra = sorted(str(k) for k in d if k not in allowed)
-    if extra:
-        raise ConfigError(f"{where}{extra[0]}: unknown field (allowed: {', '.join(sorted(allowed))})")
-
-
-_NODE_KEYS = {"name", "host", "port", "role", "tasks", "threads", "slowdown", "bandwidth_mbps", "latency_ms",
-              "compress", "wire_codec", "rated_gmacs", "public_key"}
-_TOP_KEYS = {"nodes", "neighbours", "package", "mode", "hysteresis_ms", "hop_limit", "stale_after_ms",
-             "heartbeat_ms", "max_batch", "dead_after_ms", "keys_dir"}
-
-
-def _node(d: Any, i: int) -> NodeConfig:
-    w = f"nodes[{i}]"
-    if not isinstance(d, dict):
-        raise ConfigError(f"{w}: expected a mapping, got {_describe(d)}")
-    _unknown(d, _NODE_KEYS, f"{w}.")
-    name = d.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(f"{w}.name: expected 1-64 characters from A-Z a-z 0-9 _ . -, got {_describe(name)}")
-    host = d.get("host", "127.0.0.1")
-    if not isinstance(host, str) or not host or any(c.isspace() for c in host):
-        raise ConfigError(f"{w}.host: expected a host name or IP address, got {_describe(host)}")
-    if "port" not in d:
-        raise ConfigError(f"{w}.port: missing")
-    port = _int(d, "port", f"{w}.", None, 1, 65535)
-    role = _choice(d, "role", f"{w}.", "worker", ROLES)
-    tasks = d.get("tasks")
-    if tasks is not None:
-        if (not isinstance(tasks, list) or (not tasks and role != "source")
-                or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in tasks)):
-            raise ConfigError(f"{w}.tasks: expected a non-empty list of task indices >= 1 "
-                              f"(or omit it for all tasks; only a source may hold none), got {_describe(tasks)}")
-        if len(set(tasks)) != len(tasks):
-            raise ConfigError(f"{w}.tasks: duplicate task index in {tasks}")
-        tasks = tuple(sorted(tasks))
-    public_key = d.get("public_key")
-    if public_key is not None and (not isinstance(public_key, str) or len(public_key) != 40):
-        raise ConfigError(f"{w}.public_key: expected a 40-character Z85 CurveZMQ key (see `mdiexit keys`), "
-                          f"got {_describe(public_key)}")
-    compress = d.get("compress", "off")
-    if isinstance(compress, bool):  # YAML 1.1 reads unquoted on/off as booleans
-        compress = "on" if compress else "off"
-    compress = _choice({"compress": compress}, "compress", f"{w}.", "off", COMPRESS)
-    return NodeConfig(
-        name=name, port=port, role=role, host=host, tasks=tasks,
-        threads=_int(d, "threads", f"{w}.", 1, 1, 256),
-        slowdown=_number(d, "slowdown", f"{w}.", 1.0, lo=1.0),
-        bandwidth_mbps=_number(d, "bandwidth_mbps", f"{w}.", None, lo=0.0, lo_open=True, allow_none=True),
-        latency_ms=_number(d, "latency_ms", f"{w}.", 0.0, lo=0.0),
-        compress=compress,
-        wire_codec=_choice(d, "wire_codec", f"{w}.", "raw", WIRE_CODECS),
-        rated_gmacs=_number(d, "rated_gmacs", f"{w}.", None, lo=0.0, lo_open=True, allow_none=True),
-        public_key=public_key,
-    )
-
-
-def _resolve_package(p: Any, base_dir: Path | None) -> Path:
-    if not isinstance(p, str | Path) or not str(p):
-        raise ConfigError(f"package: expected a path to a model package folder, got {_describe(p)}")
-    path = Path(p).expanduser()
-    if path.is_absolute():
-        return path
-    candidates = [Path.cwd() / path]
-    if base_dir is not None:
-        base_dir = base_dir.resolve()
-        candidates += [base_dir / path, *(parent / path for parent in base_dir.parents)]
-    for c in candidates:
-        if c.exists():
-            return c
-    return candidates[0]  # not there (yet): load_package will say so
-
-
-def _resolve_dir(p: Any, base_dir: Path | None) -> Path | None:
-    if p is None:
-        return None
-    if not isinstance(p, str) or not p:
-        raise ConfigError(f"keys_dir: expected a folder path, got {_describe(p)}")
-    path = Path(p).expanduser()
+    path = path.expanduser()
     return path if path.is_absolute() or base_dir is None else base_dir / path
 
 
 def cluster_from_dict(data: Any, base_dir: Path | None = None, path: Path | None = None) -> ClusterConfig:
     """Validate a parsed cluster file. ``base_dir`` is where relative package paths are also looked up."""
     if not isinstance(data, dict):
-        raise ConfigError(f"cluster file: expected a mapping at the top level, got {_describe(data)}")
-    _unknown(data, _TOP_KEYS, "")
+        raise ConfigError(f"cluster file: expected a mapping at the top level, got {describe_value(data)}")
+    reject_unknown(data, _FILE_KEYS, "")
     raw_nodes = data.get("nodes")
-    if not isinstance(raw_nodes, list) or not raw_nodes:
-        raise ConfigError(f"nodes: expected a non-empty list of nodes, got {_describe(raw_nodes)}")
-    nodes = tuple(_node(d, i) for i, d in enumerate(raw_nodes))
+    if isinstance(raw_nodes, list):
+        data = {**data, "nodes": [_yaml_node(d, i) for i, d in enumerate(raw_nodes)]}
+    raw_neighbours = data.get("neighbours")
+    cfg = convert({k: v for k, v in data.items() if k != "neighbours"}, ClusterConfig)
+    _check_unique(cfg.nodes)
+    return dataclasses.replace(cfg, package=_resolve_package(cfg.package, base_dir),
+                               neighbours=_neighbours(raw_neighbours, cfg.nodes), path=path,
+                               keys_dir=_resolve_dir(cfg.keys_dir, base_dir))
+
+
+def _yaml_node(d: Any, i: int) -> Any:
+    """A node mapping with its keys checked, and YAML 1.1's booleans for unquoted on/off read as they were meant."""
+    if not isinstance(d, dict):
+        return d  # the conversion names the field
+    reject_unknown(d, _NODE_KEYS, f"nodes[{i}].")
+    if isinstance(d.get("compress"), bool):
+        d = {**d, "compress": "on" if d["compress"] else "off"}
+    return d
+
+
+def _check_unique(nodes: tuple[NodeConfig, ...]) -> None:
     names: dict[str, int] = {}
     addrs: dict[tuple[str, int], int] = {}
     for i, n in enumerate(nodes):
@@ -323,43 +254,41 @@ def cluster_from_dict(data: Any, base_dir: Path | None = None, path: Path | None
     if len(sources) != 1:
         raise ConfigError(f"nodes: expected exactly one node with role 'source', got {len(sources)}"
                           + (f" (nodes{sources})" if sources else ""))
-    raw_nb = data.get("neighbours")
-    if raw_nb is None:
-        neighbours = {n.name: tuple(m.name for m in nodes if m.name != n.name) for n in nodes}
-    else:
-        if not isinstance(raw_nb, dict):
-            raise ConfigError(f"neighbours: expected a mapping node -> list of nodes, "
-                              f"got {_describe(raw_nb)}")
-        neighbours = {n.name: () for n in nodes}
-        for key, lst in raw_nb.items():
-            if key not in names:
-                raise ConfigError(f"neighbours.{key}: no node named {key!r}")
-            if not isinstance(lst, list):
-                raise ConfigError(f"neighbours.{key}: expected a list of node names, got {_describe(lst)}")
-            for j, m in enumerate(lst):
-                if not isinstance(m, str) or m not in names:
-                    raise ConfigError(f"neighbours.{key}[{j}]: no node named {_describe(m)}")
-                if m == key:
-                    raise ConfigError(f"neighbours.{key}[{j}]: a node is not its own neighbour")
-            if len(set(lst)) != len(lst):
-                raise ConfigError(f"neighbours.{key}: duplicate names in {lst}")
-            neighbours[key] = tuple(lst)
-    if "package" not in data:
-        raise ConfigError("package: missing (path to the model package folder)")
-    return ClusterConfig(
-        nodes=nodes,
-        package=_resolve_package(data["package"], base_dir),
-        mode=_choice(data, "mode", "", "mdi-exit", MODES),
-        neighbours=neighbours,
-        hysteresis_ms=_number(data, "hysteresis_ms", "", 2.0, lo=0.0),
-        hop_limit=_int(data, "hop_limit", "", 4, 0, 64),
-        stale_after_ms=_number(data, "stale_after_ms", "", 500.0, lo=0.0, lo_open=True),
-        heartbeat_ms=_number(data, "heartbeat_ms", "", 50.0, lo=0.0, lo_open=True, hi=MAX_HEARTBEAT_MS),
-        max_batch=_int(data, "max_batch", "", 8, 1, 4096),
-        dead_after_ms=_number(data, "dead_after_ms", "", 1000.0, lo=0.0, lo_open=True),
-        keys_dir=_resolve_dir(data.get("keys_dir"), base_dir),
-        path=path,
-    )
+
+
+def _neighbours(raw: Mapping | None, nodes: tuple[NodeConfig, ...]) -> dict[str, tuple[str, ...]]:
+    """The neighbour graph, checked against the node names; the full mesh when the file has none."""
+    names = [n.name for n in nodes]
+    if raw is None:
+        return {n: tuple(m for m in names if m != n) for n in names}
+    graph = {n: () for n in names}
+    for key, lst in convert(raw, dict, "neighbours", "a mapping node -> list of nodes").items():
+        if key not in graph:
+            raise ConfigError(f"neighbours.{key}: no node named {key!r}")
+        lst = convert(lst, tuple[str, ...], f"neighbours.{key}", "a list of node names")
+        for j, m in enumerate(lst):
+            if m not in graph:
+                raise ConfigError(f"neighbours.{key}[{j}]: no node named {describe_value(m)}")
+            if m == key:
+                raise ConfigError(f"neighbours.{key}[{j}]: a node is not its own neighbour")
+        if len(set(lst)) != len(lst):
+            raise ConfigError(f"neighbours.{key}: duplicate names in {list(lst)}")
+        graph[key] = lst
+    return graph
+
+
+def _resolve_package(path: Path, base_dir: Path | None) -> Path:
+    path = path.expanduser()
+    if path.is_absolute():
+        return path
+    candidates = [Path.cwd() / path]
+    if base_dir is not None:
+        base_dir = base_dir.resolve()
+        candidates += [base_dir / path, *(parent / path for parent in base_dir.parents)]
+    for c in candidates:
+        if c.exists():
+            return c
+    return candidates[0]  # not there (yet): load_package will say so
 
 
 def load_cluster(path: str | Path) -> ClusterConfig:
@@ -377,3 +306,39 @@ def load_cluster(path: str | Path) -> ClusterConfig:
         return cluster_from_dict(data, base_dir=path.parent, path=path)
     except ConfigError as e:
         raise ConfigError(f"{e} (in {path})") from None
+
+
+def cluster_dict(cfg: ClusterConfig) -> dict:
+    """The cluster as a cluster-file mapping (every field spelled out, the package path absolute)."""
+    d = msgspec.to_builtins(cfg, enc_hook=str)
+    del d["path"]
+    d["package"] = str(Path(cfg.package).resolve())
+    return d
+
+
+def write_cluster(out: Path, cluster: str | Path | ClusterConfig | Mapping | None = None, *,
+                  nodes: list[dict] | None = None, every_node: Mapping | Callable[[dict], Mapping] | None = None,
+                  **changes: Any) -> Path:
+    """Write a cluster file at ``out`` and return ``out``: ``cluster`` (a cluster file, a loaded config or a mapping;
+    None: start from nothing) with ``changes`` to its top-level fields, its nodes replaced by ``nodes`` when given,
+    and ``every_node`` (a mapping, or a function of the node's mapping returning one) applied to every node. The
+    package path is made absolute, and the result is validated before it is written (ConfigError names the field).
+
+        write_cluster(tmp / "slow.yaml", "examples/edge4.yaml", every_node={"bandwidth_mbps": 5})
+        write_cluster(tmp / "c.yaml", package=pkg, nodes=local_nodes([{"slowdown": 2}, {}]))
+    """
+    if isinstance(cluster, str | Path):
+        cluster = load_cluster(cluster)
+    data = cluster_dict(cluster) if isinstance(cluster, ClusterConfig) else dict(cluster or {})
+    data.update(changes)
+    if nodes is not None:
+        data["nodes"] = nodes
+    data["nodes"] = [dict(n) for n in data.get("nodes") or []]
+    for n in data["nodes"] if every_node is not None else ():
+        n.update(every_node(n) if callable(every_node) else every_node)
+    if isinstance(data.get("package"), str | Path):
+        data["package"] = str(Path(data["package"]).expanduser().resolve())
+    cluster_from_dict(data)
+    out = Path(out)
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out

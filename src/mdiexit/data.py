@@ -243,3 +243,11 @@ def load(name: str, data_dir: Path | None = None, val_fraction: float = 0.1, see
         train, test = upscale(train, image_size, c), upscale(test, image_size, c)
     train, val = split_train_val(train, val_fraction, seed)
     return Splits(train, val, test)
+
+
+def load_test_split(pkg, data_dir: Path | None = None) -> Dataset:
+    """The test split of the dataset a model package was trained on (its manifest's training config), as the
+    source streams it. ``pkg`` is a :class:`mdiexit.package.Package` (only its ``manifest`` is read)."""
+    cfg = pkg.manifest.get("training", {}).get("config", {})
+    return load(cfg.get("dataset", "fashion-mnist"), data_dir, cfg.get("val_fraction", 0.1), cfg.get("seed", 0),
+                cfg.get("image_size"), cfg.get("channels")).test

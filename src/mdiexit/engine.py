@@ -1,4 +1,5 @@
-"""Run one task of a model package on a batch. ONNX Runtime by default (no torch), torch optionally.
+"""Run one task of a model package on a batch with ONNX Runtime (no torch; the torch twin for parity checks is
+`mdiexit.training.torch_engine.TorchEngine`).
 
     engine = OrtEngine(pkg, threads=1)
     features, logits = engine.run(1, x_uint8_nchw)   # features is None for the last task
@@ -83,22 +84,3 @@ class FeatureCodec:
     def decode(self, code: dict[str, np.ndarray]) -> np.ndarray:
         return self.dec.run(["features"], {n: np.asarray(code[n]) for n in self.names})[0]
 
-
-class TorchEngine:
-    """The same tasks run in eager torch from a training checkpoint (for comparison and parity checks)."""
-
-    def __init__(self, checkpoint: Path, threads: int = 1):
-        import torch
-
-        from mdiexit.training.train import load_trained
-
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.model, _, _ = load_trained(checkpoint)
-        self.model = self.model.to(memory_format=torch.channels_last)
-
-    def run(self, task_index: int, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-        with self.torch.inference_mode():
-            features, logits = self.model.tasks[task_index - 1](self.torch.from_numpy(x))
-        last = task_index == self.model.num_exits
-        return (None if last else features.numpy()), logits.numpy()

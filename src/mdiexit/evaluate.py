@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mdiexit.calibration import confidence
-from mdiexit.data import Dataset, load
+from mdiexit.data import load_test_split
 from mdiexit.engine import OrtEngine
 from mdiexit.exitprofile import outcome
 from mdiexit.package import Package, load_package
@@ -32,12 +32,6 @@ def all_exit_logits(pkg: Package, images: np.ndarray, threads: int = 2, batch: i
             if codec is not None:
                 x = codec.decode(codec.encode(x))
     return np.stack([np.concatenate(o) for o in out])
-
-
-def load_test_split(pkg: Package, data_dir: Path | None) -> Dataset:
-    cfg = pkg.manifest.get("training", {}).get("config", {})
-    return load(cfg.get("dataset", "fashion-mnist"), data_dir, cfg.get("val_fraction", 0.1), cfg.get("seed", 0),
-                cfg.get("image_size"), cfg.get("channels")).test
 
 
 def evaluate_logits(pkg: Package, logits: np.ndarray, labels: np.ndarray,

@@ -1,32 +1,38 @@
-"""Export a trained early-exit model as a model package (DESIGN §5).
+"""Export a trained early-exit model as a model package (DESIGN §5), and its feature codecs.
 
 Steps: predict every exit on the validation split, fit a temperature per exit, build the exit profile,
 pick default thresholds, write one ONNX file per task, and check ONNX Runtime against torch on real
 inputs. The package is written to a temporary folder and moved into place only if it agrees.
+
+The autoencoders of `mdiexit compress` go through the same machinery (`onnx_export`, `relative_error`):
+`export_codec` writes an encoder/decoder pair, `check_codec_parity` checks it against torch.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from mdiexit.calibration import confidence, expected_calibration_error, fit_temperature
 from mdiexit.data import Dataset, load
-from mdiexit.engine import OrtEngine
+from mdiexit.engine import OrtEngine, ort_session
 from mdiexit.exitprofile import ExitProfile, OperatingPoint
 from mdiexit.models import EarlyExitModel
+from mdiexit.models.autoencoder import Autoencoder, Encoder
 from mdiexit.package import FORMAT, PackageError, load_package
 from mdiexit.training.train import TrainConfig, load_trained, predict_logits
+from mdiexit.util import median_s, say
 
 PARITY_ATOL = 1e-3  # largest allowed |ORT - torch| on logits, relative to the logits' scale
-PARITY_ITEMS = 256
+PARITY_ITEMS = 256  # real validation items each parity check runs
+TIMING_REPEATS = 50
 
 
 @dataclass
@@ -57,6 +63,17 @@ def choose_default(profile: ExitProfile, final_accuracy: float, max_loss: float,
     return profile.cheapest_for_accuracy(final_accuracy - max_loss)
 
 
+def onnx_export(module: torch.nn.Module, x: torch.Tensor, path: Path, input_name: str, output_names: list[str]) -> None:
+    """Write `module` (in eval mode) as ONNX with one input and a dynamic batch dimension on every tensor."""
+    torch.onnx.export(module, (x,), str(path), input_names=[input_name], output_names=output_names, dynamo=False,
+                      dynamic_axes={n: {0: "batch"} for n in [input_name, *output_names]}, opset_version=17)
+
+
+def relative_error(ort: np.ndarray, ref: np.ndarray) -> float:
+    """max |ort - ref|, relative to the reference's scale (at least 1)."""
+    return float(np.abs(ort - ref).max()) / max(1.0, float(np.abs(ref).max()))
+
+
 def export_onnx(model: EarlyExitModel, out: Path) -> list[str]:
     """One ONNX file per task: input `x` (dynamic batch), outputs `features` and `logits`."""
     model.eval()
@@ -67,8 +84,7 @@ def export_onnx(model: EarlyExitModel, out: Path) -> list[str]:
         mod = _LogitsOnly(task).eval() if last else task  # eval: export restores the wrapper's mode
         names = ["logits"] if last else ["features", "logits"]
         name = f"task{k}.onnx"
-        torch.onnx.export(mod, (x,), str(out / name), input_names=["x"], output_names=names, dynamo=False,
-                          dynamic_axes={n: {0: "batch"} for n in ["x", *names]}, opset_version=17)
+        onnx_export(mod, x, out / name, "x", names)
         files.append(name)
         with torch.no_grad():
             x, _ = task(x)
@@ -96,8 +112,7 @@ def check_parity(model: EarlyExitModel, pkg_dir: Path, images: np.ndarray) -> li
         for k, task in enumerate(model.tasks, start=1):
             f_t, lg_t = task(x_t)
             f_o, lg_o = engine.run(k, x_ort)
-            scale = max(1.0, float(lg_t.abs().max()))
-            err = float(np.abs(lg_o - lg_t.numpy()).max()) / scale
+            err = relative_error(lg_o, lg_t.numpy())
             errors.append(err)
             agree = float((lg_o.argmax(1) == lg_t.numpy().argmax(1)).mean())
             if err > PARITY_ATOL or agree < 0.99:
@@ -171,4 +186,99 @@ def export_package(checkpoint: Path, out: Path, data_dir: Path | None = None, na
 
 
 def _say(msg: str) -> None:
-    print(f"[export] {msg}", file=sys.stderr)
+    say("export", msg)
+
+
+# ------------------------------------------------------------------ feature codecs (DESIGN §5 `compression`)
+
+def export_codec(ae: Autoencoder, folder: Path, enc_name: str, dec_name: str) -> None:
+    """enc: input `x` (float32 features) -> output `code` (uint8); dec: input `code` -> output `features`."""
+    ae.eval()
+    x = torch.zeros((2, *ae.shape.features_shape))
+    onnx_export(_EncoderExport(ae.encoder).eval(), x, folder / enc_name, "x", ["code"])  # eval: see export_onnx
+    code = torch.zeros((2, *ae.shape.code_shape), dtype=torch.uint8)
+    onnx_export(ae.decoder.eval(), code, folder / dec_name, "code", ["features"])
+    ae.eval()
+
+
+def check_codec_parity(ae: Autoencoder, enc_path: Path, dec_path: Path, feats: np.ndarray) -> dict:
+    """ORT vs torch on real features: codes equal up to +-1, decoded features (from the same code) close."""
+    enc_s, dec_s = ort_session(enc_path, 1), ort_session(dec_path, 1)
+    check_codec_io(enc_s, "x", "code", ae.shape.features_shape, ae.shape.code_shape, enc_path)
+    check_codec_io(dec_s, "code", "features", ae.shape.code_shape, ae.shape.features_shape, dec_path)
+    code_o = enc_s.run(["code"], {"x": feats})[0]
+    with torch.no_grad():
+        code_t = ae.encoder(torch.from_numpy(feats)).numpy()
+        dec_t = ae.decoder(torch.from_numpy(code_o)).numpy()
+    if code_o.dtype != np.uint8:
+        raise PackageError(f"{enc_path}: code dtype {code_o.dtype}, expected uint8")
+    dec_o = dec_s.run(["features"], {"code": code_o})[0]
+    code_err = int(np.abs(code_o.astype(np.int32) - code_t.astype(np.int32)).max())
+    dec_err = relative_error(dec_o, dec_t)
+    if code_err > 1 or dec_err > 1e-4 or dec_o.dtype != np.float32:
+        raise PackageError(f"boundary {ae.after_task}: ONNX Runtime disagrees with torch (code error {code_err}, "
+                           f"decoded relative error {dec_err:.2e}); compression not written")
+    return {"code_max_abs_diff": code_err, "code_diff_fraction": float((code_o != code_t).mean()),
+            "decoded_max_rel_error": dec_err}
+
+
+def check_codec_io(sess, inp: str, out: str, in_shape, out_shape, path: Path) -> None:
+    i, o = sess.get_inputs(), sess.get_outputs()
+    if [x.name for x in i] != [inp] or [x.name for x in o] != [out]:
+        raise PackageError(f"{path}: expected input {inp!r} and output {out!r}, got "
+                           f"{[x.name for x in i]} -> {[x.name for x in o]}")
+    if list(i[0].shape[1:]) != list(in_shape) or list(o[0].shape[1:]) != list(out_shape):
+        raise PackageError(f"{path}: shapes {i[0].shape} -> {o[0].shape}, expected {list(in_shape)} -> "
+                           f"{list(out_shape)}")
+
+
+def manifest_entry(ae: Autoencoder, enc_name: str, dec_name: str, row: dict, losses: dict[str, float],
+                   within: bool) -> dict:
+    enc_macs, dec_macs = ae.macs()
+    return {"after_task": ae.after_task, "ratio": round(ae.shape.ratio, 4), "requested_ratio": ae.requested_ratio,
+            "encoder": enc_name, "decoder": dec_name, "code_dtype": "uint8",
+            "features_shape": list(ae.shape.features_shape),
+            "outputs": [{"name": "code", "shape": list(ae.shape.code_shape), "dtype": "uint8"}],
+            "accuracy_cost": row["accuracy_cost"], "code_bytes": ae.shape.code_bytes,
+            "float_bytes": ae.shape.float_bytes, "encoder_macs": enc_macs, "decoder_macs": dec_macs,
+            "val_accuracy_loss_per_ratio": losses, "within_budget": within}
+
+
+def write_compression(package: Path, entries: list[dict]) -> None:
+    """Replace the manifest's `compression` list (everything else unchanged); restore the old manifest if the
+    result does not validate."""
+    path = package / "manifest.json"
+    old = path.read_text()
+    m = json.loads(old)
+    m["compression"] = entries
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(m, indent=1))
+    tmp.replace(path)
+    try:
+        pkg = load_package(package, check_onnx=True)
+        for c in pkg.compression:  # the reader does not open codec files; check their names and shapes here
+            out = c.outputs[0]
+            check_codec_io(ort_session(c.encoder), "x", out.name, c.features_shape, out.shape, c.encoder)
+            check_codec_io(ort_session(c.decoder), out.name, "features", out.shape, c.features_shape, c.decoder)
+    except PackageError:
+        path.write_text(old)
+        raise
+
+
+def time_codec(enc_path: Path, dec_path: Path, feats: np.ndarray, repeats: int = TIMING_REPEATS) -> tuple[float, float]:
+    """Median ms of encoder and decoder at batch 1 with one ORT thread."""
+    enc_s, dec_s = ort_session(enc_path, 1), ort_session(dec_path, 1)
+    x = feats[:1]
+    code = enc_s.run(["code"], {"x": x})[0]
+    enc = median_s(lambda: enc_s.run(["code"], {"x": x}), repeats, warmup=5)
+    dec = median_s(lambda: dec_s.run(["features"], {"code": code}), repeats, warmup=5)
+    return 1e3 * enc, 1e3 * dec
+
+
+class _EncoderExport(nn.Module):
+    def __init__(self, enc: Encoder):
+        super().__init__()
+        self.enc = enc
+
+    def forward(self, x):
+        return self.enc(x).to(torch.uint8)

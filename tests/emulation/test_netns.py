@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from mdiexit.config import cluster_from_dict
+from mdiexit.config import cluster_from_dict, write_cluster
 from mdiexit.emulation.netns import (
     BRIDGE_ADDRESS,
     NamespaceError,
@@ -26,7 +26,7 @@ from mdiexit.emulation.netns import (
     namespaces_supported,
     tbf_args,
 )
-from mdiexit.runtime.ports import free_ports
+from mdiexit.runtime.ports import local_nodes
 
 SUPPORTED, WHY = namespaces_supported()
 pytestmark = pytest.mark.skipif(not SUPPORTED, reason=f"network namespaces unavailable: {WHY}")
@@ -35,9 +35,7 @@ DEAD_PREFIX = "mxzzzzz"  # pid 60466175: above any pid_max, so its owner is neve
 
 
 def cluster(bandwidths=(8, 8, 16), package="/nonexistent"):
-    ports = free_ports(len(bandwidths))
-    nodes = [{"name": "source" if i == 0 else f"w{i}", "role": "source" if i == 0 else "worker", "port": p,
-              "bandwidth_mbps": bw, "latency_ms": 1} for i, (p, bw) in enumerate(zip(ports, bandwidths, strict=True))]
+    nodes = local_nodes([{"bandwidth_mbps": bw} for bw in bandwidths], latency_ms=1)
     return cluster_from_dict({"package": str(package), "nodes": nodes})
 
 
@@ -116,13 +114,9 @@ def test_cleanup_stale_removes_a_crashed_run_only():
 def test_cluster_run_in_namespaces(tmp_path, tiny_package):
     from mdiexit.runtime.launch import RunOptions, run_cluster
 
-    ports = free_ports(3)
     # the tasks are split so that items must cross source -> w1 -> w2 and come back: every path is used
-    nodes = [{"name": n, "role": "source" if n == "source" else "worker", "port": p, "slowdown": 3, "tasks": t,
-              "bandwidth_mbps": 20, "latency_ms": 1}
-             for n, p, t in zip(["source", "w1", "w2"], ports, [[1, 2], [3], [4]], strict=True)]
-    path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump({"package": str(tiny_package), "mode": "mdi-exit", "nodes": nodes}))
+    nodes = local_nodes([{"tasks": t} for t in ([1, 2], [3], [4])], slowdown=3, bandwidth_mbps=20, latency_ms=1)
+    path = write_cluster(tmp_path / "cluster.yaml", package=tiny_package, mode="mdi-exit", nodes=nodes)
     opts = RunOptions(net="namespaces", mode="mdi-exit", rate=100.0, duration_s=2.0, warmup_s=0.5, live=False,
                       limit_items=300, drain_timeout_s=30)
     s = run_cluster(path, opts).summary
@@ -137,9 +131,8 @@ def test_cluster_run_in_namespaces(tmp_path, tiny_package):
 def test_namespaces_refuse_a_remote_source(tmp_path):
     from mdiexit.runtime.launch import RunOptions, run_cluster
 
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"package": "/nonexistent", "nodes": [{"name": "s", "role": "source",
-                                                                          "port": 5000}]}))
+    path = write_cluster(tmp_path / "c.yaml", package="/nonexistent", nodes=[{"name": "s", "role": "source",
+                                                                              "port": 5000}])
     with pytest.raises(NamespaceError, match="mdiexit source"):
         run_cluster(path, RunOptions(net="namespaces"), spawn=False)
 

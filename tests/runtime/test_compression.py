@@ -7,14 +7,14 @@ import shutil
 
 import numpy as np
 import pytest
-import yaml
 
 from mdiexit.calibration import confidence
+from mdiexit.config import write_cluster
 from mdiexit.evaluate import all_exit_logits, load_test_split
 from mdiexit.exitprofile import outcome
 from mdiexit.package import load_package
 from mdiexit.runtime.launch import RunOptions, run_cluster
-from mdiexit.runtime.ports import free_ports
+from mdiexit.runtime.ports import local_nodes
 
 ITEMS = 200
 
@@ -32,12 +32,9 @@ def compressed_package(tmp_path_factory, tiny_package, tiny_checkpoint, small_sp
 
 def pipeline_cluster(path, package, compress: str, wire_codec: str = "raw"):
     """One task per node, so every boundary crosses the network."""
-    ports = free_ports(4)
-    nodes = [{"name": "source" if i == 0 else f"w{i}", "role": "source" if i == 0 else "worker", "port": p,
-              "tasks": [i + 1], "slowdown": 2, "bandwidth_mbps": 100, "compress": compress, "wire_codec": wire_codec}
-             for i, p in enumerate(ports)]
-    path.write_text(yaml.safe_dump({"package": str(package), "mode": "mdi-exit", "nodes": nodes}))
-    return path
+    return write_cluster(path, package=package, mode="mdi-exit",
+                         nodes=local_nodes([{"tasks": [i + 1]} for i in range(4)], slowdown=2, bandwidth_mbps=100,
+                                           compress=compress, wire_codec=wire_codec))
 
 
 @pytest.mark.parametrize("compress, wire_codec", [("on", "raw"), ("on", "zstd"), ("off", "lz4")])

@@ -8,15 +8,11 @@ import pytest
 import torch
 
 from mdiexit.engine import OrtEngine, ort_session
+from mdiexit.evaluate import evaluate_logits
+from mdiexit.export import check_codec_parity, export_codec
+from mdiexit.models.autoencoder import MAX_MAC_FRACTION, build_autoencoder, code_geometry
 from mdiexit.package import PackageError, load_package
-from mdiexit.training.compress import (
-    MAX_MAC_FRACTION,
-    build_autoencoder,
-    check_codec_parity,
-    code_geometry,
-    compress_package,
-    export_codec,
-)
+from mdiexit.training.compress import Candidate, CompressConfig, compress_package, compressed_logits, select
 from mdiexit.training.train import load_trained
 
 VAL_ITEMS = 300
@@ -178,13 +174,57 @@ def test_cli_rejects_bad_ratios(tiny_package, tiny_checkpoint):
 @pytest.mark.parametrize("budget", [0.0, 0.02])
 def test_joint_selection_keeps_all_boundaries_within_budget_or_backs_off_fully(compressed, tiny_checkpoint,
                                                                             small_splits, tmp_path, budget):
-    """Costs measured one boundary at a time add up; the joint check backs off until all-at-once fits."""
+    """Costs measured one boundary at a time add up; the joint check backs off until all-at-once fits. The joint
+    cost is measured again here from the chosen autoencoders, not taken from the report."""
     pkg_dir, _ = compressed
     dst = tmp_path / "pkg"
     shutil.copytree(pkg_dir, dst)  # carries compress_state.pt: the autoencoders are reused, not retrained
     tr, val = small_splits
     r = compress_package(dst, tiny_checkpoint, ratios=(4, 8), epochs=1, max_train_items=300, seed=0, threads=1,
                          budget=budget, train_set=tr, val_set=val, progress=False)
-    cost = r.report["all_boundaries"]["accuracy_cost"]
-    weakest = all(ae.requested_ratio == 4 for ae in r.chosen.values())
-    assert cost <= budget + 1e-9 or weakest
+    pkg = load_package(dst)
+    model, _, _ = load_trained(tiny_checkpoint)
+    base = evaluate_logits(pkg, compressed_logits(model, val.images, {}), val.labels)["accuracy"]
+    joint = evaluate_logits(pkg, compressed_logits(model, val.images, r.chosen), val.labels)["accuracy"]
+    cost = base - joint
+    assert cost == pytest.approx(r.report["all_boundaries"]["accuracy_cost"], abs=1e-6)
+    weakest = {k: ae.requested_ratio == 4 for k, ae in r.chosen.items()}
+    if not all(weakest.values()):
+        assert cost <= budget + 1e-9  # a stronger ratio than the weakest is kept only when all-at-once fits
+    rows = {(row["after_task"], row["requested_ratio"]): row for row in r.report["boundaries"]}
+    for k, ae in r.chosen.items():
+        row = rows[k, ae.requested_ratio]
+        assert row["chosen"] and row["within_budget"] == (row["accuracy_cost"] <= budget + 1e-12)
+        if not weakest[k]:
+            assert row["accuracy_cost"] <= budget + 1e-12  # alone within the budget, or it would not be picked
+    entries = {e["after_task"]: e for e in pkg.manifest["compression"]}
+    assert {k: e["requested_ratio"] for k, e in entries.items()} == {k: a.requested_ratio for k, a in r.chosen.items()}
+
+
+def _additive(cands, extra=0.0, extra_if=lambda picks: False):
+    """Joint accuracy of picks (base 0.9): the sum of their costs alone, plus `extra` when `extra_if(picks)`."""
+    return lambda picks: 0.9 - sum(cands[i].cost for i in picks.values()) - (extra if extra_if(picks) else 0.0)
+
+
+def test_select_at_budget_zero_keeps_free_ratios_and_backs_off_what_costs():
+    cands = [Candidate(1, 4, 0.0), Candidate(1, 8, 0.0), Candidate(1, 16, 0.004),
+             Candidate(2, 4, 0.0), Candidate(2, 8, 0.001)]
+    picks, acc = select(cands, 0.0, _additive(cands), 0.9)
+    assert picks == {1: 1, 2: 3} and acc == pytest.approx(0.9)  # the strongest free ratio of each boundary
+    # together, boundary 1 at 8x costs a little: it steps down to 4x, boundary 2 (already weakest) stays
+    picks, acc = select(cands, 0.0, _additive(cands, 0.002, lambda p: p[1] == 1), 0.9)
+    assert picks == {1: 0, 2: 3} and acc == pytest.approx(0.9)
+
+
+def test_select_backs_off_the_costliest_pick_first_and_stops_once_within_budget():
+    cands = [Candidate(1, 4, 0.001), Candidate(1, 8, 0.004), Candidate(2, 4, 0.0), Candidate(2, 8, 0.003)]
+    picks, acc = select(cands, 0.005, _additive(cands), 0.9)  # alone: 8x and 8x; together 0.007 > 0.005
+    assert picks == {1: 0, 2: 3} and 0.9 - acc == pytest.approx(0.004)  # boundary 1 (cost 0.004) backs off; done
+    picks, acc = select(cands, 0.0, _additive(cands, 0.01, lambda p: True), 0.9)
+    assert picks == {1: 0, 2: 2} and 0.9 - acc > 0.0  # nothing fits: every boundary ends at its weakest ratio
+
+
+def test_compress_config_sorts_and_checks_ratios():
+    assert CompressConfig(ratios=(16, 4, 4)).ratios == (4.0, 16.0)
+    with pytest.raises(ValueError, match="ratios"):
+        CompressConfig(ratios=(1,))

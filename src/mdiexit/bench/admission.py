@@ -18,7 +18,8 @@ import numpy as np
 from mdiexit.bench.paper import say, search_mode, summary_row, test_accuracies
 from mdiexit.bench.ratesearch import Criterion
 from mdiexit.config import load_cluster
-from mdiexit.evaluate import all_exit_logits, evaluate_logits, load_test_split
+from mdiexit.data import load_test_split
+from mdiexit.evaluate import all_exit_logits, evaluate_logits
 from mdiexit.package import load_package
 from mdiexit.plot import plot_timeline
 from mdiexit.runtime.launch import RunOptions, run_cluster, write_results

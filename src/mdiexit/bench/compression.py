@@ -10,9 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
-from mdiexit.config import load_cluster
+from mdiexit.config import write_cluster
 from mdiexit.runtime.launch import RunOptions, run_cluster
 
 VARIANTS = {  # name -> (compress, wire_codec)
@@ -26,13 +24,8 @@ VARIANTS = {  # name -> (compress, wire_codec)
 
 def variant_cluster(cluster_path: Path, folder: Path, name: str, bandwidth_mbps: float) -> Path:
     compress, wire = VARIANTS[name]
-    data = yaml.safe_load(cluster_path.read_text())
-    data["package"] = str(load_cluster(cluster_path).package.resolve())
-    for node in data["nodes"]:
-        node.update(compress=compress, wire_codec=wire, bandwidth_mbps=bandwidth_mbps)
-    out = folder / f"{name.split()[0]}-{compress}-{wire}.yaml"
-    out.write_text(yaml.safe_dump(data))
-    return out
+    return write_cluster(folder / f"{name.split()[0]}-{compress}-{wire}.yaml", cluster_path,
+                         every_node={"compress": compress, "wire_codec": wire, "bandwidth_mbps": bandwidth_mbps})
 
 
 def bench_compression(cluster_path: Path, bandwidth_mbps: float = 10.0, duration_s: float = 30.0,

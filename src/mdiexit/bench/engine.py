@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
 from mdiexit.engine import Engine, OrtEngine
 from mdiexit.package import load_package
+from mdiexit.util import median_s
 
 BATCHES = (1, 32)
 
 
 def median_ms(engine: Engine, task: int, x: np.ndarray, repeats: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        engine.run(task, x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        engine.run(task, x)
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times))
+    return 1000 * median_s(lambda: engine.run(task, x), repeats, warmup)
 
 
 def task_inputs(pkg, engine: Engine, batch: int, seed: int = 0) -> list[np.ndarray]:
@@ -41,7 +34,7 @@ def bench_engine(package: Path, repeats: int = 50, threads: int = 1, checkpoint:
     checkpoint = checkpoint or _default_checkpoint(package)
     torch_engine = None
     if checkpoint is not None:
-        from mdiexit.engine import TorchEngine
+        from mdiexit.training.torch_engine import TorchEngine
 
         torch_engine = TorchEngine(checkpoint, threads=threads)
     rows = []

@@ -12,7 +12,6 @@ Outputs in OUT: paper.json, experiment1.png, experiment2.png, results.md (the RE
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,9 +19,11 @@ from pathlib import Path
 
 import yaml
 
+from mdiexit import util
 from mdiexit.bench.ratesearch import Criterion, search_rate
-from mdiexit.config import load_cluster
-from mdiexit.evaluate import all_exit_logits, evaluate_logits, load_test_split
+from mdiexit.config import load_cluster, write_cluster
+from mdiexit.data import load_test_split
+from mdiexit.evaluate import all_exit_logits, evaluate_logits
 from mdiexit.package import load_package
 from mdiexit.policies.modes import MODES
 from mdiexit.runtime.launch import RunOptions, run_cluster
@@ -45,7 +46,7 @@ class PaperOptions:
 
 
 def say(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    util.say("bench", msg, clock=True)
 
 
 def test_accuracies(package: Path, data_dir: Path | None) -> tuple[float, float]:
@@ -58,13 +59,7 @@ def test_accuracies(package: Path, data_dir: Path | None) -> tuple[float, float]
 
 def without_compression(cluster_path: Path, folder: Path) -> Path:
     """A copy of the cluster file with learned compression switched off on every node."""
-    data = yaml.safe_load(cluster_path.read_text())
-    data["package"] = str(load_cluster(cluster_path).package.resolve())
-    for node in data["nodes"]:
-        node["compress"] = "off"
-    out = folder / "no-compression.yaml"
-    out.write_text(yaml.safe_dump(data))
-    return out
+    return write_cluster(folder / "no-compression.yaml", cluster_path, every_node={"compress": "off"})
 
 
 def summary_row(s: dict) -> dict:

@@ -10,24 +10,24 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 import zmq
 
 from mdiexit.bench.engine import median_ms, task_inputs
-from mdiexit.config import load_cluster
+from mdiexit.config import load_cluster, write_cluster
 from mdiexit.engine import OrtEngine
 from mdiexit.package import Package, load_package
 from mdiexit.protocol.codec import check_arrays, decode, describe, encode
 from mdiexit.protocol.messages import Data
-from mdiexit.runtime.ports import free_ports
+from mdiexit.runtime.ports import local_nodes
+from mdiexit.util import median_s
 
 
 def hop_ms(pkg: Package, task: int, x: np.ndarray, repeats: int) -> float:
@@ -36,22 +36,21 @@ def hop_ms(pkg: Package, task: int, x: np.ndarray, repeats: int) -> float:
     pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
     port = pull.bind_to_random_port("tcp://127.0.0.1")
     push.connect(f"tcp://127.0.0.1:{port}")
-    times = []
+    ids = itertools.count()
+
+    def hop() -> None:
+        msg = Data(item_id=next(ids), task=task, admitted_at=0.0, thresholds=pkg.default_thresholds, sender="bench",
+                   backlog_s=0.01, arrays=[describe("x", x)], timings=[("a", 1, 0.001)])
+        push.send_multipart(encode(msg, [x]), copy=False)
+        got, arrays = decode(pull.recv_multipart(copy=False))
+        check_arrays(got, arrays, pkg)
+
     try:
-        for i in range(repeats + 5):
-            t0 = time.perf_counter()
-            msg = Data(item_id=i, task=task, admitted_at=0.0, thresholds=pkg.default_thresholds, sender="bench",
-                       backlog_s=0.01, arrays=[describe("x", x)], timings=[("a", 1, 0.001)])
-            push.send_multipart(encode(msg, [x]), copy=False)
-            got, arrays = decode(pull.recv_multipart(copy=False))
-            check_arrays(got, arrays, pkg)
-            if i >= 5:
-                times.append(time.perf_counter() - t0)
+        return 1000 * median_s(hop, repeats, warmup=5)
     finally:
         push.close(0)
         pull.close(0)
         ctx.term()
-    return 1000 * statistics.median(times)
 
 
 def hop_overhead(pkg: Package, slowdown: float, repeats: int) -> list[dict]:
@@ -66,14 +65,6 @@ def hop_overhead(pkg: Package, slowdown: float, repeats: int) -> list[dict]:
     return rows
 
 
-def write_scaling_cluster(path: Path, package: Path, workers: int, slowdown: float) -> Path:
-    ports = free_ports(workers + 1)
-    nodes = [{"name": "source", "role": "source", "port": ports[0], "tasks": []}]  # dispatch only
-    nodes += [{"name": f"w{i}", "role": "worker", "port": p, "slowdown": slowdown} for i, p in enumerate(ports[1:], 1)]
-    path.write_text(yaml.safe_dump({"package": str(Path(package).resolve()), "mode": "mdi-exit", "nodes": nodes}))
-    return path
-
-
 def scaling(package: Path, slowdown: float, duration_s: float, counts: tuple[int, ...] = (1, 2, 4)) -> list[dict]:
     from mdiexit.runtime.launch import RunOptions, run_cluster
 
@@ -86,7 +77,9 @@ def scaling(package: Path, slowdown: float, duration_s: float, counts: tuple[int
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for n in counts:
-            cluster = write_scaling_cluster(Path(d) / f"scale{n}.yaml", package, n, slowdown)
+            dispatch_only = {"tasks": []}  # the source only dispatches; n equal workers compute
+            cluster = write_cluster(Path(d) / f"scale{n}.yaml", package=package, mode="mdi-exit",
+                                    nodes=local_nodes([dispatch_only] + [{"slowdown": slowdown}] * n))
             opts = RunOptions(rate=1.5 * capacity_1 * n, duration_s=duration_s, warmup_s=min(3.0, duration_s / 3),
                               live=False, drain_timeout_s=60)
             s = run_cluster(cluster, opts).summary

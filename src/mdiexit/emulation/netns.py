@@ -24,7 +24,6 @@ exit, on exceptions and on Ctrl-C; already-gone objects are ignored. Only one ru
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
 import shutil
@@ -33,9 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-import yaml
-
-from mdiexit.config import ClusterConfig, load_cluster
+from mdiexit.config import ClusterConfig, load_cluster, write_cluster
 
 SUBNET = "10.77.0"
 PREFIX_LEN = 24
@@ -177,23 +174,6 @@ def namespaces_supported() -> tuple[bool, str]:
     return True, ""
 
 
-def _cluster_dict(cluster: ClusterConfig, hosts: dict[str, str]) -> dict:
-    """The cluster as a cluster-file mapping (the dataclass fields are the file's keys), hosts replaced."""
-
-    def plain(v):
-        return list(v) if isinstance(v, tuple) else v
-
-    nodes = []
-    for n in cluster.nodes:
-        d = {f.name: plain(getattr(n, f.name)) for f in dataclasses.fields(n) if getattr(n, f.name) is not None}
-        d["host"] = hosts[n.name]
-        nodes.append(d)
-    top = {f.name: getattr(cluster, f.name) for f in dataclasses.fields(cluster)
-           if f.name not in ("nodes", "package", "neighbours", "path")}
-    return {"package": str(Path(cluster.package).resolve()), **top, "nodes": nodes,
-            "neighbours": {k: list(v) for k, v in cluster.neighbours.items()}}
-
-
 class NamespaceNetwork(contextlib.AbstractContextManager):
     """Bridge + one namespace per worker, tbf-shaped; see the module docstring. Yields :class:`Namespaces`."""
 
@@ -262,8 +242,8 @@ class NamespaceNetwork(contextlib.AbstractContextManager):
             nodes[name] = (ns, addr)
         hosts = {name: addr for name, (_, addr) in nodes.items()}
         self._tmp = tempfile.TemporaryDirectory(prefix=f"mdiexit-{self.prefix}-")
-        path = Path(self._tmp.name) / "cluster.yaml"
-        path.write_text(yaml.safe_dump(_cluster_dict(self.cluster, hosts), sort_keys=False))
+        path = write_cluster(Path(self._tmp.name) / "cluster.yaml", self.cluster,
+                             every_node=lambda n: {"host": hosts[n["name"]]})
         return Namespaces(nodes, load_cluster(path), path)
 
     # ------------------------------------------------------------------ teardown

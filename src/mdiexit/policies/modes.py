@@ -1,4 +1,5 @@
-"""The modes of DESIGN §3.2: MDI-Exit and its baselines are one offloading rule with parts switched off."""
+"""The modes of DESIGN §3.2: MDI-Exit and its baselines are one offloading rule with parts switched off; and the
+source's admission strategies (§3.3). The one home of their names."""
 
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ MODES: dict[str, ModeRules] = {
                             offload_later=True),
     "mdi-exit": ModeRules("mdi-exit", exits=True, source_computes=True, source_runs_first=False, offload_later=True),
 }
+
+
+# How the source admits items (DESIGN §3.3): at a fixed rate with fixed thresholds, adapting the rate at the
+# cheapest thresholds that meet a target accuracy, or adapting the thresholds at a fixed rate.
+ADMISSIONS = ("fixed", "rate", "thresholds")
 
 
 def no_exit_thresholds(num_tasks: int) -> list[float]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mdiexit.config import ClusterConfig, load_cluster
-from mdiexit.evaluate import load_test_split
+from mdiexit.data import load_test_split
 from mdiexit.package import Package, load_package
 from mdiexit.policies.admission import RateAdaptation, ThresholdAdaptation
 from mdiexit.policies.modes import no_exit_thresholds, rules_for

@@ -15,3 +15,14 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def local_nodes(per_node: list[dict] | int, **common) -> list[dict]:
+    """Cluster-file nodes on free loopback ports: the first is the source ("source"), the others workers ("w1",
+    "w2", ...). ``per_node``: each node's own fields (or just how many nodes); ``common``: fields of every node.
+
+        write_cluster(path, package=pkg, nodes=local_nodes([{"slowdown": 30}, {"slowdown": 10}], latency_ms=1))
+    """
+    own = [{} for _ in range(per_node)] if isinstance(per_node, int) else per_node
+    return [{"name": "source" if i == 0 else f"w{i}", "role": "source" if i == 0 else "worker", "port": port,
+             **common, **fields} for i, (port, fields) in enumerate(zip(free_ports(len(own)), own, strict=True))]

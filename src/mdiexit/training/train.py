@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from mdiexit.data import Dataset
 from mdiexit.models import EarlyExitModel, create
+from mdiexit.util import logging_to
 
 log = logging.getLogger("mdiexit.train")
 
@@ -123,7 +124,12 @@ def train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, res
     stop_after: return after this many epochs in this call (a time-boxed slice); the next call resumes.
     """
     out.mkdir(parents=True, exist_ok=True)
-    _log_to(out / "train.log")
+    with logging_to(log, out / "train.log"):
+        return _train(cfg, train_set, val_set, out, resume, stop_after)
+
+
+def _train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, resume: bool,
+           stop_after: int | None) -> EarlyExitModel:
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     if not cfg.mean:
@@ -206,11 +212,3 @@ def load_trained(path: Path) -> tuple[EarlyExitModel, TrainConfig, list[str]]:
 
 def _exit_str(loss: np.ndarray, acc: np.ndarray) -> str:
     return " ".join(f"e{i + 1} {lo:.3f}/{a:.3f}" for i, (lo, a) in enumerate(zip(loss, acc, strict=True)))
-
-
-def _log_to(path: Path) -> None:
-    if not any(isinstance(h, logging.FileHandler) and h.baseFilename == str(path.resolve()) for h in log.handlers):
-        fh = logging.FileHandler(path)
-        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(fh)
-    log.setLevel(logging.INFO)

@@ -1,0 +1,49 @@
+"""Small helpers every layer shares: progress lines, log files, median timing. Standard library only."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+def say(tag: str, msg: str, log: logging.Logger | None = None, clock: bool = False) -> None:
+    """One progress line on stderr, ``[tag] msg`` (``[tag HH:MM:SS] msg`` with ``clock``); also logged to ``log``."""
+    if log is not None:
+        log.info(msg)
+    stamp = f" {time.strftime('%H:%M:%S')}" if clock else ""
+    print(f"[{tag}{stamp}] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def logging_to(log: logging.Logger, path: Path) -> Iterator[None]:
+    """Within the block, ``log`` writes INFO lines with their time to the file at ``path`` (appended)."""
+    path = Path(path).resolve()
+    if any(isinstance(h, logging.FileHandler) and h.baseFilename == str(path) for h in log.handlers):
+        yield  # already there (a nested or repeated call)
+        return
+    fh = logging.FileHandler(path)
+    fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(fh)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(fh)
+        fh.close()
+
+
+def median_s(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
