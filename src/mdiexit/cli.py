@@ -242,10 +242,22 @@ def cmd_bench_compression(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_chaos(a: argparse.Namespace) -> int:
+    """mdi-exit with rate adaptation for --duration seconds while a seeded schedule kills (kill -9), hangs
+    (SIGSTOP) and gracefully removes (SIGTERM) workers, each back --down seconds later. Writes chaos.json (lost,
+    duplicates, re-dispatched, throughput before/during/after each event, recovery times), chaos.png and the
+    run's summary; exit status 1 if any item was lost or duplicated."""
+    from mdiexit.bench.chaos import bench_chaos
+
+    r = bench_chaos(a.cluster, a.out, a.duration, a.period, a.down, a.seed, a.target_accuracy)
+    return 1 if r["lost"] or r["duplicates"] else 0
+
+
 def cmd_bench_runtime(a: argparse.Namespace) -> int:
     from mdiexit.bench.runtime import bench_runtime
 
-    bench_runtime(a.cluster, repeats=a.repeats, duration_s=a.duration, slowdown=a.slowdown, out=a.out)
+    bench_runtime(a.cluster, repeats=a.repeats, duration_s=a.duration, slowdown=a.slowdown, out=a.out,
+                  security_rate=a.security_rate)
     return 0
 
 
@@ -361,11 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--repeats", type=int, default=50)
     be.add_argument("--threads", type=int, default=1)
     be.set_defaults(func=cmd_bench_engine)
-    br = bsub.add_parser("runtime", help="per-hop overhead vs task time, and mdi-exit scaling on 1/2/4 workers")
+    br = bsub.add_parser("runtime", help="per-hop overhead (plain and CurveZMQ) vs task time, the cost of "
+                                         "CurveZMQ on the cluster, and mdi-exit scaling on 1/2/4 workers")
     _cluster_arg(br)
     br.add_argument("--repeats", type=int, default=200)
     br.add_argument("--duration", type=float, default=12.0, help="seconds per scaling run")
     br.add_argument("--slowdown", type=float, default=None, help="worker slowdown (default: the workers' median)")
+    br.add_argument("--security-rate", type=float, default=200.0,
+                    help="fixed items/s of the CurveZMQ-vs-insecure runs on the cluster (default 200)")
     _json_out_arg(br)
     br.set_defaults(func=cmd_bench_runtime)
     ba = bsub.add_parser("admission", help="rate and threshold adaptation against fixed-rate baselines")
@@ -382,6 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--target-accuracy", type=float, default=None)
     _json_out_arg(bc)
     bc.set_defaults(func=cmd_bench_compression)
+    bx = bsub.add_parser("chaos", help="mdi-exit while workers crash, hang, leave and come back",
+                         description=_doc(cmd_bench_chaos))
+    _cluster_arg(bx)
+    bx.add_argument("--out", type=Path, default=Path("docs/results/chaos"), help="folder for chaos.json and chaos.png")
+    bx.add_argument("--duration", type=float, default=140.0, help="seconds of admission (default 140)")
+    bx.add_argument("--period", type=float, default=20.0, help="seconds between events (default 20)")
+    bx.add_argument("--down", type=float, default=10.0, help="seconds until the node is back (default 10)")
+    bx.add_argument("--seed", type=int, default=0, help="seed of the schedule (which node each event hits)")
+    bx.add_argument("--target-accuracy", type=float, default=None)
+    bx.set_defaults(func=cmd_bench_chaos)
     bp = bsub.add_parser("paper", help="both headline experiments for every mode: paper.json, PNG plots, table",
                          description=_doc(cmd_bench_paper))
     _cluster_arg(bp)

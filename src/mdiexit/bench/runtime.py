@@ -30,10 +30,16 @@ from mdiexit.runtime.ports import local_nodes
 from mdiexit.util import median_s
 
 
-def hop_ms(pkg: Package, task: int, x: np.ndarray, repeats: int) -> float:
-    """Median ms of encode + send + receive + decode + validate of one DATA message over TCP loopback."""
+def hop_ms(pkg: Package, task: int, x: np.ndarray, repeats: int, curve: bool = False) -> float:
+    """Median ms of encode + send + receive + decode + validate of one DATA message over TCP loopback; with
+    ``curve``, over a CurveZMQ-encrypted connection, as between cluster nodes."""
     ctx = zmq.Context()
     pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    if curve:
+        server_pub, server_sec = zmq.curve_keypair()
+        pull.curve_secretkey, pull.curve_publickey, pull.curve_server = server_sec, server_pub, True
+        push.curve_publickey, push.curve_secretkey = zmq.curve_keypair()
+        push.curve_serverkey = server_pub
     port = pull.bind_to_random_port("tcp://127.0.0.1")
     push.connect(f"tcp://127.0.0.1:{port}")
     ids = itertools.count()
@@ -59,9 +65,11 @@ def hop_overhead(pkg: Package, slowdown: float, repeats: int) -> list[dict]:
     rows = []
     for t, x in zip(pkg.tasks[1:], inputs[1:], strict=True):  # hops carry features into tasks 2..K
         compute = median_ms(engine, t.index, x, repeats) * slowdown
-        hop = hop_ms(pkg, t.index, np.ascontiguousarray(x, dtype=np.float32), repeats)
-        rows.append({"into_task": t.index, "bytes": int(x.nbytes), "hop_ms": hop, "task_ms_emulated": compute,
-                     "fraction": hop / compute})
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        hop, hop_curve = hop_ms(pkg, t.index, x, repeats), hop_ms(pkg, t.index, x, repeats, curve=True)
+        rows.append({"into_task": t.index, "bytes": int(x.nbytes), "hop_ms": hop, "hop_ms_curve": hop_curve,
+                     "task_ms_emulated": compute, "fraction": hop / compute,
+                     "curve_extra_fraction": (hop_curve - hop) / compute})
     return rows
 
 
@@ -93,23 +101,47 @@ def scaling(package: Path, slowdown: float, duration_s: float, counts: tuple[int
     return rows
 
 
+def security_cost(cluster_path: Path, rate: float, duration_s: float) -> list[dict]:
+    """The cluster at fixed admission (the package's thresholds), CurveZMQ against --insecure, side by side."""
+    from mdiexit.runtime.launch import RunOptions, run_cluster
+
+    rows = []
+    for insecure in (False, True, False, True):  # interleaved, so that drift on the host hits both alike
+        opts = RunOptions(rate=rate, duration_s=duration_s, warmup_s=min(5.0, duration_s / 4), live=False,
+                          insecure=insecure)
+        s = run_cluster(cluster_path, opts).summary
+        rows.append({"links": "insecure" if insecure else "curve", "throughput_per_s": s["throughput_per_s"],
+                     "p95_ms": s["latency_ms"]["p95"], "lost": s["lost"]})
+        print(f"  {rows[-1]['links']:>8}: {s['throughput_per_s']:.1f} items/s, p95 {s['latency_ms']['p95']:.0f} ms",
+              file=sys.stderr)
+    return rows
+
+
 def bench_runtime(cluster_path: Path, repeats: int = 200, duration_s: float = 12.0, slowdown: float | None = None,
-                  out: Path | None = None) -> dict:
+                  out: Path | None = None, security_rate: float = 200.0) -> dict:
     cluster = load_cluster(cluster_path)
     pkg = load_package(cluster.package)
     f = slowdown or statistics.median(n.slowdown for n in cluster.workers)
     print(f"per-hop overhead (encode, send, receive, decode, validate) vs. task compute at slowdown {f:g}, "
           f"median of {repeats}:")
     hops = hop_overhead(pkg, f, repeats)
-    print(f"{'into task':>9} {'bytes':>8} {'hop ms':>8} {'task ms':>8} {'fraction':>9}")
+    print(f"{'into task':>9} {'bytes':>8} {'hop ms':>8} {'curve ms':>9} {'task ms':>8} {'fraction':>9} "
+          f"{'curve adds':>10}")
     for r in hops:
-        print(f"{r['into_task']:>9} {r['bytes']:>8} {r['hop_ms']:>8.3f} {r['task_ms_emulated']:>8.2f} "
-              f"{r['fraction']:>8.1%}")
+        print(f"{r['into_task']:>9} {r['bytes']:>8} {r['hop_ms']:>8.3f} {r['hop_ms_curve']:>9.3f} "
+              f"{r['task_ms_emulated']:>8.2f} {r['fraction']:>8.1%} {r['curve_extra_fraction']:>10.2%}")
+    print(f"\n{cluster_path} at a fixed {security_rate:g} items/s, CurveZMQ vs insecure, {duration_s:g} s runs:")
+    security = security_cost(cluster_path, security_rate, duration_s)
+    by = {k: statistics.median(r["throughput_per_s"] for r in security if r["links"] == k)
+          for k in ("curve", "insecure")}
+    print(f"  median: curve {by['curve']:.1f}, insecure {by['insecure']:.1f} items/s "
+          f"(ratio {by['curve'] / max(by['insecure'], 1e-9):.3f})")
     print(f"\nmdi-exit scaling on equal workers (slowdown {f:g}), {duration_s:g} s overloaded runs:")
     scale = scaling(cluster.package, f, duration_s)
     for r in scale:
         print(f"  {r['workers']} worker(s): {r['throughput_per_s']:7.1f} items/s, efficiency {r['efficiency']:.0%}")
-    result = {"cluster": str(cluster_path), "slowdown": f, "hops": hops, "scaling": scale}
+    result = {"cluster": str(cluster_path), "slowdown": f, "hops": hops, "scaling": scale, "security": security,
+              "security_ratio": by["curve"] / max(by["insecure"], 1e-9)}
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
