@@ -147,6 +147,15 @@ def cmd_source(a: argparse.Namespace) -> int:
 def cmd_worker(a: argparse.Namespace) -> int:
     from mdiexit.runtime.launch import run_worker
 
+    if a.join:
+        from mdiexit.runtime.launch import run_joiner
+
+        tasks = [int(t) for t in a.tasks.split(",")] if a.tasks else None
+        return run_joiner(a.join, a.name, a.workdir or Path("runs") / f"join-{a.name}", a.key, a.source_key,
+                          a.insecure, host=a.host, port=a.port, tasks=tasks, threads=a.threads, slowdown=a.slowdown,
+                          bandwidth_mbps=a.bandwidth_mbps, latency_ms=a.latency_ms)
+    if a.cluster is None:
+        raise SystemExit("mdiexit: error: give --cluster F (a member of the cluster file) or --join tcp://SOURCE:PORT")
     return run_worker(a.cluster, a.name, a.mode, pace=not a.no_pace, insecure=a.insecure, keys_dir=a.keys_dir,
                       key_file=a.key)
 
@@ -156,6 +165,8 @@ def cmd_keys(a: argparse.Namespace) -> int:
     from mdiexit.security import create_keys
 
     names = [n.name for n in load_cluster(a.cluster).nodes] if a.cluster else a.names
+    if a.out is None:
+        raise SystemExit("mdiexit: error: give the keys folder: --out DIR")
     if not names:
         raise SystemExit("mdiexit: error: name the nodes: --cluster F, or --names a,b,c")
     publics = create_keys(names, a.out, overwrite=a.force)
@@ -163,6 +174,17 @@ def cmd_keys(a: argparse.Namespace) -> int:
         print(f"{name}: public {key}  secret {a.out / (name + '.key_secret')} (mode 600)")
     print(f"set `keys_dir: {a.out}` in the cluster file (or pass --keys-dir); copy each node's .key_secret to "
           f"that device only, and every .key to all of them")
+    return 0
+
+
+def cmd_keys_allow(a: argparse.Namespace) -> int:
+    from mdiexit.security import allow_key, read_public
+
+    key = read_public(Path(a.public_key)).decode() if Path(a.public_key).is_file() else a.public_key
+    path = allow_key(a.keys_dir, a.name, key)
+    print(f"{a.name} may join: {path}")
+    print(f"on that device: mdiexit worker --join tcp://SOURCE_HOST:SOURCE_PORT --name {a.name} --key "
+          f"{a.name}.key_secret --source-key {a.keys_dir / 'SOURCE.key'} --host DEVICE_HOST --port PORT")
     return 0
 
 
@@ -340,9 +362,26 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(so)
     so.set_defaults(func=cmd_source)
 
-    w = sub.add_parser("worker", help="run one worker node of a cluster file until the source shuts it down")
-    w.add_argument("--cluster", type=Path, required=True)
-    w.add_argument("--name", required=True, help="this node's name in the cluster file")
+    w = sub.add_parser("worker", help="run one worker node until the source shuts it down (SIGTERM: leave gracefully)",
+                       description="A member of the cluster file (--cluster F --name N; a restarted member rejoins by "
+                                   "itself), or a new device joining a running cluster with the source's address "
+                                   "alone (--join tcp://SOURCE:PORT --name N --key N.key_secret --source-key "
+                                   "source.key); the source must have allowed its key (`mdiexit keys allow`). "
+                                   "SIGTERM hands queued work back and leaves; nothing is lost.")
+    w.add_argument("--cluster", type=Path, default=None, help="cluster file (a member's way to start)")
+    w.add_argument("--name", required=True, help="this node's name (in the cluster file, or the joiner's new name)")
+    j = w.add_argument_group("joining a running cluster (--join)")
+    j.add_argument("--join", default=None, metavar="tcp://SOURCE:PORT", help="the source's address")
+    j.add_argument("--source-key", default=None, help="the source's public key: its .key file or the key text")
+    j.add_argument("--host", default="127.0.0.1", help="address the other nodes reach this device at")
+    j.add_argument("--port", type=int, default=5600, help="port this device listens on (default 5600)")
+    j.add_argument("--tasks", default=None, help="comma-separated tasks this device holds (default: all)")
+    j.add_argument("--slowdown", type=float, default=None, help="emulated slowdown of this device (default 1)")
+    j.add_argument("--threads", type=int, default=None, help="engine threads (default 1)")
+    j.add_argument("--bandwidth-mbps", type=float, default=None, help="this device's egress bandwidth")
+    j.add_argument("--latency-ms", type=float, default=None, help="this device's access-link latency")
+    j.add_argument("--workdir", type=Path, default=None,
+                   help="where the received cluster view and package go (default runs/join-NAME)")
     w.add_argument("--mode", default=None, choices=list(MODES), help="override the cluster file's mode")
     w.add_argument("--no-pace", action="store_true",
                    help="do not pace the links' bandwidth (the kernel shapes it, as in `run --net namespaces`)")
@@ -357,9 +396,17 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--cluster", type=Path, default=None, help="cluster file whose nodes get keys")
     k.add_argument("--names", type=lambda v: [x for x in v.split(",") if x], default=None,
                    help="comma-separated node names (instead of --cluster)")
-    k.add_argument("--out", type=Path, required=True, help="keys folder (created with mode 700)")
+    k.add_argument("--out", type=Path, default=None, help="keys folder (created with mode 700)")
     k.add_argument("--force", action="store_true", help="replace existing keys")
     k.set_defaults(func=cmd_keys)
+    ksub = k.add_subparsers(dest="keys_action", metavar="ACTION")
+    ka = ksub.add_parser("allow", help="allow a new device's key to join the running cluster",
+                         description="Write KEYS_DIR/allowed/NAME.key: the source admits a joiner with this key, under "
+                                     "this name. Revoke by deleting the file (and restarting the source).")
+    ka.add_argument("public_key", help="the joiner's public key (40 Z85 characters) or its .key file")
+    ka.add_argument("--name", required=True, help="the name the device joins as")
+    ka.add_argument("--keys-dir", type=Path, required=True, help="the source's keys folder")
+    ka.set_defaults(func=cmd_keys_allow)
 
     pl = sub.add_parser("plot", help="draw DIR/timeline.csv of a run to DIR/timeline.png")
     pl.add_argument("run_dir", type=Path)

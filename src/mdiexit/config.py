@@ -137,6 +137,14 @@ class ClusterConfig:
     def neighbours_of(self, name: str) -> tuple[str, ...]:
         return self.neighbours.get(name, ())
 
+    def with_member(self, node: NodeConfig) -> ClusterConfig:
+        """The cluster after `node` joined: every node becomes its neighbour, both ways (DESIGN §9)."""
+        others = [n.name for n in self.nodes if n.name != node.name]
+        neighbours = {n: tuple(dict.fromkeys((*nb, node.name))) for n, nb in self.neighbours.items() if n != node.name}
+        neighbours[node.name] = tuple(others)
+        nodes = tuple(n for n in self.nodes if n.name != node.name) + (node,)
+        return dataclasses.replace(self, nodes=nodes, neighbours=neighbours)
+
     def senders_to(self, name: str) -> tuple[str, ...]:
         """The nodes that may send ``name`` DATA: it reports its state to them too (DESIGN §9)."""
         return tuple(n for n, nb in self.neighbours.items() if name in nb)

@@ -129,14 +129,27 @@ def load_identity(name: str, public_keys: dict[str, str | None], keys_dir: Path 
     return Identity(name, public, secret, peers)
 
 
+def allow_key(keys_dir: Path, name: str, public: str) -> Path:
+    """The operator's consent for a new device: KEYS_DIR/allowed/NAME.key. The source admits a joiner whose key
+    is there, under that name (`mdiexit keys allow`)."""
+    check_key_text(public, "public key")
+    folder = keys_dir / "allowed"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.key"
+    path.write_text(f'# allowed to join as {name}\nmetadata\ncurve\n    public-key = "{public}"\n')
+    return path
+
+
 class NodeAuthenticator(ThreadAuthenticator):
     """A ZAP handler admitting only known node keys. A message's ``User-Id`` becomes the sending node's name.
-    Keys can be added while running (a device joining the cluster)."""
+    Keys can be added while running (a member that joined), and the source also admits the keys an operator
+    allowed in ``allowed_dir`` (NAME.key files, read when an unknown key knocks)."""
 
-    def __init__(self, ctx: zmq.Context, keys: dict[str, bytes]):
+    def __init__(self, ctx: zmq.Context, keys: dict[str, bytes], allowed_dir: Path | None = None):
         super().__init__(ctx)
         self._names: dict[bytes, str] = {}
         self._lock = threading.Lock()
+        self.allowed_dir = allowed_dir
         for name, key in keys.items():
             self.allow(name, key)
 
@@ -144,7 +157,24 @@ class NodeAuthenticator(ThreadAuthenticator):
         with self._lock:
             self._names[key] = name
 
+    def key_of(self, name: str) -> bytes | None:
+        with self._lock:
+            return next((k for k, n in self._names.items() if n == name), None)
+
+    def _read_allowed(self) -> None:
+        for path in sorted(self.allowed_dir.glob("*.key")) if self.allowed_dir and self.allowed_dir.is_dir() else ():
+            try:
+                key = read_public(path)
+            except KeyFileError:
+                continue
+            with self._lock:
+                self._names.setdefault(key, path.stem)
+
     def callback(self, domain: str, key: bytes) -> bool:  # the credentials provider's hook
+        with self._lock:
+            if key in self._names:
+                return True
+        self._read_allowed()
         with self._lock:
             return key in self._names
 

@@ -121,3 +121,21 @@ def test_unreachable_task_is_refused_at_load(tmp_path, tiny_package):
                          node_tasks={"source": [1], "w1": list(range(1, last)), "w2": [last]})
     with pytest.raises(ConfigError, match=rf"task {last} is unreachable.*w2"):
         run(path, None, duration=1.0)
+
+
+@pytest.mark.parametrize("insecure", [False, True], ids=["curve", "insecure"])
+def test_a_new_device_joins_and_gets_work(tmp_path, tiny_package, insecure):
+    from mdiexit.runtime.ports import free_ports
+
+    cluster = write_cluster(tmp_path / "c.yaml", tiny_package, [40, 60])
+    port = free_ports(1)[0]
+
+    def action(live: LiveRun):
+        wait_for(lambda: live.source.ledger.completed >= 20, what="20 results")
+        live.join("newcomer", port, slowdown=5)
+        wait_for(lambda: "newcomer" in live.source.last_heard, what="the newcomer's first report")
+
+    s = run(cluster, action, duration=8.0, rate=60.0, insecure=insecure)
+    assert_nothing_lost(s)
+    assert any(e["node"] == "newcomer" and e["kind"] == "joined" for e in s["node_failures"])
+    assert sum(s["per_node"]["newcomer"]["tasks_run"].values()) > 0

@@ -2,9 +2,10 @@
 
 A seeded schedule, one event every `period_s`: `kill -9` of a random worker (restarted `down_s` later), one
 SIGSTOP (continued `down_s` later), one graceful leave (SIGTERM; the worker is started again `down_s` later),
-cycling until the run ends. Reported: lost and duplicates (both must be 0), items re-dispatched, throughput
-in the `window_s` before, during and after each event, and the time from each event until the throughput
-(1-s bins, 2-s moving average) is back to 90 % of what it was before. Plot: throughput over time, events marked.
+cycling, and in the last slot a new device that joins with the source's address alone. Reported: lost and
+duplicates (both must be 0), items re-dispatched, throughput in the `down_s` before, during and after each
+event, and the time from each event until the throughput (1-s bins, 2-s moving average) is back to 90 % of
+what it was before. Plot: throughput over time, events marked.
 """
 
 from __future__ import annotations
@@ -25,21 +26,29 @@ EVENTS = ("kill", "stop", "kill", "leave")  # the cycle; the nodes hit are drawn
 
 
 def _schedule(workers: list[str], duration_s: float, period_s: float, seed: int) -> list[dict]:
+    """One event every `period_s`, cycling through EVENTS; the last slot is a new device joining."""
     rng = random.Random(seed)
     out, t, i = [], period_s, 0
     while t + period_s <= duration_s:
         out.append({"at_s": t, "kind": EVENTS[i % len(EVENTS)], "node": rng.choice(workers)})
         t += period_s
         i += 1
+    if out:
+        out[-1] = {"at_s": out[-1]["at_s"], "kind": "join", "node": "newcomer"}
     return out
 
 
-def _drive(schedule: list[dict], down_s: float, log: list[dict]):
+def _drive(schedule: list[dict], down_s: float, log: list[dict], join_port: int, join_slowdown: float):
     def action(live: LiveRun) -> None:
         start = live.source.run_start
         for ev in schedule:
             _sleep_until(start + ev["at_s"], live)
             name, kind = ev["node"], ev["kind"]
+            if kind == "join":
+                live.join(name, join_port, slowdown=join_slowdown)
+                log.append({**ev, "at_s": time.monotonic() - start})
+                print(f"  t={ev['at_s']:.0f} s: {name} joins", file=sys.stderr)
+                continue
             sig = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP, "leave": signal.SIGTERM}[kind]
             live.signal(name, sig)
             log.append({**ev, "at_s": time.monotonic() - start})
@@ -82,13 +91,16 @@ def event_figures(series: np.ndarray, at_s: float, window_s: float) -> dict:
 def bench_chaos(cluster: Path, out: Path, duration_s: float = 140.0, period_s: float = 20.0, down_s: float = 10.0,
                 seed: int = 0, target_accuracy: float | None = None) -> dict:
     from mdiexit.config import load_cluster
+    from mdiexit.runtime.ports import free_ports
 
-    workers = [w.name for w in load_cluster(cluster).workers]
+    cfg = load_cluster(cluster)
+    workers = [w.name for w in cfg.workers]
     schedule = _schedule(workers, duration_s, period_s, seed)
     log: list[dict] = []
     opts = RunOptions(admission="rate", duration_s=duration_s, warmup_s=10.0, live=True, rate=50.0,
                       target_accuracy=target_accuracy)
-    result = run_cluster(cluster, opts, on_ready=_drive(schedule, down_s, log))
+    slowdown = statistics.median(w.slowdown for w in cfg.workers)
+    result = run_cluster(cluster, opts, on_ready=_drive(schedule, down_s, log, free_ports(1)[0], slowdown))
     out.mkdir(parents=True, exist_ok=True)
     write_results(result, out / "run")
     s = result.summary
@@ -96,13 +108,14 @@ def bench_chaos(cluster: Path, out: Path, duration_s: float = 140.0, period_s: f
     done = [r.done_at - start for r in result.ledger.records.values() if r.done_at is not None]
     series = throughput_series(done, duration_s)
     events = [{**e, **event_figures(series, e["at_s"], down_s)} for e in log if e["kind"] != "back"]
-    recoveries = [e["recovery_s"] for e in events if e["recovery_s"] is not None]
+    recoveries = [e["recovery_s"] for e in events if e["recovery_s"] is not None and e["kind"] != "join"]
     report = {
         "lost": s["lost"], "duplicates": s["duplicates"], "failed": s["failed"], "admitted": s["admitted"],
         "redispatched": s["redispatched"], "redundant_results": s["redundant_results"],
         "throughput_per_s": s["throughput_per_s"], "accuracy": s["accuracy"],
         "median_recovery_s": statistics.median(recoveries) if recoveries else None,
-        "unrecovered_events": sum(e["recovery_s"] is None for e in events),
+        "unrecovered_events": sum(e["recovery_s"] is None for e in events if e["kind"] != "join"),
+        "joined_tasks_run": s["per_node"].get("newcomer", {}).get("tasks_run", {}),
         "events": events, "node_failures": s["node_failures"], "throughput_series": series.tolist(),
         "config": {"cluster": str(cluster), "duration_s": duration_s, "period_s": period_s, "down_s": down_s,
                    "seed": seed, "schedule": schedule, "command": " ".join(sys.argv)},

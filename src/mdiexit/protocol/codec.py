@@ -88,11 +88,11 @@ def _buffer(arr: np.ndarray) -> memoryview:
 def encode(msg: Message, arrays: Sequence[np.ndarray] = ()) -> list[bytes | memoryview]:
     """Frames of ``msg``: frame 0 is the msgpack header, frames 1.. the raw buffers of ``arrays``.
 
-    ``arrays`` must match the message's ``arrays`` metadata (DATA) in count, dtype and shape; other
+    ``arrays`` must match the message's ``arrays`` metadata (DATA, WELCOME) in count, dtype and shape; other
     message types carry no arrays. Raises ProtocolError on a mismatch (a sender bug).
     """
     kind = type(msg).KIND
-    metas: list[ArrayMeta] = list(msg.arrays) if isinstance(msg, Data) else []
+    metas: list[ArrayMeta] = list(getattr(msg, "arrays", ()))
     if len(metas) != len(arrays):
         raise ProtocolError(f"{KIND_NAMES[kind]}: header describes {len(metas)} arrays, {len(arrays)} given")
     for i, (meta, arr) in enumerate(zip(metas, arrays, strict=True)):
@@ -204,7 +204,7 @@ def _decode(frames: Sequence[Frame], limits: Limits) -> tuple[Message, list[np.n
         msg: Message = _DECODERS[env.kind].decode(head)
     except (msgspec.MsgspecError, ValueError) as e:
         raise ProtocolError(f"{name} header: {e}") from None
-    metas = list(msg.arrays) if isinstance(msg, Data) else []
+    metas = list(getattr(msg, "arrays", ()))
     if len(metas) > limits.max_arrays:
         raise ProtocolError(f"{name}.arrays: {len(metas)} arrays > limit {limits.max_arrays}")
     if len(views) - 1 != len(metas):
@@ -214,7 +214,7 @@ def _decode(frames: Sequence[Frame], limits: Limits) -> tuple[Message, list[np.n
 
 
 def _array(meta: ArrayMeta, buf: memoryview, i: int, limits: Limits) -> np.ndarray:
-    where = f"DATA.arrays[{i}] ({meta.name!r})"
+    where = f"arrays[{i}] ({meta.name!r})"
     if meta.codec not in CODECS:
         raise ProtocolError(f"{where}.codec: {meta.codec!r} is not supported here (only {list(CODECS)})")
     dt = DTYPES.get(meta.dtype)

@@ -18,6 +18,9 @@ KIND_DATA = b"D"
 KIND_RESULT = b"R"
 KIND_STATE = b"S"
 KIND_CONTROL = b"C"
+KIND_JOIN = b"J"
+KIND_WELCOME = b"W"
+KIND_MEMBER = b"M"
 
 # why a well-formed message was refused: no cluster key, a sender other than the key's node (or CONTROL not from
 # the source), a RESULT for no item in flight or from a node that does not hold its exit's task
@@ -110,9 +113,49 @@ class Control(msgspec.Struct, frozen=True, kw_only=True):
     version: int = PROTOCOL_VERSION
 
 
-Message = Data | Result | State | Control
+class Member(msgspec.Struct, frozen=True, kw_only=True):
+    """MEMBER, from the source to every node: a device joined the cluster; add it as a neighbour (DESIGN §9)."""
 
-BY_KIND: dict[bytes, type[Data] | type[Result] | type[State] | type[Control]] = {
-    KIND_DATA: Data, KIND_RESULT: Result, KIND_STATE: State, KIND_CONTROL: Control,
+    KIND: ClassVar[bytes] = KIND_MEMBER
+
+    sender: Name
+    name: Name
+    host: Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+    tasks: Annotated[list[TaskIndex], msgspec.Meta(min_length=1, max_length=MAX_TASKS)] | None = None
+    threads: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
+    slowdown: Annotated[float, msgspec.Meta(ge=1.0, le=1e6)] = 1.0
+    bandwidth_mbps: Annotated[float, msgspec.Meta(gt=0.0, le=1e9)] | None = None
+    latency_ms: Annotated[float, msgspec.Meta(ge=0.0, le=1e6)] = 0.0
+    public_key: Annotated[str, msgspec.Meta(min_length=40, max_length=40)] | None = None
+    version: int = PROTOCOL_VERSION
+
+
+class Join(Member, frozen=True, kw_only=True):
+    """JOIN, from a new device to the source: who it is and where it listens (its key is what the ZAP handler
+    authenticated; ``sender`` must be ``name``)."""
+
+    KIND: ClassVar[bytes] = KIND_JOIN
+
+
+class Welcome(msgspec.Struct, frozen=True, kw_only=True):
+    """WELCOME, from the source to a joiner: the cluster view (a cluster file) and the model package, as one
+    tar archive in the array frame, with its SHA-256 for the joiner to check."""
+
+    KIND: ClassVar[bytes] = KIND_WELCOME
+
+    sender: Name
+    cluster_yaml: Annotated[str, msgspec.Meta(max_length=1 << 20)]
+    package_sha256: Annotated[str, msgspec.Meta(min_length=64, max_length=64)]
+    arrays: Annotated[list[ArrayMeta], msgspec.Meta(min_length=1, max_length=1)]
+    version: int = PROTOCOL_VERSION
+
+
+Message = Data | Result | State | Control | Member | Join | Welcome
+
+BY_KIND: dict[bytes, type] = {
+    KIND_DATA: Data, KIND_RESULT: Result, KIND_STATE: State, KIND_CONTROL: Control, KIND_MEMBER: Member,
+    KIND_JOIN: Join, KIND_WELCOME: Welcome,
 }
-KIND_NAMES = {KIND_DATA: "DATA", KIND_RESULT: "RESULT", KIND_STATE: "STATE", KIND_CONTROL: "CONTROL"}
+KIND_NAMES = {KIND_DATA: "DATA", KIND_RESULT: "RESULT", KIND_STATE: "STATE", KIND_CONTROL: "CONTROL",
+              KIND_MEMBER: "MEMBER", KIND_JOIN: "JOIN", KIND_WELCOME: "WELCOME"}

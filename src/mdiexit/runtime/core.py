@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,7 +62,7 @@ class NodeCore:
         self.is_source = is_source
         self.queue: deque[WorkItem] = deque()
         self.parked: list[WorkItem] = []  # items no available node can take yet
-        self.queued_s = 0.0
+        self.queued: Counter[int] = Counter()  # queued items per task
         self.busy_until = 0.0
         self.tasks_run: dict[int, int] = {}
         self.lock = threading.Condition()
@@ -70,7 +70,10 @@ class NodeCore:
     # ---------------------------------------------------------------- state
     def backlog_s(self, now: float) -> float:
         """W_n: estimated seconds of queued compute plus what remains of the running batch."""
-        return self.queued_s + max(0.0, self.busy_until - now)
+        # priced at the current estimates: a running sum would keep the error of every estimate that changed
+        # while its item waited
+        queued_s = sum(n * self.estimator.get(task) for task, n in list(self.queued.items()) if n)
+        return queued_s + max(0.0, self.busy_until - now)
 
     def on_report(self, sender: str, backlog_s: float, now: float, service_s: dict[int, float] | None) -> None:
         view = self.neighbours.get(sender)
@@ -121,7 +124,7 @@ class NodeCore:
 
     def _enqueue(self, item: WorkItem) -> None:
         self.queue.append(item)
-        self.queued_s += self.estimator.get(item.task)
+        self.queued[item.task] += 1
         self.lock.notify()
 
     def accept(self, item: WorkItem) -> None:
@@ -139,7 +142,8 @@ class NodeCore:
         with self.lock:
             items = list(self.queue) + self.parked
             self.queue.clear()
-            self.parked, self.queued_s = [], 0.0
+            self.parked = []
+            self.queued.clear()
             return items
 
     # ---------------------------------------------------------------- compute
@@ -157,7 +161,7 @@ class NodeCore:
             while self.queue and len(batch) < max_batch and self.queue[0].task == task:
                 batch.append(self.queue.popleft())
             est = self.estimator.get(task) * len(batch)
-            self.queued_s = max(0.0, self.queued_s - est)
+            self.queued[task] -= len(batch)
             self.busy_until = now + est
             return batch
 

@@ -34,7 +34,7 @@ from mdiexit.runtime.ledger import Ledger
 from mdiexit.runtime.metrics import summarize
 from mdiexit.runtime.node import ClusterError, NodeProcess
 from mdiexit.runtime.source import Admission, FixedAdmission, SourceProcess
-from mdiexit.security import Identity, create_keys, load_identity
+from mdiexit.security import Identity, allow_key, create_keys, load_identity
 
 log = logging.getLogger("mdiexit.launch")
 _SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="spawner")
@@ -123,6 +123,25 @@ class LiveRun:
                                            **self.spawn_args).result()
 
 
+    def join(self, name: str, port: int, **device) -> None:
+        """A new device joins with the source's address alone: a fresh key, allowed by the operator (here),
+        then `mdiexit worker --join`. ``device``: slowdown, tasks, bandwidth_mbps, latency_ms, threads."""
+        keys_dir = self.spawn_args["keys_dir"]
+        src = self.source.cfg
+        cmd = [sys.executable, "-m", "mdiexit.cli", "worker", "--join", src.address, "--name", name,
+               "--port", str(port), "--workdir", tempfile.mkdtemp(prefix=f"mdiexit-join-{name}-")]
+        if keys_dir is None:
+            cmd.append("--insecure")
+        else:
+            public = create_keys([name], keys_dir, overwrite=True)[name]
+            allow_key(keys_dir, name, public)
+            cmd += ["--key", str(keys_dir / f"{name}.key_secret"), "--source-key", str(keys_dir / f"{src.name}.key")]
+        for k, v in device.items():
+            cmd += [f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, list | tuple) else str(v)]
+        self.procs[name] = _SPAWNER.submit(subprocess.Popen, cmd, preexec_fn=_die_with_parent,
+                                           stdin=subprocess.DEVNULL).result()
+
+
 @dataclass
 class RunResult:
     summary: dict
@@ -205,7 +224,8 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     procs = {w: spawn_worker(cluster_path, w, mode, (netns or {}).get(w), pace, keys_dir)
              for w in workers} if spawn else {}
     source = SourceProcess(cluster, cluster.source.name, pkg, mode=mode, stream=stream, admission=admission,
-                           pace_bandwidth=pace, identity=identity)
+                           pace_bandwidth=pace, identity=identity,
+                           allowed_dir=keys_dir / "allowed" if keys_dir is not None else None)
     crashed: list[str] = []
     watching = threading.Event()
     watching.set()
@@ -246,7 +266,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         source.phase = "done"
         view_stop.set()
         watching.clear()
-        source.shutdown_workers(workers)
+        source.shutdown_workers()
         summary = summarize(source.ledger, pkg.num_tasks, (start + opts.warmup_s, end), source.final_stats,
                             source.backlog_samples, None if opts.deadline_ms is None else opts.deadline_ms / 1000)
         failures = source.failure_summary()
@@ -314,6 +334,23 @@ def run_worker(cluster_path: Path, name: str, mode: str | None, pace: bool = Tru
     except KeyboardInterrupt:
         proc.stop.set()
     return 0
+
+
+def run_joiner(source: str, name: str, workdir: Path, key_file: Path | None, source_key: str | None,
+               insecure: bool = False, **device) -> int:
+    """A device that is not in the cluster file joins the running cluster at `source` (DESIGN §9), then works
+    as an ordinary worker. ``device``: host, port, tasks, threads, slowdown, bandwidth_mbps, latency_ms."""
+    from mdiexit.protocol.messages import Join
+    from mdiexit.runtime.join import join_cluster
+
+    if not insecure and key_file is None:
+        raise SystemExit("mdiexit: error: joining needs this device's key (--key N.key_secret, made with "
+                         "`mdiexit keys --names N --out DIR`), allowed at the source with `mdiexit keys allow`; "
+                         "or --insecure")
+    join = Join(sender=name, name=name, **{k: v for k, v in device.items() if v is not None})
+    cluster_path = join_cluster(source, join, workdir, None if insecure else key_file, source_key)
+    log.warning("%s: joined; cluster view and package in %s", name, workdir)
+    return run_worker(cluster_path, name, None, insecure=insecure, key_file=key_file)
 
 
 def write_results(result: RunResult, out: Path) -> Path:

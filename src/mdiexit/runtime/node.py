@@ -17,18 +17,19 @@ import logging
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import zmq
 
-from mdiexit.config import ClusterConfig
+from mdiexit.config import ClusterConfig, NodeConfig
 from mdiexit.emulation.link import emulate_slowdown
 from mdiexit.engine import OrtEngine
 from mdiexit.package import Package
 from mdiexit.policies.modes import rules_for
 from mdiexit.policies.offload import NeighbourView, ServiceEstimator
 from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, describe, encode
-from mdiexit.protocol.messages import REJECT_REASONS, Control, Data, Result, State
+from mdiexit.protocol.messages import REJECT_REASONS, Control, Data, Join, Member, Result, State
 from mdiexit.runtime.core import Finished, NodeCore, Send, WorkItem
 from mdiexit.runtime.links import Egress, Link, now
 from mdiexit.security import Identity, NodeAuthenticator, make_server
@@ -46,6 +47,12 @@ def _median_s(fn, repeats: int = 7) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def member_config(m: Member) -> NodeConfig:
+    return NodeConfig(name=m.name, port=m.port, host=m.host, tasks=tuple(m.tasks) if m.tasks else None,
+                      threads=m.threads, slowdown=m.slowdown, bandwidth_mbps=m.bandwidth_mbps, latency_ms=m.latency_ms,
+                      public_key=m.public_key)
+
+
 class ClusterError(RuntimeError):
     """A node cannot take part in the run (port taken, a peer never answered). The message names the node."""
 
@@ -58,9 +65,10 @@ class NodeProcess:
     """A worker (or, subclassed, the source) running in this OS process."""
 
     def __init__(self, cluster: ClusterConfig, name: str, pkg: Package, mode: str | None = None,
-                 pace_bandwidth: bool = True, identity: Identity | None = None):
+                 pace_bandwidth: bool = True, identity: Identity | None = None, allowed_dir: Path | None = None):
         self.cluster, self.pkg = cluster, pkg
         self.identity = identity  # None: insecure (no CurveZMQ), asked for with --insecure
+        self.allowed_dir = allowed_dir  # the source: keys an operator allowed to join (`mdiexit keys allow`)
         self.pace_bandwidth = pace_bandwidth  # False: the kernel shapes the links (`--net namespaces`)
         self.cfg = cluster.node(name)
         self.name = name
@@ -127,7 +135,7 @@ class NodeProcess:
         self.inbox.setsockopt(zmq.LINGER, 0)
         self.inbox.setsockopt(zmq.RCVHWM, 0)
         if self.identity is not None:
-            self.auth = NodeAuthenticator(self.ctx, self.identity.peers)
+            self.auth = NodeAuthenticator(self.ctx, self.identity.peers, self.allowed_dir)
             self.auth.begin()
             make_server(self.inbox, self.identity)
             self.monitor = self.inbox.get_monitor_socket(_HANDSHAKE_FAILED)
@@ -262,6 +270,35 @@ class NodeProcess:
             self.on_result(msg)
         elif isinstance(msg, Control):
             self.on_control(msg)
+        elif isinstance(msg, Join):
+            self.on_join(msg)
+        elif isinstance(msg, Member):
+            if msg.sender != self.source_name:
+                self.reject("impersonation", f"MEMBER from {msg.sender!r}, not the source")
+            elif msg.name != self.name:
+                self.add_member(member_config(msg))
+
+    def on_join(self, msg: Join) -> None:
+        self.reject("impersonation", f"JOIN from {msg.sender!r} sent to a worker")
+
+    def add_member(self, node: NodeConfig) -> None:
+        """A device joined: it becomes a neighbour both ways, with a link, a view and (secure) its key allowed."""
+        if node.name in self.links:
+            return
+        self.cluster = self.cluster.with_member(node)
+        if self.identity is not None:
+            self.identity.peers[node.name] = node.public_key.encode()
+            self.auth.allow(node.name, node.public_key.encode())
+        _, lat = self.cluster.link(self.name, node.name)
+        link = Link(self.ctx, self.name, node.name, node.address, self.egress, lat, self.pace_bandwidth, self.identity)
+        self.compress_on = {**self.compress_on, node.name: set()}
+        self.links = {**self.links, node.name: link}  # copied, not changed: other threads iterate the old one
+        held = node.held_tasks(self.pkg.num_tasks) if self.is_source or self.rules.offload_later else frozenset()
+        bw, lat = self.cluster.link(self.name, node.name)
+        with self.core.lock:
+            self.core.neighbours = {**self.core.neighbours,
+                                    node.name: NeighbourView(node.name, held, bandwidth_bps=bw, latency_s=lat)}
+        log.warning("%s: %s joined the cluster", self.name, node.name)
 
     def on_state(self, msg: State) -> None:  # the source records these
         pass

@@ -5,6 +5,7 @@ item overdue. Admission decisions come from an `Admission` policy object."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import threading
@@ -15,10 +16,11 @@ from typing import Protocol
 import numpy as np
 
 from mdiexit.data import Dataset
-from mdiexit.protocol.messages import Control, Result, State
+from mdiexit.protocol.messages import Control, Join, Result, State
 from mdiexit.runtime.core import Finished, WorkItem
+from mdiexit.runtime.join import member_message, package_archive, welcome_frames
 from mdiexit.runtime.ledger import Ledger
-from mdiexit.runtime.node import ClusterError, NodeProcess, encode, now
+from mdiexit.runtime.node import ClusterError, NodeProcess, encode, member_config, now
 
 log = logging.getLogger("mdiexit.source")
 
@@ -64,11 +66,36 @@ class SourceProcess(NodeProcess):
         self.run_start = now()
         self.phase = "starting"  # admitting | draining | done
         self.dead_after_s = self.cluster.dead_after_ms / 1000
+        self._archive: tuple[bytes, str] | None = None  # the package as sent to joiners
 
     # ---------------------------------------------------------------- results and state
     def handle(self, msg, arrays) -> None:
-        self.last_heard[msg.sender] = now()
+        if not isinstance(msg, Join):  # a joiner is alive once it reports as a worker
+            self.last_heard[msg.sender] = now()
         super().handle(msg, arrays)
+
+    def on_join(self, msg: Join) -> None:
+        """Let a new device in: its key was allowed (ZAP checked it), its name is new. It gets the cluster view
+        and the package; every node learns it as a neighbour."""
+        if msg.sender != msg.name:
+            self.reject("impersonation", f"JOIN for {msg.name!r} from {msg.sender!r}")
+            return
+        if msg.name in self.down and msg.name in self.links:  # a joiner that failed, back again
+            self._welcome(msg.name)
+            return
+        if any(n.name == msg.name for n in self.cluster.nodes):
+            log.warning("%s: %s asked to join, but a member has that name; a member restarts with the cluster "
+                        "file (`mdiexit worker --cluster F --name N`)", self.name, msg.name)
+            return
+        key = self.auth.key_of(msg.name) if self.auth is not None else None
+        node = member_config(member_message(self.name, msg, key.decode() if key else None))
+        self.add_member(node)
+        self._welcome(node.name)
+        frames = encode(member_message(self.name, msg, node.public_key))
+        for peer, link in self.links.items():
+            if peer != node.name:
+                link.send(frames, now())
+        self.events.append({"node": node.name, "kind": "joined", "at_s": now() - self.run_start})
 
     def on_result(self, msg: Result) -> None:
         """Accepted only for an admitted item, from a node holding the task it exited at (DESIGN §6)."""
@@ -101,6 +128,13 @@ class SourceProcess(NodeProcess):
     def max_backlog_s(self) -> float:
         own = self.core.backlog_s(now())
         return max([own, *(s.backlog_s for n, s in self.reports.items() if n not in self.down)])
+
+    def _welcome(self, name: str) -> None:
+        if self._archive is None:
+            self._archive = package_archive(self.cluster.package)
+        keys = dict(self.identity.peers) if self.identity is not None else {}
+        view = dataclasses.replace(self.cluster, mode=self.mode)  # the run's mode, which may override the file's
+        self.links[name].send(welcome_frames(self.name, view, keys, self._archive), now())
 
     # ---------------------------------------------------------------- failures and recovery (DESIGN §9)
     def node_down(self, name: str, kind: str, t: float) -> None:
@@ -214,8 +248,9 @@ class SourceProcess(NodeProcess):
                 self.supervise(last)
                 self.ledger.window(last, 2.0)
 
-    def shutdown_workers(self, workers: list[str], timeout_s: float = 3.0) -> None:
-        """Shut down every worker (not only the source's neighbours) and collect the live ones' counters."""
+    def shutdown_workers(self, timeout_s: float = 3.0) -> None:
+        """Shut down every worker (not only the source's neighbours, joiners too); collect the live ones' counters."""
+        workers = [w.name for w in self.cluster.workers]
         frames = encode(Control(sender=self.name, action="shutdown"))
         for w in workers:
             if w in self.links:
