@@ -139,3 +139,27 @@ def test_a_new_device_joins_and_gets_work(tmp_path, tiny_package, insecure):
     assert_nothing_lost(s)
     assert any(e["node"] == "newcomer" and e["kind"] == "joined" for e in s["node_failures"])
     assert sum(s["per_node"]["newcomer"]["tasks_run"].values()) > 0
+
+
+@pytest.mark.skipif(not __import__("mdiexit.emulation.netns", fromlist=["x"]).namespaces_supported()[0],
+                    reason="network namespaces unavailable (needs root and iproute2 on Linux)")
+def test_worker_cut_off_by_the_network(tmp_path, tiny_package):
+    import subprocess
+
+    cluster = write_cluster(tmp_path / "c.yaml", tiny_package, [30, 60, 60], dead_after_ms=400)
+
+    def set_link(ns: str, state: str) -> None:
+        veths = subprocess.run(["ip", "-n", ns, "-o", "link", "show", "type", "veth"], capture_output=True,
+                               text=True, timeout=10, check=True).stdout
+        dev = veths.split(":")[1].strip().split("@")[0]
+        subprocess.run(["ip", "-n", ns, "link", "set", "dev", dev, state], check=True, timeout=10)
+
+    def action(live: LiveRun):
+        wait_for(lambda: live.source.ledger.completed >= 40, what="40 results")
+        set_link(live.netns["w1"], "down")
+        wait_for(lambda: live.source.phase == "done", timeout=120, what="the end of the run")
+        set_link(live.netns["w1"], "up")
+
+    s = run(cluster, action, rate=150.0, net="namespaces")
+    assert_nothing_lost(s)
+    assert any(e["node"] == "w1" and e["kind"] == "silent" for e in s["node_failures"])

@@ -14,6 +14,8 @@ from mdiexit.package import Package
 from mdiexit.policies.exit import exit_decisions
 from mdiexit.policies.modes import ModeRules
 from mdiexit.policies.offload import NeighbourView, OffloadConfig, ServiceEstimator, choose_target
+from mdiexit.protocol.codec import describe
+from mdiexit.protocol.messages import Data
 
 
 @dataclass
@@ -29,6 +31,22 @@ class WorkItem:
     code: dict[str, np.ndarray] | None = None  # the learned code of x, as received (decoded before compute)
     attempt: int = 0  # the source's dispatch number (DESIGN §9): results of other attempts are told apart
     parked_at: float | None = None  # when no available node could take it
+
+    @classmethod
+    def from_data(cls, msg: Data, arrays: list[np.ndarray]) -> WorkItem:
+        """The item a DATA message carries: its task input `x`, or the learned code of it (decoded later)."""
+        coded = [m.name for m in msg.arrays] != ["x"]
+        return cls(msg.item_id, msg.task, None if coded else arrays[0], msg.admitted_at, tuple(msg.thresholds),
+                   msg.thresholds_version, msg.hops, [tuple(x) for x in msg.timings],
+                   code={m.name: a for m, a in zip(msg.arrays, arrays, strict=True)} if coded else None,
+                   attempt=msg.attempt)
+
+    def to_data(self, sender: str, backlog_s: float, arrays: dict[str, np.ndarray], wire_codec: str) -> Data:
+        """The DATA message that carries this item one hop on, with `arrays` (x, or its code) as frames."""
+        return Data(item_id=self.item_id, attempt=self.attempt, task=self.task, hops=self.hops + 1,
+                    admitted_at=self.admitted_at, thresholds_version=self.thresholds_version,
+                    thresholds=list(self.thresholds), sender=sender, backlog_s=backlog_s, timings=self.timings,
+                    arrays=[describe(n, a, wire_codec) for n, a in arrays.items()])
 
     @property
     def nbytes(self) -> int:

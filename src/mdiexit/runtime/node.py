@@ -28,7 +28,7 @@ from mdiexit.engine import OrtEngine
 from mdiexit.package import Package
 from mdiexit.policies.modes import rules_for
 from mdiexit.policies.offload import NeighbourView, ServiceEstimator
-from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, describe, encode
+from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, encode
 from mdiexit.protocol.messages import REJECT_REASONS, Control, Data, Join, Member, Result, State
 from mdiexit.runtime.core import Finished, NodeCore, Send, WorkItem
 from mdiexit.runtime.links import Egress, Link, now
@@ -248,11 +248,7 @@ class NodeProcess:
         t = now()
         if isinstance(msg, Data):
             self.core.on_report(msg.sender, msg.backlog_s, t, None)
-            coded = [m.name for m in msg.arrays] != ["x"]
-            item = WorkItem(msg.item_id, msg.task, None if coded else arrays[0], msg.admitted_at,
-                            tuple(msg.thresholds), msg.thresholds_version, msg.hops, [tuple(x) for x in msg.timings],
-                            code={m.name: a for m, a in zip(msg.arrays, arrays, strict=True)} if coded else None,
-                            attempt=msg.attempt)
+            item = WorkItem.from_data(msg, arrays)
             if self.leaving:
                 self.hand_back(item, t)
             elif msg.task in self.held:
@@ -362,10 +358,7 @@ class NodeProcess:
         else:
             arrays = {"x": it.x}
         arrays = {n: np.ascontiguousarray(a) for n, a in arrays.items()}
-        msg = Data(item_id=it.item_id, attempt=it.attempt, task=it.task, hops=it.hops + 1, admitted_at=it.admitted_at,
-                   thresholds_version=it.thresholds_version, thresholds=list(it.thresholds), sender=self.name,
-                   backlog_s=self.core.backlog_s(t), timings=it.timings,
-                   arrays=[describe(n, a, self.cfg.wire_codec) for n, a in arrays.items()])
+        msg = it.to_data(self.name, self.core.backlog_s(t), arrays, self.cfg.wire_codec)
         self.links[s.target].send(encode(msg, list(arrays.values())), t)
 
     def deliver(self, f: Finished) -> None:
