@@ -36,6 +36,7 @@ import yaml
 from msgspec import Meta
 
 from mdiexit.configcheck import ConfigError, convert, describe_value, one_of, reject_unknown
+from mdiexit.emulation.device import EMULATIONS
 from mdiexit.policies.modes import MODES
 from mdiexit.policies.offload import OffloadConfig
 from mdiexit.protocol.codec import CODECS
@@ -116,6 +117,7 @@ class ClusterConfig:
     stale_after_ms: Positive = _OFFLOAD.stale_after_s * 1000
     heartbeat_ms: Annotated[float, Meta(gt=0, le=MAX_HEARTBEAT_MS)] = 50.0
     max_batch: Annotated[int, Meta(ge=1, le=4096)] = 8  # dynamic batching: up to this many queued items per call
+    emulation: one_of(EMULATIONS) = "calibrated"  # device speed: f x profiled time, or f x each call's time
     dead_after_ms: Positive = 1000.0  # no report for this long: the node is down, its items re-dispatched (§9)
     keys_dir: Path | None = None  # node keys (`mdiexit keys`): NAME.key_secret for itself, NAME.key for peers
     path: Path | None = None  # the file it was loaded from (not a key of the file)

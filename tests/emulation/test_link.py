@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from mdiexit.emulation.link import LinkPacer, TokenBucket, emulate_slowdown
+from mdiexit.emulation.link import LinkPacer, TokenBucket
 
 
 def test_one_megabyte_at_8_mbit_takes_one_second():
@@ -55,10 +55,3 @@ def test_back_to_back_sends_queue_on_the_link():
     times = [link.departure(100_000, now=0.0) for _ in range(3)]
     assert times == pytest.approx([0.1, 0.2, 0.3])
     assert link.queued_bytes(0.05) == pytest.approx(250_000, abs=1)
-
-
-def test_emulate_slowdown():
-    assert emulate_slowdown(0.01, 4.0) == pytest.approx(0.03)
-    assert emulate_slowdown(0.01, 1.0) == 0.0
-    assert emulate_slowdown(0.01, 0.5) == 0.0
-    assert emulate_slowdown(float("nan"), 4.0) == 0.0

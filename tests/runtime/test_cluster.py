@@ -57,11 +57,15 @@ def test_every_mode_completes_every_item_once(cluster_file, tiny_package, mode):
         assert set(s["per_node"]) == {"source"}
 
 
-def test_overload_moves_work_to_workers(cluster_file):
+def test_overload_moves_work_to_workers(tmp_path, tiny_package):
+    from tests.runtime.conftest import write_cluster
+
+    # the source is a very slow device: alone, it could not keep up with 400 items/s
+    cluster_file = write_cluster(tmp_path / "c.yaml", tiny_package, [3000, 10, 20])
     s = run(cluster_file, "mdi-exit", rate=400).summary
     assert s["lost"] == 0 and s["duplicates"] == 0
     worker_tasks = sum(sum(n["tasks_run"].values()) for name, n in s["per_node"].items() if name != "source")
-    assert worker_tasks > 0.1 * s["admitted"]  # the source alone cannot keep up with 400/s
+    assert worker_tasks > 0.5 * s["admitted"]
     assert s["bytes_per_item"] > 0
 
 

@@ -94,10 +94,3 @@ class LinkPacer:
     def queued_bytes(self, now: float) -> int:
         """Bytes reserved on this link but not yet sent at ``now``."""
         return int(math.ceil(self.bucket.backlog_bytes(now)))
-
-
-def emulate_slowdown(measured_s: float, slowdown: float) -> float:
-    """Extra sleep making a task measured at ``measured_s`` look ``slowdown`` times slower: (f-1)*t, >= 0."""
-    if not (math.isfinite(measured_s) and math.isfinite(slowdown)):
-        return 0.0
-    return max(0.0, (slowdown - 1.0) * measured_s)

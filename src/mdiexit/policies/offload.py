@@ -181,6 +181,11 @@ class ServiceEstimator:
                 if wanted is None or t.index in wanted}
         return cls(macs, rated_macs_per_s, alpha)
 
+    def seed(self, task: int, seconds_per_item: float) -> None:
+        """Replace the prior of ``task`` (before any measurement) with a better one, e.g. a calibrated time."""
+        if self._count.get(task, 0) == 0 and math.isfinite(seconds_per_item) and seconds_per_item >= 0:
+            self._est[task] = float(seconds_per_item)
+
     def update(self, task: int, seconds_per_item: float) -> float:
         """Fold in one measurement (non-finite or negative values are ignored); returns the new estimate."""
         if task not in self._est:

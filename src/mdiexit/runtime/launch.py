@@ -31,7 +31,7 @@ from mdiexit.package import Package, load_package
 from mdiexit.policies.admission import RateAdaptation, ThresholdAdaptation
 from mdiexit.policies.modes import no_exit_thresholds, rules_for
 from mdiexit.runtime.ledger import Ledger
-from mdiexit.runtime.metrics import summarize
+from mdiexit.runtime.metrics import emulation_check, host_cpu_ticks, summarize
 from mdiexit.runtime.node import ClusterError, NodeProcess
 from mdiexit.runtime.source import Admission, FixedAdmission, SourceProcess
 from mdiexit.security import Identity, allow_key, create_keys, load_identity
@@ -260,7 +260,9 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         if opts.live:
             viewer.start()
         source.phase = "admitting"
+        ticks_before = host_cpu_ticks()
         start, end = source.admit_for(opts.duration_s)
+        ticks_after = host_cpu_ticks()
         source.phase = "draining"
         source.drain(opts.drain_timeout_s)
         source.phase = "done"
@@ -273,6 +275,9 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         recoveries = [e["recovery_s"] for e in failures if e.get("recovery_s") is not None]
         summary.update(node_failures=failures, recovery_s=max(recoveries) if recoveries else None,
                        secure=identity is not None)
+        emulation_check(summary, ticks_before, ticks_after)
+        for w in summary["emulation_warnings"]:
+            log.warning("emulation: %s", w)
     finally:
         view_stop.set()
         watching.clear()
@@ -285,7 +290,8 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
                           "nodes": [n.__dict__ for n in cluster.nodes], "net": opts.net,
                           "admission": opts.admission, "target_accuracy": getattr(admission, "target_accuracy", None),
                           "target_backlog_ms": opts.target_backlog_ms, "deadline_ms": opts.deadline_ms,
-                          "thresholds": list(admission.thresholds()[0]), "dead_after_ms": cluster.dead_after_ms}}
+                          "thresholds": list(admission.thresholds()[0]), "dead_after_ms": cluster.dead_after_ms,
+                          "emulation": cluster.emulation}}
     if source.abort:
         summary["error"] = source.abort
     return RunResult(summary, source.ledger, source.timeline)
@@ -384,6 +390,11 @@ def print_summary(s: dict, file=sys.stdout) -> None:
     print(f"  throughput {s['throughput_per_s']:.1f} items/s, accuracy {s['accuracy']:.4f}, latency p50/p95/p99 "
           f"{lat['p50']:.0f}/{lat['p95']:.0f}/{lat['p99']:.0f} ms, {s['bytes_per_item']:.0f} bytes/item", file=file)
     print(f"  exit fractions {' '.join(f'{x:.3f}' for x in s['exit_fraction'])}", file=file)
+    if s.get("ideal_throughput_per_s"):
+        print(f"  ideal (compute limit at this exit mix) {s['ideal_throughput_per_s']:.1f} items/s: efficiency "
+              f"{s['efficiency']:.0%}", file=file)
+    if "host_cpu_utilization" in s:
+        print(f"  host CPU {s['host_cpu_utilization']:.0%}", file=file)
     for name, n in s["per_node"].items():
         print(f"  {name:>10}: utilization {n['utilization']:.0%}, tasks {n['tasks_run']}, "
               f"mean backlog {n['backlog_s_mean'] * 1000:.0f} ms", file=file)

@@ -45,6 +45,12 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
         "rejected_messages": {r: int(sum(s.get(f"rejected_{r}", 0.0) for s in final_stats.values()))
                               for r in REJECT_REASONS},
     }
+    for name, st in final_stats.items():
+        calls = st.get("emulated_calls", 0.0)
+        summary["per_node"][name]["overrun_fraction"] = st.get("overruns", 0.0) / calls if calls else 0.0
+    summary["ideal_throughput_per_s"] = ideal_throughput(final_stats, summary["exit_fraction"])
+    if summary["ideal_throughput_per_s"]:
+        summary["efficiency"] = summary["throughput_per_s"] / summary["ideal_throughput_per_s"]
     failures = {r.failed for r in recs if r.failed}
     if failures:
         summary["failure_reasons"] = sorted(failures)
@@ -53,3 +59,52 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
         summary["deadline_ms"] = deadline_s * 1000
         summary["accuracy_within_deadline"] = on_time / admitted if admitted else 0.0
     return summary
+
+
+def ideal_throughput(final_stats: dict[str, dict[str, float]], exit_fraction: list[float]) -> float | None:
+    """The cluster's compute limit at this exit mix: the sum over nodes of 1 / (expected emulated seconds per
+    item), each task at its calibrated best per-item time. None when it needs the planner (a node holds only
+    some tasks) or a node is not calibrated (a real device)."""
+    reach = np.cumsum(np.asarray(exit_fraction, float)[::-1])[::-1]  # P(item runs task k)
+    total = 0.0
+    for st in final_stats.values():
+        limits = {int(k[len("limit_task_"):-2]): v for k, v in st.items() if k.startswith("limit_task_")}
+        held = {int(k[len("tasks_run_"):]) for k in st if k.startswith("tasks_run_")}
+        if not limits:
+            if held:
+                return None  # computes, but uncalibrated
+            continue
+        if len(limits) != len(reach):
+            return None
+        total += 1.0 / sum(reach[k - 1] * limits[k] for k in limits)
+    return total or None
+
+
+HOST_CPU_LIMIT = 0.7  # above this share of the host's cores, emulated devices may run slow
+OVERRUN_LIMIT = 0.05  # more tasks than this over their emulated budget: the emulation is not faithful
+
+
+def host_cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) CPU ticks of the whole host so far, from /proc/stat (None where there is none)."""
+    try:
+        fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def emulation_check(summary: dict, before: tuple[int, int] | None, after: tuple[int, int] | None) -> None:
+    """Record the host's CPU use over the run, and warn where the emulation could not stay faithful."""
+    warnings = []
+    if before and after and after[1] > before[1]:
+        use = (after[0] - before[0]) / (after[1] - before[1])
+        summary["host_cpu_utilization"] = use
+        if use > HOST_CPU_LIMIT:
+            warnings.append(f"the host's CPUs were {use:.0%} busy (> {HOST_CPU_LIMIT:.0%}): emulated devices may "
+                            "have run slower than their slowdown says; use larger slowdowns or fewer nodes")
+    for name, n in summary["per_node"].items():
+        if n.get("overrun_fraction", 0.0) > OVERRUN_LIMIT:
+            warnings.append(f"{name}: {n['overrun_fraction']:.0%} of its tasks took longer than their emulated "
+                            "time: that device ran slower than emulated")
+    summary["emulation_warnings"] = warnings

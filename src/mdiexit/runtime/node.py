@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 
 from mdiexit.config import ClusterConfig, NodeConfig
-from mdiexit.emulation.link import emulate_slowdown
+from mdiexit.emulation.device import DeviceModel
 from mdiexit.engine import OrtEngine
 from mdiexit.package import Package
 from mdiexit.policies.modes import rules_for
@@ -31,20 +31,12 @@ from mdiexit.policies.offload import NeighbourView, ServiceEstimator
 from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, encode
 from mdiexit.protocol.messages import REJECT_REASONS, Control, Data, Join, Member, Result, State
 from mdiexit.runtime.core import Finished, NodeCore, Send, WorkItem
+from mdiexit.runtime.device import calibrate, compression_plan, seed_estimates
 from mdiexit.runtime.links import Egress, Link, now
 from mdiexit.security import Identity, NodeAuthenticator, make_server
 
 log = logging.getLogger("mdiexit.node")
 POLL_MS = 20
-
-
-def _median_s(fn, repeats: int = 7) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def member_config(m: Member) -> NodeConfig:
@@ -78,6 +70,7 @@ class NodeProcess:
         self.held = self._held_tasks()
         self.source_name = cluster.source.name
         self.engine = OrtEngine(pkg, threads=self.cfg.threads, tasks=sorted(self.held))
+        self.device: DeviceModel = calibrate(self.engine, pkg, self.held, self.cfg, cluster)
         self.limits = Limits()
         self.stop = threading.Event()
         self.leave_requested = threading.Event()  # SIGTERM: a graceful leave
@@ -89,6 +82,7 @@ class NodeProcess:
         self.started_at = now()
         self.ctx = zmq.Context()
         estimator = ServiceEstimator.from_package(pkg, self.cfg.rated_macs_per_s)
+        seed_estimates(estimator, self.device, self.held)
         self.core = NodeCore(name, pkg, self.held, self.rules, cluster.offload_config(), estimator,
                              self._neighbour_views(), is_source=self.is_source)
         bandwidth = self.cfg.bandwidth_mbps * 1e6 if self.cfg.bandwidth_mbps is not None else None
@@ -148,7 +142,8 @@ class NodeProcess:
             _, lat = self.cluster.link(self.name, peer)
             self.links[peer] = Link(self.ctx, self.name, peer, self.cluster.node(peer).address, self.egress, lat,
                                     self.pace_bandwidth, self.identity)
-        self._plan_compression()
+        self.compress_on = compression_plan(self.engine, self.pkg, self.held, self.cluster, self.name,
+                                            list(self.links))
         for target, tname in ((self._receive_loop, "receive"), (self._compute_loop, "compute"),
                               (self._heartbeat_loop, "heartbeat")):
             t = threading.Thread(target=target, name=f"{self.name}-{tname}", daemon=True)
@@ -156,39 +151,6 @@ class NodeProcess:
             self.threads.append(t)
 
     # ---------------------------------------------------------------- compression
-    def _plan_compression(self) -> None:
-        """Per link and boundary: send learned codes or float features (`compress: on | off | auto`)."""
-        self.compress_on = {peer: set() for peer in self.links}
-        if self.cfg.compress == "off":
-            return
-        for spec in self.pkg.compression:
-            if spec.after_task not in self.held:
-                continue  # this node never produces those features
-            for peer in self.links:
-                if self.cfg.compress == "on" or self._compression_pays(spec, peer):
-                    self.compress_on[peer].add(spec.after_task)
-
-    def _compression_pays(self, spec, peer: str) -> bool:
-        """auto: compress when encode + code transfer + decode beats the float transfer on this link."""
-        bw, _ = self.cluster.link(self.name, peer)
-        if bw is None:
-            return False
-        codec = self.engine.codec(spec.after_task)
-        x = np.zeros((1, *spec.features_shape), np.float32)
-        enc_s = _median_s(lambda: codec.encode(x))
-        code = codec.encode(x)
-        dec_s = _median_s(lambda: codec.decode(code))
-        raw_bytes = 4 * int(np.prod(spec.features_shape))
-        coded = spec.code_bytes * 8 / bw + enc_s * self.cfg.slowdown + dec_s * self.cluster.node(peer).slowdown
-        return coded < raw_bytes * 8 / bw
-
-    def _slowed(self, fn, *args):
-        """Run a piece of this device's compute (encode/decode), emulating its slowdown; returns (result, s)."""
-        t0 = now()
-        out = fn(*args)
-        time.sleep(emulate_slowdown(now() - t0, self.cfg.slowdown))
-        return out, now() - t0
-
     def close(self) -> None:
         self.stop.set()
         for t in self.threads:
@@ -317,15 +279,17 @@ class NodeProcess:
             batch = self.core.take_batch(max_batch, now(), timeout=POLL_MS / 1000)
             if not batch:
                 continue
-            t0 = now()
+            seconds = 0.0
+            k = batch[0].task
             for it in batch:
                 if it.x is None:  # features that crossed the network as a learned code
-                    it.x, it.code = self.engine.codec(it.task - 1).decode(it.code), None
+                    codec = self.engine.codec(k - 1)
+                    it.x, dec_s = self.device.run(("decode", k - 1), 1, lambda c=codec, it=it: c.decode(it.code))
+                    it.code, seconds = None, seconds + dec_s
             x = batch[0].x if len(batch) == 1 else np.concatenate([it.x for it in batch])
-            features, logits = self.engine.run(batch[0].task, x)
-            measured = now() - t0
-            time.sleep(emulate_slowdown(measured, self.cfg.slowdown))
-            seconds = now() - t0
+            (features, logits), task_s = self.device.run(("task", k), len(batch),
+                                                         lambda k=k, x=x: self.engine.run(k, x))
+            seconds += task_s
             self.busy_s += seconds
             finished, onward = self.core.finish_batch(batch, features, logits, seconds, now())
             for f in finished:
@@ -353,7 +317,8 @@ class NodeProcess:
         if it.x is None:
             arrays = it.code  # forwarded as it came
         elif it.task - 1 in self.compress_on.get(s.target, ()):
-            arrays, seconds = self._slowed(self.engine.codec(it.task - 1).encode, it.x)
+            codec = self.engine.codec(it.task - 1)
+            arrays, seconds = self.device.run(("encode", it.task - 1), 1, lambda: codec.encode(it.x))
             self.busy_s += seconds
         else:
             arrays = {"x": it.x}
@@ -374,6 +339,8 @@ class NodeProcess:
         out.update(busy_s=self.busy_s, elapsed_s=now() - self.started_at, bad_messages=float(self.bad_messages),
                    bytes_sent=float(self.egress.bytes_sent), dropped_parked=float(self.dropped_parked))
         out.update({f"rejected_{r}": float(self.rejected[r]) for r in REJECT_REASONS})
+        out.update(emulated_calls=float(self.device.calls), overruns=float(self.device.overruns))
+        out.update({f"limit_task_{k}_s": s for k in self.held if (s := self.device.per_item_s(("task", k)))})
         return out
 
     def send_state(self, final: bool = False) -> None:

@@ -1,0 +1,96 @@
+"""The emulated device (DESIGN §7): a node with slowdown f makes each piece of compute last f times what the
+host took for it *in isolation*, measured once at start-up. Compute first, then sleep the remainder.
+
+    model = DeviceModel.calibrate(slowdown, {("task", 1): run_task1, ...}, max_batch=8)
+    out, seconds = model.run(("task", 1), batch, lambda: engine.run(1, x))
+
+With ``emulation: measured`` the old rule applies instead: f x the time this very call took, which turns
+every scheduler hiccup inside the call into f hiccups. A slowdown of 1 is a real device: no profiling, no
+sleep. `overruns` counts calls whose real compute took longer than their emulated budget (the host can no
+longer keep the emulation faithful).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mdiexit.util import median_s
+
+EMULATIONS = ("calibrated", "measured")
+PROFILE_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+LOCK_FILE = Path(tempfile.gettempdir()) / "mdiexit-profile.lock"  # nodes on one host profile one at a time
+
+Key = tuple[str, int]  # ("task" | "encode" | "decode", task index)
+
+
+@dataclass
+class DeviceModel:
+    slowdown: float
+    emulation: str = "calibrated"
+    profiled_s: dict[Key, dict[int, float]] = field(default_factory=dict)  # key -> batch -> host seconds
+    calls: int = 0
+    overruns: int = 0
+
+    @classmethod
+    def calibrate(cls, slowdown: float, work: dict[Key, Callable[[int], Callable[[], object]]], max_batch: int,
+                  emulation: str = "calibrated", repeats: int = 5) -> DeviceModel:
+        """Profile each piece of `work` (key -> batch size -> a call doing it) at batch sizes up to `max_batch`,
+        median of `repeats`, holding a host-wide lock so that no other node's profiling runs beside it."""
+        model = cls(slowdown, emulation)
+        if slowdown == 1.0 or emulation == "measured":
+            return model
+        batches = sorted({b for b in PROFILE_BATCHES if b < max_batch} | {max_batch})
+        with LOCK_FILE.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                for key, make in work.items():
+                    model.profiled_s[key] = {b: median_s(make(b), repeats, warmup=1) for b in batches}
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return model
+
+    def host_s(self, key: Key, batch: int) -> float | None:
+        """Profiled host seconds of `key` at `batch`, interpolated linearly between profiled batch sizes."""
+        prof = self.profiled_s.get(key)
+        if not prof:
+            return None
+        sizes = sorted(prof)
+        if batch <= sizes[0]:
+            return prof[sizes[0]] * batch / sizes[0]
+        for lo, hi in zip(sizes, sizes[1:], strict=False):
+            if batch <= hi:
+                return prof[lo] + (prof[hi] - prof[lo]) * (batch - lo) / (hi - lo)
+        return prof[sizes[-1]] * batch / sizes[-1]
+
+    def per_item_s(self, key: Key) -> float | None:
+        """The emulated device's best seconds per item for `key` over the profiled batch sizes (its limit)."""
+        prof = self.profiled_s.get(key)
+        return None if not prof else self.slowdown * min(t / b for b, t in prof.items())
+
+    def budget_s(self, key: Key, batch: int, measured_s: float) -> float:
+        host = self.host_s(key, batch) if self.emulation == "calibrated" else None
+        return self.slowdown * (host if host is not None else measured_s)
+
+    def run(self, key: Key, batch: int, fn: Callable[[], object]) -> tuple[object, float]:
+        """Run `fn` as this device would: returns its result and the emulated seconds it took."""
+        t0 = time.perf_counter()
+        out = fn()
+        measured = time.perf_counter() - t0
+        budget = self.budget_s(key, batch, measured)
+        self.calls += 1
+        if measured > budget * 1.0001 and self.slowdown > 1.0:
+            self.overruns += 1
+        remaining = budget - (time.perf_counter() - t0)
+        if remaining > 0:
+            time.sleep(remaining)
+        return out, max(budget, measured) if math.isfinite(budget) else measured
+
+    @property
+    def overrun_fraction(self) -> float:
+        return self.overruns / self.calls if self.calls else 0.0

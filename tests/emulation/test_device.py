@@ -1,0 +1,62 @@
+"""The calibrated device model: an emulated call lasts f x its profiled time, whatever else the host does."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from mdiexit.emulation.device import DeviceModel
+
+A = np.random.default_rng(0).standard_normal((160, 160))
+
+
+def work(batch: int):
+    return lambda: [A @ A for _ in range(batch)]
+
+
+def test_profiles_interpolate_and_give_the_per_item_limit():
+    m = DeviceModel(10.0, profiled_s={("task", 1): {1: 0.001, 4: 0.0025, 8: 0.004}})
+    assert m.host_s(("task", 1), 1) == pytest.approx(0.001)
+    assert m.host_s(("task", 1), 2) == pytest.approx(0.0015)  # linear between profiled batch sizes
+    assert m.host_s(("task", 1), 16) == pytest.approx(0.008)  # past the largest: per item as there
+    assert m.per_item_s(("task", 1)) == pytest.approx(10 * 0.0005)  # best per-item time, batch 8
+    assert m.host_s(("task", 2), 1) is None and m.per_item_s(("task", 2)) is None
+
+
+def test_real_devices_and_measured_emulation_do_not_profile():
+    assert DeviceModel.calibrate(1.0, {("task", 1): work}, max_batch=4).profiled_s == {}
+    measured = DeviceModel.calibrate(5.0, {("task", 1): work}, max_batch=4, emulation="measured")
+    assert measured.profiled_s == {} and measured.budget_s(("task", 1), 1, 0.002) == pytest.approx(0.01)
+
+
+def test_a_call_slower_than_its_budget_is_an_overrun():
+    m = DeviceModel(2.0, profiled_s={("task", 1): {1: 0.001}})
+    _, seconds = m.run(("task", 1), 1, lambda: time.sleep(0.01))
+    assert m.overruns == 1 and m.overrun_fraction == 1.0 and seconds >= 0.01
+    _, seconds = m.run(("task", 1), 1, lambda: None)
+    assert m.overruns == 1 and seconds == pytest.approx(0.002)
+
+
+@pytest.mark.parametrize("hogs", [0, 2], ids=["quiet", "two-cpu-hogs"])
+def test_emulated_time_holds_under_host_contention(hogs):
+    f = 40.0
+    m = DeviceModel.calibrate(f, {("task", 1): work}, max_batch=2, repeats=7)
+    budget = f * m.host_s(("task", 1), 1)
+    procs = [subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<60: pass"])
+             for _ in range(hogs)]
+    try:
+        walls = []
+        for _ in range(25):
+            t0 = time.perf_counter()
+            m.run(("task", 1), 1, work(1))
+            walls.append(time.perf_counter() - t0)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)
+    assert statistics.median(walls) == pytest.approx(budget, rel=0.05)
