@@ -458,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description=_doc(cmd_bench_paper))
     _cluster_arg(bp)
     bp.add_argument("--out", type=Path, default=Path("docs/results"))
-    bp.add_argument("--probe-s", type=float, default=6.0, help="seconds per rate-search probe")
+    bp.add_argument("--probe-s", type=float, default=12.0,
+                    help="seconds per rate-search probe, the first third warm-up (default 12)")
     bp.add_argument("--adaptive-s", type=float, default=40.0, help="seconds of the rate-adaptation run")
     bp.add_argument("--exp2-s", type=float, default=10.0, help="seconds per experiment-2 run")
     bp.add_argument("--data-dir", type=Path, default=None)

@@ -31,3 +31,22 @@ def test_lost_items_make_a_probe_fail():
     def probe(rate):
         return {"throughput_per_s": rate, "latency_ms": {"p95": 10.0}, "accuracy": 1.0, "lost": 1, "duplicates": 0}
     assert search_rate(probe, Criterion(0.5), 10.0, min_rate=5.0).best_rate is None
+
+
+def test_one_bad_probe_does_not_turn_the_search_back():
+    good = fake_cluster(100.0)
+    flaky = {"done": False}
+
+    def probe(rate):
+        if rate == 20.0 and not flaky["done"]:  # one transient failure at 20/s
+            flaky["done"] = True
+            return {**good(rate), "throughput_per_s": 0.5 * rate}
+        return good(rate)
+
+    res = search_rate(probe, Criterion(0.8), 10.0, refine_steps=3)
+    assert res.best_rate is not None and res.best_rate > 50.0
+    assert [r for r, ok, _ in res.probes if r == 20.0] == [20.0, 20.0]
+    assert res.decided.startswith("sustainable at") and "confirmed" in res.decided
+    unconfirmed = search_rate(lambda r: probe(r) if r != 20.0 else {**good(r), "throughput_per_s": 1.0},
+                              Criterion(0.8), 10.0, confirm=False)
+    assert unconfirmed.best_rate == 10.0

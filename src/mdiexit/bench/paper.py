@@ -34,7 +34,7 @@ NO_COMPRESSION = "mdi-exit (no compression)"
 
 @dataclass
 class PaperOptions:
-    probe_s: float = 6.0  # seconds of admission per rate-search probe
+    probe_s: float = 12.0  # seconds of admission per rate-search probe (the first third is warm-up)
     adaptive_s: float = 40.0  # seconds of the rate-adaptation run
     exp2_s: float = 10.0  # seconds per fixed-rate run of experiment 2
     drain_s: float = 5.0  # a run's results must arrive within this after admission stops (else: lost)
@@ -72,7 +72,8 @@ def search_mode(path: Path, mode: str, label: str, criterion: Criterion, start: 
                 refine_steps: int = 2) -> tuple[dict, dict]:
     """Rate search of one mode at fixed thresholds. Returns (result row, search log)."""
     def probe(rate: float) -> dict:
-        s = run_cluster(path, RunOptions(mode=mode, rate=rate, duration_s=probe_s, warmup_s=2.0, live=False,
+        s = run_cluster(path, RunOptions(mode=mode, rate=rate, duration_s=probe_s, warmup_s=min(4.0, probe_s / 3),
+                                         live=False,
                                          data_dir=data_dir, drain_timeout_s=drain_s, thresholds=thresholds)).summary
         say(f"  {label:>26} @ {rate:7.1f}/s: throughput {s['throughput_per_s']:6.1f}, acc {s['accuracy']:.4f}, "
             f"p95 {s['latency_ms']['p95']:6.0f} ms, lost {s['lost']}")
@@ -80,7 +81,9 @@ def search_mode(path: Path, mode: str, label: str, criterion: Criterion, start: 
 
     say(f"rate search for {label}")
     res = search_rate(probe, criterion, start, refine_steps=refine_steps)
-    log = {"best_rate": res.best_rate, "probes": [{"rate": r, "ok": ok, **summary_row(s)} for r, ok, s in res.probes]}
+    say(f"  {label}: {res.explain()}")
+    log = {"best_rate": res.best_rate, "decided": res.decided,
+           "probes": [{"rate": r, "ok": ok, **summary_row(s)} for r, ok, s in res.probes]}
     row = ({"rate": res.best_rate, **summary_row(res.best)} if res.best else
            {"rate": None, "throughput_per_s": 0.0, "accuracy": None, "p95_ms": None, "bytes_per_item": None})
     return row, log

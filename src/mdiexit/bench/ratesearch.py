@@ -36,17 +36,27 @@ class SearchResult:
     best_rate: float | None  # highest sustainable rate probed (None: not even the lowest)
     best: dict | None  # that probe's summary
     probes: list[tuple[float, bool, dict]] = field(default_factory=list)
+    decided: str = ""  # how the search ended, in words
+
+    def explain(self) -> str:
+        steps = ", ".join(f"{r:.1f}{'ok' if ok else 'x'}" for r, ok, _ in self.probes)
+        return f"{self.decided} (probes: {steps})"
 
 
 def search_rate(probe: Callable[[float], dict], criterion: Criterion, start: float, min_rate: float = 1.0,
-                max_rate: float = 5000.0, refine_steps: int = 3) -> SearchResult:
-    """Bracket the capacity by doubling (or halving) from `start`, then bisect `refine_steps` times."""
+                max_rate: float = 5000.0, refine_steps: int = 3, confirm: bool = True) -> SearchResult:
+    """Bracket the capacity by doubling (or halving) from `start`, then bisect `refine_steps` times. With
+    `confirm`, a failing probe is run once more and fails only if it fails again, so that one bad probe (a
+    start-up transient, a hiccup of the host) cannot turn the search back."""
     res = SearchResult(None, None)
 
     def run(rate: float) -> bool:
-        s = probe(rate)
-        good = criterion.ok(rate, s)
-        res.probes.append((rate, good, s))
+        for attempt in range(2 if confirm else 1):
+            s = probe(rate)
+            good = criterion.ok(rate, s)
+            res.probes.append((rate, good, s))
+            if good:
+                break
         if good and (res.best_rate is None or rate > res.best_rate):
             res.best_rate, res.best = rate, s
         return good
@@ -70,6 +80,8 @@ def search_rate(probe: Callable[[float], dict], criterion: Criterion, start: flo
             else:
                 hi = rate
     if lo is None or hi is None:
+        res.decided = (f"no sustainable rate down to {min_rate:g}/s" if lo is None
+                       else f"sustainable up to the search's ceiling {max_rate:g}/s")
         return res
     for _ in range(refine_steps):
         mid = (lo * hi) ** 0.5
@@ -77,4 +89,6 @@ def search_rate(probe: Callable[[float], dict], criterion: Criterion, start: flo
             lo = mid
         else:
             hi = mid
+    again = " (each failure confirmed by a second probe)" if confirm else ""
+    res.decided = f"sustainable at {lo:.1f}/s, not at {hi:.1f}/s{again}"
     return res
