@@ -51,7 +51,7 @@ def search_rate(probe: Callable[[float], dict], criterion: Criterion, start: flo
     res = SearchResult(None, None)
 
     def run(rate: float) -> bool:
-        for attempt in range(2 if confirm else 1):
+        for _ in range(2 if confirm else 1):
             s = probe(rate)
             good = criterion.ok(rate, s)
             res.probes.append((rate, good, s))
