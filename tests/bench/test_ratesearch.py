@@ -49,4 +49,4 @@ def test_one_bad_probe_does_not_turn_the_search_back():
     assert res.decided.startswith("sustainable at") and "confirmed" in res.decided
     unconfirmed = search_rate(lambda r: probe(r) if r != 20.0 else {**good(r), "throughput_per_s": 1.0},
                               Criterion(0.8), 10.0, confirm=False)
-    assert unconfirmed.best_rate == 10.0
+    assert unconfirmed.best_rate < 20.0  # without confirmation, the one bad probe caps the search
