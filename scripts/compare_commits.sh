@@ -17,7 +17,7 @@ if [[ -n "$NEW" ]]; then git worktree add --detach "$WORK/new" "$NEW" >/dev/null
 run() {  # label src
   PYTHONPATH=$2 "$PY" -m mdiexit.cli run --cluster "$CLUSTER" --mode mdi-exit --admission rate --duration "$DURATION" \
     --warmup 20 --quiet --out "$WORK/$1" >/dev/null 2>&1 || true
-  "$PY" -c "import json,sys; s=json.load(open('$WORK/$1/summary.json')); print(f\"$1 {s['throughput_per_s']:.1f} items/s, accuracy {s['accuracy']:.4f}, p95 {s['latency_ms']['p95']:.0f} ms, lost {s['lost']}\")"
+  "$PY" -c "import json,sys; s=json.load(open('$WORK/$1/summary.json')); print(f\"$1 {s['throughput_per_s']:.1f} items/s, accuracy {s['accuracy']:.4f}, p95 {s['latency_ms']['p95']:.0f} ms, lost {s['lost']}, efficiency {s.get('efficiency', float('nan')):.3f}\")"
 }
 { run old1 "$WORK/old/src"; run new1 "$SRC_NEW"; run old2 "$WORK/old/src"; run new2 "$SRC_NEW"; } | tee "$WORK/log"
 "$PY" - "$WORK/log" <<'PY'

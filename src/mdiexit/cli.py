@@ -426,8 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--repeats", type=int, default=200)
     br.add_argument("--duration", type=float, default=12.0, help="seconds per scaling run")
     br.add_argument("--slowdown", type=float, default=None, help="worker slowdown (default: the workers' median)")
-    br.add_argument("--security-rate", type=float, default=200.0,
-                    help="fixed items/s of the CurveZMQ-vs-insecure runs on the cluster (default 200)")
+    br.add_argument("--security-rate", type=float, default=1000.0,
+                    help="fixed items/s offered in the CurveZMQ-vs-insecure runs, above the cluster's capacity "
+                         "(default 1000)")
     _json_out_arg(br)
     br.set_defaults(func=cmd_bench_runtime)
     ba = bsub.add_parser("admission", help="rate and threshold adaptation against fixed-rate baselines")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -79,7 +80,8 @@ def spawn_worker(cluster_path: Path, name: str, mode: str, netns: str | None = N
         cmd.append("--no-pace")
     if netns is not None:
         cmd = ["ip", "netns", "exec", netns, *cmd]  # ip execs the command: the child is python itself
-    return subprocess.Popen(cmd, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+    env = {**os.environ, "MDIEXIT_INSECURE_WARNED": "1"}  # the launcher has said it once for the whole run
+    return subprocess.Popen(cmd, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL, env=env)
 
 
 def make_admission(pkg: Package, mode: str, opts: RunOptions) -> Admission:
@@ -325,7 +327,8 @@ def run_worker(cluster_path: Path, name: str, mode: str | None, pace: bool = Tru
     if node.role != "worker":
         raise SystemExit(f"mdiexit: error: node {name!r} is a {node.role}, not a worker")
     if insecure:
-        log.warning("running INSECURE (--insecure): links are neither authenticated nor encrypted")
+        if not os.environ.get("MDIEXIT_INSECURE_WARNED"):
+            log.warning("running INSECURE (--insecure): links are neither authenticated nor encrypted")
         identity = None
     else:
         identity = node_identity(cluster, name, keys_dir or cluster.keys_dir, key_file)
