@@ -57,6 +57,7 @@ class Link:
         self.latency_s = latency_s
         self.pace_bandwidth = pace_bandwidth
         self.q: queue.Queue[Outgoing | None] = queue.Queue()
+        self.closing = False
         self.sock = ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.LINGER, 500)
         self.sock.setsockopt(zmq.SNDHWM, 0)
@@ -83,9 +84,15 @@ class Link:
             delay = out.send_at - now()
             if delay > 0:
                 time.sleep(delay)
+            # a PUSH socket blocks while its peer is away (down, or not started yet): wait, but wake for close()
+            while not self.sock.poll(100, zmq.POLLOUT):
+                if self.closing:
+                    return
             self.sock.send_multipart(out.frames, copy=False)
 
     def close(self) -> None:
         self.q.put(None)
         self.thread.join(timeout=2)
+        self.closing = True  # a thread still waiting for its peer gives up within 0.1 s
+        self.thread.join(timeout=1)
         self.sock.close()

@@ -48,9 +48,11 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
     for name, st in final_stats.items():
         calls = st.get("emulated_calls", 0.0)
         summary["per_node"][name]["overrun_fraction"] = st.get("overruns", 0.0) / calls if calls else 0.0
-    summary["ideal_throughput_per_s"] = ideal_throughput(final_stats, summary["exit_fraction"])
+    summary["ideal_throughput_per_s"] = ideal_throughput(final_stats, summary["exit_fraction"], "single_task_")
+    summary["ideal_batched_throughput_per_s"] = ideal_throughput(final_stats, summary["exit_fraction"], "limit_task_")
     if summary["ideal_throughput_per_s"]:
         summary["efficiency"] = summary["throughput_per_s"] / summary["ideal_throughput_per_s"]
+        summary["efficiency_batched"] = summary["throughput_per_s"] / summary["ideal_batched_throughput_per_s"]
     failures = {r.failed for r in recs if r.failed}
     if failures:
         summary["failure_reasons"] = sorted(failures)
@@ -61,14 +63,16 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
     return summary
 
 
-def ideal_throughput(final_stats: dict[str, dict[str, float]], exit_fraction: list[float]) -> float | None:
+def ideal_throughput(final_stats: dict[str, dict[str, float]], exit_fraction: list[float],
+                     prefix: str = "single_task_") -> float | None:
     """The cluster's compute limit at this exit mix: the sum over nodes of 1 / (expected emulated seconds per
-    item), each task at its calibrated best per-item time. None when it needs the planner (a node holds only
-    some tasks) or a node is not calibrated (a real device)."""
+    item), each task at its calibrated time one item at a time (``single_task_``) or at its best batch size
+    (``limit_task_``). None when it needs the planner (a node holds only some tasks) or a node is not
+    calibrated (a real device)."""
     reach = np.cumsum(np.asarray(exit_fraction, float)[::-1])[::-1]  # P(item runs task k)
     total = 0.0
     for st in final_stats.values():
-        limits = {int(k[len("limit_task_"):-2]): v for k, v in st.items() if k.startswith("limit_task_")}
+        limits = {int(k[len(prefix):-2]): v for k, v in st.items() if k.startswith(prefix)}
         held = {int(k[len("tasks_run_"):]) for k in st if k.startswith("tasks_run_")}
         if not limits:
             if held:

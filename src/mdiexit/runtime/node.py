@@ -340,7 +340,10 @@ class NodeProcess:
                    bytes_sent=float(self.egress.bytes_sent), dropped_parked=float(self.dropped_parked))
         out.update({f"rejected_{r}": float(self.rejected[r]) for r in REJECT_REASONS})
         out.update(emulated_calls=float(self.device.calls), overruns=float(self.device.overruns))
-        out.update({f"limit_task_{k}_s": s for k in self.held if (s := self.device.per_item_s(("task", k)))})
+        for k in self.held:
+            if (best := self.device.per_item_s(("task", k))) is not None:
+                out[f"limit_task_{k}_s"] = best  # best per-item time over the batch sizes
+                out[f"single_task_{k}_s"] = self.device.slowdown * self.device.host_s(("task", k), 1)
         return out
 
     def send_state(self, final: bool = False) -> None:
