@@ -22,10 +22,10 @@ class InputNorm(nn.Module):
 
     def __init__(self, mean: Sequence[float] | None, std: Sequence[float] | None):
         super().__init__()
-        self.explicit = mean is not None  # False: build_early_exit's default, for `train` to replace
         self.register_buffer("scale", torch.zeros(1))
         self.register_buffer("shift", torch.zeros(1))
         self.set(mean or (0.5,), std or (0.5,))
+        self.explicit = mean is not None  # False: build_early_exit's default, for `train` to replace
 
     def set(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """Normalise with these per-channel statistics of 0..1 pixels (one value: every channel)."""

@@ -234,6 +234,8 @@ def _train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, re
         train_set, val_set = (d.subset(np.flatnonzero(d.labels >= 0)) for d in (train_set, val_set))
     if given is not None:
         model = given
+        if ":" not in cfg.model:  # not rebuildable by name: load_trained will need the object again
+            cfg.model = f"<object {type(model).__name__}>"
         if tuple(model.input_shape) != tuple(train_set.shape):
             raise TrainError(f"the model takes {tuple(model.input_shape)}, the data is {train_set.shape}; "
                              "use --image-size/--channels or build the model for the data")
