@@ -67,7 +67,8 @@ def cmd_train(a: argparse.Namespace) -> int:
                       mode=mode, seed=a.seed, threads=a.threads, val_fraction=a.val_fraction,
                       image_size=a.image_size, channels=a.channels, init_from=a.init_from,
                       augment=not a.no_augment, mean=mean or [], std=std or [], exit_targets=a.exit_targets,
-                      num_classes=a.num_classes, classes_file=str(a.classes) if a.classes else None)
+                      num_classes=a.num_classes, classes_file=str(a.classes) if a.classes else None,
+                      data_dir=str(a.data_dir.resolve()) if a.data_dir else None)
     splits = load(a.dataset, a.data_dir, a.val_fraction, a.seed, a.image_size, a.channels, classes)
     print(f"training {a.model} on {a.dataset}: {len(splits.train)} train / {len(splits.val)} val images, "
           f"log in {a.out / 'train.log'}", file=sys.stderr)

@@ -309,6 +309,7 @@ def load_test_split(pkg, data_dir: Path | None = None) -> Dataset:
     """The test split of the dataset a model package was trained on (its manifest's training config), as the
     source streams it. ``pkg`` is a :class:`mdiexit.package.Package` (only its ``manifest`` is read)."""
     cfg = pkg.manifest.get("training", {}).get("config", {})
+    data_dir = data_dir or (Path(cfg["data_dir"]) if cfg.get("data_dir") else None)
     return load(cfg.get("dataset", "fashion-mnist"), data_dir, cfg.get("val_fraction", 0.1), cfg.get("seed", 0),
                 cfg.get("image_size"), cfg.get("channels"), _folder_classes(pkg, cfg)).test
 
@@ -340,6 +341,7 @@ def load_items(pkg, items: str | int = "test", data_dir: Path | None = None) -> 
         return load_test_split(pkg, data_dir)
     cfg = pkg.manifest.get("training", {}).get("config", {})
     name = cfg.get("dataset", "fashion-mnist")
+    data_dir = data_dir or (Path(cfg["data_dir"]) if cfg.get("data_dir") else None)
     c, h, w = pkg.input_shape
     if name == "folder" or (data_dir is not None and _holds_images(Path(data_dir))):
         if data_dir is None:

@@ -60,6 +60,7 @@ class TrainConfig:
     exit_targets: str = "labels"  # labels | teacher (the exits learn the final head's predictions)
     num_classes: int | None = None  # None: the dataset's classes
     classes_file: str | None = None  # class names, one a line (else the dataset's)
+    data_dir: str | None = None  # where the data was (export, compress and evaluate default to it)
 
 
 def seed_everything(seed: int) -> None:
@@ -120,6 +121,7 @@ def data_splits(cfg: TrainConfig, data_dir: Path | None, classes: list[str] | No
     from mdiexit.data import load
 
     keep = classes if (cfg.classes_file or cfg.num_classes) else None
+    data_dir = data_dir or (Path(cfg.data_dir) if cfg.data_dir else None)
     return load(cfg.dataset, data_dir, cfg.val_fraction, cfg.seed, cfg.image_size, cfg.channels, keep)
 
 
