@@ -92,6 +92,7 @@ def test_run_over_the_folder_matches_single_process_inference(workdir, package, 
     extra = ["--thresholds", thresholds] if thresholds else []
     out = ok(mdiexit("run", "--cluster", cluster, "--items", "all", "--data-dir", "images", "--rate", 150,
                      "--duration", 20, "--warmup", 0, "--quiet", "--out", tmp_path / "r", *extra, cwd=workdir))
+    assert f"summary written to {tmp_path / 'r' / 'summary.json'}" in out.stdout
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["admitted"] == summary["completed"] == 240, out.stdout  # every image once, then it stops
     assert summary["lost"] == summary["duplicates"] == 0

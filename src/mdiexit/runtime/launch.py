@@ -382,9 +382,9 @@ def write_results(result: RunResult, out: Path) -> Path:
         for i, r in sorted(result.ledger.records.items()):
             lat = "" if r.done_at is None else f"{(r.done_at - r.admitted_at) * 1000:.2f}"
             k = i % len(paths) if paths else i  # the stream item (a cycled stream repeats)
-            path = paths[k].replace('"', '""') if paths else ""
+            file = paths[k].replace('"', '""') if paths else ""
             f.write(f"{i},{r.truth},{r.label},{r.exit},{r.confidence:.5f},{lat},{r.node},{r.attempt + 1},"
-                    f"\"{r.failed}\",{k},\"{path}\"\n")
+                    f"\"{r.failed}\",{k},\"{file}\"\n")
     if result.timeline:
         cols = list(result.timeline[0])
         with (out / "timeline.csv").open("w") as f:
