@@ -158,3 +158,63 @@ def test_upscaled_camera_frames(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(DataError, match="unknown dataset"):
         load("mnist-9000")
+
+
+def _images(root, sizes, mode="RGB"):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    root.mkdir(parents=True, exist_ok=True)
+    for i, (w, h) in enumerate(sizes):
+        shape = (h, w, 3) if mode == "RGB" else (h, w)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(root / f"{i:02d}.png")
+
+
+def test_image_folder_resizes_as_it_decodes(tmp_path):
+    from mdiexit.data import image_folder
+
+    _images(tmp_path / "cat", [(40, 30), (64, 64)])
+    _images(tmp_path / "dog", [(20, 20)], mode="L")
+    ds = image_folder(tmp_path, image_size=16, channels=3)
+    assert ds.images.shape == (3, 3, 16, 16) and ds.images.dtype == np.uint8
+    assert ds.labels.tolist() == [0, 0, 1] and ds.classes == ["cat", "dog"]
+    assert ds.paths == [str(tmp_path / "cat" / "00.png"), str(tmp_path / "cat" / "01.png"),
+                        str(tmp_path / "dog" / "00.png")]
+    assert image_folder(tmp_path, image_size=8, channels=1).images.shape == (3, 1, 8, 8)
+    with pytest.raises(DataError, match="--image-size"):
+        image_folder(tmp_path)  # mixed sizes and no size to resize to
+
+
+def test_flat_folder_is_unlabelled_and_class_names_map_sub_folders(tmp_path):
+    from mdiexit.data import image_folder, read_classes
+
+    _images(tmp_path / "flat", [(8, 8)] * 3)
+    flat = image_folder(tmp_path / "flat")
+    assert flat.labels.tolist() == [-1, -1, -1] and not flat.labelled
+    _images(tmp_path / "named" / "dog", [(8, 8)])
+    _images(tmp_path / "named" / "ant", [(8, 8)])
+    (tmp_path / "classes.txt").write_text("# the model's outputs\nant\nbee\ndog\n\n")
+    names = read_classes(tmp_path / "classes.txt")
+    ds = image_folder(tmp_path / "named", classes=names)
+    assert names == ["ant", "bee", "dog"] and ds.labels.tolist() == [0, 2] and ds.labelled
+    with pytest.raises(DataError, match="'dog' is not one of the 2 class names"):
+        image_folder(tmp_path / "named", classes=["ant", "bee"])
+
+
+def test_load_items_streams_a_whole_folder_in_order_at_the_package_input(tmp_path):
+    from types import SimpleNamespace
+
+    from mdiexit.data import load_items, parse_items
+
+    _images(tmp_path / "Bag", [(30, 30), (12, 12)])
+    _images(tmp_path / "Coat", [(28, 28)])
+    pkg = SimpleNamespace(input_shape=(1, 28, 28), manifest={
+        "classes": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag"],
+        "training": {"config": {"dataset": "fashion-mnist"}}})
+    ds = load_items(pkg, "all", tmp_path)
+    assert ds.images.shape == (3, 1, 28, 28) and ds.labels.tolist() == [8, 8, 4]
+    assert [p.split("/")[-2:] for p in ds.paths] == [["Bag", "00.png"], ["Bag", "01.png"], ["Coat", "00.png"]]
+    assert len(load_items(pkg, parse_items("2"), tmp_path)) == 2
+    for bad in ("0", "some", "-3"):
+        with pytest.raises(DataError, match="--items"):
+            parse_items(bad)

@@ -6,69 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from mdiexit.data import DATASETS
+from mdiexit.cli_model import DEFAULT_PACKAGE, add_model_commands, floats, items_arg
 from mdiexit.policies.modes import ADMISSIONS, MODES
 
-DEFAULT_PACKAGE = Path("models/mobilenetv2-fmnist")
 DEFAULT_CLUSTER = Path("examples/edge4.yaml")
-
-
-def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS,
-                   help="dataset format (default: fashion-mnist)")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="dataset folder (default: $MDIEXIT_DATA or /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--image-size", type=int, default=None, help="upscale images to SIZE x SIZE (camera scenario)")
-    p.add_argument("--channels", type=int, default=None, help="repeat grey images to this many channels")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out part of train for calibration")
-
-
-def cmd_train(a: argparse.Namespace) -> int:
-    """Train backbone and exits jointly, or only the exits on a frozen backbone. Resumes from OUT/checkpoint.pt
-    when present."""
-    from mdiexit.data import load
-    from mdiexit.training.train import TrainConfig, train
-
-    cfg = TrainConfig(model=a.model, dataset=a.dataset, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                      mode=a.mode, seed=a.seed, threads=a.threads, val_fraction=a.val_fraction,
-                      image_size=a.image_size, channels=a.channels, init_from=a.init_from,
-                      augment=not a.no_augment)
-    splits = load(a.dataset, a.data_dir, a.val_fraction, a.seed, a.image_size, a.channels)
-    print(f"training {a.model} on {a.dataset}: {len(splits.train)} train / {len(splits.val)} val images, "
-          f"log in {a.out / 'train.log'}", file=sys.stderr)
-    train(cfg, splits.train, splits.val, a.out, resume=not a.no_resume, stop_after=a.stop_after)
-    return 0
-
-
-def cmd_export(a: argparse.Namespace) -> int:
-    """Fit a temperature per exit and the exit profile on the validation split, pick default thresholds, write
-    manifest.json + ONNX task files, and check ONNX Runtime against torch. Refuses to write a package that
-    disagrees."""
-    from mdiexit.export import export_package
-
-    export_package(a.checkpoint, a.out, data_dir=a.data_dir, name=a.name, max_accuracy_loss=a.max_loss,
-                   compute_budget=a.compute_budget)
-    return 0
-
-
-def cmd_compress(a: argparse.Namespace) -> int:
-    """For every task boundary and ratio, train a small conv autoencoder with an 8-bit code on the frozen model;
-    keep per boundary the strongest ratio whose validation accuracy loss at the default thresholds is within
-    --budget, export it as encK.onnx / decK.onnx, check ONNX Runtime against torch, and record it in the
-    manifest. Writes DIR/compression_report.json and DIR/compress.log."""
-    from mdiexit.training.compress import CompressConfig, compress_package
-
-    try:
-        ratios = tuple(float(r) for r in a.ratios.split(","))
-    except ValueError:
-        ratios = ()
-    if not ratios or min(ratios) <= 1:
-        print(f"mdiexit: error: --ratios: expected numbers > 1 separated by commas, got {a.ratios!r}", file=sys.stderr)
-        return 2
-    cfg = CompressConfig(ratios=ratios, budget=a.budget, epochs=a.epochs, max_train_items=a.max_train_items,
-                         seed=a.seed, threads=a.threads)
-    compress_package(a.package, a.checkpoint, cfg, data_dir=a.data_dir)
-    return 0
 
 
 def cmd_profile(a: argparse.Namespace) -> int:
@@ -76,13 +17,6 @@ def cmd_profile(a: argparse.Namespace) -> int:
     from mdiexit.profile_report import print_profile
 
     print_profile(load_package(a.package))
-    return 0
-
-
-def cmd_evaluate(a: argparse.Namespace) -> int:
-    from mdiexit.evaluate import evaluate_package
-
-    evaluate_package(a.package, data_dir=a.data_dir, threads=a.threads, out=a.out, compressed=a.compressed)
     return 0
 
 
@@ -112,7 +46,9 @@ def _run_opts(a: argparse.Namespace):
     given = dict(mode=a.mode, rate=a.rate, duration_s=a.duration, warmup_s=a.warmup, deadline_ms=a.deadline_ms,
                  live=not a.quiet, data_dir=a.data_dir, admission=a.admission, target_accuracy=a.target_accuracy,
                  target_backlog_ms=a.target_backlog_ms, net=a.net,
-                 insecure=a.insecure, keys_dir=a.keys_dir)
+                 insecure=a.insecure, keys_dir=a.keys_dir, items=items_arg(a.items))
+    if a.thresholds is not None:
+        given["thresholds"] = tuple(floats(a.thresholds, "--thresholds"))
     return RunOptions(**{k: v for k, v in given.items() if not isinstance(v, _RunDefault)})
 
 
@@ -214,7 +150,14 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="rate adaptation's accuracy target (default: final-exit validation accuracy - 0.01)")
     p.add_argument("--target-backlog-ms", type=float, default=_RunDefault("target_backlog_ms"),
                    help="backlog the controllers aim for (default %(default)s)")
-    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--thresholds", default=None,
+                   help="comma-separated exit thresholds, one per task, the last 0 (fixed admission; default: the "
+                        "package's)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="the dataset's folder, or any image folder to stream with --items all|N")
+    p.add_argument("--items", default="test",
+                   help="test: the package's test split, cycled for --duration; all: every item of --data-dir in "
+                        "order, each once; N: the first N of them (default test)")
     p.add_argument("--quiet", action="store_true", help="no live view")
     p.add_argument("--net", default=_RunDefault("net"), choices=["app", "namespaces"],
                    help="app: the nodes pace their links; namespaces: one network namespace per worker, "
@@ -298,60 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "`mdiexit run --cluster examples/edge4.yaml`.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train an early-exit model (torch)", description=_doc(cmd_train))
-    t.add_argument("--model", default="mobilenetv2", choices=["mobilenetv2", "resnet50", "tiny"])
-    _data_args(t)
-    t.add_argument("--epochs", type=int, default=8)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
-    t.add_argument("--mode", default="joint", choices=["joint", "exits-only"])
-    t.add_argument("--init-from", default=None, help="checkpoint whose weights start the run (for exits-only)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    t.add_argument("--no-augment", action="store_true", help="no random crop / flip")
-    t.add_argument("--no-resume", action="store_true", help="ignore OUT/checkpoint.pt")
-    t.add_argument("--stop-after", type=int, default=None, metavar="N",
-                   help="stop after N epochs in this call (the next call resumes)")
-    t.add_argument("--out", type=Path, required=True, help="run folder: checkpoint.pt, model.pt, train.log")
-    t.set_defaults(func=cmd_train)
-
-    e = sub.add_parser("export", help="calibrate, profile and write a model package", description=_doc(cmd_export))
-    e.add_argument("checkpoint", type=Path, help="model.pt written by `mdiexit train`")
-    e.add_argument("--out", type=Path, required=True, help="package folder to write")
-    e.add_argument("--name", default=None, help="package name (default: ARCH-ee-DATASET)")
-    e.add_argument("--data-dir", type=Path, default=None)
-    e.add_argument("--max-loss", type=float, default=0.005,
-                   help="default thresholds: largest validation accuracy loss vs the final exit (default 0.005)")
-    e.add_argument("--compute-budget", type=float, default=None,
-                   help="instead of --max-loss: most accurate thresholds within this fraction of full compute")
-    e.set_defaults(func=cmd_export)
-
-    c = sub.add_parser("compress", help="train and add feature autoencoders at the task boundaries (torch)",
-                       description=_doc(cmd_compress))
-    c.add_argument("--package", type=Path, required=True, help="package folder written by `mdiexit export`")
-    c.add_argument("--checkpoint", type=Path, required=True, help="model.pt the package was exported from")
-    c.add_argument("--ratios", default="4,8,16", help="compression ratios vs float32 to try (default 4,8,16)")
-    c.add_argument("--budget", type=float, default=0.005,
-                   help="largest validation accuracy loss per boundary, as a fraction (default 0.005)")
-    c.add_argument("--epochs", type=int, default=3)
-    c.add_argument("--data-dir", type=Path, default=None)
-    c.add_argument("--max-train-items", type=int, default=None, help="train on at most this many items")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    c.set_defaults(func=cmd_compress)
+    add_model_commands(sub)  # train, export, compress, evaluate
 
     pr = sub.add_parser("profile", help="print a package's exit profile and thresholds")
     pr.add_argument("package", type=Path, nargs="?", default=DEFAULT_PACKAGE)
     pr.set_defaults(func=cmd_profile)
-
-    ev = sub.add_parser("evaluate", help="evaluate a package on the test split with ONNX Runtime")
-    ev.add_argument("package", type=Path, nargs="?", default=DEFAULT_PACKAGE)
-    ev.add_argument("--data-dir", type=Path, default=None)
-    ev.add_argument("--threads", type=int, default=2)
-    ev.add_argument("--out", type=Path, default=None, help="also write the evaluation as JSON here")
-    ev.add_argument("--compressed", action="store_true",
-                    help="pass features through the package's encoder/decoder at every boundary that has one")
-    ev.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("run", help="run a whole cluster on this machine and write DIR/summary.json",
                        description=_doc(cmd_run))
@@ -473,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Errors that are the user's to fix (bad file, missing dataset...): one line, exit status 2, no traceback.
 _USER_ERRORS = (("mdiexit.config", "ConfigError"), ("mdiexit.data", "DataError"), ("mdiexit.package", "PackageError"),
                 ("mdiexit.emulation.netns", "NamespaceError"), ("mdiexit.runtime.node", "ClusterError"),
-                ("mdiexit.security", "KeyFileError"))
+                ("mdiexit.security", "KeyFileError"), ("mdiexit.cli_model", "UsageError"),
+                ("mdiexit.models.spec", "ModelSpecError"), ("mdiexit.training.train", "TrainError"))
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

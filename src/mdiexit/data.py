@@ -35,8 +35,9 @@ class DataError(Exception):
 @dataclass
 class Dataset:
     images: np.ndarray  # uint8, (N, C, H, W)
-    labels: np.ndarray  # int64, (N,)
+    labels: np.ndarray  # int64, (N,); -1: unlabelled
     classes: list[str]
+    paths: list[str] | None = None  # the file behind each item (image folders)
 
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
@@ -51,8 +52,14 @@ class Dataset:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
-    def subset(self, idx: np.ndarray) -> Dataset:
-        return Dataset(self.images[idx], self.labels[idx], self.classes)
+    def subset(self, idx) -> Dataset:
+        idx = np.asarray(idx, dtype=np.int64)
+        paths = None if self.paths is None else [self.paths[i] for i in idx]
+        return Dataset(self.images[idx], self.labels[idx], self.classes, paths)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(len(self.labels)) and bool((self.labels >= 0).all())
 
 
 @dataclass
@@ -167,37 +174,85 @@ def load_cifar10(root: Path) -> tuple[Dataset, Dataset]:
 
 # ---------------------------------------------------------------- image folder
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
-def load_image_folder(root: Path, test_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
-    """One sub-folder per class. All images must share one size; grayscale stays 1 channel."""
+def read_classes(path: Path) -> list[str]:
+    """Class names, one a line, in the order of the model's outputs (blank lines and # comments skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"class file {path} not found; give a text file with one class name a line")
+    names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    if not names:
+        raise DataError(f"{path}: no class names; write one class name a line")
+    return names
+
+
+def _folder_files(root: Path, classes: list[str] | None) -> tuple[list[Path], list[int], list[str]]:
+    """(files, labels, classes) of an image folder, sorted. ROOT/CLASS/IMAGE: labelled by the sub-folder's name
+    (its index in `classes` when given, else in the sorted sub-folder names); images directly in ROOT: label -1."""
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist")
+
+    def images_in(d: Path) -> list[Path]:
+        return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = list(classes) if classes else [d.name for d in subdirs]
+    files, labels = [(p, -1) for p in images_in(root)], []
+    for d in subdirs:
+        if d.name not in names:
+            raise DataError(f"{d}: {d.name!r} is not one of the {len(names)} class names; rename the folder or add "
+                            "the name to the class file (--classes)")
+        files += [(p, names.index(d.name)) for p in images_in(d)]
+    if not files:
+        raise DataError(f"{root}: no images with suffix {sorted(IMAGE_SUFFIXES)} in it or in class sub-folders")
+    labels = [lab for _, lab in files]
+    return [p for p, _ in files], labels, names
+
+
+def image_folder(root: Path, image_size: int | None = None, channels: int | None = None,
+                 classes: list[str] | None = None) -> Dataset:
+    """Every image of a folder, in order, resized to image_size x image_size as it is decoded (one uint8 array
+    of that size is all that is held). channels: 1 (grey) or 3 (RGB); default: the first image's."""
     from PIL import Image, UnidentifiedImageError
 
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"{root}: no class sub-folders; expected ROOT/CLASS_NAME/IMAGE.png")
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        for path in sorted((root / name).iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
+    files, labels, names = _folder_files(root, classes)
+
+    def open_image(path: Path):
+        try:
+            return Image.open(path)
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"{path}: cannot decode image ({e}); delete or replace it") from None
+
+    with open_image(files[0]) as im:
+        w0, h0 = im.size
+        c = channels or (1 if im.mode in ("L", "1", "P", "I;16", "I") else 3)
+    if c not in (1, 3):
+        raise DataError(f"--channels {c}: image folders hold grey (1) or RGB (3) images")
+    h, w = (image_size, image_size) if image_size else (h0, w0)
+    out = np.empty((len(files), c, h, w), dtype=np.uint8)
+    for i, path in enumerate(files):
+        with open_image(path) as im:
             try:
-                with Image.open(path) as im:
-                    arr = np.asarray(im.convert("L" if im.mode in ("L", "1", "P", "I;16") else "RGB"))
-            except (UnidentifiedImageError, OSError) as e:
+                im = im.convert("L" if c == 1 else "RGB")
+                if im.size != (w, h):
+                    if image_size is None:
+                        raise DataError(f"{path}: size {im.size[0]}x{im.size[1]} differs from {w0}x{h0}; pass "
+                                        "--image-size N to resize every image to N x N")
+                    im = im.resize((w, h), Image.BILINEAR)
+                arr = np.asarray(im)
+            except OSError as e:
                 raise DataError(f"{path}: cannot decode image ({e}); delete or replace it") from None
-            arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-            if images and arr.shape != images[0].shape:
-                raise DataError(f"{path}: shape {arr.shape} differs from {images[0].shape}; resize all images alike")
-            images.append(arr)
-            labels.append(label)
-    if not images:
-        raise DataError(f"{root}: no images with suffix {sorted(IMAGE_SUFFIXES)}")
-    ds = Dataset(np.stack(images).astype(np.uint8), np.asarray(labels, np.int64), classes)
+        out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return Dataset(out, np.asarray(labels, np.int64), names, [str(p) for p in files])
+
+
+def load_image_folder(root: Path, test_fraction: float = 0.2, seed: int = 0, image_size: int | None = None,
+                      channels: int | None = None, classes: list[str] | None = None) -> tuple[Dataset, Dataset]:
+    """`image_folder`, split into (train, test) at random (seeded), each in folder order."""
+    ds = image_folder(root, image_size, channels, classes)
     order = np.random.default_rng(seed).permutation(len(ds))
     n_test = int(round(len(ds) * test_fraction))
     return ds.subset(np.sort(order[n_test:])), ds.subset(np.sort(order[:n_test]))
@@ -224,8 +279,9 @@ def upscale(ds: Dataset, size: int, channels: int) -> Dataset:
 
 
 def load(name: str, data_dir: Path | None = None, val_fraction: float = 0.1, seed: int = 0,
-         image_size: int | None = None, channels: int | None = None) -> Splits:
-    """Load a dataset by name and split off the validation part."""
+         image_size: int | None = None, channels: int | None = None, classes: list[str] | None = None) -> Splits:
+    """Load a dataset by name and split off the validation part. `classes`: the model's class names (a folder's
+    sub-folders are labelled by their index in it; other datasets keep their labels and take these names)."""
     if name == "fashion-mnist":
         train, test = load_fashion_mnist(data_dir)
     elif name == "cifar10":
@@ -235,10 +291,14 @@ def load(name: str, data_dir: Path | None = None, val_fraction: float = 0.1, see
     elif name == "folder":
         if data_dir is None:
             raise DataError("folder needs --data-dir pointing at ROOT/CLASS_NAME/IMAGE files")
-        train, test = load_image_folder(data_dir, seed=seed)
+        train, test = load_image_folder(data_dir, seed=seed, image_size=image_size, channels=channels, classes=classes)
     else:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    if image_size is not None:
+    if classes and name != "folder":
+        if len(classes) < len(train.classes):
+            raise DataError(f"{len(classes)} class names for the {len(train.classes)} classes of {name}")
+        train, test = (Dataset(d.images, d.labels, list(classes), d.paths) for d in (train, test))
+    if image_size is not None and name != "folder":
         c = channels or train.shape[0]
         train, test = upscale(train, image_size, c), upscale(test, image_size, c)
     train, val = split_train_val(train, val_fraction, seed)
@@ -249,5 +309,67 @@ def load_test_split(pkg, data_dir: Path | None = None) -> Dataset:
     """The test split of the dataset a model package was trained on (its manifest's training config), as the
     source streams it. ``pkg`` is a :class:`mdiexit.package.Package` (only its ``manifest`` is read)."""
     cfg = pkg.manifest.get("training", {}).get("config", {})
+    data_dir = data_dir or (Path(cfg["data_dir"]) if cfg.get("data_dir") else None)
     return load(cfg.get("dataset", "fashion-mnist"), data_dir, cfg.get("val_fraction", 0.1), cfg.get("seed", 0),
-                cfg.get("image_size"), cfg.get("channels")).test
+                cfg.get("image_size"), cfg.get("channels"), _folder_classes(pkg, cfg)).test
+
+
+def _folder_classes(pkg, cfg: dict) -> list[str] | None:
+    """The class names an image folder is labelled against: the package's, when it was trained with a class file
+    or a kept head (--classes, --num-classes); else None (the folder's own sub-folders)."""
+    return list(pkg.manifest["classes"]) if cfg.get("classes_file") or cfg.get("num_classes") else None
+
+
+def parse_items(spec: str) -> str | int:
+    """`all`, `test` or a positive count N (the first N items of the folder)."""
+    if spec in ("all", "test"):
+        return spec
+    try:
+        n = int(spec)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise DataError(f"--items {spec!r}: use all, test or a positive number N")
+    return n
+
+
+def load_items(pkg, items: str | int = "test", data_dir: Path | None = None) -> Dataset:
+    """What a run streams. `test`: the test split of the package's dataset. `all`: every item, in order: every
+    image of the folder --data-dir (any image folder, resized to the package's input and labelled by sub-folders
+    named after the package's classes), or else the test file of fashion-mnist / cifar10. N: the first N."""
+    if items == "test":
+        return load_test_split(pkg, data_dir)
+    cfg = pkg.manifest.get("training", {}).get("config", {})
+    name = cfg.get("dataset", "fashion-mnist")
+    data_dir = data_dir or (Path(cfg["data_dir"]) if cfg.get("data_dir") else None)
+    c, h, w = pkg.input_shape
+    if name == "folder" or (data_dir is not None and _holds_images(Path(data_dir))):
+        if data_dir is None:
+            raise DataError("--items all|N streams an image folder: give it with --data-dir DIR")
+        if h != w:
+            raise DataError(f"the package's input is {h}x{w}; image folders are resized to square images only")
+        ds = image_folder(Path(data_dir), h, c, list(pkg.manifest["classes"]))
+    elif name == "fashion-mnist":
+        ds = load_fashion_mnist(data_dir)[1]
+    elif data_dir is None:
+        raise DataError("cifar10 needs --data-dir pointing at the cifar-10-batches-py folder")
+    else:
+        ds = load_cifar10(data_dir)[1]
+    if name != "folder" and cfg.get("image_size") and ds.paths is None:
+        ds = upscale(ds, cfg["image_size"], cfg.get("channels") or ds.shape[0])
+    if isinstance(items, int):
+        ds = ds.subset(np.arange(min(items, len(ds))))
+    if ds.shape != (c, h, w):
+        raise DataError(f"items are {ds.shape}, the package takes {(c, h, w)}; pass the --data-dir it was trained on")
+    return ds
+
+
+def _holds_images(root: Path) -> bool:
+    if not root.is_dir():
+        return False
+    for p in root.iterdir():
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            return True
+        if p.is_dir() and any(q.suffix.lower() in IMAGE_SUFFIXES for q in p.iterdir()):
+            return True
+    return False

@@ -1,5 +1,8 @@
-"""Evaluate a model package on the test split with ONNX Runtime: per-exit accuracy and the accuracy and
-expected compute of its default thresholds (the figures quoted in the README)."""
+"""Evaluate a model package on the test split (or any image folder) with ONNX Runtime: per-exit accuracy and
+the accuracy and expected compute of its default thresholds (the figures quoted in the README).
+
+A package whose exits were trained without labels (`profile_targets: teacher`), and unlabelled items, are
+scored against the final exit's predictions: the figures are then agreement with the final exit."""
 
 from __future__ import annotations
 
@@ -11,10 +14,10 @@ import numpy as np
 from tqdm import tqdm
 
 from mdiexit.calibration import confidence
-from mdiexit.data import load_test_split
+from mdiexit.data import load_items, load_test_split
 from mdiexit.engine import OrtEngine
 from mdiexit.exitprofile import outcome
-from mdiexit.package import Package, load_package
+from mdiexit.package import Package, PackageError, load_package
 
 
 def all_exit_logits(pkg: Package, images: np.ndarray, threads: int = 2, batch: int = 256,
@@ -32,6 +35,14 @@ def all_exit_logits(pkg: Package, images: np.ndarray, threads: int = 2, batch: i
             if codec is not None:
                 x = codec.decode(codec.encode(x))
     return np.stack([np.concatenate(o) for o in out])
+
+
+def predicted_labels(pkg: Package, logits: np.ndarray, thresholds: list[float] | None = None) -> np.ndarray:
+    """(labels, exits) each item gets at these thresholds (what a cluster run must return, item for item)."""
+    thresholds = thresholds or pkg.default_thresholds
+    conf = np.stack([confidence(lg, t.temperature) for lg, t in zip(logits, pkg.tasks, strict=True)])
+    exits = outcome(conf, np.array(thresholds))
+    return logits.argmax(2)[exits, np.arange(logits.shape[1])], exits + 1
 
 
 def evaluate_logits(pkg: Package, logits: np.ndarray, labels: np.ndarray,
@@ -55,12 +66,20 @@ def evaluate_logits(pkg: Package, logits: np.ndarray, labels: np.ndarray,
 
 
 def evaluate_package(package: Path, data_dir: Path | None = None, threads: int = 2, out: Path | None = None,
-                     compressed: bool = False) -> dict:
+                     compressed: bool = False, items: str | int = "test",
+                     thresholds: list[float] | None = None) -> dict:
+    """`items`: test (the package's test split), all or N (see `mdiexit.data.load_items`)."""
     pkg = load_package(package, check_onnx=True)
-    test = load_test_split(pkg, data_dir)
+    if thresholds is not None and len(thresholds) != pkg.num_tasks:
+        raise PackageError(f"--thresholds: {len(thresholds)} values for {pkg.num_tasks} exits; give {pkg.num_tasks}")
+    test = load_test_split(pkg, data_dir) if items == "test" else load_items(pkg, items, data_dir)
     logits = all_exit_logits(pkg, test.images, threads, compressed=compressed)
-    result = {"package": pkg.name, "split": "test", "compressed": compressed,
-              **evaluate_logits(pkg, logits, test.labels)}
+    teacher = pkg.manifest.get("profile_targets") == "teacher" or not test.labelled
+    truth = logits[-1].argmax(1) if teacher else test.labels
+    split = "test" if items == "test" else f"{len(test)} items of {data_dir or 'the test file'}"
+    result = {"package": pkg.name, "split": split, "compressed": compressed,
+              "scored_against": "final exit" if teacher else "labels",
+              **evaluate_logits(pkg, logits, truth, thresholds)}
     print_evaluation(result)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +89,10 @@ def evaluate_package(package: Path, data_dir: Path | None = None, threads: int =
 
 def print_evaluation(r: dict, file=sys.stdout) -> None:
     how = ", features through the learned codecs at every boundary" if r.get("compressed") else ""
-    print(f"{r['package']} on the {r['split']} split ({r['items']} items{how})", file=file)
+    split = f"the {r['split']} split" if r["split"] == "test" else r["split"]
+    print(f"{r['package']} on {split} ({r['items']} items{how})", file=file)
+    if r.get("scored_against") == "final exit":
+        print("  no labels: accuracy here is agreement with the final exit's prediction", file=file)
     for k, a in enumerate(r["per_exit_accuracy"], start=1):
         print(f"  exit {k}: accuracy {a:.4f}", file=file)
     print(f"  thresholds {r['thresholds']}: accuracy {r['accuracy']:.4f} "

@@ -21,13 +21,13 @@ import torch
 from torch import nn
 
 from mdiexit.calibration import confidence, expected_calibration_error, fit_temperature
-from mdiexit.data import Dataset, load
+from mdiexit.data import Dataset
 from mdiexit.engine import OrtEngine, ort_session
 from mdiexit.exitprofile import ExitProfile, OperatingPoint
 from mdiexit.models import EarlyExitModel
 from mdiexit.models.autoencoder import Autoencoder, Encoder
 from mdiexit.package import FORMAT, PackageError, load_package
-from mdiexit.training.train import TrainConfig, load_trained, predict_logits
+from mdiexit.training.train import TrainConfig, data_splits, load_trained, memory_batch, predict_logits
 from mdiexit.util import median_s, say
 
 PARITY_ATOL = 1e-3  # largest allowed |ORT - torch| on logits, relative to the logits' scale
@@ -102,31 +102,37 @@ class _LogitsOnly(torch.nn.Module):
 
 
 def check_parity(model: EarlyExitModel, pkg_dir: Path, images: np.ndarray) -> list[float]:
-    """Run every task with ORT and torch on the same real inputs; return the max logit error per task."""
+    """Run every task with ORT and torch on the same real inputs (in memory-bounded batches); return the max
+    logit error per task."""
     pkg = load_package(pkg_dir, check_onnx=True)
     engine = OrtEngine(pkg, threads=2)
-    x_ort = images
-    x_t = torch.from_numpy(images)
-    errors = []
+    batch = memory_batch(model)
+    errors = np.zeros(model.num_exits)
+    agree = [[] for _ in model.tasks]
     with torch.no_grad():
-        for k, task in enumerate(model.tasks, start=1):
-            f_t, lg_t = task(x_t)
-            f_o, lg_o = engine.run(k, x_ort)
-            err = relative_error(lg_o, lg_t.numpy())
-            errors.append(err)
-            agree = float((lg_o.argmax(1) == lg_t.numpy().argmax(1)).mean())
-            if err > PARITY_ATOL or agree < 0.99:
-                raise PackageError(f"task {k}: ONNX Runtime disagrees with torch (max relative logit error "
-                                   f"{err:.2e}, label agreement {agree:.3f}); package not written")
-            x_t, x_ort = f_t, (f_o if f_o is not None else None)
-    return errors
+        for i in range(0, len(images), batch):
+            x_ort = images[i:i + batch]
+            x_t = torch.from_numpy(x_ort)
+            for k, task in enumerate(model.tasks, start=1):
+                f_t, lg_t = task(x_t)
+                f_o, lg_o = engine.run(k, x_ort)
+                errors[k - 1] = max(errors[k - 1], relative_error(lg_o, lg_t.numpy()))
+                agree[k - 1].append(lg_o.argmax(1) == lg_t.numpy().argmax(1))
+                x_t, x_ort = f_t, f_o
+    for k, (err, ag) in enumerate(zip(errors, agree, strict=True), start=1):
+        a = float(np.concatenate(ag).mean())
+        if err > PARITY_ATOL or a < 0.99:
+            raise PackageError(f"task {k}: ONNX Runtime disagrees with torch (max relative logit error "
+                               f"{err:.2e}, label agreement {a:.3f}); package not written")
+    return [float(e) for e in errors]
 
 
 def build_manifest(model: EarlyExitModel, cfg: TrainConfig, classes: list[str], files: list[str],
                    calib: Calibration, profile: ExitProfile, default: OperatingPoint, name: str,
-                   val_accuracy: list[float], parity: list[float] | None = None) -> dict:
+                   val_accuracy: list[float], parity: list[float] | None = None, targets: str = "labels") -> dict:
     infos = model.task_info()
     full_macs = sum(i.segment_macs for i in infos) + infos[-1].head_macs
+    raw = int(np.prod(model.input_shape))
     return {
         "format": FORMAT,
         "name": name,
@@ -137,7 +143,7 @@ def build_manifest(model: EarlyExitModel, cfg: TrainConfig, classes: list[str], 
                    "segment_macs": i.segment_macs, "head_macs": i.head_macs,
                    "input_shape": list(i.input_shape), "features_shape": list(i.features_shape),
                    "feature_bytes": i.feature_bytes, "temperature": t, "ece_before": eb, "ece_after": ea,
-                   "val_accuracy": va}
+                   "val_accuracy": va, "features_larger_than_raw": i.feature_bytes > raw and i.index < len(infos)}
                   for i, f, t, eb, ea, va in zip(infos, files, calib.temperatures, calib.ece_before,
                                                  calib.ece_after, val_accuracy, strict=True)],
         "full_macs": full_macs,
@@ -145,19 +151,27 @@ def build_manifest(model: EarlyExitModel, cfg: TrainConfig, classes: list[str], 
         "default_thresholds": list(default.thresholds),
         "default_operating_point": {"val_accuracy": default.accuracy, "compute_fraction": default.compute_fraction},
         "compression": [],
+        "profile_targets": targets,  # labels | teacher: accuracies are agreement with the final exit
+        "exit_placement": list(model.placement),
         "training": {"config": cfg.__dict__, "parity_max_rel_error": parity},
     }
 
 
 def export_package(checkpoint: Path, out: Path, data_dir: Path | None = None, name: str | None = None,
                    max_accuracy_loss: float = 0.005, compute_budget: float | None = None,
-                   splits_val: Dataset | None = None) -> Path:
-    model, cfg, classes = load_trained(checkpoint)
-    val = splits_val or load(cfg.dataset, data_dir, cfg.val_fraction, cfg.seed, cfg.image_size, cfg.channels).val
-    _say(f"predicting {len(val)} validation items with every exit")
-    logits = predict_logits(model, val.images)
-    calib = calibrate(logits, val.labels)
-    conf, correct = confidences(logits, val.labels, calib.temperatures)
+                   splits_val: Dataset | None = None, model: EarlyExitModel | None = None) -> Path:
+    """`model`: the object the checkpoint was trained as, when its spec cannot rebuild it (see `load_trained`)."""
+    model, cfg, classes = load_trained(checkpoint, model)
+    val = splits_val or data_splits(cfg, data_dir, classes).val
+    batch = memory_batch(model)
+    _say(f"predicting {len(val)} validation items with every exit, {batch} at a time")
+    logits = predict_logits(model, val.images, batch)
+    targets = "teacher" if cfg.exit_targets == "teacher" or not val.labelled else "labels"
+    truth = logits[-1].argmax(1) if targets == "teacher" else val.labels
+    if targets == "teacher":
+        _say("no labels used: the exit profile measures agreement with the final exit")
+    calib = calibrate(logits, truth)
+    conf, correct = confidences(logits, truth, calib.temperatures)
     infos = model.task_info()
     full_macs = sum(i.segment_macs for i in infos) + infos[-1].head_macs
     task_macs = np.array([i.segment_macs + i.head_macs for i in infos], dtype=np.float64)
@@ -165,11 +179,11 @@ def export_package(checkpoint: Path, out: Path, data_dir: Path | None = None, na
     profile = ExitProfile.build(conf, correct, task_macs, full_macs)
     val_acc = [float(c.mean()) for c in correct]
     default = choose_default(profile, val_acc[-1], max_accuracy_loss, compute_budget)
-    name = name or f"{cfg.model}-ee-{cfg.dataset}"
+    name = name or f"{cfg.model.replace('.py', '').replace(':', '-').split('/')[-1]}-ee-{cfg.dataset}"
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None))
     try:
         files = export_onnx(model, tmp)
-        manifest = build_manifest(model, cfg, classes, files, calib, profile, default, name, val_acc)
+        manifest = build_manifest(model, cfg, classes, files, calib, profile, default, name, val_acc, targets=targets)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         _say("checking ONNX Runtime against torch")
         parity = check_parity(model, tmp, val.images[:PARITY_ITEMS])
@@ -180,6 +194,10 @@ def export_package(checkpoint: Path, out: Path, data_dir: Path | None = None, na
         shutil.move(str(tmp), str(out))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    for t in manifest["tasks"]:
+        if t["features_larger_than_raw"]:
+            _say(f"warning: task {t['index']}'s features ({t['feature_bytes']} B) are larger than the raw input "
+                 f"({int(np.prod(model.input_shape))} B): offloading after it ships more than it saves")
     _say(f"wrote {out}: default thresholds {list(default.thresholds)} -> val accuracy {default.accuracy:.4f} "
          f"(final exit {val_acc[-1]:.4f}) at {default.compute_fraction:.1%} of full compute")
     return out

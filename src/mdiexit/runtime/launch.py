@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mdiexit.config import ClusterConfig, load_cluster
-from mdiexit.data import load_test_split
+from mdiexit.data import load_items
 from mdiexit.package import Package, load_package
 from mdiexit.policies.admission import RateAdaptation, ThresholdAdaptation
 from mdiexit.policies.modes import no_exit_thresholds, rules_for
@@ -53,6 +53,7 @@ class RunOptions:
     live: bool = True
     data_dir: Path | None = None
     limit_items: int | None = None  # cycle over the first N test items only
+    items: str | int = "test"  # test: the test split, cycled | all: every item of data_dir in order, once | N: first N
     admission: str = "fixed"  # fixed | rate | thresholds
     target_accuracy: float | None = None  # rate adaptation; default: final-exit validation accuracy - 1 point
     target_backlog_ms: float = 300.0
@@ -149,6 +150,7 @@ class RunResult:
     summary: dict
     ledger: Ledger  # per-item records, keyed by item id (item i is stream item i % len(stream))
     timeline: list[dict]  # one row per admission-control step
+    paths: list[str] | None = None  # the file behind each stream item (image folders)
 
 
 def run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | None = None,
@@ -217,7 +219,15 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         cluster.check_reachable(pkg.num_tasks, rules.source_computes, rules.offload_later)
     keys_dir = cluster_keys(cluster, opts, ephemeral_ok=spawn)
     identity = node_identity(cluster, cluster.source.name, keys_dir)
-    stream = load_test_split(pkg, opts.data_dir)
+    if opts.thresholds is not None and len(opts.thresholds) != pkg.num_tasks:
+        raise ClusterError(f"--thresholds: {len(opts.thresholds)} values for the package's {pkg.num_tasks} exits; "
+                           f"give {pkg.num_tasks}, the last 0")
+    stream = load_items(pkg, opts.items, opts.data_dir)
+    if opts.items != "test" and len(stream) > opts.rate * opts.duration_s:
+        log.warning("only about %d of the %d items fit in --duration %g s at --rate %g; raise --duration to stream "
+                    "them all", int(opts.rate * opts.duration_s), len(stream), opts.duration_s, opts.rate)
+    if not stream.labelled:
+        log.warning("the items have no labels: accuracy counts them as wrong; items.csv has each item's label")
     if opts.limit_items:
         stream = stream.subset(list(range(min(opts.limit_items, len(stream)))))
     admission = admission or make_admission(pkg, mode, opts)
@@ -228,6 +238,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     source = SourceProcess(cluster, cluster.source.name, pkg, mode=mode, stream=stream, admission=admission,
                            pace_bandwidth=pace, identity=identity,
                            allowed_dir=keys_dir / "allowed" if keys_dir is not None else None)
+    source.cycle_stream = opts.items == "test"  # all | N: each item once, in order
     crashed: list[str] = []
     watching = threading.Event()
     watching.set()
@@ -293,10 +304,11 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
                           "admission": opts.admission, "target_accuracy": getattr(admission, "target_accuracy", None),
                           "target_backlog_ms": opts.target_backlog_ms, "deadline_ms": opts.deadline_ms,
                           "thresholds": list(admission.thresholds()[0]), "dead_after_ms": cluster.dead_after_ms,
+                          "items": str(opts.items), "data_dir": None if opts.data_dir is None else str(opts.data_dir),
                           "emulation": cluster.emulation}}
     if source.abort:
         summary["error"] = source.abort
-    return RunResult(summary, source.ledger, source.timeline)
+    return RunResult(summary, source.ledger, source.timeline, stream.paths)
 
 
 def _stop_all(procs: dict[str, subprocess.Popen], grace_s: float = 3.0) -> None:
@@ -368,11 +380,14 @@ def write_results(result: RunResult, out: Path) -> Path:
     path = out / "summary.json"
     path.write_text(json.dumps(result.summary, indent=1, default=str))
     with (out / "items.csv").open("w") as f:
-        f.write("item_id,truth,label,exit,confidence,latency_ms,node,attempts,failed\n")
+        f.write("item_id,truth,label,exit,confidence,latency_ms,node,attempts,failed,stream_index,path\n")
+        paths = result.paths or []
         for i, r in sorted(result.ledger.records.items()):
             lat = "" if r.done_at is None else f"{(r.done_at - r.admitted_at) * 1000:.2f}"
+            k = i % len(paths) if paths else i  # the stream item (a cycled stream repeats)
+            file = paths[k].replace('"', '""') if paths else ""
             f.write(f"{i},{r.truth},{r.label},{r.exit},{r.confidence:.5f},{lat},{r.node},{r.attempt + 1},"
-                    f"\"{r.failed}\"\n")
+                    f"\"{r.failed}\",{k},\"{file}\"\n")
     if result.timeline:
         cols = list(result.timeline[0])
         with (out / "timeline.csv").open("w") as f:

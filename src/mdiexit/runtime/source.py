@@ -49,6 +49,8 @@ class FixedAdmission:
 
 
 class SourceProcess(NodeProcess):
+    cycle_stream = True  # False: admit each stream item once, in order, then stop admitting
+
     def __init__(self, *args, stream: Dataset, admission: Admission, **kw):
         super().__init__(*args, **kw)
         self.stream = stream
@@ -210,6 +212,8 @@ class SourceProcess(NodeProcess):
             if t < next_t:
                 time.sleep(min(next_t - t, 0.01))
                 continue
+            if i >= len(labels) and not self.cycle_stream:
+                break  # every item admitted once
             thresholds, version = self.admission.thresholds() if self.rules.exits else (self.no_exits, 0)
             k = i % len(labels)
             x = images[k:k + 1]

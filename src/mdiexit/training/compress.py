@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mdiexit.data import Dataset, load
+from mdiexit.data import Dataset
 from mdiexit.evaluate import evaluate_logits
 from mdiexit.export import (
     PARITY_ITEMS,
@@ -43,7 +43,7 @@ from mdiexit.export import (
 from mdiexit.models import EarlyExitModel
 from mdiexit.models.autoencoder import MAX_MAC_FRACTION, Autoencoder, build_autoencoder
 from mdiexit.package import PackageError, load_package
-from mdiexit.training.train import TrainConfig, load_trained, seed_everything
+from mdiexit.training.train import TrainConfig, data_splits, load_trained, predict_logits, seed_everything
 from mdiexit.util import logging_to, say
 
 log = logging.getLogger("mdiexit.compress")
@@ -267,24 +267,25 @@ def select(cands: list[Candidate], budget: float, joint_accuracy: Callable[[dict
 
 def compress_package(package: Path, checkpoint: Path, cfg: CompressConfig | None = None, *,
                      data_dir: Path | None = None, train_set: Dataset | None = None, val_set: Dataset | None = None,
-                     **options) -> CompressResult:
+                     model: EarlyExitModel | None = None, **options) -> CompressResult:
     """Train, select, export and record one autoencoder per task boundary of the package at `package`.
 
     ``options`` are CompressConfig fields, over ``cfg``. train_set / val_set default to the training config's
-    splits (as `mdiexit export` uses them).
+    splits (as `mdiexit export` uses them). ``model``: the object the checkpoint was trained as (when its spec
+    cannot rebuild it).
     """
     cfg = dataclasses.replace(cfg or CompressConfig(), **options)
     package = Path(package)
     pkg = load_package(package, check_onnx=True)
     with logging_to(log, package / "compress.log"):
-        return _compress(pkg, package, checkpoint, cfg, data_dir, train_set, val_set)
+        return _compress(pkg, package, checkpoint, cfg, data_dir, train_set, val_set, model)
 
 
 def _compress(pkg, package: Path, checkpoint: Path, cfg: CompressConfig, data_dir: Path | None,
-              train_set: Dataset | None, val_set: Dataset | None) -> CompressResult:
+              train_set: Dataset | None, val_set: Dataset | None, given: EarlyExitModel | None) -> CompressResult:
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    model, train_cfg, _ = load_trained(checkpoint)
+    model, train_cfg, classes = load_trained(checkpoint, given)
     model = _frozen(model)
     infos = model.task_info()
     if [i.features_shape for i in infos] != [t.features_shape for t in pkg.tasks]:
@@ -292,7 +293,9 @@ def _compress(pkg, package: Path, checkpoint: Path, cfg: CompressConfig, data_di
                            f"{[list(i.features_shape) for i in infos]} differ from the manifest's")
     if pkg.num_tasks < 2:
         raise PackageError(f"{package}: one task has no boundary to compress")
-    train_set, val_set = _splits(train_cfg, cfg, data_dir, train_set, val_set)
+    train_set, val_set = _splits(train_cfg, cfg, data_dir, train_set, val_set, classes)
+    if pkg.manifest.get("profile_targets") == "teacher":  # measured as the package's profile was
+        val_set = Dataset(val_set.images, predict_logits(model, val_set.images)[-1].argmax(1), val_set.classes)
     log.info("compress %s with %s: ratios %s, budget %.4f, %d epochs on %d train items, %d val items", package,
              checkpoint, list(cfg.ratios), cfg.budget, cfg.epochs, len(train_set), len(val_set))
 
@@ -321,10 +324,9 @@ def _compress(pkg, package: Path, checkpoint: Path, cfg: CompressConfig, data_di
 
 
 def _splits(train_cfg: TrainConfig, cfg: CompressConfig, data_dir: Path | None, train_set: Dataset | None,
-            val_set: Dataset | None) -> tuple[Dataset, Dataset]:
+            val_set: Dataset | None, classes: list[str]) -> tuple[Dataset, Dataset]:
     if train_set is None or val_set is None:
-        splits = load(train_cfg.dataset, data_dir, train_cfg.val_fraction, train_cfg.seed, train_cfg.image_size,
-                      train_cfg.channels)
+        splits = data_splits(train_cfg, data_dir, classes)
         train_set, val_set = train_set or splits.train, val_set or splits.val
     if cfg.max_train_items is not None and cfg.max_train_items < len(train_set):
         idx = np.sort(np.random.default_rng(cfg.seed).permutation(len(train_set))[:cfg.max_train_items])

@@ -14,9 +14,9 @@ from mdiexit.training.train import load_trained
 class TorchEngine:
     """The same tasks run in eager torch from a training checkpoint (for comparison and parity checks)."""
 
-    def __init__(self, checkpoint: Path, threads: int = 1):
+    def __init__(self, checkpoint: Path, threads: int = 1, model=None):
         torch.set_num_threads(threads)
-        self.model, _, _ = load_trained(checkpoint)
+        self.model, _, _ = load_trained(checkpoint, model)
         self.model = self.model.to(memory_format=torch.channels_last)
 
     def run(self, task_index: int, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:

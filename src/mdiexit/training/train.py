@@ -1,7 +1,9 @@
 """Train an early-exit model: joint (backbone + exits) or exits-only on a frozen backbone.
 
-Seeded, resumable (one checkpoint per epoch), logged to `OUT/train.log`, with a progress bar that shows
-per-exit loss and accuracy.
+The model is a built-in name, your own `MODULE:FUNCTION` (`mdiexit.models.spec`), or a model object passed to
+`train(..., model=...)`. The exits learn from the labels or, with `exit_targets="teacher"`, from the final
+head's predictions (self-distillation: a pretrained classifier needs no labelled data). Seeded, resumable (one
+checkpoint per epoch), logged to `OUT/train.log`, with a progress bar that shows per-exit loss and accuracy.
 """
 
 from __future__ import annotations
@@ -20,15 +22,24 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mdiexit.data import Dataset
-from mdiexit.models import EarlyExitModel, create
-from mdiexit.util import logging_to
+from mdiexit.models import EarlyExitModel, create, normalisation, set_normalisation
+from mdiexit.models.spec import is_builtin
+from mdiexit.util import logging_to, say
 
 log = logging.getLogger("mdiexit.train")
 
 
+EXIT_TARGETS = ("labels", "teacher")
+MEMORY_BUDGET = 1 << 30  # bytes of activations one inference batch may take (export, validation)
+
+
+class TrainError(Exception):
+    """A training setting that cannot work. The message names the fix."""
+
+
 @dataclass
 class TrainConfig:
-    model: str = "mobilenetv2"
+    model: str = "mobilenetv2"  # a built-in name or MODULE:FUNCTION
     dataset: str = "fashion-mnist"
     epochs: int = 8
     batch_size: int = 128
@@ -44,8 +55,12 @@ class TrainConfig:
     image_size: int | None = None
     channels: int | None = None
     init_from: str | None = None  # checkpoint of a trained backbone (exits-only mode)
-    mean: list[float] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)  # empty: the model's own, else computed from the data
     std: list[float] = field(default_factory=list)
+    exit_targets: str = "labels"  # labels | teacher (the exits learn the final head's predictions)
+    num_classes: int | None = None  # None: the dataset's classes
+    classes_file: str | None = None  # class names, one a line (else the dataset's)
+    data_dir: str | None = None  # where the data was (export, compress and evaluate default to it)
 
 
 def seed_everything(seed: int) -> None:
@@ -61,7 +76,76 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def build_model(cfg: TrainConfig, shape: tuple[int, ...], num_classes: int) -> EarlyExitModel:
-    return create(cfg.model, shape, num_classes, cfg.mean, cfg.std)
+    return create(cfg.model, shape, num_classes, cfg.mean or None, cfg.std or None)
+
+
+def _normalise(model: EarlyExitModel, cfg: TrainConfig, train_set: Dataset, custom: bool) -> None:
+    """--mean/--std when given; else the model's own (a pretrained backbone's); else the training data's, with a
+    warning when that may break a pretrained backbone. The values used end up in cfg (and the checkpoint)."""
+    if cfg.mean or cfg.std:
+        if not (cfg.mean and cfg.std):
+            raise TrainError("give --mean and --std together (per-channel statistics of 0..1 pixels)")
+        set_normalisation(model, cfg.mean, cfg.std)
+        return
+    own = normalisation(model)
+    if own is not None:
+        cfg.mean, cfg.std = own
+        return
+    cfg.mean, cfg.std = channel_stats(train_set.images)
+    set_normalisation(model, cfg.mean, cfg.std)
+    if custom or cfg.mode == "exits-only" or cfg.init_from:
+        say("train", f"warning: input mean {_fmt(cfg.mean)} / std {_fmt(cfg.std)} were computed from the training "
+                     "data; a pretrained backbone expects the statistics it was trained with: pass --mean/--std "
+                     "(ImageNet: --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225) or build_early_exit(..., mean=, "
+                     "std=)", log)
+
+
+def _fmt(v: list[float]) -> str:
+    return ",".join(f"{x:.3f}" for x in v)
+
+
+def class_names(cfg: TrainConfig, data_classes: list[str]) -> list[str]:
+    """The model's class names: the class file's, else the dataset's, padded to --num-classes."""
+    from mdiexit.data import read_classes
+
+    names = read_classes(Path(cfg.classes_file)) if cfg.classes_file else list(data_classes)
+    n = cfg.num_classes or len(names)
+    if n < len(names):
+        raise TrainError(f"--num-classes {n} is less than the {len(names)} class names; raise it or drop names")
+    return names + [f"class_{i}" for i in range(len(names), n)]
+
+
+def data_splits(cfg: TrainConfig, data_dir: Path | None, classes: list[str] | None = None):
+    """The train/val/test splits a checkpoint was trained on (a folder labelled against its class names when it
+    was trained with a class file or a kept head)."""
+    from mdiexit.data import load
+
+    keep = classes if (cfg.classes_file or cfg.num_classes) else None
+    data_dir = data_dir or (Path(cfg.data_dir) if cfg.data_dir else None)
+    return load(cfg.dataset, data_dir, cfg.val_fraction, cfg.seed, cfg.image_size, cfg.channels, keep)
+
+
+def memory_batch(model: EarlyExitModel, budget_bytes: int = MEMORY_BUDGET, cap: int = 512) -> int:
+    """Items per inference batch so that the activations stay within `budget_bytes`: the largest output of any
+    layer, three times over (input, output and a residual), per item."""
+    largest = [4 * int(np.prod(model.input_shape))]
+
+    def hook(_mod, _inp, out):
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor):
+                largest[0] = max(largest[0], t.element_size() * t[0].numel())
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros((1, *model.input_shape), dtype=torch.uint8))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return int(max(1, min(cap, budget_bytes // (3 * largest[0]))))
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
@@ -85,8 +169,9 @@ def exit_weights(cfg: TrainConfig, progress: float, num_exits: int) -> list[floa
 
 
 @torch.no_grad()
-def predict_logits(model: EarlyExitModel, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Logits of every exit, shape (K, N, classes)."""
+def predict_logits(model: EarlyExitModel, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """Logits of every exit, shape (K, N, classes), in batches sized to stay within about 1 GB."""
+    batch_size = batch_size or memory_batch(model)
     model.eval()
     outs = []
     for i in range(0, len(images), batch_size):
@@ -118,25 +203,55 @@ def _freeze_bn(model: EarlyExitModel, mode: str) -> None:
 
 
 def train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, resume: bool = True,
-          stop_after: int | None = None) -> EarlyExitModel:
+          stop_after: int | None = None, model: EarlyExitModel | None = None) -> EarlyExitModel:
     """Train and return the model. Writes OUT/checkpoint.pt after every epoch and OUT/model.pt at the end.
 
     stop_after: return after this many epochs in this call (a time-boxed slice); the next call resumes.
+    model: train this model object (from `build_early_exit`) instead of building `cfg.model`; to rebuild it
+    later, pass it again (`load_trained(path, model=...)`) or name its builder in cfg.model (MODULE:FUNCTION).
     """
     out.mkdir(parents=True, exist_ok=True)
     with logging_to(log, out / "train.log"):
-        return _train(cfg, train_set, val_set, out, resume, stop_after)
+        return _train(cfg, train_set, val_set, out, resume, stop_after, model)
+
+
+def _check(cfg: TrainConfig, train_set: Dataset) -> None:
+    if cfg.exit_targets not in EXIT_TARGETS:
+        raise TrainError(f"--exit-targets {cfg.exit_targets!r}: choose labels or teacher")
+    if cfg.exit_targets == "teacher" and cfg.mode != "exits-only":
+        raise TrainError("--exit-targets teacher learns from the final head, which must stay fixed: add "
+                         "--freeze-backbone (train the exits only)")
+    if cfg.exit_targets == "labels" and not (train_set.labels >= 0).any():
+        raise TrainError("the training data has no labels (images directly in the folder, no class sub-folders): "
+                         "use --exit-targets teacher --freeze-backbone, or sort the images into class folders")
 
 
 def _train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, resume: bool,
-           stop_after: int | None) -> EarlyExitModel:
+           stop_after: int | None, given: EarlyExitModel | None) -> EarlyExitModel:
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    if not cfg.mean:
-        cfg.mean, cfg.std = channel_stats(train_set.images)
-    model = build_model(cfg, train_set.shape, len(train_set.classes)).to(memory_format=torch.channels_last)
+    _check(cfg, train_set)
+    classes = class_names(cfg, train_set.classes)
+    if cfg.exit_targets == "labels":  # unlabelled items (-1) teach nothing here
+        train_set, val_set = (d.subset(np.flatnonzero(d.labels >= 0)) for d in (train_set, val_set))
+    if given is not None:
+        model = given
+        if ":" not in cfg.model:  # not rebuildable by name: load_trained will need the object again
+            cfg.model = f"<object {type(model).__name__}>"
+        if tuple(model.input_shape) != tuple(train_set.shape):
+            raise TrainError(f"the model takes {tuple(model.input_shape)}, the data is {train_set.shape}; "
+                             "use --image-size/--channels or build the model for the data")
+    else:
+        model = build_model(cfg, train_set.shape, len(classes))
     if cfg.init_from:
-        model.load_state_dict(torch.load(cfg.init_from, map_location="cpu")["model"])
+        model.load_state_dict(torch.load(cfg.init_from, map_location="cpu", weights_only=False)["model"])
+    _normalise(model, cfg, train_set, custom=given is not None or not is_builtin(cfg.model))
+    model = model.to(memory_format=torch.channels_last)
+    for p in model.placement:
+        log.info("exit after block %d: %.1f%% of MACs, %d B of features%s", p["block"], 100 * p["mac_fraction"],
+                 p["feature_bytes"], f" ({p['note']})" if p["note"] else "")
+        if p["note"]:
+            say("train", f"exit placement: {p['note']}")
     params = _set_trainable(model, cfg.mode)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
@@ -175,7 +290,12 @@ def _train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, re
             x = x.contiguous(memory_format=torch.channels_last)
             weights = exit_weights(cfg, (epoch * steps_per_epoch + step) / total_steps, k)
             logits = model(x)
-            losses = [F.cross_entropy(lg, y) for lg in logits]
+            if cfg.exit_targets == "teacher":  # the frozen final head's predictions are the targets
+                y = logits[-1].detach().argmax(1)
+                soft = F.softmax(logits[-1].detach(), 1)
+                losses = [F.cross_entropy(lg, soft) for lg in logits[:-1]] + [logits[-1].new_zeros(())]
+            else:
+                losses = [F.cross_entropy(lg, y) for lg in logits]
             loss = sum(w * lo for w, lo in zip(weights, losses, strict=True))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -187,26 +307,47 @@ def _train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, re
             run_correct += np.array([(lg.argmax(1) == y).sum().item() for lg in logits])
             if step % 20 == 0:
                 bar.set_postfix_str(_exit_str(run_loss / seen, run_correct / seen))
-        val_acc = (predict_logits(model, val_set.images).argmax(2) == val_set.labels[None]).mean(1)
-        log.info("epoch %d/%d %.0fs train[%s] val acc per exit %s", epoch + 1, cfg.epochs, time.time() - t0,
-                 _exit_str(run_loss / seen, run_correct / seen), " ".join(f"{a:.4f}" for a in val_acc))
+        val_logits = predict_logits(model, val_set.images)
+        truth = val_logits[-1].argmax(1) if cfg.exit_targets == "teacher" else val_set.labels
+        val_acc = (val_logits.argmax(2) == truth[None]).mean(1)
+        log.info("epoch %d/%d %.0fs train[%s] val %s per exit %s", epoch + 1, cfg.epochs, time.time() - t0,
+                 _exit_str(run_loss / seen, run_correct / seen),
+                 "agreement with the final exit" if cfg.exit_targets == "teacher" else "acc",
+                 " ".join(f"{a:.4f}" for a in val_acc))
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "gen": gen.get_state(), "epoch": epoch + 1, "config": asdict(cfg)}, ckpt_path)
     if last_epoch < cfg.epochs:
         log.info("stopped after epoch %d of %d; run again to resume", last_epoch, cfg.epochs)
         return model
-    torch.save({"model": model.state_dict(), "config": asdict(cfg), "classes": train_set.classes,
-                "input_shape": list(train_set.shape)}, out / "model.pt")
+    torch.save({"model": model.state_dict(), "config": asdict(cfg), "classes": classes,
+                "input_shape": list(train_set.shape), "placement": model.placement}, out / "model.pt")
     log.info("wrote %s", out / "model.pt")
     return model
 
 
-def load_trained(path: Path) -> tuple[EarlyExitModel, TrainConfig, list[str]]:
-    """Load OUT/model.pt written by `train`."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = TrainConfig(**blob["config"])
-    model = build_model(cfg, tuple(blob["input_shape"]), len(blob["classes"]))
-    model.load_state_dict(blob["model"])
+def load_trained(path: Path, model: EarlyExitModel | None = None) -> tuple[EarlyExitModel, TrainConfig, list[str]]:
+    """Load OUT/model.pt written by `train`: the model is rebuilt from the spec it records (a built-in name or
+    MODULE:FUNCTION), or its weights go into `model` (the object it was trained as)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainError(f"checkpoint {path} not found; give the model.pt that `mdiexit train` wrote")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        cfg = TrainConfig(**blob["config"])
+    except (KeyError, TypeError, RuntimeError, EOFError, ValueError) as e:
+        raise TrainError(f"{path} is not a model.pt written by `mdiexit train` ({type(e).__name__}: {e})") from None
+    if model is None:
+        if not is_builtin(cfg.model) and ":" not in cfg.model:
+            raise TrainError(f"{path} holds a model that was passed to train() as an object ({cfg.model!r}); pass "
+                             "it again (model=...), or train with cfg.model='MODULE:FUNCTION'")
+        model = build_model(cfg, tuple(blob["input_shape"]), len(blob["classes"]))
+    try:
+        model.load_state_dict(blob["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1:2] or [str(e)]
+        raise TrainError(f"{path}: the weights do not fit the model {cfg.model!r} builds now ({first[0].strip()}); "
+                         "rebuild it exactly as it was trained") from None
+    model.placement = blob.get("placement", [])
     return model.eval(), cfg, blob["classes"]
 
 
