@@ -1,8 +1,9 @@
-"""Link and device-speed emulation (DESIGN §7). Pure code: time is always an argument.
+"""Link emulation (DESIGN §7). Pure code: time is always an argument. (Device speed: emulation/device.py.)
 
-A sender keeps one :class:`LinkPacer` per outgoing link. Before sending ``n`` bytes at time ``now`` it asks
-``departure(n, now)``, sleeps until then, and sends; the receiver sees the message ``latency_s`` later
-(``arrival``). ``queued_bytes(now)`` is what the offloading rule needs as queued_bytes(n->m).
+A node keeps one :class:`LinkPacer` for its egress, shared by all its outgoing links (one uplink per device,
+runtime/links.py). Before sending ``n`` bytes at time ``now`` it asks ``departure(n, now)``, waits until then,
+and sends; the receiver sees the message ``latency_s`` later (``arrival``). ``queued_bytes(now)`` is what the
+offloading rule needs as queued_bytes(n->m).
 """
 
 from __future__ import annotations
