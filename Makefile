@@ -6,7 +6,7 @@ PACKAGE := models/mobilenetv2-fmnist
 export MALLOC_MMAP_THRESHOLD_ := 2147483647
 export MALLOC_TRIM_THRESHOLD_ := 4294967295
 
-.PHONY: setup demo test lint bench-engine bench-runtime bench-paper
+.PHONY: setup demo test lint bench-engine bench-runtime bench-paper bench-chaos
 
 setup:
 	@scripts/setup.sh
@@ -30,3 +30,6 @@ bench-runtime: setup
 
 bench-paper: setup
 	$(BIN)/mdiexit bench paper --cluster examples/edge4.yaml --out docs/results
+
+bench-chaos: setup
+	$(BIN)/mdiexit bench chaos --cluster examples/edge4.yaml --out docs/results/chaos

@@ -40,13 +40,18 @@ def test_one_bad_probe_does_not_turn_the_search_back():
     def probe(rate):
         if rate == 20.0 and not flaky["done"]:  # one transient failure at 20/s
             flaky["done"] = True
-            return {**good(rate), "throughput_per_s": 0.5 * rate}
+            return {**good(rate), "throughput_per_s": 0.85 * rate}  # a near miss
         return good(rate)
 
     res = search_rate(probe, Criterion(0.8), 10.0, refine_steps=3)
     assert res.best_rate is not None and res.best_rate > 50.0
     assert [r for r, ok, _ in res.probes if r == 20.0] == [20.0, 20.0]
     assert res.decided.startswith("sustainable at") and "confirmed" in res.decided
-    unconfirmed = search_rate(lambda r: probe(r) if r != 20.0 else {**good(r), "throughput_per_s": 1.0},
+    unconfirmed = search_rate(lambda r: probe(r) if r != 20.0 else {**good(r), "throughput_per_s": 0.85 * r},
                               Criterion(0.8), 10.0, confirm=False)
     assert unconfirmed.best_rate < 20.0  # without confirmation, the one bad probe caps the search
+
+
+def test_a_clear_failure_is_not_probed_twice():
+    res = search_rate(fake_cluster(30.0), Criterion(0.8), 100.0, refine_steps=0)
+    assert [r for r, ok, _ in res.probes if r == 100.0] == [100.0]  # 30 % kept up with: no second probe

@@ -25,6 +25,13 @@ class Criterion:
     keep_up: float = 0.95
     expected_accuracy: float | None = None  # the mode's test-split accuracy at its fixed thresholds
 
+    def clearly_fails(self, rate: float, s: dict) -> bool:
+        """Far from sustainable (less than 70 % of the rate kept up with, items lost, accuracy short): no
+        second probe can change that."""
+        accuracy = s["accuracy"] if self.expected_accuracy is None else self.expected_accuracy
+        return (s["throughput_per_s"] < 0.7 * self.keep_up * rate or s["lost"] > 0 or s["duplicates"] > 0
+                or accuracy < self.target_accuracy)
+
     def ok(self, rate: float, s: dict) -> bool:
         accuracy = s["accuracy"] if self.expected_accuracy is None else self.expected_accuracy
         return (s["throughput_per_s"] >= self.keep_up * rate and s["latency_ms"]["p95"] <= self.p95_ms
@@ -46,8 +53,8 @@ class SearchResult:
 def search_rate(probe: Callable[[float], dict], criterion: Criterion, start: float, min_rate: float = 1.0,
                 max_rate: float = 5000.0, refine_steps: int = 3, confirm: bool = True) -> SearchResult:
     """Bracket the capacity by doubling (or halving) from `start`, then bisect `refine_steps` times. With
-    `confirm`, a failing probe is run once more and fails only if it fails again, so that one bad probe (a
-    start-up transient, a hiccup of the host) cannot turn the search back."""
+    `confirm`, a probe that narrowly fails is run once more and fails only if it fails again, so that one bad
+    probe (a start-up transient, a hiccup of the host) cannot turn the search back."""
     res = SearchResult(None, None)
 
     def run(rate: float) -> bool:
@@ -55,7 +62,7 @@ def search_rate(probe: Callable[[float], dict], criterion: Criterion, start: flo
             s = probe(rate)
             good = criterion.ok(rate, s)
             res.probes.append((rate, good, s))
-            if good:
+            if good or criterion.clearly_fails(rate, s):
                 break
         if good and (res.best_rate is None or rate > res.best_rate):
             res.best_rate, res.best = rate, s
@@ -89,6 +96,6 @@ def search_rate(probe: Callable[[float], dict], criterion: Criterion, start: flo
             lo = mid
         else:
             hi = mid
-    again = " (each failure confirmed by a second probe)" if confirm else ""
+    again = " (each near miss confirmed by a second probe)" if confirm else ""
     res.decided = f"sustainable at {lo:.1f}/s, not at {hi:.1f}/s{again}"
     return res
