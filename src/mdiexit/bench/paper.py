@@ -64,7 +64,8 @@ def without_compression(cluster_path: Path, folder: Path) -> Path:
 
 def summary_row(s: dict) -> dict:
     return {"throughput_per_s": s["throughput_per_s"], "accuracy": s["accuracy"], "p95_ms": s["latency_ms"]["p95"],
-            "bytes_per_item": s["bytes_per_item"], "lost": s["lost"], "exit_fraction": s["exit_fraction"]}
+            "bytes_per_item": s["bytes_per_item"], "lost": s["lost"], "exit_fraction": s["exit_fraction"],
+            "ideal_throughput_per_s": s.get("ideal_throughput_per_s"), "efficiency": s.get("efficiency")}
 
 
 def search_mode(path: Path, mode: str, label: str, criterion: Criterion, start: float, probe_s: float,
