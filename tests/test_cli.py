@@ -39,18 +39,20 @@ def test_bench_engine_runs(tiny_package, tiny_checkpoint):
 def test_worker_import_path_loads_neither_torch_nor_tqdm():
     """A worker board has no torch (DESIGN §4) and needs no progress bars: `mdiexit worker` parses its command and
     imports the node runtime without loading either."""
-    code = ("import sys, mdiexit.cli, mdiexit.runtime.node, mdiexit.runtime.launch\n"
-            "a = mdiexit.cli.build_parser().parse_args(['worker', '--cluster', 'c.yaml', '--name', 'w1'])\n"
-            "assert a.func is mdiexit.cli.cmd_worker\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'tqdm')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)
+    assert loaded_after("import mdiexit.cli, mdiexit.runtime.node, mdiexit.runtime.launch\n"
+                        "a = mdiexit.cli.build_parser().parse_args(['worker', '--cluster', 'c.yaml', '--name', 'w1'])\n"
+                        "assert a.func is mdiexit.cli.cmd_worker", ("torch", "tqdm")) == []
 
 
 def test_light_commands_do_not_load_the_runtime():
-    code = ("import sys, mdiexit.cli\n"
-            "mdiexit.cli.build_parser().parse_args(['profile'])\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'tqdm', 'zmq')\n"
-            "             or m.startswith('mdiexit.runtime')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)
+    assert loaded_after("import mdiexit.cli\nmdiexit.cli.build_parser().parse_args(['profile'])",
+                        ("torch", "tqdm", "zmq", "mdiexit.runtime")) == []
+
+
+def loaded_after(code: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules in the packages `prefixes` that a fresh interpreter has loaded after running `code`."""
+    probe = (f"import sys\n{code}\nprint(sorted(m for m in sys.modules if any(m == p or m.startswith(p + '.') "
+             f"for p in {prefixes!r})))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return eval(out.stdout)
