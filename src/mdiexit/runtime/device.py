@@ -56,7 +56,7 @@ def seed_estimates(estimator: ServiceEstimator, device: DeviceModel, held: froze
 
 
 def compression_plan(engine: OrtEngine, pkg: Package, held: frozenset[int], cluster: ClusterConfig, name: str,
-                     peers: list[str]) -> dict[str, set[int]]:
+                     peers: list[str], device: DeviceModel) -> dict[str, set[int]]:
     """Per peer, the task boundaries whose features travel as learned codes (`compress: on | off | auto`)."""
     cfg = cluster.node(name)
     plan: dict[str, set[int]] = {peer: set() for peer in peers}
@@ -66,21 +66,25 @@ def compression_plan(engine: OrtEngine, pkg: Package, held: frozenset[int], clus
         if spec.after_task not in held:
             continue  # this node never produces those features
         for peer in peers:
-            if cfg.compress == "on" or _compression_pays(engine, spec, cluster, name, peer):
+            if cfg.compress == "on" or _compression_pays(engine, spec, cluster, name, peer, device):
                 plan[peer].add(spec.after_task)
     return plan
 
 
-def _compression_pays(engine: OrtEngine, spec, cluster: ClusterConfig, name: str, peer: str) -> bool:
-    """auto: compress when encode + code transfer + decode beats the float transfer on this link."""
+def _compression_pays(engine: OrtEngine, spec, cluster: ClusterConfig, name: str, peer: str,
+                      device: DeviceModel) -> bool:
+    """auto: compress when encode + code transfer + decode beats the float transfer on this link. Host times
+    come from the device model's profile where it has one (calibrated emulation), else are measured here."""
     bw, _ = cluster.link(name, peer)
     if bw is None:
         return False
     codec = engine.codec(spec.after_task)
     x = np.zeros((1, *spec.features_shape), np.float32)
-    enc_s = median_s(lambda: codec.encode(x), 7)
-    code = codec.encode(x)
-    dec_s = median_s(lambda: codec.decode(code), 7)
+    enc_s = device.host_s(("encode", spec.after_task), 1) or median_s(lambda: codec.encode(x), 7)
+    dec_s = device.host_s(("decode", spec.after_task), 1)
+    if dec_s is None:
+        code = codec.encode(x)
+        dec_s = median_s(lambda: codec.decode(code), 7)
     raw_bytes = 4 * int(np.prod(spec.features_shape))
     coded = spec.code_bytes * 8 / bw + enc_s * cluster.node(name).slowdown + dec_s * cluster.node(peer).slowdown
     return coded < raw_bytes * 8 / bw

@@ -25,7 +25,7 @@ import zmq
 from mdiexit.config import ClusterConfig, cluster_dict
 from mdiexit.protocol.codec import Limits, ProtocolError, decode, describe, encode
 from mdiexit.protocol.messages import Join, Member, Welcome
-from mdiexit.security import Identity, make_client, make_server, read_public, read_secret
+from mdiexit.security import Identity, NodeAuthenticator, make_client, make_server, read_public, read_secret
 
 log = logging.getLogger("mdiexit.join")
 
@@ -85,6 +85,7 @@ def join_cluster(source: str, join: Join, workdir: Path, key_file: Path | None, 
     """Ask the source at `source` (tcp://HOST:PORT) to let this device in. Returns the path of the cluster
     file written in `workdir`, with the checked package unpacked beside it. ``key_file`` None: insecure."""
     ctx = zmq.Context()
+    auth: NodeAuthenticator | None = None
     inbox, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
     for s in (inbox, push):
         s.setsockopt(zmq.LINGER, 500)
@@ -95,7 +96,8 @@ def join_cluster(source: str, join: Join, workdir: Path, key_file: Path | None, 
             public, secret = read_secret(key_file)
             ident = Identity(join.name, public, secret, {"source": _key_text(source_key)})
             make_server(inbox, ident)  # only the source can reach it: its key is the only one it knows
-            auth = _source_only_auth(ctx, ident.peers["source"])
+            auth = NodeAuthenticator(ctx, {"source": ident.peers["source"]})
+            auth.begin()
             make_client(push, ident, "source")
         try:
             inbox.bind(f"tcp://*:{join.port}")
@@ -108,17 +110,9 @@ def join_cluster(source: str, join: Join, workdir: Path, key_file: Path | None, 
     finally:
         inbox.close()
         push.close()
-        if key_file is not None:
+        if auth is not None:
             auth.stop()
         ctx.term()
-
-
-def _source_only_auth(ctx: zmq.Context, source_key: bytes):
-    from mdiexit.security import NodeAuthenticator
-
-    auth = NodeAuthenticator(ctx, {"source": source_key})
-    auth.begin()
-    return auth
 
 
 def _receive_welcome(inbox: zmq.Socket, workdir: Path, timeout_s: float, source: str) -> Path:

@@ -15,6 +15,7 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,7 +82,12 @@ def spawn_worker(cluster_path: Path, name: str, mode: str, netns: str | None = N
         cmd.append("--no-pace")
     if netns is not None:
         cmd = ["ip", "netns", "exec", netns, *cmd]  # ip execs the command: the child is python itself
-    env = {**os.environ, "MDIEXIT_INSECURE_WARNED": "1"}  # the launcher has said it once for the whole run
+    return _child(cmd)
+
+
+def _child(cmd: list[str]) -> subprocess.Popen:
+    """A node process that dies with this one, and does not repeat the launcher's insecure warning."""
+    env = {**os.environ, "MDIEXIT_INSECURE_WARNED": "1"}
     return subprocess.Popen(cmd, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL, env=env)
 
 
@@ -141,8 +147,7 @@ class LiveRun:
             cmd += ["--key", str(keys_dir / f"{name}.key_secret"), "--source-key", str(keys_dir / f"{src.name}.key")]
         for k, v in device.items():
             cmd += [f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, list | tuple) else str(v)]
-        self.procs[name] = _SPAWNER.submit(subprocess.Popen, cmd, preexec_fn=_die_with_parent,
-                                           stdin=subprocess.DEVNULL).result()
+        self.procs[name] = _SPAWNER.submit(_child, cmd).result()
 
 
 @dataclass
@@ -218,6 +223,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     if not rules.single_node:
         cluster.check_reachable(pkg.num_tasks, rules.source_computes, rules.offload_later)
     keys_dir = cluster_keys(cluster, opts, ephemeral_ok=spawn)
+    ephemeral = keys_dir is not None and keys_dir != (opts.keys_dir or cluster.keys_dir)
     identity = node_identity(cluster, cluster.source.name, keys_dir)
     if opts.thresholds is not None and len(opts.thresholds) != pkg.num_tasks:
         raise ClusterError(f"--thresholds: {len(opts.thresholds)} values for the package's {pkg.num_tasks} exits; "
@@ -296,6 +302,8 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         watching.clear()
         source.close()
         _stop_all(procs)
+        if ephemeral:
+            shutil.rmtree(keys_dir, ignore_errors=True)  # the run's keys die with it
     summary = {"mode": mode, **summary, "crashed": sorted(set(crashed)), "duration_s": opts.duration_s,
                "rate": opts.rate,
                "config": {"cluster": str(cluster_path), "package": str(cluster.package), "mode": mode,

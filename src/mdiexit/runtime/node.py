@@ -110,19 +110,19 @@ class NodeProcess:
         return list(dict.fromkeys(p for p in peers if p != self.name))
 
     def _neighbour_views(self) -> dict[str, NeighbourView]:
-        views = {}
-        for peer in self._peers():
-            if peer not in self.cluster.neighbours_of(self.name):
-                continue  # a result-only path, not a place to offload to
-            node = self.cluster.node(peer)
-            held = node.held_tasks(self.pkg.num_tasks)
-            if node.role == "source" and not self.rules.source_computes:
-                held = frozenset()
-            if not self.is_source and not self.rules.offload_later:
-                held = frozenset()  # DDI: workers never pass items on
-            bw, lat = self.cluster.link(self.name, peer)
-            views[peer] = NeighbourView(peer, held, bandwidth_bps=bw, latency_s=lat)
-        return views
+        # only neighbours: the other peers are result- or state-only paths, not places to offload to
+        return {peer: self._view_of(peer) for peer in self._peers() if peer in self.cluster.neighbours_of(self.name)}
+
+    def _view_of(self, peer: str) -> NeighbourView:
+        """What this node may send `peer`, and over which link."""
+        node = self.cluster.node(peer)
+        held = node.held_tasks(self.pkg.num_tasks)
+        if node.role == "source" and not self.rules.source_computes:
+            held = frozenset()
+        if not self.is_source and not self.rules.offload_later:
+            held = frozenset()  # DDI: workers never pass items on
+        bw, lat = self.cluster.link(self.name, peer)
+        return NeighbourView(peer, held, bandwidth_bps=bw, latency_s=lat)
 
     def start(self) -> None:
         self.inbox = self.ctx.socket(zmq.PULL)
@@ -143,7 +143,7 @@ class NodeProcess:
             self.links[peer] = Link(self.ctx, self.name, peer, self.cluster.node(peer).address, self.egress, lat,
                                     self.pace_bandwidth, self.identity)
         self.compress_on = compression_plan(self.engine, self.pkg, self.held, self.cluster, self.name,
-                                            list(self.links))
+                                            list(self.links), self.device)
         for target, tname in ((self._receive_loop, "receive"), (self._compute_loop, "compute"),
                               (self._heartbeat_loop, "heartbeat")):
             t = threading.Thread(target=target, name=f"{self.name}-{tname}", daemon=True)
@@ -201,8 +201,8 @@ class NodeProcess:
             if msg.sender != user:
                 self.reject("impersonation", f"{type(msg).__name__} claims sender {msg.sender!r}, key of {user!r}")
                 return False
-        if isinstance(msg, Control) and msg.sender != self.source_name:
-            self.reject("impersonation", f"CONTROL from {msg.sender!r}, not the source")
+        if type(msg) in (Control, Member) and msg.sender != self.source_name:  # a JOIN is a Member's subclass
+            self.reject("impersonation", f"{type(msg).__name__.upper()} from {msg.sender!r}, not the source")
             return False
         return True
 
@@ -230,11 +230,8 @@ class NodeProcess:
             self.on_control(msg)
         elif isinstance(msg, Join):
             self.on_join(msg)
-        elif isinstance(msg, Member):
-            if msg.sender != self.source_name:
-                self.reject("impersonation", f"MEMBER from {msg.sender!r}, not the source")
-            elif msg.name != self.name:
-                self.add_member(member_config(msg))
+        elif type(msg) is Member and msg.name != self.name:
+            self.add_member(member_config(msg))
 
     def on_join(self, msg: Join) -> None:
         self.reject("impersonation", f"JOIN from {msg.sender!r} sent to a worker")
@@ -251,11 +248,9 @@ class NodeProcess:
         link = Link(self.ctx, self.name, node.name, node.address, self.egress, lat, self.pace_bandwidth, self.identity)
         self.compress_on = {**self.compress_on, node.name: set()}
         self.links = {**self.links, node.name: link}  # copied, not changed: other threads iterate the old one
-        held = node.held_tasks(self.pkg.num_tasks) if self.is_source or self.rules.offload_later else frozenset()
-        bw, lat = self.cluster.link(self.name, node.name)
+        view = self._view_of(node.name)
         with self.core.lock:
-            self.core.neighbours = {**self.core.neighbours,
-                                    node.name: NeighbourView(node.name, held, bandwidth_bps=bw, latency_s=lat)}
+            self.core.neighbours = {**self.core.neighbours, node.name: view}
         log.warning("%s: %s joined the cluster", self.name, node.name)
 
     def on_state(self, msg: State) -> None:  # the source records these

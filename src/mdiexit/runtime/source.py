@@ -64,6 +64,7 @@ class SourceProcess(NodeProcess):
         self.no_exits = tuple([1.0] * (self.pkg.num_tasks - 1) + [0.0])
         self.last_heard: dict[str, float] = {}
         self.down: dict[str, float] = {}  # node -> when it was declared down
+        self.membership = threading.RLock()  # the launcher's watcher, the receive and admit threads all change it
         self.events: list[dict] = []  # node failures, leaves and returns, for the summary and the live view
         self.run_start = now()
         self.phase = "starting"  # admitting | draining | done
@@ -90,10 +91,11 @@ class SourceProcess(NodeProcess):
                         "file (`mdiexit worker --cluster F --name N`)", self.name, msg.name)
             return
         key = self.auth.key_of(msg.name) if self.auth is not None else None
-        node = member_config(member_message(self.name, msg, key.decode() if key else None))
+        member = member_message(self.name, msg, key.decode() if key else None)
+        node = member_config(member)
         self.add_member(node)
         self._welcome(node.name)
-        frames = encode(member_message(self.name, msg, node.public_key))
+        frames = encode(member)
         for peer, link in self.links.items():
             if peer != node.name:
                 link.send(frames, now())
@@ -112,7 +114,7 @@ class SourceProcess(NodeProcess):
 
     def _could_compute(self, sender: str, task: int) -> bool:
         try:
-            return task in self.cluster.node(sender).held_tasks(self.pkg.num_tasks)
+            return self.cluster.node(sender).holds(task)  # per result: no set built
         except KeyError:
             return False
 
@@ -142,9 +144,10 @@ class SourceProcess(NodeProcess):
     def node_down(self, name: str, kind: str, t: float) -> None:
         """`name` crashed, hung or left: nobody routes to it, and every item in flight is dispatched again
         (an item may be on it or on its way there; other attempts' late results are dropped)."""
-        if name in self.down or name == self.name:
-            return
-        self.down[name] = t
+        with self.membership:
+            if name in self.down or name == self.name:
+                return
+            self.down[name] = t
         self.core.on_leave(name)
         pending = self.ledger.in_flight_ids()
         self.events.append({"node": name, "kind": kind, "at_s": t - self.run_start, "in_flight": len(pending),
@@ -163,6 +166,10 @@ class SourceProcess(NodeProcess):
 
     def supervise(self, t: float) -> None:
         """Declare silent nodes down, notice returning ones, re-dispatch overdue items, close recoveries."""
+        with self.membership:
+            self._supervise(t)
+
+    def _supervise(self, t: float) -> None:
         for name, heard in list(self.last_heard.items()):
             if name in self.down:
                 if heard > self.down[name] and self.reports.get(name) is not None \
