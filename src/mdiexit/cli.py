@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from mdiexit.cli_model import DEFAULT_PACKAGE, add_model_commands, floats, items_arg
+from mdiexit.cli_serve import add_bench_serve, add_keys_client, add_serve_commands
 from mdiexit.policies.modes import ADMISSIONS, MODES
 
 DEFAULT_CLUSTER = Path("examples/edge4.yaml")
@@ -45,7 +46,8 @@ def _run_opts(a: argparse.Namespace):
 
     given = dict(mode=a.mode, rate=a.rate, duration_s=a.duration, warmup_s=a.warmup, deadline_ms=a.deadline_ms,
                  live=not a.quiet, data_dir=a.data_dir, admission=a.admission, target_accuracy=a.target_accuracy,
-                 target_backlog_ms=a.target_backlog_ms, net=a.net,
+                 target_backlog_ms=a.target_backlog_ms, net=a.net, max_backlog_ms=a.max_backlog_ms,
+                 max_wait_ms=a.max_wait_ms, metrics_port=a.metrics_port, metrics_addr=a.metrics_addr,
                  insecure=a.insecure, keys_dir=a.keys_dir, items=items_arg(a.items))
     if a.thresholds is not None:
         given["thresholds"] = tuple(floats(a.thresholds, "--thresholds"))
@@ -93,12 +95,12 @@ def cmd_worker(a: argparse.Namespace) -> int:
     if a.cluster is None:
         raise SystemExit("mdiexit: error: give --cluster F (a member of the cluster file) or --join tcp://SOURCE:PORT")
     return run_worker(a.cluster, a.name, a.mode, pace=not a.no_pace, insecure=a.insecure, keys_dir=a.keys_dir,
-                      key_file=a.key)
+                      key_file=a.key, metrics_port=a.metrics_port, metrics_addr=a.metrics_addr)
 
 
 def cmd_keys(a: argparse.Namespace) -> int:
     from mdiexit.config import load_cluster
-    from mdiexit.security import create_keys
+    from mdiexit.security import create_client_key, create_keys
 
     names = [n.name for n in load_cluster(a.cluster).nodes] if a.cluster else a.names
     if a.out is None:
@@ -108,6 +110,9 @@ def cmd_keys(a: argparse.Namespace) -> int:
     publics = create_keys(names, a.out, overwrite=a.force)
     for name, key in publics.items():
         print(f"{name}: public {key}  secret {a.out / (name + '.key_secret')} (mode 600)")
+    if a.cluster:
+        print(f"client key for `mdiexit serve`: {create_client_key(a.out, overwrite=a.force)} (more: `mdiexit keys "
+              "client`)")
     print(f"set `keys_dir: {a.out}` in the cluster file (or pass --keys-dir); copy each node's .key_secret to "
           f"that device only, and every .key to all of them")
     return 0
@@ -141,7 +146,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="seconds of admission (default %(default)s)")
     p.add_argument("--warmup", type=float, default=_RunDefault("warmup_s"),
                    help="seconds excluded from throughput (default %(default)s)")
-    p.add_argument("--deadline-ms", type=float, default=None, help="also report accuracy within this deadline")
+    p.add_argument("--deadline-ms", type=float, default=None,
+                   help="each item's deadline: past it, an item is dropped unrun and counted expired; the summary "
+                        "reports the accuracy within it")
     p.add_argument("--admission", default=_RunDefault("admission"), choices=ADMISSIONS,
                    help="fixed: admit at --rate with the package's thresholds; rate: adapt the rate at the cheapest "
                         "thresholds meeting --target-accuracy; thresholds: fixed --rate, adapt the thresholds "
@@ -153,6 +160,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thresholds", default=None,
                    help="comma-separated exit thresholds, one per task, the last 0 (fixed admission; default: the "
                         "package's)")
+    gate_args(p)
     p.add_argument("--data-dir", type=Path, default=None,
                    help="the dataset's folder, or any image folder to stream with --items all|N")
     p.add_argument("--items", default="test",
@@ -164,6 +172,19 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                         "bandwidths shaped by the kernel with tc tbf (root, Linux) (default %(default)s)")
     p.add_argument("--out", type=Path, default=Path("runs/last"), help="folder for summary.json")
     _security_args(p)
+
+
+def gate_args(p: argparse.ArgumentParser) -> None:
+    """The admission gate's and the metrics endpoint's options, shared by run, source and serve."""
+    p.add_argument("--max-backlog-ms", type=float, default=_RunDefault("max_backlog_ms"),
+                   help="admit nothing while the largest backlog in the cluster is above this (default %(default)s)")
+    p.add_argument("--max-wait-ms", type=float, default=_RunDefault("max_wait_ms"),
+                   help="reject (overloaded) an item that would wait longer than this to be admitted "
+                        "(default %(default)s)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve the source's Prometheus metrics on this port (default: metrics_port in the file)")
+    p.add_argument("--metrics-addr", default=None,
+                   help="address the metrics endpoint binds to (default 127.0.0.1: this machine only)")
 
 
 def _cluster_arg(p: argparse.ArgumentParser) -> None:
@@ -256,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(so)
     so.set_defaults(func=cmd_source)
 
+    add_serve_commands(sub, _cluster_arg, gate_args, _security_args)
+
     w = sub.add_parser("worker", help="run one worker node until the source shuts it down (SIGTERM: leave gracefully)",
                        description="A member of the cluster file (--cluster F --name N; a restarted member rejoins by "
                                    "itself), or a new device joining a running cluster with the source's address "
@@ -281,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not pace the links' bandwidth (the kernel shapes it, as in `run --net namespaces`)")
     w.add_argument("--key", type=Path, default=None,
                    help="this node's secret key file (default: KEYS_DIR/NAME.key_secret)")
+    w.add_argument("--metrics-port", type=int, default=None,
+                   help="serve this node's Prometheus metrics on this port (default: metrics_port in the file)")
+    w.add_argument("--metrics-addr", default=None, help="address the metrics endpoint binds to (default 127.0.0.1)")
     _security_args(w)
     w.set_defaults(func=cmd_worker)
 
@@ -301,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     ka.add_argument("--name", required=True, help="the name the device joins as")
     ka.add_argument("--keys-dir", type=Path, required=True, help="the source's keys folder")
     ka.set_defaults(func=cmd_keys_allow)
+    add_keys_client(ksub)
 
     pl = sub.add_parser("plot", help="draw DIR/timeline.csv of a run to DIR/timeline.png")
     pl.add_argument("run_dir", type=Path)
@@ -308,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    add_bench_serve(bsub, _cluster_arg)
     be = bsub.add_parser("engine", help="per-task latency at batch 1 and 32, ONNX Runtime vs torch")
     be.add_argument("package", type=Path, nargs="?", default=DEFAULT_PACKAGE)
     be.add_argument("--checkpoint", type=Path, default=None, help="model.pt for the torch backend")

@@ -74,8 +74,12 @@ class NodeConfig:
     rated_gmacs: Positive | None = None  # None = BASE_RATED_GMACS / slowdown
     # CurveZMQ public key (Z85, from `mdiexit keys`); None: KEYS_DIR/NAME.key
     public_key: Annotated[str, Meta(min_length=40, max_length=40, description="a 40-character Z85 key")] | None = None
+    client_port: Annotated[int, Meta(ge=1, le=65535)] | None = None  # the source: where clients connect (serve)
+    metrics_port: Annotated[int, Meta(ge=1, le=65535)] | None = None  # Prometheus metrics over HTTP, on loopback
 
     def __post_init__(self) -> None:
+        if self.client_port is not None and self.role != "source":
+            raise ValueError("client_port: only the source serves clients; move it to the node with role source")
         if self.tasks is None:
             return
         if not self.tasks and self.role != "source":
@@ -256,10 +260,14 @@ def _check_unique(nodes: tuple[NodeConfig, ...]) -> None:
         if n.name in names:
             raise ConfigError(f"nodes[{i}].name: {n.name!r} is already used by nodes[{names[n.name]}]")
         names[n.name] = i
-        if (n.host, n.port) in addrs:
-            raise ConfigError(f"nodes[{i}].port: {n.host}:{n.port} is already used by "
-                              f"nodes[{addrs[n.host, n.port]}]")
-        addrs[n.host, n.port] = i
+        for field_name in ("port", "client_port", "metrics_port"):
+            port = getattr(n, field_name)
+            if port is None:
+                continue
+            if (n.host, port) in addrs:
+                raise ConfigError(f"nodes[{i}].{field_name}: {n.host}:{port} is already used by "
+                                  f"nodes[{addrs[n.host, port]}]")
+            addrs[n.host, port] = i
     sources = [i for i, n in enumerate(nodes) if n.role == "source"]
     if len(sources) != 1:
         raise ConfigError(f"nodes: expected exactly one node with role 'source', got {len(sources)}"

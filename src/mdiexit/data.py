@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mdiexit.inputs import IMAGE_SUFFIXES
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -174,7 +176,6 @@ def load_cifar10(root: Path) -> tuple[Dataset, Dataset]:
 
 # ---------------------------------------------------------------- image folder
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
 def read_classes(path: Path) -> list[str]:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,13 @@ class Package:
 
     def compression_after(self, task_index: int) -> CompressionSpec | None:
         return next((c for c in self.compression if c.after_task == task_index), None)
+
+    @property
+    def version(self) -> str:
+        """NAME@HASH: the package's name and the start of its manifest's SHA-256 (a retrained or re-exported
+        package has another)."""
+        digest = hashlib.sha256((self.root / "manifest.json").read_bytes()).hexdigest()[:12]
+        return f"{self.name}@{digest}"
 
 
 # ------------------------------------------------------------------ validation helpers

@@ -140,16 +140,31 @@ def allow_key(keys_dir: Path, name: str, public: str) -> Path:
     return path
 
 
+CLIENT_DOMAIN = "clients"  # the ZAP domain of the source's client endpoint: client keys only
+CLIENTS = "clients"  # KEYS_DIR/clients/NAME.key: the applications allowed to send requests
+
+
+def create_client_key(keys_dir: Path, name: str = "client", overwrite: bool = False) -> Path:
+    """A client keypair in KEYS_DIR/clients/, allowed by being there. Returns the secret key file."""
+    create_keys([name], keys_dir / CLIENTS, overwrite)
+    return keys_dir / CLIENTS / f"{name}.key_secret"
+
+
 class NodeAuthenticator(ThreadAuthenticator):
     """A ZAP handler admitting only known node keys. A message's ``User-Id`` becomes the sending node's name.
     Keys can be added while running (a member that joined), and the source also admits the keys an operator
-    allowed in ``allowed_dir`` (NAME.key files, read when an unknown key knocks)."""
+    allowed in ``allowed_dir`` (NAME.key files, read when an unknown key knocks). On the client endpoint
+    (zap_domain CLIENT_DOMAIN) only client keys, from ``clients_dir``, are admitted: a client can never talk
+    to a node's cluster inbox, nor a node key to the client endpoint's request path."""
 
-    def __init__(self, ctx: zmq.Context, keys: dict[str, bytes], allowed_dir: Path | None = None):
+    def __init__(self, ctx: zmq.Context, keys: dict[str, bytes], allowed_dir: Path | None = None,
+                 clients_dir: Path | None = None):
         super().__init__(ctx)
         self._names: dict[bytes, str] = {}
+        self._clients: dict[bytes, str] = {}
         self._lock = threading.Lock()
         self.allowed_dir = allowed_dir
+        self.clients_dir = clients_dir
         for name, key in keys.items():
             self.allow(name, key)
 
@@ -161,30 +176,36 @@ class NodeAuthenticator(ThreadAuthenticator):
         with self._lock:
             return next((k for k, n in self._names.items() if n == name), None)
 
-    def _read_allowed(self) -> None:
-        for path in sorted(self.allowed_dir.glob("*.key")) if self.allowed_dir and self.allowed_dir.is_dir() else ():
+    @staticmethod
+    def _read_keys(folder: Path | None) -> dict[bytes, str]:
+        found = {}
+        for path in sorted(folder.glob("*.key")) if folder and folder.is_dir() else ():
             try:
-                key = read_public(path)
+                found[read_public(path)] = path.stem
             except KeyFileError:
                 continue
-            with self._lock:
-                self._names.setdefault(key, path.stem)
+        return found
 
     def callback(self, domain: str, key: bytes) -> bool:  # the credentials provider's hook
+        known = self._clients if domain == CLIENT_DOMAIN else self._names
         with self._lock:
-            if key in self._names:
+            if key in known:
                 return True
-        self._read_allowed()
+        found = self._read_keys(self.clients_dir if domain == CLIENT_DOMAIN else self.allowed_dir)
         with self._lock:
-            return key in self._names
+            for k, name in found.items():
+                known.setdefault(k, name)
+            return key in known
 
     def curve_user_id(self, client_public_key: bytes) -> str:
+        key = z85.encode(client_public_key)
         with self._lock:
-            return self._names.get(z85.encode(client_public_key), "")
+            return self._names.get(key) or self._clients.get(key, "")
 
     def begin(self) -> None:
         self.start()
-        self.configure_curve_callback("*", credentials_provider=self)
+        for domain in ("*", CLIENT_DOMAIN):  # "*" is ZAP's default domain: the cluster inboxes
+            self.configure_curve_callback(domain, credentials_provider=self)
 
 
 def make_server(sock: zmq.Socket, ident: Identity) -> None:

@@ -21,6 +21,10 @@ KIND_CONTROL = b"C"
 KIND_JOIN = b"J"
 KIND_WELCOME = b"W"
 KIND_MEMBER = b"M"
+KIND_HELLO = b"H"  # client -> source: what do you serve?
+KIND_INFO = b"I"  # source -> client: the served package's input, classes and version
+KIND_REQUEST = b"Q"  # client -> source: classify one input
+KIND_REPLY = b"A"  # source -> client: the request's one outcome
 
 # why a well-formed message was refused: no cluster key, a sender other than the key's node (or CONTROL not from
 # the source), a RESULT for no item in flight or from a node that does not hold its exit's task
@@ -67,6 +71,7 @@ class Data(msgspec.Struct, frozen=True, kw_only=True):
     backlog_s: Seconds = 0.0
     arrays: Annotated[list[ArrayMeta], msgspec.Meta(max_length=MAX_TASKS)] = []
     timings: Annotated[list[Timing], msgspec.Meta(max_length=MAX_TIMINGS)] = []
+    budget_s: Seconds | None = None  # seconds left before the item's deadline when sent (None: no deadline)
     version: int = PROTOCOL_VERSION
 
 
@@ -84,6 +89,7 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     backlog_s: Seconds = 0.0
     admitted_at: Time
     timings: Annotated[list[Timing], msgspec.Meta(max_length=MAX_TIMINGS)] = []
+    expired: bool = False  # the item's deadline passed in a queue here: dropped unrun (label and exit meaningless)
     version: int = PROTOCOL_VERSION
 
 
@@ -151,11 +157,72 @@ class Welcome(msgspec.Struct, frozen=True, kw_only=True):
     version: int = PROTOCOL_VERSION
 
 
-Message = Data | Result | State | Control | Member | Join | Welcome
+# ---------------------------------------------------------------- the client endpoint (DESIGN §10)
+# A request's one outcome: its result, or rejected / expired / failed (with a reason), or error (bad request)
+OUTCOMES = ("result", "rejected", "expired", "failed", "error")
+ClientId = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+
+
+class Hello(msgspec.Struct, frozen=True, kw_only=True):
+    """HELLO, from a client: asks what the service serves (answered with INFO)."""
+
+    KIND: ClassVar[bytes] = KIND_HELLO
+
+    version: int = PROTOCOL_VERSION
+
+
+class Info(msgspec.Struct, frozen=True, kw_only=True):
+    """INFO, to a client: the input a request must carry (uint8, shape (1, C, H, W)), the class names, and the
+    served package's version (a request naming another version is refused)."""
+
+    KIND: ClassVar[bytes] = KIND_INFO
+
+    input_shape: Annotated[list[Dim], msgspec.Meta(max_length=MAX_NDIM)]
+    classes: Annotated[list[Annotated[str, msgspec.Meta(max_length=256)]], msgspec.Meta(max_length=100_000)]
+    package: Annotated[str, msgspec.Meta(max_length=256)]
+    max_deadline_ms: float = 0.0  # 0: requests without a deadline are accepted too
+    version: int = PROTOCOL_VERSION
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True):
+    """REQUEST, from a client: classify one input (array frame "x": uint8 (1, C, H, W) as INFO says).
+    ``request_id`` is the client's own number, echoed in the REPLY."""
+
+    KIND: ClassVar[bytes] = KIND_REQUEST
+
+    request_id: ClientId
+    deadline_ms: Annotated[float, msgspec.Meta(gt=0.0, le=1e9)] | None = None
+    package: Annotated[str, msgspec.Meta(max_length=256)] | None = None  # None: whatever is served
+    arrays: Annotated[list[ArrayMeta], msgspec.Meta(min_length=1, max_length=1)]
+    version: int = PROTOCOL_VERSION
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True):
+    """REPLY, to a client: one request's outcome (OUTCOMES). ``reason`` says why for every outcome but result."""
+
+    KIND: ClassVar[bytes] = KIND_REPLY
+
+    request_id: ClientId
+    outcome: Literal["result", "rejected", "expired", "failed", "error"]
+    reason: Annotated[str, msgspec.Meta(max_length=4096)] = ""
+    label: int = -1
+    name: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    exit: Annotated[int, msgspec.Meta(ge=0, le=MAX_TASKS)] = 0
+    confidence: Unit = 0.0
+    latency_ms: Seconds = 0.0  # from admission at the source to the result there
+    version: int = PROTOCOL_VERSION
+
+
+Message = Data | Result | State | Control | Member | Join | Welcome | Hello | Info | Request | Reply
 
 BY_KIND: dict[bytes, type] = {
     KIND_DATA: Data, KIND_RESULT: Result, KIND_STATE: State, KIND_CONTROL: Control, KIND_MEMBER: Member,
-    KIND_JOIN: Join, KIND_WELCOME: Welcome,
+    KIND_JOIN: Join, KIND_WELCOME: Welcome, KIND_HELLO: Hello, KIND_INFO: Info, KIND_REQUEST: Request,
+    KIND_REPLY: Reply,
 }
 KIND_NAMES = {KIND_DATA: "DATA", KIND_RESULT: "RESULT", KIND_STATE: "STATE", KIND_CONTROL: "CONTROL",
-              KIND_MEMBER: "MEMBER", KIND_JOIN: "JOIN", KIND_WELCOME: "WELCOME"}
+              KIND_MEMBER: "MEMBER", KIND_JOIN: "JOIN", KIND_WELCOME: "WELCOME", KIND_HELLO: "HELLO",
+              KIND_INFO: "INFO", KIND_REQUEST: "REQUEST", KIND_REPLY: "REPLY"}
+# what may reach a node's cluster inbox; the client endpoint takes only HELLO and REQUEST
+CLUSTER_KINDS = (Data, Result, State, Control, Member, Join, Welcome)
+CLIENT_KINDS = (Hello, Request)

@@ -31,22 +31,25 @@ class WorkItem:
     code: dict[str, np.ndarray] | None = None  # the learned code of x, as received (decoded before compute)
     attempt: int = 0  # the source's dispatch number (DESIGN §9): results of other attempts are told apart
     parked_at: float | None = None  # when no available node could take it
+    deadline: float | None = None  # in this node's clock; it travels as the budget left (clocks differ)
 
     @classmethod
-    def from_data(cls, msg: Data, arrays: list[np.ndarray]) -> WorkItem:
+    def from_data(cls, msg: Data, arrays: list[np.ndarray], now: float) -> WorkItem:
         """The item a DATA message carries: its task input `x`, or the learned code of it (decoded later)."""
         coded = [m.name for m in msg.arrays] != ["x"]
         return cls(msg.item_id, msg.task, None if coded else arrays[0], msg.admitted_at, tuple(msg.thresholds),
                    msg.thresholds_version, msg.hops, [tuple(x) for x in msg.timings],
                    code={m.name: a for m, a in zip(msg.arrays, arrays, strict=True)} if coded else None,
-                   attempt=msg.attempt)
+                   attempt=msg.attempt, deadline=None if msg.budget_s is None else now + msg.budget_s)
 
-    def to_data(self, sender: str, backlog_s: float, arrays: dict[str, np.ndarray], wire_codec: str) -> Data:
+    def to_data(self, sender: str, backlog_s: float, arrays: dict[str, np.ndarray], wire_codec: str,
+                now: float) -> Data:
         """The DATA message that carries this item one hop on, with `arrays` (x, or its code) as frames."""
         return Data(item_id=self.item_id, attempt=self.attempt, task=self.task, hops=self.hops + 1,
                     admitted_at=self.admitted_at, thresholds_version=self.thresholds_version,
                     thresholds=list(self.thresholds), sender=sender, backlog_s=backlog_s, timings=self.timings,
-                    arrays=[describe(n, a, wire_codec) for n, a in arrays.items()])
+                    arrays=[describe(n, a, wire_codec) for n, a in arrays.items()],
+                    budget_s=None if self.deadline is None else max(0.0, self.deadline - now))
 
     @property
     def nbytes(self) -> int:
@@ -83,6 +86,7 @@ class NodeCore:
         self.queued: Counter[int] = Counter()  # queued items per task
         self.busy_until = 0.0
         self.tasks_run: dict[int, int] = {}
+        self.expired: list[WorkItem] = []  # dropped unrun: their deadline passed in the queue
         self.lock = threading.Condition()
 
     # ---------------------------------------------------------------- state
@@ -150,6 +154,11 @@ class NodeCore:
         with self.lock:
             self._enqueue(item)
 
+    def take_expired(self) -> list[WorkItem]:
+        with self.lock:
+            items, self.expired = self.expired, []
+            return items
+
     def take_parked(self) -> list[WorkItem]:
         with self.lock:
             items, self.parked = self.parked, []
@@ -167,17 +176,26 @@ class NodeCore:
     # ---------------------------------------------------------------- compute
     def take_batch(self, max_batch: int, now: float, timeout: float) -> list[WorkItem]:
         """Pop up to `max_batch` queued items that need the same task as the head (waits up to `timeout`).
+        Items past their deadline are dropped on the way (``take_expired``): no compute is spent on them.
 
         Batching never delays an item: it takes only what is already queued."""
         with self.lock:
             if not self.queue:
                 self.lock.wait(timeout)
-            if not self.queue:
-                return []
-            task = self.queue[0].task
-            batch = []
-            while self.queue and len(batch) < max_batch and self.queue[0].task == task:
+            batch: list[WorkItem] = []
+            while self.queue and len(batch) < max_batch:
+                head = self.queue[0]
+                if head.deadline is not None and head.deadline < now:
+                    self.queue.popleft()
+                    self.queued[head.task] -= 1
+                    self.expired.append(head)
+                    continue
+                if batch and head.task != batch[0].task:
+                    break
                 batch.append(self.queue.popleft())
+            if not batch:
+                return []
+            task = batch[0].task
             est = self.estimator.get(task) * len(batch)
             self.queued[task] -= len(batch)
             self.busy_until = now + est

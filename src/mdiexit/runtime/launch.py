@@ -27,14 +27,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import zmq
+
 from mdiexit.config import ClusterConfig, load_cluster
 from mdiexit.data import load_items
 from mdiexit.package import Package, load_package
 from mdiexit.policies.admission import RateAdaptation, ThresholdAdaptation
+from mdiexit.policies.gate import AdmissionGate
 from mdiexit.policies.modes import no_exit_thresholds, rules_for
+from mdiexit.runtime.arrivals import StreamArrivals
 from mdiexit.runtime.ledger import Ledger
 from mdiexit.runtime.metrics import emulation_check, host_cpu_ticks, summarize
 from mdiexit.runtime.node import ClusterError, NodeProcess
+from mdiexit.runtime.service import ClientEndpoint
 from mdiexit.runtime.source import Admission, FixedAdmission, SourceProcess
 from mdiexit.security import Identity, allow_key, create_keys, load_identity
 
@@ -50,7 +55,9 @@ class RunOptions:
     warmup_s: float = 2.0
     drain_timeout_s: float = 60.0  # after admission stops, wait this long for the last results
     ready_timeout_s: float = 60.0
-    deadline_ms: float | None = None
+    deadline_ms: float | None = None  # each item's deadline: expired (dropped unrun) once past it
+    max_backlog_ms: float = 600.0  # the gate admits nothing while the largest backlog is above this
+    max_wait_ms: float = 250.0  # the gate rejects (overloaded) what would wait longer than this to be admitted
     live: bool = True
     data_dir: Path | None = None
     limit_items: int | None = None  # cycle over the first N test items only
@@ -62,6 +69,9 @@ class RunOptions:
     net: str = "app"  # app: links paced in the application | namespaces: kernel-shaped (root, Linux; DESIGN §7)
     insecure: bool = False  # no CurveZMQ: anyone who reaches a port can talk to the cluster (debugging only)
     keys_dir: Path | None = None  # overrides the cluster file's keys_dir
+    serve: threading.Event | None = None  # serve clients (`mdiexit serve`) until this is set, instead of a stream
+    metrics_port: int | None = None  # the source's Prometheus endpoint (default: its metrics_port in the file)
+    metrics_addr: str | None = None  # default loopback
 
 
 def _die_with_parent() -> None:
@@ -108,6 +118,10 @@ def make_admission(pkg: Package, mode: str, opts: RunOptions) -> Admission:
     if opts.admission == "thresholds":
         return ThresholdAdaptation(pkg.profile, opts.rate, target_backlog_s=w_star)
     raise ValueError(f"unknown admission {opts.admission!r}; choose fixed, rate or thresholds")
+
+
+def make_gate(opts: RunOptions) -> AdmissionGate:
+    return AdmissionGate(max_backlog_s=opts.max_backlog_ms / 1000, max_wait_s=opts.max_wait_ms / 1000)
 
 
 @dataclass
@@ -222,29 +236,32 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     cluster.check_tasks(pkg.num_tasks)
     if not rules.single_node:
         cluster.check_reachable(pkg.num_tasks, rules.source_computes, rules.offload_later)
-    keys_dir = cluster_keys(cluster, opts, ephemeral_ok=spawn)
+    if opts.serve is not None and cluster.source.client_port is None:
+        raise ClusterError(f"{cluster_path}: the source has no client_port; add `client_port: PORT` to its entry")
+    keys_dir = cluster_keys(cluster, opts, ephemeral_ok=spawn and opts.serve is None)
     ephemeral = keys_dir is not None and keys_dir != (opts.keys_dir or cluster.keys_dir)
     identity = node_identity(cluster, cluster.source.name, keys_dir)
     if opts.thresholds is not None and len(opts.thresholds) != pkg.num_tasks:
         raise ClusterError(f"--thresholds: {len(opts.thresholds)} values for the package's {pkg.num_tasks} exits; "
                            f"give {pkg.num_tasks}, the last 0")
-    stream = load_items(pkg, opts.items, opts.data_dir)
-    if opts.items != "test" and len(stream) > opts.rate * opts.duration_s:
+    stream = load_items(pkg, opts.items, opts.data_dir) if opts.serve is None else None
+    if stream is not None and opts.items != "test" and len(stream) > opts.rate * opts.duration_s:
         log.warning("only about %d of the %d items fit in --duration %g s at --rate %g; raise --duration to stream "
                     "them all", int(opts.rate * opts.duration_s), len(stream), opts.duration_s, opts.rate)
-    if not stream.labelled:
+    if stream is not None and not stream.labelled:
         log.warning("the items have no labels: accuracy counts them as wrong; items.csv has each item's label")
-    if opts.limit_items:
+    if stream is not None and opts.limit_items:
         stream = stream.subset(list(range(min(opts.limit_items, len(stream)))))
     admission = admission or make_admission(pkg, mode, opts)
     workers = [] if rules.single_node else [w.name for w in cluster.workers]
     pace = netns is None  # in namespaces the kernel shapes the bandwidths
     procs = {w: spawn_worker(cluster_path, w, mode, (netns or {}).get(w), pace, keys_dir)
              for w in workers} if spawn else {}
-    source = SourceProcess(cluster, cluster.source.name, pkg, mode=mode, stream=stream, admission=admission,
+    source = SourceProcess(cluster, cluster.source.name, pkg, mode=mode, admission=admission, gate=make_gate(opts),
                            pace_bandwidth=pace, identity=identity,
-                           allowed_dir=keys_dir / "allowed" if keys_dir is not None else None)
-    source.cycle_stream = opts.items == "test"  # all | N: each item once, in order
+                           allowed_dir=keys_dir / "allowed" if keys_dir is not None else None,
+                           metrics_port=opts.metrics_port, metrics_addr=opts.metrics_addr)
+    source.ledger.keep_records = opts.serve is None  # a service keeps counters, not a record of every item
     crashed: list[str] = []
     watching = threading.Event()
     watching.set()
@@ -264,6 +281,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
 
     watcher = threading.Thread(target=watch, daemon=True)
     view_stop = threading.Event()
+    endpoint: ClientEndpoint | None = None
     try:
         source.start()
         watcher.start()
@@ -280,16 +298,23 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
             viewer.start()
         source.phase = "admitting"
         ticks_before = host_cpu_ticks()
-        start, end = source.admit_for(opts.duration_s)
+        deadline_s = None if opts.deadline_ms is None else opts.deadline_ms / 1000
+        if opts.serve is not None:
+            arrivals = endpoint = client_endpoint(source, cluster, pkg, identity)
+            start, end = source.admit(arrivals, None, opts.serve)
+        else:
+            arrivals = StreamArrivals(stream, source.admission.rate, time.monotonic(), cycle=opts.items == "test",
+                                      deadline_s=deadline_s)  # items all | N: each item once, in order
+            start, end = source.admit(arrivals, opts.duration_s)
         ticks_after = host_cpu_ticks()
         source.phase = "draining"
-        source.drain(opts.drain_timeout_s)
+        source.drain(arrivals, opts.drain_timeout_s)
         source.phase = "done"
         view_stop.set()
         watching.clear()
         source.shutdown_workers()
         summary = summarize(source.ledger, pkg.num_tasks, (start + opts.warmup_s, end), source.final_stats,
-                            source.backlog_samples, None if opts.deadline_ms is None else opts.deadline_ms / 1000)
+                            source.backlog_samples, deadline_s, source.gate, source.latencies)
         failures = source.failure_summary()
         recoveries = [e["recovery_s"] for e in failures if e.get("recovery_s") is not None]
         summary.update(node_failures=failures, recovery_s=max(recoveries) if recoveries else None,
@@ -300,6 +325,8 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     finally:
         view_stop.set()
         watching.clear()
+        if endpoint is not None:
+            endpoint.close()
         source.close()
         _stop_all(procs)
         if ephemeral:
@@ -311,12 +338,29 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
                           "nodes": [n.__dict__ for n in cluster.nodes], "net": opts.net,
                           "admission": opts.admission, "target_accuracy": getattr(admission, "target_accuracy", None),
                           "target_backlog_ms": opts.target_backlog_ms, "deadline_ms": opts.deadline_ms,
+                          "max_backlog_ms": opts.max_backlog_ms, "max_wait_ms": opts.max_wait_ms,
                           "thresholds": list(admission.thresholds()[0]), "dead_after_ms": cluster.dead_after_ms,
                           "items": str(opts.items), "data_dir": None if opts.data_dir is None else str(opts.data_dir),
                           "emulation": cluster.emulation}}
     if source.abort:
         summary["error"] = source.abort
-    return RunResult(summary, source.ledger, source.timeline, stream.paths)
+    return RunResult(summary, source.ledger, source.timeline, stream.paths if stream is not None else None)
+
+
+def client_endpoint(source: SourceProcess, cluster: ClusterConfig, pkg: Package,
+                    identity: Identity | None) -> ClientEndpoint:
+    src = cluster.source
+    host = src.host if src.host in ("127.0.0.1", "localhost") else "*"
+    endpoint = ClientEndpoint(source.ctx, f"tcp://{host}:{src.client_port}", pkg, identity, source.wake)
+    try:
+        endpoint.start()
+    except zmq.ZMQError as e:
+        endpoint.close()
+        raise ClusterError(f"cannot serve clients on {host}:{src.client_port} ({e}); free the port or change "
+                           "client_port") from None
+    log.warning("serving clients on tcp://%s:%d (%s); Ctrl-C stops", src.host, src.client_port,
+                "insecure" if identity is None else "CurveZMQ, client keys in KEYS_DIR/clients/")
+    return endpoint
 
 
 def _stop_all(procs: dict[str, subprocess.Popen], grace_s: float = 3.0) -> None:
@@ -335,7 +379,8 @@ def _stop_all(procs: dict[str, subprocess.Popen], grace_s: float = 3.0) -> None:
 
 
 def run_worker(cluster_path: Path, name: str, mode: str | None, pace: bool = True, insecure: bool = False,
-               keys_dir: Path | None = None, key_file: Path | None = None) -> int:
+               keys_dir: Path | None = None, key_file: Path | None = None, metrics_port: int | None = None,
+               metrics_addr: str | None = None) -> int:
     """One worker node, until the source sends shutdown. SIGTERM is a graceful leave (work is handed back);
     Ctrl-C stops at once. ``pace=False``: the links' bandwidths are shaped by the kernel, not paced here."""
     cluster: ClusterConfig = load_cluster(cluster_path)
@@ -356,7 +401,8 @@ def run_worker(cluster_path: Path, name: str, mode: str | None, pace: bool = Tru
             raise SystemExit(f"mdiexit: error: node {name}: no keys (set keys_dir in the cluster file, or pass "
                              "--keys-dir or --key; create them with `mdiexit keys`), or pass --insecure")
     pkg = load_package(cluster.package, check_onnx=True)
-    proc = NodeProcess(cluster, name, pkg, mode=mode, pace_bandwidth=pace, identity=identity)
+    proc = NodeProcess(cluster, name, pkg, mode=mode, pace_bandwidth=pace, identity=identity,
+                       metrics_port=metrics_port, metrics_addr=metrics_addr)
     signal.signal(signal.SIGTERM, lambda *_: proc.leave_requested.set())
     try:
         proc.serve_forever()
@@ -411,8 +457,11 @@ def _cell(v) -> str:
 
 def print_summary(s: dict, file=sys.stdout) -> None:
     lat = s["latency_ms"]
-    print(f"mode {s['mode']}: admitted {s['admitted']}, completed {s['completed']}, lost {s['lost']}, "
-          f"duplicates {s['duplicates']}, bad messages {s['bad_messages']}", file=file)
+    print(f"mode {s['mode']}: offered {s['offered']}, rejected {s['rejected']}, admitted {s['admitted']}, completed "
+          f"{s['completed']}, expired {s['expired']}, failed {s['failed']}, lost {s['lost']}, duplicates "
+          f"{s['duplicates']}, bad messages {s['bad_messages']}", file=file)
+    if s["rejected"]:
+        print(f"  rejected by reason {s['rejected_reasons']}", file=file)
     print(f"  throughput {s['throughput_per_s']:.1f} items/s, accuracy {s['accuracy']:.4f}, latency p50/p95/p99 "
           f"{lat['p50']:.0f}/{lat['p95']:.0f}/{lat['p99']:.0f} ms, {s['bytes_per_item']:.0f} bytes/item", file=file)
     print(f"  exit fractions {' '.join(f'{x:.3f}' for x in s['exit_fraction'])}", file=file)

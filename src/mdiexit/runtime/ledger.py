@@ -1,17 +1,20 @@
 """The source's ledger (DESIGN §9): every admitted item, with its input, until its one outcome. Pure
 bookkeeping, time passed in; the source's shell holds the lock while its threads share it.
 
-An item ends in exactly one of: result, or failed (with a reason). It is dispatched once per attempt; the
-first result of any attempt is delivered, later ones are counted as redundant and dropped, so results are
-exactly-once. Memory per in-flight item: one Record (about 300 bytes) plus a reference to its input (the
-stream's own array: no copy).
+An admitted item ends in exactly one of: result, expired (its deadline passed first) or failed (with a
+reason); rejection happens before admission, at the gate (policies.gate). It is dispatched once per attempt;
+the first result of any attempt is delivered, later ones are counted as redundant and dropped, so results
+are exactly-once. Memory per in-flight item: one Record (about 300 bytes) plus a reference to its input (the
+stream's own array: no copy). A service that runs for days keeps no settled records (``keep_records``
+False): the shell takes each outcome (``take_settled``) and the counters stay.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +36,13 @@ class Record:
     confidence: float = 0.0
     node: str = ""
     failed: str = ""  # the reason, when the item failed
+    deadline: float | None = None  # absolute, in the source's clock
+    expired: bool = False
+    key: Any = None  # whoever offered the item: to answer it
+
+    @property
+    def outcome(self) -> str:
+        return "failed" if self.failed else "expired" if self.expired else "result" if self.done_at else ""
 
 
 @dataclass
@@ -41,8 +51,14 @@ class Ledger:
 
     records: dict[int, Record] = field(default_factory=dict)
     in_flight: dict[int, Record] = field(default_factory=dict)
+    keep_records: bool = True  # False: a settled item's record goes once the shell took it (take_settled)
+    admitted: int = 0
     completed: int = 0
     failed: int = 0
+    expired: int = 0
+    correct: int = 0  # completed with the true label
+    exit_counts: Counter = field(default_factory=Counter)
+    settled_ids: deque = field(default_factory=deque)  # items settled since the shell last took them
     duplicates: int = 0  # the same attempt's result twice: never delivered
     redundant: int = 0  # a result of another attempt after the item's outcome: dropped
     redispatched: int = 0
@@ -51,17 +67,35 @@ class Ledger:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def admit(self, item_id: int, t: float, truth: int, x: np.ndarray | None = None,
-              thresholds: tuple[float, ...] = (), version: int = 0) -> None:
+              thresholds: tuple[float, ...] = (), version: int = 0, deadline: float | None = None,
+              key: Any = None) -> None:
         with self.lock:
-            r = Record(t, truth, x, thresholds, version, dispatched_at=t)
+            r = Record(t, truth, x, thresholds, version, dispatched_at=t, deadline=deadline, key=key)
             self.records[item_id] = r
             self.in_flight[item_id] = r
+            self.admitted += 1
+
+    def _settle(self, item_id: int) -> None:
+        del self.in_flight[item_id]
+        self.settled_ids.append(item_id)
+
+    def take_settled(self) -> list[tuple[int, Record]]:
+        """The items settled since the last call, with their records (dropped here unless keep_records)."""
+        with self.lock:
+            ids, self.settled_ids = self.settled_ids, deque()
+            out = [(i, self.records[i]) for i in ids if i in self.records]
+            if not self.keep_records:
+                for i in ids:
+                    self.records.pop(i, None)
+            return out
 
     def expects(self, item_id: int) -> bool:
         """A result for this item would be legitimate: it was admitted (in flight, or redundant after a retry)."""
         with self.lock:
             r = self.records.get(item_id)
-            return r is not None and (r.done_at is None or r.attempt > 0)
+            if r is None:  # ids run 0, 1, ...: a settled record may be gone already
+                return not self.keep_records and 0 <= item_id < self.admitted
+            return r.done_at is None or r.attempt > 0
 
     def complete(self, item_id: int, label: int, exit_: int, conf: float, node: str, t: float,
                  attempt: int = 0) -> bool:
@@ -69,18 +103,55 @@ class Ledger:
         with self.lock:
             r = self.records.get(item_id)
             if r is None:
-                self.unknown += 1
+                if not self.keep_records and 0 <= item_id < self.admitted:
+                    self.redundant += 1  # a late result of an item settled (and forgotten) already
+                else:
+                    self.unknown += 1
                 return False
-            if r.done_at is not None or r.failed:
+            if r.done_at is not None or r.failed or r.expired:
                 if attempt != r.attempt or r.attempt > 0:
                     self.redundant += 1
                 else:
                     self.duplicates += 1
                 return False
+            if r.deadline is not None and t > r.deadline:
+                self._expire(r, t)  # too late to be of use
+                self._settle(item_id)
+                return False
             r.done_at, r.label, r.exit, r.confidence, r.node, r.x = t, label, exit_, conf, node, None
-            del self.in_flight[item_id]
+            self._settle(item_id)
             self.completed += 1
+            self.correct += label == r.truth
+            self.exit_counts[exit_] += 1
             self.recent.append((t, label == r.truth, t - r.admitted_at))
+            return True
+
+    def _expire(self, r: Record, t: float) -> None:
+        r.expired, r.x = True, None
+        self.expired += 1
+
+    def expire(self, item_id: int, t: float) -> bool:
+        """Settle an in-flight item as expired (its deadline passed, or a node dropped it for that)."""
+        with self.lock:
+            r = self.in_flight.get(item_id)
+            if r is None:
+                return False
+            self._expire(r, t)
+            self._settle(item_id)
+            return True
+
+    def past_deadline(self, t: float) -> list[int]:
+        with self.lock:
+            return [i for i, r in self.in_flight.items() if r.deadline is not None and r.deadline < t]
+
+    def fail(self, item_id: int, why: str) -> bool:
+        with self.lock:
+            r = self.in_flight.get(item_id)
+            if r is None:
+                return False
+            r.failed, r.x = why, None
+            self._settle(item_id)
+            self.failed += 1
             return True
 
     def retry(self, item_id: int, t: float, why: str) -> Record | None:
@@ -91,7 +162,7 @@ class Ledger:
                 return None
             if r.attempt + 1 >= MAX_ATTEMPTS:
                 r.failed, r.x = f"no result after {MAX_ATTEMPTS} attempts (last: {why})", None
-                del self.in_flight[item_id]
+                self._settle(item_id)
                 self.failed += 1
                 return None
             r.attempt += 1
@@ -122,10 +193,6 @@ class Ledger:
         return float(np.percentile(lat, q)) if lat else 0.0
 
     @property
-    def admitted(self) -> int:
-        return len(self.records)
-
-    @property
     def settled(self) -> int:
-        """Items with an outcome (result or failed)."""
-        return self.completed + self.failed
+        """Items with an outcome (result, expired or failed)."""
+        return self.completed + self.failed + self.expired

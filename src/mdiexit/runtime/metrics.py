@@ -2,37 +2,50 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
+from mdiexit.policies.gate import AdmissionGate
 from mdiexit.protocol.messages import REJECT_REASONS
 from mdiexit.runtime.ledger import Ledger
 
 
 def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final_stats: dict[str, dict[str, float]],
               backlog_samples: dict[str, list[float]], deadline_s: float | None = None,
-              ) -> dict:
-    """window: (start, end) of the measured part of the admission period (after warm-up)."""
+              gate: AdmissionGate | None = None, latencies: Iterable[float] = ()) -> dict:
+    """window: (start, end) of the measured part of the admission period (after warm-up). Every offered item
+    is one of: rejected or expired at the ``gate``, or admitted and then completed, expired or failed."""
     recs = list(ledger.records.values())
-    done = [r for r in recs if r.done_at is not None]
-    admitted = len(recs)
-    correct = sum(r.label == r.truth for r in done)
-    lat = np.array([r.done_at - r.admitted_at for r in done]) if done else np.zeros(1)
+    done = [r for r in recs if r.done_at is not None and not r.expired]
+    admitted = ledger.admitted
+    gate = gate or AdmissionGate()
+    rejected = dict(gate.rejected)
     w0, w1 = window
-    in_window = sum(1 for r in done if w0 <= r.done_at <= w1)
-    exits = np.bincount([r.exit for r in done], minlength=num_exits + 1)[1:] if done else np.zeros(num_exits)
+    if ledger.keep_records:
+        lat = np.array([r.done_at - r.admitted_at for r in done]) if done else np.zeros(1)
+        in_window = sum(1 for r in done if w0 <= r.done_at <= w1)
+    else:  # a service: its last results' latencies, and every result over the window
+        lat = np.array(list(latencies) or [0.0])
+        in_window = ledger.completed
+    exits = np.array([ledger.exit_counts.get(k, 0) for k in range(1, num_exits + 1)], float)
     bytes_sent = sum(s.get("bytes_sent", 0.0) for s in final_stats.values())
     summary = {
+        "offered": max(gate.offered, admitted),
+        "rejected": sum(rejected.values()),
+        "rejected_reasons": rejected,
         "admitted": admitted,
-        "completed": len(done),
+        "completed": ledger.completed,
+        "expired": ledger.expired + gate.expired,
         "failed": ledger.failed,
-        "lost": admitted - len(done) - ledger.failed,
+        "lost": max(gate.offered, admitted) - ledger.settled - gate.expired - sum(rejected.values()),
         "duplicates": ledger.duplicates,
         "redispatched": ledger.redispatched,
         "redundant_results": ledger.redundant,
-        "accuracy": correct / admitted if admitted else 0.0,
+        "accuracy": ledger.correct / admitted if admitted else 0.0,
         "throughput_per_s": in_window / max(w1 - w0, 1e-9),
         "latency_ms": {f"p{q}": float(np.percentile(lat, q) * 1000) for q in (50, 95, 99)},
-        "exit_fraction": [float(x) for x in exits / max(1, len(done))],
+        "exit_fraction": [float(x) for x in exits / max(1, ledger.completed)],
         "bytes_per_item": bytes_sent / admitted if admitted else 0.0,
         "per_node": {name: {"utilization": s.get("busy_s", 0.0) / max(s.get("elapsed_s", 1.0), 1e-9),
                             "tasks_run": {k[len("tasks_run_"):]: int(v) for k, v in s.items()
@@ -59,7 +72,8 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
     if deadline_s is not None:
         on_time = sum(r.label == r.truth and r.done_at - r.admitted_at <= deadline_s for r in done)
         summary["deadline_ms"] = deadline_s * 1000
-        summary["accuracy_within_deadline"] = on_time / admitted if admitted else 0.0
+        # over every offered item: a rejected or expired one is no answer in time
+        summary["accuracy_within_deadline"] = on_time / summary["offered"] if summary["offered"] else 0.0
     return summary
 
 

@@ -29,11 +29,11 @@ from mdiexit.package import Package
 from mdiexit.policies.modes import rules_for
 from mdiexit.policies.offload import NeighbourView, ServiceEstimator
 from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, encode
-from mdiexit.protocol.messages import REJECT_REASONS, Control, Data, Join, Member, Result, State
+from mdiexit.protocol.messages import CLUSTER_KINDS, REJECT_REASONS, Control, Data, Join, Member, Result, State
 from mdiexit.runtime.core import Finished, NodeCore, Send, WorkItem
 from mdiexit.runtime.device import calibrate, compression_plan, seed_estimates
 from mdiexit.runtime.links import Egress, Link, now
-from mdiexit.security import Identity, NodeAuthenticator, make_server
+from mdiexit.security import CLIENTS, Identity, NodeAuthenticator, make_server
 
 log = logging.getLogger("mdiexit.node")
 POLL_MS = 20
@@ -57,7 +57,8 @@ class NodeProcess:
     """A worker (or, subclassed, the source) running in this OS process."""
 
     def __init__(self, cluster: ClusterConfig, name: str, pkg: Package, mode: str | None = None,
-                 pace_bandwidth: bool = True, identity: Identity | None = None, allowed_dir: Path | None = None):
+                 pace_bandwidth: bool = True, identity: Identity | None = None, allowed_dir: Path | None = None,
+                 metrics_port: int | None = None, metrics_addr: str | None = None):
         self.cluster, self.pkg = cluster, pkg
         self.identity = identity  # None: insecure (no CurveZMQ), asked for with --insecure
         self.allowed_dir = allowed_dir  # the source: keys an operator allowed to join (`mdiexit keys allow`)
@@ -93,6 +94,9 @@ class NodeProcess:
         self.monitor: zmq.Socket | None = None
         self.auth: NodeAuthenticator | None = None
         self.threads: list[threading.Thread] = []
+        self.metrics_port = metrics_port if metrics_port is not None else self.cfg.metrics_port
+        self.metrics_addr = metrics_addr
+        self.telemetry = None  # the Prometheus endpoint, when a metrics port is set
 
     # ---------------------------------------------------------------- setup
     def _held_tasks(self) -> frozenset[int]:
@@ -129,7 +133,8 @@ class NodeProcess:
         self.inbox.setsockopt(zmq.LINGER, 0)
         self.inbox.setsockopt(zmq.RCVHWM, 0)
         if self.identity is not None:
-            self.auth = NodeAuthenticator(self.ctx, self.identity.peers, self.allowed_dir)
+            clients = self.allowed_dir.parent / CLIENTS if self.allowed_dir is not None else None
+            self.auth = NodeAuthenticator(self.ctx, self.identity.peers, self.allowed_dir, clients)
             self.auth.begin()
             make_server(self.inbox, self.identity)
             self.monitor = self.inbox.get_monitor_socket(_HANDSHAKE_FAILED)
@@ -144,6 +149,10 @@ class NodeProcess:
                                     self.pace_bandwidth, self.identity)
         self.compress_on = compression_plan(self.engine, self.pkg, self.held, self.cluster, self.name,
                                             list(self.links), self.device)
+        if self.metrics_port is not None:
+            from mdiexit.runtime.telemetry import LOOPBACK, Telemetry
+
+            self.telemetry = Telemetry(self, self.metrics_port, self.metrics_addr or LOOPBACK)
         for target, tname in ((self._receive_loop, "receive"), (self._compute_loop, "compute"),
                               (self._heartbeat_loop, "heartbeat")):
             t = threading.Thread(target=target, name=f"{self.name}-{tname}", daemon=True)
@@ -155,6 +164,8 @@ class NodeProcess:
         self.stop.set()
         for t in self.threads:
             t.join(timeout=2)
+        if self.telemetry is not None:
+            self.telemetry.close()
         for link in self.links.values():
             link.close()
         if self.monitor is not None:
@@ -182,6 +193,8 @@ class NodeProcess:
             frames = self.inbox.recv_multipart(copy=False)
             try:
                 msg, arrays = decode(frames, self.limits)
+                if not isinstance(msg, CLUSTER_KINDS):
+                    raise ProtocolError(f"{type(msg).__name__.upper()} belongs on the client endpoint")
                 check_arrays(msg, arrays, self.pkg)
             except ProtocolError as e:
                 self.bad_messages += 1
@@ -210,7 +223,7 @@ class NodeProcess:
         t = now()
         if isinstance(msg, Data):
             self.core.on_report(msg.sender, msg.backlog_s, t, None)
-            item = WorkItem.from_data(msg, arrays)
+            item = WorkItem.from_data(msg, arrays, t)
             if self.leaving:
                 self.hand_back(item, t)
             elif msg.task in self.held:
@@ -272,6 +285,8 @@ class NodeProcess:
                 time.sleep(POLL_MS / 1000)
                 continue
             batch = self.core.take_batch(max_batch, now(), timeout=POLL_MS / 1000)
+            for item in self.core.take_expired():
+                self.deliver_expired(item)
             if not batch:
                 continue
             seconds = 0.0
@@ -318,7 +333,7 @@ class NodeProcess:
         else:
             arrays = {"x": it.x}
         arrays = {n: np.ascontiguousarray(a) for n, a in arrays.items()}
-        msg = it.to_data(self.name, self.core.backlog_s(t), arrays, self.cfg.wire_codec)
+        msg = it.to_data(self.name, self.core.backlog_s(t), arrays, self.cfg.wire_codec, t)
         self.links[s.target].send(encode(msg, list(arrays.values())), t)
 
     def deliver(self, f: Finished) -> None:
@@ -326,6 +341,13 @@ class NodeProcess:
         msg = Result(item_id=it.item_id, attempt=it.attempt, label=f.label, exit=f.exit,
                      confidence=min(1.0, f.confidence), sender=self.name, backlog_s=self.core.backlog_s(now()),
                      admitted_at=it.admitted_at, timings=it.timings)
+        self.links[self.source_name].send(encode(msg), now())
+
+    def deliver_expired(self, item: WorkItem) -> None:
+        """Tell the source an item was dropped unrun: its deadline passed here."""
+        msg = Result(item_id=item.item_id, attempt=item.attempt, label=0, exit=item.task, confidence=0.0,
+                     sender=self.name, backlog_s=self.core.backlog_s(now()), admitted_at=item.admitted_at,
+                     expired=True)
         self.links[self.source_name].send(encode(msg), now())
 
     # ---------------------------------------------------------------- heartbeat

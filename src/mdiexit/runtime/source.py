@@ -10,19 +10,23 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from mdiexit.data import Dataset
+from mdiexit.policies.gate import REJECT_WHY, AdmissionGate
 from mdiexit.protocol.messages import Control, Join, Result, State
+from mdiexit.runtime.arrivals import Arrivals, Offer
 from mdiexit.runtime.core import Finished, WorkItem
 from mdiexit.runtime.join import member_message, package_archive, welcome_frames
 from mdiexit.runtime.ledger import Ledger
 from mdiexit.runtime.node import ClusterError, NodeProcess, encode, member_config, now
 
 log = logging.getLogger("mdiexit.source")
+LATENCY_SAMPLES = 100_000  # a service's summary reports the latencies of this many last results
 
 
 class Admission(Protocol):
@@ -49,11 +53,8 @@ class FixedAdmission:
 
 
 class SourceProcess(NodeProcess):
-    cycle_stream = True  # False: admit each stream item once, in order, then stop admitting
-
-    def __init__(self, *args, stream: Dataset, admission: Admission, **kw):
+    def __init__(self, *args, admission: Admission, gate: AdmissionGate | None = None, **kw):
         super().__init__(*args, **kw)
-        self.stream = stream
         self.admission = admission
         self.ledger = Ledger()
         self.reports: dict[str, State] = {}
@@ -70,6 +71,15 @@ class SourceProcess(NodeProcess):
         self.phase = "starting"  # admitting | draining | done
         self.dead_after_s = self.cluster.dead_after_ms / 1000
         self._archive: tuple[bytes, str] | None = None  # the package as sent to joiners
+        self.gate = gate or AdmissionGate()
+        self.next_id = 0  # item ids run 0, 1, ... in admission order
+        self.latency_s = 0.0  # recent median admission-to-result time, for the gate's deadline check
+        self.min_window = len(self.cluster.nodes) * self.cluster.max_batch
+        self.window = float(self.min_window)  # items allowed in flight (the gate's), from the throughput
+        self.unloaded_s = float("inf")
+        self.wake = threading.Event()  # a result, an outcome or a client's request: the admit loop looks again
+        self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)  # the last results' latencies (s)
+        self.latency_observers: list[Callable[[float], None]] = [self.latencies.append]  # and metrics
 
     # ---------------------------------------------------------------- results and state
     def handle(self, msg, arrays) -> None:
@@ -110,7 +120,11 @@ class SourceProcess(NodeProcess):
             self.reject("unexpected_result", f"RESULT for item {msg.item_id} at exit {msg.exit} from "
                                              f"{msg.sender!r}, which does not hold task {msg.exit}")
             return
-        self.ledger.complete(msg.item_id, msg.label, msg.exit, msg.confidence, msg.sender, now(), msg.attempt)
+        if msg.expired:
+            self.ledger.expire(msg.item_id, now())
+        else:
+            self.ledger.complete(msg.item_id, msg.label, msg.exit, msg.confidence, msg.sender, now(), msg.attempt)
+        self.wake.set()
 
     def _could_compute(self, sender: str, task: int) -> bool:
         try:
@@ -120,6 +134,11 @@ class SourceProcess(NodeProcess):
 
     def deliver(self, f: Finished) -> None:
         self.ledger.complete(f.item.item_id, f.label, f.exit, f.confidence, self.name, now(), f.item.attempt)
+        self.wake.set()
+
+    def deliver_expired(self, item: WorkItem) -> None:
+        self.ledger.expire(item.item_id, now())
+        self.wake.set()
 
     def on_state(self, msg: State) -> None:
         self.reports[msg.sender] = msg
@@ -182,6 +201,8 @@ class SourceProcess(NodeProcess):
         overdue_s = max(3 * self.dead_after_s, 4 * (self.max_backlog_s() + self.ledger.recent_latency_s()))
         for item_id in self.ledger.overdue(t, overdue_s):
             self.redispatch(item_id, t, f"no result after {overdue_s:.1f} s")
+        for item_id in self.ledger.past_deadline(t):
+            self.ledger.expire(item_id, t)
         for e in self.events:
             if e.get("pending"):
                 e["pending"] = {i for i in e["pending"] if i in self.ledger.in_flight}
@@ -204,42 +225,69 @@ class SourceProcess(NodeProcess):
         missing = [w for w in workers if w not in self.reports]
         raise ClusterError(f"node(s) {', '.join(missing)} sent no heartbeat within {timeout:.0f} s")
 
-    def admit_for(self, duration_s: float) -> tuple[float, float]:
-        """Admit items at the admission policy's rate for `duration_s`. Returns (start, end) times."""
-        images, labels = self.stream.images, self.stream.labels
-        start = now()
-        next_t, i, last_step = start, 0, start
-        while not self.abort:
+    def admit(self, arrivals: Arrivals, duration_s: float | None = None,
+              stop: threading.Event | None = None) -> tuple[float, float]:
+        """Offer what ``arrivals`` bring to the gate and admit what it releases, for ``duration_s`` (None: until
+        ``stop``, or the arrivals end). Every offer gets its one answer. Returns the (start, end) times."""
+        start = last_step = now()
+        while not self.abort and not (stop is not None and stop.is_set()):
             t = now()
-            if t >= start + duration_s:
+            if duration_s is not None and t >= start + duration_s:
                 break
             if t - last_step >= 0.1:
                 self.control_step(t, start)
                 last_step = t
-            if t < next_t:
-                time.sleep(min(next_t - t, 0.01))
-                continue
-            if i >= len(labels) and not self.cycle_stream:
-                break  # every item admitted once
-            thresholds, version = self.admission.thresholds() if self.rules.exits else (self.no_exits, 0)
-            k = i % len(labels)
-            x = images[k:k + 1]
-            self.ledger.admit(i, t, int(labels[k]), x, thresholds, version)
-            self.route(WorkItem(i, 1, x, t, thresholds, version), t)
-            i += 1
-            next_t += 1.0 / max(self.admission.rate(), 1e-3)
-            if next_t < t - 1.0:
-                next_t = t  # do not burst to catch up after a stall
+            for offer in arrivals.take(t):
+                self.offer(offer, t, arrivals)
+            self.release(t, arrivals)
+            self.answer_settled(arrivals)
+            if arrivals.done and not self.gate.queue:
+                break
+            self.wake.wait(max(0.0, min(arrivals.next_at(t), t + 0.01) - now()))
+            self.wake.clear()
         return start, now()
+
+    def offer(self, offer: Offer, t: float, arrivals: Arrivals) -> None:
+        deadline = None if offer.deadline_s is None else t + offer.deadline_s
+        why = self.gate.offer(offer, t, self.admission.rate(), deadline, self.latency_s)
+        if why is not None:
+            arrivals.answer(offer.key, "rejected", f"{why}: {REJECT_WHY[why]}", None)
+
+    def release(self, t: float, arrivals: Arrivals) -> None:
+        """Admit what the gate lets through now; answer what expired waiting."""
+        released, expired = self.gate.release(t, self.admission.rate(), self.max_backlog_s(),
+                                              len(self.ledger.in_flight), self.window)
+        for p in expired:
+            arrivals.answer(p.key.key, "expired", "its deadline passed while it waited for admission", None)
+        for p in released:
+            offer: Offer = p.key
+            thresholds, version = self.admission.thresholds() if self.rules.exits else (self.no_exits, 0)
+            i, self.next_id = self.next_id, self.next_id + 1
+            self.ledger.admit(i, t, offer.truth, offer.x, thresholds, version, p.deadline, offer.key)
+            self.route(WorkItem(i, 1, offer.x, t, thresholds, version, deadline=p.deadline), t)
+
+    def answer_settled(self, arrivals: Arrivals) -> None:
+        for _, r in self.ledger.take_settled():
+            reason = r.failed or ("its deadline passed before its result" if r.expired else "")
+            arrivals.answer(r.key, r.outcome, reason, r)
+            if r.done_at is not None:
+                for observe in self.latency_observers:
+                    observe(r.done_at - r.admitted_at)
 
     def control_step(self, t: float, start: float) -> None:
         """One admission-control step (every ~100 ms): feed the largest backlog, log a timeline row, and tell
         the workers when the thresholds change."""
         self.supervise(t)
+        self.latency_s = self.ledger.recent_latency_s(50)
         max_backlog = self.max_backlog_s()
         self.admission.step(max_backlog, t)
         self.backlog_samples.setdefault(self.name, []).append(self.core.backlog_s(t))
         throughput, accuracy = self.ledger.window(t, 2.0)
+        if self.ledger.recent:  # the lowest latency seen: under load every recent latency includes queueing
+            self.unloaded_s = min(self.unloaded_s, self.ledger.recent_latency_s(5))
+        if t - start >= 1.0:
+            throughput = self.ledger.window(t, min(2.0, t - start))[0]  # over the time there has been
+            self.window = self.gate.window(throughput, self.unloaded_s, self.min_window)
         thresholds, version = self.admission.thresholds()
         state = getattr(self.admission, "state", dict)()
         self.timeline.append({"t_s": t - start, "rate": self.admission.rate(),
@@ -248,16 +296,27 @@ class SourceProcess(NodeProcess):
                               "throughput_per_s": throughput, "accuracy": accuracy,
                               "target_backlog_s": state.get("target_backlog_s", "")})
 
-    def drain(self, timeout_s: float) -> None:
-        """Wait for every admitted item's outcome, still recovering from failures meanwhile."""
+    def drain(self, arrivals: Arrivals, timeout_s: float) -> None:
+        """Admit what still waits at the gate, and wait for every admitted item's outcome, still recovering
+        from failures meanwhile. Whatever is left at the timeout fails, with that reason: every offer is answered."""
         deadline = now() + timeout_s
         last = now()
-        while now() < deadline and not self.abort and self.ledger.settled < self.ledger.admitted:
-            time.sleep(0.02)
+        while now() < deadline and not self.abort and (self.ledger.settled < self.ledger.admitted or self.gate.queue):
+            self.wake.wait(0.02)
+            self.wake.clear()
+            self.release(now(), arrivals)
+            self.answer_settled(arrivals)
             if now() - last >= 0.1:
                 last = now()
                 self.supervise(last)
                 self.ledger.window(last, 2.0)
+        why = self.abort or f"no result within the {timeout_s:g} s drain"
+        for p in self.gate.take_all():
+            self.gate.rejected["stopping"] += 1
+            arrivals.answer(p.key.key, "rejected", "stopping: the service is shutting down", None)
+        for item_id in self.ledger.in_flight_ids():
+            self.ledger.fail(item_id, why)
+        self.answer_settled(arrivals)
 
     def shutdown_workers(self, timeout_s: float = 3.0) -> None:
         """Shut down every worker (not only the source's neighbours, joiners too); collect the live ones' counters."""
@@ -290,10 +349,9 @@ class SourceProcess(NodeProcess):
             sys.stderr.write("\n")
 
     def status_line(self, rate: float) -> str:
-        with self.ledger.lock:
-            recs = [r for r in self.ledger.records.values() if r.done_at is not None]
-        acc = np.mean([r.label == r.truth for r in recs]) if recs else 0.0
-        hist = np.bincount([r.exit for r in recs], minlength=self.pkg.num_tasks + 1)[1:]
+        led = self.ledger
+        acc = led.correct / max(1, led.completed)
+        hist = np.array([led.exit_counts.get(k, 0) for k in range(1, self.pkg.num_tasks + 1)], float)
         hist = hist / max(1, hist.sum())
         nodes = " ".join(f"{n}:DOWN" if n in self.down else f"{n}:{s.backlog_s * 1000:.0f}ms"
                          for n, s in sorted(self.reports.items()))
@@ -302,4 +360,6 @@ class SourceProcess(NodeProcess):
         return (f"[{self.mode}] {rate:6.1f} items/s  admitted {self.ledger.admitted}  done {self.ledger.completed}"
                 f"  acc {acc:.3f}  exits {' '.join(f'{h:.2f}' for h in hist)}  rate {self.admission.rate():.1f}/s"
                 f"  backlog {self.name}:{own:.0f}ms({util:.0%}) {nodes}"
-                + (f"  redispatched {self.ledger.redispatched}" if self.ledger.redispatched else ""))
+                + (f"  redispatched {led.redispatched}" if led.redispatched else "")
+                + (f"  rejected {sum(self.gate.rejected.values())}" if self.gate.rejected else "")
+                + (f"  expired {led.expired + self.gate.expired}" if led.expired + self.gate.expired else ""))

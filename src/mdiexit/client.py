@@ -1,0 +1,257 @@
+"""The Python client of `mdiexit serve` (DESIGN §10).
+
+    from mdiexit import Client
+    with Client.from_cluster("cluster.yaml") as c:       # or Client("tcp://host:port", server_key=..., key_file=...)
+        p = c.classify("cat.png")                         # Prediction(label, name, exit, confidence, latency_ms)
+        f = c.submit(array)                               # a concurrent.futures.Future of a Prediction
+        for p in c.map(images, max_in_flight=32): ...     # in order, at most 32 requests in flight
+
+Every request ends in one outcome: a Prediction, or a ServiceError (Rejected, Expired, Failed, RequestError)
+with the service's reason. Inputs are converted here (mdiexit.inputs) to what the service's package takes.
+One I/O thread owns the socket; other threads hand it requests through an inproc pipe.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from mdiexit.inputs import to_input
+from mdiexit.protocol.codec import ProtocolError, decode, describe, encode
+from mdiexit.protocol.messages import Hello, Info, Reply, Request
+
+DEFAULT_TIMEOUT_S = 30.0  # no reply within this: the request fails here with TimeoutError
+_PIPES = itertools.count()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: int
+    name: str  # the class name
+    exit: int  # the exit (task) it left the model at, 1-based
+    confidence: float
+    latency_ms: float  # at the source, from admission to result
+
+
+class ServiceError(Exception):
+    """A request ended without a prediction: ``outcome`` rejected, expired, failed or error, and why."""
+
+    def __init__(self, outcome: str, reason: str):
+        super().__init__(f"{outcome}: {reason}")
+        self.outcome, self.reason = outcome, reason
+
+
+class Rejected(ServiceError):
+    pass
+
+
+class Expired(ServiceError):
+    pass
+
+
+class Failed(ServiceError):
+    pass
+
+
+class RequestError(ServiceError):
+    pass
+
+
+_ERRORS = {"rejected": Rejected, "expired": Expired, "failed": Failed, "error": RequestError}
+
+
+class Client:
+    """A connection to a service. ``server_key``: the source's public key (Z85 text, or its .key file);
+    ``key_file``: this client's secret key file (KEYS_DIR/clients/NAME.key_secret, from `mdiexit keys client`).
+    ``insecure=True`` only for a service started with --insecure."""
+
+    def __init__(self, address: str, *, server_key: str | bytes | Path | None = None,
+                 key_file: str | Path | None = None, insecure: bool = False,
+                 timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.address, self.timeout_s = address, timeout_s
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if not insecure:
+            _secure(self.sock, server_key, key_file)
+        self.sock.connect(address)
+        self.pipe_address = f"inproc://mdiexit-client-{next(_PIPES)}"
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.bind(self.pipe_address)
+        self.push = self.ctx.socket(zmq.PUSH)
+        self.push.setsockopt(zmq.LINGER, 0)
+        self.push.connect(self.pipe_address)
+        self.lock = threading.Lock()
+        self.pending: dict[int, tuple[Future, float]] = {}
+        self.ids = itertools.count(1)
+        self.info_future: Future[Info] = Future()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="mdiexit-client", daemon=True)
+        self.thread.start()
+        self._post(encode(Hello()))
+        self.info: Info = self._wait_info()
+
+    @classmethod
+    def from_cluster(cls, cluster_file: str | Path, *, connect: str | None = None, key_file: str | Path | None = None,
+                     insecure: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S) -> Client:
+        """A client of the cluster file's source: its host and ``client_port``, its key, and the client key
+        KEYS_DIR/clients/client.key_secret (or ``key_file``)."""
+        from mdiexit.config import load_cluster
+
+        cluster = load_cluster(Path(cluster_file))
+        src = cluster.source
+        if connect is None and src.client_port is None:
+            raise ValueError(f"{cluster_file}: the source has no client_port; add `client_port: PORT` to it, or "
+                             "pass connect='tcp://HOST:PORT'")
+        address = connect or f"tcp://{src.host}:{src.client_port}"
+        if insecure:
+            return cls(address, insecure=True, timeout_s=timeout_s)
+        server_key: str | Path | None = src.public_key
+        if server_key is None and cluster.keys_dir is not None:
+            server_key = cluster.keys_dir / f"{src.name}.key"
+        if key_file is None and cluster.keys_dir is not None:
+            key_file = cluster.keys_dir / "clients" / "client.key_secret"
+        return cls(address, server_key=server_key, key_file=key_file, timeout_s=timeout_s)
+
+    # ---------------------------------------------------------------- requests
+    def submit(self, image: Any, deadline_ms: float | None = None) -> Future:
+        """Send one input; the Future holds its Prediction or raises its ServiceError."""
+        x = to_input(image, tuple(self.info.input_shape))
+        fut: Future = Future()
+        rid = next(self.ids)
+        with self.lock:
+            self.pending[rid] = (fut, time.monotonic() + self.timeout_s + (deadline_ms or 0) / 1000)
+        req = Request(request_id=rid, deadline_ms=deadline_ms, package=self.info.package, arrays=[describe("x", x)])
+        self._post(encode(req, [x]))
+        return fut
+
+    def classify(self, image: Any, deadline_ms: float | None = None) -> Prediction:
+        return self.submit(image, deadline_ms).result()
+
+    def map(self, images: Iterable[Any], max_in_flight: int = 16, deadline_ms: float | None = None,
+            return_errors: bool = False) -> Iterator[Prediction | ServiceError]:
+        """Predictions in input order, keeping at most ``max_in_flight`` requests outstanding. A request that
+        ends without one raises its ServiceError, or (``return_errors``) yields it."""
+        window: deque[Future] = deque()
+        for image in images:
+            window.append(self.submit(image, deadline_ms))
+            if len(window) >= max_in_flight:
+                yield self._outcome(window.popleft(), return_errors)
+        while window:
+            yield self._outcome(window.popleft(), return_errors)
+
+    @staticmethod
+    def _outcome(fut: Future, return_errors: bool) -> Prediction | ServiceError:
+        try:
+            return fut.result()
+        except ServiceError as e:
+            if return_errors:
+                return e
+            raise
+
+    # ---------------------------------------------------------------- plumbing
+    def _post(self, frames: list) -> None:
+        with self.lock:
+            if self.stop.is_set():
+                raise RuntimeError("the client is closed")
+            self.push.send_multipart(frames)
+
+    def _wait_info(self) -> Info:
+        try:
+            return self.info_future.result(timeout=self.timeout_s)
+        except TimeoutError:
+            self.close()
+            raise TimeoutError(f"no answer from {self.address} within {self.timeout_s:g} s: is `mdiexit serve` "
+                               "running there, and are the keys right (the source's key, a client key it allows)?"
+                               ) from None
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.pull, zmq.POLLIN)
+        while not self.stop.is_set():
+            ready = dict(poller.poll(50))
+            if self.pull in ready:
+                while True:
+                    try:
+                        self.sock.send_multipart(self.pull.recv_multipart(zmq.NOBLOCK, copy=False))
+                    except zmq.Again:
+                        break
+            if self.sock in ready:
+                while True:
+                    try:
+                        self._on_reply(self.sock.recv_multipart(zmq.NOBLOCK, copy=False))
+                    except zmq.Again:
+                        break
+            self._expire(time.monotonic())
+
+    def _on_reply(self, frames: list) -> None:
+        try:
+            msg, _ = decode(frames)
+        except ProtocolError:
+            return
+        if isinstance(msg, Info):
+            if not self.info_future.done():
+                self.info_future.set_result(msg)
+            return
+        if not isinstance(msg, Reply):
+            return
+        with self.lock:
+            fut, _ = self.pending.pop(msg.request_id, (None, 0.0))
+        if fut is None or fut.done():
+            return
+        if msg.outcome == "result":
+            fut.set_result(Prediction(msg.label, msg.name, msg.exit, msg.confidence, msg.latency_ms))
+        else:
+            fut.set_exception(_ERRORS[msg.outcome](msg.outcome, msg.reason))
+
+    def _expire(self, t: float) -> None:
+        with self.lock:
+            late = [rid for rid, (_, due) in self.pending.items() if due < t]
+            futs = [self.pending.pop(rid)[0] for rid in late]
+        for fut in futs:
+            fut.set_exception(TimeoutError(f"no reply from {self.address} within {self.timeout_s:g} s"))
+
+    def close(self) -> None:
+        with self.lock:
+            self.stop.set()
+            futs = [f for f, _ in self.pending.values()]
+            self.pending.clear()
+        for fut in futs:
+            if not fut.done():
+                fut.set_exception(RuntimeError("the client was closed before the reply came"))
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout=2)
+        for s in (self.push, self.pull, self.sock):
+            s.close(linger=0)
+        self.ctx.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _secure(sock: zmq.Socket, server_key: str | bytes | Path | None, key_file: str | Path | None) -> None:
+    from mdiexit.security import KeyFileError, check_key_text, read_public, read_secret
+
+    if server_key is None or key_file is None:
+        raise KeyFileError("a secure client needs the source's public key (server_key) and its own secret key "
+                           "(key_file, from `mdiexit keys client --keys-dir DIR`); or insecure=True for a service "
+                           "started with --insecure")
+    if isinstance(server_key, Path) or (isinstance(server_key, str) and len(server_key) != 40):
+        server = read_public(Path(server_key))
+    else:
+        server = check_key_text(server_key, "server_key")
+    public, secret = read_secret(Path(key_file))
+    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server, public, secret

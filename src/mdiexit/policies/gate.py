@@ -1,0 +1,127 @@
+"""The admission gate (DESIGN §10): a bounded queue in front of the cluster. Pure code: time is passed in.
+
+Every offered item is, at once, either queued or rejected with a reason; a queued item is later released
+(admitted into the cluster) or expired. Nothing waits without bound, and nothing is dropped unanswered.
+
+- **Release.** The head of the queue leaves when a token is available (tokens accrue at the admission
+  policy's rate λ, at most ``burst_s`` of it banked, at least one), the largest backlog in the cluster is
+  under ``max_backlog_s``, and fewer items are in flight than the window. The caps bound latency whatever
+  the offered load: rate adaptation keeps the backlog near its target W*, below them; a fixed rate above
+  capacity meets them and the queue fills. The backlog cap alone does not bound latency on a path of several
+  nodes (an item queues at each); the window does, by Little's law: with at most T·L items in flight at
+  throughput T, the mean latency is at most L (``window``; L = ``max_backlog_s``, at least twice the
+  unloaded latency so the window cannot starve the cluster).
+- **Rejected: overloaded.** The queue's expected wait (its length over the rate it drained at in the last
+  second) would pass ``max_wait_s``, or it holds ``max_items``.
+- **Rejected: deadline.** The item's deadline falls before its estimated completion: now + expected wait +
+  the recent latency of admitted items.
+- **Expired.** A queued item whose deadline has passed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+OVERLOADED = "overloaded"
+DEADLINE = "deadline"
+REJECT_WHY = {
+    OVERLOADED: "the service is at capacity; retry later or lower the request rate",
+    DEADLINE: "its deadline would pass before a result could come back; give it more time (deadline_ms)",
+}
+
+
+@dataclass
+class Pending:
+    key: Any  # what the offerer needs to answer it
+    offered_at: float
+    deadline: float | None = None  # absolute, in the gate's clock
+
+
+@dataclass
+class AdmissionGate:
+    max_backlog_s: float = 0.6
+    max_wait_s: float = 0.25
+    max_items: int = 100_000  # a hard bound on memory, whatever the rates
+    burst_s: float = 0.02
+    queue: deque[Pending] = field(default_factory=deque)
+    tokens: float = 1.0
+    last_t: float | None = None
+    started_at: float | None = None
+    released_at: deque[float] = field(default_factory=deque)  # release times of the last second
+    with_deadline: int = 0  # queued items that carry a deadline (the expiry scan runs only if any)
+    offered: int = 0
+    released: int = 0
+    expired: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        if self.max_backlog_s <= 0 or self.max_wait_s < 0 or self.max_items < 1:
+            raise ValueError("need max_backlog_s > 0, max_wait_s >= 0 and max_items >= 1")
+
+    def drain_rate(self, t: float, rate: float) -> float:
+        """Items per second the queue has drained at: λ during the first second, then the last second's."""
+        while self.released_at and self.released_at[0] < t - 1.0:
+            self.released_at.popleft()
+        if self.started_at is None or t - self.started_at < 1.0:
+            return max(rate, 1e-9)
+        return max(len(self.released_at), 1e-9)
+
+    def expected_wait_s(self, t: float, rate: float) -> float:
+        return len(self.queue) / self.drain_rate(t, rate)
+
+    def offer(self, key: Any, t: float, rate: float, deadline: float | None = None,
+              latency_s: float = 0.0) -> str | None:
+        """Queue an item, or return why not (OVERLOADED or DEADLINE). ``latency_s``: recent admission-to-result
+        time, for the deadline check."""
+        if self.started_at is None:
+            self.started_at = t
+        self.offered += 1
+        wait = self.expected_wait_s(t, rate)
+        why = None
+        if len(self.queue) >= self.max_items or (self.queue and wait > self.max_wait_s):
+            why = OVERLOADED
+        elif deadline is not None and t + wait + latency_s > deadline:
+            why = DEADLINE
+        if why is not None:
+            self.rejected[why] += 1
+            return why
+        self.queue.append(Pending(key, t, deadline))
+        self.with_deadline += deadline is not None
+        return None
+
+    def window(self, throughput_per_s: float, unloaded_latency_s: float, min_items: int) -> float:
+        """How many items may be in flight: T·L with L = max(max_backlog_s, 2 x the unloaded latency)."""
+        return max(float(min_items), throughput_per_s * max(self.max_backlog_s, 2.0 * unloaded_latency_s))
+
+    def release(self, t: float, rate: float, backlog_s: float, in_flight: int = 0,
+                window: float = float("inf")) -> tuple[list[Pending], list[Pending]]:
+        """(items to admit now, items that expired in the queue)."""
+        if self.last_t is not None:
+            cap = max(1.0, rate * self.burst_s)
+            self.tokens = min(cap, self.tokens + max(0.0, t - self.last_t) * rate)
+        self.last_t = t
+        expired = self._expire(t) if self.with_deadline else []
+        out: list[Pending] = []
+        while self.queue and self.tokens >= 1.0 and backlog_s < self.max_backlog_s and in_flight + len(out) < window:
+            p = self.queue.popleft()
+            self.with_deadline -= p.deadline is not None
+            self.tokens -= 1.0
+            self.released_at.append(t)
+            out.append(p)
+        self.released += len(out)
+        return out, expired
+
+    def _expire(self, t: float) -> list[Pending]:
+        gone = [p for p in self.queue if p.deadline is not None and p.deadline <= t]
+        if gone:
+            self.queue = deque(p for p in self.queue if p.deadline is None or p.deadline > t)
+            self.with_deadline -= len(gone)
+            self.expired += len(gone)
+        return gone
+
+    def take_all(self) -> list[Pending]:
+        """Everything still queued (the service is stopping: each gets an answer)."""
+        items, self.queue, self.with_deadline = list(self.queue), deque(), 0
+        return items

@@ -1,0 +1,172 @@
+"""The source's client endpoint (`mdiexit serve`, DESIGN §10): applications send live inputs and get each
+request's one outcome back.
+
+One ROUTER socket on the source's ``client_port``, a CurveZMQ server admitting only client keys
+(KEYS_DIR/clients/, ZAP domain ``clients``). Its thread owns the socket: it answers HELLO with INFO, checks
+every REQUEST (decodable, within the size limit, the served package's version, a uint8 array of the
+package's input shape) and hands good ones to the admit loop as offers. A bad request gets an ``error``
+REPLY naming the fix, to that client only; the service goes on for everyone else. Replies from other
+threads reach the socket's thread through an inproc PUSH/PULL pair, so the socket is never shared.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from typing import Any
+
+import msgspec
+import numpy as np
+import zmq
+
+from mdiexit.package import Package
+from mdiexit.protocol.codec import Limits, ProtocolError, decode, encode
+from mdiexit.protocol.messages import Hello, Info, Reply, Request
+from mdiexit.runtime.arrivals import Offer
+from mdiexit.runtime.ledger import Record
+from mdiexit.security import CLIENT_DOMAIN, Identity, make_server
+
+log = logging.getLogger("mdiexit.service")
+POLL_MS = 50
+MAX_CLIENT_MESSAGE = 64 << 20  # bytes: a longer message closes the connection (zmq), before any parsing
+_ENDPOINTS = itertools.count()
+
+
+def request_id_of(header: Any) -> int:
+    """The request id of a message that failed to decode, when its header still says it (else 0)."""
+    try:
+        head = msgspec.msgpack.decode(bytes(getattr(header, "buffer", header))[:65536])
+        rid = head.get("request_id", 0) if isinstance(head, dict) else 0
+        return rid if isinstance(rid, int) and 0 <= rid < 2**62 else 0
+    except Exception:  # anything at all: the client gets an error reply either way
+        return 0
+
+
+class ClientEndpoint:
+    """The Arrivals of a service: offers come from clients, answers go back to them."""
+
+    done = False  # a service never runs out of arrivals; it is stopped
+
+    def __init__(self, ctx: zmq.Context, address: str, pkg: Package, identity: Identity | None,
+                 wake: threading.Event):
+        self.ctx, self.address, self.pkg, self.identity, self.wake = ctx, address, pkg, identity, wake
+        self.input_shape = (1, *pkg.input_shape)
+        self.input_bytes = int(np.prod(self.input_shape))
+        self.limits = Limits(max_bytes=max(1 << 20, 4 * self.input_bytes), max_arrays=1)
+        self.info = encode(Info(input_shape=list(pkg.input_shape), classes=list(pkg.classes), package=pkg.version))
+        self.offers: queue.SimpleQueue[Offer] = queue.SimpleQueue()
+        self.outbox_address = f"inproc://mdiexit-replies-{next(_ENDPOINTS)}"
+        self.push_lock = threading.Lock()
+        self.push: zmq.Socket | None = None
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.errors = 0  # requests answered with an error
+
+    def start(self) -> None:
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, MAX_CLIENT_MESSAGE)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a client gone: its reply is dropped, not an error
+        if self.identity is not None:
+            self.router.zap_domain = CLIENT_DOMAIN.encode()
+            make_server(self.router, self.identity)
+        self.router.bind(self.address)
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.bind(self.outbox_address)
+        self.push = self.ctx.socket(zmq.PUSH)
+        self.push.setsockopt(zmq.LINGER, 0)
+        self.push.connect(self.outbox_address)
+        self.thread = threading.Thread(target=self._loop, name="client-endpoint", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=2)
+        for sock in (self.push, getattr(self, "pull", None), getattr(self, "router", None)):
+            if sock is not None:
+                sock.close(linger=0)
+
+    # ---------------------------------------------------------------- Arrivals
+    def take(self, t: float) -> list[Offer]:
+        out = []
+        while True:
+            try:
+                out.append(self.offers.get_nowait())
+            except queue.Empty:
+                return out
+
+    def next_at(self, t: float) -> float:
+        return t + POLL_MS / 1000  # a request wakes the admit loop sooner
+
+    def answer(self, key: Any, outcome: str, reason: str, record: Record | None) -> None:
+        client, request_id = key
+        if outcome == "result" and record is not None:
+            reply = Reply(request_id=request_id, outcome="result", label=record.label,
+                          name=self.pkg.classes[record.label] if 0 <= record.label < len(self.pkg.classes) else "",
+                          exit=record.exit, confidence=min(1.0, max(0.0, record.confidence)),
+                          latency_ms=max(0.0, (record.done_at - record.admitted_at) * 1000))
+        else:
+            reply = Reply(request_id=request_id, outcome=outcome, reason=reason)
+        self._send(client, reply)
+
+    def _send(self, client: bytes, reply: Reply) -> None:
+        with self.push_lock:
+            if self.push is not None and not self.push.closed:
+                self.push.send_multipart([client, *encode(reply)])
+
+    # ---------------------------------------------------------------- the socket's thread
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.pull, zmq.POLLIN)
+        while not self.stop.is_set():
+            ready = dict(poller.poll(POLL_MS))
+            if self.pull in ready:
+                while True:
+                    try:
+                        self.router.send_multipart(self.pull.recv_multipart(zmq.NOBLOCK, copy=False))
+                    except zmq.Again:
+                        break
+            if self.router in ready:
+                while True:
+                    try:
+                        frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._on_request(frames)
+
+    def _on_request(self, frames: list[zmq.Frame]) -> None:
+        client = frames[0].bytes
+        if len(frames) < 2:
+            return
+        try:
+            msg, arrays = decode(frames[1:], self.limits)
+        except ProtocolError as e:
+            self._error(client, request_id_of(frames[1]), f"bad request ({e})")
+            return
+        if isinstance(msg, Hello):
+            self.router.send_multipart([client, *self.info])
+        elif not isinstance(msg, Request):
+            self._error(client, 0, f"{type(msg).__name__.upper()} is not a client message; send HELLO or REQUEST")
+        elif msg.package is not None and msg.package != self.pkg.version:
+            self._error(client, msg.request_id, f"package {msg.package!r} is not served here (serving "
+                                                f"{self.pkg.version}); reconnect to get the current one")
+        else:
+            x = arrays[0]
+            if x.dtype != np.uint8 or x.shape != self.input_shape:
+                self._error(client, msg.request_id, f"the input must be uint8 of shape {list(self.input_shape)}, "
+                                                    f"got {x.dtype}{list(x.shape)}; convert it with the client "
+                                                    "(mdiexit.Client), which resizes images to the package's input")
+                return
+            deadline_s = None if msg.deadline_ms is None else msg.deadline_ms / 1000
+            self.offers.put(Offer(x, -1, (client, msg.request_id), deadline_s))
+            self.wake.set()
+
+    def _error(self, client: bytes, request_id: int, reason: str) -> None:
+        self.errors += 1
+        log.warning("client request refused: %s", reason)
+        self.router.send_multipart([client, *encode(Reply(request_id=request_id, outcome="error", reason=reason))])
+
