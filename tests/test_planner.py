@@ -14,6 +14,7 @@ from mdiexit.planner import (
     build_problem,
     default_template,
     devices_needed,
+    limit_from_stats,
     node_times,
     plan_problem,
     plan_throughput,
@@ -323,3 +324,32 @@ def test_plan_command_prints_the_limit_and_json(tmp_path):
     bad = subprocess.run([*run, "--add-kind", "nope", "--target-rate", "1"], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and "--add-kind" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ----------------------------------------------------------------------------------- a run's ideal
+
+def test_a_runs_ideal_counts_the_link_that_binds(tmp_path):
+    """The runtime's compute-only ideal has no answer where nodes hold only some tasks; the planner's limit, from
+    the nodes' calibrated times and the run's exit mix, does, and it is the link's."""
+    from functools import partial
+
+    from mdiexit.runtime.ledger import Ledger
+    from mdiexit.runtime.metrics import ideal_throughput, summarize
+
+    pkg = fake_package(2, tmp_path / "pkg")
+    c = cluster([{"name": "src", "tasks": [1], "bandwidth_mbps": 0.8}, {"name": "w", "tasks": [2]}], mode="mdi")
+    stats = {"src": {"single_task_1_s": 0.001, "limit_task_1_s": 0.0008, "tasks_run_1": 10.0},
+             "w": {"single_task_2_s": 0.001, "limit_task_2_s": 0.0008, "tasks_run_2": 10.0}}
+    ledger = Ledger()
+    for i in range(4):
+        ledger.admit(i, 0.0, truth=0)
+        ledger.complete(i, 0, 2, 0.9, "w", 0.5)
+    assert ideal_throughput(stats, [0.0, 1.0]) is None
+    link = 0.8e6 / 8 / pkg.tasks[0].feature_bytes
+    s = summarize(ledger, 2, (0.0, 1.0), stats, {}, physical_limit=partial(limit_from_stats, c, pkg, "mdi"))
+    assert s["ideal_throughput_per_s"] == pytest.approx(link) == s["ideal_batched_throughput_per_s"]
+    assert s["efficiency"] == pytest.approx(4 / link)
+    assert "ideal_throughput_per_s" in summarize(ledger, 2, (0.0, 1.0), stats, {})  # without it: as before
+    real = {**stats, "w": {"tasks_run_2": 10.0}}  # an uncalibrated (real) device: no limit
+    assert limit_from_stats(c, pkg, "mdi", real, [0.0, 1.0]) is None
+    assert limit_from_stats(c, pkg, "mdi", {"src": stats["src"]}, [0.0, 1.0]) is None  # a node's stats missing

@@ -342,6 +342,24 @@ def plan_throughput(cluster: ClusterConfig, pkg: Package, mode: str, exit_fracti
     return plan
 
 
+def limit_from_stats(cluster: ClusterConfig, pkg: Package, mode: str, final_stats: Mapping[str, Mapping[str, float]],
+                     exit_fraction: Sequence[float], prefix: str = "single_task_") -> float | None:
+    """The limit of a finished run from its nodes' calibrated per-task times (``PREFIX{k}_s`` in their final stats,
+    as the runtime's compute-only ideal reads them; codecs count as free) at its measured exit mix. None where a
+    node that computes was not calibrated, the nodes differ from the cluster file's, or no item finished."""
+    if set(final_stats) != {n.name for n in cluster.nodes} or abs(sum(exit_fraction) - 1.0) > 1e-6:
+        return None
+    times = {}
+    for name, st in final_stats.items():
+        times[name] = NodeTimes({int(k[len(prefix):-2]): v for k, v in st.items() if k.startswith(prefix)})
+        if not times[name].task_s and any(k.startswith("tasks_run_") for k in st):
+            return None  # computes, but uncalibrated (a real device)
+    try:
+        return plan_throughput(cluster, pkg, mode, exit_fraction, times, tidy=False).throughput_per_s
+    except ValueError:  # a held task without a time
+        return None
+
+
 def device_kind(node: NodeConfig) -> tuple:
     """What makes two devices alike: their speed, the tasks they hold and their engine threads."""
     return node.slowdown, node.rated_gmacs, node.tasks, node.threads

@@ -25,11 +25,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from mdiexit.config import ClusterConfig, load_cluster
 from mdiexit.data import load_items
 from mdiexit.package import Package, load_package
+from mdiexit.planner import limit_from_stats
 from mdiexit.policies.admission import RateAdaptation, ThresholdAdaptation
 from mdiexit.policies.modes import no_exit_thresholds, rules_for
 from mdiexit.runtime.ledger import Ledger
@@ -289,7 +291,8 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         watching.clear()
         source.shutdown_workers()
         summary = summarize(source.ledger, pkg.num_tasks, (start + opts.warmup_s, end), source.final_stats,
-                            source.backlog_samples, None if opts.deadline_ms is None else opts.deadline_ms / 1000)
+                            source.backlog_samples, None if opts.deadline_ms is None else opts.deadline_ms / 1000,
+                            partial(limit_from_stats, cluster, pkg, mode))
         failures = source.failure_summary()
         recoveries = [e["recovery_s"] for e in failures if e.get("recovery_s") is not None]
         summary.update(node_failures=failures, recovery_s=max(recoveries) if recoveries else None,
