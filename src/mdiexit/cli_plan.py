@@ -15,6 +15,8 @@ from mdiexit.policies.modes import MODES
 
 TIMES = ("profile", "macs")
 PROFILE_REPEATS = 20  # batch-1 calls timed per task when profiling (median)
+SHOWN_ROWS = 30  # the text lists at most this many nodes and links (the busiest); --json has them all
+SHOWN_BOTTLENECK = 8  # and this many binding constraints (the dearest)
 
 
 def profile_costs(pkg, threads: int, repeats: int = PROFILE_REPEATS):
@@ -128,22 +130,31 @@ def print_plan(plan, growth=None, header: list[str] | None = None, file=sys.stdo
     k_tasks = len(plan.reach)
     print(f"  {'node':<16} {'compute':>7} {'egress':>7} {'sends Mb/s':>10}"
           + "".join(f"{'task ' + str(k) + '/s':>10}" for k in range(1, k_tasks + 1)), file=file)
-    for name, n in plan.nodes.items():
+    busy = sorted(plan.nodes.items(), key=lambda kv: -(kv[1]["compute_utilization"] + kv[1]["bytes_per_s"]))
+    for name, n in busy[:SHOWN_ROWS]:
         print(f"  {name:<16} {_pct(n['compute_utilization']):>7} {_pct(n['egress_utilization']):>7} "
               f"{n['bytes_per_s'] * 8 / 1e6:>10.2f}"
               + "".join(f"{n['tasks_per_s'].get(k, 0.0):>10.1f}" for k in range(1, k_tasks + 1)), file=file)
+    if len(busy) > SHOWN_ROWS:
+        idle = sum(1 for _, n in busy[SHOWN_ROWS:] if not n["compute_utilization"] and not n["bytes_per_s"])
+        print(f"  ... {len(busy) - SHOWN_ROWS} more nodes, {idle} of them idle (--json lists them all)", file=file)
     if plan.links:
         print("  links (Mbit/s, share of the sender's egress; items/s by the task whose output they carry, 0 = raw):",
               file=file)
-        for (a, b), v in sorted(plan.links.items(), key=lambda kv: -kv[1]["bytes_per_s"]):
+        links = sorted(plan.links.items(), key=lambda kv: -kv[1]["bytes_per_s"])
+        for (a, b), v in links[:SHOWN_ROWS]:
             items = ", ".join(f"{j}: {x:.1f}" for j, x in sorted(v["items_per_s"].items()))
             coded = f", {v['coded_items_per_s'] / sum(v['items_per_s'].values()):.0%} coded" \
                 if v["coded_items_per_s"] > 0 else ""
             print(f"    {a} -> {b}: {v['bytes_per_s'] * 8 / 1e6:.2f} ({_pct(v['egress_share'])}) [{items}{coded}]",
                   file=file)
+        if len(links) > SHOWN_ROWS:
+            print(f"    ... {len(links) - SHOWN_ROWS} more links", file=file)
     if plan.bottleneck:
+        more = len(plan.bottleneck) - SHOWN_BOTTLENECK
         print("bottleneck (+1 % of it raises the limit by): " + ", ".join(
-            f"{b.kind} of {b.node} (+{b.gain_per_percent:.2f}/s)" for b in plan.bottleneck), file=file)
+            f"{b.kind} of {b.node} (+{b.gain_per_percent:.2f}/s)" for b in plan.bottleneck[:SHOWN_BOTTLENECK])
+            + (f" and {more} more" if more > 0 else ""), file=file)
     if growth is not None:
         if growth.devices is not None:
             print(f"target {growth.target_per_s:g} items/s: {growth.devices} more device(s) like {growth.template} "

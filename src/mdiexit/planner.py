@@ -16,6 +16,7 @@ The linear program, for a model of K tasks, with r_k the fraction of items that 
     conserve    for every node n and task j: the items at n needing task j, λ·[n is the source, j = 1]
                 + (r_j / r_{j-1})·x[n,j-1] + Σ_a f[a,n,j-1,·] = x[n,j] + Σ_b f[n,b,j-1,·]
     compute     Σ_k x[n,k]·t_n(k) + Σ coded sends·enc_n + Σ coded receipts·dec_n <= 1 s per s, for every node n
+                (one compute thread per node: `threads` are a task's intra-op threads, already in its time t_n)
     egress      Σ_{b,j,c} f[n,b,j,c]·bytes(j,c) <= bandwidth_n (bytes/s), for every node n with a limit
 
 The mode (policies/modes.py) removes variables: `local` runs everything on the source; `mdi` and `mdi-static` make
@@ -129,7 +130,7 @@ class Problem:
     runs: Mapping[tuple[str, int], float]  # (node, task) -> seconds per item
     flows: tuple[Flow, ...]
     capacity_s: Mapping[str, float]  # node -> seconds of compute per second
-    egress_bps: Mapping[str, float | None]  # node -> bytes/s (None: unlimited)
+    egress_bytes_s: Mapping[str, float | None]  # node -> bytes/s (None: unlimited)
 
 
 @dataclass(frozen=True)
@@ -248,12 +249,12 @@ def solve(problem: Problem, tidy: bool = True) -> tuple[float, np.ndarray, list[
             ub.append((row_of[fl.dst], flow0 + i, fl.recv_s))
     egress_row = {}
     for n in names:
-        if p.egress_bps.get(n) is not None:
+        if p.egress_bytes_s.get(n) is not None:
             egress_row[n] = len(rows)
             rows.append(("egress", n))
     for i, fl in enumerate(p.flows):
         if fl.src in egress_row:
-            ub.append((egress_row[fl.src], flow0 + i, fl.nbytes / p.egress_bps[fl.src]))
+            ub.append((egress_row[fl.src], flow0 + i, fl.nbytes / p.egress_bytes_s[fl.src]))
     b_ub = np.array([p.capacity_s[n] for n in names] + [1.0] * len(egress_row))
 
     def matrix(entries, n_rows):
@@ -293,8 +294,9 @@ def plan_problem(problem: Problem, mode: str, exit_fraction: Sequence[float], ti
     tiny = _SHOWN * max(lam, 1.0)
     nodes: dict[str, dict] = {}
     for n in problem.capacity_s:
-        nodes[n] = {"compute_utilization": 0.0, "egress_utilization": None if problem.egress_bps[n] is None else 0.0,
-                    "tasks_per_s": {}, "bytes_per_s": 0.0}
+        limited = problem.egress_bytes_s[n] is not None
+        nodes[n] = {"compute_utilization": 0.0, "egress_utilization": 0.0 if limited else None, "tasks_per_s": {},
+                    "bytes_per_s": 0.0}
     for i, (n, k) in enumerate(index["runs"]):
         v = float(x[1 + i])
         if v > tiny:
@@ -313,11 +315,11 @@ def plan_problem(problem: Problem, mode: str, exit_fraction: Sequence[float], ti
         nodes[fl.src]["compute_utilization"] += v * fl.send_s / problem.capacity_s[fl.src]
         nodes[fl.dst]["compute_utilization"] += v * fl.recv_s / problem.capacity_s[fl.dst]
     for (a, _), link in links.items():
-        bw = problem.egress_bps[a]
+        bw = problem.egress_bytes_s[a]
         link["egress_share"] = None if bw is None else link["bytes_per_s"] / bw
     for n, d in nodes.items():
-        if problem.egress_bps[n] is not None:
-            d["egress_utilization"] = d["bytes_per_s"] / problem.egress_bps[n]
+        if problem.egress_bytes_s[n] is not None:
+            d["egress_utilization"] = d["bytes_per_s"] / problem.egress_bytes_s[n]
     return Plan(lam, mode, tuple(float(f) for f in exit_fraction), problem.reach, nodes, links, binding)
 
 
@@ -357,6 +359,8 @@ def limit_from_stats(cluster: ClusterConfig, pkg: Package, mode: str, final_stat
     try:
         return plan_throughput(cluster, pkg, mode, exit_fraction, times, tidy=False).throughput_per_s
     except ValueError:  # a held task without a time
+        return None
+    except ImportError:  # no scipy: a source installed with only the worker's dependencies
         return None
 
 

@@ -420,7 +420,7 @@ def print_summary(s: dict, file=sys.stdout) -> None:
           f"{lat['p50']:.0f}/{lat['p95']:.0f}/{lat['p99']:.0f} ms, {s['bytes_per_item']:.0f} bytes/item", file=file)
     print(f"  exit fractions {' '.join(f'{x:.3f}' for x in s['exit_fraction'])}", file=file)
     if s.get("ideal_throughput_per_s"):
-        print(f"  ideal (compute limit at this exit mix) {s['ideal_throughput_per_s']:.1f} items/s one at a time, "
+        print(f"  ideal (physical limit at this exit mix) {s['ideal_throughput_per_s']:.1f} items/s one at a time, "
               f"{s['ideal_batched_throughput_per_s']:.1f} batched: efficiency {s['efficiency']:.0%} "
               f"({s['efficiency_batched']:.0%} of the batched limit)", file=file)
     if "host_cpu_utilization" in s:
