@@ -48,7 +48,6 @@ if TYPE_CHECKING:  # the cluster file and package readers load only when a plan 
     from mdiexit.config import ClusterConfig, NodeConfig
     from mdiexit.package import Package
 
-SATURATED = 0.999  # a resource at least this busy counts as saturated
 _PRICE_TOL = 1e-9  # shadow prices below this (items/s per unit) are zero
 _OPTIMUM_SLACK = 1e-9  # the tidying solve keeps λ within this relative distance of the optimum
 _SHOWN = 1e-6  # placements and flows below this share of the throughput are solver noise, not reported
