@@ -60,3 +60,26 @@ def test_threshold_one_disables_an_exit_and_last_always_exits():
     conf = np.array([[1.0, 0.2], [1.0, 0.1]])
     assert outcome(conf, np.array([1.0, 0.0])).tolist() == [1, 1]
     assert outcome(conf, np.array([0.9, 0.0])).tolist() == [0, 1]
+
+
+def test_exit_mix_is_exact_when_confidence_is_nested():
+    """Items equally confident at every exit (an easy item is easy everywhere): the estimate from the per-exit
+    marginals is the exact mix that `outcome` gives on the items."""
+    rng = np.random.default_rng(7)
+    base = rng.uniform(0.3, 1.0, 500)
+    conf = np.stack([base, base, base])
+    correct = rng.uniform(0, 1, conf.shape) < 0.9
+    grid = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    profile = ExitProfile.build(conf, correct, np.array([1.0, 2.0, 3.0]), 6.0, grid)
+    for thresholds in [(0.9, 0.6, 0.0), (0.5, 0.9, 0.0), (1.0, 0.7, 0.0), (0.8, 1.0, 0.0)]:
+        exact = np.bincount(outcome(conf, np.array(thresholds)), minlength=3) / conf.shape[1]
+        assert profile.exit_mix(thresholds) == pytest.approx(exact)
+
+
+def test_exit_mix_interpolates_off_the_grid_and_sums_to_one():
+    conf, correct, macs = synthetic(seed=4)
+    profile = ExitProfile.build(conf, correct, macs, macs.sum(), (0.5, 0.7, 1.0))
+    mix = profile.exit_mix((0.6, 0.85, 0.0))
+    assert sum(mix) == pytest.approx(1.0) and min(mix) >= 0
+    assert mix[0] == pytest.approx((profile.exit_fraction[0][0] + profile.exit_fraction[0][1]) / 2)
+    assert profile.exit_mix((1.0, 1.0, 0.0)) == [0.0, 0.0, 1.0]

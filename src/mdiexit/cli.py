@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from mdiexit.cli_model import DEFAULT_PACKAGE, add_model_commands, floats, items_arg
+from mdiexit.cli_plan import add_plan_commands
 from mdiexit.cli_serve import add_bench_serve, add_keys_client, add_serve_commands
 from mdiexit.policies.modes import ADMISSIONS, MODES
 
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     add_model_commands(sub)  # train, export, compress, evaluate
+    add_plan_commands(sub, _cluster_arg, _doc)  # plan, cluster generate
 
     pr = sub.add_parser("profile", help="print a package's exit profile and thresholds")
     pr.add_argument("package", type=Path, nargs="?", default=DEFAULT_PACKAGE)

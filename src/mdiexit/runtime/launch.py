@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import zmq
@@ -32,6 +33,7 @@ import zmq
 from mdiexit.config import ClusterConfig, load_cluster
 from mdiexit.data import load_items
 from mdiexit.package import Package, load_package
+from mdiexit.planner import limit_from_stats
 from mdiexit.policies.admission import RateAdaptation, ThresholdAdaptation
 from mdiexit.policies.gate import AdmissionGate
 from mdiexit.policies.modes import no_exit_thresholds, rules_for
@@ -314,7 +316,8 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         watching.clear()
         source.shutdown_workers()
         summary = summarize(source.ledger, pkg.num_tasks, (start + opts.warmup_s, end), source.final_stats,
-                            source.backlog_samples, deadline_s, source.gate, source.latencies)
+                            source.backlog_samples, deadline_s, source.gate, source.latencies,
+                            partial(limit_from_stats, cluster, pkg, mode))
         failures = source.failure_summary()
         recoveries = [e["recovery_s"] for e in failures if e.get("recovery_s") is not None]
         summary.update(node_failures=failures, recovery_s=max(recoveries) if recoveries else None,
@@ -466,7 +469,7 @@ def print_summary(s: dict, file=sys.stdout) -> None:
           f"{lat['p50']:.0f}/{lat['p95']:.0f}/{lat['p99']:.0f} ms, {s['bytes_per_item']:.0f} bytes/item", file=file)
     print(f"  exit fractions {' '.join(f'{x:.3f}' for x in s['exit_fraction'])}", file=file)
     if s.get("ideal_throughput_per_s"):
-        print(f"  ideal (compute limit at this exit mix) {s['ideal_throughput_per_s']:.1f} items/s one at a time, "
+        print(f"  ideal (physical limit at this exit mix) {s['ideal_throughput_per_s']:.1f} items/s one at a time, "
               f"{s['ideal_batched_throughput_per_s']:.1f} batched: efficiency {s['efficiency']:.0%} "
               f"({s['efficiency_batched']:.0%} of the batched limit)", file=file)
     if "host_cpu_utilization" in s:

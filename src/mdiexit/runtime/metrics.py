@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -13,9 +13,12 @@ from mdiexit.runtime.ledger import Ledger
 
 def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final_stats: dict[str, dict[str, float]],
               backlog_samples: dict[str, list[float]], deadline_s: float | None = None,
-              gate: AdmissionGate | None = None, latencies: Iterable[float] = ()) -> dict:
+              gate: AdmissionGate | None = None, latencies: Iterable[float] = (),
+              physical_limit: Callable[[dict, list[float], str], float | None] | None = None) -> dict:
     """window: (start, end) of the measured part of the admission period (after warm-up). Every offered item
-    is one of: rejected or expired at the ``gate``, or admitted and then completed, expired or failed."""
+    is one of: rejected or expired at the ``gate``, or admitted and then completed, expired or failed.
+    ``physical_limit`` (final stats, exit mix, time prefix) -> items/s: the planner's limit, which also counts
+    links and task holdings; where it gives one, it is the ideal."""
     recs = list(ledger.records.values())
     done = [r for r in recs if r.done_at is not None and not r.expired]
     admitted = ledger.admitted
@@ -61,8 +64,10 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
     for name, st in final_stats.items():
         calls = st.get("emulated_calls", 0.0)
         summary["per_node"][name]["overrun_fraction"] = st.get("overruns", 0.0) / calls if calls else 0.0
-    summary["ideal_throughput_per_s"] = ideal_throughput(final_stats, summary["exit_fraction"], "single_task_")
-    summary["ideal_batched_throughput_per_s"] = ideal_throughput(final_stats, summary["exit_fraction"], "limit_task_")
+    for key, prefix in (("ideal_throughput_per_s", "single_task_"), ("ideal_batched_throughput_per_s", "limit_task_")):
+        planned = physical_limit(final_stats, summary["exit_fraction"], prefix) if physical_limit else None
+        summary[key] = planned if planned is not None else ideal_throughput(final_stats, summary["exit_fraction"],
+                                                                            prefix)
     if summary["ideal_throughput_per_s"]:
         summary["efficiency"] = summary["throughput_per_s"] / summary["ideal_throughput_per_s"]
         summary["efficiency_batched"] = summary["throughput_per_s"] / summary["ideal_batched_throughput_per_s"]
