@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mdiexit.cli_common import RunDefault, finish_run
 from mdiexit.cli_model import DEFAULT_PACKAGE, add_model_commands, floats, items_arg
 from mdiexit.cli_plan import add_plan_commands
 from mdiexit.cli_serve import add_bench_serve, add_keys_client, add_serve_commands
@@ -29,19 +30,6 @@ def cmd_bench_engine(a: argparse.Namespace) -> int:
     return 0
 
 
-class _RunDefault:
-    """A `run` option left unset: RunOptions' default applies (read there, the one place it is stated, and only
-    when the command runs or its help is printed, so that parsing loads no runtime)."""
-
-    def __init__(self, field: str):
-        self.field = field
-
-    def __str__(self) -> str:
-        from mdiexit.runtime.launch import RunOptions
-
-        return f"{getattr(RunOptions(), self.field)}"
-
-
 def _run_opts(a: argparse.Namespace):
     from mdiexit.runtime.launch import RunOptions
 
@@ -52,19 +40,7 @@ def _run_opts(a: argparse.Namespace):
                  insecure=a.insecure, keys_dir=a.keys_dir, items=items_arg(a.items))
     if a.thresholds is not None:
         given["thresholds"] = tuple(floats(a.thresholds, "--thresholds"))
-    return RunOptions(**{k: v for k, v in given.items() if not isinstance(v, _RunDefault)})
-
-
-def _finish_run(result, out: Path) -> int:
-    from mdiexit.runtime.launch import print_summary, write_results
-
-    path = write_results(result, out)
-    summary = result.summary
-    print_summary(summary)
-    print(f"summary written to {path}")
-    if summary.get("error"):
-        print(f"mdiexit: error: {summary['error']}", file=sys.stderr)
-    return 1 if summary["lost"] or summary["duplicates"] or summary.get("error") else 0
+    return RunOptions(**{k: v for k, v in given.items() if not isinstance(v, RunDefault)})
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -74,13 +50,13 @@ def cmd_run(a: argparse.Namespace) -> int:
     duplicated."""
     from mdiexit.runtime.launch import run_cluster
 
-    return _finish_run(run_cluster(a.cluster, _run_opts(a)), a.out)
+    return finish_run(run_cluster(a.cluster, _run_opts(a)), a.out)
 
 
 def cmd_source(a: argparse.Namespace) -> int:
     from mdiexit.runtime.launch import run_cluster
 
-    return _finish_run(run_cluster(a.cluster, _run_opts(a), spawn=False), a.out)
+    return finish_run(run_cluster(a.cluster, _run_opts(a), spawn=False), a.out)
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
@@ -141,22 +117,22 @@ def _security_args(p: argparse.ArgumentParser) -> None:
 def _run_args(p: argparse.ArgumentParser) -> None:
     _cluster_arg(p)
     p.add_argument("--mode", default=None, choices=list(MODES), help="override the cluster file's mode")
-    p.add_argument("--rate", type=float, default=_RunDefault("rate"),
+    p.add_argument("--rate", type=float, default=RunDefault("rate"),
                    help="items admitted per second (default %(default)s)")
-    p.add_argument("--duration", type=float, default=_RunDefault("duration_s"),
+    p.add_argument("--duration", type=float, default=RunDefault("duration_s"),
                    help="seconds of admission (default %(default)s)")
-    p.add_argument("--warmup", type=float, default=_RunDefault("warmup_s"),
+    p.add_argument("--warmup", type=float, default=RunDefault("warmup_s"),
                    help="seconds excluded from throughput (default %(default)s)")
     p.add_argument("--deadline-ms", type=float, default=None,
                    help="each item's deadline: past it, an item is dropped unrun and counted expired; the summary "
                         "reports the accuracy within it")
-    p.add_argument("--admission", default=_RunDefault("admission"), choices=ADMISSIONS,
+    p.add_argument("--admission", default=RunDefault("admission"), choices=ADMISSIONS,
                    help="fixed: admit at --rate with the package's thresholds; rate: adapt the rate at the cheapest "
                         "thresholds meeting --target-accuracy; thresholds: fixed --rate, adapt the thresholds "
                         "(default %(default)s)")
     p.add_argument("--target-accuracy", type=float, default=None,
                    help="rate adaptation's accuracy target (default: final-exit validation accuracy - 0.01)")
-    p.add_argument("--target-backlog-ms", type=float, default=_RunDefault("target_backlog_ms"),
+    p.add_argument("--target-backlog-ms", type=float, default=RunDefault("target_backlog_ms"),
                    help="backlog the controllers aim for (default %(default)s)")
     p.add_argument("--thresholds", default=None,
                    help="comma-separated exit thresholds, one per task, the last 0 (fixed admission; default: the "
@@ -168,7 +144,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="test: the package's test split, cycled for --duration; all: every item of --data-dir in "
                         "order, each once; N: the first N of them (default test)")
     p.add_argument("--quiet", action="store_true", help="no live view")
-    p.add_argument("--net", default=_RunDefault("net"), choices=["app", "namespaces"],
+    p.add_argument("--net", default=RunDefault("net"), choices=["app", "namespaces"],
                    help="app: the nodes pace their links; namespaces: one network namespace per worker, "
                         "bandwidths shaped by the kernel with tc tbf (root, Linux) (default %(default)s)")
     p.add_argument("--out", type=Path, default=Path("runs/last"), help="folder for summary.json")
@@ -177,9 +153,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 def gate_args(p: argparse.ArgumentParser) -> None:
     """The admission gate's and the metrics endpoint's options, shared by run, source and serve."""
-    p.add_argument("--max-backlog-ms", type=float, default=_RunDefault("max_backlog_ms"),
+    p.add_argument("--max-backlog-ms", type=float, default=RunDefault("max_backlog_ms"),
                    help="admit nothing while the largest backlog in the cluster is above this (default %(default)s)")
-    p.add_argument("--max-wait-ms", type=float, default=_RunDefault("max_wait_ms"),
+    p.add_argument("--max-wait-ms", type=float, default=RunDefault("max_wait_ms"),
                    help="reject (overloaded) an item that would wait longer than this to be admitted "
                         "(default %(default)s)")
     p.add_argument("--metrics-port", type=int, default=None,

@@ -8,6 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
+from mdiexit.cli_common import RunDefault, finish_run
 from mdiexit.cli_model import floats
 from mdiexit.policies.modes import ADMISSIONS, MODES
 
@@ -17,7 +18,6 @@ def cmd_serve(a: argparse.Namespace) -> int:
     Ctrl-C or SIGTERM. Requests are admitted as admission control allows; one that cannot be taken is rejected at
     once (overloaded, or its deadline would pass), never dropped. On stop, what is in flight is finished (up to
     --drain-timeout s), every request is answered, and DIR/summary.json is written."""
-    from mdiexit.cli import _finish_run, _RunDefault
     from mdiexit.runtime.launch import RunOptions, run_cluster
 
     stop = threading.Event()
@@ -29,8 +29,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
                  drain_timeout_s=a.drain_timeout, warmup_s=0.0, serve=stop)
     if a.thresholds is not None:
         given["thresholds"] = tuple(floats(a.thresholds, "--thresholds"))
-    opts = RunOptions(**{k: v for k, v in given.items() if v is not None and not isinstance(v, _RunDefault)})
-    return _finish_run(run_cluster(a.cluster, opts, spawn=not a.no_spawn), a.out)
+    opts = RunOptions(**{k: v for k, v in given.items() if v is not None and not isinstance(v, RunDefault)})
+    return finish_run(run_cluster(a.cluster, opts, spawn=not a.no_spawn), a.out)
 
 
 def cmd_classify(a: argparse.Namespace) -> int:
@@ -93,8 +93,6 @@ def cmd_bench_serve(a: argparse.Namespace) -> int:
 
 
 def add_serve_commands(sub, cluster_arg, gate_args, security_args) -> None:
-    from mdiexit.cli import _RunDefault
-
     s = sub.add_parser("serve", help="serve clients on the source's client_port until Ctrl-C",
                        description=" ".join(cmd_serve.__doc__.split()))
     cluster_arg(s)
@@ -103,16 +101,16 @@ def add_serve_commands(sub, cluster_arg, gate_args, security_args) -> None:
     s.add_argument("--admission", default="rate", choices=ADMISSIONS,
                    help="rate: admit as fast as the cluster keeps up at --target-accuracy (default); fixed: at most "
                         "--rate per second at fixed thresholds; thresholds: at most --rate, adapting the thresholds")
-    s.add_argument("--rate", type=float, default=_RunDefault("rate"),
+    s.add_argument("--rate", type=float, default=RunDefault("rate"),
                    help="fixed and thresholds admission: the most admitted per second; rate: the initial rate "
                         "(default %(default)s)")
     s.add_argument("--target-accuracy", type=float, default=None,
                    help="rate adaptation's accuracy target (default: final-exit validation accuracy - 0.01)")
-    s.add_argument("--target-backlog-ms", type=float, default=_RunDefault("target_backlog_ms"),
+    s.add_argument("--target-backlog-ms", type=float, default=RunDefault("target_backlog_ms"),
                    help="backlog the controllers aim for (default %(default)s)")
     s.add_argument("--thresholds", default=None, help="fixed admission: comma-separated exit thresholds")
     gate_args(s)
-    s.add_argument("--drain-timeout", type=float, default=_RunDefault("drain_timeout_s"),
+    s.add_argument("--drain-timeout", type=float, default=RunDefault("drain_timeout_s"),
                    help="on stop, seconds to finish what is in flight (default %(default)s)")
     s.add_argument("--quiet", action="store_true", help="no live view")
     s.add_argument("--out", type=Path, default=Path("runs/serve"), help="folder for summary.json on stop")

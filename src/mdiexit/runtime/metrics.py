@@ -88,6 +88,8 @@ def ideal_throughput(final_stats: dict[str, dict[str, float]], exit_fraction: li
     item), each task at its calibrated time one item at a time (``single_task_``) or at its best batch size
     (``limit_task_``). None when it needs the planner (a node holds only some tasks) or a node is not
     calibrated (a real device)."""
+    if not any(exit_fraction):
+        return None  # nothing completed: no exit mix
     reach = np.cumsum(np.asarray(exit_fraction, float)[::-1])[::-1]  # P(item runs task k)
     total = 0.0
     for st in final_stats.values():

@@ -1,0 +1,31 @@
+"""What the command modules share: the `run` defaults shown in --help, and finishing a run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+class RunDefault:
+    """A `run` option left unset: RunOptions' default applies (read there, the one place it is stated, and only
+    when the command runs or its help is printed, so that parsing loads no runtime)."""
+
+    def __init__(self, field: str):
+        self.field = field
+
+    def __str__(self) -> str:
+        from mdiexit.runtime.launch import RunOptions
+
+        return f"{getattr(RunOptions(), self.field)}"
+
+
+def finish_run(result, out: Path) -> int:
+    from mdiexit.runtime.launch import print_summary, write_results
+
+    path = write_results(result, out)
+    summary = result.summary
+    print_summary(summary)
+    print(f"summary written to {path}")
+    if summary.get("error"):
+        print(f"mdiexit: error: {summary['error']}", file=sys.stderr)
+    return 1 if summary["lost"] or summary["duplicates"] or summary.get("error") else 0

@@ -1,0 +1,64 @@
+from mdiexit.policies.gate import DEADLINE, OVERLOADED, AdmissionGate
+
+
+def test_releases_at_the_token_rate_while_the_cluster_keeps_up():
+    g = AdmissionGate(max_backlog_s=1.0, max_wait_s=10.0)
+    for i in range(10):
+        assert g.offer(i, 0.0, rate=100.0) is None
+    out, expired = g.release(0.0, 100.0, backlog_s=0.0)
+    assert [p.key for p in out] == [0] and not expired  # one token to start
+    out, _ = g.release(0.05, 100.0, backlog_s=0.0)  # 5 more tokens accrued, burst cap 2
+    assert [p.key for p in out] == [1, 2]
+
+
+def test_backlog_cap_and_window_hold_the_queue():
+    g = AdmissionGate(max_backlog_s=0.5, max_wait_s=10.0)
+    for i in range(3):
+        g.offer(i, 0.0, rate=1000.0)
+    assert g.release(0.0, 1000.0, backlog_s=0.6)[0] == []
+    assert g.release(0.01, 1000.0, backlog_s=0.1, in_flight=4, window=4)[0] == []
+    assert len(g.release(0.02, 1000.0, backlog_s=0.1, in_flight=3, window=4)[0]) == 1
+
+
+def test_rejects_at_once_when_the_wait_would_be_too_long():
+    g = AdmissionGate(max_backlog_s=0.5, max_wait_s=0.1)
+    results = [g.offer(i, 0.0, rate=50.0) for i in range(10)]  # 50/s drains 5 items in 0.1 s
+    assert results[:6] == [None] * 6
+    assert set(results[6:]) == {OVERLOADED}
+    assert g.rejected[OVERLOADED] == 4 and len(g.queue) == 6
+
+
+def test_drain_rate_is_measured_after_the_first_second():
+    g = AdmissionGate(max_backlog_s=0.5, max_wait_s=0.5)
+    g.offer("a", 0.0, rate=1000.0)
+    g.release(0.0, 1000.0, 0.0)
+    # the cluster stalls (backlog above the cap): nothing leaves, so nothing more may wait
+    for k in range(5):
+        g.offer(k, 1.5, rate=1000.0)
+        g.release(1.5, 1000.0, backlog_s=0.9)
+    assert g.rejected[OVERLOADED] == 4 and len(g.queue) == 1
+
+
+def test_deadline_rejection_and_expiry():
+    g = AdmissionGate(max_backlog_s=0.5, max_wait_s=1.0)
+    assert g.offer("late", 0.0, rate=10.0, deadline=0.05, latency_s=0.1) == DEADLINE
+    assert g.offer("ok", 0.0, rate=10.0, deadline=0.5, latency_s=0.1) is None
+    assert g.offer("free", 0.0, rate=10.0) is None
+    out, expired = g.release(0.6, 10.0, backlog_s=0.9)  # held by the backlog past its deadline
+    assert out == [] and [p.key for p in expired] == ["ok"]
+    assert g.expired == 1 and [p.key for p in g.queue] == ["free"]
+
+
+def test_every_offer_is_accounted_for():
+    g = AdmissionGate(max_backlog_s=0.3, max_wait_s=0.05, max_items=20)
+    released = expired = 0
+    t = 0.0
+    for i in range(2000):
+        t = i * 0.001
+        g.offer(i, t, rate=200.0, deadline=t + 0.2 if i % 3 == 0 else None)
+        out, gone = g.release(t, 200.0, backlog_s=0.4 if (i // 100) % 2 else 0.0)
+        released += len(out)
+        expired += len(gone)
+    assert released == g.released and expired == g.expired
+    assert g.offered == released + expired + sum(g.rejected.values()) + len(g.queue)
+    assert len(g.take_all()) + released + expired + sum(g.rejected.values()) == 2000
