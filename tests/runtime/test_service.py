@@ -4,6 +4,7 @@ Ctrl-C. Every service runs as its own process, as a user starts it."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -163,6 +164,9 @@ def test_a_service_answers_files_many_clients_and_bad_requests(tmp_path, tiny_pa
     assert sum(v for (name, _), v in metrics.items() if name == "mdiexit_items_by_exit_total") == summary["completed"]
     assert metrics[("mdiexit_latency_seconds_count", ())] == summary["completed"]
     assert summary["completed"] == 40 + len(bad) + 50 * 4
+    dashboard = (Path(__file__).parents[2] / "deploy" / "grafana-dashboard.json").read_text()
+    served = {name for name, _ in metrics}
+    assert {m for m in re.findall(r"mdiexit_\w+", dashboard)} <= served  # every panel plots a served metric
 
     # Ctrl-C left nothing behind: no process of this cluster, no bound port
     wait_for(lambda: subprocess.run(["pgrep", "-f", str(path)], capture_output=True).returncode == 1, 20,
