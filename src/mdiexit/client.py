@@ -86,11 +86,14 @@ class Client:
         self.sock.connect(address)
         self.pipe_address = f"inproc://mdiexit-client-{next(_PIPES)}"
         self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.RCVHWM, 0)
         self.pull.bind(self.pipe_address)
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.setsockopt(zmq.LINGER, 0)
+        self.push.setsockopt(zmq.SNDHWM, 0)  # posting never blocks; map() is what bounds what is outstanding
         self.push.connect(self.pipe_address)
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # pending (never held while a socket blocks: the I/O thread takes it)
+        self.push_lock = threading.Lock()
         self.pending: dict[int, tuple[Future, float]] = {}
         self.ids = itertools.count(1)
         self.info_future: Future[Info] = Future()
@@ -160,7 +163,7 @@ class Client:
 
     # ---------------------------------------------------------------- plumbing
     def _post(self, frames: list) -> None:
-        with self.lock:
+        with self.push_lock:
             if self.stop.is_set():
                 raise RuntimeError("the client is closed")
             self.push.send_multipart(frames)
@@ -175,17 +178,26 @@ class Client:
                                ) from None
 
     def _loop(self) -> None:
+        """Move requests to the service and replies to their futures. Never blocks on a send: while the service
+        is slow to take requests, they wait here and replies keep being read."""
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.pull, zmq.POLLIN)
+        outgoing: deque[list] = deque()
         while not self.stop.is_set():
-            ready = dict(poller.poll(50))
+            ready = dict(poller.poll(5 if outgoing else 50))
             if self.pull in ready:
                 while True:
                     try:
-                        self.sock.send_multipart(self.pull.recv_multipart(zmq.NOBLOCK, copy=False))
+                        outgoing.append(self.pull.recv_multipart(zmq.NOBLOCK, copy=False))
                     except zmq.Again:
                         break
+            while outgoing:
+                try:
+                    self.sock.send_multipart(outgoing[0], zmq.NOBLOCK)
+                    outgoing.popleft()
+                except zmq.Again:
+                    break
             if self.sock in ready:
                 while True:
                     try:
@@ -222,7 +234,7 @@ class Client:
             fut.set_exception(TimeoutError(f"no reply from {self.address} within {self.timeout_s:g} s"))
 
     def close(self) -> None:
-        with self.lock:
+        with self.push_lock, self.lock:
             self.stop.set()
             futs = [f for f, _ in self.pending.values()]
             self.pending.clear()

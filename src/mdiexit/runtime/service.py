@@ -31,6 +31,7 @@ from mdiexit.security import CLIENT_DOMAIN, Identity, make_server
 log = logging.getLogger("mdiexit.service")
 POLL_MS = 50
 MAX_CLIENT_MESSAGE = 64 << 20  # bytes: a longer message closes the connection (zmq), before any parsing
+MAX_QUEUED_REPLIES = 100_000
 _ENDPOINTS = itertools.count()
 
 
@@ -69,14 +70,18 @@ class ClientEndpoint:
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.MAXMSGSIZE, MAX_CLIENT_MESSAGE)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a client gone: its reply is dropped, not an error
+        # replies queued per client; past this (a client that stopped reading) they are dropped
+        self.router.setsockopt(zmq.SNDHWM, MAX_QUEUED_REPLIES)
         if self.identity is not None:
             self.router.zap_domain = CLIENT_DOMAIN.encode()
             make_server(self.router, self.identity)
         self.router.bind(self.address)
         self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.RCVHWM, 0)
         self.pull.bind(self.outbox_address)
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.setsockopt(zmq.LINGER, 0)
+        self.push.setsockopt(zmq.SNDHWM, 0)  # answering never blocks the admit loop
         self.push.connect(self.outbox_address)
         self.thread = threading.Thread(target=self._loop, name="client-endpoint", daemon=True)
         self.thread.start()
