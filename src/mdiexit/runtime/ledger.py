@@ -109,7 +109,7 @@ class Ledger:
                     self.unknown += 1
                 return False
             if r.done_at is not None or r.failed or r.expired:
-                if attempt != r.attempt or r.attempt > 0:
+                if r.failed or r.expired or attempt != r.attempt or r.attempt > 0:  # no result was delivered
                     self.redundant += 1
                 else:
                     self.duplicates += 1

@@ -45,7 +45,8 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
         "duplicates": ledger.duplicates,
         "redispatched": ledger.redispatched,
         "redundant_results": ledger.redundant,
-        "accuracy": ledger.correct / admitted if admitted else 0.0,
+        # a service's requests carry no true label: no accuracy to report
+        "accuracy": (ledger.correct / admitted if admitted else 0.0) if ledger.keep_records else None,
         "throughput_per_s": in_window / max(w1 - w0, 1e-9),
         "latency_ms": {f"p{q}": float(np.percentile(lat, q) * 1000) for q in (50, 95, 99)},
         "exit_fraction": [float(x) for x in exits / max(1, ledger.completed)],

@@ -1,0 +1,39 @@
+from mdiexit.runtime.ledger import MAX_ATTEMPTS, Ledger
+
+
+def test_each_item_settles_once_result_expired_or_failed():
+    led = Ledger()
+    for i in range(3):
+        led.admit(i, 0.0, truth=1, deadline=1.0 if i == 1 else None)
+    assert led.complete(0, 1, 2, 0.9, "w1", 0.5)
+    assert not led.complete(0, 1, 2, 0.9, "w1", 0.6)  # the same attempt twice: a duplicate
+    assert led.past_deadline(1.5) == [1] and led.expire(1, 1.5)
+    assert not led.complete(1, 1, 1, 0.9, "w2", 1.6)  # too late: dropped, counted redundant
+    for _ in range(MAX_ATTEMPTS - 1):
+        assert led.retry(2, 2.0, "node down") is not None
+    assert led.retry(2, 3.0, "node down") is None  # out of attempts: failed, with the reason
+    assert (led.completed, led.expired, led.failed, led.duplicates, led.redundant) == (1, 1, 1, 1, 1)
+    assert led.settled == led.admitted == 3 and not led.in_flight
+    outcomes = {i: r.outcome for i, r in led.take_settled()}
+    assert outcomes == {0: "result", 1: "expired", 2: "failed"}
+    assert "node down" in led.records[2].failed and led.correct == 1 and led.exit_counts[2] == 1
+
+
+def test_a_result_after_the_deadline_counts_as_expired():
+    led = Ledger()
+    led.admit(0, 0.0, truth=3, deadline=0.2)
+    assert not led.complete(0, 3, 1, 0.99, "w1", 0.3)
+    assert led.expired == 1 and led.completed == 0 and led.records[0].outcome == "expired"
+
+
+def test_a_service_forgets_settled_items_but_still_recognises_late_results():
+    led = Ledger(keep_records=False)
+    for i in range(100):
+        led.admit(i, 0.0, truth=0, key=("client", i))
+        led.complete(i, 0, 1, 0.9, "w1", 0.1)
+    taken = led.take_settled()
+    assert [r.key for _, r in taken] == [("client", i) for i in range(100)]
+    assert not led.records  # nothing kept once answered
+    assert led.expects(5) and not led.expects(100)
+    assert not led.complete(5, 0, 1, 0.9, "w2", 0.2)
+    assert led.redundant == 1 and led.unknown == 0 and led.completed == 100
