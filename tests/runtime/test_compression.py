@@ -51,7 +51,7 @@ def test_runtime_labels_match_the_in_process_codec(compressed_package, tmp_path,
     exits = outcome(conf, np.array(pkg.default_thresholds))
     labels = logits[exits, np.arange(ITEMS)].argmax(1)
     for item_id, r in result.ledger.records.items():
-        k = item_id % ITEMS
+        k = r.key  # the stream index of the item
         assert (r.label, r.exit) == (labels[k], exits[k] + 1), item_id
 
 

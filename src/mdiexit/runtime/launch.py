@@ -169,7 +169,7 @@ class LiveRun:
 @dataclass
 class RunResult:
     summary: dict
-    ledger: Ledger  # per-item records, keyed by item id (item i is stream item i % len(stream))
+    ledger: Ledger  # per-item records, keyed by item id; a record's key is its stream index
     timeline: list[dict]  # one row per admission-control step
     paths: list[str] | None = None  # the file behind each stream item (image folders)
 
@@ -437,14 +437,14 @@ def write_results(result: RunResult, out: Path) -> Path:
     path = out / "summary.json"
     path.write_text(json.dumps(result.summary, indent=1, default=str))
     with (out / "items.csv").open("w") as f:
-        f.write("item_id,truth,label,exit,confidence,latency_ms,node,attempts,failed,stream_index,path\n")
+        f.write("item_id,truth,label,exit,confidence,latency_ms,node,attempts,failed,stream_index,path,outcome\n")
         paths = result.paths or []
         for i, r in sorted(result.ledger.records.items()):
             lat = "" if r.done_at is None else f"{(r.done_at - r.admitted_at) * 1000:.2f}"
-            k = i % len(paths) if paths else i  # the stream item (a cycled stream repeats)
+            k = r.key  # the stream item (a cycled stream repeats; rejected offers leave gaps in the item ids)
             file = paths[k].replace('"', '""') if paths else ""
             f.write(f"{i},{r.truth},{r.label},{r.exit},{r.confidence:.5f},{lat},{r.node},{r.attempt + 1},"
-                    f"\"{r.failed}\",{k},\"{file}\"\n")
+                    f"\"{r.failed}\",{k},\"{file}\",{r.outcome}\n")
     if result.timeline:
         cols = list(result.timeline[0])
         with (out / "timeline.csv").open("w") as f:
