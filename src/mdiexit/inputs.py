@@ -32,6 +32,9 @@ def to_input(image: Any, input_shape: tuple[int, ...]) -> np.ndarray:
     from PIL import Image
 
     c, h, w = input_shape
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape[-3:] == (c, h, w) \
+            and image.ndim in (3, 4) and image.size == c * h * w:
+        return np.ascontiguousarray(image.reshape(1, c, h, w))  # already the package's input
     if isinstance(image, str | Path):
         im = _open(Path(image))
     elif isinstance(image, Image.Image):

@@ -1,9 +1,9 @@
 """`mdiexit bench serve`: a service under load, as its clients see it (DESIGN §10).
 
 A copy of the cluster file gets free ports, a client_port and fresh keys; `mdiexit serve` (rate adaptation)
-runs on it as its own process. The capacity is measured first: ten seconds of saturating load, the results
-per second of the last five. Then each load (a multiple of that capacity) is offered open-loop for
-``duration_s`` from ``clients`` client threads, each with its own connection. Per load: client-side
+runs on it as its own process. The capacity is measured first: 15 seconds of saturating load, the results
+per second of the last eight. Then each load (a multiple of that capacity) is offered open-loop for
+``duration_s`` from ``clients`` client processes, each with its own connection. Per load: client-side
 throughput (results per second), p50/p95/p99 of the client-side latency of results, and the share of
 requests rejected, expired or failed. Every request is answered; none may be lost.
 """
@@ -11,6 +11,7 @@ requests rejected, expired or failed. Every request is answered; none may be los
 from __future__ import annotations
 
 import json
+import multiprocessing
 import signal
 import subprocess
 import sys
@@ -44,52 +45,52 @@ def _service_cluster(cluster_path: Path, work: Path) -> Path:
     return write_cluster(work / "cluster.yaml", d)
 
 
-def _offer(path: Path, images: np.ndarray, rate: float, duration_s: float, clients: int) -> list[tuple]:
-    """Open-loop load: ``rate`` requests per second for ``duration_s``, spread over ``clients`` connections.
-    Returns (outcome, client-side latency s) per request."""
+def _client(path: Path, images: np.ndarray, rate: float, duration_s: float, k: int, clients: int) -> list[tuple]:
+    """One client process: open-loop at ``rate`` for ``duration_s``. Rows: (outcome, latency s, done at s)."""
     from mdiexit.client import Client
 
     rows: list[tuple] = []
     lock = threading.Lock()
-
-    def one(k: int) -> None:
-        with Client.from_cluster(path, timeout_s=120) as c:
-            futures: list[Future] = []
-            start = time.monotonic()
-            per = rate / clients
-            while time.monotonic() < start + duration_s:
-                due = int((time.monotonic() - start) * per)
-                while len(futures) < due:
-                    sent = time.monotonic()
-                    f = c.submit(images[(k + len(futures) * clients) % len(images)])
-                    f.add_done_callback(lambda f, sent=sent: _record(f, sent, rows, lock))
-                    futures.append(f)
-                time.sleep(0.002)
-            wait(futures, timeout=180)
-
-    threads = [threading.Thread(target=one, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with Client.from_cluster(path, timeout_s=120) as c:
+        futures: list[Future] = []
+        start = time.monotonic()
+        while time.monotonic() < start + duration_s:
+            due = int((time.monotonic() - start) * rate)
+            while len(futures) < due:
+                sent = time.monotonic()
+                f = c.submit(images[(k + len(futures) * clients) % len(images)])
+                f.add_done_callback(lambda f, sent=sent: _record(f, sent, start, rows, lock))
+                futures.append(f)
+            time.sleep(0.002)
+        wait(futures, timeout=180)
     return rows
 
 
-def _record(f: Future, sent: float, rows: list, lock: threading.Lock) -> None:
+def _offer(path: Path, images: np.ndarray, rate: float, duration_s: float, clients: int) -> list[tuple]:
+    """Open-loop load: ``rate`` requests per second for ``duration_s``, from ``clients`` processes, each with
+    its own connection (so that the clients' own CPU does not serialise on one interpreter)."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(clients) as pool:
+        parts = pool.starmap(_client, [(path, images, rate / clients, duration_s, k, clients) for k in range(clients)])
+    return [row for part in parts for row in part]
+
+
+def _record(f: Future, sent: float, start: float, rows: list, lock: threading.Lock) -> None:
     e = f.exception()
     outcome = "result" if e is None else getattr(e, "outcome", "timeout")
+    t = time.monotonic()
     with lock:
-        rows.append((outcome, time.monotonic() - sent))
+        rows.append((outcome, t - sent, t - start))
 
 
 def _figures(rows: list[tuple], duration_s: float, offered_rate: float) -> dict:
-    lat = np.array([s for o, s in rows if o == "result"]) * 1000
+    lat = np.array([s for o, s, _ in rows if o == "result"]) * 1000
     n = max(1, len(rows))
     out = {"offered_per_s": offered_rate, "requests": len(rows),
            "throughput_per_s": float(len(lat) / duration_s),
            "latency_ms": {f"p{q}": float(np.percentile(lat, q)) if len(lat) else None for q in (50, 95, 99)}}
     for kind in ("rejected", "expired", "failed", "error", "timeout"):
-        out[f"{kind}_fraction"] = sum(1 for o, _ in rows if o == kind) / n
+        out[f"{kind}_fraction"] = sum(1 for o, *_ in rows if o == kind) / n
     return out
 
 
@@ -104,10 +105,9 @@ def bench_serve(cluster_path: Path, out: Path, duration_s: float = 20.0, loads: 
         proc = subprocess.Popen([sys.executable, "-m", "mdiexit.cli", "serve", "--cluster", str(path), "--quiet",
                                  "--out", str(work / "out")], stdout=log, stderr=subprocess.STDOUT)
         try:
-            say("bench serve", "measuring the capacity (10 s of saturating load)")
-            rows = _offer(path, images, 2000.0, 10.0, clients)
-            results = sorted(s for o, s in rows if o == "result")
-            capacity = max(1.0, len(results) / 10.0)
+            say("bench serve", "measuring the capacity (15 s of saturating load; results of the last 8 s)")
+            rows = _offer(path, images, 2000.0, 15.0, clients)
+            capacity = max(1.0, sum(1 for o, _, done in rows if o == "result" and 7.0 <= done < 15.0) / 8.0)
             say("bench serve", f"capacity about {capacity:.1f} results/s")
             figures = {}
             for load in loads:
