@@ -53,7 +53,7 @@ Positive = Annotated[float, Meta(gt=0)]
 NonNegative = Annotated[float, Meta(ge=0)]
 
 __all__ = ["BASE_RATED_GMACS", "COMPRESS", "ClusterConfig", "ConfigError", "MAX_HEARTBEAT_MS", "NodeConfig", "ROLES",
-           "cluster_dict", "cluster_from_dict", "load_cluster", "write_cluster"]
+           "cluster_dict", "cluster_from_dict", "link_between", "load_cluster", "write_cluster"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,12 @@ class NodeConfig:
     def held_tasks(self, num_tasks: int) -> frozenset[int]:
         """The tasks this node holds, for a model with ``num_tasks`` tasks."""
         return frozenset(range(1, num_tasks + 1)) if self.tasks is None else frozenset(self.tasks)
+
+
+def link_between(a: NodeConfig, b: NodeConfig) -> tuple[float | None, float]:
+    """(bandwidth in bit/s or None for unlimited, latency in s) of the path a -> b (see ClusterConfig.link)."""
+    bw = a.bandwidth_mbps * 1e6 if a.bandwidth_mbps is not None else None
+    return bw, (a.latency_ms + b.latency_ms) / 1000.0
 
 
 @dataclass(frozen=True)
@@ -161,9 +167,7 @@ class ClusterConfig:
     def link(self, src: str, dst: str) -> tuple[float | None, float]:
         """(bandwidth in bit/s or None for unlimited, latency in s) of the path src -> dst: the sender's egress
         bandwidth (shared by all its sends, as on a device's one uplink) and both ends' latencies."""
-        a, b = self.node(src), self.node(dst)
-        bw = a.bandwidth_mbps * 1e6 if a.bandwidth_mbps is not None else None
-        return bw, (a.latency_ms + b.latency_ms) / 1000.0
+        return link_between(self.node(src), self.node(dst))
 
     def offload_config(self) -> OffloadConfig:
         return OffloadConfig(hysteresis_s=self.hysteresis_ms / 1000.0, hop_limit=self.hop_limit,
