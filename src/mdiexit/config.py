@@ -26,6 +26,7 @@ To add a field, add it to :class:`NodeConfig` or :class:`ClusterConfig` with its
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,11 +141,15 @@ class ClusterConfig:
     def workers(self) -> tuple[NodeConfig, ...]:
         return tuple(n for n in self.nodes if n.role == "worker")
 
+    @functools.cached_property
+    def _by_name(self) -> dict[str, NodeConfig]:  # planning and simulating a 1000-node cluster look nodes up a lot
+        return {n.name: n for n in self.nodes}
+
     def node(self, name: str) -> NodeConfig:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise KeyError(f"no node named {name!r}")
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"no node named {name!r}") from None
 
     def neighbours_of(self, name: str) -> tuple[str, ...]:
         return self.neighbours.get(name, ())

@@ -107,7 +107,8 @@ class AdmissionGate:
         self.last_t = t
         expired = self._expire(t) if self.with_deadline else []
         out: list[Pending] = []
-        while self.queue and self.tokens >= 1.0 - TOKEN_EPS and backlog_s < self.max_backlog_s and in_flight + len(out) < window:
+        while (self.queue and self.tokens >= 1.0 - TOKEN_EPS and backlog_s < self.max_backlog_s
+               and in_flight + len(out) < window):
             p = self.queue.popleft()
             self.with_deadline -= p.deadline is not None
             self.tokens -= 1.0

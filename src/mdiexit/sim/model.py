@@ -40,7 +40,8 @@ class Items:
         return len(self.labels)
 
 
-def host_times(pkg: Package, cluster: ClusterConfig, threads: int, times: str = "profile") -> dict[Key, dict[int, float]]:
+def host_times(pkg: Package, cluster: ClusterConfig, threads: int,
+               times: str = "profile") -> dict[Key, dict[int, float]]:
     """Host seconds of each task and codec (key) per batch size, on ``threads`` engine threads."""
     if times == "macs":
         return _macs_times(pkg, cluster.max_batch)
