@@ -84,11 +84,13 @@ def load_items_logits(pkg: Package, items: str | int = "test", data_dir: Path | 
     and kept on disk per package and data, since a simulated run needs them before anything else."""
     from mdiexit.data import load_items
 
-    key = (str(pkg.root.resolve()), f"{items}:{data_dir}")
+    key = (str(pkg.root.resolve()), f"{items}:{data_dir}:{limit}")
     if key not in _items:
         stream = load_items(pkg, items, data_dir)
+        if limit:
+            stream = stream.subset(list(range(min(limit, len(stream)))))
         manifest = (pkg.root / "manifest.json").read_bytes()
-        digest = hashlib.sha256(manifest + stream.images[:64].tobytes() + str(stream.images.shape).encode())
+        digest = hashlib.sha256(manifest + stream.images.tobytes() + str(stream.images.shape).encode())
         path = CACHE_DIR / f"{digest.hexdigest()[:24]}.npy"
         if path.is_file():
             logits = np.load(path)
@@ -101,8 +103,4 @@ def load_items_logits(pkg: Package, items: str | int = "test", data_dir: Path | 
             np.save(tmp, logits.astype(np.float32))
             tmp.replace(path)
         _items[key] = Items(np.asarray(stream.labels), logits.astype(np.float32), stream.paths)
-    out = _items[key]
-    if limit:
-        n = min(limit, len(out))
-        return Items(out.labels[:n], out.logits[:, :n], out.paths[:n] if out.paths else None)
-    return out
+    return _items[key]
