@@ -24,7 +24,7 @@ from mdiexit.bench.ratesearch import Criterion
 from mdiexit.config import load_cluster, write_cluster
 from mdiexit.policies.modes import MODES
 from mdiexit.runtime.launch import RunOptions, run_cluster
-from mdiexit.runtime.ports import local_nodes
+from mdiexit.runtime.ports import free_ports, local_nodes
 from mdiexit.sim.run import simulate
 from mdiexit.topology import generate
 
@@ -51,6 +51,13 @@ class SimBenchOptions:
 
 def say(msg: str) -> None:
     util.say("bench", msg, clock=True)
+
+
+def on_free_ports(path: Path, out: Path) -> Path:
+    """A copy of a cluster file whose nodes listen on free loopback ports (the examples' fixed ports may be taken
+    on a shared machine)."""
+    ports = iter(free_ports(len(load_cluster(path).nodes)))
+    return write_cluster(out, path, every_node=lambda n: {"port": next(ports)})
 
 
 def partial_mesh(out: Path, package: Path) -> Path:
@@ -141,7 +148,8 @@ def bench_simulator(out: Path, o: SimBenchOptions) -> dict:
     result: dict = {"target_accuracy": target}
     with tempfile.TemporaryDirectory() as d:
         if o.validate:
-            clusters = {**VALIDATION_CLUSTERS, PARTIAL: partial_mesh(Path(d) / "partial.yaml", edge4.package)}
+            clusters = {**{k: on_free_ports(v, Path(d) / f"{k}.yaml") for k, v in VALIDATION_CLUSTERS.items()},
+                        PARTIAL: partial_mesh(Path(d) / "partial.yaml", edge4.package)}
             clusters = {k: v for k, v in clusters.items() if o.clusters is None or k in o.clusters}
             modes = tuple(m for m in VALIDATION_MODES if o.modes is None or m in o.modes)
             result["validation"] = validation(clusters, modes, (final_acc, default_acc), target, o)
