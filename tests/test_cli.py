@@ -10,7 +10,7 @@ def mdiexit(*args, timeout=120):
 def test_help_lists_commands():
     out = mdiexit("--help")
     assert out.returncode == 0
-    for cmd in ("train", "export", "profile", "evaluate", "bench"):
+    for cmd in ("train", "export", "profile", "evaluate", "bench", "simulate"):
         assert cmd in out.stdout
 
 
@@ -37,16 +37,16 @@ def test_bench_engine_runs(tiny_package, tiny_checkpoint):
 
 
 def test_worker_import_path_loads_neither_torch_nor_tqdm():
-    """A worker board has no torch (DESIGN §4) and needs no progress bars: `mdiexit worker` parses its command and
-    imports the node runtime without loading either."""
+    """A worker board has no torch (DESIGN §4), needs no progress bars and no simulator: `mdiexit worker` parses its
+    command and imports the node runtime without loading any of them."""
     assert loaded_after("import mdiexit.cli, mdiexit.runtime.node, mdiexit.runtime.launch\n"
                         "a = mdiexit.cli.build_parser().parse_args(['worker', '--cluster', 'c.yaml', '--name', 'w1'])\n"
-                        "assert a.func is mdiexit.cli.cmd_worker", ("torch", "tqdm")) == []
+                        "assert a.func is mdiexit.cli.cmd_worker", ("torch", "tqdm", "simpy")) == []
 
 
 def test_light_commands_do_not_load_the_runtime():
     assert loaded_after("import mdiexit.cli\nmdiexit.cli.build_parser().parse_args(['profile'])",
-                        ("torch", "tqdm", "zmq", "mdiexit.runtime")) == []
+                        ("torch", "tqdm", "zmq", "simpy", "mdiexit.runtime", "mdiexit.sim")) == []
 
 
 def loaded_after(code: str, prefixes: tuple[str, ...]) -> list[str]:

@@ -10,6 +10,7 @@ from mdiexit.cli_common import RunDefault, finish_run
 from mdiexit.cli_model import DEFAULT_PACKAGE, add_model_commands, floats, items_arg
 from mdiexit.cli_plan import add_plan_commands
 from mdiexit.cli_serve import add_bench_serve, add_keys_client, add_serve_commands
+from mdiexit.cli_sim import add_sim_commands
 from mdiexit.policies.modes import ADMISSIONS, MODES
 
 DEFAULT_CLUSTER = Path("examples/edge4.yaml")
@@ -314,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True, metavar="BENCH")
     add_bench_serve(bsub, _cluster_arg)
+    add_sim_commands(sub, bsub, _cluster_arg, _doc)  # simulate, bench simulator
     be = bsub.add_parser("engine", help="per-task latency at batch 1 and 32, ONNX Runtime vs torch")
     be.add_argument("package", type=Path, nargs="?", default=DEFAULT_PACKAGE)
     be.add_argument("--checkpoint", type=Path, default=None, help="model.pt for the torch backend")

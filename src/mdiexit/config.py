@@ -26,6 +26,7 @@ To add a field, add it to :class:`NodeConfig` or :class:`ClusterConfig` with its
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,7 @@ Positive = Annotated[float, Meta(gt=0)]
 NonNegative = Annotated[float, Meta(ge=0)]
 
 __all__ = ["BASE_RATED_GMACS", "COMPRESS", "ClusterConfig", "ConfigError", "MAX_HEARTBEAT_MS", "NodeConfig", "ROLES",
-           "cluster_dict", "cluster_from_dict", "load_cluster", "write_cluster"]
+           "cluster_dict", "cluster_from_dict", "link_between", "load_cluster", "write_cluster"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,12 @@ class NodeConfig:
         return frozenset(range(1, num_tasks + 1)) if self.tasks is None else frozenset(self.tasks)
 
 
+def link_between(a: NodeConfig, b: NodeConfig) -> tuple[float | None, float]:
+    """(bandwidth in bit/s or None for unlimited, latency in s) of the path a -> b (see ClusterConfig.link)."""
+    bw = a.bandwidth_mbps * 1e6 if a.bandwidth_mbps is not None else None
+    return bw, (a.latency_ms + b.latency_ms) / 1000.0
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """The whole cluster file, validated."""
@@ -134,11 +141,15 @@ class ClusterConfig:
     def workers(self) -> tuple[NodeConfig, ...]:
         return tuple(n for n in self.nodes if n.role == "worker")
 
+    @functools.cached_property
+    def _by_name(self) -> dict[str, NodeConfig]:  # planning and simulating a 1000-node cluster look nodes up a lot
+        return {n.name: n for n in self.nodes}
+
     def node(self, name: str) -> NodeConfig:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise KeyError(f"no node named {name!r}")
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"no node named {name!r}") from None
 
     def neighbours_of(self, name: str) -> tuple[str, ...]:
         return self.neighbours.get(name, ())
@@ -161,9 +172,7 @@ class ClusterConfig:
     def link(self, src: str, dst: str) -> tuple[float | None, float]:
         """(bandwidth in bit/s or None for unlimited, latency in s) of the path src -> dst: the sender's egress
         bandwidth (shared by all its sends, as on a device's one uplink) and both ends' latencies."""
-        a, b = self.node(src), self.node(dst)
-        bw = a.bandwidth_mbps * 1e6 if a.bandwidth_mbps is not None else None
-        return bw, (a.latency_ms + b.latency_ms) / 1000.0
+        return link_between(self.node(src), self.node(dst))
 
     def offload_config(self) -> OffloadConfig:
         return OffloadConfig(hysteresis_s=self.hysteresis_ms / 1000.0, hop_limit=self.hop_limit,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from mdiexit.data import load_test_split
 from mdiexit.evaluate import all_exit_logits, evaluate_logits
 from mdiexit.package import load_package
 from mdiexit.policies.modes import MODES
-from mdiexit.runtime.launch import RunOptions, run_cluster
+from mdiexit.runtime.launch import RunOptions, RunResult, run_cluster
 
 BASELINES = ["mdi", "local", "ddi", "ddi-exit", "mdi-static"]  # mdi first: its capacity seeds the others
 NO_COMPRESSION = "mdi-exit (no compression)"
@@ -70,10 +71,12 @@ def summary_row(s: dict) -> dict:
 
 def search_mode(path: Path, mode: str, label: str, criterion: Criterion, start: float, probe_s: float,
                 drain_s: float, data_dir: Path | None = None, thresholds: tuple[float, ...] | None = None,
-                refine_steps: int = 2) -> tuple[dict, dict]:
-    """Rate search of one mode at fixed thresholds. Returns (result row, search log)."""
+                refine_steps: int = 2, run: Callable[[Path, RunOptions], RunResult] = run_cluster,
+                confirm: bool = True) -> tuple[dict, dict]:
+    """Rate search of one mode at fixed thresholds, each probe a run of the cluster (``run``: run_cluster, or the
+    simulator's ``simulate``). Returns (result row, search log)."""
     def probe(rate: float) -> dict:
-        s = run_cluster(path, RunOptions(mode=mode, rate=rate, duration_s=probe_s, warmup_s=min(4.0, probe_s / 3),
+        s = run(path, RunOptions(mode=mode, rate=rate, duration_s=probe_s, warmup_s=min(4.0, probe_s / 3),
                                          live=False,
                                          data_dir=data_dir, drain_timeout_s=drain_s, thresholds=thresholds)).summary
         say(f"  {label:>26} @ {rate:7.1f}/s: throughput {s['throughput_per_s']:6.1f}, acc {s['accuracy']:.4f}, "
@@ -81,7 +84,7 @@ def search_mode(path: Path, mode: str, label: str, criterion: Criterion, start: 
         return s
 
     say(f"rate search for {label}")
-    res = search_rate(probe, criterion, start, refine_steps=refine_steps)
+    res = search_rate(probe, criterion, start, refine_steps=refine_steps, confirm=confirm)
     say(f"  {label}: {res.explain()}")
     log = {"best_rate": res.best_rate, "decided": res.decided,
            "probes": [{"rate": r, "ok": ok, **summary_row(s)} for r, ok, s in res.probes]}

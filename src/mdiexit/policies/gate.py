@@ -26,6 +26,9 @@ from typing import Any
 
 OVERLOADED = "overloaded"
 DEADLINE = "deadline"
+# Rounding slack on a whole token: arrivals exactly 1/λ apart earn 1 - 1e-16 tokens, and with a bucket of one token
+# each such miss would be lost for good (the queue could never catch up).
+TOKEN_EPS = 1e-9
 REJECT_WHY = {
     OVERLOADED: "the service is at capacity; retry later or lower the request rate",
     DEADLINE: "its deadline would pass before a result could come back; give it more time (deadline_ms)",
@@ -104,7 +107,8 @@ class AdmissionGate:
         self.last_t = t
         expired = self._expire(t) if self.with_deadline else []
         out: list[Pending] = []
-        while self.queue and self.tokens >= 1.0 and backlog_s < self.max_backlog_s and in_flight + len(out) < window:
+        while (self.queue and self.tokens >= 1.0 - TOKEN_EPS and backlog_s < self.max_backlog_s
+               and in_flight + len(out) < window):
             p = self.queue.popleft()
             self.with_deadline -= p.deadline is not None
             self.tokens -= 1.0

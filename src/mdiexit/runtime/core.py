@@ -1,15 +1,17 @@
-"""NodeCore: the pure step of one node (queue, backlog, exit and offload decisions). No sockets, no clock:
-every method takes `now`. The same core runs behind ZeroMQ (runtime.node)."""
+"""NodeCore: the pure step of one node (queue, backlog, exit and offload decisions, what it holds, whom it may
+send to, how many bytes an item costs on each link, when a parked item is given up). No sockets, no threads, no
+locks, no clock: every method takes `now`. The same core runs behind ZeroMQ (runtime.node, which holds the lock and
+wakes its compute thread) and in virtual time (mdiexit.sim)."""
 
 from __future__ import annotations
 
 import math
-import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from mdiexit.config import ClusterConfig, NodeConfig, link_between
 from mdiexit.package import Package
 from mdiexit.policies.exit import exit_decisions
 from mdiexit.policies.modes import ModeRules
@@ -72,22 +74,62 @@ class Send:
     target: str
 
 
+def held_tasks(node: NodeConfig, rules: ModeRules, num_tasks: int) -> frozenset[int]:
+    """The tasks ``node`` runs in this mode (a DDI source runs none)."""
+    if node.role == "source" and not rules.source_computes:
+        return frozenset()
+    return node.held_tasks(num_tasks)
+
+
+def peers_of(cluster: ClusterConfig, name: str, rules: ModeRules) -> list[str]:
+    """Everyone ``name`` sends to: its neighbours (DATA), the nodes that send it DATA (so that reports flow both
+    ways along each edge, DESIGN §9) and the source (results); the source reaches every worker."""
+    if rules.single_node:
+        return []
+    is_source = cluster.source.name == name
+    peers = [*cluster.neighbours_of(name), *cluster.senders_to(name)]
+    peers += [w.name for w in cluster.workers] if is_source else [cluster.source.name]
+    return list(dict.fromkeys(p for p in peers if p != name))
+
+
+def neighbour_view(me: NodeConfig, peer: NodeConfig, rules: ModeRules, num_tasks: int) -> NeighbourView:
+    """What ``me`` may send ``peer``, and over which link."""
+    held = held_tasks(peer, rules, num_tasks)
+    if me.role != "source" and not rules.offload_later:
+        held = frozenset()  # DDI: workers never pass items on
+    bw, lat = link_between(me, peer)
+    return NeighbourView(peer.name, held, bandwidth_bps=bw, latency_s=lat)
+
+
+def codes_pay(raw_bytes: int, code_bytes: int, bandwidth_bps: float | None, encode_s: float, decode_s: float) -> bool:
+    """`compress: auto`: a learned code pays on a link when encoding, sending the code and decoding beat sending
+    the float features (times on the sending and receiving devices, slowdown included)."""
+    if bandwidth_bps is None:
+        return False
+    return code_bytes * 8 / bandwidth_bps + encode_s + decode_s < raw_bytes * 8 / bandwidth_bps
+
+
 class NodeCore:
-    """One node's decisions. Thread-safe: the receive and compute threads of the shell share it."""
+    """One node's decisions. Not thread-safe: a shell whose threads share it holds its own lock around each call."""
 
     def __init__(self, name: str, pkg: Package, held: frozenset[int], rules: ModeRules, cfg: OffloadConfig,
-                 estimator: ServiceEstimator, neighbours: dict[str, NeighbourView], is_source: bool = False):
+                 estimator: ServiceEstimator, neighbours: dict[str, NeighbourView], is_source: bool = False,
+                 compress_on: dict[str, set[int]] | None = None):
         self.name, self.pkg, self.held, self.rules, self.cfg = name, pkg, held, rules, cfg
         self.estimator = estimator
         self.neighbours = neighbours
         self.is_source = is_source
+        self.compress_on: dict[str, set[int]] = compress_on or {}  # peer -> boundaries whose features go as codes
+        # bytes on the wire of a task's input: raw (task 1's uint8 input, later float32 features), and as a code
+        self.raw_bytes = {1: int(np.prod(pkg.input_shape))} | {t.index + 1: t.feature_bytes for t in pkg.tasks[:-1]}
+        self.code_bytes = {c.after_task: c.code_bytes for c in pkg.compression}
+        self.dropped_parked = 0  # parked items given up (nobody reachable held their task)
         self.queue: deque[WorkItem] = deque()
         self.parked: list[WorkItem] = []  # items no available node can take yet
         self.queued: Counter[int] = Counter()  # queued items per task
         self.busy_until = 0.0
         self.tasks_run: dict[int, int] = {}
         self.expired: list[WorkItem] = []  # dropped unrun: their deadline passed in the queue
-        self.lock = threading.Condition()
 
     # ---------------------------------------------------------------- state
     def backlog_s(self, now: float) -> float:
@@ -109,32 +151,49 @@ class NodeCore:
             view.reported_at = -math.inf
 
     # ---------------------------------------------------------------- routing
-    def route(self, item: WorkItem, now: float, bytes_to_send: int | dict[str, int],
-              queued_bytes: dict[str, int]) -> Send | None:
-        """Decide where `item` runs its next task. Returns Send, or None after queueing it here (or parking it)."""
-        with self.lock:
-            decision = self._decide(item, now, bytes_to_send, queued_bytes)
-            if decision is None:
-                self._enqueue(item)
-                return None
-            if decision == "":
-                if item.parked_at is None:
-                    item.parked_at = now
-                self.parked.append(item)
-                return None
-            self.neighbours[decision].on_sent(item.task)
-            return Send(item, decision)
+    def payload_bytes(self, item: WorkItem) -> dict[str, int]:
+        """The item's bytes on the link to each neighbour: its next task's input, as the learned code where that
+        link compresses this boundary (or where it arrived as a code and goes on as it came)."""
+        boundary = item.task - 1
+        code = self.code_bytes.get(boundary)
+        raw = self.raw_bytes[item.task]
+        if code is None:
+            return dict.fromkeys(self.neighbours, raw)
+        if item.code is not None:
+            return dict.fromkeys(self.neighbours, code)
+        return {peer: code if boundary in self.compress_on.get(peer, ()) else raw for peer in self.neighbours}
 
-    def _decide(self, item: WorkItem, now: float, nbytes: int | dict[str, int],
-                queued_bytes: dict[str, int]) -> str | None:
+    def on_data(self, item: WorkItem, now: float, queued_bytes: int) -> Send | None:
+        """An item arrived: queued here when this node holds its next task, else routed on (or parked)."""
+        if item.task in self.held:
+            self.accept(item)
+            return None
+        return self.route(item, now, queued_bytes)
+
+    def route(self, item: WorkItem, now: float, queued_bytes: int) -> Send | None:
+        """Decide where `item` runs its next task. Returns Send, or None after queueing it here (or parking it).
+        ``queued_bytes``: what already waits in this node's egress (one queue, shared by every link)."""
+        decision = self._decide(item, now, self.payload_bytes(item), queued_bytes)
+        if decision is None:
+            self._enqueue(item)
+            return None
+        if decision == "":
+            if item.parked_at is None:
+                item.parked_at = now
+            self.parked.append(item)
+            return None
+        self.neighbours[decision].on_sent(item.task)
+        return Send(item, decision)
+
+    def _decide(self, item: WorkItem, now: float, nbytes: dict[str, int], queued_bytes: int) -> str | None:
         holds = item.task in self.held
         first_hop = self.is_source and item.task == 1 and item.hops == 0
         if holds and first_hop and self.rules.source_runs_first:
             return None
         if holds and not first_hop and not self.rules.offload_later:
             return None  # DDI: whoever received the item runs all its tasks
-        for name, view in self.neighbours.items():
-            view.queued_bytes = queued_bytes.get(name, 0)
+        for view in self.neighbours.values():
+            view.queued_bytes = queued_bytes
         own = self.estimator.get(item.task) if holds else None
         d = choose_target(item.task, nbytes, self.backlog_s(now), own, self.neighbours.values(), item.hops, now,
                           self.cfg)
@@ -147,71 +206,72 @@ class NodeCore:
     def _enqueue(self, item: WorkItem) -> None:
         self.queue.append(item)
         self.queued[item.task] += 1
-        self.lock.notify()
 
     def accept(self, item: WorkItem) -> None:
         """An item arrived for a task this node must run (it was sent here)."""
-        with self.lock:
-            self._enqueue(item)
+        self._enqueue(item)
 
     def take_expired(self) -> list[WorkItem]:
-        with self.lock:
-            items, self.expired = self.expired, []
-            return items
+        items, self.expired = self.expired, []
+        return items
 
-    def take_parked(self) -> list[WorkItem]:
-        with self.lock:
-            items, self.parked = self.parked, []
-            return items
+    def retry_parked(self, now: float, give_up_s: float, queued_bytes: int) -> tuple[list[Send], list[WorkItem]]:
+        """Route the parked items again (a holder may have reported since). Returns (sends, items given up: parked
+        longer than ``give_up_s``; the source's ledger re-dispatches them or fails them)."""
+        items, self.parked = self.parked, []
+        sends, dropped = [], []
+        for item in items:
+            if item.parked_at is not None and now - item.parked_at > give_up_s:
+                self.dropped_parked += 1
+                dropped.append(item)
+            elif (s := self.route(item, now, queued_bytes)) is not None:
+                sends.append(s)
+        return sends, dropped
 
     def take_all(self) -> list[WorkItem]:
         """Everything queued or parked here (a graceful leave hands it back)."""
-        with self.lock:
-            items = list(self.queue) + self.parked
-            self.queue.clear()
-            self.parked = []
-            self.queued.clear()
-            return items
+        items = list(self.queue) + self.parked
+        self.queue.clear()
+        self.parked = []
+        self.queued.clear()
+        return items
 
     # ---------------------------------------------------------------- compute
-    def take_batch(self, max_batch: int, now: float, timeout: float) -> list[WorkItem]:
-        """Pop up to `max_batch` queued items that need the same task as the head (waits up to `timeout`).
+    def take_batch(self, max_batch: int, now: float) -> list[WorkItem]:
+        """Pop up to `max_batch` queued items that need the same task as the head ([] when none; never waits).
         Items past their deadline are dropped on the way (``take_expired``): no compute is spent on them.
 
         Batching never delays an item: it takes only what is already queued."""
-        with self.lock:
-            if not self.queue:
-                self.lock.wait(timeout)
-            batch: list[WorkItem] = []
-            while self.queue and len(batch) < max_batch:
-                head = self.queue[0]
-                if head.deadline is not None and head.deadline < now:
-                    self.queue.popleft()
-                    self.queued[head.task] -= 1
-                    self.expired.append(head)
-                    continue
-                if batch and head.task != batch[0].task:
-                    break
-                batch.append(self.queue.popleft())
-            if not batch:
-                return []
-            task = batch[0].task
-            est = self.estimator.get(task) * len(batch)
-            self.queued[task] -= len(batch)
-            self.busy_until = now + est
-            return batch
+        batch: list[WorkItem] = []
+        while self.queue and len(batch) < max_batch:
+            head = self.queue[0]
+            if head.deadline is not None and head.deadline < now:
+                self.queue.popleft()
+                self.queued[head.task] -= 1
+                self.expired.append(head)
+                continue
+            if batch and head.task != batch[0].task:
+                break
+            batch.append(self.queue.popleft())
+        if not batch:
+            return []
+        task = batch[0].task
+        est = self.estimator.get(task) * len(batch)
+        self.queued[task] -= len(batch)
+        self.busy_until = now + est
+        return batch
 
     def finish_batch(self, batch: list[WorkItem], features: np.ndarray | None, logits: np.ndarray,
                      seconds: float, now: float) -> tuple[list[Finished], list[WorkItem]]:
-        """Apply the exit rule to a computed batch. Returns (finished items, items needing the next task)."""
+        """Apply the exit rule to a computed batch. Returns (finished items, items needing the next task).
+        ``features`` None: the driver does not carry them (the simulator, where only their size matters)."""
         task = batch[0].task
         spec = self.pkg.task(task)
         last = task == self.pkg.num_tasks
         per_item = seconds / len(batch)
-        with self.lock:
-            self.estimator.update(task, per_item)
-            self.tasks_run[task] = self.tasks_run.get(task, 0) + len(batch)
-            self.busy_until = now
+        self.estimator.update(task, per_item)
+        self.tasks_run[task] = self.tasks_run.get(task, 0) + len(batch)
+        self.busy_until = now
         finished, onward = [], []
         for i, item in enumerate(batch):
             item.timings.append((self.name, task, per_item))
@@ -221,6 +281,6 @@ class NodeCore:
                 finished.append(Finished(item, int(labels[0]), task, float(conf[0])))
             else:
                 item.task = task + 1
-                item.x = features[i:i + 1]
+                item.x = None if features is None else features[i:i + 1]
                 onward.append(item)
         return finished, onward

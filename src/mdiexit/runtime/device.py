@@ -11,6 +11,7 @@ from mdiexit.emulation.device import DeviceModel
 from mdiexit.engine import OrtEngine
 from mdiexit.package import Package
 from mdiexit.policies.offload import ServiceEstimator
+from mdiexit.runtime.core import codes_pay
 from mdiexit.util import median_s
 
 
@@ -85,6 +86,5 @@ def _compression_pays(engine: OrtEngine, spec, cluster: ClusterConfig, name: str
     if dec_s is None:
         code = codec.encode(x)
         dec_s = median_s(lambda: codec.decode(code), 7)
-    raw_bytes = 4 * int(np.prod(spec.features_shape))
-    coded = spec.code_bytes * 8 / bw + enc_s * cluster.node(name).slowdown + dec_s * cluster.node(peer).slowdown
-    return coded < raw_bytes * 8 / bw
+    return codes_pay(4 * int(np.prod(spec.features_shape)), spec.code_bytes, bw, enc_s * cluster.node(name).slowdown,
+                     dec_s * cluster.node(peer).slowdown)

@@ -30,7 +30,7 @@ from mdiexit.policies.modes import rules_for
 from mdiexit.policies.offload import NeighbourView, ServiceEstimator
 from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, encode
 from mdiexit.protocol.messages import CLUSTER_KINDS, REJECT_REASONS, Control, Data, Join, Member, Result, State
-from mdiexit.runtime.core import Finished, NodeCore, Send, WorkItem
+from mdiexit.runtime.core import Finished, NodeCore, Send, WorkItem, held_tasks, neighbour_view, peers_of
 from mdiexit.runtime.device import calibrate, compression_plan, seed_estimates
 from mdiexit.runtime.links import Egress, Link, now
 from mdiexit.security import CLIENTS, Identity, NodeAuthenticator, make_server
@@ -68,7 +68,7 @@ class NodeProcess:
         self.mode = mode or cluster.mode
         self.rules = rules_for(self.mode)
         self.is_source = self.cfg.role == "source"
-        self.held = self._held_tasks()
+        self.held = held_tasks(self.cfg, self.rules, pkg.num_tasks)
         self.source_name = cluster.source.name
         self.engine = OrtEngine(pkg, threads=self.cfg.threads, tasks=sorted(self.held))
         self.device: DeviceModel = calibrate(self.engine, pkg, self.held, self.cfg, cluster)
@@ -78,7 +78,6 @@ class NodeProcess:
         self.bad_messages = 0
         self.rejected: Counter[str] = Counter()  # messages refused, by REJECT_REASONS
         self.leaving = False
-        self.dropped_parked = 0
         self.busy_s = 0.0
         self.started_at = now()
         self.ctx = zmq.Context()
@@ -86,10 +85,10 @@ class NodeProcess:
         seed_estimates(estimator, self.device, self.held)
         self.core = NodeCore(name, pkg, self.held, self.rules, cluster.offload_config(), estimator,
                              self._neighbour_views(), is_source=self.is_source)
+        self.lock = threading.Condition()  # around every call into the core; notified when it may have work
         bandwidth = self.cfg.bandwidth_mbps * 1e6 if self.cfg.bandwidth_mbps is not None else None
         self.egress = Egress(bandwidth)
         self.links: dict[str, Link] = {}
-        self.compress_on: dict[str, set[int]] = {}  # peer -> task boundaries whose features travel as codes
         self.inbox: zmq.Socket | None = None
         self.monitor: zmq.Socket | None = None
         self.auth: NodeAuthenticator | None = None
@@ -99,34 +98,15 @@ class NodeProcess:
         self.telemetry = None  # the Prometheus endpoint, when a metrics port is set
 
     # ---------------------------------------------------------------- setup
-    def _held_tasks(self) -> frozenset[int]:
-        if self.is_source and not self.rules.source_computes:
-            return frozenset()
-        return self.cfg.held_tasks(self.pkg.num_tasks)
-
     def _peers(self) -> list[str]:
-        """Everyone this node sends to: its neighbours (DATA), the nodes that send it DATA (so that reports flow
-        both ways along each edge, DESIGN §9) and the source (results); the source reaches every worker."""
-        if self.rules.single_node:
-            return []
-        peers = [*self.cluster.neighbours_of(self.name), *self.cluster.senders_to(self.name)]
-        peers += [w.name for w in self.cluster.workers] if self.is_source else [self.source_name]
-        return list(dict.fromkeys(p for p in peers if p != self.name))
+        return peers_of(self.cluster, self.name, self.rules)
 
     def _neighbour_views(self) -> dict[str, NeighbourView]:
         # only neighbours: the other peers are result- or state-only paths, not places to offload to
         return {peer: self._view_of(peer) for peer in self._peers() if peer in self.cluster.neighbours_of(self.name)}
 
     def _view_of(self, peer: str) -> NeighbourView:
-        """What this node may send `peer`, and over which link."""
-        node = self.cluster.node(peer)
-        held = node.held_tasks(self.pkg.num_tasks)
-        if node.role == "source" and not self.rules.source_computes:
-            held = frozenset()
-        if not self.is_source and not self.rules.offload_later:
-            held = frozenset()  # DDI: workers never pass items on
-        bw, lat = self.cluster.link(self.name, peer)
-        return NeighbourView(peer, held, bandwidth_bps=bw, latency_s=lat)
+        return neighbour_view(self.cfg, self.cluster.node(peer), self.rules, self.pkg.num_tasks)
 
     def start(self) -> None:
         self.inbox = self.ctx.socket(zmq.PULL)
@@ -147,8 +127,8 @@ class NodeProcess:
             _, lat = self.cluster.link(self.name, peer)
             self.links[peer] = Link(self.ctx, self.name, peer, self.cluster.node(peer).address, self.egress, lat,
                                     self.pace_bandwidth, self.identity)
-        self.compress_on = compression_plan(self.engine, self.pkg, self.held, self.cluster, self.name,
-                                            list(self.links), self.device)
+        self.core.compress_on = compression_plan(self.engine, self.pkg, self.held, self.cluster, self.name,
+                                                 list(self.links), self.device)
         if self.metrics_port is not None:
             from mdiexit.runtime.telemetry import LOOPBACK, Telemetry
 
@@ -226,10 +206,8 @@ class NodeProcess:
             item = WorkItem.from_data(msg, arrays, t)
             if self.leaving:
                 self.hand_back(item, t)
-            elif msg.task in self.held:
-                self.core.accept(item)
             else:
-                self.route(item, t)
+                self.route(item, t, arrived=True)
         elif isinstance(msg, State):
             if msg.leaving:
                 self.core.on_leave(msg.sender)
@@ -259,10 +237,10 @@ class NodeProcess:
             self.auth.allow(node.name, node.public_key.encode())
         _, lat = self.cluster.link(self.name, node.name)
         link = Link(self.ctx, self.name, node.name, node.address, self.egress, lat, self.pace_bandwidth, self.identity)
-        self.compress_on = {**self.compress_on, node.name: set()}
         self.links = {**self.links, node.name: link}  # copied, not changed: other threads iterate the old one
         view = self._view_of(node.name)
-        with self.core.lock:
+        with self.lock:
+            self.core.compress_on = {**self.core.compress_on, node.name: set()}
             self.core.neighbours = {**self.core.neighbours, node.name: view}
         log.warning("%s: %s joined the cluster", self.name, node.name)
 
@@ -284,8 +262,13 @@ class NodeProcess:
             if self.leaving:
                 time.sleep(POLL_MS / 1000)
                 continue
-            batch = self.core.take_batch(max_batch, now(), timeout=POLL_MS / 1000)
-            for item in self.core.take_expired():
+            with self.lock:
+                batch = self.core.take_batch(max_batch, now())
+                if not batch and not self.core.expired:
+                    self.lock.wait(POLL_MS / 1000)
+                    batch = self.core.take_batch(max_batch, now())
+                expired = self.core.take_expired()
+            for item in expired:
                 self.deliver_expired(item)
             if not batch:
                 continue
@@ -301,24 +284,24 @@ class NodeProcess:
                                                          lambda k=k, x=x: self.engine.run(k, x))
             seconds += task_s
             self.busy_s += seconds
-            finished, onward = self.core.finish_batch(batch, features, logits, seconds, now())
+            with self.lock:
+                finished, onward = self.core.finish_batch(batch, features, logits, seconds, now())
             for f in finished:
                 self.deliver(f)
             t = now()
             for item in onward:
                 self.route(item, t)
 
-    def route(self, item: WorkItem, t: float) -> None:
+    def route(self, item: WorkItem, t: float, arrived: bool = False) -> None:
+        """Route an item onward (``arrived``: it came in a DATA message, and is queued here if this node holds its
+        task)."""
         if self.leaving:
             self.hand_back(item, t)
             return
-        boundary = item.task - 1
-        nbytes = {peer: (self.pkg.compression_after(boundary).code_bytes
-                         if item.x is not None and boundary in on else item.nbytes)
-                  for peer, on in self.compress_on.items()}
         queued_bytes = self.egress.queued_bytes(t)  # one egress queue, shared by every link
-        queued = dict.fromkeys(self.links, queued_bytes)
-        decision = self.core.route(item, t, nbytes, queued)
+        with self.lock:
+            decision = (self.core.on_data if arrived else self.core.route)(item, t, queued_bytes)
+            self.lock.notify()
         if isinstance(decision, Send):
             self.send_item(decision, t)
 
@@ -326,7 +309,7 @@ class NodeProcess:
         it = s.item
         if it.x is None:
             arrays = it.code  # forwarded as it came
-        elif it.task - 1 in self.compress_on.get(s.target, ()):
+        elif it.task - 1 in self.core.compress_on.get(s.target, ()):
             codec = self.engine.codec(it.task - 1)
             arrays, seconds = self.device.run(("encode", it.task - 1), 1, lambda: codec.encode(it.x))
             self.busy_s += seconds
@@ -354,7 +337,7 @@ class NodeProcess:
     def stats(self) -> dict[str, float]:
         out = {f"tasks_run_{k}": float(v) for k, v in self.core.tasks_run.items()}
         out.update(busy_s=self.busy_s, elapsed_s=now() - self.started_at, bad_messages=float(self.bad_messages),
-                   bytes_sent=float(self.egress.bytes_sent), dropped_parked=float(self.dropped_parked))
+                   bytes_sent=float(self.egress.bytes_sent), dropped_parked=float(self.core.dropped_parked))
         out.update({f"rejected_{r}": float(self.rejected[r]) for r in REJECT_REASONS})
         out.update(emulated_calls=float(self.device.calls), overruns=float(self.device.overruns))
         for k in self.held:
@@ -378,14 +361,16 @@ class NodeProcess:
         while not self.stop.wait(period):
             self.send_state()
             t = now()
-            for item in self.core.take_parked():
-                if item.parked_at is not None and t - item.parked_at > give_up_s:
-                    # nobody reachable holds its task: the source's ledger re-dispatches it or fails it
-                    self.dropped_parked += 1
-                    log.warning("%s: item %d waited %.1f s for a holder of task %d; dropped",
-                                self.name, item.item_id, t - item.parked_at, item.task)
-                    continue
-                self.route(item, t)
+            if self.leaving:
+                continue
+            with self.lock:
+                sends, dropped = self.core.retry_parked(t, give_up_s, self.egress.queued_bytes(t))
+                self.lock.notify()
+            for item in dropped:  # nobody reachable holds its task: the source's ledger re-dispatches it or fails it
+                log.warning("%s: item %d waited %.1f s for a holder of task %d; dropped",
+                            self.name, item.item_id, t - item.parked_at, item.task)
+            for send in sends:
+                self.send_item(send, t)
 
     # ---------------------------------------------------------------- graceful leave
     def hand_back(self, item: WorkItem, t: float) -> None:
@@ -399,7 +384,9 @@ class NodeProcess:
         grace_s = grace_s if grace_s is not None else max(0.5, 3 * self.cluster.heartbeat_ms / 1000)
         deadline = now() + grace_s
         while now() < deadline:  # items already on their way here are handed back as they arrive
-            for item in self.core.take_all():
+            with self.lock:
+                items = self.core.take_all()
+            for item in items:
                 self.hand_back(item, now())
             time.sleep(POLL_MS / 1000)
         self.send_state(final=True)

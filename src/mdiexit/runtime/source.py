@@ -1,7 +1,8 @@
 """The source node: admits items from a dataset stream, can run tasks itself, and keeps a ledger of every
 admitted item until its one outcome (DESIGN §9). It watches every worker's heartbeats: a node silent for
 `dead_after_ms` (or whose process died) is down, and the items in flight are dispatched again; so is any
-item overdue. Admission decisions come from an `Admission` policy object."""
+item overdue. Admission decisions come from an `Admission` policy object. Every decision is the SourceCore's
+(runtime.sourcecore); this shell owns the threads, the sockets, the sleeping and the live view."""
 
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
@@ -22,69 +21,53 @@ from mdiexit.protocol.messages import Control, Join, Result, State
 from mdiexit.runtime.arrivals import Arrivals, Offer
 from mdiexit.runtime.core import Finished, WorkItem
 from mdiexit.runtime.join import member_message, package_archive, welcome_frames
-from mdiexit.runtime.ledger import Ledger
 from mdiexit.runtime.node import ClusterError, NodeProcess, encode, member_config, now
+from mdiexit.runtime.sourcecore import (
+    CONTROL_PERIOD_S,
+    WINDOW_SPAN_S,
+    Admission,
+    FixedAdmission,
+    SourceCore,
+    Supervision,
+)
+
+__all__ = ["Admission", "FixedAdmission", "SourceProcess"]
 
 log = logging.getLogger("mdiexit.source")
 LATENCY_SAMPLES = 100_000  # a service's summary reports the latencies of this many last results
 
 
-class Admission(Protocol):
-    """What the source asks its admission policy (DESIGN §3.3). `fixed` below; controllers plug in here."""
-
-    def rate(self) -> float: ...
-    def thresholds(self) -> tuple[tuple[float, ...], int]: ...  # (thresholds, version)
-    def step(self, max_backlog_s: float, t: float) -> None: ...
-
-
-@dataclass
-class FixedAdmission:
-    rate_per_s: float
-    fixed_thresholds: tuple[float, ...]
-
-    def rate(self) -> float:
-        return self.rate_per_s
-
-    def thresholds(self) -> tuple[tuple[float, ...], int]:
-        return self.fixed_thresholds, 0
-
-    def step(self, max_backlog_s: float, t: float) -> None:
-        pass
-
-
 class SourceProcess(NodeProcess):
     def __init__(self, *args, admission: Admission, gate: AdmissionGate | None = None, **kw):
         super().__init__(*args, **kw)
-        self.admission = admission
-        self.ledger = Ledger()
-        self.reports: dict[str, State] = {}
+        self.sc = SourceCore(self.name, self.rules, self.pkg.num_tasks, admission, gate or AdmissionGate(),
+                             len(self.cluster.nodes) * self.cluster.max_batch, self.cluster.dead_after_ms / 1000)
+        self.sc.run_start = now()
+        # the core's state, shared by reference (the launcher, the telemetry and the tests read it here)
+        self.admission, self.gate, self.ledger = admission, self.sc.gate, self.sc.ledger
+        self.reports, self.backlog_samples, self.timeline = self.sc.reports, self.sc.backlog_samples, self.sc.timeline
+        self.last_heard, self.down, self.events = self.sc.last_heard, self.sc.down, self.sc.events
         self.final_stats: dict[str, dict[str, float]] = {}
-        self.backlog_samples: dict[str, list[float]] = {}
         self.abort: str | None = None  # set (to a reason) when the run cannot go on
-        self.timeline: list[dict] = []
-        self.no_exits = tuple([1.0] * (self.pkg.num_tasks - 1) + [0.0])
-        self.last_heard: dict[str, float] = {}
-        self.down: dict[str, float] = {}  # node -> when it was declared down
         self.membership = threading.RLock()  # the launcher's watcher, the receive and admit threads all change it
-        self.events: list[dict] = []  # node failures, leaves and returns, for the summary and the live view
-        self.run_start = now()
         self.phase = "starting"  # admitting | draining | done
-        self.dead_after_s = self.cluster.dead_after_ms / 1000
         self._archive: tuple[bytes, str] | None = None  # the package as sent to joiners
-        self.gate = gate or AdmissionGate()
-        self.next_id = 0  # item ids run 0, 1, ... in admission order
-        self.latency_s = 0.0  # recent median admission-to-result time, for the gate's deadline check
-        self.min_window = len(self.cluster.nodes) * self.cluster.max_batch
-        self.window = float(self.min_window)  # items allowed in flight (the gate's), from the throughput
-        self.unloaded_s = float("inf")
         self.wake = threading.Event()  # a result, an outcome or a client's request: the admit loop looks again
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)  # the last results' latencies (s)
         self.latency_observers: list[Callable[[float], None]] = [self.latencies.append]  # and metrics
 
+    @property
+    def run_start(self) -> float:
+        return self.sc.run_start
+
+    @run_start.setter
+    def run_start(self, t: float) -> None:
+        self.sc.run_start = t
+
     # ---------------------------------------------------------------- results and state
     def handle(self, msg, arrays) -> None:
         if not isinstance(msg, Join):  # a joiner is alive once it reports as a worker
-            self.last_heard[msg.sender] = now()
+            self.sc.heard(msg.sender, now())
         super().handle(msg, arrays)
 
     def on_join(self, msg: Join) -> None:
@@ -120,10 +103,8 @@ class SourceProcess(NodeProcess):
             self.reject("unexpected_result", f"RESULT for item {msg.item_id} at exit {msg.exit} from "
                                              f"{msg.sender!r}, which does not hold task {msg.exit}")
             return
-        if msg.expired:
-            self.ledger.expire(msg.item_id, now())
-        else:
-            self.ledger.complete(msg.item_id, msg.label, msg.exit, msg.confidence, msg.sender, now(), msg.attempt)
+        self.sc.on_result(msg.item_id, msg.label, msg.exit, msg.confidence, msg.sender, now(), msg.attempt,
+                          msg.expired)
         self.wake.set()
 
     def _could_compute(self, sender: str, task: int) -> bool:
@@ -141,16 +122,14 @@ class SourceProcess(NodeProcess):
         self.wake.set()
 
     def on_state(self, msg: State) -> None:
-        self.reports[msg.sender] = msg
-        self.backlog_samples.setdefault(msg.sender, []).append(msg.backlog_s)
         if msg.stats:
             self.final_stats[msg.sender] = dict(msg.stats)
-        if msg.leaving:
+        if self.sc.on_state(msg.sender, msg.backlog_s, msg.leaving, now()):
             self.node_down(msg.sender, "left", now())
 
     def max_backlog_s(self) -> float:
-        own = self.core.backlog_s(now())
-        return max([own, *(s.backlog_s for n, s in self.reports.items() if n not in self.down)])
+        t = now()
+        return self.sc.max_backlog_s(self.core.backlog_s(t), t)
 
     def _welcome(self, name: str) -> None:
         if self._archive is None:
@@ -161,56 +140,37 @@ class SourceProcess(NodeProcess):
 
     # ---------------------------------------------------------------- failures and recovery (DESIGN §9)
     def node_down(self, name: str, kind: str, t: float) -> None:
-        """`name` crashed, hung or left: nobody routes to it, and every item in flight is dispatched again
-        (an item may be on it or on its way there; other attempts' late results are dropped)."""
+        """`name` crashed, hung or left: nobody routes to it, and every item in flight is dispatched again."""
         with self.membership:
-            if name in self.down or name == self.name:
-                return
-            self.down[name] = t
-        self.core.on_leave(name)
-        pending = self.ledger.in_flight_ids()
-        self.events.append({"node": name, "kind": kind, "at_s": t - self.run_start, "in_flight": len(pending),
-                            "pending": set(pending), "recovery_s": None})
-        log.warning("%s: node %s is down (%s); re-dispatching %d items in flight", self.name, name, kind,
-                    len(pending))
-        for item_id in pending:
-            self.redispatch(item_id, t, f"node {name} {kind}")
-
-    def redispatch(self, item_id: int, t: float, why: str) -> None:
-        r = self.ledger.retry(item_id, t, why)
-        if r is None:
+            retries = self.sc.node_down(name, kind, t)
+        if retries is None:
             return
-        thresholds, version = r.thresholds, r.thresholds_version
-        self.route(WorkItem(item_id, 1, r.x, r.admitted_at, thresholds, version, attempt=r.attempt), t)
+        self._taken_out(name, kind, len(retries))
+        self._dispatch(retries, t)
+
+    def _taken_out(self, name: str, kind: str, in_flight: int) -> None:
+        self.core.on_leave(name)
+        log.warning("%s: node %s is down (%s); re-dispatching %d items in flight", self.name, name, kind, in_flight)
+
+    def _dispatch(self, items: list[WorkItem], t: float) -> None:
+        for item in items:
+            self.route(item, t)
 
     def supervise(self, t: float) -> None:
         """Declare silent nodes down, notice returning ones, re-dispatch overdue items, close recoveries."""
         with self.membership:
-            self._supervise(t)
+            sup = self.sc.supervise(t, self.core.backlog_s(t))
+        self._supervised(sup, t)
 
-    def _supervise(self, t: float) -> None:
-        for name, heard in list(self.last_heard.items()):
-            if name in self.down:
-                if heard > self.down[name] and self.reports.get(name) is not None \
-                        and not self.reports[name].leaving:
-                    del self.down[name]
-                    self.events.append({"node": name, "kind": "back", "at_s": t - self.run_start})
-                    log.warning("%s: node %s is back", self.name, name)
-            elif t - heard > self.dead_after_s:
-                self.node_down(name, "silent", t)
-        overdue_s = max(3 * self.dead_after_s, 4 * (self.max_backlog_s() + self.ledger.recent_latency_s()))
-        for item_id in self.ledger.overdue(t, overdue_s):
-            self.redispatch(item_id, t, f"no result after {overdue_s:.1f} s")
-        for item_id in self.ledger.past_deadline(t):
-            self.ledger.expire(item_id, t)
-        for e in self.events:
-            if e.get("pending"):
-                e["pending"] = {i for i in e["pending"] if i in self.ledger.in_flight}
-                if not e["pending"]:
-                    e["recovery_s"] = t - self.run_start - e["at_s"]
+    def _supervised(self, sup: Supervision, t: float) -> None:
+        for name in sup.back:
+            log.warning("%s: node %s is back", self.name, name)
+        for name, in_flight in sup.down:
+            self._taken_out(name, "silent", in_flight)
+        self._dispatch(sup.retries, t)
 
     def failure_summary(self) -> list[dict]:
-        return [{k: v for k, v in e.items() if k != "pending"} for e in self.events]
+        return self.sc.failure_summary()
 
     # ---------------------------------------------------------------- the run
     def wait_ready(self, workers: list[str], timeout: float) -> None:
@@ -234,7 +194,7 @@ class SourceProcess(NodeProcess):
             t = now()
             if duration_s is not None and t >= start + duration_s:
                 break
-            if t - last_step >= 0.1:
+            if t - last_step >= CONTROL_PERIOD_S:
                 self.control_step(t, start)
                 last_step = t
             for offer in arrivals.take(t):
@@ -248,23 +208,16 @@ class SourceProcess(NodeProcess):
         return start, now()
 
     def offer(self, offer: Offer, t: float, arrivals: Arrivals) -> None:
-        deadline = None if offer.deadline_s is None else t + offer.deadline_s
-        why = self.gate.offer(offer, t, self.admission.rate(), deadline, self.latency_s)
+        why = self.sc.offer(offer, t)
         if why is not None:
             arrivals.answer(offer.key, "rejected", f"{why}: {REJECT_WHY[why]}", None)
 
     def release(self, t: float, arrivals: Arrivals) -> None:
         """Admit what the gate lets through now; answer what expired waiting."""
-        released, expired = self.gate.release(t, self.admission.rate(), self.max_backlog_s(),
-                                              len(self.ledger.in_flight), self.window)
+        items, expired = self.sc.release(t, self.core.backlog_s(t))
         for p in expired:
             arrivals.answer(p.key.key, "expired", "its deadline passed while it waited for admission", None)
-        for p in released:
-            offer: Offer = p.key
-            thresholds, version = self.admission.thresholds() if self.rules.exits else (self.no_exits, 0)
-            i, self.next_id = self.next_id, self.next_id + 1
-            self.ledger.admit(i, t, offer.truth, offer.x, thresholds, version, p.deadline, offer.key)
-            self.route(WorkItem(i, 1, offer.x, t, thresholds, version, deadline=p.deadline), t)
+        self._dispatch(items, t)
 
     def answer_settled(self, arrivals: Arrivals) -> None:
         for _, r in self.ledger.take_settled():
@@ -275,26 +228,11 @@ class SourceProcess(NodeProcess):
                     observe(r.done_at - r.admitted_at)
 
     def control_step(self, t: float, start: float) -> None:
-        """One admission-control step (every ~100 ms): feed the largest backlog, log a timeline row, and tell
-        the workers when the thresholds change."""
-        self.supervise(t)
-        self.latency_s = self.ledger.recent_latency_s(50)
-        max_backlog = self.max_backlog_s()
-        self.admission.step(max_backlog, t)
-        self.backlog_samples.setdefault(self.name, []).append(self.core.backlog_s(t))
-        throughput, accuracy = self.ledger.window(t, 2.0)
-        if self.ledger.recent:  # the lowest latency seen: under load every recent latency includes queueing
-            self.unloaded_s = min(self.unloaded_s, self.ledger.recent_latency_s(5))
-        if t - start >= 1.0:
-            throughput = self.ledger.window(t, min(2.0, t - start))[0]  # over the time there has been
-            self.window = self.gate.window(throughput, self.unloaded_s, self.min_window)
-        thresholds, version = self.admission.thresholds()
-        state = getattr(self.admission, "state", dict)()
-        self.timeline.append({"t_s": t - start, "rate": self.admission.rate(),
-                              "operating_point": state.get("operating_point", ""),
-                              "thresholds": " ".join(f"{x:g}" for x in thresholds), "max_backlog_s": max_backlog,
-                              "throughput_per_s": throughput, "accuracy": accuracy,
-                              "target_backlog_s": state.get("target_backlog_s", "")})
+        """One admission-control step (every CONTROL_PERIOD_S): the core supervises, feeds the largest backlog to
+        the policy and logs a timeline row; the shell carries out what supervision decided."""
+        with self.membership:
+            sup = self.sc.control_step(t, start, self.core.backlog_s(t))
+        self._supervised(sup, t)
 
     def drain(self, arrivals: Arrivals, timeout_s: float) -> None:
         """Admit what still waits at the gate, and wait for every admitted item's outcome, still recovering
@@ -306,10 +244,10 @@ class SourceProcess(NodeProcess):
             self.wake.clear()
             self.release(now(), arrivals)
             self.answer_settled(arrivals)
-            if now() - last >= 0.1:
+            if now() - last >= CONTROL_PERIOD_S:
                 last = now()
                 self.supervise(last)
-                self.ledger.window(last, 2.0)
+                self.ledger.window(last, WINDOW_SPAN_S)
         why = self.abort or f"no result within the {timeout_s:g} s drain"
         for p in self.gate.take_all():
             self.gate.rejected["stopping"] += 1

@@ -1,0 +1,201 @@
+"""SourceCore: the source's decisions without a clock, a thread or a socket (DESIGN §4). It holds the admission
+gate, the admission policy, the ledger, what the nodes last reported and who is down; every method takes `now`.
+The shell (runtime.source: sockets, threads, sleeping, the live view) and the simulator (mdiexit.sim, virtual
+time) drive the same core: they route the work items it hands out and tell it what arrived."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mdiexit.policies.gate import AdmissionGate, Pending
+from mdiexit.policies.modes import ModeRules, no_exit_thresholds
+from mdiexit.runtime.arrivals import Offer
+from mdiexit.runtime.core import WorkItem
+from mdiexit.runtime.ledger import Ledger
+
+CONTROL_PERIOD_S = 0.1  # one admission-control step (and supervision) this often
+WINDOW_SPAN_S = 2.0  # throughput and accuracy are measured over the last this many seconds
+BACKLOG_REFRESH_S = 0.005  # the largest reported backlog is recomputed at most this often (O(nodes) each time)
+
+
+class Admission(Protocol):
+    """What the source asks its admission policy (DESIGN §3.3). `FixedAdmission` below; controllers plug in here."""
+
+    def rate(self) -> float: ...
+    def thresholds(self) -> tuple[tuple[float, ...], int]: ...  # (thresholds, version)
+    def step(self, max_backlog_s: float, t: float) -> None: ...
+
+
+@dataclass
+class FixedAdmission:
+    rate_per_s: float
+    fixed_thresholds: tuple[float, ...]
+
+    def rate(self) -> float:
+        return self.rate_per_s
+
+    def thresholds(self) -> tuple[tuple[float, ...], int]:
+        return self.fixed_thresholds, 0
+
+    def step(self, max_backlog_s: float, t: float) -> None:
+        pass
+
+
+@dataclass
+class Report:
+    """A node's last STATE, as the source keeps it."""
+
+    backlog_s: float
+    leaving: bool = False
+
+
+@dataclass
+class Supervision:
+    """What one supervision step decided: nodes to take out of routing, and items to dispatch again."""
+
+    down: list[tuple[str, int]] = field(default_factory=list)  # (node, items in flight when it went down)
+    back: list[str] = field(default_factory=list)
+    retries: list[WorkItem] = field(default_factory=list)
+
+
+class SourceCore:
+    def __init__(self, name: str, rules: ModeRules, num_tasks: int, admission: Admission, gate: AdmissionGate,
+                 min_window: int, dead_after_s: float):
+        self.name, self.rules = name, rules
+        self.admission, self.gate = admission, gate
+        self.ledger = Ledger()
+        self.reports: dict[str, Report] = {}
+        self.backlog_samples: dict[str, list[float]] = {}
+        self.timeline: list[dict] = []
+        self.no_exits = tuple(no_exit_thresholds(num_tasks))
+        self.last_heard: dict[str, float] = {}
+        self.down: dict[str, float] = {}  # node -> when it was declared down
+        self.events: list[dict] = []  # node failures, leaves and returns, for the summary and the live view
+        self.run_start = 0.0
+        self.dead_after_s = dead_after_s
+        self.next_id = 0  # item ids run 0, 1, ... in admission order
+        self.latency_s = 0.0  # recent median admission-to-result time, for the gate's deadline check
+        self.min_window = min_window
+        self.window = float(min_window)  # items allowed in flight (the gate's), from the throughput
+        self.unloaded_s = math.inf
+        self._max_reported = (-math.inf, 0.0)  # (when computed, the largest reported backlog of the live nodes)
+
+    # ---------------------------------------------------------------- what arrives
+    def heard(self, sender: str, t: float) -> None:
+        self.last_heard[sender] = t
+
+    def on_state(self, sender: str, backlog_s: float, leaving: bool, t: float) -> bool:
+        """Record a STATE. True when the sender is leaving (the shell calls ``node_down``)."""
+        self.reports[sender] = Report(backlog_s, leaving)
+        self.backlog_samples.setdefault(sender, []).append(backlog_s)
+        return leaving
+
+    def on_result(self, item_id: int, label: int, exit_: int, confidence: float, node: str, t: float,
+                  attempt: int = 0, expired: bool = False) -> None:
+        if expired:
+            self.ledger.expire(item_id, t)
+        else:
+            self.ledger.complete(item_id, label, exit_, confidence, node, t, attempt)
+
+    def max_backlog_s(self, own_backlog_s: float, t: float) -> float:
+        """The largest backlog in the cluster: this node's, or the last one a live node reported."""
+        at, reported = self._max_reported
+        if t - at >= BACKLOG_REFRESH_S or t < at:
+            reported = max((r.backlog_s for n, r in self.reports.items() if n not in self.down), default=0.0)
+            self._max_reported = (t, reported)
+        return max(own_backlog_s, reported)
+
+    # ---------------------------------------------------------------- admission
+    def offer(self, offer: Offer, t: float) -> str | None:
+        """Queue an offer at the gate, or return why not (policies.gate). Its x is None in the simulator."""
+        deadline = None if offer.deadline_s is None else t + offer.deadline_s
+        return self.gate.offer(offer, t, self.admission.rate(), deadline, self.latency_s)
+
+    def release(self, t: float, own_backlog_s: float) -> tuple[list[WorkItem], list[Pending]]:
+        """Admit what the gate lets through now: (work items to route, offers that expired waiting)."""
+        released, expired = self.gate.release(t, self.admission.rate(), self.max_backlog_s(own_backlog_s, t),
+                                              len(self.ledger.in_flight), self.window)
+        items = []
+        for p in released:
+            o: Offer = p.key
+            thresholds, version = self.admission.thresholds() if self.rules.exits else (self.no_exits, 0)
+            i, self.next_id = self.next_id, self.next_id + 1
+            self.ledger.admit(i, t, o.truth, o.x, thresholds, version, p.deadline, o.key)
+            items.append(WorkItem(i, 1, o.x, t, thresholds, version, deadline=p.deadline))
+        return items, expired
+
+    def control_step(self, t: float, start: float, own_backlog_s: float) -> Supervision:
+        """One admission-control step (every CONTROL_PERIOD_S): supervise, feed the largest backlog to the
+        policy, size the in-flight window and log a timeline row."""
+        sup = self.supervise(t, own_backlog_s)
+        self.latency_s = self.ledger.recent_latency_s(50)
+        max_backlog = self.max_backlog_s(own_backlog_s, t)
+        self.admission.step(max_backlog, t)
+        self.backlog_samples.setdefault(self.name, []).append(own_backlog_s)
+        throughput, accuracy = self.ledger.window(t, WINDOW_SPAN_S)
+        if self.ledger.recent:  # the lowest latency seen: under load every recent latency includes queueing
+            self.unloaded_s = min(self.unloaded_s, self.ledger.recent_latency_s(5))
+        if t - start >= 1.0:
+            throughput = self.ledger.window(t, min(WINDOW_SPAN_S, t - start))[0]  # over the time there has been
+            self.window = self.gate.window(throughput, self.unloaded_s, self.min_window)
+        thresholds, _ = self.admission.thresholds()
+        state = getattr(self.admission, "state", dict)()
+        self.timeline.append({"t_s": t - start, "rate": self.admission.rate(),
+                              "operating_point": state.get("operating_point", ""),
+                              "thresholds": " ".join(f"{x:g}" for x in thresholds), "max_backlog_s": max_backlog,
+                              "throughput_per_s": throughput, "accuracy": accuracy,
+                              "target_backlog_s": state.get("target_backlog_s", "")})
+        return sup
+
+    # ---------------------------------------------------------------- failures and recovery (DESIGN §9)
+    def node_down(self, name: str, kind: str, t: float) -> list[WorkItem] | None:
+        """`name` crashed, hung or left: every item in flight is dispatched again (an item may be on it or on its
+        way there; other attempts' late results are dropped). None when it was down already (or is this node)."""
+        if name in self.down or name == self.name:
+            return None
+        self.down[name] = t
+        pending = self.ledger.in_flight_ids()
+        self.events.append({"node": name, "kind": kind, "at_s": t - self.run_start, "in_flight": len(pending),
+                            "pending": set(pending), "recovery_s": None})
+        return [w for i in pending if (w := self.retry(i, t, f"node {name} {kind}")) is not None]
+
+    def retry(self, item_id: int, t: float, why: str) -> WorkItem | None:
+        r = self.ledger.retry(item_id, t, why)
+        if r is None:
+            return None
+        return WorkItem(item_id, 1, r.x, r.admitted_at, r.thresholds, r.thresholds_version, attempt=r.attempt)
+
+    def supervise(self, t: float, own_backlog_s: float) -> Supervision:
+        """Declare silent nodes down, notice returning ones, re-dispatch overdue items, expire those past their
+        deadline, close recoveries."""
+        sup = Supervision()
+        for name, heard in list(self.last_heard.items()):
+            if name in self.down:
+                report = self.reports.get(name)
+                if heard > self.down[name] and report is not None and not report.leaving:
+                    del self.down[name]
+                    self.events.append({"node": name, "kind": "back", "at_s": t - self.run_start})
+                    sup.back.append(name)
+            elif t - heard > self.dead_after_s:
+                retries = self.node_down(name, "silent", t)
+                if retries is not None:
+                    sup.down.append((name, self.events[-1]["in_flight"]))
+                    sup.retries += retries
+        overdue_s = max(3 * self.dead_after_s,
+                        4 * (self.max_backlog_s(own_backlog_s, t) + self.ledger.recent_latency_s()))
+        for item_id in self.ledger.overdue(t, overdue_s):
+            if (w := self.retry(item_id, t, f"no result after {overdue_s:.1f} s")) is not None:
+                sup.retries.append(w)
+        for item_id in self.ledger.past_deadline(t):
+            self.ledger.expire(item_id, t)
+        for e in self.events:
+            if e.get("pending"):
+                e["pending"] = {i for i in e["pending"] if i in self.ledger.in_flight}
+                if not e["pending"]:
+                    e["recovery_s"] = t - self.run_start - e["at_s"]
+        return sup
+
+    def failure_summary(self) -> list[dict]:
+        return [{k: v for k, v in e.items() if k != "pending"} for e in self.events]

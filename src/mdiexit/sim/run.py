@@ -1,0 +1,90 @@
+"""One simulated run (`mdiexit simulate`): the run `mdiexit run` would make of a cluster file, in virtual time. It
+takes the same RunOptions and returns the same RunResult (summary, ledger, timeline), so write_results, the
+benches and the plots work on both."""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from pathlib import Path
+
+from mdiexit.config import load_cluster
+from mdiexit.package import load_package
+from mdiexit.planner import limit_from_stats
+from mdiexit.policies.modes import rules_for
+from mdiexit.runtime.launch import RunOptions, RunResult, make_admission, make_gate
+from mdiexit.runtime.metrics import summarize
+from mdiexit.runtime.node import ClusterError
+from mdiexit.runtime.source import Admission
+from mdiexit.runtime.sourcecore import SourceCore
+from mdiexit.sim.model import host_times, load_items_logits
+from mdiexit.sim.world import World
+
+log = logging.getLogger("mdiexit.sim")
+READY_HEARTBEATS = 2  # admission starts once every node has reported this many times (runtime: wait_ready)
+DRAIN_STEP_S = 0.05  # the drain checks for the last outcomes this often (virtual time)
+
+
+def simulate(cluster_path: Path, opts: RunOptions, seed: int = 0, times: str = "profile",
+             admission: Admission | None = None) -> RunResult:
+    """Simulate ``cluster_path`` under ``opts`` (the options of `mdiexit run`; the ones about processes, keys and
+    the live view do not apply). ``times``: profile (ONNX Runtime on this host, x slowdown) or macs."""
+    wall0 = time.perf_counter()
+    cluster = load_cluster(cluster_path)
+    mode = opts.mode or cluster.mode
+    rules = rules_for(mode)
+    pkg = load_package(cluster.package)
+    cluster.check_tasks(pkg.num_tasks)
+    if not rules.single_node:
+        cluster.check_reachable(pkg.num_tasks, rules.source_computes, rules.offload_later)
+    if opts.thresholds is not None and len(opts.thresholds) != pkg.num_tasks:
+        raise ClusterError(f"--thresholds: {len(opts.thresholds)} values for the package's {pkg.num_tasks} exits; "
+                           f"give {pkg.num_tasks}, the last 0")
+    items = load_items_logits(pkg, opts.items, opts.data_dir, opts.limit_items)
+    admission = admission or make_admission(pkg, mode, opts)
+    gate = make_gate(opts)
+    deadline_s = None if opts.deadline_ms is None else opts.deadline_ms / 1000
+    sc = SourceCore(cluster.source.name, rules, pkg.num_tasks, admission, gate,
+                    len(cluster.nodes) * cluster.max_batch, cluster.dead_after_ms / 1000)
+    profiles = {n: host_times(pkg, cluster, n, times) for n in sorted({n.threads for n in cluster.nodes})}
+    world = World(cluster, pkg, rules, sc, items, profiles, seed, deadline_s)
+    env, src = world.env, world.source
+    setup_s = time.perf_counter() - wall0
+
+    start = READY_HEARTBEATS * world.heartbeat_s
+    env.run(until=start)
+    sc.run_start = src.start = start
+    src.admitting = True
+    for fn in (src.arrive, src.tick, src.control):
+        world.at(0.0, fn)
+    end = start + opts.duration_s
+    env.run(until=end)
+    src.admitting = False
+    drain_until = end + opts.drain_timeout_s
+    while env.now < drain_until and (sc.ledger.settled < sc.ledger.admitted or gate.queue):
+        env.run(until=min(env.now + DRAIN_STEP_S, drain_until))
+    for _ in gate.take_all():
+        gate.rejected["stopping"] += 1
+    for item_id in sc.ledger.in_flight_ids():
+        sc.ledger.fail(item_id, f"no result within the {opts.drain_timeout_s:g} s drain")
+
+    final_stats = {name: node.stats(env.now) for name, node in world.nodes.items()}
+    summary = summarize(sc.ledger, pkg.num_tasks, (start + opts.warmup_s, end), final_stats, sc.backlog_samples,
+                        deadline_s, gate, (), partial(limit_from_stats, cluster, pkg, mode))
+    summary.update(node_failures=sc.failure_summary(), recovery_s=None, secure=False, emulation_warnings=[])
+    wall_s = time.perf_counter() - wall0
+    summary = {"mode": mode, **summary, "crashed": [], "duration_s": opts.duration_s, "rate": opts.rate,
+               "simulated": {"wall_s": wall_s, "setup_s": setup_s, "events": world.events, "virtual_s": env.now,
+                             "seed": seed, "times": times},
+               "config": {"cluster": str(cluster_path), "package": str(cluster.package), "mode": mode,
+                          "rate": opts.rate, "duration_s": opts.duration_s, "warmup_s": opts.warmup_s,
+                          "nodes": [n.__dict__ for n in cluster.nodes], "net": "simulated",
+                          "admission": opts.admission, "target_accuracy": getattr(admission, "target_accuracy", None),
+                          "target_backlog_ms": opts.target_backlog_ms, "deadline_ms": opts.deadline_ms,
+                          "max_backlog_ms": opts.max_backlog_ms, "max_wait_ms": opts.max_wait_ms,
+                          "thresholds": list(admission.thresholds()[0]), "dead_after_ms": cluster.dead_after_ms,
+                          "items": str(opts.items), "data_dir": None if opts.data_dir is None else str(opts.data_dir),
+                          "emulation": "simulated"}}
+    log.info("simulated %.1f s in %.1f s of wall time (%d events)", env.now, wall_s, world.events)
+    return RunResult(summary, sc.ledger, sc.timeline, items.paths)

@@ -1,0 +1,309 @@
+"""The simulated cluster: SimPy's virtual clock driving the runtime's own cores (runtime.core.NodeCore,
+runtime.sourcecore.SourceCore) and policies. This module is the simulator's shell: where the runtime has threads,
+sockets and sleeps, it has events.
+
+- **Compute**: one compute thread per node. It takes a batch from its core (``take_batch``), is busy for its
+  device's time at that batch size (slowdown x the profiled host time, as the emulation makes it; plus decoding
+  the items that came as codes), then applies the exit rule (``finish_batch``) to the item's precomputed logits,
+  encodes what goes on as a code and routes the rest.
+- **Links**: one egress token bucket per node (emulation.link, as runtime.links), shared by all its sends, then
+  the path's latency. DATA carries its payload (learned code or floats, as the core sized it) plus a header;
+  RESULT and STATE their measured sizes. Every message carries its sender's backlog.
+- **Heartbeats**: every node sends a STATE every ``heartbeat_ms`` (at a seeded phase) to its neighbours, the nodes
+  that send it DATA and the source; the source to its neighbours and senders only (an O(nodes) broadcast per
+  period would be the runtime's, and is the one thing not modelled). One event per node and latency per period.
+- **Source**: offers at the admission policy's rate, the gate, the control step every CONTROL_PERIOD_S and the
+  release on every arrival, result and 10 ms tick, as runtime.source's admit loop.
+
+Not modelled: the host's own CPU contention, message decode/validation costs, failures and joins.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+import simpy
+
+from mdiexit.config import ClusterConfig, NodeConfig, link_between
+from mdiexit.emulation.device import DeviceModel
+from mdiexit.emulation.link import LinkPacer
+from mdiexit.package import Package
+from mdiexit.policies.modes import ModeRules
+from mdiexit.policies.offload import ServiceEstimator
+from mdiexit.runtime.arrivals import Offer
+from mdiexit.runtime.core import Finished, NodeCore, Send, WorkItem, codes_pay, held_tasks, neighbour_view
+from mdiexit.runtime.device import seed_estimates
+from mdiexit.runtime.sourcecore import CONTROL_PERIOD_S, SourceCore, Supervision
+from mdiexit.sim.model import Items, device_table
+
+# Wire sizes (bytes) of the headers of this protocol version, msgpack-encoded, as measured on typical messages.
+DATA_HEADER_BYTES = 270
+RESULT_BYTES = 190
+STATE_BYTES = 150
+TICK_S = 0.01  # the source's admit loop looks again at least this often (runtime.source.admit)
+CODED = {}  # marks an item whose next task input travels as a learned code (the simulator carries no arrays)
+
+
+class SimNode:
+    """One node's shell in virtual time."""
+
+    def __init__(self, world: World, cfg: NodeConfig, core: NodeCore, times: dict, is_source: bool):
+        self.world, self.cfg, self.core, self.times = world, cfg, core, times
+        self.name, self.is_source = cfg.name, is_source
+        self.egress = LinkPacer(cfg.bandwidth_mbps * 1e6 if cfg.bandwidth_mbps is not None else None, 0.0)
+        self.busy = False
+        self.busy_s = 0.0
+        self.calls = 0
+        self.state_to: dict[float, list[SimNode]] = {}  # STATE recipients, by path latency
+
+    # ---------------------------------------------------------------- links
+    def send(self, nbytes: int, dst: SimNode, fn: Callable, *args) -> None:
+        t = self.world.env.now
+        arrival = self.egress.departure(nbytes, t) + link_between(self.cfg, dst.cfg)[1]
+        self.world.at(arrival - t, fn, *args)
+
+    def send_item(self, s: Send) -> None:
+        it = s.item
+        nbytes = DATA_HEADER_BYTES + self.core.payload_bytes(it)[s.target]
+        if it.code is None and it.task - 1 in self.core.compress_on.get(s.target, ()):
+            it.code = CODED
+        it.hops += 1
+        dst = self.world.nodes[s.target]
+        self.send(nbytes, dst, dst.on_data, self.name, self.core.backlog_s(self.world.env.now), it)
+
+    def on_data(self, sender: str, backlog_s: float, item: WorkItem) -> None:
+        t = self.world.env.now
+        self.core.on_report(sender, backlog_s, t, None)
+        if self.is_source:
+            self.world.source.sc.heard(sender, t)
+        self.route(item, arrived=True)
+
+    def route(self, item: WorkItem, arrived: bool = False) -> None:
+        t = self.world.env.now
+        queued = self.egress.queued_bytes(t)
+        decision = (self.core.on_data if arrived else self.core.route)(item, t, queued)
+        if decision is not None:
+            self.send_item(decision)
+        self.kick()
+
+    def heartbeat(self) -> None:
+        t = self.world.env.now
+        backlog = self.core.backlog_s(t)
+        service = self.core.estimator.snapshot()
+        count = sum(len(r) for r in self.state_to.values())
+        departure = self.egress.departure(STATE_BYTES * count, t)
+        for latency, recipients in self.state_to.items():
+            self.world.at(departure - t + latency, self.world.deliver_state, self.name, backlog, service, recipients)
+        sends, _ = self.core.retry_parked(t, self.world.give_up_s, self.egress.queued_bytes(t))
+        for s in sends:
+            self.send_item(s)
+        self.kick()
+        self.world.at(self.world.heartbeat_s, self.heartbeat)
+
+    # ---------------------------------------------------------------- compute
+    def kick(self) -> None:
+        """The compute thread takes the next batch if it is idle (the runtime's notify)."""
+        if self.busy or not self.core.queue:
+            return
+        t = self.world.env.now
+        batch = self.core.take_batch(self.world.max_batch, t)
+        for item in self.core.take_expired():
+            self.deliver(Finished(item, 0, item.task, 0.0), expired=True)
+        if not batch:
+            return
+        k = batch[0].task
+        seconds = self.times["task", k][len(batch)]
+        for it in batch:
+            if it.code is not None:  # features that crossed the network as a learned code
+                seconds += self.times["decode", k - 1][1]
+                it.code = None
+        self.busy = True
+        self.calls += 1
+        self.world.at(seconds, self.done, batch, seconds)
+
+    def done(self, batch: list[WorkItem], seconds: float) -> None:
+        t = self.world.env.now
+        k = batch[0].task
+        logits = self.world.items.logits[k - 1][[self.world.stream_index(it.item_id) for it in batch]]
+        finished, onward = self.core.finish_batch(batch, None, logits, seconds, t)
+        self.busy_s += seconds
+        for f in finished:
+            self.deliver(f)
+        queued = self.egress.queued_bytes(t)
+        encode_s, sends = 0.0, []
+        for item in onward:
+            s = self.core.route(item, t, queued)
+            if s is not None:
+                if item.task - 1 in self.core.compress_on.get(s.target, ()):
+                    encode_s += self.times["encode", item.task - 1][1]  # on the compute thread, as runtime.node
+                sends.append(s)
+        if encode_s > 0:
+            self.busy_s += encode_s
+            self.world.at(encode_s, self.after_encode, sends)
+        else:
+            self.after_encode(sends)
+
+    def after_encode(self, sends: list[Send]) -> None:
+        for s in sends:
+            self.send_item(s)
+        self.busy = False
+        self.kick()
+
+    def deliver(self, f: Finished, expired: bool = False) -> None:
+        src = self.world.source
+        if self is src:
+            src.result(self.name, f, expired)
+        else:
+            self.send(RESULT_BYTES, src, src.on_result, self.name, self.core.backlog_s(self.world.env.now), f, expired)
+
+    def stats(self, elapsed_s: float) -> dict[str, float]:
+        out = {f"tasks_run_{k}": float(v) for k, v in self.core.tasks_run.items()}
+        out.update(busy_s=self.busy_s, elapsed_s=elapsed_s, bad_messages=0.0, bytes_sent=float(self.egress.bytes_sent),
+                   dropped_parked=float(self.core.dropped_parked), emulated_calls=float(self.calls), overruns=0.0)
+        for k in self.core.held:
+            per_batch = self.times["task", k]
+            out[f"limit_task_{k}_s"] = min(per_batch[b] / b for b in range(1, len(per_batch)))
+            out[f"single_task_{k}_s"] = per_batch[1]
+        return out
+
+
+class SimSource(SimNode):
+    """The source's shell: arrivals, the admit loop's releases and control steps, results into the ledger."""
+
+    def __init__(self, world: World, cfg: NodeConfig, core: NodeCore, times: dict, sc: SourceCore):
+        super().__init__(world, cfg, core, times, is_source=True)
+        self.sc = sc
+        self.admitting = False
+        self.arrived = 0
+        self.start = 0.0
+
+    def result(self, node: str, f: Finished, expired: bool) -> None:
+        it = f.item
+        self.sc.on_result(it.item_id, f.label, f.exit, f.confidence, node, self.world.env.now, it.attempt, expired)
+        self.release()
+
+    def on_result(self, sender: str, backlog_s: float, f: Finished, expired: bool) -> None:
+        t = self.world.env.now
+        self.core.on_report(sender, backlog_s, t, None)
+        self.sc.heard(sender, t)
+        self.result(sender, f, expired)
+
+    def arrive(self) -> None:
+        if not self.admitting:
+            return
+        t = self.world.env.now
+        k = self.arrived % len(self.world.items)
+        self.arrived += 1
+        offer = Offer(None, int(self.world.items.labels[k]), k, self.world.deadline_s)
+        if self.sc.offer(offer, t) is None:
+            self.release()
+        self.world.at(1.0 / max(self.sc.admission.rate(), 1e-3), self.arrive)
+
+    def release(self) -> None:
+        t = self.world.env.now
+        items, _ = self.sc.release(t, self.core.backlog_s(t))
+        for item in items:
+            self.route(item)
+
+    def tick(self) -> None:
+        self.release()
+        self.sc.ledger.take_settled()  # nobody waits on an answer: keep the ledger's queue of them short
+        self.world.at(TICK_S, self.tick)
+
+    def control(self) -> None:
+        t = self.world.env.now
+        sup: Supervision = self.sc.control_step(t, self.start, self.core.backlog_s(t)) if self.admitting else \
+            self.sc.supervise(t, self.core.backlog_s(t))
+        for name, _ in sup.down:
+            self.core.on_leave(name)
+        for item in sup.retries:
+            self.route(item)
+        self.world.at(CONTROL_PERIOD_S, self.control)
+
+
+class World:
+    """Every node of ``cluster`` in one SimPy environment."""
+
+    def __init__(self, cluster: ClusterConfig, pkg: Package, rules: ModeRules, sc: SourceCore, items: Items,
+                 profiles: dict[int, dict], seed: int = 0, deadline_s: float | None = None):
+        self.env = simpy.Environment()
+        self.cluster, self.pkg, self.rules, self.items = cluster, pkg, rules, items
+        self.max_batch = cluster.max_batch
+        self.heartbeat_s = cluster.heartbeat_ms / 1000
+        self.give_up_s = 5 * cluster.dead_after_ms / 1000  # as runtime.node's heartbeat loop
+        self.deadline_s = deadline_s
+        self.events = 0
+        by_name = {n.name: n for n in cluster.nodes}
+        src_name = cluster.source.name
+        nodes = [n for n in cluster.nodes if not rules.single_node or n.name == src_name]
+        tables: dict[tuple[float, int], dict] = {}
+        self.nodes: dict[str, SimNode] = {}
+        cfg = cluster.offload_config()
+        for n in nodes:
+            key = (n.slowdown, n.threads)
+            if key not in tables:
+                tables[key] = device_table(n.slowdown, profiles[n.threads], self.max_batch)
+            held = held_tasks(n, rules, pkg.num_tasks)
+            nbs = [] if rules.single_node else [m for m in cluster.neighbours_of(n.name) if m != n.name]
+            views = {m: neighbour_view(n, by_name[m], rules, pkg.num_tasks) for m in nbs}
+            estimator = ServiceEstimator.from_package(pkg, n.rated_macs_per_s)
+            seed_estimates(estimator, DeviceModel(n.slowdown, profiled_s=profiles[n.threads]), held)
+            core = NodeCore(n.name, pkg, held, rules, cfg, estimator, views, is_source=n.name == src_name,
+                            compress_on=self._compress_on(n, held, nbs, by_name, tables[key], profiles))
+            if n.name == src_name:
+                self.source = SimSource(self, n, core, tables[key], sc)
+                self.nodes[n.name] = self.source
+            else:
+                self.nodes[n.name] = SimNode(self, n, core, tables[key], False)
+        senders: dict[str, set[str]] = defaultdict(set)
+        for a, nbs in cluster.neighbours.items():
+            for b in nbs:
+                senders[b].add(a)
+        for name, node in self.nodes.items():
+            to = set(cluster.neighbours_of(name)) | senders[name] | {src_name}
+            to.discard(name)
+            for m in sorted(to):
+                if m in self.nodes:
+                    node.state_to.setdefault(link_between(node.cfg, by_name[m])[1], []).append(self.nodes[m])
+        rng = np.random.default_rng(seed)
+        for node in self.nodes.values():  # the runtime's heartbeat threads start at no common instant
+            self.at(float(rng.uniform(0.0, self.heartbeat_s)), node.heartbeat)
+
+    def _compress_on(self, n: NodeConfig, held: frozenset[int], peers: list[str], by_name: dict[str, NodeConfig],
+                     table: dict, profiles: dict[int, dict]) -> dict[str, set[int]]:
+        """runtime.device.compression_plan, from the device tables instead of measurements."""
+        plan: dict[str, set[int]] = {m: set() for m in peers}
+        if n.compress == "off":
+            return plan
+        for spec in self.pkg.compression:
+            j = spec.after_task
+            if j not in held:
+                continue
+            for m in peers:
+                peer = by_name[m]
+                dec = peer.slowdown * (DeviceModel(1.0, profiled_s=profiles.get(peer.threads, {})).host_s(
+                    ("decode", j), 1) or 0.0)
+                if n.compress == "on" or codes_pay(self.pkg.task(j).feature_bytes, spec.code_bytes,
+                                                   link_between(n, peer)[0], table["encode", j][1], dec):
+                    plan[m].add(j)
+        return plan
+
+    def at(self, delay: float, fn: Callable, *args) -> None:
+        """Call ``fn(*args)`` ``delay`` seconds of virtual time from now."""
+        self.events += 1
+        ev = self.env.timeout(max(0.0, delay))
+        ev.callbacks.append(lambda _e: fn(*args))
+
+    def stream_index(self, item_id: int) -> int:
+        return self.source.sc.ledger.records[item_id].key
+
+    def deliver_state(self, sender: str, backlog_s: float, service: dict[int, float],
+                      recipients: list[SimNode]) -> None:
+        t = self.env.now
+        for r in recipients:
+            r.core.on_report(sender, backlog_s, t, service)
+            if r is self.source:
+                self.source.sc.heard(sender, t)
+                self.source.sc.on_state(sender, backlog_s, False, t)

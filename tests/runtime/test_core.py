@@ -1,0 +1,130 @@
+"""NodeCore in-process: no threads, no sockets, time passed in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mdiexit.config import NodeConfig
+from mdiexit.package import load_package
+from mdiexit.policies.modes import rules_for
+from mdiexit.policies.offload import NeighbourView, OffloadConfig, ServiceEstimator
+from mdiexit.runtime.core import NodeCore, Send, WorkItem, codes_pay, held_tasks, neighbour_view
+
+PACKAGE = Path(__file__).resolve().parents[2] / "models" / "mobilenetv2-fmnist"
+
+
+@pytest.fixture(scope="module")
+def pkg():
+    return load_package(PACKAGE)
+
+
+def make_core(pkg, held=(1, 2, 3, 4), neighbours=None, mode="mdi-exit", is_source=False, compress_on=None):
+    est = ServiceEstimator.from_package(pkg, 1e9)
+    for k in range(1, pkg.num_tasks + 1):
+        est.seed(k, 0.01)
+    views = {name: NeighbourView(name, frozenset(tasks), latency_s=0.001)
+             for name, tasks in (neighbours or {}).items()}
+    return NodeCore("n", pkg, frozenset(held), rules_for(mode), OffloadConfig(), est, views, is_source, compress_on)
+
+
+def item(i: int, task: int = 1, deadline: float | None = None) -> WorkItem:
+    return WorkItem(i, task, None, 0.0, (0.9, 0.9, 0.9, 0.0), deadline=deadline)
+
+
+def test_take_batch_never_waits_and_batches_one_task(pkg):
+    core = make_core(pkg)
+    assert core.take_batch(8, 0.0) == []
+    for i, task in enumerate([2, 2, 2, 3, 2]):
+        core.accept(item(i, task))
+    batch = core.take_batch(2, 0.0)
+    assert [it.item_id for it in batch] == [0, 1]
+    assert core.busy_until == pytest.approx(0.02)  # two items at 10 ms each
+    assert [it.item_id for it in core.take_batch(8, 0.0)] == [2]  # stops at the first item of another task
+    assert core.backlog_s(0.0) == pytest.approx(0.01 + 0.02)  # the running batch, plus two items queued
+
+
+def test_expired_items_are_dropped_unrun(pkg):
+    core = make_core(pkg)
+    core.accept(item(0, deadline=1.0))
+    core.accept(item(1, deadline=5.0))
+    assert [it.item_id for it in core.take_batch(8, 2.0)] == [1]
+    assert [it.item_id for it in core.take_expired()] == [0]
+    assert core.take_expired() == []
+
+
+def test_on_data_queues_held_tasks_and_forwards_the_rest(pkg):
+    core = make_core(pkg, held=(1,), neighbours={"m": (2, 3, 4)})
+    assert core.on_data(item(0, 1), 0.0, 0) is None and len(core.queue) == 1
+    core.neighbours["m"].on_report(0.0, 0.0, {2: 0.01})
+    s = core.on_data(item(1, 2), 0.1, 0)
+    assert isinstance(s, Send) and s.target == "m"
+    assert core.neighbours["m"].sent_since_report_s == pytest.approx(0.01)  # the work it sent is counted
+
+
+def test_parked_items_are_retried_then_given_up(pkg):
+    core = make_core(pkg, held=(1,), neighbours={"m": (2,)})
+    assert core.on_data(item(0, 2), 0.0, 0) is None  # m never reported: nobody fresh holds task 2
+    assert core.on_data(item(1, 2), 5.0, 0) is None
+    assert len(core.parked) == 2
+    sends, dropped = core.retry_parked(10.0, 6.0, 0)  # item 0 waited 10 s > 6 s: given up
+    assert sends == [] and [it.item_id for it in dropped] == [0] and core.dropped_parked == 1
+    core.neighbours["m"].on_report(0.0, 10.5, {2: 0.01})
+    sends, dropped = core.retry_parked(10.6, 6.0, 0)
+    assert [s.item.item_id for s in sends] == [1] and dropped == [] and core.parked == []
+
+
+def test_busy_node_offloads_to_an_idle_neighbour(pkg):
+    core = make_core(pkg, neighbours={"m": (1, 2, 3, 4)}, is_source=True)
+    core.neighbours["m"].on_report(0.0, 0.0, {1: 0.01})
+    for i in range(20):
+        core.accept(item(i, 1))  # 200 ms of work queued here
+    s = core.route(item(99, 1), 0.0, 0)
+    assert isinstance(s, Send) and s.target == "m"
+    mdi = make_core(pkg, neighbours={"m": (1, 2, 3, 4)}, mode="mdi", is_source=True)
+    mdi.neighbours["m"].on_report(0.0, 0.0, {1: 0.01})
+    for i in range(20):
+        mdi.accept(item(i, 1))
+    assert mdi.route(item(99, 1), 0.0, 0) is None  # classic MDI: the source runs task 1 itself
+
+
+def test_payload_bytes_per_link(pkg):
+    boundary = pkg.compression[0].after_task if pkg.compression else None
+    if boundary is None:
+        pytest.skip("the package has no learned codes")
+    core = make_core(pkg, neighbours={"a": (boundary + 1,), "b": (boundary + 1,)},
+                     compress_on={"a": {boundary}, "b": set()})
+    nbytes = core.payload_bytes(item(0, boundary + 1))
+    assert nbytes == {"a": pkg.compression[0].code_bytes, "b": pkg.task(boundary).feature_bytes}
+    coded = item(1, boundary + 1)
+    coded.code = {"code": np.zeros(1)}  # arrived as a code: goes on as it came, on every link
+    assert set(core.payload_bytes(coded).values()) == {pkg.compression[0].code_bytes}
+    assert core.payload_bytes(item(2, 1)) == dict.fromkeys("ab", int(np.prod(pkg.input_shape)))
+
+
+def test_finish_batch_applies_the_exit_rule(pkg):
+    core = make_core(pkg)
+    batch = [item(0, 1), item(1, 1)]
+    logits = np.zeros((2, len(pkg.classes)), np.float32)
+    logits[0, 3] = 50.0  # certain: exits at task 1
+    finished, onward = core.finish_batch(batch, None, logits, 0.02, 0.0)
+    assert [(f.item.item_id, f.label, f.exit) for f in finished] == [(0, 3, 1)]
+    assert [(it.item_id, it.task, it.x) for it in onward] == [(1, 2, None)]
+    assert core.tasks_run == {1: 2}
+
+
+def test_mode_rules_shape_what_nodes_hold_and_see(pkg):
+    src = NodeConfig("s", 1, role="source", bandwidth_mbps=8, latency_ms=1)
+    w = NodeConfig("w", 2, tasks=(3, 4), latency_ms=2)
+    assert held_tasks(src, rules_for("ddi"), 4) == frozenset()
+    view = neighbour_view(src, w, rules_for("mdi-exit"), 4)
+    assert view.holds_tasks == {3, 4} and view.bandwidth_bps == 8e6 and view.latency_s == pytest.approx(0.003)
+    assert neighbour_view(w, src, rules_for("ddi-exit"), 4).holds_tasks == frozenset()  # DDI workers never pass on
+
+
+def test_codes_pay_only_where_the_link_is_the_cost():
+    assert codes_pay(100_000, 10_000, 1e6, 0.001, 0.001)  # 0.8 s of floats against 0.08 s + 2 ms
+    assert not codes_pay(100_000, 10_000, 1e9, 0.001, 0.001)  # a fast link: coding costs more than it saves
+    assert not codes_pay(100_000, 10_000, None, 0.0, 0.0)  # unlimited

@@ -1,0 +1,120 @@
+"""SourceCore in-process: the gate, the admission step, the window and supervision, time passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from mdiexit.policies.gate import AdmissionGate
+from mdiexit.policies.modes import rules_for
+from mdiexit.runtime.arrivals import Offer
+from mdiexit.runtime.sourcecore import CONTROL_PERIOD_S, FixedAdmission, SourceCore
+
+THRESHOLDS = (0.9, 0.8, 0.7, 0.0)
+
+
+@dataclass
+class Recording(FixedAdmission):
+    steps: list[tuple[float, float]] = field(default_factory=list)
+
+    def step(self, max_backlog_s: float, t: float) -> None:
+        self.steps.append((max_backlog_s, t))
+
+
+def make(rate: float = 100.0, mode: str = "mdi-exit", **gate) -> SourceCore:
+    return SourceCore("source", rules_for(mode), 4, Recording(rate, THRESHOLDS), AdmissionGate(**gate), 8, 1.0)
+
+
+def offer(sc: SourceCore, k: int, t: float, deadline_s: float | None = None) -> str | None:
+    return sc.offer(Offer(None, k % 10, k, deadline_s), t)
+
+
+def test_release_admits_at_the_rate_with_ids_in_order():
+    sc = make(rate=100.0)
+    for k in range(5):
+        assert offer(sc, k, 0.0) is None
+    items, expired = sc.release(0.0, 0.0)
+    assert [it.item_id for it in items] == [0] and expired == []  # one token banked at the start
+    items, _ = sc.release(0.02, 0.0)  # 20 ms at 100/s: two more tokens
+    assert [it.item_id for it in items] == [1, 2]
+    assert items[0].thresholds == THRESHOLDS and items[0].task == 1
+    assert sc.ledger.admitted == 3 and sc.ledger.records[2].key == 2
+
+
+def test_modes_without_exits_admit_at_no_exit_thresholds():
+    sc = make(mode="mdi")
+    offer(sc, 0, 0.0)
+    items, _ = sc.release(0.0, 0.0)
+    assert items[0].thresholds == (1.0, 1.0, 1.0, 0.0)
+
+
+def test_a_large_backlog_holds_admission_until_it_drains():
+    sc = make(max_backlog_s=0.5)
+    sc.on_state("w1", 0.9, False, 0.0)
+    offer(sc, 0, 0.0)
+    assert sc.release(0.01, 0.0)[0] == []
+    assert sc.release(0.02, 0.7)[0] == []  # its own backlog counts too
+    sc.on_state("w1", 0.1, False, 0.05)
+    assert [it.item_id for it in sc.release(0.06, 0.0)[0]] == [0]
+
+
+def test_down_nodes_do_not_count_in_the_largest_backlog():
+    sc = make()
+    sc.on_state("w1", 2.0, False, 0.0)
+    sc.on_state("w2", 0.3, False, 0.0)
+    assert sc.max_backlog_s(0.1, 1.0) == 2.0
+    assert sc.node_down("w1", "crashed", 1.0) == []
+    assert sc.max_backlog_s(0.1, 1.1) == 0.3
+
+
+def test_a_silent_node_goes_down_its_items_are_dispatched_again_and_it_comes_back():
+    sc = make()
+    sc.heard("w1", 0.0)
+    sc.on_state("w1", 0.0, False, 0.0)
+    for k in range(3):
+        offer(sc, k, 0.0)
+    sc.release(0.0, 0.0)
+    sc.release(0.02, 0.0)
+    assert sc.supervise(0.5, 0.0).down == []
+    sup = sc.supervise(1.5, 0.0)  # silent for more than dead_after_s (1 s)
+    assert sup.down == [("w1", 3)]
+    assert sorted(w.item_id for w in sup.retries) == [0, 1, 2] and {w.attempt for w in sup.retries} == {1}
+    assert sc.supervise(1.6, 0.0).down == []  # down once
+    sc.heard("w1", 2.0)
+    sc.on_state("w1", 0.0, False, 2.0)
+    assert sc.supervise(2.1, 0.0).back == ["w1"] and "w1" not in sc.down
+    for i in range(3):
+        sc.on_result(i, 0, 4, 0.9, "w2", 2.2, attempt=1)
+    sc.supervise(2.3, 0.0)
+    down = next(e for e in sc.failure_summary() if e["kind"] == "silent")
+    assert down["recovery_s"] == pytest.approx(2.3 - 1.5)
+
+
+def test_overdue_items_are_retried_and_late_ones_expire():
+    sc = make()
+    offer(sc, 0, 0.0)
+    offer(sc, 1, 0.0, deadline_s=0.5)
+    sc.release(0.0, 0.0)
+    sc.release(0.01, 0.0)
+    sup = sc.supervise(1.0, 0.0)
+    assert sup.retries == [] and sc.ledger.expired == 1  # item 1 passed its deadline
+    sup = sc.supervise(3.5, 0.0)  # no result after 3 x dead_after_s
+    assert [w.item_id for w in sup.retries] == [0]
+
+
+def test_control_step_feeds_the_policy_and_logs_a_row():
+    sc = make()
+    sc.on_state("w1", 0.25, False, 0.0)
+    t = 0.0
+    for step in range(15):
+        t = step * CONTROL_PERIOD_S
+        offer(sc, step, t)
+        for it in sc.release(t, 0.0)[0]:
+            sc.on_result(it.item_id, 0, 4, 0.9, "w1", t + 0.01)
+        sc.control_step(t, 0.0, 0.05)
+    assert sc.admission.steps[-1] == (0.25, t)
+    row = sc.timeline[-1]
+    assert row["t_s"] == pytest.approx(t) and row["max_backlog_s"] == 0.25 and row["rate"] == 100.0
+    assert row["thresholds"] == "0.9 0.8 0.7 0"
+    assert sc.window >= sc.min_window and sc.unloaded_s == pytest.approx(0.01)

@@ -1,0 +1,140 @@
+"""The simulator: small clusters in virtual time, seeded, task times from MACs (the same in every process)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mdiexit.calibration import confidence
+from mdiexit.cli import main
+from mdiexit.config import write_cluster
+from mdiexit.data import load_test_split
+from mdiexit.evaluate import all_exit_logits
+from mdiexit.exitprofile import outcome
+from mdiexit.package import load_package
+from mdiexit.policies.modes import MODES, no_exit_thresholds
+from mdiexit.runtime.launch import RunOptions, write_results
+from mdiexit.sim.run import simulate
+
+PACKAGE = Path(__file__).resolve().parents[2] / "models" / "mobilenetv2-fmnist"
+ITEMS = 200
+# what `mdiexit run` writes in summary.json that the benches and plots read
+RUNTIME_FIELDS = {"mode", "offered", "rejected", "rejected_reasons", "admitted", "completed", "expired", "failed",
+                  "lost", "duplicates", "redispatched", "redundant_results", "accuracy", "throughput_per_s",
+                  "latency_ms", "exit_fraction", "bytes_per_item", "per_node", "bad_messages", "unknown_results",
+                  "rejected_messages", "ideal_throughput_per_s", "ideal_batched_throughput_per_s", "efficiency",
+                  "node_failures", "recovery_s", "secure", "emulation_warnings", "crashed", "duration_s", "rate",
+                  "config"}
+
+
+def nodes(tasks: dict[str, list[int]] | None = None) -> list[dict]:
+    spec = [("source", "source", 40, 20, 5), ("w1", "worker", 20, 50, 2), ("w2", "worker", 40, 30, 4)]
+    out = [{"name": n, "role": r, "port": 6000 + i, "slowdown": f, "bandwidth_mbps": bw, "latency_ms": lat,
+            "compress": "auto"} for i, (n, r, f, bw, lat) in enumerate(spec)]
+    for n in out:
+        if n["name"] in (tasks or {}):
+            n["tasks"] = tasks[n["name"]]
+    return out
+
+
+@pytest.fixture
+def full(tmp_path) -> Path:
+    return write_cluster(tmp_path / "full.yaml", package=PACKAGE, mode="mdi-exit", nodes=nodes())
+
+
+@pytest.fixture
+def partial(tmp_path) -> Path:
+    """Not every node holds every task, and not every node is linked to every other."""
+    return write_cluster(tmp_path / "partial.yaml", package=PACKAGE, mode="mdi-exit",
+                         nodes=nodes({"source": [1, 2], "w2": [3, 4]}),
+                         neighbours={"source": ["w1", "w2"], "w1": ["source", "w2"], "w2": ["w1"]})
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Every item's confidences and labels at every exit, from a single-process run."""
+    pkg = load_package(PACKAGE)
+    logits = all_exit_logits(pkg, load_test_split(pkg).images[:ITEMS], threads=1, progress=False)
+    conf = np.stack([confidence(lg, t.temperature) for lg, t in zip(logits, pkg.tasks, strict=True)])
+    return pkg, conf, logits.argmax(2)
+
+
+def sim(path: Path, mode: str, rate: float = 40.0, duration: float = 3.0, seed: int = 1, **kw):
+    opts = RunOptions(mode=mode, rate=rate, duration_s=duration, warmup_s=0.5, live=False, limit_items=ITEMS, **kw)
+    return simulate(path, opts, seed=seed, times="macs")
+
+
+def check_outcomes(result, reference, mode: str) -> None:
+    pkg, conf, labels = reference
+    thresholds = np.array(pkg.default_thresholds if MODES[mode].exits else no_exit_thresholds(pkg.num_tasks))
+    exits = outcome(conf, thresholds)
+    for r in result.ledger.records.values():
+        k = r.key
+        assert (r.label, r.exit) == (labels[exits[k], k], exits[k] + 1), (k, r)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_mode_completes_every_item_with_its_single_process_outcome(full, reference, mode):
+    result = sim(full, mode)
+    s = result.summary
+    assert RUNTIME_FIELDS <= set(s)
+    assert s["admitted"] >= 10 and s["completed"] == s["admitted"]
+    assert s["lost"] == 0 and s["duplicates"] == 0 and s["failed"] == 0
+    check_outcomes(result, reference, mode)
+    if mode in ("ddi", "ddi-exit"):
+        assert "1" not in s["per_node"]["source"]["tasks_run"]
+    if mode == "mdi":
+        assert s["per_node"]["source"]["tasks_run"]["1"] == s["admitted"]
+    if mode == "local":
+        assert set(s["per_node"]) == {"source"}
+
+
+@pytest.mark.parametrize("mode", ["mdi-exit", "ddi-exit", "mdi"])
+def test_partial_holdings_route_each_task_to_a_holder(partial, reference, mode):
+    result = sim(partial, mode)
+    s = result.summary
+    assert s["completed"] == s["admitted"] > 0 and s["lost"] == 0
+    check_outcomes(result, reference, mode)
+    assert not {"1", "2"} & set(s["per_node"]["w2"]["tasks_run"])  # w2 holds only tasks 3 and 4
+    assert not {"3", "4"} & set(s["per_node"]["source"]["tasks_run"])
+
+
+def test_a_seed_makes_a_run_repeatable(full):
+    a, b = sim(full, "mdi-exit", seed=3), sim(full, "mdi-exit", seed=3)
+    rows = [[(r.label, r.exit, r.node, r.done_at) for _, r in sorted(x.ledger.records.items())] for x in (a, b)]
+    assert rows[0] == rows[1]
+    assert str(a.timeline) == str(b.timeline)  # (NaN accuracies before the first result)
+
+
+def test_throughput_is_within_a_sane_factor_of_the_planners_limit(full):
+    s = sim(full, "mdi-exit", rate=5000.0, duration=4.0).summary  # far above capacity: the gate holds it back
+    assert s["ideal_batched_throughput_per_s"] is not None
+    assert 0.25 * s["ideal_throughput_per_s"] <= s["throughput_per_s"] <= 1.1 * s["ideal_batched_throughput_per_s"]
+    assert s["lost"] == 0
+
+
+def test_rate_adaptation_finds_a_rate_and_logs_a_timeline(full):
+    result = sim(full, "mdi-exit", rate=5.0, duration=8.0, admission="rate", target_accuracy=0.9)
+    rates = [row["rate"] for row in result.timeline]
+    assert max(rates) > 5.0  # it ramped up from the initial rate
+    assert result.summary["completed"] == result.summary["admitted"]
+
+
+def test_simulate_command_writes_what_run_writes(full, tmp_path):
+    out = tmp_path / "out"
+    code = main(["simulate", "--cluster", str(full), "--mode", "mdi-exit", "--rate", "30", "--duration", "2",
+                 "--items", str(ITEMS), "--times", "macs", "--seed", "2", "--out", str(out)])
+    assert code == 0
+    assert {"summary.json", "items.csv", "timeline.csv"} <= {p.name for p in out.iterdir()}
+    s = json.loads((out / "summary.json").read_text())
+    assert RUNTIME_FIELDS <= set(s) and s["simulated"]["seed"] == 2
+    lines = (out / "items.csv").read_text().splitlines()
+    assert len(lines) == s["admitted"] + 1
+
+
+def test_write_results_accepts_a_simulated_run(full, tmp_path):
+    path = write_results(sim(full, "ddi-exit", duration=1.0), tmp_path / "r")
+    assert json.loads(path.read_text())["config"]["net"] == "simulated"
