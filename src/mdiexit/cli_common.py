@@ -20,7 +20,7 @@ class RunDefault:
 
 
 def finish_run(result, out: Path) -> int:
-    from mdiexit.runtime.launch import print_summary, write_results
+    from mdiexit.runtime.report import print_summary, write_results
 
     path = write_results(result, out)
     summary = result.summary

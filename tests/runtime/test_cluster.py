@@ -71,7 +71,7 @@ def test_overload_moves_work_to_workers(tmp_path, tiny_package):
 
 @pytest.mark.parametrize("admission", ["rate", "thresholds"])
 def test_adaptive_admission_runs_and_logs_a_timeline(cluster_file, tmp_path, admission):
-    from mdiexit.runtime.launch import write_results
+    from mdiexit.runtime.report import write_results
 
     opts = RunOptions(mode="mdi-exit", rate=60.0, duration_s=3.0, warmup_s=0.5, live=False, limit_items=ITEMS,
                       admission=admission, target_accuracy=0.7, target_backlog_ms=100)

@@ -16,7 +16,8 @@ from mdiexit.evaluate import all_exit_logits
 from mdiexit.exitprofile import outcome
 from mdiexit.package import load_package
 from mdiexit.policies.modes import MODES, no_exit_thresholds
-from mdiexit.runtime.launch import RunOptions, write_results
+from mdiexit.runtime.launch import RunOptions
+from mdiexit.runtime.report import write_results
 from mdiexit.sim.run import simulate
 
 PACKAGE = Path(__file__).resolve().parents[2] / "models" / "mobilenetv2-fmnist"

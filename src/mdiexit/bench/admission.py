@@ -22,7 +22,8 @@ from mdiexit.data import load_test_split
 from mdiexit.evaluate import all_exit_logits, evaluate_logits
 from mdiexit.package import load_package
 from mdiexit.plot import plot_timeline
-from mdiexit.runtime.launch import RunOptions, run_cluster, write_results
+from mdiexit.runtime.launch import RunOptions, run_cluster
+from mdiexit.runtime.report import write_results
 
 
 def settle_time(timeline: list[dict], steady_from_s: float, band: float = 0.15, smooth_s: float = 2.0) -> float | None:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mdiexit.runtime.launch import LiveRun, RunOptions, run_cluster, write_results
+from mdiexit.runtime.launch import LiveRun, RunOptions, run_cluster
+from mdiexit.runtime.report import write_results
 
 EVENTS = ("kill", "stop", "kill", "leave")  # the cycle; the nodes hit are drawn with the seed
 

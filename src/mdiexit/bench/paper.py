@@ -27,7 +27,8 @@ from mdiexit.data import load_test_split
 from mdiexit.evaluate import all_exit_logits, evaluate_logits
 from mdiexit.package import load_package
 from mdiexit.policies.modes import MODES
-from mdiexit.runtime.launch import RunOptions, RunResult, run_cluster
+from mdiexit.runtime.launch import RunOptions, run_cluster
+from mdiexit.runtime.report import RunResult
 
 BASELINES = ["mdi", "local", "ddi", "ddi-exit", "mdi-static"]  # mdi first: its capacity seeds the others
 NO_COMPRESSION = "mdi-exit (no compression)"

@@ -13,9 +13,10 @@ from mdiexit.config import load_cluster
 from mdiexit.package import load_package
 from mdiexit.planner import limit_from_stats
 from mdiexit.policies.modes import rules_for
-from mdiexit.runtime.launch import RunOptions, RunResult, make_admission, make_gate
+from mdiexit.runtime.launch import RunOptions, make_admission, make_gate
 from mdiexit.runtime.metrics import summarize
 from mdiexit.runtime.node import ClusterError
+from mdiexit.runtime.report import RunResult
 from mdiexit.runtime.source import Admission
 from mdiexit.runtime.sourcecore import SourceCore
 from mdiexit.sim.model import host_times, load_items_logits
