@@ -6,7 +6,7 @@ PACKAGE := models/mobilenetv2-fmnist
 export MALLOC_MMAP_THRESHOLD_ := 2147483647
 export MALLOC_TRIM_THRESHOLD_ := 4294967295
 
-.PHONY: setup demo test lint bench-engine bench-runtime bench-paper bench-chaos
+.PHONY: setup demo test lint bench-engine bench-runtime bench-paper bench-chaos bench-serve
 
 setup:
 	@scripts/setup.sh
@@ -33,3 +33,6 @@ bench-paper: setup
 
 bench-chaos: setup
 	$(BIN)/mdiexit bench chaos --cluster examples/edge4.yaml --out docs/results/chaos
+
+bench-serve: setup
+	$(BIN)/mdiexit bench serve --cluster examples/edge4.yaml --out docs/results/serve.json

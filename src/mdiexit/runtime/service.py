@@ -63,7 +63,6 @@ class ClientEndpoint:
         self.push: zmq.Socket | None = None
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
-        self.errors = 0  # requests answered with an error
 
     def start(self) -> None:
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -171,7 +170,6 @@ class ClientEndpoint:
             self.wake.set()
 
     def _error(self, client: bytes, request_id: int, reason: str) -> None:
-        self.errors += 1
         log.warning("client request refused: %s", reason)
         self.router.send_multipart([client, *encode(Reply(request_id=request_id, outcome="error", reason=reason))])
 

@@ -1,5 +1,5 @@
-"""The source node: admits items from a dataset stream, can run tasks itself, and keeps a ledger of every
-admitted item until its one outcome (DESIGN §9). It watches every worker's heartbeats: a node silent for
+"""The source node: admits items from its arrivals (a dataset stream, or clients: runtime.service) through the
+admission gate, can run tasks itself, and keeps a ledger of every admitted item until its one outcome (§9, §10). It watches every worker's heartbeats: a node silent for
 `dead_after_ms` (or whose process died) is down, and the items in flight are dispatched again; so is any
 item overdue. Admission decisions come from an `Admission` policy object. Every decision is the SourceCore's
 (runtime.sourcecore); this shell owns the threads, the sockets, the sleeping and the live view."""
