@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
@@ -25,22 +26,48 @@ class Outgoing:
 
 
 class Egress:
-    """A node's egress: one token bucket at its bandwidth, shared by all its outgoing links."""
+    """A node's egress: one token bucket at its bandwidth, shared by all its outgoing links.
 
-    def __init__(self, bandwidth_bps: float | None):
-        self.pacer = LinkPacer(bandwidth_bps, 0.0)
+    Paced (``pace=True``), the bucket is the emulated uplink and follows the bandwidth ``schedule`` (bit/s from the
+    run's start). Otherwise the kernel shapes the uplink and the bucket only models its queue, at the configured
+    rate or, with measured links, the estimated one (:meth:`model_rate`)."""
+
+    def __init__(self, bandwidth_bps: float | None, schedule: tuple[tuple[float, float], ...] = (),
+                 pace: bool = True):
+        self.pace = pace
+        self.pacer = LinkPacer(bandwidth_bps, 0.0, schedule=schedule if pace else ())
         self.lock = threading.Lock()
         self.bytes_sent = 0
 
-    def reserve(self, nbytes: int, t: float) -> float:
-        """Time at which `nbytes` sent now have left the node."""
+    def reserve(self, nbytes: int, t: float, then: Callable[[float, int], None] | None = None) -> float:
+        """Time at which `nbytes` sent now have left the node. ``then(departure, position)`` runs under the egress
+        lock, so that whatever it queues is in egress order; ``position`` is the egress's byte count after them."""
         with self.lock:
             self.bytes_sent += nbytes
-            return self.pacer.departure(nbytes, t)
+            departure = self.pacer.departure(nbytes, t)
+            if then is not None:
+                then(departure, self.bytes_sent)
+            return departure
 
     def queued_bytes(self, t: float) -> int:
         with self.lock:
             return self.pacer.queued_bytes(t)
+
+    def wait_s(self, t: float) -> float:
+        """How long a message queued now waits for the bytes ahead of it."""
+        with self.lock:
+            return self.pacer.wait_s(t)
+
+    def start_schedule(self, origin: float) -> None:
+        with self.lock:
+            self.pacer.start_schedule(origin)
+
+    def model_rate(self, bps: float | None, t: float) -> None:
+        """Unpaced only: drain the model of the kernel's queue at ``bps`` (an estimate)."""
+        if not self.pace and bps is not None:
+            with self.lock:
+                if self.pacer.rate_bps(t) != bps:
+                    self.pacer.set_rate(bps, t)
 
 
 class Link:
@@ -51,8 +78,10 @@ class Link:
     latency; the bucket still counts the bytes, so ``queued_bytes`` estimates what the kernel holds."""
 
     def __init__(self, ctx: zmq.Context, src: str, dst: str, address: str, egress: Egress, latency_s: float,
-                 pace_bandwidth: bool = True, identity: Identity | None = None):
+                 pace_bandwidth: bool = True, identity: Identity | None = None,
+                 on_send: Callable[[str, int, int, float], None] | None = None):
         self.dst = dst
+        self.on_send = on_send  # (peer, bytes, egress position after them, time): the link meter
         self.egress = egress
         self.latency_s = latency_s
         self.pace_bandwidth = pace_bandwidth
@@ -70,8 +99,13 @@ class Link:
 
     def send(self, frames: list, t: float) -> None:
         nbytes = sum(len(memoryview(f).cast("B")) for f in frames)
-        departure = self.egress.reserve(nbytes, t)
-        self.q.put(Outgoing(frames, (departure if self.pace_bandwidth else t) + self.latency_s))
+
+        def queue(departure: float, position: int) -> None:
+            if self.on_send is not None:
+                self.on_send(self.dst, nbytes, position, t)
+            self.q.put(Outgoing(frames, (departure if self.pace_bandwidth else t) + self.latency_s))
+
+        self.egress.reserve(nbytes, t, queue)
 
     def pending(self) -> int:
         return self.q.qsize()

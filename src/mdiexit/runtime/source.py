@@ -58,6 +58,7 @@ class SourceProcess(NodeProcess):
         self.ledger = Ledger()
         self.reports: dict[str, State] = {}
         self.final_stats: dict[str, dict[str, float]] = {}
+        self.link_reports: dict[str, dict] = {}  # node -> peer -> its final link figures
         self.backlog_samples: dict[str, list[float]] = {}
         self.abort: str | None = None  # set (to a reason) when the run cannot go on
         self.timeline: list[dict] = []
@@ -70,6 +71,18 @@ class SourceProcess(NodeProcess):
         self.phase = "starting"  # admitting | draining | done
         self.dead_after_s = self.cluster.dead_after_ms / 1000
         self._archive: tuple[bytes, str] | None = None  # the package as sent to joiners
+
+    @property
+    def run_start(self) -> float:
+        return self._run_start
+
+    @run_start.setter
+    def run_start(self, t: float) -> None:
+        self._run_start = t
+        self.start_run(t)
+
+    def run_elapsed_s(self, t: float) -> float | None:
+        return None if self.phase == "starting" else t - self.run_start
 
     # ---------------------------------------------------------------- results and state
     def handle(self, msg, arrays) -> None:
@@ -126,6 +139,8 @@ class SourceProcess(NodeProcess):
         self.backlog_samples.setdefault(msg.sender, []).append(msg.backlog_s)
         if msg.stats:
             self.final_stats[msg.sender] = dict(msg.stats)
+        if msg.links:
+            self.link_reports[msg.sender] = dict(msg.links)
         if msg.leaving:
             self.node_down(msg.sender, "left", now())
 
@@ -270,6 +285,7 @@ class SourceProcess(NodeProcess):
         while now() < deadline and any(w not in self.final_stats for w in workers if w not in self.down):
             time.sleep(0.02)
         self.final_stats[self.name] = self.stats()
+        self.link_reports[self.name] = self.meter.figures(now())
 
     # ---------------------------------------------------------------- live view
     def live_view(self, stop: threading.Event, period_s: float = 1.0) -> None:
@@ -302,4 +318,5 @@ class SourceProcess(NodeProcess):
         return (f"[{self.mode}] {rate:6.1f} items/s  admitted {self.ledger.admitted}  done {self.ledger.completed}"
                 f"  acc {acc:.3f}  exits {' '.join(f'{h:.2f}' for h in hist)}  rate {self.admission.rate():.1f}/s"
                 f"  backlog {self.name}:{own:.0f}ms({util:.0%}) {nodes}"
-                + (f"  redispatched {self.ledger.redispatched}" if self.ledger.redispatched else ""))
+                + (f"  redispatched {self.ledger.redispatched}" if self.ledger.redispatched else "")
+                + f"  links {self.meter.status(now())}")
