@@ -15,10 +15,11 @@ MBIT = 1e6
 
 def simulate(estimators: dict[str, LinkEstimator], sends: list[tuple[float, int, str]], until: float,
              rate_at=lambda t: 10 * MBIT, latency: float = 0.005, heartbeat: float = 0.05, jitter: float = 0.0,
-             seed: int = 0, acks: bool = True) -> list[tuple[float, dict[str, float | None]]]:
+             seed: int = 0, acks: bool = True, ack_delay: float = 0.0) -> list[tuple[float, dict[str, float | None]]]:
     """Drive ``estimators`` (one per link) through ``sends`` (time, bytes, link) on one FIFO egress draining at
     ``rate_at(t)``. Each receiver acknowledges every ``heartbeat`` on its own clock (offset 1e6 s); ``jitter``
-    delays when each receiver notices a message. Returns the estimates after every acknowledgement."""
+    delays when each receiver notices a message; ``ack_delay`` delays acknowledgements on the way back. Returns the
+    estimates after every acknowledgement."""
     rng = random.Random(seed)
     free_at, position = 0.0, 0
     delivered: dict[str, list[tuple[float, int]]] = {k: [] for k in estimators}
@@ -41,7 +42,7 @@ def simulate(estimators: dict[str, LinkEstimator], sends: list[tuple[float, int,
                     total, last = max(total, arrivals[i][1]), arrivals[i][0]
                     i += 1
                 if last is not None:
-                    events.append((h + latency, 1, "ack", link, (total, h - last, h + 1e6)))
+                    events.append((h + latency + ack_delay, 1, "ack", link, (total, h - last, h + 1e6)))
                 events.append((h + latency, 2, "rtt", link, 2 * latency + rng.uniform(0, jitter)))
                 k += 1
     series = []
@@ -146,6 +147,14 @@ def test_a_link_that_got_faster_while_lightly_used_is_noticed():
     series = simulate({"a": est}, sends, 8, rate_at=rate)
     assert within(at(series, 4.9), 1 * MBIT, 0.2)
     assert at(series, 8) > 8 * MBIT  # lower bounds from quick deliveries raised it
+
+
+def test_late_acknowledgements_do_not_fake_a_busy_link():
+    # a lightly used, fast link whose receiver's STATEs wait half a second in its own congested uplink
+    sends = [(0.05 * i, 200 if i % 4 else 3_000, "a") for i in range(400)]
+    est = LinkEstimator()
+    simulate({"a": est}, sends, 20, rate_at=lambda t: 10 * MBIT, ack_delay=0.5)
+    assert not est.measured and est.bandwidth_bps(20) is None
 
 
 def test_a_shared_uplink_is_measured_through_a_link_that_carries_little():

@@ -4,20 +4,24 @@ threads, no I/O; time is always an argument.
 What the sender knows. It numbers the bytes it hands to its egress, which all its links share (one uplink per
 device): a message's ``position`` is the egress's byte count after it. Its receiver reports, in each STATE to
 the sender, how many bytes it has received from it and how long before that STATE left the last of them arrived,
-and echoes the sender's last STATE stamp with how long it held it. No two clocks are ever compared: a difference
-is taken within one clock, and a round trip starts and ends on the sender's.
+and echoes the sender's last STATE stamp with how long it held it. Clocks are never assumed to agree: rates are
+differences within the receiver's clock, a round trip starts and ends on the sender's, and where a delivery must
+be placed on the sender's clock, the offset between the two clocks is bounded from both sides (below: no message
+arrives before it was queued; above: no STATE arrives before it was stamped) and the bound that errs on the safe
+side is used.
 
 Throughput. An acknowledged message maps to an egress position and a delivery time in the receiver's clock.
 Between two acknowledged messages a and b on one link, the egress drained ``position_b - position_a`` bytes (to
 every peer, in order) in ``delivered_b - delivered_a`` seconds. That is the link's rate only if the queue never
-emptied in between: the step is *busy* when b was already queued when a was delivered. Busy steps are joined
+emptied in between: the step is *busy* when b was already queued when a was delivered (at the earliest that
+delivery can have been on the sender's clock, so a late acknowledgement never fakes one). Busy steps are joined
 until they span ``min_span_s`` and ``min_bytes``; then ``sample = 8 * bytes / seconds``. An idle link yields no
 samples, so idleness never decays the estimate. Because positions count every peer's bytes, a congested uplink
 is measured through every link that shares it, whichever one carries the traffic.
 
-A second kind of evidence is a lower bound: a message of at least ``min_bound_bytes`` delivered ``d`` seconds
-after it was queued proves a rate of at least ``8 * bytes / d``. It only ever raises the estimate, so a link that
-got faster while it was lightly used is noticed without a backlog.
+A second kind of evidence is a lower bound: a message of at least ``min_bound_bytes`` delivered at most ``d``
+seconds after it was queued proves a rate of at least ``8 * bytes / d``. It only ever raises the estimate, so a
+link that got faster while it was lightly used is noticed without a backlog.
 
 Smoothing. ``estimate += alpha * (sample - estimate)`` (EWMA). Outlier guard: a sample more than
 ``outlier_ratio`` times away from the estimate is held, and applied only if the next sample is also out on the
@@ -76,7 +80,6 @@ class _Sent:
 class _Delivered:
     position: int
     at_peer: float  # delivery time, receiver's clock
-    at_here: float  # delivery time, estimated in the sender's clock
 
 
 @dataclass
@@ -103,6 +106,8 @@ class LinkEstimator:
         self._shift: int | None = None  # receiver's count - ours (restarts on either side shift it)
         self._prev: _Delivered | None = None
         self._anchor: _Delivered | None = None  # start of the current busy stretch
+        self._offset_lo = -math.inf  # bounds on (sender's clock - receiver's clock)
+        self._offset_hi = math.inf
         self._rtt_window: deque[float] = deque(maxlen=self.cfg.latency_window)
 
     # ---------------------------------------------------------------- estimates
@@ -146,22 +151,25 @@ class LinkEstimator:
             self._acked = self._sent
             self._unacked.clear()
             self._prev = self._anchor = None
+            self._offset_lo, self._offset_hi = -math.inf, math.inf  # it may be another clock now
             return
         self._acked = acked
+        self._offset_hi = min(self._offset_hi, now - peer_sent_at)
         last: _Sent | None = None
         while self._unacked and self._unacked[0].link_bytes <= acked:
             last = self._unacked.popleft()
         if last is None:
             return  # nothing new delivered
-        d = _Delivered(last.position, peer_sent_at - age_s, now - age_s - (self._latency or 0.0))
-        transit = d.at_here - last.queued_at
+        d = _Delivered(last.position, peer_sent_at - age_s)
+        self._offset_lo = max(self._offset_lo, last.queued_at - d.at_peer)
+        transit = d.at_peer + self._offset_hi - last.queued_at  # at most
         if last.nbytes >= self.cfg.min_bound_bytes and transit > 0:
             bound = 8.0 * last.nbytes / transit
             est = self.bandwidth_bps(now)
             if est is not None and bound > est:
                 self._apply(bound, now)
         prev, self._prev = self._prev, d
-        if prev is None or last.queued_at > prev.at_here:
+        if prev is None or last.queued_at > prev.at_peer + self._offset_lo:
             self._anchor = None  # the queue may have emptied since prev: not a measurement of the rate
             return
         anchor = self._anchor or prev
