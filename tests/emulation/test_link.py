@@ -79,3 +79,18 @@ def test_set_rate_between_limited_and_unlimited():
         b.set_rate(0.0, 2.0)
     with pytest.raises(ValueError, match="times must increase"):
         LinkPacer(1e6, schedule=((5.0, 1e6), (5.0, 2e6)))
+
+
+def test_what_is_queued_leaves_at_the_rates_in_force():
+    p = LinkPacer(8e6, burst_bytes=0, schedule=((10.0, 80e6),))
+    p.start_schedule(0.0)
+    assert p.departure(8_000_000, now=0.0) == pytest.approx(8.0)  # first said: 8 s at 8 Mbit/s
+    assert p.departure(2_000_000, now=0.0) == pytest.approx(10.0)
+    assert p.departure_of(8_000_000, 0.0, now=1.0) == pytest.approx(8.0)
+    assert p.departure_of(10_000_000, 0.0, now=5.0) == pytest.approx(10.0)
+    p2 = LinkPacer(8e6, burst_bytes=0, schedule=((4.0, 80e6),))
+    p2.start_schedule(0.0)
+    p2.departure(8_000_000, now=0.0)
+    assert p2.departure_of(8_000_000, 0.0, now=4.0) == pytest.approx(4.4)  # 4 MB left at 8x the rate: 0.4 s
+    assert p2.departure_of(4_000_000, 0.0, now=4.0) == pytest.approx(4.0)  # already gone
+    assert LinkPacer(None).departure_of(10**9, 3.0, now=7.0) == 3.0

@@ -7,7 +7,9 @@ offloading rule needs as queued_bytes(n->m).
 
 A link that changes over time (congested Wi-Fi) follows a ``schedule`` of (seconds from an origin, bit/s): once
 :meth:`LinkPacer.start_schedule` names the origin, each change applies at its time, and what was queued before
-it drains at the old rate until then.
+it drains at the old rate until then and at the new one after. A sender that waits for a message's departure
+should ask :meth:`LinkPacer.departure_of` again now and then: a message queued before a change leaves when the
+queue ahead of it has drained at the rates in force, not when :meth:`LinkPacer.departure` first said.
 """
 
 from __future__ import annotations
@@ -136,6 +138,15 @@ class LinkPacer:
         """Bytes reserved on this link but not yet sent at ``now``."""
         self._advance(now)
         return int(math.ceil(self.bucket.backlog_bytes(now)))
+
+    def departure_of(self, position: int, queued_at: float, now: float) -> float:
+        """When the message that ends at byte ``position`` of this link (``bytes_sent`` after it was reserved, at
+        ``queued_at``) leaves, at the current rate: in the past once it has."""
+        self._advance(now)
+        if _unlimited(self.bucket.rate_bps):
+            return queued_at
+        drained = self.bytes_sent - self.bucket.backlog_bytes(now)
+        return max(queued_at, now + (position - drained) / self.bucket.bytes_per_s)
 
     def wait_s(self, now: float) -> float:
         """How long a message reserved now would wait for what is queued ahead of it."""

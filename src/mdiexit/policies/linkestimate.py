@@ -14,7 +14,9 @@ Throughput. An acknowledged message maps to an egress position and a delivery ti
 Between two acknowledged messages a and b on one link, the egress drained ``position_b - position_a`` bytes (to
 every peer, in order) in ``delivered_b - delivered_a`` seconds. That is the link's rate only if the queue never
 emptied in between: the step is *busy* when b was already queued when a was delivered (at the earliest that
-delivery can have been on the sender's clock, so a late acknowledgement never fakes one). Busy steps are joined
+delivery can have been on the sender's clock, so a late acknowledgement never fakes one), with a margin of one
+round trip (at least ``busy_margin_s``): a receiver that stalls stamps deliveries late, and a queue shorter than
+a round trip cannot be told from that. Busy steps are joined
 until they span ``min_span_s`` and ``min_bytes``; then ``sample = 8 * bytes / seconds``. An idle link yields no
 samples, so idleness never decays the estimate. Because positions count every peer's bytes, a congested uplink
 is measured through every link that shares it, whichever one carries the traffic.
@@ -56,6 +58,7 @@ class EstimatorConfig:
     min_span_s: float = 0.25
     min_bytes: int = 8 * 1024
     min_bound_bytes: int = 4 * 1024
+    busy_margin_s: float = 0.02
     probe_after_s: float = 2.0
     probe_gain_per_s: float = 0.5
     latency_window: int = 20  # round trips: about 1 s of heartbeats
@@ -169,7 +172,8 @@ class LinkEstimator:
             if est is not None and bound > est:
                 self._apply(bound, now)
         prev, self._prev = self._prev, d
-        if prev is None or last.queued_at > prev.at_peer + self._offset_lo:
+        margin = max(self.cfg.busy_margin_s, 2 * (self._latency or 0.0))
+        if prev is None or last.queued_at + margin > prev.at_peer + self._offset_lo:
             self._anchor = None  # the queue may have emptied since prev: not a measurement of the rate
             return
         anchor = self._anchor or prev

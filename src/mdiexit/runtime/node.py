@@ -156,8 +156,7 @@ class NodeProcess:
     def _link(self, node: NodeConfig) -> Link:
         bw, lat = self.cluster.link(self.name, node.name)
         self.meter.add_peer(node.name, bw, lat)  # the configured figures seed its estimates
-        return Link(self.ctx, self.name, node.name, node.address, self.egress, lat, self.pace_bandwidth, self.identity,
-                    self.meter.on_send)
+        return Link(self.ctx, self.name, node.name, node.address, self.egress, lat, self.identity, self.meter.on_send)
 
     def start_run(self, origin: float) -> None:
         """The run started at ``origin`` (this node's clock): emulated link schedules count from it."""
