@@ -199,3 +199,15 @@ def test_a_receiver_restart_is_survived():
     est.on_send(16_000, 10**9, 3.3)
     est.on_ack(10**12 + 16_000, 0.0, 5.3, 3.4)  # counting resumes from the new alignment
     assert est.bandwidth_bps(3.4) == good
+
+
+def test_samples_shared_between_the_links_of_one_egress():
+    a, b = LinkEstimator(seed_bps=20 * MBIT), LinkEstimator(seed_bps=20 * MBIT)
+    for bps, lower in [(1 * MBIT, False), (1.1 * MBIT, False)]:  # found through a's acknowledgements
+        a._apply(bps, 1.0)
+        b.on_sample(bps, 1.0, lower)
+    assert within(b.bandwidth_bps(1.0), 1 * MBIT, 0.1) and b.measured
+    b.on_sample(0.5 * MBIT, 1.1, lower_bound=True)  # a lower bound below the estimate says nothing
+    assert within(b.bandwidth_bps(1.1), 1 * MBIT, 0.1)
+    b.on_sample(math.nan, 1.2)
+    assert within(b.bandwidth_bps(1.2), 1 * MBIT, 0.1)

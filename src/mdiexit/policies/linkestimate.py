@@ -19,7 +19,8 @@ round trip (at least ``busy_margin_s``): a receiver that stalls stamps deliverie
 a round trip cannot be told from that. Busy steps are joined
 until they span ``min_span_s`` and ``min_bytes``; then ``sample = 8 * bytes / seconds``. An idle link yields no
 samples, so idleness never decays the estimate. Because positions count every peer's bytes, a congested uplink
-is measured through every link that shares it, whichever one carries the traffic.
+is measured through every link that shares it, whichever one carries the traffic; a driver may therefore hand
+each sample to the node's other links too (:meth:`LinkEstimator.on_sample`), which then follow a change sooner.
 
 A second kind of evidence is a lower bound: a message of at least ``min_bound_bytes`` delivered at most ``d``
 seconds after it was queued proves a rate of at least ``8 * bytes / d``. It only ever raises the estimate, so a
@@ -140,11 +141,19 @@ class LinkEstimator:
         while len(self._unacked) > self.cfg.max_unacked:
             self._unacked.popleft()
 
-    def on_ack(self, received_bytes: int, age_s: float, peer_sent_at: float, now: float) -> None:
+    def on_sample(self, bps: float, now: float, lower_bound: bool = False) -> None:
+        """Evidence about the shared egress found through another link: a rate sample, or a lower bound."""
+        est = self.bandwidth_bps(now)
+        if bps > 0 and math.isfinite(bps) and not (lower_bound and (est is None or bps <= est)):
+            self._apply(bps, now)
+
+    def on_ack(self, received_bytes: int, age_s: float, peer_sent_at: float, now: float) -> list[tuple[float, bool]]:
         """The receiver's STATE arrived ``now``: it had received ``received_bytes`` from us in all, the last of them
-        ``age_s`` before its STATE left it at ``peer_sent_at`` (its clock)."""
+        ``age_s`` before its STATE left it at ``peer_sent_at`` (its clock). Returns the evidence it gave about the
+        egress: (bit/s, whether a lower bound), for :meth:`on_sample` of the node's other links."""
+        evidence: list[tuple[float, bool]] = []
         if not (math.isfinite(age_s) and math.isfinite(peer_sent_at)) or age_s < 0:
-            return
+            return evidence
         if self._shift is None:  # first ack: more than we sent means we restarted and the receiver did not
             self._shift = max(0, received_bytes - self._sent)
         acked = received_bytes - self._shift
@@ -155,14 +164,14 @@ class LinkEstimator:
             self._unacked.clear()
             self._prev = self._anchor = None
             self._offset_lo, self._offset_hi = -math.inf, math.inf  # it may be another clock now
-            return
+            return evidence
         self._acked = acked
         self._offset_hi = min(self._offset_hi, now - peer_sent_at)
         last: _Sent | None = None
         while self._unacked and self._unacked[0].link_bytes <= acked:
             last = self._unacked.popleft()
         if last is None:
-            return  # nothing new delivered
+            return evidence  # nothing new delivered
         d = _Delivered(last.position, peer_sent_at - age_s)
         self._offset_lo = max(self._offset_lo, last.queued_at - d.at_peer)
         transit = d.at_peer + self._offset_hi - last.queued_at  # at most
@@ -171,17 +180,20 @@ class LinkEstimator:
             est = self.bandwidth_bps(now)
             if est is not None and bound > est:
                 self._apply(bound, now)
+                evidence.append((bound, True))
         prev, self._prev = self._prev, d
         margin = max(self.cfg.busy_margin_s, 2 * (self._latency or 0.0))
         if prev is None or last.queued_at + margin > prev.at_peer + self._offset_lo:
             self._anchor = None  # the queue may have emptied since prev: not a measurement of the rate
-            return
+            return evidence
         anchor = self._anchor or prev
         span, nbytes = d.at_peer - anchor.at_peer, d.position - anchor.position
         if span >= self.cfg.min_span_s and nbytes >= self.cfg.min_bytes:
             self._apply(8.0 * nbytes / span, now)
+            evidence.append((8.0 * nbytes / span, False))
             anchor = d
         self._anchor = anchor
+        return evidence
 
     def on_rtt(self, rtt_s: float, now: float) -> None:
         """A round trip measured on the sender's clock (echoed stamp, minus the receiver's holding time)."""

@@ -1,14 +1,15 @@
 """The measuring side of a node's links: the shell around :mod:`mdiexit.policies.linkestimate`.
 
 As a sender, the node tells each link's estimator about every message it queues (with the egress position it got),
-and feeds it the acknowledgements and echoed stamps that the peer's STATEs carry. As a receiver, it counts the
-bytes each peer sent it and remembers each peer's last STATE stamp, and puts them in its own STATE to that peer
-(``State.ack``). With ``links: measured`` the estimates replace the configured figures in the offloading rule's
-views (and, when the kernel shapes the links, the rate at which the egress model drains); with ``links:
+and feeds it the acknowledgements and echoed stamps that the peer's STATEs carry; a throughput sample found through
+one link is of the egress they all share (one uplink per device), so every link of the node gets it. As a receiver,
+it counts the bytes each peer sent it and remembers each peer's last STATE stamp, and puts them in its own STATE to
+that peer (``State.ack``). With ``links: measured`` the estimates replace the configured figures in the offloading
+rule's views (and, when the kernel shapes the links, the rate at which the egress model drains); with ``links:
 configured`` they are measured and reported only.
 
-Lock order: the egress lock may be held when :meth:`LinkMeter.on_send` takes the meter's lock; the meter never
-takes another lock while holding its own.
+Lock order: the egress lock may be held when :meth:`LinkMeter.on_send` takes the meter's lock; the meter never takes
+another lock while holding its own.
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ class LinkMeter:
                 return
             received, age_s, echoed_at, held_s = msg.ack
             est.on_rtt(t - echoed_at - held_s, t)  # our own stamp, so only our clock is read
-            est.on_ack(received, age_s, msg.sent_at, t)
+            for bps, lower_bound in est.on_ack(received, age_s, msg.sent_at, t):
+                for other in self.estimators.values():  # a sample is of the egress that every link shares
+                    if other is not est:
+                        other.on_sample(bps, t, lower_bound)
 
     # ---------------------------------------------------------------- as a receiver
     def on_receive(self, peer: str, nbytes: int, t: float) -> None:
