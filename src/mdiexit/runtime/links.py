@@ -124,10 +124,12 @@ class Link:
             out = self.q.get()
             if out is None:
                 return
-            while (delay := self.egress.departure_of(out.position, out.queued_at, now()) + self.latency_s - now()) > 0:
+            while (departure := self.egress.departure_of(out.position, out.queued_at, now())) > (t := now()):
                 if self.closing:
                     return
-                time.sleep(min(delay, RECHECK_S))
+                time.sleep(min(departure - t, RECHECK_S))
+            if (delay := departure + self.latency_s - now()) > 0:  # it has left the egress: the latency remains
+                time.sleep(delay)
             # a PUSH socket blocks while its peer is away (down, or not started yet): wait, but wake for close()
             while not self.sock.poll(100, zmq.POLLOUT):
                 if self.closing:
