@@ -25,6 +25,7 @@ from mdiexit.protocol.codec import encode
 from mdiexit.protocol.messages import LinkFigures, State
 
 _NO_ACK_BYTES = len(msgspec.msgpack.encode({"ack": None})) - len(msgspec.msgpack.encode({}))
+ACK_EVERY = 3  # STATEs per acknowledgement: about 7 a second at 50 ms heartbeats, under 1 % of the bytes sent
 
 
 class LinkMeter:
@@ -38,6 +39,7 @@ class LinkMeter:
         self.received: dict[str, tuple[int, float]] = {}  # peer -> (bytes received from it, when the last arrived)
         self.echo: dict[str, tuple[float, float]] = {}  # peer -> (its last STATE's sent_at, when that arrived)
         self.overhead_bytes = 0  # header bytes that acknowledgements added to this node's STATEs
+        self._states = 0
 
     def add_peer(self, peer: str, seed_bps: float | None, seed_latency_s: float | None) -> None:
         with self.lock:
@@ -75,9 +77,11 @@ class LinkMeter:
         """The frames of ``msg`` for each peer, each with its own acknowledgement (``msg.sent_at``: when it leaves)."""
         leaves = msg.sent_at
         with self.lock:
+            self._states += 1
+            due = self._states % ACK_EVERY == 0 or msg.stats  # and in the final STATE
             acks = {p: (self.received[p][0], max(0.0, leaves - self.received[p][1]), self.echo[p][0],
                         max(0.0, leaves - self.echo[p][1]))
-                    for p in peers if p in self.received and p in self.echo}
+                    for p in peers if due and p in self.received and p in self.echo}
         plain = encode(msg)
         out = {}
         for p in peers:
