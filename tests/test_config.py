@@ -53,6 +53,18 @@ def test_valid_file_loads_with_defaults(tmp_path, monkeypatch):
     assert cfg.heartbeat_ms <= 100 and cfg.max_batch == 8
 
 
+def test_links_and_bandwidth_schedule(tmp_path):
+    data = base()
+    assert load_cluster(write(tmp_path, data)).links == "measured"  # the file's figures only seed the estimates
+    data["links"] = "configured"
+    data["nodes"][0]["bandwidth_schedule"] = [[0, 20], [20.5, 1], [50, 20]]
+    cfg = load_cluster(write(tmp_path, data))
+    assert cfg.links == "configured"
+    assert cfg.node("src").bandwidth_schedule == ((0, 20), (20.5, 1), (50, 20))
+    assert cfg.link("src", "w1")[0] == 20e6  # a schedule is the emulated truth, never the configured figure
+    assert cfg.node("w1").bandwidth_schedule is None
+
+
 def test_package_resolved_against_the_file_folder(tmp_path, monkeypatch):
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "pkg").mkdir()
@@ -134,6 +146,17 @@ def edit(path, value):
     (edit(["neighbours"], {"w1": "src"}), "neighbours.w1: expected a list"),
     (edit(["neighbours"], ["src"]), "neighbours: expected a mapping"),
     (edit(["polcy"], {}), "polcy: unknown field"),
+    (edit(["links"], "guessed"), "links: expected one of measured, configured"),
+    (edit(["nodes", 1, "bandwidth_schedule"], []), "nodes[1].bandwidth_schedule: expected a non-empty list"),
+    (edit(["nodes", 1, "bandwidth_schedule"], [[0, 20], [20, 0]]),
+     "nodes[1].bandwidth_schedule[1][1]: expected a number > 0, got 0"),
+    (edit(["nodes", 1, "bandwidth_schedule"], [[-1, 20]]), "nodes[1].bandwidth_schedule[0][0]: expected a number >= 0"),
+    (edit(["nodes", 1, "bandwidth_schedule"], [[0, 20, 5]]),
+     "nodes[1].bandwidth_schedule[0]: expected a list of 2 values, got [0, 20, 5]"),
+    (edit(["nodes", 1, "bandwidth_schedule"], [[0, "fast"]]), "nodes[1].bandwidth_schedule[0][1]"),
+    (edit(["nodes", 1, "bandwidth_schedule"], [[0, 20], [50, 1], [20, 20]]),
+     "nodes[1].bandwidth_schedule: times must increase, but entry 2 (20 s) does not come after entry 1 (50 s)"),
+    (edit(["nodes", 1, "bandwidth_schedule"], [[5, 20], [5, 1]]), "nodes[1].bandwidth_schedule: times must increase"),
 ])
 def test_invalid_fields_are_named(tmp_path, change, field):
     data = base()

@@ -217,6 +217,18 @@ def cmd_bench_chaos(a: argparse.Namespace) -> int:
     return 1 if r["lost"] or r["duplicates"] else 0
 
 
+def cmd_bench_network(a: argparse.Namespace) -> int:
+    """mdi-exit with rate adaptation while the source's uplink drops from --high to --low Mbit/s at --drop-at and
+    recovers at --back-at, three times: measured link estimates, the cluster file's figures (static), and no
+    bandwidth given (unlimited). Writes throughput, p95 and accuracy within the deadline per phase, the estimate's
+    tracking time, the estimation's bytes on the wire, a plot, and each run's results beside --out."""
+    from mdiexit.bench.network import bench_network
+
+    bench_network(a.cluster, a.out, duration_s=a.duration, drop_at_s=a.drop_at, back_at_s=a.back_at,
+                  high_mbps=a.high, low_mbps=a.low, warmup_s=a.warmup, target_accuracy=a.target_accuracy)
+    return 0
+
+
 def cmd_bench_runtime(a: argparse.Namespace) -> int:
     from mdiexit.bench.runtime import bench_runtime
 
@@ -357,6 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
     bx.add_argument("--seed", type=int, default=0, help="seed of the schedule (which node each event hits)")
     bx.add_argument("--target-accuracy", type=float, default=None)
     bx.set_defaults(func=cmd_bench_chaos)
+    bn = bsub.add_parser("network", help="mdi-exit while the source's uplink drops and recovers: measured vs static "
+                                         "vs unlimited link figures", description=_doc(cmd_bench_network))
+    bn.add_argument("--cluster", type=Path, default=Path("examples/camera4.yaml"), help="default examples/camera4.yaml")
+    bn.add_argument("--out", type=Path, default=Path("docs/results/network.json"))
+    bn.add_argument("--duration", type=float, default=70.0, help="seconds of admission per run (default 70)")
+    bn.add_argument("--drop-at", type=float, default=20.0, help="when the uplink drops, s (default 20)")
+    bn.add_argument("--back-at", type=float, default=50.0, help="when it recovers, s (default 50)")
+    bn.add_argument("--high", type=float, default=20.0, help="Mbit/s before and after (default 20)")
+    bn.add_argument("--low", type=float, default=1.0, help="Mbit/s while congested (default 1)")
+    bn.add_argument("--warmup", type=float, default=5.0, help="seconds not measured at the start (default 5)")
+    bn.add_argument("--target-accuracy", type=float, default=None)
+    bn.set_defaults(func=cmd_bench_network)
     bp = bsub.add_parser("paper", help="both headline experiments for every mode: paper.json, PNG plots, table",
                          description=_doc(cmd_bench_paper))
     _cluster_arg(bp)

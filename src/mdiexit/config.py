@@ -11,12 +11,17 @@ YAML layout (flat; unknown keys are rejected so that typos do not pass silently)
     nodes:
       - {name: src, role: source, port: 5550, slowdown: 8, bandwidth_mbps: 50, latency_ms: 2}
       - {name: w1, role: worker, port: 5551, tasks: [2, 3], slowdown: 4}
+      - {name: w2, role: worker, port: 5552, bandwidth_schedule: [[0, 20], [20, 1], [50, 20]]}
+    links: measured                 # or configured: the offloading rule uses the figures above as they are
     neighbours:                     # optional; default: full mesh. n -> whom n may send DATA to
       src: [w1]
 
 A node's ``bandwidth_mbps``/``latency_ms`` describe its access link: everything it sends shares that egress
 bandwidth, and the path n->m pays both ends' latencies (:meth:`ClusterConfig.link`). RESULTs go to the source directly,
-whatever the neighbour graph says.
+whatever the neighbour graph says. With ``links: measured`` (the default) these figures only seed each node's online
+estimates (mdiexit.policies.linkestimate), so they may be left out. ``bandwidth_schedule`` is emulation only: the
+egress's true rate over time, ``[t_s, mbps]`` from the run's start (it overrides ``bandwidth_mbps`` from its first
+entry on), which the offloading rule is never told.
 
 The fields are declared once, below, as typed dataclass fields with their constraints (msgspec ``Meta``); msgspec
 checks a parsed file against them, and :mod:`mdiexit.configcheck` turns its errors into messages naming the field.
@@ -44,6 +49,7 @@ from mdiexit.protocol.codec import CODECS
 
 ROLES = ("source", "worker")
 COMPRESS = ("off", "on", "auto")
+LINK_FIGURES = ("measured", "configured")  # links: online estimates (seeded by the file) | the file's figures
 BASE_RATED_GMACS = 4.0  # assumed speed of an un-slowed node, for initial service-time estimates
 MAX_HEARTBEAT_MS = 100.0  # DESIGN §3.2: a STATE at least every 100 ms
 _OFFLOAD = OffloadConfig()  # the offloading policy's defaults, in the file's units (ms)
@@ -53,8 +59,8 @@ Host = Annotated[str, Meta(pattern=r"^\S+$", description="a host name or IP addr
 Positive = Annotated[float, Meta(gt=0)]
 NonNegative = Annotated[float, Meta(ge=0)]
 
-__all__ = ["BASE_RATED_GMACS", "COMPRESS", "ClusterConfig", "ConfigError", "MAX_HEARTBEAT_MS", "NodeConfig", "ROLES",
-           "cluster_dict", "cluster_from_dict", "link_between", "load_cluster", "write_cluster"]
+__all__ = ["BASE_RATED_GMACS", "COMPRESS", "LINK_FIGURES", "ClusterConfig", "ConfigError", "MAX_HEARTBEAT_MS",
+           "NodeConfig", "ROLES", "cluster_dict", "cluster_from_dict", "link_between", "load_cluster", "write_cluster"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,9 @@ class NodeConfig:
     slowdown: Annotated[float, Meta(ge=1)] = 1.0
     bandwidth_mbps: Positive | None = None  # None = unlimited
     latency_ms: NonNegative = 0.0
+    # emulated egress rate over time: (seconds from the run's start, Mbit/s), times increasing
+    bandwidth_schedule: Annotated[tuple[tuple[NonNegative, Positive], ...],
+                                  Meta(min_length=1, description="a non-empty list of [t_s, mbps] pairs")] | None = None
     compress: one_of(COMPRESS) = "off"  # learned feature codes on this node's egress
     wire_codec: one_of(CODECS) = "raw"  # lossless compression of array frames on this node's egress
     rated_gmacs: Positive | None = None  # None = BASE_RATED_GMACS / slowdown
@@ -81,6 +90,11 @@ class NodeConfig:
     def __post_init__(self) -> None:
         if self.client_port is not None and self.role != "source":
             raise ValueError("client_port: only the source serves clients; move it to the node with role source")
+        times = [t for t, _ in self.bandwidth_schedule or ()]
+        for i in range(1, len(times)):
+            if times[i] <= times[i - 1]:
+                raise ValueError(f"bandwidth_schedule: times must increase, but entry {i} ({times[i]:g} s) does not "
+                                 f"come after entry {i - 1} ({times[i - 1]:g} s)")
         if self.tasks is None:
             return
         if not self.tasks and self.role != "source":
@@ -129,6 +143,7 @@ class ClusterConfig:
     heartbeat_ms: Annotated[float, Meta(gt=0, le=MAX_HEARTBEAT_MS)] = 50.0
     max_batch: Annotated[int, Meta(ge=1, le=4096)] = 8  # dynamic batching: up to this many queued items per call
     emulation: one_of(EMULATIONS) = "calibrated"  # device speed: f x profiled time, or f x each call's time
+    links: one_of(LINK_FIGURES) = "measured"  # how the offloading rule prices a transfer (module docstring)
     dead_after_ms: Positive = 1000.0  # no report for this long: the node is down, its items re-dispatched (§9)
     keys_dir: Path | None = None  # node keys (`mdiexit keys`): NAME.key_secret for itself, NAME.key for peers
     path: Path | None = None  # the file it was loaded from (not a key of the file)
@@ -170,8 +185,8 @@ class ClusterConfig:
         return {n.name: n.public_key for n in self.nodes}
 
     def link(self, src: str, dst: str) -> tuple[float | None, float]:
-        """(bandwidth in bit/s or None for unlimited, latency in s) of the path src -> dst: the sender's egress
-        bandwidth (shared by all its sends, as on a device's one uplink) and both ends' latencies."""
+        """Configured (bandwidth in bit/s or None for unlimited, latency in s) of the path src -> dst: the sender's
+        egress bandwidth (shared by all its sends, as on a device's one uplink) and both ends' latencies."""
         return link_between(self.node(src), self.node(dst))
 
     def offload_config(self) -> OffloadConfig:

@@ -113,6 +113,8 @@ def _info_at(t: mi.Type, tokens: list[str | int]) -> mi.Type:
             t = next((f.type for f in u.fields if f.name == tok), mi.AnyType())
         elif isinstance(tok, int) and hasattr(u, "item_type"):
             t = u.item_type
+        elif isinstance(tok, int) and isinstance(u, mi.TupleType) and tok < len(u.item_types):
+            t = u.item_types[tok]
         else:
             return mi.AnyType()
     return t
@@ -141,6 +143,8 @@ def describe_type(t: mi.Type) -> str:
         return "a string"
     if isinstance(t, mi.CustomType) and t.cls is Path:
         return "a path"
+    if isinstance(t, mi.TupleType):
+        return f"a list of {len(t.item_types)} values"
     if isinstance(t, mi.ListType | mi.VarTupleType | mi.SetType):
         return "a non-empty list" if t.min_length else "a list"
     if isinstance(t, mi.DictType | mi.DataclassType | mi.StructType):

@@ -90,6 +90,8 @@ def test_zmq_frame_like_objects():
     Result(item_id=1, label=4, exit=2, confidence=0.97, sender="w2", backlog_s=0.1, admitted_at=3.25,
            timings=[("src", 1, 0.01), ("w2", 2, 0.02)]),
     State(sender="w3", backlog_s=0.5, queue_len=4, service_s={1: 0.01, 2: 0.03}, sent_at=99.0),
+    State(sender="w3", backlog_s=0.5, queue_len=4, sent_at=99.0, ack=(123456, 0.002, 98.5, 0.01), run_s=3.5,
+          links={"w1": (2e7, 0.004, 5000), "src": (0.0, 0.001, 12)}),
     Control(sender="src", action="shutdown"),
 ])
 def test_round_trip_other_messages(msg):
@@ -189,6 +191,12 @@ GOOD = as_bytes(encode(data_msg([X]), [X]))
     ([msgpack.packb({"kind": b"C", "version": 1, "sender": "s", "action": "rate"})], "action"),
     ([msgpack.packb({"kind": b"S", "version": 1, "sender": "s", "backlog_s": float("nan"), "queue_len": 0,
                      "sent_at": 0.0})], "backlog_s"),
+    ([msgpack.packb({"kind": b"S", "version": 1, "sender": "s", "backlog_s": 0.0, "queue_len": 0, "sent_at": 0.0,
+                     "ack": [-5, 0.0, 1.0, 0.0]})], "ack"),
+    ([msgpack.packb({"kind": b"S", "version": 1, "sender": "s", "backlog_s": 0.0, "queue_len": 0, "sent_at": 0.0,
+                     "ack": [5, 0.0, 1.0]})], "ack"),
+    ([msgpack.packb({"kind": b"S", "version": 1, "sender": "s", "backlog_s": 0.0, "queue_len": 0, "sent_at": 0.0,
+                     "links": {"w1": [-1.0, 0.0, 0]}})], "links"),
     ("not frames", "list of frames"),
     ([object()], "not a buffer"),
 ])

@@ -11,9 +11,10 @@ namespace and listens there. Worker i (0-based, in cluster-file order) gets its 
 - a worker's egress (to the source and to other workers) on its namespace-side veth, at its ``bandwidth_mbps``;
 - the source's egress on the bridge device (what the root namespace sends into the bridge), at its bandwidth.
 
-So a node's sends to all its peers share its access link (the app-level pacer instead gives every directed
-link its own bucket at min(bandwidth of both ends)); ingress is not shaped. This kernel has no netem, so
-latency stays in the application.
+So a node's sends to all its peers share its access link, as with the app-level pacer; ingress is not shaped.
+This kernel has no netem, so latency stays in the application. A node's ``bandwidth_schedule`` is followed from
+:meth:`NamespaceNetwork.start_schedules` (the run's start) by a thread that runs ``tc qdisc replace ... tbf`` at
+each change (``replace`` also adds the qdisc of a node that had no bandwidth before).
 
 The default prefix is ``mx`` + the owner's pid in base 36, so interface names stay <= 15 characters and
 :func:`cleanup_stale` can tell a crashed run (owner gone) from a live one. Everything created is removed on
@@ -24,11 +25,14 @@ exit, on exceptions and on Ctrl-C; already-gone objects are ignored. Only one ru
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -43,6 +47,7 @@ TBF_BURST_BYTES = 32 * 1024
 TBF_LATENCY_MS = 50
 IFNAMSIZ = 15
 _TIMEOUT_S = 10
+log = logging.getLogger("mdiexit.netns")
 
 
 class NamespaceError(RuntimeError):
@@ -195,6 +200,14 @@ class NamespaceNetwork(contextlib.AbstractContextManager):
         self._links: list[str] = []  # created root-namespace interfaces, bridge first
         self._namespaces: list[str] = []
         self._tmp: tempfile.TemporaryDirectory | None = None
+        # (namespace or None, device, schedule) of every node with a bandwidth schedule
+        self.schedules = [(None, self.bridge, cluster.source.bandwidth_schedule)] if cluster.source.bandwidth_schedule \
+            else []
+        self.schedules += [(ns, ns_if, w.bandwidth_schedule) for (_, ns, _, ns_if, _), w in zip(self.plan, workers,
+                                                                                                 strict=True)
+                           if w.bandwidth_schedule]
+        self._stop = threading.Event()
+        self._follower: threading.Thread | None = None
 
     # ------------------------------------------------------------------ setup
     def __enter__(self) -> Namespaces:
@@ -246,9 +259,31 @@ class NamespaceNetwork(contextlib.AbstractContextManager):
                              every_node=lambda n: {"host": hosts[n["name"]]})
         return Namespaces(nodes, load_cluster(path), path)
 
+    # ------------------------------------------------------------------ schedules
+    def start_schedules(self, origin: float) -> None:
+        """Follow every node's bandwidth schedule, its times counted from ``origin`` (time.monotonic())."""
+        changes = sorted(((origin + t_s, ns, dev, mbps) for ns, dev, sched in self.schedules for t_s, mbps in sched),
+                         key=lambda c: c[0])
+        if changes and self._follower is None:
+            self._follower = threading.Thread(target=self._follow, args=(changes,), name="tc-schedule", daemon=True)
+            self._follower.start()
+
+    def _follow(self, changes: list[tuple[float, str | None, str, float]]) -> None:
+        for at, ns, dev, mbps in changes:
+            if self._stop.wait(max(0.0, at - time.monotonic())):
+                return
+            try:
+                _tc(*(("-n", ns) if ns else ()), "qdisc", "replace", "dev", dev, "root", *tbf_args(mbps))
+            except NamespaceError as e:
+                log.warning("bandwidth schedule: %s", e)
+
     # ------------------------------------------------------------------ teardown
     def close(self) -> None:
         """Remove everything this network created (idempotent; already-gone objects are ignored)."""
+        self._stop.set()
+        if self._follower is not None:
+            self._follower.join(timeout=_TIMEOUT_S)
+            self._follower = None
         for args in [("link", "del", name) for name in reversed(self._links)] + \
                 [("netns", "del", ns) for ns in reversed(self._namespaces)]:
             # veths first (each takes its peer along), then the bridge, then the namespaces

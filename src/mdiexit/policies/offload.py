@@ -30,8 +30,9 @@ NO_HOLDER = "no_holder"  # we do not hold the task and no fresh neighbour holds 
 class NeighbourView:
     """What node n knows about neighbour m: its last report plus what n has sent since.
 
-    ``bandwidth_bps`` of None (or inf) means an unlimited link. ``service_s`` maps task index to m's
-    service time per item, as last reported.
+    ``bandwidth_bps`` of None (or inf) means an unlimited link. ``bandwidth_bps`` and ``latency_s`` are the
+    configured figures, or the node's own estimates with measured links (policies/linkestimate.py).
+    ``service_s`` maps task index to m's service time per item, as last reported.
     """
 
     name: str

@@ -34,6 +34,7 @@ MAX_NAME = 64  # node and array names
 MAX_TASKS = 64  # thresholds, service-time entries
 MAX_TIMINGS = 256  # per-hop timing entries
 MAX_NDIM = 8
+MAX_PEERS = 256  # per-link entries of a STATE
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
@@ -44,6 +45,12 @@ Unit = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 Dim = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 Codec = Literal["raw", "lz4", "zstd"]
 Timing = tuple[Name, TaskIndex, Seconds]  # (node, task, seconds)
+# what a STATE tells its addressee about their link (policies/linkestimate.py): (bytes received from the addressee
+# in all, seconds from the last of them to this STATE leaving, the addressee's last STATE sent_at echoed, seconds
+# held here)
+LinkAck = tuple[Count, Seconds, Time, Seconds]
+Rate = Annotated[float, msgspec.Meta(ge=0.0, le=1e13)]  # bit/s
+LinkFigures = tuple[Rate, Seconds, Count]  # a link's estimated bit/s (0: unknown), latency in s, bytes sent on it
 
 
 class ArrayMeta(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,7 +101,8 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class State(msgspec.Struct, frozen=True, kw_only=True):
-    """STATE: a node's heartbeat to its neighbours (backlog, queue length, service-time estimates)."""
+    """STATE: a node's heartbeat to its neighbours (backlog, queue length, service-time estimates), and what it
+    measured of the link from its addressee (``ack``)."""
 
     KIND: ClassVar[bytes] = KIND_STATE
 
@@ -102,10 +110,13 @@ class State(msgspec.Struct, frozen=True, kw_only=True):
     backlog_s: Seconds
     queue_len: Count
     service_s: Annotated[dict[TaskIndex, Seconds], msgspec.Meta(max_length=MAX_TASKS)] = {}
-    sent_at: Time
+    sent_at: Time  # when it leaves the sender's send queue, on the sender's clock
     leaving: bool = False  # a graceful leave: route nothing more here
     # counters for the run summary (tasks_run_K, busy_s, bytes_sent, bad_messages, ...)
     stats: Annotated[dict[Name, Time], msgspec.Meta(max_length=MAX_TASKS)] = {}
+    ack: LinkAck | None = None  # for this addressee only
+    run_s: Seconds | None = None  # the source's seconds since the run started (emulated link schedules count from it)
+    links: Annotated[dict[Name, LinkFigures], msgspec.Meta(max_length=MAX_PEERS)] = {}  # the final STATE: per peer
     version: int = PROTOCOL_VERSION
 
 

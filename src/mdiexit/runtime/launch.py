@@ -37,7 +37,7 @@ from mdiexit.policies.admission import RateAdaptation, ThresholdAdaptation
 from mdiexit.policies.gate import AdmissionGate
 from mdiexit.policies.modes import no_exit_thresholds, rules_for
 from mdiexit.runtime.arrivals import StreamArrivals
-from mdiexit.runtime.metrics import emulation_check, host_cpu_ticks, summarize
+from mdiexit.runtime.metrics import emulation_check, host_cpu_ticks, link_summary, summarize
 from mdiexit.runtime.node import ClusterError, NodeProcess
 from mdiexit.runtime.report import RunResult
 from mdiexit.runtime.service import ClientEndpoint
@@ -189,9 +189,16 @@ def _run_in_namespaces(cluster_path: Path, opts: RunOptions, admission: Admissio
     if not ok:
         raise NamespaceError(why)
     cleanup_stale()  # leftovers of crashed earlier runs (owner process gone)
-    with NamespaceNetwork(load_cluster(cluster_path)) as net:
+    network = NamespaceNetwork(load_cluster(cluster_path))
+
+    def ready(live: LiveRun) -> None:  # the run starts: tc follows the bandwidth schedules from now on
+        network.start_schedules(live.source.run_start)
+        if on_ready is not None:
+            on_ready(live)
+
+    with network as net:
         result = _run_cluster(net.cluster_path, opts, admission, spawn,
-                              netns={name: ns for name, (ns, _) in net.nodes.items()}, on_ready=on_ready)
+                              netns={name: ns for name, (ns, _) in net.nodes.items()}, on_ready=ready)
     result.summary["config"]["cluster"] = str(cluster_path)  # not the rewritten copy
     return result
 
@@ -312,7 +319,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         failures = source.failure_summary()
         recoveries = [e["recovery_s"] for e in failures if e.get("recovery_s") is not None]
         summary.update(node_failures=failures, recovery_s=max(recoveries) if recoveries else None,
-                       secure=identity is not None)
+                       secure=identity is not None, **link_summary(source.link_reports, source.final_stats))
         emulation_check(summary, ticks_before, ticks_after)
         for w in summary["emulation_warnings"]:
             log.warning("emulation: %s", w)

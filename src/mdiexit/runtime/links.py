@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
@@ -18,44 +19,81 @@ def now() -> float:
     return time.monotonic()
 
 
+RECHECK_S = 0.05  # a message waiting for the egress re-reads its departure this often (the rate may change)
+
+
 @dataclass
 class Outgoing:
     frames: list
-    send_at: float  # departure from the token bucket + link latency
+    queued_at: float
+    position: int  # the egress's byte count after it
 
 
 class Egress:
-    """A node's egress: one token bucket at its bandwidth, shared by all its outgoing links."""
+    """A node's egress: one token bucket at its bandwidth, shared by all its outgoing links.
 
-    def __init__(self, bandwidth_bps: float | None):
-        self.pacer = LinkPacer(bandwidth_bps, 0.0)
+    Paced (``pace=True``), the bucket is the emulated uplink and follows the bandwidth ``schedule`` (bit/s from the
+    run's start). Otherwise the kernel shapes the uplink and the bucket only models its queue, at the configured
+    rate or, with measured links, the estimated one (:meth:`model_rate`)."""
+
+    def __init__(self, bandwidth_bps: float | None, schedule: tuple[tuple[float, float], ...] = (),
+                 pace: bool = True):
+        self.pace = pace
+        self.pacer = LinkPacer(bandwidth_bps, 0.0, schedule=schedule if pace else ())
         self.lock = threading.Lock()
         self.bytes_sent = 0
 
-    def reserve(self, nbytes: int, t: float) -> float:
-        """Time at which `nbytes` sent now have left the node."""
+    def reserve(self, nbytes: int, t: float, then: Callable[[int], None] | None = None) -> float:
+        """Time at which `nbytes` sent now have left the node. ``then(position)`` runs under the egress lock, so that
+        whatever it queues is in egress order; ``position`` is the egress's byte count after them."""
         with self.lock:
             self.bytes_sent += nbytes
-            return self.pacer.departure(nbytes, t)
+            departure = self.pacer.departure(nbytes, t)
+            if then is not None:
+                then(self.bytes_sent)
+            return departure
 
     def queued_bytes(self, t: float) -> int:
         with self.lock:
             return self.pacer.queued_bytes(t)
+
+    def departure_of(self, position: int, queued_at: float, t: float) -> float:
+        """When the message ending at egress byte ``position`` leaves (paced; else when it was queued)."""
+        if not self.pace:
+            return queued_at
+        with self.lock:
+            return self.pacer.departure_of(position, queued_at, t)
+
+    def wait_s(self, t: float) -> float:
+        """How long a message queued now waits for the bytes ahead of it."""
+        with self.lock:
+            return self.pacer.wait_s(t)
+
+    def start_schedule(self, origin: float) -> None:
+        with self.lock:
+            self.pacer.start_schedule(origin)
+
+    def model_rate(self, bps: float | None, t: float) -> None:
+        """Unpaced only: drain the model of the kernel's queue at ``bps`` (an estimate)."""
+        if not self.pace and bps is not None:
+            with self.lock:
+                if self.pacer.rate_bps(t) != bps:
+                    self.pacer.set_rate(bps, t)
 
 
 class Link:
     """One outgoing link: a PUSH socket owned by its own sender thread. Its bytes leave through the node's
     shared egress bucket, then wait out the link latency.
 
-    With ``pace_bandwidth=False`` (the kernel shapes the bandwidth, `--net namespaces`) sends only wait out the
-    latency; the bucket still counts the bytes, so ``queued_bytes`` estimates what the kernel holds."""
+    With an unpaced egress (the kernel shapes the bandwidth, `--net namespaces`) sends only wait out the latency;
+    the bucket still counts the bytes, so ``queued_bytes`` estimates what the kernel holds."""
 
     def __init__(self, ctx: zmq.Context, src: str, dst: str, address: str, egress: Egress, latency_s: float,
-                 pace_bandwidth: bool = True, identity: Identity | None = None):
+                 identity: Identity | None = None, on_send: Callable[[str, int, int, float], None] | None = None):
         self.dst = dst
+        self.on_send = on_send  # (peer, bytes, egress position after them, time): the link meter
         self.egress = egress
         self.latency_s = latency_s
-        self.pace_bandwidth = pace_bandwidth
         self.q: queue.Queue[Outgoing | None] = queue.Queue()
         self.closing = False
         self.sock = ctx.socket(zmq.PUSH)
@@ -70,8 +108,13 @@ class Link:
 
     def send(self, frames: list, t: float) -> None:
         nbytes = sum(len(memoryview(f).cast("B")) for f in frames)
-        departure = self.egress.reserve(nbytes, t)
-        self.q.put(Outgoing(frames, (departure if self.pace_bandwidth else t) + self.latency_s))
+
+        def queue(position: int) -> None:
+            if self.on_send is not None:
+                self.on_send(self.dst, nbytes, position, t)
+            self.q.put(Outgoing(frames, t, position))
+
+        self.egress.reserve(nbytes, t, queue)
 
     def pending(self) -> int:
         return self.q.qsize()
@@ -81,8 +124,11 @@ class Link:
             out = self.q.get()
             if out is None:
                 return
-            delay = out.send_at - now()
-            if delay > 0:
+            while (departure := self.egress.departure_of(out.position, out.queued_at, now())) > (t := now()):
+                if self.closing:
+                    return
+                time.sleep(min(departure - t, RECHECK_S))
+            if (delay := departure + self.latency_s - now()) > 0:  # it has left the egress: the latency remains
                 time.sleep(delay)
             # a PUSH socket blocks while its peer is away (down, or not started yet): wait, but wake for close()
             while not self.sock.poll(100, zmq.POLLOUT):

@@ -83,6 +83,18 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
     return summary
 
 
+def link_summary(link_reports: dict[str, dict], final_stats: dict[str, dict[str, float]]) -> dict:
+    """Per node and peer, the link estimates at the end of the run, and the bytes that measuring them added."""
+    links = {node: {peer: {"estimated_mbps": bps / 1e6 if bps else None, "latency_ms": lat * 1000,
+                           "bytes_sent": int(sent)}
+                    for peer, (bps, lat, sent) in sorted(peers.items())}
+             for node, peers in sorted(link_reports.items())}
+    overhead = sum(s.get("estimation_bytes", 0.0) for s in final_stats.values())
+    total = sum(s.get("bytes_sent", 0.0) for s in final_stats.values())
+    return {"links": links, "estimation_overhead": {"bytes": int(overhead),
+                                                    "fraction_of_bytes_sent": overhead / total if total else 0.0}}
+
+
 def ideal_throughput(final_stats: dict[str, dict[str, float]], exit_fraction: list[float],
                      prefix: str = "single_task_") -> float | None:
     """The cluster's compute limit at this exit mix: the sum over nodes of 1 / (expected emulated seconds per

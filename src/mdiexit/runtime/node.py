@@ -7,7 +7,8 @@ Threads:
 - compute: takes batches from the core's queue, runs the engine, sleeps the emulated slowdown, then hands
   finished items to the source and routes the rest;
 - one sender per outgoing link: paces bytes at the link's bandwidth and adds its latency (DESIGN §7);
-- heartbeat: a STATE every `heartbeat_ms` to every node it sends to or hears DATA from, and to the source.
+- heartbeat: a STATE every `heartbeat_ms` to every node it sends to or hears DATA from, and to the source; each
+  acknowledges the bytes received from its addressee, whose link estimates (runtime.linkmeter) come from these.
 Communication overlaps compute: sends are queued to the link threads, never done by the compute thread.
 """
 
@@ -32,6 +33,7 @@ from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, 
 from mdiexit.protocol.messages import CLUSTER_KINDS, REJECT_REASONS, Control, Data, Join, Member, Result, State
 from mdiexit.runtime.core import Finished, NodeCore, Send, WorkItem, held_tasks, neighbour_view, peers_of
 from mdiexit.runtime.device import calibrate, compression_plan, seed_estimates
+from mdiexit.runtime.linkmeter import LinkMeter
 from mdiexit.runtime.links import Egress, Link, now
 from mdiexit.security import CLIENTS, Identity, NodeAuthenticator, make_server
 
@@ -87,7 +89,10 @@ class NodeProcess:
                              self._neighbour_views(), is_source=self.is_source)
         self.lock = threading.Condition()  # around every call into the core; notified when it may have work
         bandwidth = self.cfg.bandwidth_mbps * 1e6 if self.cfg.bandwidth_mbps is not None else None
-        self.egress = Egress(bandwidth)
+        schedule = tuple((t_s, mbps * 1e6) for t_s, mbps in self.cfg.bandwidth_schedule or ())
+        self.egress = Egress(bandwidth, schedule, pace_bandwidth)
+        self.meter = LinkMeter(measured=cluster.links == "measured")
+        self.run_origin: float | None = None  # when the run started, on this node's clock (link schedules)
         self.links: dict[str, Link] = {}
         self.inbox: zmq.Socket | None = None
         self.monitor: zmq.Socket | None = None
@@ -124,9 +129,7 @@ class NodeProcess:
         except zmq.ZMQError as e:
             raise ClusterError(f"node {self.name}: cannot listen on {self.cfg.address} ({e})") from None
         for peer in self._peers():
-            _, lat = self.cluster.link(self.name, peer)
-            self.links[peer] = Link(self.ctx, self.name, peer, self.cluster.node(peer).address, self.egress, lat,
-                                    self.pace_bandwidth, self.identity)
+            self.links[peer] = self._link(self.cluster.node(peer))
         self.core.compress_on = compression_plan(self.engine, self.pkg, self.held, self.cluster, self.name,
                                                  list(self.links), self.device)
         if self.metrics_port is not None:
@@ -138,6 +141,20 @@ class NodeProcess:
             t = threading.Thread(target=target, name=f"{self.name}-{tname}", daemon=True)
             t.start()
             self.threads.append(t)
+
+    def _link(self, node: NodeConfig) -> Link:
+        bw, lat = self.cluster.link(self.name, node.name)
+        self.meter.add_peer(node.name, bw, lat)  # the configured figures seed its estimates
+        return Link(self.ctx, self.name, node.name, node.address, self.egress, lat, self.identity, self.meter.on_send)
+
+    def start_run(self, origin: float) -> None:
+        """The run started at ``origin`` (this node's clock): emulated link schedules count from it."""
+        self.run_origin = origin
+        self.egress.start_schedule(origin)
+
+    def run_elapsed_s(self, t: float) -> float | None:
+        """Seconds since the run started, told to peers (the source's override); None: not the source's to say."""
+        return None
 
     # ---------------------------------------------------------------- compression
     def close(self) -> None:
@@ -181,6 +198,7 @@ class NodeProcess:
                 log.warning("%s: dropped a bad message (%s)", self.name, e)
                 continue
             if self.authentic(msg, frames[0]):
+                self.meter.on_receive(msg.sender, sum(len(f) for f in frames), now())
                 self.handle(msg, arrays)
 
     def reject(self, reason: str, why: str) -> None:
@@ -213,6 +231,9 @@ class NodeProcess:
                 self.core.on_leave(msg.sender)
             else:
                 self.core.on_report(msg.sender, msg.backlog_s, t, dict(msg.service_s))
+            self.meter.on_state(msg, t)
+            if msg.run_s is not None and self.run_origin is None and msg.sender == self.source_name:
+                self.start_run(t - msg.run_s)
             self.on_state(msg)
         elif isinstance(msg, Result):
             self.core.on_report(msg.sender, msg.backlog_s, t, None)
@@ -235,8 +256,7 @@ class NodeProcess:
         if self.identity is not None:
             self.identity.peers[node.name] = node.public_key.encode()
             self.auth.allow(node.name, node.public_key.encode())
-        _, lat = self.cluster.link(self.name, node.name)
-        link = Link(self.ctx, self.name, node.name, node.address, self.egress, lat, self.pace_bandwidth, self.identity)
+        link = self._link(node)
         self.links = {**self.links, node.name: link}  # copied, not changed: other threads iterate the old one
         view = self._view_of(node.name)
         with self.lock:
@@ -337,7 +357,8 @@ class NodeProcess:
     def stats(self) -> dict[str, float]:
         out = {f"tasks_run_{k}": float(v) for k, v in self.core.tasks_run.items()}
         out.update(busy_s=self.busy_s, elapsed_s=now() - self.started_at, bad_messages=float(self.bad_messages),
-                   bytes_sent=float(self.egress.bytes_sent), dropped_parked=float(self.core.dropped_parked))
+                   bytes_sent=float(self.egress.bytes_sent), dropped_parked=float(self.core.dropped_parked),
+                   estimation_bytes=float(self.meter.overhead_bytes))
         out.update({f"rejected_{r}": float(self.rejected[r]) for r in REJECT_REASONS})
         out.update(emulated_calls=float(self.device.calls), overruns=float(self.device.overruns))
         for k in self.held:
@@ -348,12 +369,19 @@ class NodeProcess:
 
     def send_state(self, final: bool = False) -> None:
         t = now()
+        links = self.links
         msg = State(sender=self.name, backlog_s=self.core.backlog_s(t), queue_len=len(self.core.queue),
-                    service_s=self.core.estimator.snapshot(), sent_at=t, leaving=self.leaving,
-                    stats=self.stats() if final else {})
-        frames = encode(msg)
-        for link in self.links.values():
-            link.send(frames, t)
+                    service_s=self.core.estimator.snapshot(), sent_at=t + self.egress.wait_s(t), leaving=self.leaving,
+                    stats=self.stats() if final else {}, run_s=self.run_elapsed_s(t),
+                    links=self.meter.figures(t) if final else {})
+        for peer, frames in self.meter.state_frames(msg, list(links)).items():
+            links[peer].send(frames, t)
+
+    def refresh_links(self, t: float) -> None:
+        """Measured links: the offloading rule (and the model of a kernel-shaped egress) use the latest estimates."""
+        with self.lock:
+            rate = self.meter.apply(self.core.neighbours, t)
+        self.egress.model_rate(rate, t)
 
     def _heartbeat_loop(self) -> None:
         period = self.cluster.heartbeat_ms / 1000
@@ -361,6 +389,7 @@ class NodeProcess:
         while not self.stop.wait(period):
             self.send_state()
             t = now()
+            self.refresh_links(t)
             if self.leaving:
                 continue
             with self.lock:

@@ -1,8 +1,9 @@
 """The source node: admits items from its arrivals (a dataset stream, or clients: runtime.service) through the
-admission gate, can run tasks itself, and keeps a ledger of every admitted item until its one outcome (§9, §10). It watches every worker's heartbeats: a node silent for
-`dead_after_ms` (or whose process died) is down, and the items in flight are dispatched again; so is any
-item overdue. Admission decisions come from an `Admission` policy object. Every decision is the SourceCore's
-(runtime.sourcecore); this shell owns the threads, the sockets, the sleeping and the live view."""
+admission gate, can run tasks itself, and keeps a ledger of every admitted item until its one outcome (DESIGN §9,
+§10). It watches every worker's heartbeats: a node silent for `dead_after_ms` (or whose process died) is down,
+and the items in flight are dispatched again; so is any item overdue. Admission decisions come from an
+`Admission` policy object. Every decision is the SourceCore's (runtime.sourcecore); this shell owns the threads,
+the sockets, the sleeping and the live view."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ class SourceProcess(NodeProcess):
         self.reports, self.backlog_samples, self.timeline = self.sc.reports, self.sc.backlog_samples, self.sc.timeline
         self.last_heard, self.down, self.events = self.sc.last_heard, self.sc.down, self.sc.events
         self.final_stats: dict[str, dict[str, float]] = {}
+        self.link_reports: dict[str, dict] = {}  # node -> peer -> its final link figures
         self.abort: str | None = None  # set (to a reason) when the run cannot go on
         self.membership = threading.RLock()  # the launcher's watcher, the receive and admit threads all change it
         self.phase = "starting"  # admitting | draining | done
@@ -63,6 +65,18 @@ class SourceProcess(NodeProcess):
     @run_start.setter
     def run_start(self, t: float) -> None:
         self.sc.run_start = t
+
+    @property
+    def run_start(self) -> float:
+        return self._run_start
+
+    @run_start.setter
+    def run_start(self, t: float) -> None:
+        self._run_start = t
+        self.start_run(t)
+
+    def run_elapsed_s(self, t: float) -> float | None:
+        return None if self.phase == "starting" else t - self.run_start
 
     # ---------------------------------------------------------------- results and state
     def handle(self, msg, arrays) -> None:
@@ -124,6 +138,8 @@ class SourceProcess(NodeProcess):
     def on_state(self, msg: State) -> None:
         if msg.stats:
             self.final_stats[msg.sender] = dict(msg.stats)
+        if msg.links:
+            self.link_reports[msg.sender] = dict(msg.links)
         if self.sc.on_state(msg.sender, msg.backlog_s, msg.leaving, now()):
             self.node_down(msg.sender, "left", now())
 
@@ -267,6 +283,7 @@ class SourceProcess(NodeProcess):
         while now() < deadline and any(w not in self.final_stats for w in workers if w not in self.down):
             time.sleep(0.02)
         self.final_stats[self.name] = self.stats()
+        self.link_reports[self.name] = self.meter.figures(now())
 
     # ---------------------------------------------------------------- live view
     def live_view(self, stop: threading.Event, period_s: float = 1.0) -> None:
@@ -300,4 +317,5 @@ class SourceProcess(NodeProcess):
                 f"  backlog {self.name}:{own:.0f}ms({util:.0%}) {nodes}"
                 + (f"  redispatched {led.redispatched}" if led.redispatched else "")
                 + (f"  rejected {sum(self.gate.rejected.values())}" if self.gate.rejected else "")
-                + (f"  expired {led.expired + self.gate.expired}" if led.expired + self.gate.expired else ""))
+                + (f"  expired {led.expired + self.gate.expired}" if led.expired + self.gate.expired else "")
+                + f"  links {self.meter.status(now())}")

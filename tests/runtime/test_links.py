@@ -1,0 +1,54 @@
+"""Measured links (DESIGN §7): with no bandwidth in the cluster file, a node learns that its uplink is slow from
+its peers' acknowledgements, and the offloading rule sends less over it."""
+
+from __future__ import annotations
+
+import pytest
+
+from mdiexit.config import write_cluster
+from mdiexit.runtime.launch import RunOptions, run_cluster
+from mdiexit.runtime.ports import local_nodes
+
+SLOW_MBPS = 0.4  # w1's uplink: task 1's 6,272-byte features take 125 ms, far more than running task 2 locally
+
+
+def slow_uplink_cluster(path, package):
+    """The source only dispatches (it is very slow); w1 and w2 are equal, run task 1 and then either run the rest
+    themselves or send the features to w3, a fast helper without task 1. w1's uplink is slow, w2's is not; the file
+    gives no bandwidth at all (w1's is only emulated, by its schedule)."""
+    nodes = local_nodes([{"slowdown": 3000}, {"slowdown": 1000, "bandwidth_schedule": [[0, SLOW_MBPS]]},
+                         {"slowdown": 1000}, {"slowdown": 2, "tasks": [2, 3, 4]}], latency_ms=1)
+    return write_cluster(path, package=package, mode="mdi-exit", nodes=nodes,
+                         neighbours={"source": ["w1", "w2"], "w1": ["w3"], "w2": ["w3"]})
+
+
+def check_slow_uplink_avoided(s: dict) -> None:
+    assert s["lost"] == 0 and s["duplicates"] == 0 and s["bad_messages"] == 0 and not s["crashed"]
+    links, nodes = s["links"], s["per_node"]
+    slow, fast = links["w1"]["w3"]["bytes_sent"], links["w2"]["w3"]["bytes_sent"]
+    assert fast > 0 and slow < 0.5 * fast, (slow, fast)
+    # w1 kept task 2 for itself; w2 handed it to w3
+    assert nodes["w1"]["tasks_run"].get("2", 0) > nodes["w2"]["tasks_run"].get("2", 0)
+    estimate = links["w1"]["w3"]["estimated_mbps"]
+    assert estimate is not None and estimate < 10 * SLOW_MBPS  # learnt, from nothing configured
+    assert links["w2"]["w3"]["estimated_mbps"] is None or links["w2"]["w3"]["estimated_mbps"] > estimate
+    assert 0 < s["estimation_overhead"]["bytes"] < 0.05 * sum(n["bytes_sent"] for n in nodes.values())
+
+
+def test_a_slow_uplink_is_learnt_and_avoided(tmp_path, tiny_package):
+    path = slow_uplink_cluster(tmp_path / "c.yaml", tiny_package)
+    opts = RunOptions(mode="mdi-exit", rate=40.0, duration_s=4.0, warmup_s=0.5, live=False, limit_items=300,
+                      drain_timeout_s=30)
+    check_slow_uplink_avoided(run_cluster(path, opts).summary)
+
+
+def test_a_kernel_shaped_slow_uplink_is_learnt_and_avoided(tmp_path, tiny_package):
+    from mdiexit.emulation.netns import namespaces_supported
+
+    ok, why = namespaces_supported()
+    if not ok:
+        pytest.skip(f"network namespaces unavailable: {why}")
+    path = slow_uplink_cluster(tmp_path / "c.yaml", tiny_package)
+    opts = RunOptions(net="namespaces", mode="mdi-exit", rate=40.0, duration_s=4.0, warmup_s=0.5, live=False,
+                      limit_items=300, drain_timeout_s=30)
+    check_slow_uplink_avoided(run_cluster(path, opts).summary)
