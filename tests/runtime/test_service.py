@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ from mdiexit.runtime.ports import free_ports
 from mdiexit.security import create_client_key, create_keys, read_public, read_secret
 from tests.runtime.conftest import write_cluster
 from tests.runtime.test_recovery import wait_for
+from tests.runtime.test_robustness import port_is_free
 
 
 def start_service(tmp_path: Path, package: Path, slowdowns: list[float], *args: str) -> tuple:
@@ -64,17 +64,6 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for fam in text_string_to_metric_families(text) for s in fam.samples}
-
-
-def port_free(port: int) -> bool:
-    """Nobody listens on it (connections closing in TIME_WAIT do not count: servers set SO_REUSEADDR)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def test_a_service_answers_files_many_clients_and_bad_requests(tmp_path, tiny_package):
@@ -172,7 +161,7 @@ def test_a_service_answers_files_many_clients_and_bad_requests(tmp_path, tiny_pa
     wait_for(lambda: subprocess.run(["pgrep", "-f", str(path)], capture_output=True).returncode == 1, 20,
              "every process of the service to exit")
     ports = [n.port for n in cluster.nodes] + [cluster.source.client_port, cluster.source.metrics_port]
-    wait_for(lambda: all(port_free(p) for p in ports), 20, "every port to be free")
+    wait_for(lambda: all(port_is_free(p) for p in ports), 20, "every port to be free")
 
 
 def test_ten_times_overload_is_refused_at_once_and_nothing_is_lost(tmp_path, tiny_package):

@@ -158,9 +158,39 @@ def bench_simulator(out: Path, o: SimBenchOptions) -> dict:
     result["config"] = {"options": {k: str(v) for k, v in o.__dict__.items()}, "wall_s": time.time() - t0}
     (out / "simulator.json").write_text(json.dumps(result, indent=1, default=str))
     (out / "results.md").write_text(markdown(result))
+    if result["scale"]:
+        plot_scale(result["scale"], out / "scale.png")
     say(f"done in {(time.time() - t0) / 60:.1f} min: {out / 'simulator.json'}")
     print(markdown(result))
     return result
+
+
+def plot_scale(rows: list[dict], path: Path) -> None:
+    """Throughput at the target accuracy against cluster size per mode, and mdi-exit's advantage over mdi and
+    ddi-exit (the ratio of their throughputs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({r["nodes"] for r in rows})
+    by = {(r["nodes"], r["mode"]): r["throughput_per_s"] for r in rows}
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        ax.plot(sizes, [by.get((n, mode)) for n in sizes], marker="o", label=mode)
+    ax.set(xscale="log", yscale="log", xlabel="devices (generated Wi-Fi mesh)", ylabel="items/s at the target accuracy",
+           title="Throughput against cluster size (simulated)")
+    ax.legend(fontsize=8)
+    for base in ("mdi", "ddi-exit"):
+        ratios = [by[(n, "mdi-exit")] / by[(n, base)] if by.get((n, base)) and by.get((n, "mdi-exit")) else None
+                  for n in sizes]
+        ax2.plot(sizes, ratios, marker="o", label=f"mdi-exit / {base}")
+    ax2.axhline(1.0, color="grey", lw=0.8)
+    ax2.set(xscale="log", xlabel="devices", ylabel="throughput ratio", title="mdi-exit's advantage")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _f(x: float | None, spec: str = ".1f") -> str:
