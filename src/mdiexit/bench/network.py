@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from mdiexit.config import load_cluster, write_cluster
-from mdiexit.runtime.launch import LiveRun, RunOptions, run_cluster, write_results
+from mdiexit.runtime.launch import LiveRun, RunOptions, run_cluster
+from mdiexit.runtime.report import write_results
 
 VARIANTS = {"measured": ("measured", True), "static": ("configured", True), "unlimited": ("configured", False)}
 PHASES = ("before", "congested", "after")

@@ -86,8 +86,9 @@ def _record(f: Future, sent: float, start: float, rows: list, lock: threading.Lo
 def _figures(rows: list[tuple], duration_s: float, offered_rate: float) -> dict:
     lat = np.array([s for o, s, _ in rows if o == "result"]) * 1000
     n = max(1, len(rows))
+    in_window = sum(1 for o, _, done in rows if o == "result" and done <= duration_s)  # not the backlog after it
     out = {"offered_per_s": offered_rate, "requests": len(rows),
-           "throughput_per_s": float(len(lat) / duration_s),
+           "throughput_per_s": in_window / duration_s,
            "latency_ms": {f"p{q}": float(np.percentile(lat, q)) if len(lat) else None for q in (50, 95, 99)}}
     for kind in ("rejected", "expired", "failed", "error", "timeout"):
         out[f"{kind}_fraction"] = sum(1 for o, *_ in rows if o == kind) / n

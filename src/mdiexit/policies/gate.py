@@ -26,12 +26,14 @@ from typing import Any
 
 OVERLOADED = "overloaded"
 DEADLINE = "deadline"
+STOPPING = "stopping"
 # Rounding slack on a whole token: arrivals exactly 1/λ apart earn 1 - 1e-16 tokens, and with a bucket of one token
 # each such miss would be lost for good (the queue could never catch up).
 TOKEN_EPS = 1e-9
 REJECT_WHY = {
     OVERLOADED: "the service is at capacity; retry later or lower the request rate",
     DEADLINE: "its deadline would pass before a result could come back; give it more time (deadline_ms)",
+    STOPPING: "the service is shutting down",
 }
 
 
@@ -124,6 +126,12 @@ class AdmissionGate:
             self.with_deadline -= len(gone)
             self.expired += len(gone)
         return gone
+
+    def count_rejected(self, why: str, n: int = 1) -> None:
+        """Offers refused before they reached the gate (the service's intake, or a stop): counted as offered and
+        rejected here, so that the gate's counts hold every offer."""
+        self.offered += n
+        self.rejected[why] += n
 
     def take_all(self) -> list[Pending]:
         """Everything still queued (the service is stopping: each gets an answer)."""

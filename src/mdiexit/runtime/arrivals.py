@@ -27,6 +27,7 @@ class Arrivals(Protocol):
     def take(self, t: float) -> list[Offer]: ...  # the offers that arrived by t
     def next_at(self, t: float) -> float: ...  # when the next offer is due (t + a poll period if unknown)
     def answer(self, key: Any, outcome: str, reason: str, record: Record | None) -> None: ...
+    def stop_taking(self) -> list[Offer]: ...  # no more offers; returns those that arrived but were not taken
 
 
 class StreamArrivals:
@@ -58,3 +59,7 @@ class StreamArrivals:
 
     def answer(self, key: Any, outcome: str, reason: str, record: Record | None) -> None:
         pass
+
+    def stop_taking(self) -> list[Offer]:
+        self.done = True
+        return []

@@ -309,6 +309,11 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         ticks_after = host_cpu_ticks()
         source.phase = "draining"
         source.drain(arrivals, opts.drain_timeout_s)
+        if endpoint is not None:
+            endpoint.close()
+            source.intake = None
+            for why, n in endpoint.refused.items():  # the endpoint's own refusals join the gate's counts
+                source.gate.count_rejected(why, n)
         source.phase = "done"
         view_stop.set()
         watching.clear()
@@ -353,6 +358,7 @@ def client_endpoint(source: SourceProcess, cluster: ClusterConfig, pkg: Package,
     src = cluster.source
     host = src.host if src.host in ("127.0.0.1", "localhost") else "*"
     endpoint = ClientEndpoint(source.ctx, f"tcp://{host}:{src.client_port}", pkg, identity, source.wake)
+    source.intake = endpoint
     try:
         endpoint.start()
     except zmq.ZMQError as e:

@@ -15,6 +15,7 @@ import itertools
 import logging
 import queue
 import threading
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -22,6 +23,7 @@ import numpy as np
 import zmq
 
 from mdiexit.package import Package
+from mdiexit.policies.gate import OVERLOADED, REJECT_WHY, STOPPING
 from mdiexit.protocol.codec import Limits, ProtocolError, decode, encode
 from mdiexit.protocol.messages import Hello, Info, Reply, Request
 from mdiexit.runtime.arrivals import Offer
@@ -32,6 +34,9 @@ log = logging.getLogger("mdiexit.service")
 POLL_MS = 50
 MAX_CLIENT_MESSAGE = 64 << 20  # bytes: a longer message closes the connection (zmq), before any parsing
 MAX_QUEUED_REPLIES = 100_000
+# requests decoded but not yet offered to the gate: past this the admit loop cannot keep up with the requests
+# themselves, and the endpoint refuses at once (overloaded) rather than let them wait in socket buffers
+MAX_INTAKE = 1_000
 _ENDPOINTS = itertools.count()
 
 
@@ -63,6 +68,8 @@ class ClientEndpoint:
         self.push: zmq.Socket | None = None
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
+        self.refused: Counter[str] = Counter()  # requests rejected here, before the gate, by reason (this thread)
+        self.stopping = False  # the service is shutting down: refuse what comes
 
     def start(self) -> None:
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -101,6 +108,12 @@ class ClientEndpoint:
                 out.append(self.offers.get_nowait())
             except queue.Empty:
                 return out
+
+    def stop_taking(self) -> list[Offer]:
+        """From now on the endpoint refuses new requests itself (stopping); the offers already queued are returned
+        to be answered."""
+        self.stopping = True
+        return self.take(0.0)
 
     def next_at(self, t: float) -> float:
         return t + POLL_MS / 1000  # a request wakes the admit loop sooner
@@ -164,6 +177,12 @@ class ClientEndpoint:
                 self._error(client, msg.request_id, f"the input must be uint8 of shape {list(self.input_shape)}, "
                                                     f"got {x.dtype}{list(x.shape)}; convert it with the client "
                                                     "(mdiexit.Client), which resizes images to the package's input")
+                return
+            if self.stopping or self.offers.qsize() >= MAX_INTAKE:
+                why = STOPPING if self.stopping else OVERLOADED
+                self.refused[why] += 1
+                self.router.send_multipart([client, *encode(Reply(request_id=msg.request_id, outcome="rejected",
+                                                                  reason=f"{why}: {REJECT_WHY[why]}"))])
                 return
             deadline_s = None if msg.deadline_ms is None else msg.deadline_ms / 1000
             self.offers.put(Offer(x, -1, (client, msg.request_id), deadline_s))

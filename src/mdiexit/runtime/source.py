@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mdiexit.policies.gate import REJECT_WHY, AdmissionGate
+from mdiexit.policies.gate import REJECT_WHY, STOPPING, AdmissionGate
 from mdiexit.protocol.messages import Control, Join, Result, State
 from mdiexit.runtime.arrivals import Arrivals, Offer
 from mdiexit.runtime.core import Finished, WorkItem
@@ -55,6 +55,7 @@ class SourceProcess(NodeProcess):
         self.phase = "starting"  # admitting | draining | done
         self._archive: tuple[bytes, str] | None = None  # the package as sent to joiners
         self.wake = threading.Event()  # a result, an outcome or a client's request: the admit loop looks again
+        self.intake = None  # the client endpoint while serving: its own refusals count as offered and rejected
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)  # the last results' latencies (s)
         self.latency_observers: list[Callable[[float], None]] = [self.latencies.append]  # and metrics
 
@@ -250,9 +251,15 @@ class SourceProcess(NodeProcess):
             sup = self.sc.control_step(t, start, self.core.backlog_s(t))
         self._supervised(sup, t)
 
+    def refuse_untaken(self, arrivals: Arrivals) -> None:
+        for offer in arrivals.stop_taking():  # arrived, never offered: refused, and counted as offered
+            self.gate.count_rejected(STOPPING)
+            arrivals.answer(offer.key, "rejected", f"{STOPPING}: {REJECT_WHY[STOPPING]}", None)
+
     def drain(self, arrivals: Arrivals, timeout_s: float) -> None:
         """Admit what still waits at the gate, and wait for every admitted item's outcome, still recovering
         from failures meanwhile. Whatever is left at the timeout fails, with that reason: every offer is answered."""
+        self.refuse_untaken(arrivals)
         deadline = now() + timeout_s
         last = now()
         while now() < deadline and not self.abort and (self.ledger.settled < self.ledger.admitted or self.gate.queue):
@@ -266,8 +273,9 @@ class SourceProcess(NodeProcess):
                 self.ledger.window(last, WINDOW_SPAN_S)
         why = self.abort or f"no result within the {timeout_s:g} s drain"
         for p in self.gate.take_all():
-            self.gate.rejected["stopping"] += 1
-            arrivals.answer(p.key.key, "rejected", "stopping: the service is shutting down", None)
+            self.gate.rejected[STOPPING] += 1
+            arrivals.answer(p.key.key, "rejected", f"{STOPPING}: {REJECT_WHY[STOPPING]}", None)
+        self.refuse_untaken(arrivals)  # any that slipped in while the intake was stopping
         for item_id in self.ledger.in_flight_ids():
             self.ledger.fail(item_id, why)
         self.answer_settled(arrivals)

@@ -80,10 +80,11 @@ class SourceCollector(Collector):
     def collect(self):
         s = self.source
         led, gate = s.ledger, s.gate
-        outcomes = {"result": led.completed, "rejected": sum(gate.rejected.values()),
+        refused = sum(s.intake.refused.values()) if s.intake is not None else 0  # by the client endpoint itself
+        outcomes = {"result": led.completed, "rejected": sum(gate.rejected.values()) + refused,
                     "expired": led.expired + gate.expired, "failed": led.failed}
         yield _counter("mdiexit_items", "offered items by outcome", "outcome", outcomes)
-        yield _counter("mdiexit_offered_items", "items offered to the admission gate", None, {"": gate.offered})
+        yield _counter("mdiexit_offered_items", "items offered to the service", None, {"": gate.offered + refused})
         yield _counter("mdiexit_items_by_exit", "results by exit", "exit",
                        {str(k): led.exit_counts.get(k, 0) for k in range(1, s.pkg.num_tasks + 1)})
         yield _gauge("mdiexit_admission_rate_per_second", "the admission policy's rate", s.admission.rate())
