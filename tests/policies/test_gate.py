@@ -7,8 +7,23 @@ def test_releases_at_the_token_rate_while_the_cluster_keeps_up():
         assert g.offer(i, 0.0, rate=100.0) is None
     out, expired = g.release(0.0, 100.0, backlog_s=0.0)
     assert [p.key for p in out] == [0] and not expired  # one token to start
-    out, _ = g.release(0.05, 100.0, backlog_s=0.0)  # 5 more tokens accrued, burst cap 2
-    assert [p.key for p in out] == [1, 2]
+    out, _ = g.release(0.05, 100.0, backlog_s=0.0)  # 5 more tokens accrued (the bank holds up to 10)
+    assert [p.key for p in out] == [1, 2, 3, 4, 5]
+    out, _ = g.release(0.06, 100.0, backlog_s=0.0)
+    assert [p.key for p in out] == [6]
+
+
+def test_a_stream_at_the_token_rate_loses_nothing_to_a_late_release_loop():
+    import random
+
+    rng = random.Random(0)
+    g = AdmissionGate(max_backlog_s=1.0, max_wait_s=10.0)
+    rate, released, t = 20.0, 0, 0.0
+    for i in range(400):  # arrivals exactly 1/rate apart; the loop wakes up to 10 ms late
+        t = i / rate
+        g.offer(i, t, rate)
+        released += len(g.release(t + rng.uniform(0.0, 0.01), rate, backlog_s=0.0)[0])
+    assert released >= 399 and not g.rejected
 
 
 def test_backlog_cap_and_window_hold_the_queue():
