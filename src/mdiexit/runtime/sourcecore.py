@@ -134,11 +134,11 @@ class SourceCore:
         max_backlog = self.max_backlog_s(own_backlog_s, t)
         self.admission.step(max_backlog, t)
         self.backlog_samples.setdefault(self.name, []).append(own_backlog_s)
-        throughput, accuracy = self.ledger.window(t, WINDOW_SPAN_S)
+        # over the time there has been, at most WINDOW_SPAN_S: one measurement for the timeline and the window
+        throughput, accuracy = self.ledger.window(t, min(WINDOW_SPAN_S, max(t - start, CONTROL_PERIOD_S)))
         if self.ledger.recent:  # the lowest latency seen: under load every recent latency includes queueing
             self.unloaded_s = min(self.unloaded_s, self.ledger.recent_latency_s(5))
         if t - start >= 1.0:
-            throughput = self.ledger.window(t, min(WINDOW_SPAN_S, t - start))[0]  # over the time there has been
             self.window = self.gate.window(throughput, self.unloaded_s, self.min_window)
         thresholds, _ = self.admission.thresholds()
         state = getattr(self.admission, "state", dict)()
