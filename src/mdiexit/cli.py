@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mdiexit.bench.ratesearch import REFINE_STEPS
 from mdiexit.cli_common import RunDefault, finish_run
 from mdiexit.cli_model import DEFAULT_PACKAGE, add_model_commands, floats, items_arg
 from mdiexit.cli_plan import add_plan_commands
@@ -187,7 +188,7 @@ def cmd_bench_paper(a: argparse.Namespace) -> int:
 
     o = PaperOptions(probe_s=a.probe_s, adaptive_s=a.adaptive_s, exp2_s=a.exp2_s, data_dir=a.data_dir,
                      modes=tuple(a.modes.split(",")) if a.modes else None,
-                     experiments=tuple(int(x) for x in a.experiments.split(",")))
+                     experiments=tuple(int(x) for x in a.experiments.split(",")), refine_steps=a.refine_steps)
     bench_paper(a.cluster, a.out, o)
     return 0
 
@@ -392,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--data-dir", type=Path, default=None)
     bp.add_argument("--modes", default=None, help="comma-separated subset of modes (default: all)")
     bp.add_argument("--experiments", default="1,2", help="which experiments to run (default: 1,2)")
+    bp.add_argument("--refine-steps", type=int, default=REFINE_STEPS,
+                    help=f"bisection steps of each rate search after the doubling (default {REFINE_STEPS}: a 4.4 %% "
+                         "bracket)")
     bp.set_defaults(func=cmd_bench_paper)
     return p
 

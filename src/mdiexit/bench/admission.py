@@ -72,7 +72,7 @@ def bench_admission(cluster: Path, out: Path, duration_s: float = 60.0, probe_s:
     crit = Criterion(target, expected_accuracy=acc_at_thresholds)
     start = ra.summary["throughput_per_s"] / 2
     fixed, fixed_log = search_mode(cluster, "mdi-exit", "mdi-exit, fixed rate", crit, start, probe_s, drain_s,
-                                   thresholds=thresholds, refine_steps=3)
+                                   thresholds=thresholds)
     mdi, mdi_log = search_mode(cluster, "mdi", "mdi", Criterion(target, expected_accuracy=final_acc), 20.0, probe_s,
                                drain_s)
     ddi_exit, ddi_log = search_mode(cluster, "ddi-exit", "ddi-exit", Criterion(target, expected_accuracy=default_acc),

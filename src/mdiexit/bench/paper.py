@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from mdiexit import util
-from mdiexit.bench.ratesearch import Criterion, search_rate
+from mdiexit.bench.ratesearch import REFINE_STEPS, Criterion, search_rate
 from mdiexit.config import load_cluster, write_cluster
 from mdiexit.data import load_test_split
 from mdiexit.evaluate import all_exit_logits, evaluate_logits
@@ -44,6 +44,7 @@ class PaperOptions:
     experiments: tuple[int, ...] = (1, 2)
     rate_factors: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)  # experiment 2 rates, x mdi's capacity
     deadline_ms: float = 1000.0
+    refine_steps: int = REFINE_STEPS  # bisection steps of each rate search
     data_dir: Path | None = None
 
 
@@ -72,7 +73,7 @@ def summary_row(s: dict) -> dict:
 
 def search_mode(path: Path, mode: str, label: str, criterion: Criterion, start: float, probe_s: float,
                 drain_s: float, data_dir: Path | None = None, thresholds: tuple[float, ...] | None = None,
-                refine_steps: int = 2, run: Callable[[Path, RunOptions], RunResult] = run_cluster,
+                refine_steps: int = REFINE_STEPS, run: Callable[[Path, RunOptions], RunResult] = run_cluster,
                 confirm: bool = True) -> tuple[dict, dict]:
     """Rate search of one mode at fixed thresholds, each probe a run of the cluster (``run``: run_cluster, or the
     simulator's ``simulate``). Returns (result row, search log)."""
@@ -103,7 +104,7 @@ def experiment1(cluster: Path, no_comp: Path, target: float, accuracies: tuple[f
         run_mode = "mdi-exit" if mode == NO_COMPRESSION else mode
         crit = Criterion(target, expected_accuracy=accuracies[1] if MODES[run_mode].exits else accuracies[0])
         results[mode], searches[mode] = search_mode(path, run_mode, mode, crit, start, o.probe_s, o.drain_s,
-                                                    o.data_dir)
+                                                    o.data_dir, refine_steps=o.refine_steps)
         if mode == "mdi":
             start = max(start, results[mode]["rate"] or start)
     if o.modes is not None and "mdi-exit" not in o.modes:

@@ -24,10 +24,13 @@ class Bottleneck(nn.Module):
         return self.relu(self.body(x) + self.short(x))
 
 
-def resnet50_blocks(in_channels: int, num_classes: int, width: int = 64,
-                    layers: tuple[int, ...] = (3, 4, 6, 3)) -> tuple[list[nn.Module], nn.Module]:
-    """Return (blocks, final_head): a 3x3 stem (no max-pool) then 16 bottleneck blocks."""
-    blocks: list[nn.Module] = [nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+def resnet50_blocks(in_channels: int, num_classes: int, width: int = 64, layers: tuple[int, ...] = (3, 4, 6, 3),
+                    stem_stride: int = 2) -> tuple[list[nn.Module], nn.Module]:
+    """Return (blocks, final_head): a 3x3 stem (no max-pool) then 16 bottleneck blocks in stages of `layers`.
+
+    The stem's stride of 2 runs the stages at 14/7/4/2 on a 28x28 image: a quarter of the MACs of a stride-1
+    stem (0.27 against 1.09 GMAC per item), which is what makes ResNet-50 trainable on a 2-core CPU."""
+    blocks: list[nn.Module] = [nn.Sequential(nn.Conv2d(in_channels, width, 3, stem_stride, 1, bias=False),
                                              nn.BatchNorm2d(width), nn.ReLU(inplace=True))]
     cin = width
     for stage, n in enumerate(layers):
