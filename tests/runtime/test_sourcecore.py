@@ -59,17 +59,6 @@ def test_a_large_backlog_holds_admission_until_it_drains():
     assert [it.item_id for it in sc.release(0.06, 0.0)[0]] == [0]
 
 
-def test_a_congested_uplink_holds_admission_like_a_compute_backlog():
-    sc = make(max_backlog_s=0.5)
-    sc.on_state("w1", 0.1, False, 0.0, egress_s=0.8)  # idle compute, but 0.8 s of bytes wait in its egress
-    assert sc.max_backlog_s(0.0, 0.0) == 0.8
-    offer(sc, 0, 0.0)
-    assert sc.release(0.01, 0.0)[0] == []
-    sc.on_state("w1", 0.1, False, 0.05, egress_s=0.2)
-    assert sc.max_backlog_s(0.0, 0.06) == 0.2
-    assert [it.item_id for it in sc.release(0.06, 0.0)[0]] == [0]
-
-
 def test_down_nodes_do_not_count_in_the_largest_backlog():
     sc = make()
     sc.on_state("w1", 2.0, False, 0.0)

@@ -26,11 +26,6 @@ FORWARD = "forward"  # we do not hold the task: sent to the best available holde
 NO_HOLDER = "no_holder"  # we do not hold the task and no fresh neighbour holds it: keep it queued
 
 
-def wire_s(nbytes: int, bandwidth_bps: float | None) -> float:
-    """Seconds to push ``nbytes`` through a link of ``bandwidth_bps`` (None or inf: unlimited, 0 s)."""
-    return 0.0 if bandwidth_bps is None or math.isinf(bandwidth_bps) else nbytes * 8.0 / bandwidth_bps
-
-
 @dataclass
 class NeighbourView:
     """What node n knows about neighbour m: its last report plus what n has sent since.
@@ -56,7 +51,9 @@ class NeighbourView:
 
     def transfer_s(self, nbytes: int) -> float:
         """Seconds to push ``queued_bytes + nbytes`` through the link, plus its latency."""
-        return wire_s(self.queued_bytes + nbytes, self.bandwidth_bps) + self.latency_s
+        bw = self.bandwidth_bps
+        wire = 0.0 if bw is None or math.isinf(bw) else (self.queued_bytes + nbytes) * 8.0 / bw
+        return wire + self.latency_s
 
     def finish_estimate(self, task: int, bytes_to_send: int) -> float | None:
         """finish_m for ``task``, or None when m does not hold it or has no usable estimate."""

@@ -112,7 +112,6 @@ class State(msgspec.Struct, frozen=True, kw_only=True):
     service_s: Annotated[dict[TaskIndex, Seconds], msgspec.Meta(max_length=MAX_TASKS)] = {}
     sent_at: Time  # when it leaves the sender's send queue, on the sender's clock
     leaving: bool = False  # a graceful leave: route nothing more here
-    egress_s: Seconds = 0.0  # what waits in the sender's egress, in seconds at the rate it believes its uplink has
     # counters for the run summary (tasks_run_K, busy_s, bytes_sent, bad_messages, ...)
     stats: Annotated[dict[Name, Time], msgspec.Meta(max_length=MAX_TASKS)] = {}
     ack: LinkAck | None = None  # for this addressee only

@@ -54,7 +54,6 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
         "per_node": {name: {"utilization": s.get("busy_s", 0.0) / max(s.get("elapsed_s", 1.0), 1e-9),
                             "tasks_run": {k[len("tasks_run_"):]: int(v) for k, v in s.items()
                                           if k.startswith("tasks_run_")},
-                            # its longest queue over the run: compute, or its egress where the uplink binds
                             "backlog_s_mean": float(np.mean(backlog_samples.get(name) or [0.0])),
                             "bytes_sent": int(s.get("bytes_sent", 0.0))}
                      for name, s in sorted(final_stats.items())},

@@ -28,7 +28,7 @@ from mdiexit.emulation.device import DeviceModel
 from mdiexit.engine import OrtEngine
 from mdiexit.package import Package
 from mdiexit.policies.modes import rules_for
-from mdiexit.policies.offload import NeighbourView, ServiceEstimator, wire_s
+from mdiexit.policies.offload import NeighbourView, ServiceEstimator
 from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, encode
 from mdiexit.protocol.messages import CLUSTER_KINDS, REJECT_REASONS, Control, Data, Join, Member, Result, State
 from mdiexit.runtime.core import Finished, NodeCore, Send, WorkItem, held_tasks, neighbour_view, peers_of
@@ -91,7 +91,6 @@ class NodeProcess:
         bandwidth = self.cfg.bandwidth_mbps * 1e6 if self.cfg.bandwidth_mbps is not None else None
         schedule = tuple((t_s, mbps * 1e6) for t_s, mbps in self.cfg.bandwidth_schedule or ())
         self.egress = Egress(bandwidth, schedule, pace_bandwidth)
-        self.uplink_bps = bandwidth  # what this node believes its uplink's rate is: configured, or estimated
         self.meter = LinkMeter(measured=cluster.links == "measured")
         self.run_origin: float | None = None  # when the run started, on this node's clock (link schedules)
         self.links: dict[str, Link] = {}
@@ -373,7 +372,6 @@ class NodeProcess:
         links = self.links
         msg = State(sender=self.name, backlog_s=self.core.backlog_s(t), queue_len=len(self.core.queue),
                     service_s=self.core.estimator.snapshot(), sent_at=t + self.egress.wait_s(t), leaving=self.leaving,
-                    egress_s=self.egress_s(t),
                     stats=self.stats() if final else {}, run_s=self.run_elapsed_s(t),
                     links=self.meter.figures(t) if final else {})
         for peer, frames in self.meter.state_frames(msg, list(links)).items():
@@ -384,17 +382,6 @@ class NodeProcess:
         with self.lock:
             rate = self.meter.apply(self.core.neighbours, t)
         self.egress.model_rate(rate, t)
-        if rate is not None:
-            self.uplink_bps = rate
-
-    def egress_s(self, t: float) -> float:
-        """What waits in this node's egress, in seconds at the uplink rate it believes (the estimate with measured
-        links, else the configured one): the queue of a congested uplink, which the compute backlog does not show."""
-        return wire_s(self.egress.queued_bytes(t), self.uplink_bps)
-
-    def queue_s(self, t: float) -> float:
-        """This node's longest queue in seconds: its compute backlog, or its egress (admission control's signal)."""
-        return max(self.core.backlog_s(t), self.egress_s(t))
 
     def _heartbeat_loop(self) -> None:
         period = self.cluster.heartbeat_ms / 1000

@@ -141,12 +141,12 @@ class SourceProcess(NodeProcess):
             self.final_stats[msg.sender] = dict(msg.stats)
         if msg.links:
             self.link_reports[msg.sender] = dict(msg.links)
-        if self.sc.on_state(msg.sender, msg.backlog_s, msg.leaving, now(), msg.egress_s):
+        if self.sc.on_state(msg.sender, msg.backlog_s, msg.leaving, now()):
             self.node_down(msg.sender, "left", now())
 
     def max_backlog_s(self) -> float:
         t = now()
-        return self.sc.max_backlog_s(self.queue_s(t), t)
+        return self.sc.max_backlog_s(self.core.backlog_s(t), t)
 
     def _welcome(self, name: str) -> None:
         if self._archive is None:
@@ -176,7 +176,7 @@ class SourceProcess(NodeProcess):
     def supervise(self, t: float) -> None:
         """Declare silent nodes down, notice returning ones, re-dispatch overdue items, close recoveries."""
         with self.membership:
-            sup = self.sc.supervise(t, self.queue_s(t))
+            sup = self.sc.supervise(t, self.core.backlog_s(t))
         self._supervised(sup, t)
 
     def _supervised(self, sup: Supervision, t: float) -> None:
@@ -231,7 +231,7 @@ class SourceProcess(NodeProcess):
 
     def release(self, t: float, arrivals: Arrivals) -> None:
         """Admit what the gate lets through now; answer what expired waiting."""
-        items, expired = self.sc.release(t, self.queue_s(t))
+        items, expired = self.sc.release(t, self.core.backlog_s(t))
         for p in expired:
             arrivals.answer(p.key.key, "expired", "its deadline passed while it waited for admission", None)
         self._dispatch(items, t)
@@ -248,7 +248,7 @@ class SourceProcess(NodeProcess):
         """One admission-control step (every CONTROL_PERIOD_S): the core supervises, feeds the largest backlog to
         the policy and logs a timeline row; the shell carries out what supervision decided."""
         with self.membership:
-            sup = self.sc.control_step(t, start, self.queue_s(t))
+            sup = self.sc.control_step(t, start, self.core.backlog_s(t))
         self._supervised(sup, t)
 
     def refuse_untaken(self, arrivals: Arrivals) -> None:

@@ -49,12 +49,6 @@ class Report:
 
     backlog_s: float
     leaving: bool = False
-    egress_s: float = 0.0  # what waits in its egress, in seconds
-
-    @property
-    def queue_s(self) -> float:
-        """Its longest queue: compute, or a congested uplink."""
-        return max(self.backlog_s, self.egress_s)
 
 
 @dataclass
@@ -92,10 +86,10 @@ class SourceCore:
     def heard(self, sender: str, t: float) -> None:
         self.last_heard[sender] = t
 
-    def on_state(self, sender: str, backlog_s: float, leaving: bool, t: float, egress_s: float = 0.0) -> bool:
+    def on_state(self, sender: str, backlog_s: float, leaving: bool, t: float) -> bool:
         """Record a STATE. True when the sender is leaving (the shell calls ``node_down``)."""
-        self.reports[sender] = Report(backlog_s, leaving, egress_s)
-        self.backlog_samples.setdefault(sender, []).append(max(backlog_s, egress_s))
+        self.reports[sender] = Report(backlog_s, leaving)
+        self.backlog_samples.setdefault(sender, []).append(backlog_s)
         return leaving
 
     def on_result(self, item_id: int, label: int, exit_: int, confidence: float, node: str, t: float,
@@ -106,11 +100,10 @@ class SourceCore:
             self.ledger.complete(item_id, label, exit_, confidence, node, t, attempt)
 
     def max_backlog_s(self, own_backlog_s: float, t: float) -> float:
-        """The longest queue in the cluster, in seconds: this node's, or the last one a live node reported (its
-        compute backlog, or its egress where the uplink is congested)."""
+        """The largest backlog in the cluster: this node's, or the last one a live node reported."""
         at, reported = self._max_reported
         if t - at >= BACKLOG_REFRESH_S or t < at:
-            reported = max((r.queue_s for n, r in self.reports.items() if n not in self.down), default=0.0)
+            reported = max((r.backlog_s for n, r in self.reports.items() if n not in self.down), default=0.0)
             self._max_reported = (t, reported)
         return max(own_backlog_s, reported)
 

@@ -31,7 +31,7 @@ from mdiexit.emulation.device import DeviceModel
 from mdiexit.emulation.link import LinkPacer
 from mdiexit.package import Package
 from mdiexit.policies.modes import ModeRules
-from mdiexit.policies.offload import ServiceEstimator, wire_s
+from mdiexit.policies.offload import ServiceEstimator
 from mdiexit.runtime.arrivals import Offer
 from mdiexit.runtime.core import Finished, NodeCore, Send, WorkItem, codes_pay, held_tasks, neighbour_view
 from mdiexit.runtime.device import seed_estimates
@@ -52,8 +52,7 @@ class SimNode:
     def __init__(self, world: World, cfg: NodeConfig, core: NodeCore, times: dict, is_source: bool):
         self.world, self.cfg, self.core, self.times = world, cfg, core, times
         self.name, self.is_source = cfg.name, is_source
-        self.uplink_bps = cfg.bandwidth_mbps * 1e6 if cfg.bandwidth_mbps is not None else None
-        self.egress = LinkPacer(self.uplink_bps, 0.0)
+        self.egress = LinkPacer(cfg.bandwidth_mbps * 1e6 if cfg.bandwidth_mbps is not None else None, 0.0)
         self.busy = False
         self.busy_s = 0.0
         self.calls = 0
@@ -89,22 +88,14 @@ class SimNode:
             self.send_item(decision)
         self.kick()
 
-    def egress_s(self, t: float) -> float:
-        """What waits in the egress, in seconds (as runtime.node: here the uplink's rate is known)."""
-        return wire_s(self.egress.queued_bytes(t), self.uplink_bps)
-
-    def queue_s(self, t: float) -> float:
-        return max(self.core.backlog_s(t), self.egress_s(t))
-
     def heartbeat(self) -> None:
         t = self.world.env.now
-        backlog, egress_s = self.core.backlog_s(t), self.egress_s(t)
+        backlog = self.core.backlog_s(t)
         service = self.core.estimator.snapshot()
         count = sum(len(r) for r in self.state_to.values())
         departure = self.egress.departure(STATE_BYTES * count, t)
         for latency, recipients in self.state_to.items():
-            self.world.at(departure - t + latency, self.world.deliver_state, self.name, backlog, service, recipients,
-                          egress_s)
+            self.world.at(departure - t + latency, self.world.deliver_state, self.name, backlog, service, recipients)
         sends, _ = self.core.retry_parked(t, self.world.give_up_s, self.egress.queued_bytes(t))
         for s in sends:
             self.send_item(s)
@@ -212,7 +203,7 @@ class SimSource(SimNode):
 
     def release(self) -> None:
         t = self.world.env.now
-        items, _ = self.sc.release(t, self.queue_s(t))
+        items, _ = self.sc.release(t, self.core.backlog_s(t))
         for item in items:
             self.route(item)
 
@@ -223,8 +214,8 @@ class SimSource(SimNode):
 
     def control(self) -> None:
         t = self.world.env.now
-        sup: Supervision = self.sc.control_step(t, self.start, self.queue_s(t)) if self.admitting else \
-            self.sc.supervise(t, self.queue_s(t))
+        sup: Supervision = self.sc.control_step(t, self.start, self.core.backlog_s(t)) if self.admitting else \
+            self.sc.supervise(t, self.core.backlog_s(t))
         for name, _ in sup.down:
             self.core.on_leave(name)
         for item in sup.retries:
@@ -309,10 +300,10 @@ class World:
         return self.source.sc.ledger.records[item_id].key
 
     def deliver_state(self, sender: str, backlog_s: float, service: dict[int, float],
-                      recipients: list[SimNode], egress_s: float = 0.0) -> None:
+                      recipients: list[SimNode]) -> None:
         t = self.env.now
         for r in recipients:
             r.core.on_report(sender, backlog_s, t, service)
             if r is self.source:
                 self.source.sc.heard(sender, t)
-                self.source.sc.on_state(sender, backlog_s, False, t, egress_s)
+                self.source.sc.on_state(sender, backlog_s, False, t)
