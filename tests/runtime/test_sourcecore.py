@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from mdiexit.policies.gate import AdmissionGate
 from mdiexit.policies.modes import rules_for
 from mdiexit.runtime.arrivals import Offer
-from mdiexit.runtime.sourcecore import CONTROL_PERIOD_S, FixedAdmission, SourceCore
+from mdiexit.runtime.sourcecore import CONTROL_PERIOD_S, WINDOW_MEMORY_S, FixedAdmission, SourceCore
 
 THRESHOLDS = (0.9, 0.8, 0.7, 0.0)
 
@@ -118,3 +119,12 @@ def test_control_step_feeds_the_policy_and_logs_a_row():
     assert row["t_s"] == pytest.approx(t) and row["max_backlog_s"] == 0.25 and row["rate"] == 100.0
     assert row["thresholds"] == "0.9 0.8 0.7 0"
     assert sc.window >= sc.min_window and sc.unloaded_s == pytest.approx(0.01)
+
+
+def test_the_window_remembers_the_recent_peak_so_a_stall_does_not_shrink_it_for_good():
+    sc = make(rate=1000.0)
+    assert sc.recent_peak(100.0, 1.0) == 100.0
+    stalled = sc.recent_peak(0.0, 2.0)  # a link dropped: nothing completed for a while
+    assert stalled == pytest.approx(100.0 * math.exp(-1.0 / WINDOW_MEMORY_S))
+    assert sc.recent_peak(0.0, 1.0 + 3 * WINDOW_MEMORY_S) < 100.0 * math.exp(-2.9)  # forgotten in time
+    assert sc.recent_peak(50.0, 40.0) == 50.0  # a new measurement above the decayed peak replaces it

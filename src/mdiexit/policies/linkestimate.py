@@ -23,8 +23,11 @@ is measured through every link that shares it, whichever one carries the traffic
 each sample to the node's other links too (:meth:`LinkEstimator.on_sample`), which then follow a change sooner.
 
 A second kind of evidence is a lower bound: a message of at least ``min_bound_bytes`` delivered at most ``d``
-seconds after it was queued proves a rate of at least ``8 * bytes / d``. It only ever raises the estimate, so a
-link that got faster while it was lightly used is noticed without a backlog.
+seconds after it was queued proves a rate of at least ``8 * bytes / d``. Its transit is known only from above
+(the clock offset is bounded through a STATE's own transit), and that bound holds both paths' delay, so ``d`` is
+that bound less the smallest round trip: the message's wait and wire time, or more. It only ever raises the
+estimate, so a link that got faster while it was lightly used is noticed without a backlog, even from the small
+messages (learned codes) that cross it when it is avoided.
 
 Smoothing. ``estimate += alpha * (sample - estimate)`` (EWMA). Outlier guard: a sample more than
 ``outlier_ratio`` times away from the estimate is held, and applied only if the next sample is also out on the
@@ -58,7 +61,8 @@ class EstimatorConfig:
     outlier_ratio: float = 3.0
     min_span_s: float = 0.25
     min_bytes: int = 8 * 1024
-    min_bound_bytes: int = 4 * 1024
+    min_bound_bytes: int = 2 * 1024
+    min_bound_wire_s: float = 0.0005  # a lower bound needs at least this much wire time: clock noise is smaller
     busy_margin_s: float = 0.02
     probe_after_s: float = 2.0
     probe_gain_per_s: float = 0.5
@@ -174,9 +178,11 @@ class LinkEstimator:
             return evidence  # nothing new delivered
         d = _Delivered(last.position, peer_sent_at - age_s)
         self._offset_lo = max(self._offset_lo, last.queued_at - d.at_peer)
-        transit = d.at_peer + self._offset_hi - last.queued_at  # at most
-        if last.nbytes >= self.cfg.min_bound_bytes and transit > 0:
-            bound = 8.0 * last.nbytes / transit
+        # At most its transit: wait + wire + the path's delay, plus the reverse delay that bounds the clock offset.
+        # Less the smallest round trip (both paths' delay), what remains is at most its wait and wire time.
+        wire = d.at_peer + self._offset_hi - last.queued_at - (min(self._rtt_window) if self._rtt_window else 0.0)
+        if last.nbytes >= self.cfg.min_bound_bytes and wire >= self.cfg.min_bound_wire_s:
+            bound = 8.0 * last.nbytes / wire
             est = self.bandwidth_bps(now)
             if est is not None and bound > est:
                 self._apply(bound, now)

@@ -17,6 +17,10 @@ from mdiexit.runtime.ledger import Ledger
 
 CONTROL_PERIOD_S = 0.1  # one admission-control step (and supervision) this often
 WINDOW_SPAN_S = 2.0  # throughput and accuracy are measured over the last this many seconds
+# The in-flight window follows the best recent throughput, forgotten with this time constant. Sized on the current
+# throughput alone it spiralled down after any stall (a link that dropped, a node that failed) whenever the latency
+# then exceeded the window's L: fewer in flight, fewer done, a smaller window, and so on, down to its minimum.
+WINDOW_MEMORY_S = 10.0
 BACKLOG_REFRESH_S = 0.005  # the largest reported backlog is recomputed at most this often (O(nodes) each time)
 
 
@@ -80,6 +84,7 @@ class SourceCore:
         self.min_window = min_window
         self.window = float(min_window)  # items allowed in flight (the gate's), from the throughput
         self.unloaded_s = math.inf
+        self.peak_throughput = (0.0, 0.0)  # (items/s, when): the best recent throughput, for the window
         self._max_reported = (-math.inf, 0.0)  # (when computed, the largest reported backlog of the live nodes)
 
     # ---------------------------------------------------------------- what arrives
@@ -139,7 +144,7 @@ class SourceCore:
         if self.ledger.recent:  # the lowest latency seen: under load every recent latency includes queueing
             self.unloaded_s = min(self.unloaded_s, self.ledger.recent_latency_s(5))
         if t - start >= 1.0:
-            self.window = self.gate.window(throughput, self.unloaded_s, self.min_window)
+            self.window = self.gate.window(self.recent_peak(throughput, t), self.unloaded_s, self.min_window)
         thresholds, _ = self.admission.thresholds()
         state = getattr(self.admission, "state", dict)()
         self.timeline.append({"t_s": t - start, "rate": self.admission.rate(),
@@ -148,6 +153,15 @@ class SourceCore:
                               "throughput_per_s": throughput, "accuracy": accuracy,
                               "target_backlog_s": state.get("target_backlog_s", "")})
         return sup
+
+    def recent_peak(self, throughput: float, t: float) -> float:
+        """The larger of ``throughput`` and the best recent one, decayed with WINDOW_MEMORY_S."""
+        peak, at = self.peak_throughput
+        decayed = peak * math.exp(-max(0.0, t - at) / WINDOW_MEMORY_S)
+        if throughput >= decayed:
+            self.peak_throughput = (throughput, t)
+            return throughput
+        return decayed
 
     # ---------------------------------------------------------------- failures and recovery (DESIGN §9)
     def node_down(self, name: str, kind: str, t: float) -> list[WorkItem] | None:
