@@ -149,6 +149,21 @@ def test_a_link_that_got_faster_while_lightly_used_is_noticed():
     assert at(series, 8) > 8 * MBIT  # lower bounds from quick deliveries raised it
 
 
+def test_small_messages_on_an_avoided_link_find_its_recovery_net_of_the_path_delay():
+    def rate(t):
+        return 1 * MBIT if t < 5 else 20 * MBIT
+
+    est = LinkEstimator(seed_bps=20 * MBIT)
+    sends = steady(rate, 5)  # busy at 1 Mbit/s: measured
+    sends += [(5 + 0.05 * i, 2_352, "a") for i in range(60)]  # then only 2.3 KB learned codes, 0.4 Mbit/s offered
+    series = simulate({"a": est}, sends, 8, rate_at=rate, latency=0.005)
+    assert within(at(series, 4.9), 1 * MBIT, 0.2)
+    # a 2.3 KB code takes 0.9 ms of wire at 20 Mbit/s beside 10 ms of delay both ways: only net of the round trip
+    # does its delivery prove more than about 2 Mbit/s
+    assert at(series, 6.5) > 10 * MBIT
+    assert max(v["a"] for _, v in series) <= 20 * MBIT * 1.05  # and never more than the link can do
+
+
 def test_late_acknowledgements_do_not_fake_a_busy_link():
     # a lightly used, fast link whose receiver's STATEs wait half a second in its own congested uplink
     sends = [(0.05 * i, 200 if i % 4 else 3_000, "a") for i in range(400)]
