@@ -42,8 +42,11 @@ def test_a_call_slower_than_its_budget_is_an_overrun():
     assert m.overruns == 1 and seconds == pytest.approx(0.002)
 
 
-@pytest.mark.parametrize("hogs", [0, 2], ids=["quiet", "two-cpu-hogs"])
+@pytest.mark.parametrize("hogs", [0, 1], ids=["quiet", "a-cpu-hog"])
 def test_emulated_time_holds_under_host_contention(hogs):
+    # One hog on this 2-core machine: host load within the headroom the runs warn about (70 % of the cores). With a
+    # hog on every core the host is saturated, a woken device waits for a time slice (2-3 ms here), and the runs'
+    # headroom check says the emulation can no longer be faithful.
     f = 200.0  # an emulated task of ~20 ms, as on edge4; a sleep's wake-up jitter is far below 5 % of it
     m = DeviceModel.calibrate(f, {("task", 1): work}, max_batch=2, repeats=7)
     budget = f * m.host_s(("task", 1), 1)
