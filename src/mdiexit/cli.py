@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mdiexit.bench.ratesearch import REFINE_STEPS
+from mdiexit.bench.ratesearch import REFINE_STEPS, bracket_width
 from mdiexit.cli_common import RunDefault, finish_run
 from mdiexit.cli_model import DEFAULT_PACKAGE, add_model_commands, floats, items_arg
 from mdiexit.cli_plan import add_plan_commands
@@ -394,8 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--modes", default=None, help="comma-separated subset of modes (default: all)")
     bp.add_argument("--experiments", default="1,2", help="which experiments to run (default: 1,2)")
     bp.add_argument("--refine-steps", type=int, default=REFINE_STEPS,
-                    help=f"bisection steps of each rate search after the doubling (default {REFINE_STEPS}: a 4.4 %% "
-                         "bracket)")
+                    help=f"bisection steps of each rate search after the doubling (default {REFINE_STEPS}: a "
+                         f"{bracket_width(REFINE_STEPS) * 100:.1f} %% bracket)")
     bp.set_defaults(func=cmd_bench_paper)
     return p
 

@@ -55,3 +55,12 @@ def test_one_bad_probe_does_not_turn_the_search_back():
 def test_a_clear_failure_is_not_probed_twice():
     res = search_rate(fake_cluster(30.0), Criterion(0.8), 100.0, refine_steps=0)
     assert [r for r, ok, _ in res.probes if r == 100.0] == [100.0]  # 30 % kept up with: no second probe
+
+
+def test_the_bracket_ends_as_wide_as_bracket_width_says():
+    from mdiexit.bench.ratesearch import bracket_width
+
+    res = search_rate(fake_cluster(37.0), Criterion(0.8), 10.0, refine_steps=4)
+    lowest_failing = min(rate for rate, good, _ in res.probes if not good)
+    assert lowest_failing / res.best_rate == pytest.approx(1 + bracket_width(4))
+    assert bracket_width(2) == pytest.approx(2 ** 0.25 - 1)  # 19 %: the previous default

@@ -17,9 +17,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-# Bisection steps after the doubling brackets the capacity: the bracket ends 2^(1/2^(k+1)) wide, 4.4 % at 4. With 2
-# steps (19 %) two runs of the same search could land a whole step apart when the capacity sat near a probed rate.
+# Bisection steps after the doubling brackets the capacity (see bracket_width). With 2 steps (19 %) two runs of the
+# same search could land a whole step apart when the capacity sat near a probed rate.
 REFINE_STEPS = 4
+
+
+def bracket_width(refine_steps: int) -> float:
+    """How far apart the last passing and failing rates end, as a fraction: the doubling leaves a factor of 2,
+    and each bisection (in log space) halves its exponent, 2^(1/2^k) - 1 (4.4 % at 4 steps)."""
+    return 2.0 ** (1.0 / 2 ** refine_steps) - 1.0
 
 
 @dataclass(frozen=True)
