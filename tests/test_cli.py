@@ -56,3 +56,14 @@ def loaded_after(code: str, prefixes: tuple[str, ...]) -> list[str]:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return eval(out.stdout)
+
+
+def test_bench_simulator_help_states_the_options_defaults():
+    """The CLI passes None for an option not given, so SimBenchOptions holds each default; its help must agree."""
+    from mdiexit.bench.simulator import SimBenchOptions
+
+    out = mdiexit("bench", "simulator", "--help")
+    assert out.returncode == 0, out.stderr
+    o = SimBenchOptions()
+    for value in (o.probe_s, o.adaptive_s, o.refine_steps):
+        assert f"(default {value:g}" in " ".join(out.stdout.split())

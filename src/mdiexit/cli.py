@@ -188,7 +188,8 @@ def cmd_bench_paper(a: argparse.Namespace) -> int:
 
     o = PaperOptions(probe_s=a.probe_s, adaptive_s=a.adaptive_s, exp2_s=a.exp2_s, data_dir=a.data_dir,
                      modes=tuple(a.modes.split(",")) if a.modes else None,
-                     experiments=tuple(int(x) for x in a.experiments.split(",")), refine_steps=a.refine_steps)
+                     experiments=tuple(int(x) for x in a.experiments.split(",")), refine_steps=a.refine_steps,
+                     keep_runs=a.keep_runs)
     bench_paper(a.cluster, a.out, o)
     return 0
 
@@ -393,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--data-dir", type=Path, default=None)
     bp.add_argument("--modes", default=None, help="comma-separated subset of modes (default: all)")
     bp.add_argument("--experiments", default="1,2", help="which experiments to run (default: 1,2)")
+    bp.add_argument("--keep-runs", type=Path, default=None, metavar="DIR",
+                    help="keep every run's summary.json, items.csv and timeline.csv in DIR/NAME (default: none)")
     bp.add_argument("--refine-steps", type=int, default=REFINE_STEPS,
                     help=f"bisection steps of each rate search after the doubling (default {REFINE_STEPS}: a "
                          f"{bracket_width(REFINE_STEPS) * 100:.1f} %% bracket)")

@@ -42,8 +42,9 @@ def cmd_bench_simulator(a: argparse.Namespace) -> int:
     throughput at the target accuracy and the simulator's wall time. Writes simulator.json and results.md."""
     from mdiexit.bench.simulator import SimBenchOptions, bench_simulator
 
-    o = SimBenchOptions(probe_s=a.probe_s, adaptive_s=a.adaptive_s, refine_steps=a.refine_steps,
-                        sizes=tuple(int(x) for x in a.sizes.split(",")) if a.sizes else (),
+    tuned = {k: v for k, v in (("probe_s", a.probe_s), ("adaptive_s", a.adaptive_s),
+                               ("refine_steps", a.refine_steps)) if v is not None}  # None: SimBenchOptions' own
+    o = SimBenchOptions(**tuned, sizes=tuple(int(x) for x in a.sizes.split(",")) if a.sizes else (),
                         modes=tuple(a.modes.split(",")) if a.modes else None,
                         clusters=tuple(a.clusters.split(",")) if a.clusters else None,
                         validate=not a.no_validate, data_dir=a.data_dir)
@@ -90,11 +91,12 @@ def add_sim_commands(sub: argparse._SubParsersAction, bsub: argparse._SubParsers
     b = bsub.add_parser("simulator", help="the simulator against the runtime, and at 10..1000 devices",
                         description=doc(cmd_bench_simulator))
     b.add_argument("--out", type=Path, default=Path("docs/results/simulator"))
-    b.add_argument("--probe-s", type=float, default=12.0,
+    b.add_argument("--probe-s", type=float, default=None,
                    help="seconds per rate-search probe, the first third warm-up (default 12)")
-    b.add_argument("--adaptive-s", type=float, default=10.0,
+    b.add_argument("--adaptive-s", type=float, default=None,
                    help="virtual seconds of each scale run with rate adaptation (default 10)")
-    b.add_argument("--refine-steps", type=int, default=2, help="bisection steps of each rate search (default 2)")
+    b.add_argument("--refine-steps", type=int, default=None,
+                   help="bisection steps of each rate search (default 2: the bench runs the runtime too)")
     b.add_argument("--sizes", default="10,100,1000", help="generated mesh sizes; empty: no scale part")
     b.add_argument("--modes", default=None, help="comma-separated subset of modes (default: all)")
     b.add_argument("--clusters", default=None,

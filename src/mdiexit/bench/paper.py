@@ -28,7 +28,7 @@ from mdiexit.evaluate import all_exit_logits, evaluate_logits
 from mdiexit.package import load_package
 from mdiexit.policies.modes import MODES
 from mdiexit.runtime.launch import RunOptions, run_cluster
-from mdiexit.runtime.report import RunResult
+from mdiexit.runtime.report import RunResult, write_results
 
 BASELINES = ["mdi", "local", "ddi", "ddi-exit", "mdi-static"]  # mdi first: its capacity seeds the others
 NO_COMPRESSION = "mdi-exit (no compression)"
@@ -46,6 +46,19 @@ class PaperOptions:
     deadline_ms: float = 1000.0
     refine_steps: int = REFINE_STEPS  # bisection steps of each rate search
     data_dir: Path | None = None
+    keep_runs: Path | None = None  # every run's summary.json, items.csv and timeline.csv, one folder each
+
+
+def keep(result: RunResult, folder: Path | None, name: str) -> RunResult:
+    """Write a run's results to folder/NAME (NAME-2, NAME-3 for a repeated probe), when a folder is given."""
+    if folder is not None:
+        slug = "-".join("".join(c if c.isalnum() or c == "." else " " for c in name).split())
+        n, path = 1, folder / slug
+        while path.exists():
+            n += 1
+            path = folder / f"{slug}-{n}"
+        write_results(result, path)
+    return result
 
 
 def say(msg: str) -> None:
@@ -74,13 +87,13 @@ def summary_row(s: dict) -> dict:
 def search_mode(path: Path, mode: str, label: str, criterion: Criterion, start: float, probe_s: float,
                 drain_s: float, data_dir: Path | None = None, thresholds: tuple[float, ...] | None = None,
                 refine_steps: int = REFINE_STEPS, run: Callable[[Path, RunOptions], RunResult] = run_cluster,
-                confirm: bool = True) -> tuple[dict, dict]:
+                confirm: bool = True, keep_runs: Path | None = None) -> tuple[dict, dict]:
     """Rate search of one mode at fixed thresholds, each probe a run of the cluster (``run``: run_cluster, or the
     simulator's ``simulate``). Returns (result row, search log)."""
     def probe(rate: float) -> dict:
-        s = run(path, RunOptions(mode=mode, rate=rate, duration_s=probe_s, warmup_s=min(4.0, probe_s / 3),
-                                         live=False,
-                                         data_dir=data_dir, drain_timeout_s=drain_s, thresholds=thresholds)).summary
+        result = run(path, RunOptions(mode=mode, rate=rate, duration_s=probe_s, warmup_s=min(4.0, probe_s / 3),
+                                      live=False, data_dir=data_dir, drain_timeout_s=drain_s, thresholds=thresholds))
+        s = keep(result, keep_runs, f"exp1-{label}-{rate:.1f}").summary
         say(f"  {label:>26} @ {rate:7.1f}/s: throughput {s['throughput_per_s']:6.1f}, acc {s['accuracy']:.4f}, "
             f"p95 {s['latency_ms']['p95']:6.0f} ms, lost {s['lost']}")
         return s
@@ -104,16 +117,16 @@ def experiment1(cluster: Path, no_comp: Path, target: float, accuracies: tuple[f
         run_mode = "mdi-exit" if mode == NO_COMPRESSION else mode
         crit = Criterion(target, expected_accuracy=accuracies[1] if MODES[run_mode].exits else accuracies[0])
         results[mode], searches[mode] = search_mode(path, run_mode, mode, crit, start, o.probe_s, o.drain_s,
-                                                    o.data_dir, refine_steps=o.refine_steps)
+                                                    o.data_dir, refine_steps=o.refine_steps, keep_runs=o.keep_runs)
         if mode == "mdi":
             start = max(start, results[mode]["rate"] or start)
     if o.modes is not None and "mdi-exit" not in o.modes:
         return results, searches
     say("experiment 1: mdi-exit with rate adaptation")
     half = o.adaptive_s / 2
-    s = run_cluster(cluster, RunOptions(mode="mdi-exit", rate=start, duration_s=o.adaptive_s, warmup_s=half,
-                                        live=False, admission="rate", target_accuracy=target,
-                                        data_dir=o.data_dir)).summary
+    s = keep(run_cluster(cluster, RunOptions(mode="mdi-exit", rate=start, duration_s=o.adaptive_s, warmup_s=half,
+                                             live=False, admission="rate", target_accuracy=target,
+                                             data_dir=o.data_dir)), o.keep_runs, "exp1-rate-adaptation").summary
     results["mdi-exit (rate adaptation)"] = {"rate": None, **summary_row(s), "steady_window_s": half}
     return results, searches
 
@@ -126,9 +139,10 @@ def experiment2(cluster: Path, no_comp: Path, mdi_capacity: float, o: PaperOptio
     for name, path, mode, admission in [r for r in runs if o.modes is None or r[0] in o.modes]:
         results[name] = []
         for rate in rates:
-            s = run_cluster(path, RunOptions(mode=mode, rate=rate, duration_s=o.exp2_s, warmup_s=2.0, live=False,
-                                             admission=admission, deadline_ms=o.deadline_ms,
-                                             data_dir=o.data_dir, drain_timeout_s=o.drain_s)).summary
+            result = run_cluster(path, RunOptions(mode=mode, rate=rate, duration_s=o.exp2_s, warmup_s=2.0,
+                                                  live=False, admission=admission, deadline_ms=o.deadline_ms,
+                                                  data_dir=o.data_dir, drain_timeout_s=o.drain_s))
+            s = keep(result, o.keep_runs, f"exp2-{name}-{rate:.1f}").summary
             results[name].append({"rate": rate, "accuracy_within_deadline": s["accuracy_within_deadline"],
                                   "accuracy": s["accuracy"], "throughput_per_s": s["throughput_per_s"],
                                   "p95_ms": s["latency_ms"]["p95"]})
