@@ -70,3 +70,23 @@ def test_torch_engine_matches_ort_engine(tiny_package, tiny_checkpoint, small_sp
         else:
             assert f_o is None and f_t is None
         x = f_o
+
+
+def test_large_weights_go_to_side_files_that_onnx_runtime_reads(tmp_path):
+    """A file over the size cap keeps its graph and moves its weights into side files of at most the cap each."""
+    import onnxruntime as ort
+
+    from mdiexit.export import onnx_export, split_weights
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512)).eval()
+    x = torch.randn(3, 256)
+    path = tmp_path / "big.onnx"
+    onnx_export(net, x, path, "x", ["y"])  # ~1.5 MB: under the default cap, one file
+    assert not list(tmp_path.glob("big.onnx.weights-*"))
+    cap = 1_200_000  # the two weight matrices, 0.5 and 1 MB, cannot share a side file
+    names = split_weights(path, max_bytes=cap)
+    assert len(names) >= 2 and path.stat().st_size < 100_000
+    assert all((tmp_path / n).stat().st_size <= cap for n in names)
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(y, net(x).detach().numpy(), rtol=1e-5, atol=1e-5)

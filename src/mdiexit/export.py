@@ -33,6 +33,7 @@ from mdiexit.util import median_s, say
 PARITY_ATOL = 1e-3  # largest allowed |ORT - torch| on logits, relative to the logits' scale
 PARITY_ITEMS = 256  # real validation items each parity check runs
 TIMING_REPEATS = 50
+MAX_FILE_BYTES = 48 * 2**20  # larger ONNX files keep their weights in side files (split_weights)
 
 
 @dataclass
@@ -67,6 +68,43 @@ def onnx_export(module: torch.nn.Module, x: torch.Tensor, path: Path, input_name
     """Write `module` (in eval mode) as ONNX with one input and a dynamic batch dimension on every tensor."""
     torch.onnx.export(module, (x,), str(path), input_names=[input_name], output_names=output_names, dynamo=False,
                       dynamic_axes={n: {0: "batch"} for n in [input_name, *output_names]}, opset_version=17)
+    split_weights(path)
+
+
+def split_weights(path: Path, max_bytes: int = MAX_FILE_BYTES) -> list[str]:
+    """Move the weights of an ONNX file larger than ``max_bytes`` into side files PATH.weights-1, -2, ... of at most
+    ``max_bytes`` each (ONNX external data, which ONNX Runtime reads from beside the model): a package must fit a
+    repository that takes files of at most 60 MB, and ResNet-50's last stage alone holds 73 MB of float32 weights.
+    Returns the side files' names ([] when the file was small enough)."""
+    for old in path.parent.glob(f"{path.name}.weights-*"):  # an earlier export's
+        old.unlink()
+    if path.stat().st_size <= max_bytes:
+        return []
+    import onnx
+
+    model = onnx.load(str(path))
+    chunks: list[bytearray] = [bytearray()]
+    for t in model.graph.initializer:
+        if len(t.raw_data) < 4096:
+            continue  # small tensors stay inline
+        if len(chunks[-1]) + len(t.raw_data) > max_bytes and chunks[-1]:
+            chunks.append(bytearray())
+        chunk = chunks[-1]
+        chunk.extend(b"\0" * (-len(chunk) % 4096))  # page-aligned, so ONNX Runtime can map it
+        entries = {"location": f"{path.name}.weights-{len(chunks)}", "offset": str(len(chunk)),
+                   "length": str(len(t.raw_data))}
+        chunk.extend(t.raw_data)
+        t.ClearField("raw_data")
+        t.data_location = onnx.TensorProto.EXTERNAL
+        del t.external_data[:]
+        for k, v in entries.items():
+            t.external_data.add(key=k, value=v)
+    names = []
+    for i, chunk in enumerate(chunks, start=1):
+        names.append(f"{path.name}.weights-{i}")
+        (path.parent / names[-1]).write_bytes(bytes(chunk))
+    onnx.save_model(model, str(path))
+    return names
 
 
 def relative_error(ort: np.ndarray, ref: np.ndarray) -> float:
