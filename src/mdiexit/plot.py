@@ -55,6 +55,8 @@ def plot_timeline(run_dir: Path) -> Path:
     ax_rate.legend(loc="best")
 
     ax_backlog.plot(t, cols["max_backlog_s"], color="tab:red", label="max backlog")
+    if "own_backlog_s" in cols:
+        ax_backlog.plot(t, cols["own_backlog_s"], color="tab:orange", alpha=0.7, label="source's own backlog")
     if "target_backlog_s" in cols:
         ax_backlog.plot(t, cols["target_backlog_s"], color="k", linestyle="--", label="target")
     ax_backlog.set_ylabel("backlog (s)")

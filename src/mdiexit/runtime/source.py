@@ -249,6 +249,9 @@ class SourceProcess(NodeProcess):
         the policy and logs a timeline row; the shell carries out what supervision decided."""
         with self.membership:
             sup = self.sc.control_step(t, start, self.core.backlog_s(t))
+        # the shell's own share, cumulative (differences between rows tell where the source's time went)
+        self.timeline[-1].update(busy_s=self.busy_s, tasks_run=sum(self.core.tasks_run.values()),
+                                 egress_bytes=self.egress.queued_bytes(t))
         self._supervised(sup, t)
 
     def refuse_untaken(self, arrivals: Arrivals) -> None:

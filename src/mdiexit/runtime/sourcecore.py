@@ -151,7 +151,9 @@ class SourceCore:
                               "operating_point": state.get("operating_point", ""),
                               "thresholds": " ".join(f"{x:g}" for x in thresholds), "max_backlog_s": max_backlog,
                               "throughput_per_s": throughput, "accuracy": accuracy,
-                              "target_backlog_s": state.get("target_backlog_s", "")})
+                              "target_backlog_s": state.get("target_backlog_s", ""), "own_backlog_s": own_backlog_s,
+                              "in_flight": len(self.ledger.in_flight), "window": self.window,
+                              "queued": len(self.gate.queue)})
         return sup
 
     def recent_peak(self, throughput: float, t: float) -> float:
