@@ -193,3 +193,16 @@ def test_check_tasks(tmp_path):
     data["nodes"][1]["tasks"] = [5]
     with pytest.raises(ConfigError, match=r"nodes\[1\].tasks: task 5 does not exist"):
         load_cluster(write(tmp_path, data)).check_tasks(3)
+
+
+def test_a_cluster_written_inside_the_working_directory_names_its_package_relatively(tmp_path, monkeypatch):
+    from mdiexit.config import write_cluster
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    out = tmp_path / "docs" / "results" / "c.yaml"
+    out.parent.mkdir(parents=True)
+    write_cluster(out, {**base(), "package": str(tmp_path / "models" / "m")})
+    assert yaml.safe_load(out.read_text())["package"] == "../../models/m"  # no machine's folders in the file
+    monkeypatch.chdir(out.parent)  # found from the file's own folder, whatever the working directory
+    assert load_cluster(out).package.resolve() == (tmp_path / "models" / "m").resolve()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,7 +365,9 @@ def write_cluster(out: Path, cluster: str | Path | ClusterConfig | Mapping | Non
     """Write a cluster file at ``out`` and return ``out``: ``cluster`` (a cluster file, a loaded config or a mapping;
     None: start from nothing) with ``changes`` to its top-level fields, its nodes replaced by ``nodes`` when given,
     and ``every_node`` (a mapping, or a function of the node's mapping returning one) applied to every node. The
-    package path is made absolute, and the result is validated before it is written (ConfigError names the field).
+    package path is made absolute (relative to the file's folder when both lie under the working directory, so that
+    a file written into a repository names no machine's folders), and the result is validated before it is written
+    (ConfigError names the field).
 
         write_cluster(tmp / "slow.yaml", "examples/edge4.yaml", every_node={"bandwidth_mbps": 5})
         write_cluster(tmp / "c.yaml", package=pkg, nodes=local_nodes([{"slowdown": 2}, {}]))
@@ -378,9 +381,12 @@ def write_cluster(out: Path, cluster: str | Path | ClusterConfig | Mapping | Non
     data["nodes"] = [dict(n) for n in data.get("nodes") or []]
     for n in data["nodes"] if every_node is not None else ():
         n.update(every_node(n) if callable(every_node) else every_node)
+    out = Path(out)
     if isinstance(data.get("package"), str | Path):
         data["package"] = str(Path(data["package"]).expanduser().resolve())
-    cluster_from_dict(data)
-    out = Path(out)
+        here, at = Path.cwd().resolve(), out.resolve().parent
+        if at.is_relative_to(here) and Path(data["package"]).is_relative_to(here):  # e.g. a bench's published copy
+            data["package"] = os.path.relpath(data["package"], at)  # found from the file's folder, whatever the cwd
+    cluster_from_dict(data, base_dir=out.resolve().parent)
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out

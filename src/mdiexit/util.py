@@ -47,3 +47,13 @@ def median_s(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies under it (what results and logs record: a
+    repository's outputs then name no machine's folders), else as it is."""
+    p = Path(path).expanduser()
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)

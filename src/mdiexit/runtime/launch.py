@@ -43,6 +43,7 @@ from mdiexit.runtime.report import RunResult
 from mdiexit.runtime.service import ClientEndpoint
 from mdiexit.runtime.source import Admission, FixedAdmission, SourceProcess
 from mdiexit.security import Identity, allow_key, create_keys, load_identity
+from mdiexit.util import shown_path
 
 log = logging.getLogger("mdiexit.launch")
 _SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="spawner")
@@ -339,7 +340,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
             shutil.rmtree(keys_dir, ignore_errors=True)  # the run's keys die with it
     summary = {"mode": mode, **summary, "crashed": sorted(set(crashed)), "duration_s": opts.duration_s,
                "rate": opts.rate,
-               "config": {"cluster": str(cluster_path), "package": str(cluster.package), "mode": mode,
+               "config": {"cluster": shown_path(cluster_path), "package": shown_path(cluster.package), "mode": mode,
                           "rate": opts.rate, "duration_s": opts.duration_s, "warmup_s": opts.warmup_s,
                           "nodes": [n.__dict__ for n in cluster.nodes], "net": opts.net,
                           "admission": opts.admission, "target_accuracy": getattr(admission, "target_accuracy", None),

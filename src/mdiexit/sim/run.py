@@ -21,6 +21,7 @@ from mdiexit.runtime.source import Admission
 from mdiexit.runtime.sourcecore import SourceCore
 from mdiexit.sim.model import host_times, load_items_logits
 from mdiexit.sim.world import World
+from mdiexit.util import shown_path
 
 log = logging.getLogger("mdiexit.sim")
 READY_HEARTBEATS = 2  # admission starts once every node has reported this many times (runtime: wait_ready)
@@ -78,7 +79,7 @@ def simulate(cluster_path: Path, opts: RunOptions, seed: int = 0, times: str = "
     summary = {"mode": mode, **summary, "crashed": [], "duration_s": opts.duration_s, "rate": opts.rate,
                "simulated": {"wall_s": wall_s, "setup_s": setup_s, "events": world.events, "virtual_s": env.now,
                              "seed": seed, "times": times},
-               "config": {"cluster": str(cluster_path), "package": str(cluster.package), "mode": mode,
+               "config": {"cluster": shown_path(cluster_path), "package": shown_path(cluster.package), "mode": mode,
                           "rate": opts.rate, "duration_s": opts.duration_s, "warmup_s": opts.warmup_s,
                           "nodes": [n.__dict__ for n in cluster.nodes], "net": "simulated",
                           "admission": opts.admission, "target_accuracy": getattr(admission, "target_accuracy", None),
