@@ -55,7 +55,10 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
                             "tasks_run": {k[len("tasks_run_"):]: int(v) for k, v in s.items()
                                           if k.startswith("tasks_run_")},
                             "backlog_s_mean": float(np.mean(backlog_samples.get(name) or [0.0])),
-                            "bytes_sent": int(s.get("bytes_sent", 0.0))}
+                            "bytes_sent": int(s.get("bytes_sent", 0.0)),
+                            # emulated ms per item at batch 1, from the node's start-up calibration
+                            "task_ms": {k[len("single_task_"):-2]: 1000 * v for k, v in s.items()
+                                        if k.startswith("single_task_")}}
                      for name, s in sorted(final_stats.items())},
         "bad_messages": int(sum(s.get("bad_messages", 0.0) for s in final_stats.values())),
         "unknown_results": ledger.unknown,
