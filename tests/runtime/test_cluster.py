@@ -55,6 +55,9 @@ def test_every_mode_completes_every_item_once(cluster_file, tiny_package, mode):
         assert s["per_node"]["source"]["tasks_run"]["1"] == s["admitted"]  # classic MDI runs task 1 at the source
     if mode == "local":
         assert set(s["per_node"]) == {"source"}
+    for n in (n for n in s["per_node"].values() if n["tasks_run"]):  # each computing node's calibration
+        assert n["task_ms"] and all(ms > 0 and "1" in batches for batches in n["task_ms"].values()
+                                    for ms in batches.values())
 
 
 def test_overload_moves_work_to_workers(tmp_path, tiny_package):

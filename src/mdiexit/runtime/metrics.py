@@ -56,9 +56,7 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
                                           if k.startswith("tasks_run_")},
                             "backlog_s_mean": float(np.mean(backlog_samples.get(name) or [0.0])),
                             "bytes_sent": int(s.get("bytes_sent", 0.0)),
-                            # emulated ms per item at batch 1, from the node's start-up calibration
-                            "task_ms": {k[len("single_task_"):-2]: 1000 * v for k, v in s.items()
-                                        if k.startswith("single_task_")}}
+                            "task_ms": calibrated_ms(s)}
                      for name, s in sorted(final_stats.items())},
         "bad_messages": int(sum(s.get("bad_messages", 0.0) for s in final_stats.values())),
         "unknown_results": ledger.unknown,
@@ -96,6 +94,16 @@ def link_summary(link_reports: dict[str, dict], final_stats: dict[str, dict[str,
     total = sum(s.get("bytes_sent", 0.0) for s in final_stats.values())
     return {"links": links, "estimation_overhead": {"bytes": int(overhead),
                                                     "fraction_of_bytes_sent": overhead / total if total else 0.0}}
+
+
+def calibrated_ms(stats: dict[str, float]) -> dict[str, dict[str, float]]:
+    """A node's start-up calibration as it reported it: task -> batch size -> emulated ms for the whole batch."""
+    out: dict[str, dict[str, float]] = {}
+    for key, v in stats.items():
+        if key.startswith("task_") and "_batch_" in key:
+            task, batch = key[len("task_"):-len("_s")].split("_batch_")
+            out.setdefault(task, {})[batch] = 1000 * v
+    return out
 
 
 def ideal_throughput(final_stats: dict[str, dict[str, float]], exit_fraction: list[float],

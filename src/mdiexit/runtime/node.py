@@ -365,6 +365,8 @@ class NodeProcess:
             if (best := self.device.per_item_s(("task", k))) is not None:
                 out[f"limit_task_{k}_s"] = best  # best per-item time over the batch sizes
                 out[f"single_task_{k}_s"] = self.device.slowdown * self.device.host_s(("task", k), 1)
+            for b, host_s in self.device.profiled_s.get(("task", k), {}).items():
+                out[f"task_{k}_batch_{b}_s"] = self.device.slowdown * host_s  # the calibration, for the summary
         return out
 
     def send_state(self, final: bool = False) -> None:
