@@ -14,7 +14,7 @@ from mdiexit.cli_model import DEFAULT_PACKAGE, UsageError, floats
 from mdiexit.policies.modes import MODES
 
 TIMES = ("profile", "macs")
-PROFILE_REPEATS = 20  # batch-1 calls timed per task when profiling (median)
+PROFILE_REPEATS = 20  # batch-1 calls timed per task when profiling (the fastest counts)
 SHOWN_ROWS = 30  # the text lists at most this many nodes and links (the busiest); --json has them all
 SHOWN_BOTTLENECK = 8  # and this many binding constraints (the dearest)
 
@@ -26,19 +26,19 @@ def profile_costs(pkg, threads: int, repeats: int = PROFILE_REPEATS):
 
     from mdiexit.engine import OrtEngine
     from mdiexit.planner import Costs
-    from mdiexit.util import median_s
+    from mdiexit.util import isolated_s
 
     engine = OrtEngine(pkg, threads=threads)
     task_s, encode_s, decode_s = [], {}, {}
     for t in pkg.tasks:
         x = np.zeros((1, *t.input_shape), np.uint8 if t.index == 1 else np.float32)
-        task_s.append(median_s(lambda t=t, x=x: engine.run(t.index, x), repeats, warmup=1))
+        task_s.append(isolated_s(lambda t=t, x=x: engine.run(t.index, x), repeats, warmup=1))
     for spec in pkg.compression:
         codec = engine.codec(spec.after_task)
         feats = np.zeros((1, *spec.features_shape), np.float32)
         code = codec.encode(feats)
-        encode_s[spec.after_task] = median_s(lambda c=codec, f=feats: c.encode(f), repeats, warmup=1)
-        decode_s[spec.after_task] = median_s(lambda c=codec, k=code: c.decode(k), repeats, warmup=1)
+        encode_s[spec.after_task] = isolated_s(lambda c=codec, f=feats: c.encode(f), repeats, warmup=1)
+        decode_s[spec.after_task] = isolated_s(lambda c=codec, k=code: c.decode(k), repeats, warmup=1)
     return Costs(tuple(task_s), encode_s, decode_s)
 
 

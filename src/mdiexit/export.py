@@ -28,7 +28,7 @@ from mdiexit.models import EarlyExitModel
 from mdiexit.models.autoencoder import Autoencoder, Encoder
 from mdiexit.package import FORMAT, PackageError, load_package
 from mdiexit.training.train import TrainConfig, data_splits, load_trained, memory_batch, predict_logits
-from mdiexit.util import median_s, say
+from mdiexit.util import isolated_s, say
 
 PARITY_ATOL = 1e-3  # largest allowed |ORT - torch| on logits, relative to the logits' scale
 PARITY_ITEMS = 256  # real validation items each parity check runs
@@ -326,8 +326,8 @@ def time_codec(enc_path: Path, dec_path: Path, feats: np.ndarray, repeats: int =
     enc_s, dec_s = ort_session(enc_path, 1), ort_session(dec_path, 1)
     x = feats[:1]
     code = enc_s.run(["code"], {"x": x})[0]
-    enc = median_s(lambda: enc_s.run(["code"], {"x": x}), repeats, warmup=5)
-    dec = median_s(lambda: dec_s.run(["features"], {"code": code}), repeats, warmup=5)
+    enc = isolated_s(lambda: enc_s.run(["code"], {"x": x}), repeats, warmup=5)
+    dec = isolated_s(lambda: dec_s.run(["features"], {"code": code}), repeats, warmup=5)
     return 1e3 * enc, 1e3 * dec
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mdiexit.util import median_s
+from mdiexit.util import isolated_s
 
 EMULATIONS = ("calibrated", "measured")
 PROFILE_BATCHES = (1, 2, 4, 8, 16, 32, 64)
@@ -41,7 +41,7 @@ class DeviceModel:
     def calibrate(cls, slowdown: float, work: dict[Key, Callable[[int], Callable[[], object]]], max_batch: int,
                   emulation: str = "calibrated", repeats: int = 5) -> DeviceModel:
         """Profile each piece of `work` (key -> batch size -> a call doing it) at batch sizes up to `max_batch`,
-        median of `repeats`, holding a host-wide lock so that no other node's profiling runs beside it."""
+        the fastest of `repeats` (util.isolated_s), holding a host-wide lock so that no other node's profiling runs beside it."""
         model = cls(slowdown, emulation)
         if slowdown == 1.0 or emulation == "measured":
             return model
@@ -50,7 +50,7 @@ class DeviceModel:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 for key, make in work.items():
-                    model.profiled_s[key] = {b: median_s(make(b), repeats, warmup=1) for b in batches}
+                    model.profiled_s[key] = {b: isolated_s(make(b), repeats, warmup=1) for b in batches}
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
         return model

@@ -12,7 +12,7 @@ from mdiexit.engine import OrtEngine
 from mdiexit.package import Package
 from mdiexit.policies.offload import ServiceEstimator
 from mdiexit.runtime.core import codes_pay
-from mdiexit.util import median_s
+from mdiexit.util import isolated_s
 
 
 def task_input(pkg: Package, task: int, batch: int) -> np.ndarray:
@@ -81,10 +81,10 @@ def _compression_pays(engine: OrtEngine, spec, cluster: ClusterConfig, name: str
         return False
     codec = engine.codec(spec.after_task)
     x = np.zeros((1, *spec.features_shape), np.float32)
-    enc_s = device.host_s(("encode", spec.after_task), 1) or median_s(lambda: codec.encode(x), 7)
+    enc_s = device.host_s(("encode", spec.after_task), 1) or isolated_s(lambda: codec.encode(x), 7)
     dec_s = device.host_s(("decode", spec.after_task), 1)
     if dec_s is None:
         code = codec.encode(x)
-        dec_s = median_s(lambda: codec.decode(code), 7)
+        dec_s = isolated_s(lambda: codec.decode(code), 7)
     return codes_pay(4 * int(np.prod(spec.features_shape)), spec.code_bytes, bw, enc_s * cluster.node(name).slowdown,
                      dec_s * cluster.node(peer).slowdown)
