@@ -41,7 +41,8 @@ class DeviceModel:
     def calibrate(cls, slowdown: float, work: dict[Key, Callable[[int], Callable[[], object]]], max_batch: int,
                   emulation: str = "calibrated", repeats: int = 5) -> DeviceModel:
         """Profile each piece of `work` (key -> batch size -> a call doing it) at batch sizes up to `max_batch`,
-        the fastest of `repeats` (util.isolated_s), holding a host-wide lock so that no other node's profiling runs beside it."""
+        the fastest of `repeats` (util.isolated_s), holding a host-wide lock so that no other node's profiling runs
+        beside it."""
         model = cls(slowdown, emulation)
         if slowdown == 1.0 or emulation == "measured":
             return model
