@@ -64,3 +64,23 @@ def test_the_bracket_ends_as_wide_as_bracket_width_says():
     lowest_failing = min(rate for rate, good, _ in res.probes if not good)
     assert lowest_failing / res.best_rate == pytest.approx(1 + bracket_width(4))
     assert bracket_width(2) == pytest.approx(2 ** 0.25 - 1)  # 19 %: the previous default
+
+
+def test_a_collapse_below_what_a_lower_rate_sustained_is_probed_again():
+    """A probe that delivers far less than a lower rate already sustained did not saturate the cluster: it
+    collapsed, and one such probe must not end the search a step low."""
+    good = fake_cluster(150.0)
+    first = {"done": False}
+
+    def probe(rate):
+        if rate == 80.0 and not first["done"]:
+            first["done"] = True
+            return {**good(rate), "throughput_per_s": 14.0, "latency_ms": {"p95": 2600.0}}
+        return good(rate)
+
+    res = search_rate(probe, Criterion(0.8), 10.0, refine_steps=3)
+    assert [r for r, _, _ in res.probes if r == 80.0] == [80.0, 80.0]
+    assert res.best_rate > 100.0 and "1 collapsed probe run again" in res.decided
+    # a failure that keeps the throughput a lower rate sustained is saturation, not a collapse: probed once
+    sat = search_rate(fake_cluster(30.0), Criterion(0.8), 25.0, refine_steps=0)  # 50/s: 30 kept up with
+    assert [r for r, _, _ in sat.probes if r == 50.0] == [50.0] and "collapsed" not in sat.decided
