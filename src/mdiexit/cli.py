@@ -74,7 +74,8 @@ def cmd_worker(a: argparse.Namespace) -> int:
     if a.cluster is None:
         raise SystemExit("mdiexit: error: give --cluster F (a member of the cluster file) or --join tcp://SOURCE:PORT")
     return run_worker(a.cluster, a.name, a.mode, pace=not a.no_pace, insecure=a.insecure, keys_dir=a.keys_dir,
-                      key_file=a.key, metrics_port=a.metrics_port, metrics_addr=a.metrics_addr)
+                      key_file=a.key, metrics_port=a.metrics_port, metrics_addr=a.metrics_addr,
+                      host_profile=a.host_profile)
 
 
 def cmd_keys(a: argparse.Namespace) -> int:
@@ -300,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--metrics-port", type=int, default=None,
                    help="serve this node's Prometheus metrics on this port (default: metrics_port in the file)")
     w.add_argument("--metrics-addr", default=None, help="address the metrics endpoint binds to (default 127.0.0.1)")
+    w.add_argument("--host-profile", type=Path, default=None, metavar="FILE",
+                   help="this host's task times per batch size, profiled by `mdiexit run` before it started the "
+                        "nodes (default: the node profiles itself at start-up)")
     _security_args(w)
     w.set_defaults(func=cmd_worker)
 

@@ -55,9 +55,12 @@ def test_every_mode_completes_every_item_once(cluster_file, tiny_package, mode):
         assert s["per_node"]["source"]["tasks_run"]["1"] == s["admitted"]  # classic MDI runs task 1 at the source
     if mode == "local":
         assert set(s["per_node"]) == {"source"}
-    for n in (n for n in s["per_node"].values() if n["tasks_run"]):  # each computing node's calibration
-        assert n["task_ms"] and all(ms > 0 and "1" in batches for batches in n["task_ms"].values()
-                                    for ms in batches.values())
+    slowdowns = {n["name"]: n["slowdown"] for n in s["config"]["nodes"]}
+    per_host_s = [{(k, b): ms / slowdowns[name] for k, batches in n["task_ms"].items() for b, ms in batches.items()}
+                  for name, n in s["per_node"].items() if n["tasks_run"]]
+    assert per_host_s and all(per_host_s)  # each computing node's calibration, per task and batch size
+    for other in per_host_s[1:]:  # one host profile for every node the launcher started: only slowdowns differ
+        assert all(abs(other[key] - per_host_s[0][key]) < 1e-9 for key in other.keys() & per_host_s[0].keys())
 
 
 def test_overload_moves_work_to_workers(tmp_path, tiny_package):

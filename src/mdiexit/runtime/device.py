@@ -4,15 +4,23 @@ boundary, whether learned feature codes pay (`compress: auto`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
 import numpy as np
 
 from mdiexit.config import ClusterConfig, NodeConfig
-from mdiexit.emulation.device import DeviceModel
+from mdiexit.emulation.device import DeviceModel, Key
 from mdiexit.engine import OrtEngine
 from mdiexit.package import Package
 from mdiexit.policies.offload import ServiceEstimator
 from mdiexit.runtime.core import codes_pay
 from mdiexit.util import isolated_s
+
+Profile = dict[Key, dict[int, float]]  # (kind, task) -> batch size -> host seconds
+HOST_PROFILE_REPEATS = 15  # timed calls per task and batch size when the host is profiled once for every node
+_host_profiles: dict[tuple[str, str, int, int], Profile] = {}  # profile_host's, per package, threads and max_batch
 
 
 def task_input(pkg: Package, task: int, batch: int) -> np.ndarray:
@@ -22,8 +30,10 @@ def task_input(pkg: Package, task: int, batch: int) -> np.ndarray:
 
 
 def calibrate(engine: OrtEngine, pkg: Package, held: frozenset[int], cfg: NodeConfig,
-              cluster: ClusterConfig) -> DeviceModel:
-    """Profile every task this node holds, and the codecs it may run, at each batch size (in isolation)."""
+              cluster: ClusterConfig, host_profile: Profile | None = None, repeats: int = 5) -> DeviceModel:
+    """Profile every task this node holds, and the codecs it may run, at each batch size (in isolation). With
+    ``host_profile`` (made by :func:`profile_host` before the cluster started), take its times instead, and only
+    run each piece of work once per batch size: ONNX Runtime's first call at a shape is many times slower."""
     def run_task(k: int):
         def make(b: int):
             x = task_input(pkg, k, b)
@@ -39,13 +49,57 @@ def calibrate(engine: OrtEngine, pkg: Package, held: frozenset[int], cfg: NodeCo
             return (lambda: codec.decode(code)) if decode else (lambda: codec.encode(x))
         return make
 
-    work = {("task", k): run_task(k) for k in sorted(held)}
+    codecs = {spec.after_task: spec for spec in pkg.compression}
+    work = {(kind, k): run_task(k) if kind == "task" else run_codec(codecs[k], decode=kind == "decode")
+            for kind, k in work_keys(pkg, held)}
+    if (host_profile is not None and cfg.slowdown != 1.0 and cluster.emulation == "calibrated"
+            and all(key in host_profile for key in work)):
+        for key, make in work.items():
+            for b in host_profile[key]:
+                make(b)()  # warm-up
+        return DeviceModel(cfg.slowdown, cluster.emulation, {key: dict(host_profile[key]) for key in work})
+    return DeviceModel.calibrate(cfg.slowdown, work, cluster.max_batch, cluster.emulation, repeats)
+
+
+def work_keys(pkg: Package, held: frozenset[int]) -> list[Key]:
+    """What a node holding ``held`` runs: its tasks, the encoders of the features it produces and the decoders of
+    the features it takes."""
+    keys: list[Key] = [("task", k) for k in sorted(held)]
     for spec in pkg.compression:
         if spec.after_task in held:
-            work["encode", spec.after_task] = run_codec(spec, decode=False)
+            keys.append(("encode", spec.after_task))
         if spec.after_task + 1 in held:
-            work["decode", spec.after_task] = run_codec(spec, decode=True)
-    return DeviceModel.calibrate(cfg.slowdown, work, cluster.max_batch, cluster.emulation)
+            keys.append(("decode", spec.after_task))
+    return keys
+
+
+def profile_host(pkg: Package, cluster: ClusterConfig, threads: int) -> Profile:
+    """Host seconds of every task and codec per batch size, on ``threads`` engine threads: what each node on this
+    host would profile for itself, profiled once per process (the fastest of HOST_PROFILE_REPEATS calls) and then
+    reused by every run and simulation it makes. Made before any node starts, it is taken on a quiet host; profiled
+    by each node at its own start-up, it was not: four other nodes starting beside it moved a node's batch-8 times
+    by up to 3x between two runs, and nodes of one kind differed."""
+    key = (str(pkg.root.resolve()), pkg.version, threads, cluster.max_batch)
+    if key not in _host_profiles:
+        held = frozenset(range(1, pkg.num_tasks + 1))
+        engine = OrtEngine(pkg, threads=threads, tasks=sorted(held))
+        probe = dataclasses.replace(cluster.source, slowdown=2.0, threads=threads)  # any slowdown but 1 profiles
+        model = calibrate(engine, pkg, held, probe, dataclasses.replace(cluster, emulation="calibrated"),
+                          repeats=HOST_PROFILE_REPEATS)
+        _host_profiles[key] = model.profiled_s
+    return _host_profiles[key]
+
+
+def write_profile(path: Path, profile: Profile) -> Path:
+    path.write_text(json.dumps({f"{kind} {k}": {str(b): s for b, s in per_batch.items()}
+                                for (kind, k), per_batch in profile.items()}))
+    return path
+
+
+def read_profile(path: Path) -> Profile:
+    raw = json.loads(Path(path).read_text())
+    return {(key.split()[0], int(key.split()[1])): {int(b): float(s) for b, s in per_batch.items()}
+            for key, per_batch in raw.items()}
 
 
 def seed_estimates(estimator: ServiceEstimator, device: DeviceModel, held: frozenset[int]) -> None:

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from mdiexit.policies.admission import RateAdaptation, ThresholdAdaptation
 from mdiexit.policies.gate import AdmissionGate
 from mdiexit.policies.modes import no_exit_thresholds, rules_for
 from mdiexit.runtime.arrivals import StreamArrivals
+from mdiexit.runtime.device import Profile, profile_host, read_profile, write_profile
 from mdiexit.runtime.metrics import emulation_check, host_cpu_ticks, link_summary, summarize
 from mdiexit.runtime.node import ClusterError, NodeProcess
 from mdiexit.runtime.report import RunResult
@@ -83,13 +84,49 @@ def _die_with_parent() -> None:
         pass
 
 
+@dataclass
+class HostProfiles:
+    """The host's task times, profiled once before the nodes this launcher starts (one profile per engine thread
+    count), and the files the workers read them from."""
+
+    folder: Path | None = None
+    by_threads: dict[int, Profile] = field(default_factory=dict)
+    threads_of: dict[str, int] = field(default_factory=dict)
+
+    def of(self, name: str) -> Profile | None:
+        return self.by_threads.get(self.threads_of.get(name, -1))
+
+    def file(self, name: str) -> Path | None:
+        threads = self.threads_of.get(name)
+        return None if self.folder is None or threads is None else self.folder / f"threads{threads}.json"
+
+    def remove(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def profile_nodes(cluster: ClusterConfig, pkg: Package, names: list[str]) -> HostProfiles:
+    """Profile this host for the emulated nodes among ``names`` (slowdown > 1, calibrated emulation) before any
+    starts: a node profiling itself at start-up shares the cores with the others starting beside it."""
+    emulated = {n: cluster.node(n).threads for n in names
+                if cluster.node(n).slowdown != 1.0 and cluster.emulation == "calibrated"}
+    if not emulated:
+        return HostProfiles()
+    out = HostProfiles(Path(tempfile.mkdtemp(prefix="mdiexit-profile-")), threads_of=emulated)
+    for threads in sorted(set(emulated.values())):
+        out.by_threads[threads] = profile_host(pkg, cluster, threads)
+        write_profile(out.folder / f"threads{threads}.json", out.by_threads[threads])
+    return out
+
+
 def spawn_worker(cluster_path: Path, name: str, mode: str, netns: str | None = None,
-                 pace: bool = True, keys_dir: Path | None = None) -> subprocess.Popen:
+                 pace: bool = True, keys_dir: Path | None = None, host_profile: Path | None = None) -> subprocess.Popen:
     """A worker process; with ``netns``, inside that network namespace (`ip netns exec`). ``keys_dir`` None:
-    insecure."""
+    insecure. ``host_profile``: this host's task times (profile_host), instead of profiling at start-up."""
     cmd = [sys.executable, "-m", "mdiexit.cli", "worker", "--cluster", str(cluster_path), "--name", name,
            "--mode", mode]
     cmd += ["--keys-dir", str(keys_dir)] if keys_dir is not None else ["--insecure"]
+    cmd += ["--host-profile", str(host_profile)] if host_profile is not None else []
     if not pace:
         cmd.append("--no-pace")
     if netns is not None:
@@ -132,8 +169,9 @@ class LiveRun:
 
     source: SourceProcess
     procs: dict[str, subprocess.Popen]
-    spawn_args: dict  # what spawn_worker needs besides the name and namespace
+    spawn_args: dict  # what spawn_worker needs besides the name, namespace and host profile
     netns: dict[str, str | None]
+    profiles: HostProfiles = field(default_factory=HostProfiles)
 
     def signal(self, name: str, sig: int) -> None:
         self.procs[name].send_signal(sig)
@@ -145,7 +183,7 @@ class LiveRun:
             raise RuntimeError(f"worker {name} is still running")
         # from a thread that lives as long as this process: PR_SET_PDEATHSIG fires when the spawning thread ends
         self.procs[name] = _SPAWNER.submit(spawn_worker, name=name, netns=self.netns.get(name),
-                                           **self.spawn_args).result()
+                                           host_profile=self.profiles.file(name), **self.spawn_args).result()
 
 
     def join(self, name: str, port: int, **device) -> None:
@@ -256,12 +294,14 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     admission = admission or make_admission(pkg, mode, opts)
     workers = [] if rules.single_node else [w.name for w in cluster.workers]
     pace = netns is None  # in namespaces the kernel shapes the bandwidths
-    procs = {w: spawn_worker(cluster_path, w, mode, (netns or {}).get(w), pace, keys_dir)
+    profiles = profile_nodes(cluster, pkg, [cluster.source.name, *(workers if spawn else [])])
+    procs = {w: spawn_worker(cluster_path, w, mode, (netns or {}).get(w), pace, keys_dir, profiles.file(w))
              for w in workers} if spawn else {}
     source = SourceProcess(cluster, cluster.source.name, pkg, mode=mode, admission=admission, gate=make_gate(opts),
                            pace_bandwidth=pace, identity=identity,
                            allowed_dir=keys_dir / "allowed" if keys_dir is not None else None,
-                           metrics_port=opts.metrics_port, metrics_addr=opts.metrics_addr)
+                           metrics_port=opts.metrics_port, metrics_addr=opts.metrics_addr,
+                           host_profile=profiles.of(cluster.source.name))
     source.ledger.keep_records = opts.serve is None  # a service keeps counters, not a record of every item
     crashed: list[str] = []
     watching = threading.Event()
@@ -292,7 +332,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         source.run_start = time.monotonic()
         if on_ready is not None:
             spawn_args = {"cluster_path": cluster_path, "mode": mode, "pace": pace, "keys_dir": keys_dir}
-            live = LiveRun(source, procs, spawn_args, dict(netns or {}))
+            live = LiveRun(source, procs, spawn_args, dict(netns or {}), profiles)
             threading.Thread(target=on_ready, args=(live,), name="on-ready", daemon=True).start()
         viewer = threading.Thread(target=source.live_view, args=(view_stop,), daemon=True)
         if opts.live:
@@ -336,6 +376,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
             endpoint.close()
         source.close()
         _stop_all(procs)
+        profiles.remove()
         if ephemeral:
             shutil.rmtree(keys_dir, ignore_errors=True)  # the run's keys die with it
     summary = {"mode": mode, **summary, "crashed": sorted(set(crashed)), "duration_s": opts.duration_s,
@@ -388,7 +429,7 @@ def _stop_all(procs: dict[str, subprocess.Popen], grace_s: float = 3.0) -> None:
 
 def run_worker(cluster_path: Path, name: str, mode: str | None, pace: bool = True, insecure: bool = False,
                keys_dir: Path | None = None, key_file: Path | None = None, metrics_port: int | None = None,
-               metrics_addr: str | None = None) -> int:
+               metrics_addr: str | None = None, host_profile: Path | None = None) -> int:
     """One worker node, until the source sends shutdown. SIGTERM is a graceful leave (work is handed back);
     Ctrl-C stops at once. ``pace=False``: the links' bandwidths are shaped by the kernel, not paced here."""
     cluster: ClusterConfig = load_cluster(cluster_path)
@@ -410,7 +451,8 @@ def run_worker(cluster_path: Path, name: str, mode: str | None, pace: bool = Tru
                              "--keys-dir or --key; create them with `mdiexit keys`), or pass --insecure")
     pkg = load_package(cluster.package, check_onnx=True)
     proc = NodeProcess(cluster, name, pkg, mode=mode, pace_bandwidth=pace, identity=identity,
-                       metrics_port=metrics_port, metrics_addr=metrics_addr)
+                       metrics_port=metrics_port, metrics_addr=metrics_addr,
+                       host_profile=read_profile(host_profile) if host_profile is not None else None)
     signal.signal(signal.SIGTERM, lambda *_: proc.leave_requested.set())
     try:
         proc.serve_forever()

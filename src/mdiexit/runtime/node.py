@@ -32,7 +32,7 @@ from mdiexit.policies.offload import NeighbourView, ServiceEstimator
 from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, encode
 from mdiexit.protocol.messages import CLUSTER_KINDS, REJECT_REASONS, Control, Data, Join, Member, Result, State
 from mdiexit.runtime.core import Finished, NodeCore, Send, WorkItem, held_tasks, neighbour_view, peers_of
-from mdiexit.runtime.device import calibrate, compression_plan, seed_estimates
+from mdiexit.runtime.device import Profile, calibrate, compression_plan, seed_estimates
 from mdiexit.runtime.linkmeter import LinkMeter
 from mdiexit.runtime.links import Egress, Link, now
 from mdiexit.security import CLIENTS, Identity, NodeAuthenticator, make_server
@@ -60,7 +60,8 @@ class NodeProcess:
 
     def __init__(self, cluster: ClusterConfig, name: str, pkg: Package, mode: str | None = None,
                  pace_bandwidth: bool = True, identity: Identity | None = None, allowed_dir: Path | None = None,
-                 metrics_port: int | None = None, metrics_addr: str | None = None):
+                 metrics_port: int | None = None, metrics_addr: str | None = None,
+                 host_profile: Profile | None = None):
         self.cluster, self.pkg = cluster, pkg
         self.identity = identity  # None: insecure (no CurveZMQ), asked for with --insecure
         self.allowed_dir = allowed_dir  # the source: keys an operator allowed to join (`mdiexit keys allow`)
@@ -73,7 +74,7 @@ class NodeProcess:
         self.held = held_tasks(self.cfg, self.rules, pkg.num_tasks)
         self.source_name = cluster.source.name
         self.engine = OrtEngine(pkg, threads=self.cfg.threads, tasks=sorted(self.held))
-        self.device: DeviceModel = calibrate(self.engine, pkg, self.held, self.cfg, cluster)
+        self.device: DeviceModel = calibrate(self.engine, pkg, self.held, self.cfg, cluster, host_profile)
         self.limits = Limits()
         self.stop = threading.Event()
         self.leave_requested = threading.Event()  # SIGTERM: a graceful leave

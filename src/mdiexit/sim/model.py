@@ -1,16 +1,15 @@
 """What the simulator knows of the model and the data, computed once per process and reused by every run:
 
-- **Host times** of each task and codec per batch size, as the runtime's calibrated emulation profiles them
-  (runtime.device.calibrate, ONNX Runtime, per engine thread count); a simulated node takes its slowdown times
-  that (DESIGN §7). `times="macs"` uses the manifest's MACs at BASE_RATED_GMACS instead (no profiling: the same
-  numbers in every process, for deterministic tests).
+- **Host times** of each task and codec per batch size, the very profile the runtime's launcher gives its
+  nodes (runtime.device.profile_host: ONNX Runtime, per engine thread count, once per process); a simulated node
+  takes its slowdown times that (DESIGN §7). `times="macs"` uses the manifest's MACs at BASE_RATED_GMACS instead
+  (no profiling: the same numbers in every process, for deterministic tests).
 - **Items**: every test item's logits at every exit (evaluate.all_exit_logits), so that a simulated item exits
   exactly where and with the label a single-process run gives it at any thresholds.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import tempfile
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from mdiexit.package import Package
 
 TIMES = ("profile", "macs")
 CACHE_DIR = Path(tempfile.gettempdir()) / "mdiexit-sim-cache"  # the items' logits, per package and data
-_profiles: dict[tuple[str, int, int], dict[Key, dict[int, float]]] = {}
 _items: dict[tuple[str, str], Items] = {}
 
 
@@ -47,18 +45,9 @@ def host_times(pkg: Package, cluster: ClusterConfig, threads: int,
         return _macs_times(pkg, cluster.max_batch)
     if times != "profile":
         raise ValueError(f"times: expected one of {', '.join(TIMES)}, got {times!r}")
-    key = (str(pkg.root.resolve()), threads, cluster.max_batch)
-    if key not in _profiles:
-        from mdiexit.engine import OrtEngine
-        from mdiexit.runtime.device import calibrate
+    from mdiexit.runtime.device import profile_host
 
-        held = frozenset(range(1, pkg.num_tasks + 1))
-        engine = OrtEngine(pkg, threads=threads, tasks=sorted(held))
-        # a slowdown other than 1 makes calibrate profile; only the host times are kept
-        probe = dataclasses.replace(cluster.source, slowdown=2.0, threads=threads)
-        model = calibrate(engine, pkg, held, probe, dataclasses.replace(cluster, emulation="calibrated"))
-        _profiles[key] = model.profiled_s
-    return _profiles[key]
+    return profile_host(pkg, cluster, threads)  # the profile every run of this process takes
 
 
 def _macs_times(pkg: Package, max_batch: int) -> dict[Key, dict[int, float]]:

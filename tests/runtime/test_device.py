@@ -1,0 +1,32 @@
+"""A node's device model from the host profile the launcher made before the cluster started (runtime.device)."""
+
+from __future__ import annotations
+
+from mdiexit.config import load_cluster
+from mdiexit.engine import OrtEngine
+from mdiexit.package import load_package
+from mdiexit.runtime.device import calibrate, profile_host, read_profile, work_keys, write_profile
+from tests.runtime.conftest import write_cluster
+
+
+def test_a_node_given_the_host_profile_takes_its_times_and_profiles_nothing(tmp_path, tiny_package):
+    cluster = load_cluster(write_cluster(tmp_path / "c.yaml", tiny_package, [30, 10]))
+    pkg = load_package(tiny_package)
+    held = frozenset({2, 3})
+    fake = {key: {1: 0.001 * (i + 1), 8: 0.004 * (i + 1)} for i, key in enumerate(work_keys(pkg, frozenset(
+        range(1, pkg.num_tasks + 1))))}  # no real host is this slow: profiling would show
+    path = write_profile(tmp_path / "host.json", fake)
+    assert read_profile(path) == fake
+    engine = OrtEngine(pkg, threads=1, tasks=sorted(held))
+    model = calibrate(engine, pkg, held, cluster.node("w1"), cluster, read_profile(path))
+    assert model.profiled_s == {key: fake[key] for key in work_keys(pkg, held)}
+    assert model.host_s(("task", 2), 1) == fake[("task", 2)][1]
+
+
+def test_the_host_is_profiled_once_per_process_for_every_task_and_codec(tmp_path, tiny_package):
+    cluster = load_cluster(write_cluster(tmp_path / "c.yaml", tiny_package, [30, 10]))
+    pkg = load_package(tiny_package)
+    first = profile_host(pkg, cluster, threads=1)
+    assert set(first) == set(work_keys(pkg, frozenset(range(1, pkg.num_tasks + 1))))
+    assert all(b in per_batch and per_batch[b] > 0 for per_batch in first.values() for b in (1, cluster.max_batch))
+    assert profile_host(pkg, cluster, threads=1) is first  # every later run and simulation takes the same times
