@@ -224,11 +224,19 @@ def cmd_bench_network(a: argparse.Namespace) -> int:
     """mdi-exit with rate adaptation while the source's uplink drops from --high to --low Mbit/s at --drop-at and
     recovers at --back-at, three times: measured link estimates, the cluster file's figures (static), and no
     bandwidth given (unlimited). Writes throughput, p95 and accuracy within the deadline per phase, the estimate's
-    tracking time, the estimation's bytes on the wire, a plot, and each run's results beside --out."""
-    from mdiexit.bench.network import bench_network
+    tracking time, the estimation's bytes on the wire, a plot, and each run's results beside --out. With --repeats N
+    the variants take turns N times and each figure is the median over the runs."""
+    from mdiexit.bench.network import VARIANTS, bench_network
+
+    if unknown := set(a.variants.split(",")) - set(VARIANTS):
+        raise SystemExit(f"mdiexit: error: --variants: unknown {', '.join(sorted(unknown))}; choose from "
+                         f"{', '.join(VARIANTS)}")
+    if a.repeats < 1:
+        raise SystemExit("mdiexit: error: --repeats: expected at least 1")
 
     bench_network(a.cluster, a.out, duration_s=a.duration, drop_at_s=a.drop_at, back_at_s=a.back_at,
-                  high_mbps=a.high, low_mbps=a.low, warmup_s=a.warmup, target_accuracy=a.target_accuracy)
+                  high_mbps=a.high, low_mbps=a.low, warmup_s=a.warmup, target_accuracy=a.target_accuracy,
+                  variants=tuple(a.variants.split(",")), repeats=a.repeats)
     return 0
 
 
@@ -386,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--low", type=float, default=1.0, help="Mbit/s while congested (default 1)")
     bn.add_argument("--warmup", type=float, default=5.0, help="seconds not measured at the start (default 5)")
     bn.add_argument("--target-accuracy", type=float, default=None)
+    bn.add_argument("--variants", default="measured,static,unlimited",
+                    help="comma-separated subset of measured,static,unlimited (default: all three)")
+    bn.add_argument("--repeats", type=int, default=1,
+                    help="runs per variant, taking turns; each figure is then the median (default 1)")
     bn.set_defaults(func=cmd_bench_network)
     bp = bsub.add_parser("paper", help="both headline experiments for every mode: paper.json, PNG plots, table",
                          description=_doc(cmd_bench_paper))

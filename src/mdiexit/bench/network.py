@@ -10,7 +10,9 @@ uplink follows ``[[0, high], [drop_at, low], [back_at, high]]``. Reported per ru
 after, by admission time; throughput by completion time): results per second, p95 latency, and accuracy within
 the deadline (a late or missing result counts as wrong). ``tracking_s``: for each change, the time until the
 measured run's estimate of the source's uplink (the median over its links) is within 20 % of the true rate.
-Also: the bytes the estimation added to the wire, as a fraction of all bytes sent, and a plot.
+Also: the bytes the estimation added to the wire, as a fraction of all bytes sent, and a plot. With ``repeats``
+the variants take turns that many times; each phase's figures are then the medians over the runs (``every_run``
+keeps them all: the spread between two runs of one variant was larger than the difference between variants).
 """
 
 from __future__ import annotations
@@ -95,10 +97,21 @@ def _per_second(records: list, start: float, duration_s: float) -> list[float]:
     return counts.astype(float).tolist()
 
 
+def median_figures(runs: list[dict]) -> dict:
+    """Per phase and figure, the median over repeated runs (figures a run could not give, None, are left out)."""
+    out: dict[str, dict] = {}
+    for phase in runs[0]:
+        out[phase] = {}
+        for fig in runs[0][phase]:
+            vals = [r[phase][fig] for r in runs if r[phase][fig] is not None]
+            out[phase][fig] = statistics.median(vals) if vals else None
+    return out
+
+
 def bench_network(cluster: Path, out: Path, duration_s: float = 70.0, drop_at_s: float = 20.0,
                   back_at_s: float = 50.0, high_mbps: float = 20.0, low_mbps: float = 1.0, warmup_s: float = 5.0,
                   deadline_ms: float = 1000.0, target_accuracy: float | None = None,
-                  variants: tuple[str, ...] = tuple(VARIANTS)) -> dict:
+                  variants: tuple[str, ...] = tuple(VARIANTS), repeats: int = 1) -> dict:
     if not warmup_s < drop_at_s < back_at_s < duration_s:
         raise ValueError(f"expected warm-up < drop < back < duration, got {warmup_s}, {drop_at_s}, {back_at_s}, "
                          f"{duration_s} s")
@@ -106,35 +119,45 @@ def bench_network(cluster: Path, out: Path, duration_s: float = 70.0, drop_at_s:
     windows = {"before": (warmup_s, drop_at_s), "congested": (drop_at_s, back_at_s), "after": (back_at_s, duration_s)}
     runs_dir = out.parent / out.stem
     runs_dir.mkdir(parents=True, exist_ok=True)
-    runs, series, per_second, overhead = {}, {}, {}, {}
-    for variant in variants:
-        path = variant_cluster(cluster, runs_dir, variant, schedule)
-        print(f"  {variant}: {duration_s:g} s, source uplink {high_mbps:g} -> {low_mbps:g} Mbit/s at {drop_at_s:g} s, "
-              f"back at {back_at_s:g} s", file=sys.stderr)
-        stop, samples = threading.Event(), []
-        opts = RunOptions(mode="mdi-exit", admission="rate", rate=50.0, duration_s=duration_s, warmup_s=warmup_s,
-                          live=False, deadline_ms=deadline_ms, target_accuracy=target_accuracy, drain_timeout_s=30.0)
-        try:
-            result = run_cluster(path, opts, on_ready=_watch(samples, stop))
-        finally:
-            stop.set()
-        write_results(result, runs_dir / variant)
-        records = list(result.ledger.records.values())
-        start = min(r.admitted_at for r in records)
-        runs[variant] = phase_figures(records, start, windows, deadline_ms / 1000)
-        series[variant], per_second[variant] = samples, _per_second(records, start, duration_s)
-        overhead[variant] = result.summary["estimation_overhead"]
+    every: dict[str, list[dict]] = {v: [] for v in variants}
+    series, per_second, overhead, tracked = {}, {}, {}, []
     changes = [(t, mbps * 1e6) for t, mbps in schedule]
-    tracked = tracking(series["measured"], changes) if "measured" in series else []
+    for i in range(repeats):  # the variants take turns, so that a drift of the host does not favour one
+        for variant in variants:
+            path = variant_cluster(cluster, runs_dir, variant, schedule)
+            print(f"  {variant}{f' ({i + 1}/{repeats})' if repeats > 1 else ''}: {duration_s:g} s, source uplink "
+                  f"{high_mbps:g} -> {low_mbps:g} Mbit/s at {drop_at_s:g} s, back at {back_at_s:g} s", file=sys.stderr)
+            stop, samples = threading.Event(), []
+            opts = RunOptions(mode="mdi-exit", admission="rate", rate=50.0, duration_s=duration_s, warmup_s=warmup_s,
+                              live=False, deadline_ms=deadline_ms, target_accuracy=target_accuracy,
+                              drain_timeout_s=30.0)
+            try:
+                result = run_cluster(path, opts, on_ready=_watch(samples, stop))
+            finally:
+                stop.set()
+            write_results(result, runs_dir / (variant if repeats == 1 else f"{variant}-{i + 1}"))
+            records = list(result.ledger.records.values())
+            start = min(r.admitted_at for r in records)
+            every[variant].append(phase_figures(records, start, windows, deadline_ms / 1000))
+            if variant == "measured":
+                tracked += [{**c, "run": i + 1} for c in tracking(samples, changes)]
+            if i == 0:  # the plot shows the first round
+                series[variant], per_second[variant] = samples, _per_second(records, start, duration_s)
+            o = result.summary["estimation_overhead"]
+            if o["fraction_of_bytes_sent"] >= overhead.get(variant, {}).get("fraction_of_bytes_sent", -1.0):
+                overhead[variant] = o  # the largest over the rounds
+    runs = {v: median_figures(r) for v, r in every.items()}
     times = [c["tracking_s"] for c in tracked]
     report = {
         "runs": runs,
+        "repeats": repeats,
+        "every_run": every if repeats > 1 else None,
         "tracking_s": None if not times or None in times else max(times),
         "tracking": tracked,
         "estimation_overhead": overhead,
         "config": {"cluster": str(cluster), "mode": "mdi-exit", "admission": "rate", "duration_s": duration_s,
                    "warmup_s": warmup_s, "source_uplink_schedule_mbps": schedule, "deadline_ms": deadline_ms,
-                   "target_accuracy": target_accuracy, "tracking_tolerance": TRACKING_TOLERANCE,
+                   "target_accuracy": target_accuracy, "tracking_tolerance": TRACKING_TOLERANCE, "repeats": repeats,
                    "phases_s": windows, "variants": {v: dict(zip(("links", "bandwidth_configured"), VARIANTS[v],
                                                                  strict=True)) for v in variants},
                    "command": " ".join(sys.argv)},
@@ -151,7 +174,8 @@ def bench_network(cluster: Path, out: Path, duration_s: float = 70.0, drop_at_s:
 def print_network(r: dict) -> None:
     c = r["config"]
     print(f"mdi-exit, rate adaptation, {c['cluster']}: source uplink {c['source_uplink_schedule_mbps']} (t_s, Mbit/s); "
-          f"accuracy within {c['deadline_ms']:.0f} ms")
+          f"accuracy within {c['deadline_ms']:.0f} ms" + (f"; medians of {r['repeats']} runs" if r.get("every_run")
+                                                          else ""))
     print(f"{'links':>10} {'phase':>10} {'items/s':>8} {'p95 ms':>8} {'acc<=deadline':>13}")
     for variant, phases in r["runs"].items():
         for phase, f in phases.items():
@@ -160,7 +184,7 @@ def print_network(r: dict) -> None:
             print(f"{variant:>10} {phase:>10} {f['throughput_per_s']:>8.1f} {p95:>8} {acc:>13}")
     for t in r["tracking"]:
         print(f"  estimate within {TRACKING_TOLERANCE:.0%} of {t['true_mbps']:g} Mbit/s: {t['tracking_s']} s after "
-              f"the change at {t['at_s']:g} s")
+              f"the change at {t['at_s']:g} s" + (f" (run {t['run']})" if r.get("every_run") else ""))
     for variant, o in r["estimation_overhead"].items():
         print(f"  {variant}: estimation added {o['bytes']} bytes, {o['fraction_of_bytes_sent']:.2%} of all bytes sent")
 
