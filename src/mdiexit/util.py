@@ -1,9 +1,10 @@
-"""Small helpers every layer shares: progress lines, log files, timing in isolation. Standard library only."""
+"""Small helpers every layer shares: progress lines, log files, timing. Standard library only."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +35,19 @@ def logging_to(log: logging.Logger, path: Path) -> Iterator[None]:
     finally:
         log.removeHandler(fh)
         fh.close()
+
+
+def median_s(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls: what a benchmark
+    quotes. A device's profile takes ``isolated_s`` instead."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def isolated_s(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
