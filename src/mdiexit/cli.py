@@ -39,7 +39,8 @@ def _run_opts(a: argparse.Namespace):
                  live=not a.quiet, data_dir=a.data_dir, admission=a.admission, target_accuracy=a.target_accuracy,
                  target_backlog_ms=a.target_backlog_ms, net=a.net, max_backlog_ms=a.max_backlog_ms,
                  max_wait_ms=a.max_wait_ms, metrics_port=a.metrics_port, metrics_addr=a.metrics_addr,
-                 insecure=a.insecure, keys_dir=a.keys_dir, items=items_arg(a.items))
+                 insecure=a.insecure, keys_dir=a.keys_dir, items=items_arg(a.items),
+                 self_profile=getattr(a, "self_profile", False))
     if a.thresholds is not None:
         given["thresholds"] = tuple(floats(a.thresholds, "--thresholds"))
     return RunOptions(**{k: v for k, v in given.items() if not isinstance(v, RunDefault)})
@@ -150,6 +151,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--net", default=RunDefault("net"), choices=["app", "namespaces"],
                    help="app: the nodes pace their links; namespaces: one network namespace per worker, "
                         "bandwidths shaped by the kernel with tc tbf (root, Linux) (default %(default)s)")
+    p.add_argument("--self-profile", action="store_true",
+                   help="each node profiles itself at start-up, beside the others starting, instead of taking the "
+                        "host profile made before they start (the old emulation, for comparison)")
     p.add_argument("--out", type=Path, default=Path("runs/last"), help="folder for summary.json")
     _security_args(p)
 
@@ -237,6 +241,18 @@ def cmd_bench_network(a: argparse.Namespace) -> int:
     bench_network(a.cluster, a.out, duration_s=a.duration, drop_at_s=a.drop_at, back_at_s=a.back_at,
                   high_mbps=a.high, low_mbps=a.low, warmup_s=a.warmup, target_accuracy=a.target_accuracy,
                   variants=tuple(a.variants.split(",")), repeats=a.repeats)
+    return 0
+
+
+def cmd_bench_calibration(a: argparse.Namespace) -> int:
+    """Start the cluster --runs times, each as its own `mdiexit run` of 1.5 s, both with the host profile and with
+    each node profiling itself (--self-profile), in turn; compare every node's calibrated times and the planner's
+    ideal across the runs. Writes --out (JSON) and prints the spreads."""
+    from mdiexit.bench.calibration import bench_calibration
+
+    if a.runs < 2:
+        raise SystemExit("mdiexit: error: --runs: expected at least 2 (a spread needs two runs)")
+    bench_calibration(a.cluster, a.runs, a.out)
     return 0
 
 
@@ -383,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     bx.add_argument("--seed", type=int, default=0, help="seed of the schedule (which node each event hits)")
     bx.add_argument("--target-accuracy", type=float, default=None)
     bx.set_defaults(func=cmd_bench_chaos)
+    bc = bsub.add_parser("calibration", help="how much the emulated devices move between runs: host profile vs "
+                                             "each node profiling itself", description=_doc(cmd_bench_calibration))
+    _cluster_arg(bc)
+    bc.add_argument("--runs", type=int, default=5, help="runs of each way (default 5)")
+    bc.add_argument("--out", type=Path, default=Path("docs/results/calibration.json"))
+    bc.set_defaults(func=cmd_bench_calibration)
     bn = bsub.add_parser("network", help="mdi-exit while the source's uplink drops and recovers: measured vs static "
                                          "vs unlimited link figures", description=_doc(cmd_bench_network))
     bn.add_argument("--cluster", type=Path, default=Path("examples/camera4.yaml"), help="default examples/camera4.yaml")

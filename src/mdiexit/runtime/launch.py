@@ -75,6 +75,7 @@ class RunOptions:
     serve: threading.Event | None = None  # serve clients (`mdiexit serve`) until this is set, instead of a stream
     metrics_port: int | None = None  # the source's Prometheus endpoint (default: its metrics_port in the file)
     metrics_addr: str | None = None  # default loopback
+    self_profile: bool = False  # each node profiles itself at start-up instead of taking the host profile
 
 
 def _die_with_parent() -> None:
@@ -294,7 +295,8 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     admission = admission or make_admission(pkg, mode, opts)
     workers = [] if rules.single_node else [w.name for w in cluster.workers]
     pace = netns is None  # in namespaces the kernel shapes the bandwidths
-    profiles = profile_nodes(cluster, pkg, [cluster.source.name, *(workers if spawn else [])])
+    profiles = HostProfiles() if opts.self_profile else \
+        profile_nodes(cluster, pkg, [cluster.source.name, *(workers if spawn else [])])
     procs = {w: spawn_worker(cluster_path, w, mode, (netns or {}).get(w), pace, keys_dir, profiles.file(w))
              for w in workers} if spawn else {}
     source = SourceProcess(cluster, cluster.source.name, pkg, mode=mode, admission=admission, gate=make_gate(opts),
