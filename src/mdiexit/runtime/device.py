@@ -1,11 +1,15 @@
 """What a node knows about its own device, set up once at start-up: the calibrated device model (each task and
-codec profiled per batch size, DESIGN §7), the service-time estimates it seeds, and, per link and task
-boundary, whether learned feature codes pay (`compress: auto`)."""
+codec profiled per batch size, DESIGN §7; on one host, profiled once by the launcher before any node starts and
+handed to every node: ``profile_host``, ``HostProfiles``), the service-time estimates it seeds, and, per link and
+task boundary, whether learned feature codes pay (`compress: auto`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +104,41 @@ def read_profile(path: Path) -> Profile:
     raw = json.loads(Path(path).read_text())
     return {(key.split()[0], int(key.split()[1])): {int(b): float(s) for b, s in per_batch.items()}
             for key, per_batch in raw.items()}
+
+
+@dataclass
+class HostProfiles:
+    """The host's task times, profiled once before the nodes this launcher starts (one profile per engine thread
+    count), and the files the workers read them from."""
+
+    folder: Path | None = None
+    by_threads: dict[int, Profile] = field(default_factory=dict)
+    threads_of: dict[str, int] = field(default_factory=dict)
+
+    def of(self, name: str) -> Profile | None:
+        return self.by_threads.get(self.threads_of.get(name, -1))
+
+    def file(self, name: str) -> Path | None:
+        threads = self.threads_of.get(name)
+        return None if self.folder is None or threads is None else self.folder / f"threads{threads}.json"
+
+    def remove(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def profile_nodes(cluster: ClusterConfig, pkg: Package, names: list[str]) -> HostProfiles:
+    """Profile this host for the emulated nodes among ``names`` (slowdown > 1, calibrated emulation) before any
+    starts: a node profiling itself at start-up shares the cores with the others starting beside it."""
+    emulated = {n: cluster.node(n).threads for n in names
+                if cluster.node(n).slowdown != 1.0 and cluster.emulation == "calibrated"}
+    if not emulated:
+        return HostProfiles()
+    out = HostProfiles(Path(tempfile.mkdtemp(prefix="mdiexit-profile-")), threads_of=emulated)
+    for threads in sorted(set(emulated.values())):
+        out.by_threads[threads] = profile_host(pkg, cluster, threads)
+        write_profile(out.folder / f"threads{threads}.json", out.by_threads[threads])
+    return out
 
 
 def seed_estimates(estimator: ServiceEstimator, device: DeviceModel, held: frozenset[int]) -> None:

@@ -37,7 +37,7 @@ from mdiexit.policies.admission import RateAdaptation, ThresholdAdaptation
 from mdiexit.policies.gate import AdmissionGate
 from mdiexit.policies.modes import no_exit_thresholds, rules_for
 from mdiexit.runtime.arrivals import StreamArrivals
-from mdiexit.runtime.device import Profile, profile_host, read_profile, write_profile
+from mdiexit.runtime.device import HostProfiles, profile_nodes, read_profile
 from mdiexit.runtime.metrics import emulation_check, host_cpu_ticks, link_summary, summarize
 from mdiexit.runtime.node import ClusterError, NodeProcess
 from mdiexit.runtime.report import RunResult
@@ -83,41 +83,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
-
-
-@dataclass
-class HostProfiles:
-    """The host's task times, profiled once before the nodes this launcher starts (one profile per engine thread
-    count), and the files the workers read them from."""
-
-    folder: Path | None = None
-    by_threads: dict[int, Profile] = field(default_factory=dict)
-    threads_of: dict[str, int] = field(default_factory=dict)
-
-    def of(self, name: str) -> Profile | None:
-        return self.by_threads.get(self.threads_of.get(name, -1))
-
-    def file(self, name: str) -> Path | None:
-        threads = self.threads_of.get(name)
-        return None if self.folder is None or threads is None else self.folder / f"threads{threads}.json"
-
-    def remove(self) -> None:
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def profile_nodes(cluster: ClusterConfig, pkg: Package, names: list[str]) -> HostProfiles:
-    """Profile this host for the emulated nodes among ``names`` (slowdown > 1, calibrated emulation) before any
-    starts: a node profiling itself at start-up shares the cores with the others starting beside it."""
-    emulated = {n: cluster.node(n).threads for n in names
-                if cluster.node(n).slowdown != 1.0 and cluster.emulation == "calibrated"}
-    if not emulated:
-        return HostProfiles()
-    out = HostProfiles(Path(tempfile.mkdtemp(prefix="mdiexit-profile-")), threads_of=emulated)
-    for threads in sorted(set(emulated.values())):
-        out.by_threads[threads] = profile_host(pkg, cluster, threads)
-        write_profile(out.folder / f"threads{threads}.json", out.by_threads[threads])
-    return out
 
 
 def spawn_worker(cluster_path: Path, name: str, mode: str, netns: str | None = None,
