@@ -206,3 +206,12 @@ def test_a_cluster_written_inside_the_working_directory_names_its_package_relati
     assert yaml.safe_load(out.read_text())["package"] == "../../models/m"  # no machine's folders in the file
     monkeypatch.chdir(out.parent)  # found from the file's own folder, whatever the working directory
     assert load_cluster(out).package.resolve() == (tmp_path / "models" / "m").resolve()
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))
+def test_every_example_loads_with_a_shipped_package(example):
+    from mdiexit.package import load_package
+
+    cfg = load_cluster(REPO / "examples" / example)
+    pkg = load_package(cfg.package, check_onnx=True)  # a newcomer's first run must find the model it names
+    assert pkg.num_tasks >= 2 and cfg.source is not None
