@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mdiexit.policies.modes import rules_for
+from mdiexit.protocol.stats import SINGLE, per_task_s, tasks_run
 
 if TYPE_CHECKING:  # the cluster file and package readers load only when a plan is made, not when a CLI is parsed
     from mdiexit.config import ClusterConfig, NodeConfig
@@ -344,16 +345,16 @@ def plan_throughput(cluster: ClusterConfig, pkg: Package, mode: str, exit_fracti
 
 
 def limit_from_stats(cluster: ClusterConfig, pkg: Package, mode: str, final_stats: Mapping[str, Mapping[str, float]],
-                     exit_fraction: Sequence[float], prefix: str = "single_task_") -> float | None:
-    """The limit of a finished run from its nodes' calibrated per-task times (``PREFIX{k}_s`` in their final stats,
+                     exit_fraction: Sequence[float], prefix: str = SINGLE) -> float | None:
+    """The limit of a finished run from its nodes' calibrated per-task times (``prefix``: see protocol/stats.py,
     as the runtime's compute-only ideal reads them; codecs count as free) at its measured exit mix. None where a
     node that computes was not calibrated, the nodes differ from the cluster file's, or no item finished."""
     if set(final_stats) != {n.name for n in cluster.nodes} or abs(sum(exit_fraction) - 1.0) > 1e-6:
         return None
     times = {}
     for name, st in final_stats.items():
-        times[name] = NodeTimes({int(k[len(prefix):-2]): v for k, v in st.items() if k.startswith(prefix)})
-        if not times[name].task_s and any(k.startswith("tasks_run_") for k in st):
+        times[name] = NodeTimes(per_task_s(st, prefix))
+        if not times[name].task_s and tasks_run(st):
             return None  # computes, but uncalibrated (a real device)
     try:
         return plan_throughput(cluster, pkg, mode, exit_fraction, times, tidy=False).throughput_per_s

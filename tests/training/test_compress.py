@@ -118,6 +118,8 @@ def test_rerun_resumes_training_and_rewrites_the_same_entries(compressed, tiny_c
     r2 = compress_package(again, tiny_checkpoint, ratios=(4, 8), epochs=1, max_train_items=300, seed=0, threads=1,
                           train_set=tr, val_set=val, progress=False)
     assert "resumed autoencoder training" in (again / "compress.log").read_text()
+    state = torch.load(pkg_dir / "compress_state.pt", weights_only=False)
+    assert state["epoch"] == 1 and "opt" not in state  # a finished state is the autoencoders, no optimizer
     a, b = (json.loads((d / "manifest.json").read_text())["compression"] for d in (pkg_dir, again))
     assert [e["ratio"] for e in a] == [e["ratio"] for e in b]
     assert [e["accuracy_cost"] for e in a] == [e["accuracy_cost"] for e in b]

@@ -8,6 +8,7 @@ import numpy as np
 
 from mdiexit.policies.gate import AdmissionGate
 from mdiexit.protocol.messages import REJECT_REASONS
+from mdiexit.protocol.stats import LIMIT, SINGLE, calibration_ms, per_task_s, tasks_run
 from mdiexit.runtime.ledger import Ledger
 
 
@@ -52,11 +53,10 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
         "exit_fraction": [float(x) for x in exits / max(1, ledger.completed)],
         "bytes_per_item": bytes_sent / admitted if admitted else 0.0,
         "per_node": {name: {"utilization": s.get("busy_s", 0.0) / max(s.get("elapsed_s", 1.0), 1e-9),
-                            "tasks_run": {k[len("tasks_run_"):]: int(v) for k, v in s.items()
-                                          if k.startswith("tasks_run_")},
+                            "tasks_run": {str(k): v for k, v in tasks_run(s).items()},
                             "backlog_s_mean": float(np.mean(backlog_samples.get(name) or [0.0])),
                             "bytes_sent": int(s.get("bytes_sent", 0.0)),
-                            "task_ms": calibrated_ms(s)}
+                            "task_ms": calibration_ms(s)}
                      for name, s in sorted(final_stats.items())},
         "bad_messages": int(sum(s.get("bad_messages", 0.0) for s in final_stats.values())),
         "unknown_results": ledger.unknown,
@@ -66,7 +66,7 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
     for name, st in final_stats.items():
         calls = st.get("emulated_calls", 0.0)
         summary["per_node"][name]["overrun_fraction"] = st.get("overruns", 0.0) / calls if calls else 0.0
-    for key, prefix in (("ideal_throughput_per_s", "single_task_"), ("ideal_batched_throughput_per_s", "limit_task_")):
+    for key, prefix in (("ideal_throughput_per_s", SINGLE), ("ideal_batched_throughput_per_s", LIMIT)):
         planned = physical_limit(final_stats, summary["exit_fraction"], prefix) if physical_limit else None
         summary[key] = planned if planned is not None else ideal_throughput(final_stats, summary["exit_fraction"],
                                                                             prefix)
@@ -96,29 +96,18 @@ def link_summary(link_reports: dict[str, dict], final_stats: dict[str, dict[str,
                                                     "fraction_of_bytes_sent": overhead / total if total else 0.0}}
 
 
-def calibrated_ms(stats: dict[str, float]) -> dict[str, dict[str, float]]:
-    """A node's start-up calibration as it reported it: task -> batch size -> emulated ms for the whole batch."""
-    out: dict[str, dict[str, float]] = {}
-    for key, v in stats.items():
-        if key.startswith("task_") and "_batch_" in key:
-            task, batch = key[len("task_"):-len("_s")].split("_batch_")
-            out.setdefault(task, {})[batch] = 1000 * v
-    return out
-
-
 def ideal_throughput(final_stats: dict[str, dict[str, float]], exit_fraction: list[float],
-                     prefix: str = "single_task_") -> float | None:
+                     prefix: str = SINGLE) -> float | None:
     """The cluster's compute limit at this exit mix: the sum over nodes of 1 / (expected emulated seconds per
-    item), each task at its calibrated time one item at a time (``single_task_``) or at its best batch size
-    (``limit_task_``). None when it needs the planner (a node holds only some tasks) or a node is not
-    calibrated (a real device)."""
+    item), each task at its calibrated time one item at a time (``SINGLE``) or at its best batch size (``LIMIT``).
+    None when it needs the planner (a node holds only some tasks) or a node is not calibrated (a real device)."""
     if not any(exit_fraction):
         return None  # nothing completed: no exit mix
     reach = np.cumsum(np.asarray(exit_fraction, float)[::-1])[::-1]  # P(item runs task k)
     total = 0.0
     for st in final_stats.values():
-        limits = {int(k[len(prefix):-2]): v for k, v in st.items() if k.startswith(prefix)}
-        held = {int(k[len("tasks_run_"):]) for k in st if k.startswith("tasks_run_")}
+        limits = per_task_s(st, prefix)
+        held = tasks_run(st)
         if not limits:
             if held:
                 return None  # computes, but uncalibrated

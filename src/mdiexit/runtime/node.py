@@ -31,6 +31,7 @@ from mdiexit.policies.modes import rules_for
 from mdiexit.policies.offload import NeighbourView, ServiceEstimator
 from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, encode
 from mdiexit.protocol.messages import CLUSTER_KINDS, REJECT_REASONS, Control, Data, Join, Member, Result, State
+from mdiexit.protocol.stats import task_stats
 from mdiexit.runtime.core import Finished, NodeCore, Send, WorkItem, held_tasks, neighbour_view, peers_of
 from mdiexit.runtime.device import Profile, calibrate, compression_plan, seed_estimates
 from mdiexit.runtime.linkmeter import LinkMeter
@@ -356,18 +357,16 @@ class NodeProcess:
 
     # ---------------------------------------------------------------- heartbeat
     def stats(self) -> dict[str, float]:
-        out = {f"tasks_run_{k}": float(v) for k, v in self.core.tasks_run.items()}
+        dev = self.device
+        limit = {k: best for k in self.held if (best := dev.per_item_s(("task", k))) is not None}
+        out = task_stats(self.core.tasks_run, {k: dev.slowdown * dev.host_s(("task", k), 1) for k in limit}, limit,
+                         {k: {b: dev.slowdown * s for b, s in dev.profiled_s.get(("task", k), {}).items()}
+                          for k in self.held})
         out.update(busy_s=self.busy_s, elapsed_s=now() - self.started_at, bad_messages=float(self.bad_messages),
                    bytes_sent=float(self.egress.bytes_sent), dropped_parked=float(self.core.dropped_parked),
                    estimation_bytes=float(self.meter.overhead_bytes))
         out.update({f"rejected_{r}": float(self.rejected[r]) for r in REJECT_REASONS})
-        out.update(emulated_calls=float(self.device.calls), overruns=float(self.device.overruns))
-        for k in self.held:
-            if (best := self.device.per_item_s(("task", k))) is not None:
-                out[f"limit_task_{k}_s"] = best  # best per-item time over the batch sizes
-                out[f"single_task_{k}_s"] = self.device.slowdown * self.device.host_s(("task", k), 1)
-            for b, host_s in self.device.profiled_s.get(("task", k), {}).items():
-                out[f"task_{k}_batch_{b}_s"] = self.device.slowdown * host_s  # the calibration, for the summary
+        out.update(emulated_calls=float(dev.calls), overruns=float(dev.overruns))
         return out
 
     def send_state(self, final: bool = False) -> None:

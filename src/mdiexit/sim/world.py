@@ -32,6 +32,7 @@ from mdiexit.emulation.link import LinkPacer
 from mdiexit.package import Package
 from mdiexit.policies.modes import ModeRules
 from mdiexit.policies.offload import ServiceEstimator
+from mdiexit.protocol.stats import task_stats
 from mdiexit.runtime.arrivals import Offer
 from mdiexit.runtime.core import Finished, NodeCore, Send, WorkItem, codes_pay, held_tasks, neighbour_view
 from mdiexit.runtime.device import seed_estimates
@@ -159,13 +160,11 @@ class SimNode:
             self.send(RESULT_BYTES, src, src.on_result, self.name, self.core.backlog_s(self.world.env.now), f, expired)
 
     def stats(self, elapsed_s: float) -> dict[str, float]:
-        out = {f"tasks_run_{k}": float(v) for k, v in self.core.tasks_run.items()}
+        per_batch = {k: self.times["task", k] for k in self.core.held}
+        out = task_stats(self.core.tasks_run, {k: t[1] for k, t in per_batch.items()},
+                         {k: min(t[b] / b for b in range(1, len(t))) for k, t in per_batch.items()})
         out.update(busy_s=self.busy_s, elapsed_s=elapsed_s, bad_messages=0.0, bytes_sent=float(self.egress.bytes_sent),
                    dropped_parked=float(self.core.dropped_parked), emulated_calls=float(self.calls), overruns=0.0)
-        for k in self.core.held:
-            per_batch = self.times["task", k]
-            out[f"limit_task_{k}_s"] = min(per_batch[b] / b for b in range(1, len(per_batch)))
-            out[f"single_task_{k}_s"] = per_batch[1]
         return out
 
 

@@ -145,10 +145,11 @@ def train_autoencoders(model: EarlyExitModel, aes: list[Autoencoder], train_set:
         if st.get("settings") == settings:
             for ae, sd in zip(aes, st["aes"], strict=True):
                 ae.load_state_dict(sd)
-            opt.load_state_dict(st["opt"])
-            sched.load_state_dict(st["sched"])
-            gen.set_state(st["gen"])
             start = st["epoch"]
+            if start < epochs:  # a finished state keeps no optimizer: nothing is left to train
+                opt.load_state_dict(st["opt"])
+                sched.load_state_dict(st["sched"])
+                gen.set_state(st["gen"])
             log.info("resumed autoencoder training from %s at epoch %d", state_path, start)
         else:
             log.info("%s was written with other settings; training from scratch", state_path)
@@ -183,9 +184,11 @@ def train_autoencoders(model: EarlyExitModel, aes: list[Autoencoder], train_set:
                  " ".join(f"[k{ae.after_task} r{ae.requested_ratio:g} mse {m / seen:.4f} kl {kl / seen:.4f}]"
                           for ae, (m, kl) in zip(aes, run, strict=True)))
         if state_path is not None:
-            torch.save({"settings": settings, "config": asdict(cfg), "aes": [ae.state_dict() for ae in aes],
-                        "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
-                        "epoch": epoch + 1}, state_path)
+            state = {"settings": settings, "config": asdict(cfg), "aes": [ae.state_dict() for ae in aes],
+                     "epoch": epoch + 1}
+            if epoch + 1 < epochs:  # mid-way: what resuming needs; once done, the autoencoders alone
+                state.update(opt=opt.state_dict(), sched=sched.state_dict(), gen=gen.get_state())
+            torch.save(state, state_path)
     for ae in aes:
         ae.eval()
 
