@@ -102,7 +102,9 @@ def test_live_node_survives_random_and_mangled_frames(cluster_file, tiny_package
 def start_run(cluster_file, tmp_path, duration=30):
     cmd = [sys.executable, "-m", "mdiexit.cli", "run", "--cluster", str(cluster_file), "--rate", "50",
            "--duration", str(duration), "--out", str(tmp_path / "out")]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # a job started in the background by a shell inherits SIGINT ignored; Ctrl-C must reach the run here
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_until_running(proc, n_workers, min_done=20, timeout=90):
