@@ -3,8 +3,10 @@ their heartbeats on a clock of their own, and the sender's events in time order.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
+import zlib
 
 import pytest
 
@@ -15,35 +17,42 @@ MBIT = 1e6
 
 def simulate(estimators: dict[str, LinkEstimator], sends: list[tuple[float, int, str]], until: float,
              rate_at=lambda t: 10 * MBIT, latency: float = 0.005, heartbeat: float = 0.05, jitter: float = 0.0,
-             seed: int = 0, acks: bool = True, ack_delay: float = 0.0) -> list[tuple[float, dict[str, float | None]]]:
+             seed: int = 0, acks: bool = True, ack_delay: float = 0.0,
+             states_queue: bool = False, stamp_skew: float = 0.0) -> list[tuple[float, dict[str, float | None]]]:
     """Drive ``estimators`` (one per link) through ``sends`` (time, bytes, link) on one FIFO egress draining at
     ``rate_at(t)``. Each receiver acknowledges every ``heartbeat`` on its own clock (offset 1e6 s); ``jitter``
-    delays when each receiver notices a message; ``ack_delay`` delays acknowledgements on the way back. Returns the
-    estimates after every acknowledgement."""
+    delays when each receiver notices a message; ``ack_delay`` delays acknowledgements on the way back;
+    ``states_queue``: the sender's own STATEs wait behind its data in the egress, so each round trip holds the
+    egress's backlog of the moment; ``stamp_skew``: each receiver stamps data this much earlier than the STATEs
+    whose round trips are measured. Returns the estimates after every acknowledgement."""
     rng = random.Random(seed)
     free_at, position = 0.0, 0
+    drained: list[tuple[float, float]] = []  # (send time, when the egress is free after it)
     delivered: dict[str, list[tuple[float, int]]] = {k: [] for k in estimators}
     counts = dict.fromkeys(estimators, 0)
     events = []
     for t, n, link in sorted(sends):
         start = max(t, free_at)
         free_at = start + 8 * n / rate_at(start)
+        drained.append((t, free_at))
         position += n
         counts[link] += n
-        delivered[link].append((free_at + latency + rng.uniform(0, jitter), counts[link]))
+        delivered[link].append((free_at + latency + rng.uniform(0, jitter) - stamp_skew, counts[link]))
         events.append((t, 0, "send", link, (n, position)))
     if acks:
         for link in estimators:
             arrivals = sorted(delivered[link])
             k, i, total, last = 1, 0, 0, None
             while k * heartbeat <= until:
-                h = k * heartbeat + 0.001 * hash(link) % 0.01
+                h = k * heartbeat + 0.001 * zlib.crc32(link.encode()) % 0.01  # each receiver's own phase
                 while i < len(arrivals) and arrivals[i][0] <= h:
                     total, last = max(total, arrivals[i][1]), arrivals[i][0]
                     i += 1
                 if last is not None:
                     events.append((h + latency + ack_delay, 1, "ack", link, (total, h - last, h + 1e6)))
-                events.append((h + latency, 2, "rtt", link, 2 * latency + rng.uniform(0, jitter)))
+                j = bisect.bisect_right(drained, (h, math.inf)) - 1
+                waited = max(0.0, drained[j][1] - h) if states_queue and j >= 0 else 0.0
+                events.append((h + latency, 2, "rtt", link, 2 * latency + waited + rng.uniform(0, jitter)))
                 k += 1
     series = []
     for t, _, kind, link, data in sorted(events, key=lambda e: (e[0], e[1])):
@@ -162,6 +171,27 @@ def test_small_messages_on_an_avoided_link_find_its_recovery_net_of_the_path_del
     # does its delivery prove more than about 2 Mbit/s
     assert at(series, 6.5) > 10 * MBIT
     assert max(v["a"] for _, v in series) <= 20 * MBIT * 1.05  # and never more than the link can do
+
+
+def test_a_backlogged_egress_does_not_inflate_the_estimate():
+    # a kernel-shaped uplink: the sender's STATEs wait behind its data unseen, so once it is backlogged every recent
+    # round trip holds the backlog, and a delivery bound net of such a round trip would prove far more than the link
+    rate = 20 * MBIT
+    sends = [(1 + t, n, link) for t, n, link in steady(lambda t: rate, 20, load=1.1, size=37_632)]  # idle first 1 s
+    est = LinkEstimator(seed_bps=rate)
+    series = simulate({"a": est}, sends, 21, rate_at=lambda t: rate, states_queue=True)
+    assert max(v["a"] for _, v in series) <= 1.1 * rate
+    assert within(at(series, 21), rate, 0.1)
+
+
+def test_small_messages_stamped_a_little_early_do_not_lift_the_estimate():
+    # results and learned codes (2-3 KB) on a fast, lightly used link: under a millisecond of wire each, so a
+    # receiver whose data stamps run 0.3 ms ahead of its STATEs' would prove up to twice the link's rate
+    rate = 20 * MBIT
+    sends = [(0.02 * i, 2_400, "a") for i in range(1000)]
+    est = LinkEstimator(seed_bps=rate)
+    series = simulate({"a": est}, sends, 20, rate_at=lambda t: rate, jitter=0.0003, stamp_skew=0.0003)
+    assert max(v["a"] for _, v in series) <= 1.1 * rate
 
 
 def test_late_acknowledgements_do_not_fake_a_busy_link():

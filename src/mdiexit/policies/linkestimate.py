@@ -25,7 +25,12 @@ each sample to the node's other links too (:meth:`LinkEstimator.on_sample`), whi
 A second kind of evidence is a lower bound: a message of at least ``min_bound_bytes`` delivered at most ``d``
 seconds after it was queued proves a rate of at least ``8 * bytes / d``. Its transit is known only from above
 (the clock offset is bounded through a STATE's own transit), and that bound holds both paths' delay, so ``d`` is
-that bound less the smallest round trip: the message's wait and wire time, or more. It only ever raises the
+that bound less the smallest round trip ever seen: the message's wait and wire time, or more. (Not the smallest
+of the recent ones: where the sender's STATEs wait behind its data unseen, in a kernel-shaped uplink, every recent
+round trip holds that wait while it is backlogged.) The time is then stretched by how far a stamp may be off (the
+round trips' spread, at least ``min_bound_slack_s``): a 2 KB message takes under a millisecond of wire at 20
+Mbit/s, so a stamp half a millisecond early would credit the link with twice its rate, and the estimate would
+creep up on such bounds and stay there. It only ever raises the
 estimate, so a link that got faster while it was lightly used is noticed without a backlog, even from the small
 messages (learned codes) that cross it when it is avoided.
 
@@ -49,6 +54,7 @@ has sent accumulates anywhere, so it never blocks offloading.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -63,6 +69,7 @@ class EstimatorConfig:
     min_bytes: int = 8 * 1024
     min_bound_bytes: int = 2 * 1024
     min_bound_wire_s: float = 0.0005  # a lower bound needs at least this much wire time: clock noise is smaller
+    min_bound_slack_s: float = 0.0005  # added to a lower bound's time, at least (module docstring)
     busy_margin_s: float = 0.02
     probe_after_s: float = 2.0
     probe_gain_per_s: float = 0.5
@@ -117,6 +124,7 @@ class LinkEstimator:
         self._offset_lo = -math.inf  # bounds on (sender's clock - receiver's clock)
         self._offset_hi = math.inf
         self._rtt_window: deque[float] = deque(maxlen=self.cfg.latency_window)
+        self._base_rtt = math.inf  # the smallest round trip ever: the path's own, with no queue on either side
 
     # ---------------------------------------------------------------- estimates
     def bandwidth_bps(self, now: float) -> float | None:
@@ -180,9 +188,9 @@ class LinkEstimator:
         self._offset_lo = max(self._offset_lo, last.queued_at - d.at_peer)
         # At most its transit: wait + wire + the path's delay, plus the reverse delay that bounds the clock offset.
         # Less the smallest round trip (both paths' delay), what remains is at most its wait and wire time.
-        wire = d.at_peer + self._offset_hi - last.queued_at - (min(self._rtt_window) if self._rtt_window else 0.0)
+        wire = d.at_peer + self._offset_hi - last.queued_at - (self._base_rtt if self._rtt_window else 0.0)
         if last.nbytes >= self.cfg.min_bound_bytes and wire >= self.cfg.min_bound_wire_s:
-            bound = 8.0 * last.nbytes / wire
+            bound = 8.0 * last.nbytes / (wire + self._stamp_slack_s())
             est = self.bandwidth_bps(now)
             if est is not None and bound > est:
                 self._apply(bound, now)
@@ -206,10 +214,16 @@ class LinkEstimator:
         if not (math.isfinite(rtt_s) and rtt_s >= 0):
             return
         self._rtt_window.append(rtt_s)
+        self._base_rtt = min(self._base_rtt, rtt_s)
         one_way = min(self._rtt_window) / 2
         self._latency = one_way if self.rtts == 0 or self._latency is None \
             else self._latency + self.cfg.alpha * (one_way - self._latency)
         self.rtts += 1
+
+    def _stamp_slack_s(self) -> float:
+        """How far a delivery time may be off: the round trips' spread (median less minimum), at least the floor."""
+        spread = statistics.median(self._rtt_window) - min(self._rtt_window) if self._rtt_window else 0.0
+        return max(self.cfg.min_bound_slack_s, spread)
 
     # ---------------------------------------------------------------- smoothing
     def _apply(self, x: float, now: float) -> None:
