@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -174,6 +175,10 @@ def gate_args(p: argparse.ArgumentParser) -> None:
 
 def _cluster_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", type=Path, default=DEFAULT_CLUSTER, help="cluster file (YAML; default %(default)s)")
+    p.add_argument("--device-profile", type=Path, default=None, metavar="FILE",
+                   help="emulated devices: take this host's task times from FILE, or profile the host once and store "
+                        "them there, so that every run naming FILE emulates the same devices, on any host "
+                        "(default: profile the host at each start, whose speed moves by several %%)")
 
 
 def _json_out_arg(p: argparse.ArgumentParser) -> None:
@@ -404,6 +409,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "device_profile", None) is not None:  # read where the host is profiled, here and in children
+        from mdiexit.runtime.device import DEVICE_PROFILE_ENV
+
+        os.environ[DEVICE_PROFILE_ENV] = str(args.device_profile.resolve())
     try:
         return args.func(args)
     except _user_errors() as e:

@@ -16,7 +16,8 @@ def cmd_bench_network(a: argparse.Namespace) -> int:
     the variants take turns N times and each figure is the median over the runs."""
     from mdiexit.bench.network import VARIANTS, bench_network
 
-    if unknown := set(a.variants.split(",")) - set(VARIANTS):
+    variants = tuple(a.variants.split(",")) if a.variants else tuple(VARIANTS)
+    if unknown := set(variants) - set(VARIANTS):
         raise SystemExit(f"mdiexit: error: --variants: unknown {', '.join(sorted(unknown))}; choose from "
                          f"{', '.join(VARIANTS)}")
     if a.repeats < 1:
@@ -24,7 +25,7 @@ def cmd_bench_network(a: argparse.Namespace) -> int:
 
     bench_network(a.cluster, a.out, duration_s=a.duration, drop_at_s=a.drop_at, back_at_s=a.back_at,
                   high_mbps=a.high, low_mbps=a.low, warmup_s=a.warmup, target_accuracy=a.target_accuracy,
-                  variants=tuple(a.variants.split(",")), repeats=a.repeats)
+                  variants=variants, repeats=a.repeats)
     return 0
 
 
@@ -60,8 +61,8 @@ def add_link_bench_commands(bsub: argparse._SubParsersAction,
     bn.add_argument("--low", type=float, default=1.0, help="Mbit/s while congested (default 1)")
     bn.add_argument("--warmup", type=float, default=5.0, help="seconds not measured at the start (default 5)")
     bn.add_argument("--target-accuracy", type=float, default=None)
-    bn.add_argument("--variants", default="measured,static,unlimited",
-                    help="comma-separated subset of measured,static,unlimited (default: all three)")
+    bn.add_argument("--variants", default=None,
+                    help="comma-separated subset of measured,static,unlimited (default: all of them)")
     bn.add_argument("--repeats", type=int, default=1,
                     help="runs per variant, taking turns; each figure is then the median (default 1)")
     bn.set_defaults(func=cmd_bench_network)

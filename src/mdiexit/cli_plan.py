@@ -14,32 +14,20 @@ from mdiexit.cli_model import DEFAULT_PACKAGE, UsageError, floats
 from mdiexit.policies.modes import MODES
 
 TIMES = ("profile", "macs")
-PROFILE_REPEATS = 20  # batch-1 calls timed per task when profiling (the fastest counts)
 SHOWN_ROWS = 30  # the text lists at most this many nodes and links (the busiest); --json has them all
 SHOWN_BOTTLENECK = 8  # and this many binding constraints (the dearest)
 
 
-def profile_costs(pkg, threads: int, repeats: int = PROFILE_REPEATS):
-    """Each task's and codec's host seconds per item at batch 1 with ONNX Runtime on ``threads`` threads: what a
-    node's calibration measures (DESIGN §7), before its slowdown."""
-    import numpy as np
-
-    from mdiexit.engine import OrtEngine
+def profile_costs(pkg, cluster, threads: int):
+    """Each task's and codec's host seconds per item at batch 1 on ``threads`` threads: the host profile every
+    emulated node takes (runtime.device.profile_host; pinned with --device-profile), before its slowdown."""
     from mdiexit.planner import Costs
-    from mdiexit.util import isolated_s
+    from mdiexit.runtime.device import profile_host
 
-    engine = OrtEngine(pkg, threads=threads)
-    task_s, encode_s, decode_s = [], {}, {}
-    for t in pkg.tasks:
-        x = np.zeros((1, *t.input_shape), np.uint8 if t.index == 1 else np.float32)
-        task_s.append(isolated_s(lambda t=t, x=x: engine.run(t.index, x), repeats, warmup=1))
-    for spec in pkg.compression:
-        codec = engine.codec(spec.after_task)
-        feats = np.zeros((1, *spec.features_shape), np.float32)
-        code = codec.encode(feats)
-        encode_s[spec.after_task] = isolated_s(lambda c=codec, f=feats: c.encode(f), repeats, warmup=1)
-        decode_s[spec.after_task] = isolated_s(lambda c=codec, k=code: c.decode(k), repeats, warmup=1)
-    return Costs(tuple(task_s), encode_s, decode_s)
+    profile = profile_host(pkg, cluster, threads)
+    return Costs(tuple(profile["task", t.index][1] for t in pkg.tasks),
+                 {c.after_task: profile["encode", c.after_task][1] for c in pkg.compression},
+                 {c.after_task: profile["decode", c.after_task][1] for c in pkg.compression})
 
 
 def _thresholds(a: argparse.Namespace, pkg, exits: bool) -> tuple[tuple[float, ...], str]:
@@ -83,7 +71,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     if a.times == "macs":
         costs = costs_from_macs(pkg)
     else:
-        costs = {t: profile_costs(pkg, t) for t in sorted({n.threads for n in cluster.nodes})}
+        costs = {t: profile_costs(pkg, cluster, t) for t in sorted({n.threads for n in cluster.nodes})}
     times = node_times(cluster, costs)
     if a.add_kind is not None and a.add_kind not in {n.name for n in cluster.nodes}:
         raise UsageError(f"--add-kind: no node named {a.add_kind!r} in {a.cluster}")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from mdiexit.config import load_cluster
 from mdiexit.engine import OrtEngine
 from mdiexit.package import load_package
-from mdiexit.runtime.device import calibrate, profile_host, read_profile, work_keys, write_profile
+from mdiexit.runtime import device
+from mdiexit.runtime.device import DEVICE_PROFILE_ENV, calibrate, profile_host, read_profile, work_keys, write_profile
 from tests.runtime.conftest import write_cluster
 
 
@@ -30,3 +35,29 @@ def test_the_host_is_profiled_once_per_process_for_every_task_and_codec(tmp_path
     assert set(first) == set(work_keys(pkg, frozenset(range(1, pkg.num_tasks + 1))))
     assert all(b in per_batch and per_batch[b] > 0 for per_batch in first.values() for b in (1, cluster.max_batch))
     assert profile_host(pkg, cluster, threads=1) is first  # every later run and simulation takes the same times
+
+
+def test_a_device_profile_file_pins_the_emulated_devices(tmp_path, tiny_package, monkeypatch):
+    cluster = load_cluster(write_cluster(tmp_path / "c.yaml", tiny_package, [30, 10]))
+    pkg = load_package(tiny_package)
+    pinned = tmp_path / "profiles" / "devices.json"
+    monkeypatch.setenv(DEVICE_PROFILE_ENV, str(pinned))
+    monkeypatch.setattr(device, "_host_profiles", {})  # a fresh process
+    first = profile_host(pkg, cluster, threads=1)
+    stored = json.loads(pinned.read_text())
+    assert len(stored) == 1 and pkg.version in next(iter(stored))  # stored under the package's name and hash
+    # a later process takes the file's times, not the host's: made 1000x slower, they are what it returns
+    for per_batch in next(iter(stored.values())).values():
+        for b in per_batch:
+            per_batch[b] *= 1000
+    pinned.write_text(json.dumps(stored))
+    monkeypatch.setattr(device, "_host_profiles", {})
+    again = profile_host(pkg, cluster, threads=1)
+    assert again == {k: {b: 1000 * s for b, s in v.items()} for k, v in first.items()}
+    # another thread count is profiled and added beside it; a damaged file is named, with the fix
+    profile_host(pkg, cluster, threads=2)
+    assert len(json.loads(pinned.read_text())) == 2
+    pinned.write_text("{not json")
+    monkeypatch.setattr(device, "_host_profiles", {})
+    with pytest.raises(ValueError, match="--device-profile"):
+        profile_host(pkg, cluster, threads=1)

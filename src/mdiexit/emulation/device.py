@@ -29,6 +29,11 @@ LOCK_FILE = Path(tempfile.gettempdir()) / "mdiexit-profile.lock"  # nodes on one
 Key = tuple[str, int]  # ("task" | "encode" | "decode", task index)
 
 
+def profile_batches(max_batch: int) -> list[int]:
+    """The batch sizes a device is profiled at (others are interpolated)."""
+    return sorted({b for b in PROFILE_BATCHES if b < max_batch} | {max_batch})
+
+
 @dataclass
 class DeviceModel:
     slowdown: float
@@ -46,7 +51,7 @@ class DeviceModel:
         model = cls(slowdown, emulation)
         if slowdown == 1.0 or emulation == "measured":
             return model
-        batches = sorted({b for b in PROFILE_BATCHES if b < max_batch} | {max_batch})
+        batches = profile_batches(max_batch)
         with LOCK_FILE.open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:

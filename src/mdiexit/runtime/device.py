@@ -1,12 +1,19 @@
 """What a node knows about its own device, set up once at start-up: the calibrated device model (each task and
 codec profiled per batch size, DESIGN §7; on one host, profiled once by the launcher before any node starts and
 handed to every node: ``profile_host``, ``HostProfiles``), the service-time estimates it seeds, and, per link and
-task boundary, whether learned feature codes pay (`compress: auto`)."""
+task boundary, whether learned feature codes pay (`compress: auto`).
+
+A host's speed moves between profiles (this development machine's: by 14 % between two benches ten minutes apart),
+and every emulated device moves with it. ``--device-profile FILE`` (``DEVICE_PROFILE_ENV``) pins it: the first
+profile of a package, thread count and max_batch is stored in FILE and every later run, bench and simulation that
+names FILE, on this host or another, emulates the very same devices (a host too slow for them says so in
+``emulation_warnings``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -15,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mdiexit.config import ClusterConfig, NodeConfig
-from mdiexit.emulation.device import DeviceModel, Key
+from mdiexit.emulation.device import DeviceModel, Key, profile_batches
 from mdiexit.engine import OrtEngine
 from mdiexit.package import Package
 from mdiexit.policies.offload import ServiceEstimator
@@ -25,6 +32,7 @@ from mdiexit.util import isolated_s
 Profile = dict[Key, dict[int, float]]  # (kind, task) -> batch size -> host seconds
 HOST_PROFILE_REPEATS = 15  # timed calls per task and batch size when the host is profiled once for every node
 _host_profiles: dict[tuple[str, str, int, int], Profile] = {}  # profile_host's, per package, threads and max_batch
+DEVICE_PROFILE_ENV = "MDIEXIT_DEVICE_PROFILE"  # a JSON file of host profiles, reused where it holds one (above)
 
 
 def task_input(pkg: Package, task: int, batch: int) -> np.ndarray:
@@ -85,25 +93,61 @@ def profile_host(pkg: Package, cluster: ClusterConfig, threads: int) -> Profile:
     by up to 3x between two runs, and nodes of one kind differed."""
     key = (str(pkg.root.resolve()), pkg.version, threads, cluster.max_batch)
     if key not in _host_profiles:
+        pinned = os.environ.get(DEVICE_PROFILE_ENV)
+        name = f"{pkg.version} threads={threads} max_batch={cluster.max_batch}"
         held = frozenset(range(1, pkg.num_tasks + 1))
-        engine = OrtEngine(pkg, threads=threads, tasks=sorted(held))
-        probe = dataclasses.replace(cluster.source, slowdown=2.0, threads=threads)  # any slowdown but 1 profiles
-        model = calibrate(engine, pkg, held, probe, dataclasses.replace(cluster, emulation="calibrated"),
-                          repeats=HOST_PROFILE_REPEATS)
-        _host_profiles[key] = model.profiled_s
+        profile = _stored_profile(Path(pinned), name, work_keys(pkg, held), cluster.max_batch) if pinned else None
+        if profile is None:
+            engine = OrtEngine(pkg, threads=threads, tasks=sorted(held))
+            probe = dataclasses.replace(cluster.source, slowdown=2.0, threads=threads)  # any slowdown but 1 profiles
+            profile = calibrate(engine, pkg, held, probe, dataclasses.replace(cluster, emulation="calibrated"),
+                                repeats=HOST_PROFILE_REPEATS).profiled_s
+            if pinned:
+                _store_profile(Path(pinned), name, profile)
+        _host_profiles[key] = profile
     return _host_profiles[key]
 
 
+def _stored_profile(path: Path, name: str, keys: list[Key], max_batch: int) -> Profile | None:
+    """The profile stored in ``path`` under ``name``, when it has every task and codec at every batch size."""
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+        profile = _decode_profile(stored[name]) if name in stored else None
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
+        raise ValueError(f"{path}: not a device profile ({e}); delete it, or name another file with "
+                         f"--device-profile, and the host is profiled again") from None
+    if profile is None or any(set(profile.get(k, {})) != set(profile_batches(max_batch)) for k in keys):
+        return None
+    return profile
+
+
+def _store_profile(path: Path, name: str, profile: Profile) -> None:
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    stored[name] = _encode_profile(profile)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def _encode_profile(profile: Profile) -> dict[str, dict[str, float]]:
+    return {f"{kind} {k}": {str(b): s for b, s in per_batch.items()} for (kind, k), per_batch in profile.items()}
+
+
+def _decode_profile(raw: dict) -> Profile:
+    return {(key.split()[0], int(key.split()[1])): {int(b): float(s) for b, s in per_batch.items()}
+            for key, per_batch in raw.items()}
+
+
 def write_profile(path: Path, profile: Profile) -> Path:
-    path.write_text(json.dumps({f"{kind} {k}": {str(b): s for b, s in per_batch.items()}
-                                for (kind, k), per_batch in profile.items()}))
+    path.write_text(json.dumps(_encode_profile(profile)))
     return path
 
 
 def read_profile(path: Path) -> Profile:
-    raw = json.loads(Path(path).read_text())
-    return {(key.split()[0], int(key.split()[1])): {int(b): float(s) for b, s in per_batch.items()}
-            for key, per_batch in raw.items()}
+    return _decode_profile(json.loads(Path(path).read_text()))
 
 
 @dataclass
