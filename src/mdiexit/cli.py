@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mdiexit.bench.ratesearch import REFINE_STEPS, bracket_width
 from mdiexit.cli_bench import add_link_bench_commands
-from mdiexit.cli_common import RunDefault, finish_run
+from mdiexit.cli_common import RunDefault, device_profile_arg, finish_run
 from mdiexit.cli_model import DEFAULT_PACKAGE, add_model_commands, floats, items_arg
 from mdiexit.cli_plan import add_plan_commands
 from mdiexit.cli_serve import add_bench_serve, add_keys_client, add_serve_commands
@@ -175,10 +175,7 @@ def gate_args(p: argparse.ArgumentParser) -> None:
 
 def _cluster_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", type=Path, default=DEFAULT_CLUSTER, help="cluster file (YAML; default %(default)s)")
-    p.add_argument("--device-profile", type=Path, default=None, metavar="FILE",
-                   help="emulated devices: take this host's task times from FILE, or profile the host once and store "
-                        "them there, so that every run naming FILE emulates the same devices, on any host "
-                        "(default: profile the host at each start, whose speed moves by several %%)")
+    device_profile_arg(p)
 
 
 def _json_out_arg(p: argparse.ArgumentParser) -> None:

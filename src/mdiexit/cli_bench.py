@@ -7,6 +7,8 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from mdiexit.cli_common import device_profile_arg
+
 
 def cmd_bench_network(a: argparse.Namespace) -> int:
     """mdi-exit with rate adaptation while the source's uplink drops from --high to --low Mbit/s at --drop-at and
@@ -53,6 +55,7 @@ def add_link_bench_commands(bsub: argparse._SubParsersAction,
     bn = bsub.add_parser("network", help="mdi-exit while the source's uplink drops and recovers: measured vs static "
                                          "vs unlimited link figures", description=doc(cmd_bench_network))
     bn.add_argument("--cluster", type=Path, default=Path("examples/camera4.yaml"), help="default examples/camera4.yaml")
+    device_profile_arg(bn)
     bn.add_argument("--out", type=Path, default=Path("docs/results/network.json"))
     bn.add_argument("--duration", type=float, default=70.0, help="seconds of admission per run (default 70)")
     bn.add_argument("--drop-at", type=float, default=20.0, help="when the uplink drops, s (default 20)")

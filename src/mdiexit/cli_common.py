@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -29,3 +30,11 @@ def finish_run(result, out: Path) -> int:
     if summary.get("error"):
         print(f"mdiexit: error: {summary['error']}", file=sys.stderr)
     return 1 if summary["lost"] or summary["duplicates"] or summary.get("error") else 0
+
+
+def device_profile_arg(p: argparse.ArgumentParser) -> None:
+    """--device-profile, on every command that takes a cluster (cli.main exports it to the profiler)."""
+    p.add_argument("--device-profile", type=Path, default=None, metavar="FILE",
+                   help="emulated devices: take this host's task times from FILE, or profile the host once and store "
+                        "them there, so that every run naming FILE emulates the same devices, on any host "
+                        "(default: profile the host at each start, whose speed moves by several %%)")
