@@ -7,7 +7,7 @@ YAML layout (flat; unknown keys are rejected so that typos do not pass silently)
 
     package: models/mobilenetv2-fmnist
     mode: mdi-exit                  # a mode of mdiexit.policies.modes.MODES
-    hysteresis_ms: 2                # and hop_limit, stale_after_ms, max_egress_ms, heartbeat_ms, max_batch
+    hysteresis_ms: 2                # and hop_limit, stale_after_ms, heartbeat_ms, max_batch
     nodes:
       - {name: src, role: source, port: 5550, slowdown: 8, bandwidth_mbps: 50, latency_ms: 2}
       - {name: w1, role: worker, port: 5551, tasks: [2, 3], slowdown: 4}
@@ -141,7 +141,6 @@ class ClusterConfig:
     hysteresis_ms: NonNegative = _OFFLOAD.hysteresis_s * 1000
     hop_limit: Annotated[int, Meta(ge=0, le=64)] = _OFFLOAD.hop_limit
     stale_after_ms: Positive = _OFFLOAD.stale_after_s * 1000
-    max_egress_ms: NonNegative = _OFFLOAD.max_egress_s * 1000  # no offload over a link with more queued (§3.2)
     heartbeat_ms: Annotated[float, Meta(gt=0, le=MAX_HEARTBEAT_MS)] = 50.0
     max_batch: Annotated[int, Meta(ge=1, le=4096)] = 8  # dynamic batching: up to this many queued items per call
     emulation: one_of(EMULATIONS) = "calibrated"  # device speed: f x profiled time, or f x each call's time
@@ -193,7 +192,7 @@ class ClusterConfig:
 
     def offload_config(self) -> OffloadConfig:
         return OffloadConfig(hysteresis_s=self.hysteresis_ms / 1000.0, hop_limit=self.hop_limit,
-                             stale_after_s=self.stale_after_ms / 1000.0, max_egress_s=self.max_egress_ms / 1000.0)
+                             stale_after_s=self.stale_after_ms / 1000.0)
 
     def check_tasks(self, num_tasks: int) -> None:
         """Check the nodes' task lists against a model with ``num_tasks`` tasks, and that each is held."""

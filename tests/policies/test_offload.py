@@ -44,21 +44,6 @@ def test_queued_bytes_count_against_the_link():
     assert busy.estimates["a"] == pytest.approx(0.012 + 0.2)
 
 
-def test_a_link_with_a_long_queue_is_not_used_while_the_task_can_run_here():
-    # local finishes in 2 s; a's link holds 0.2 s of bytes (200 KB at 8 Mbit/s) and would finish in 0.21 s, b's
-    # holds 0.05 s: what is queued on a link cannot be taken back if the link slows down, so a is passed over
-    cfg = OffloadConfig(max_egress_s=0.1)
-    a, b = nb("a", queued=200_000), nb("b", queued=50_000, backlog=0.3)
-    d = choose_target(2, 1000, 2.0, 0.01, [a, b], hops=0, now=NOW, cfg=cfg)
-    assert d.target == "b" and d.reason == OFFLOAD and d.estimates["a"] < d.estimates["b"]
-    d = choose_target(2, 1000, 2.0, 0.01, [a], hops=0, now=NOW, cfg=cfg)
-    assert d.local  # nowhere else: it runs here
-    d = choose_target(2, 1000, 0.0, None, [a], hops=0, now=NOW, cfg=cfg)
-    assert d.target == "a" and d.reason == FORWARD  # a node without the task still forwards it
-    d = choose_target(2, 1000, 2.0, 0.01, [nb("a", queued=10**9, bw=None)], hops=0, now=NOW, cfg=cfg)
-    assert d.target == "a"  # an unlimited link has no queue to speak of
-
-
 def test_picks_the_best_neighbour():
     ns = [nb("slow", backlog=0.3), nb("fast", backlog=0.05), nb("mid", backlog=0.1)]
     d = choose_target(2, 1000, 1.0, 0.01, ns, hops=0, now=NOW, cfg=CFG)

@@ -7,10 +7,7 @@ each neighbour m that holds k, and sends the item to the smallest estimate:
     finish_m = W_m(reported) + sent_since_report(n->m) + (queued_bytes(n->m) + bytes_k) * 8 / bw(n->m)
                + latency(n->m) + s_m(k)
 
-Work moves only when it beats local by more than a hysteresis margin, and over a link whose queue holds less
-than ``max_egress_s`` (at its rate): bytes handed to an uplink cannot be taken back if it slows down, and its
-rate is known only a second or two late, so a node that can run the task itself keeps its uplink's queue short
-rather than as long as its own backlog (a link stays busy with a short queue). Neighbours whose last report is
+Work moves only when it beats local by more than a hysteresis margin; neighbours whose last report is
 older than ``stale_after_s`` are unavailable; an item at or past the hop limit runs locally when the
 node holds its task. A node that does not hold the task must forward it (hysteresis does not apply).
 """
@@ -52,11 +49,6 @@ class NeighbourView:
         """True when the last report is no older than ``stale_after_s``."""
         return self.reported_at >= now - stale_after_s
 
-    def queue_s(self) -> float:
-        """Seconds for the bytes already queued on the link to leave."""
-        bw = self.bandwidth_bps
-        return 0.0 if bw is None or math.isinf(bw) or not bw > 0 else self.queued_bytes * 8.0 / bw
-
     def transfer_s(self, nbytes: int) -> float:
         """Seconds to push ``queued_bytes + nbytes`` through the link, plus its latency."""
         bw = self.bandwidth_bps
@@ -96,7 +88,6 @@ class OffloadConfig:
     hysteresis_s: float = 0.002
     hop_limit: int = 4
     stale_after_s: float = 0.5
-    max_egress_s: float = 0.1  # no offload over a link with more than this queued (module docstring)
 
 
 @dataclass(frozen=True)
@@ -157,8 +148,6 @@ def choose_target(task: int, bytes_to_send: int | Mapping[str, int], own_backlog
         if est is None:
             continue
         estimates[m.name] = est
-        if holds and m.queue_s() > cfg.max_egress_s:
-            continue
         if est < best or (est == best and best_name is not None and m.name < best_name):
             best, best_name = est, m.name
     if not holds:
