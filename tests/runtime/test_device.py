@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mdiexit.config import load_cluster
+from mdiexit.config import ConfigError, load_cluster
 from mdiexit.engine import OrtEngine
 from mdiexit.package import load_package
 from mdiexit.runtime import device
@@ -59,5 +59,5 @@ def test_a_device_profile_file_pins_the_emulated_devices(tmp_path, tiny_package,
     assert len(json.loads(pinned.read_text())) == 2
     pinned.write_text("{not json")
     monkeypatch.setattr(device, "_host_profiles", {})
-    with pytest.raises(ValueError, match="--device-profile"):
+    with pytest.raises(ConfigError, match="--device-profile"):
         profile_host(pkg, cluster, threads=1)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mdiexit.config import ClusterConfig, NodeConfig
+from mdiexit.config import ClusterConfig, ConfigError, NodeConfig
 from mdiexit.emulation.device import DeviceModel, Key, profile_batches
 from mdiexit.engine import OrtEngine
 from mdiexit.package import Package
@@ -116,8 +116,8 @@ def _stored_profile(path: Path, name: str, keys: list[Key], max_batch: int) -> P
         stored = json.loads(path.read_text())
         profile = _decode_profile(stored[name]) if name in stored else None
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
-        raise ValueError(f"{path}: not a device profile ({e}); delete it, or name another file with "
-                         f"--device-profile, and the host is profiled again") from None
+        raise ConfigError(f"{path}: not a device profile ({e}); delete it, or name another file with "
+                          f"--device-profile, and the host is profiled again") from None
     if profile is None or any(set(profile.get(k, {})) != set(profile_batches(max_batch)) for k in keys):
         return None
     return profile
