@@ -407,7 +407,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "device_profile", None) is not None:  # read where the host is profiled, here and in children
-        from mdiexit.runtime.device import DEVICE_PROFILE_ENV
+        from mdiexit.emulation.device import DEVICE_PROFILE_ENV
 
         os.environ[DEVICE_PROFILE_ENV] = str(args.device_profile.resolve())
     try:

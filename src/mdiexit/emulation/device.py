@@ -24,6 +24,7 @@ from mdiexit.util import isolated_s
 
 EMULATIONS = ("calibrated", "measured")
 PROFILE_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+DEVICE_PROFILE_ENV = "MDIEXIT_DEVICE_PROFILE"  # --device-profile: a JSON file of host profiles, reused where it has one
 LOCK_FILE = Path(tempfile.gettempdir()) / "mdiexit-profile.lock"  # nodes on one host profile one at a time
 
 Key = tuple[str, int]  # ("task" | "encode" | "decode", task index)

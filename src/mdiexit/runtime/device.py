@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mdiexit.config import ClusterConfig, ConfigError, NodeConfig
-from mdiexit.emulation.device import DeviceModel, Key, profile_batches
+from mdiexit.emulation.device import DEVICE_PROFILE_ENV, DeviceModel, Key, profile_batches
 from mdiexit.engine import OrtEngine
 from mdiexit.package import Package
 from mdiexit.policies.offload import ServiceEstimator
@@ -32,7 +32,6 @@ from mdiexit.util import isolated_s
 Profile = dict[Key, dict[int, float]]  # (kind, task) -> batch size -> host seconds
 HOST_PROFILE_REPEATS = 15  # timed calls per task and batch size when the host is profiled once for every node
 _host_profiles: dict[tuple[str, str, int, int], Profile] = {}  # profile_host's, per package, threads and max_batch
-DEVICE_PROFILE_ENV = "MDIEXIT_DEVICE_PROFILE"  # a JSON file of host profiles, reused where it holds one (above)
 
 
 def task_input(pkg: Package, task: int, batch: int) -> np.ndarray:
@@ -124,6 +123,7 @@ def _stored_profile(path: Path, name: str, keys: list[Key], max_batch: int) -> P
 
 
 def _store_profile(path: Path, name: str, profile: Profile) -> None:
+    """Add ``profile`` under ``name`` (read again first: another command may have added one meanwhile)."""
     stored = json.loads(path.read_text()) if path.exists() else {}
     stored[name] = _encode_profile(profile)
     path.parent.mkdir(parents=True, exist_ok=True)
