@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -98,8 +99,13 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
 
 def _time_note(times: str) -> str:
-    return ("profiled on this host at batch 1 x each node's slowdown" if times == "profile"
-            else "MACs at each node's rated speed")
+    if times != "profile":
+        return "MACs at each node's rated speed"
+    from mdiexit.emulation.device import DEVICE_PROFILE_ENV
+
+    pinned = os.environ.get(DEVICE_PROFILE_ENV)
+    where = f"from the device profile {Path(pinned).name}" if pinned else "profiled on this host"
+    return f"{where} at batch 1 x each node's slowdown"
 
 
 def _fmt(values, spec: str, scale: float = 1.0) -> str:
