@@ -69,10 +69,13 @@ def cmd_train(a: argparse.Namespace) -> int:
                       augment=not a.no_augment, mean=mean or [], std=std or [], exit_targets=a.exit_targets,
                       num_classes=a.num_classes, classes_file=str(a.classes) if a.classes else None,
                       data_dir=str(a.data_dir.resolve()) if a.data_dir else None)
+    if a.weight_decay is not None:
+        cfg.weight_decay = a.weight_decay
     splits = load(a.dataset, a.data_dir, a.val_fraction, a.seed, a.image_size, a.channels, classes)
     print(f"training {a.model} on {a.dataset}: {len(splits.train)} train / {len(splits.val)} val images, "
           f"log in {a.out / 'train.log'}", file=sys.stderr)
-    train(cfg, splits.train, splits.val, a.out, resume=not a.no_resume, stop_after=a.stop_after)
+    train(cfg, splits.train, splits.val, a.out, resume=not a.no_resume, stop_after=a.stop_after,
+          device=a.device)
     return 0
 
 
@@ -141,10 +144,15 @@ def add_model_commands(sub) -> None:
     t.add_argument("--epochs", type=int, default=8)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
+    t.add_argument("--weight-decay", type=float, default=None,
+                   help="L2 weight decay of SGD (default: TrainConfig.weight_decay in mdiexit/training/train.py)")
     t.add_argument("--mode", default="joint", choices=["joint", "exits-only"])
     t.add_argument("--init-from", default=None, help="checkpoint whose weights start the run (for exits-only)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    t.add_argument("--device", default="cpu", metavar="cpu|cuda",
+                   help="where to train (default cpu); cuda needs a CUDA build of torch and a GPU, and the "
+                        "checkpoints it writes load on a CPU")
     t.add_argument("--no-augment", action="store_true", help="no random crop / flip")
     t.add_argument("--no-resume", action="store_true", help="ignore OUT/checkpoint.pt")
     t.add_argument("--stop-after", type=int, default=None, metavar="N",

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from mdiexit.training.train import TrainConfig, augment_batch, exit_weights, load_trained, train
+from mdiexit.training.train import TrainConfig, TrainError, augment_batch, exit_weights, load_trained, train
 
 
 def tiny_cfg(**kw):
@@ -53,3 +53,13 @@ def test_augment_keeps_shape_dtype_and_content():
     out = augment_batch(x, torch.Generator().manual_seed(0), pad=1)
     assert out.shape == x.shape and out.dtype == torch.uint8
     assert set(out[0].unique().tolist()) <= set(x[0].unique().tolist()) | {0}
+
+
+def test_device_names_are_checked_before_any_work(small_splits, tmp_path):
+    tr, val = small_splits
+    with pytest.raises(TrainError, match="use cpu or cuda"):
+        train(tiny_cfg(), tr, val, tmp_path / "tpu", device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainError, match="--device cpu"):
+            train(tiny_cfg(), tr, val, tmp_path / "gpu", device="cuda")
+    assert not (tmp_path / "tpu").exists() and not (tmp_path / "gpu").exists()

@@ -37,6 +37,17 @@ class TrainError(Exception):
     """A training setting that cannot work. The message names the fix."""
 
 
+def torch_device(name: str) -> torch.device:
+    """`cpu` or `cuda` (`cuda:N`): where training runs. A GPU asked for but absent is an error, not a fallback."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if not name.startswith("cuda"):
+        raise TrainError(f"--device {name!r}: use cpu or cuda (cuda:N for one GPU of several)")
+    if not torch.cuda.is_available():
+        raise TrainError(f"--device {name}: this torch sees no CUDA GPU; train with --device cpu")
+    return torch.device(name)
+
+
 @dataclass
 class TrainConfig:
     model: str = "mobilenetv2"  # a built-in name or MODULE:FUNCTION
@@ -129,6 +140,7 @@ def memory_batch(model: EarlyExitModel, budget_bytes: int = MEMORY_BUDGET, cap: 
     """Items per inference batch so that the activations stay within `budget_bytes`: the largest output of any
     layer, three times over (input, output and a residual), per item."""
     largest = [4 * int(np.prod(model.input_shape))]
+    device = next(model.parameters()).device
 
     def hook(_mod, _inp, out):
         for t in out if isinstance(out, tuple | list) else (out,):
@@ -140,7 +152,7 @@ def memory_batch(model: EarlyExitModel, budget_bytes: int = MEMORY_BUDGET, cap: 
     was_training = model.training
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros((1, *model.input_shape), dtype=torch.uint8))
+            model.eval()(torch.zeros((1, *model.input_shape), dtype=torch.uint8, device=device))
     finally:
         for h in handles:
             h.remove()
@@ -172,11 +184,12 @@ def exit_weights(cfg: TrainConfig, progress: float, num_exits: int) -> list[floa
 def predict_logits(model: EarlyExitModel, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """Logits of every exit, shape (K, N, classes), in batches sized to stay within about 1 GB."""
     batch_size = batch_size or memory_batch(model)
+    device = next(model.parameters()).device
     model.eval()
     outs = []
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i:i + batch_size]).contiguous(memory_format=torch.channels_last)
-        outs.append(torch.stack(model(x)).numpy())
+        x = torch.from_numpy(images[i:i + batch_size]).to(device).contiguous(memory_format=torch.channels_last)
+        outs.append(torch.stack(model(x)).float().cpu().numpy())
     return np.concatenate(outs, axis=1)
 
 
@@ -203,16 +216,19 @@ def _freeze_bn(model: EarlyExitModel, mode: str) -> None:
 
 
 def train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, resume: bool = True,
-          stop_after: int | None = None, model: EarlyExitModel | None = None) -> EarlyExitModel:
+          stop_after: int | None = None, model: EarlyExitModel | None = None,
+          device: str = "cpu") -> EarlyExitModel:
     """Train and return the model. Writes OUT/checkpoint.pt after every epoch and OUT/model.pt at the end.
 
     stop_after: return after this many epochs in this call (a time-boxed slice); the next call resumes.
     model: train this model object (from `build_early_exit`) instead of building `cfg.model`; to rebuild it
     later, pass it again (`load_trained(path, model=...)`) or name its builder in cfg.model (MODULE:FUNCTION).
+    device: `cpu` or `cuda`; checkpoints are written with CPU tensors either way, so a run may move between them.
     """
+    dev = torch_device(device)
     out.mkdir(parents=True, exist_ok=True)
     with logging_to(log, out / "train.log"):
-        return _train(cfg, train_set, val_set, out, resume, stop_after, model)
+        return _train(cfg, train_set, val_set, out, resume, stop_after, model, dev)
 
 
 def _check(cfg: TrainConfig, train_set: Dataset) -> None:
@@ -227,7 +243,7 @@ def _check(cfg: TrainConfig, train_set: Dataset) -> None:
 
 
 def _train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, resume: bool,
-           stop_after: int | None, given: EarlyExitModel | None) -> EarlyExitModel:
+           stop_after: int | None, given: EarlyExitModel | None, device: torch.device) -> EarlyExitModel:
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     _check(cfg, train_set)
@@ -246,7 +262,10 @@ def _train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, re
     if cfg.init_from:
         model.load_state_dict(torch.load(cfg.init_from, map_location="cpu", weights_only=False)["model"])
     _normalise(model, cfg, train_set, custom=given is not None or not is_builtin(cfg.model))
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        log.info("training on %s (%s)", device, torch.cuda.get_device_name(device))
     for p in model.placement:
         log.info("exit after block %d: %.1f%% of MACs, %d B of features%s", p["block"], 100 * p["mac_fraction"],
                  p["feature_bytes"], f" ({p['note']})" if p["note"] else "")
@@ -265,7 +284,7 @@ def _train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, re
         if ckpt["config"] != asdict(cfg):
             raise ValueError(f"{ckpt_path} was written with another config; use a new --out or --no-resume")
         model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
+        opt.load_state_dict(ckpt["opt"])  # moves the momenta to the parameters' device
         sched.load_state_dict(ckpt["sched"])
         gen.set_state(ckpt["gen"])
         start_epoch = ckpt["epoch"]
@@ -280,14 +299,15 @@ def _train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, re
         _freeze_bn(model, cfg.mode)
         order = torch.randperm(len(train_set), generator=gen)
         k = model.num_exits
-        run_loss, run_correct, seen = np.zeros(k), np.zeros(k), 0
+        # running sums stay on the device: reading them every step would wait for the GPU every step
+        run_loss, run_correct, seen = torch.zeros(k, device=device), torch.zeros(k, device=device), 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
         for step in bar:
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x, y = images[idx], labels[idx]
+            x, y = images[idx], labels[idx].to(device, non_blocking=True)
             if cfg.augment:
                 x = augment_batch(x, gen)
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             weights = exit_weights(cfg, (epoch * steps_per_epoch + step) / total_steps, k)
             logits = model(x)
             if cfg.exit_targets == "teacher":  # the frozen final head's predictions are the targets
@@ -303,26 +323,26 @@ def _train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, re
             sched.step()
             n = len(y)
             seen += n
-            run_loss += np.array([lo.item() for lo in losses]) * n
-            run_correct += np.array([(lg.argmax(1) == y).sum().item() for lg in logits])
+            run_loss += torch.stack([lo.detach() for lo in losses]) * n
+            run_correct += torch.stack([(lg.argmax(1) == y).sum() for lg in logits])
             if step % 20 == 0:
-                bar.set_postfix_str(_exit_str(run_loss / seen, run_correct / seen))
+                bar.set_postfix_str(_exit_str(*_per_item(run_loss, run_correct, seen)))
         val_logits = predict_logits(model, val_set.images)
         truth = val_logits[-1].argmax(1) if cfg.exit_targets == "teacher" else val_set.labels
         val_acc = (val_logits.argmax(2) == truth[None]).mean(1)
         log.info("epoch %d/%d %.0fs train[%s] val %s per exit %s", epoch + 1, cfg.epochs, time.time() - t0,
-                 _exit_str(run_loss / seen, run_correct / seen),
+                 _exit_str(*_per_item(run_loss, run_correct, seen)),
                  "agreement with the final exit" if cfg.exit_targets == "teacher" else "acc",
                  " ".join(f"{a:.4f}" for a in val_acc))
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+        torch.save({"model": _cpu(model.state_dict()), "opt": _cpu(opt.state_dict()), "sched": sched.state_dict(),
                     "gen": gen.get_state(), "epoch": epoch + 1, "config": asdict(cfg)}, ckpt_path)
     if last_epoch < cfg.epochs:
         log.info("stopped after epoch %d of %d; run again to resume", last_epoch, cfg.epochs)
-        return model
-    torch.save({"model": model.state_dict(), "config": asdict(cfg), "classes": classes,
+        return model.cpu()
+    torch.save({"model": _cpu(model.state_dict()), "config": asdict(cfg), "classes": classes,
                 "input_shape": list(train_set.shape), "placement": model.placement}, out / "model.pt")
     log.info("wrote %s", out / "model.pt")
-    return model
+    return model.cpu()
 
 
 def load_trained(path: Path, model: EarlyExitModel | None = None) -> tuple[EarlyExitModel, TrainConfig, list[str]]:
@@ -349,6 +369,21 @@ def load_trained(path: Path, model: EarlyExitModel | None = None) -> tuple[Early
                          "rebuild it exactly as it was trained") from None
     model.placement = blob.get("placement", [])
     return model.eval(), cfg, blob["classes"]
+
+
+def _cpu(state):
+    """A state dict (nested dicts and lists) with its tensors on the CPU: checkpoints load anywhere."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {k: _cpu(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(_cpu(v) for v in state)
+    return state
+
+
+def _per_item(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple[np.ndarray, np.ndarray]:
+    return loss_sum.cpu().numpy() / seen, correct.cpu().numpy() / seen
 
 
 def _exit_str(loss: np.ndarray, acc: np.ndarray) -> str:
