@@ -12,6 +12,7 @@ from collections.abc import Mapping
 TASKS_RUN = "tasks_run_"  # tasks run, by task: present for every task the node holds
 SINGLE = "single_task_"  # emulated seconds per item, one item at a time
 LIMIT = "limit_task_"  # emulated seconds per item at the node's best batch size
+BATCH = ("task_", "_batch_", "_s")  # task_K_batch_B_s: emulated seconds for a whole batch of B items of task K
 
 
 def task_stats(tasks_run: Mapping[int, int], single_s: Mapping[int, float], limit_s: Mapping[int, float],
@@ -22,7 +23,7 @@ def task_stats(tasks_run: Mapping[int, int], single_s: Mapping[int, float], limi
     out.update({f"{SINGLE}{k}_s": float(v) for k, v in single_s.items()})
     out.update({f"{LIMIT}{k}_s": float(v) for k, v in limit_s.items()})
     for k, per_batch in (batch_s or {}).items():
-        out.update({f"task_{k}_batch_{b}_s": float(v) for b, v in per_batch.items()})
+        out.update({f"{BATCH[0]}{k}{BATCH[1]}{b}{BATCH[2]}": float(v) for b, v in per_batch.items()})
     return out
 
 
@@ -40,7 +41,7 @@ def calibration_ms(stats: Mapping[str, float]) -> dict[str, dict[str, float]]:
     """The node's calibration, as run summaries show it: task -> batch size -> emulated ms for the whole batch."""
     out: dict[str, dict[str, float]] = {}
     for key, v in stats.items():
-        if key.startswith("task_") and "_batch_" in key:
-            task, batch = key[len("task_"):-len("_s")].split("_batch_")
+        if key.startswith(BATCH[0]) and BATCH[1] in key and key.endswith(BATCH[2]):
+            task, batch = key[len(BATCH[0]):-len(BATCH[2])].split(BATCH[1])
             out.setdefault(task, {})[batch] = 1000 * v
     return out
