@@ -2,13 +2,14 @@
 # Train ResNet-50-EE on a lent GPU machine (the `device` tool) and send back its weights, the recipe of
 # models/resnet50-fmnist/train/COMMAND.md. Two weight decays train side by side (the GPU idles between a batch's
 # small kernels); the better *validation* final exit is sent back, as float16 parts (scripts/checkpoint_parts.py).
-# Needs: OUT (where results go), Fashion-MNIST's idx files in $MDIEXIT_DATA, a python3 with a CUDA torch.
+# Needs: OUT (where results go), Fashion-MNIST's idx files in $MDIEXIT_DATA, a python3 with a CUDA torch, numpy,
+# tqdm and msgspec (on the lent machine: msgspec's wheel installed under a folder named in PYTHONPATH).
 # BUDGET_S: seconds the training may take; the epoch count is what fits, from a one-epoch probe of both runs.
 # MODEL, DEVICE: for a dry run elsewhere (default resnet50, cuda).
 set -euo pipefail
 : "${OUT:?set OUT}" "${MDIEXIT_DATA:?set MDIEXIT_DATA}"
 BUDGET_S=${BUDGET_S:-380} MODEL=${MODEL:-resnet50} DEVICE=${DEVICE:-cuda}
-export PYTHONPATH=src PYTHONUNBUFFERED=1
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mdiexit() { python3 -c 'import sys; from mdiexit.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
 [ "$DEVICE" = cpu ] || nvidia-smi -L
 python3 -c 'import torch; print("torch", torch.__version__)'
