@@ -51,13 +51,13 @@ def split(src: Path, dst: Path, half: bool, max_mb: float) -> None:
 
 def join(src: Path, dst: Path) -> None:
     index = json.loads((src / "parts.json").read_text())
-    data = b""
+    chunks = []
     for part in index["parts"]:
         chunk = (src / part["file"]).read_bytes()
         if hashlib.sha256(chunk).hexdigest() != part["sha256"]:
             raise SystemExit(f"{src / part['file']} is damaged (SHA-256 differs from parts.json); fetch it again")
-        data += chunk
-    blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        chunks.append(chunk)
+    blob = torch.load(io.BytesIO(b"".join(chunks)), map_location="cpu", weights_only=False)
     blob["model"] = {k: v.float() if v.dtype == torch.float16 else v for k, v in blob["model"].items()}
     torch.save(blob, dst)
     print(f"{len(index['parts'])} parts -> {dst}")

@@ -140,7 +140,7 @@ def memory_batch(model: EarlyExitModel, budget_bytes: int = MEMORY_BUDGET, cap: 
     """Items per inference batch so that the activations stay within `budget_bytes`: the largest output of any
     layer, three times over (input, output and a residual), per item."""
     largest = [4 * int(np.prod(model.input_shape))]
-    device = next(model.parameters()).device
+    device = _device_of(model)
 
     def hook(_mod, _inp, out):
         for t in out if isinstance(out, tuple | list) else (out,):
@@ -184,7 +184,7 @@ def exit_weights(cfg: TrainConfig, progress: float, num_exits: int) -> list[floa
 def predict_logits(model: EarlyExitModel, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """Logits of every exit, shape (K, N, classes), in batches sized to stay within about 1 GB."""
     batch_size = batch_size or memory_batch(model)
-    device = next(model.parameters()).device
+    device = _device_of(model)
     model.eval()
     outs = []
     for i in range(0, len(images), batch_size):
@@ -369,6 +369,10 @@ def load_trained(path: Path, model: EarlyExitModel | None = None) -> tuple[Early
                          "rebuild it exactly as it was trained") from None
     model.placement = blob.get("placement", [])
     return model.eval(), cfg, blob["classes"]
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _cpu(state):
