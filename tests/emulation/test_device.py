@@ -75,3 +75,16 @@ def test_calibration_keeps_the_uninterrupted_time_when_most_calls_are_interrupte
 
     model = DeviceModel.calibrate(10.0, {("task", 1): work}, max_batch=1)
     assert model.profiled_s[("task", 1)][1] < 0.025
+
+
+def test_a_busy_device_keeps_its_own_timeline():
+    m = DeviceModel(50.0, profiled_s={("task", 1): {1: 0.002}})  # 100 ms a call
+    _, seconds, end = m.run_from(("task", 1), 1, lambda: None, None)
+    assert seconds == pytest.approx(0.1) and time.perf_counter() >= end
+    time.sleep(0.05)  # the host thread comes back late; the next work was already waiting at `end`
+    t0 = time.perf_counter()
+    _, seconds, end2 = m.run_from(("task", 1), 1, lambda: None, end)
+    assert seconds == pytest.approx(0.1) and end2 == pytest.approx(end + 0.1)
+    assert end2 <= time.perf_counter() < t0 + 0.095  # the late wake-up was not added to the device's time
+    _, _, end3 = m.run_from(("task", 1), 1, lambda: None, None)  # work that was not waiting starts now
+    assert end3 >= end2 + 0.1

@@ -34,7 +34,7 @@ def item(i: int, task: int = 1, deadline: float | None = None) -> WorkItem:
     return WorkItem(i, task, None, 0.0, (0.9, 0.9, 0.9, 0.0), deadline=deadline)
 
 
-def test_take_batch_never_waits_and_batches_one_task(pkg):
+def test_take_batch_never_waits_and_batches_one_task_looking_past_others(pkg):
     core = make_core(pkg)
     assert core.take_batch(8, 0.0) == []
     for i, task in enumerate([2, 2, 2, 3, 2]):
@@ -42,8 +42,11 @@ def test_take_batch_never_waits_and_batches_one_task(pkg):
     batch = core.take_batch(2, 0.0)
     assert [it.item_id for it in batch] == [0, 1]
     assert core.busy_until == pytest.approx(0.02)  # two items at 10 ms each
-    assert [it.item_id for it in core.take_batch(8, 0.0)] == [2]  # stops at the first item of another task
-    assert core.backlog_s(0.0) == pytest.approx(0.01 + 0.02)  # the running batch, plus two items queued
+    core.accept(item(5, 3))
+    # the head's task, looking past the item of another task, which keeps its place
+    assert [it.item_id for it in core.take_batch(8, 0.0)] == [2, 4]
+    assert core.backlog_s(0.0) == pytest.approx(0.02 + 2 * 0.01)  # the running batch, plus two items queued
+    assert [it.item_id for it in core.take_batch(8, 0.0)] == [3, 5]
 
 
 def test_expired_items_are_dropped_unrun(pkg):

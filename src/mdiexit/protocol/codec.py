@@ -71,10 +71,16 @@ def describe(name: str, arr: np.ndarray, codec: str = "raw") -> ArrayMeta:
 
 
 def _wire_dtype(dt: np.dtype) -> np.dtype:
-    name = np.dtype(dt).newbyteorder("=").name
-    if name not in DTYPES:
-        raise ProtocolError(f"dtype {dt} cannot be sent; allowed: {sorted(DTYPES)}")
-    return DTYPES[name]
+    wire = _WIRE_OF.get(dt)  # every message asks this of each array: the answer is looked up once per dtype
+    if wire is None:
+        name = np.dtype(dt).newbyteorder("=").name
+        if name not in DTYPES:
+            raise ProtocolError(f"dtype {dt} cannot be sent; allowed: {sorted(DTYPES)}")
+        wire = _WIRE_OF[dt] = DTYPES[name]
+    return wire
+
+
+_WIRE_OF: dict[np.dtype, np.dtype] = {}
 
 
 def _buffer(arr: np.ndarray) -> memoryview:

@@ -238,21 +238,24 @@ class NodeCore:
 
     # ---------------------------------------------------------------- compute
     def take_batch(self, max_batch: int, now: float) -> list[WorkItem]:
-        """Pop up to `max_batch` queued items that need the same task as the head ([] when none; never waits).
-        Items past their deadline are dropped on the way (``take_expired``): no compute is spent on them.
+        """Pop up to `max_batch` queued items that need the same task as the head ([] when none; never waits),
+        looking past items that need other tasks (they keep their order): a queue where tasks alternate still
+        fills its batches. Items past their deadline are dropped on the way (``take_expired``): no compute is spent
+        on them.
 
         Batching never delays an item: it takes only what is already queued."""
         batch: list[WorkItem] = []
+        skipped: list[WorkItem] = []
         while self.queue and len(batch) < max_batch:
-            head = self.queue[0]
-            if head.deadline is not None and head.deadline < now:
-                self.queue.popleft()
-                self.queued[head.task] -= 1
-                self.expired.append(head)
-                continue
-            if batch and head.task != batch[0].task:
-                break
-            batch.append(self.queue.popleft())
+            item = self.queue.popleft()
+            if item.deadline is not None and item.deadline < now:
+                self.queued[item.task] -= 1
+                self.expired.append(item)
+            elif not batch or item.task == batch[0].task:
+                batch.append(item)
+            else:
+                skipped.append(item)
+        self.queue.extendleft(reversed(skipped))
         if not batch:
             return []
         task = batch[0].task
@@ -260,6 +263,10 @@ class NodeCore:
         self.queued[task] -= len(batch)
         self.busy_until = now + est
         return batch
+
+    def end_batch(self, now: float) -> None:
+        """The running batch is computed (its exits are applied later, by ``finish_batch``)."""
+        self.busy_until = now
 
     def finish_batch(self, batch: list[WorkItem], features: np.ndarray | None, logits: np.ndarray,
                      seconds: float, now: float) -> tuple[list[Finished], list[WorkItem]]:
@@ -271,7 +278,6 @@ class NodeCore:
         per_item = seconds / len(batch)
         self.estimator.update(task, per_item)
         self.tasks_run[task] = self.tasks_run.get(task, 0) + len(batch)
-        self.busy_until = now
         finished, onward = [], []
         for i, item in enumerate(batch):
             item.timings.append((self.name, task, per_item))

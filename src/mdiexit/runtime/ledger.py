@@ -65,6 +65,8 @@ class Ledger:
     unknown: int = 0
     recent: deque = field(default_factory=deque)  # (done_at, correct, latency_s) of the last completions
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _sorted: np.ndarray = field(default_factory=lambda: np.zeros(0))  # recent latencies, sorted (see below)
+    _sorted_key: tuple | None = None
 
     def admit(self, item_id: int, t: float, truth: int, x: np.ndarray | None = None,
               thresholds: tuple[float, ...] = (), version: int = 0, deadline: float | None = None,
@@ -188,9 +190,15 @@ class Ledger:
         return n / span_s, (correct / n if n else float("nan"))
 
     def recent_latency_s(self, q: float = 95) -> float:
+        """The q-th percentile of the recent results' latencies (0 when there are none)."""
         with self.lock:
-            lat = [x for _, _, x in self.recent]
-        return float(np.percentile(lat, q)) if lat else 0.0
+            if not self.recent:
+                return 0.0
+            key = (len(self.recent), self.recent[0][0], self.recent[-1][0])
+            if self._sorted_key != key:  # a control step asks several percentiles of one window: sort it once
+                self._sorted = np.sort(np.fromiter((x for _, _, x in self.recent), float, len(self.recent)))
+                self._sorted_key = key
+            return float(np.percentile(self._sorted, q))
 
     @property
     def settled(self) -> int:

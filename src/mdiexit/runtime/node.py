@@ -15,6 +15,7 @@ Communication overlaps compute: sends are queued to the link threads, never done
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import Counter
@@ -90,6 +91,7 @@ class NodeProcess:
         self.core = NodeCore(name, pkg, self.held, self.rules, cluster.offload_config(), estimator,
                              self._neighbour_views(), is_source=self.is_source)
         self.lock = threading.Condition()  # around every call into the core; notified when it may have work
+        self.computed: queue.SimpleQueue = queue.SimpleQueue()  # (batch, features, logits, seconds) to finish
         bandwidth = self.cfg.bandwidth_mbps * 1e6 if self.cfg.bandwidth_mbps is not None else None
         schedule = tuple((t_s, mbps * 1e6) for t_s, mbps in self.cfg.bandwidth_schedule or ())
         self.egress = Egress(bandwidth, schedule, pace_bandwidth)
@@ -139,7 +141,7 @@ class NodeProcess:
 
             self.telemetry = Telemetry(self, self.metrics_port, self.metrics_addr or LOOPBACK)
         for target, tname in ((self._receive_loop, "receive"), (self._compute_loop, "compute"),
-                              (self._heartbeat_loop, "heartbeat")):
+                              (self._finish_loop, "finish"), (self._heartbeat_loop, "heartbeat")):
             t = threading.Thread(target=target, name=f"{self.name}-{tname}", daemon=True)
             t.start()
             self.threads.append(t)
@@ -279,7 +281,10 @@ class NodeProcess:
 
     # ---------------------------------------------------------------- compute
     def _compute_loop(self) -> None:
+        """Only compute: the exit rule, results and routing onward run on the finish thread, as on a device whose
+        cores overlap them with its next batch."""
         max_batch = self.cluster.max_batch
+        free_at: float | None = None  # when the device's last call ended (its timeline), if work was waiting then
         while not self.stop.is_set():
             if self.leaving:
                 time.sleep(POLL_MS / 1000)
@@ -287,6 +292,7 @@ class NodeProcess:
             with self.lock:
                 batch = self.core.take_batch(max_batch, now())
                 if not batch and not self.core.expired:
+                    free_at = None  # idle: the next batch starts when it arrives
                     self.lock.wait(POLL_MS / 1000)
                     batch = self.core.take_batch(max_batch, now())
                 expired = self.core.take_expired()
@@ -299,13 +305,24 @@ class NodeProcess:
             for it in batch:
                 if it.x is None:  # features that crossed the network as a learned code
                     codec = self.engine.codec(k - 1)
-                    it.x, dec_s = self.device.run(("decode", k - 1), 1, lambda c=codec, it=it: c.decode(it.code))
+                    it.x, dec_s, free_at = self.device.run_from(("decode", k - 1), 1,
+                                                                lambda c=codec, it=it: c.decode(it.code), free_at)
                     it.code, seconds = None, seconds + dec_s
             x = batch[0].x if len(batch) == 1 else np.concatenate([it.x for it in batch])
-            (features, logits), task_s = self.device.run(("task", k), len(batch),
-                                                         lambda k=k, x=x: self.engine.run(k, x))
+            (features, logits), task_s, free_at = self.device.run_from(("task", k), len(batch),
+                                                                       lambda k=k, x=x: self.engine.run(k, x), free_at)
             seconds += task_s
             self.busy_s += seconds
+            with self.lock:
+                self.core.end_batch(now())
+            self.computed.put((batch, features, logits, seconds))
+
+    def _finish_loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                batch, features, logits, seconds = self.computed.get(timeout=POLL_MS / 1000)
+            except queue.Empty:
+                continue
             with self.lock:
                 finished, onward = self.core.finish_batch(batch, features, logits, seconds, now())
             for f in finished:

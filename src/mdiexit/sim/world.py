@@ -128,6 +128,7 @@ class SimNode:
         t = self.world.env.now
         k = batch[0].task
         logits = self.world.items.logits[k - 1][[self.world.stream_index(it.item_id) for it in batch]]
+        self.core.end_batch(t)
         finished, onward = self.core.finish_batch(batch, None, logits, seconds, t)
         self.busy_s += seconds
         for f in finished:
