@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from mdiexit.cli_common import RunDefault, finish_run
+from mdiexit.cli_common import RunDefault, device_profile_arg, finish_run
 from mdiexit.cli_model import floats, items_arg
 from mdiexit.policies.modes import ADMISSIONS, MODES
 
@@ -103,4 +103,5 @@ def add_sim_commands(sub: argparse._SubParsersAction, bsub: argparse._SubParsers
                    help="validation clusters, a subset of edge4,camera4,partial (default: all)")
     b.add_argument("--no-validate", action="store_true", help="skip the runtime comparison (scale part only)")
     b.add_argument("--data-dir", type=Path, default=None)
+    device_profile_arg(b)  # pins the devices of both sides: the runtime's nodes and the simulated ones
     b.set_defaults(func=cmd_bench_simulator)
