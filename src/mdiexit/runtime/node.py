@@ -292,13 +292,14 @@ class NodeProcess:
             with self.lock:
                 batch = self.core.take_batch(max_batch, now())
                 if not batch and not self.core.expired:
-                    free_at = None  # idle: the next batch starts when it arrives
+                    free_at = None  # idle: the next batch starts when it arrives, not when the last one ended
                     self.lock.wait(POLL_MS / 1000)
                     batch = self.core.take_batch(max_batch, now())
                 expired = self.core.take_expired()
             for item in expired:
                 self.deliver_expired(item)
             if not batch:
+                free_at = None
                 continue
             seconds = 0.0
             k = batch[0].task
