@@ -52,3 +52,33 @@ def test_a_kernel_shaped_slow_uplink_is_learnt_and_avoided(tmp_path, tiny_packag
     opts = RunOptions(net="namespaces", mode="mdi-exit", rate=40.0, duration_s=4.0, warmup_s=0.5, live=False,
                       limit_items=300, drain_timeout_s=30)
     check_slow_uplink_avoided(run_cluster(path, opts).summary)
+
+
+def test_a_burst_on_an_idle_paced_link_waits_out_its_latency_once():
+    """Twenty messages queued at once on a fast, idle egress each arrive one latency after they were sent: the
+    sender thread does not wait the latency again for each message that left while it sent the ones ahead."""
+    import time
+
+    import zmq
+
+    from mdiexit.runtime.links import Egress, Link, now
+
+    ctx = zmq.Context()
+    inbox = ctx.socket(zmq.PULL)
+    port = inbox.bind_to_random_port("tcp://127.0.0.1")
+    link = Link(ctx, "a", "b", f"tcp://127.0.0.1:{port}", Egress(100e6), latency_s=0.1)
+    try:
+        t0 = now()
+        for i in range(20):
+            link.send([str(i).encode()], now())
+        got, deadline = [], time.monotonic() + 10
+        while len(got) < 20 and time.monotonic() < deadline:
+            if inbox.poll(100):
+                got.append((int(inbox.recv()), now() - t0))
+        assert [i for i, _ in got] == list(range(20))
+        assert got[0][1] >= 0.1  # the latency is waited out
+        assert got[-1][1] < 1.0, got  # once for the burst, not 20 x 0.1 s one after the other
+    finally:
+        link.close()
+        inbox.close(linger=0)
+        ctx.term()

@@ -27,6 +27,7 @@ class Outgoing:
     frames: list
     queued_at: float
     position: int  # the egress's byte count after it
+    leaves_at: float  # when it leaves the egress, as the bucket said when it was queued
 
 
 class Egress:
@@ -43,14 +44,14 @@ class Egress:
         self.lock = threading.Lock()
         self.bytes_sent = 0
 
-    def reserve(self, nbytes: int, t: float, then: Callable[[int], None] | None = None) -> float:
-        """Time at which `nbytes` sent now have left the node. ``then(position)`` runs under the egress lock, so that
-        whatever it queues is in egress order; ``position`` is the egress's byte count after them."""
+    def reserve(self, nbytes: int, t: float, then: Callable[[int, float], None] | None = None) -> float:
+        """Time at which `nbytes` sent now have left the node. ``then(position, departure)`` runs under the egress
+        lock, so that whatever it queues is in egress order; ``position`` is the egress's byte count after them."""
         with self.lock:
             self.bytes_sent += nbytes
             departure = self.pacer.departure(nbytes, t)
             if then is not None:
-                then(self.bytes_sent)
+                then(self.bytes_sent, departure)
             return departure
 
     def queued_bytes(self, t: float) -> int:
@@ -109,10 +110,10 @@ class Link:
     def send(self, frames: list, t: float) -> None:
         nbytes = sum(len(memoryview(f).cast("B")) for f in frames)
 
-        def queue(position: int) -> None:
+        def queue(position: int, departure: float) -> None:
             if self.on_send is not None:
                 self.on_send(self.dst, nbytes, position, t)
-            self.q.put(Outgoing(frames, t, position))
+            self.q.put(Outgoing(frames, t, position, departure))
 
         self.egress.reserve(nbytes, t, queue)
 
@@ -124,10 +125,16 @@ class Link:
             out = self.q.get()
             if out is None:
                 return
-            while (departure := self.egress.departure_of(out.position, out.queued_at, now())) > (t := now()):
+            departure = self.egress.departure_of(out.position, out.queued_at, now())
+            if departure <= now():
+                # It left while this thread sent what was ahead of it. The bucket only knows how much has drained
+                # since, not when this one left: the time it gave when the message was queued is the right one.
+                departure = min(departure, out.leaves_at)
+            while departure > (t := now()):  # re-read while waiting: the rate may change (a schedule)
                 if self.closing:
                     return
                 time.sleep(min(departure - t, RECHECK_S))
+                departure = self.egress.departure_of(out.position, out.queued_at, now())
             if (delay := departure + self.latency_s - now()) > 0:  # it has left the egress: the latency remains
                 time.sleep(delay)
             # a PUSH socket blocks while its peer is away (down, or not started yet): wait, but wake for close()
