@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The node runtime at BASE (a commit) against this checkout, side by side: RUNS interleaved pairs of 16-s runs of
+# mdi-exit on edge4 (pinned devices) offered RATE items/s, above what the cluster can take, so each run shows its
+# saturated throughput. Prints one line per run and the medians; the runs are kept in runs/ab-runtime/.
+# usage (from the repository root, after scripts/setup.sh):  scripts/ab-runtime.sh BASE [RUNS] [RATE]
+set -euo pipefail
+base=${1:?usage: scripts/ab-runtime.sh BASE [RUNS] [RATE]}
+runs=${2:-3}
+rate=${3:-2000}
+tmp=$(mktemp -d)
+git worktree add -q --detach "$tmp/base" "$base"
+trap 'git worktree remove --force "$tmp/base"; rm -rf "$tmp"' EXIT
+out=runs/ab-runtime
+mkdir -p "$out"
+for i in $(seq "$runs"); do
+  for v in base new; do
+    src=$([ "$v" = base ] && echo "$tmp/base/src" || echo "$PWD/src")
+    PYTHONPATH=$src timeout 200 .venv/bin/python -m mdiexit.cli run --cluster examples/edge4.yaml \
+      --device-profile docs/results/device-profile.json --mode mdi-exit --rate "$rate" --duration 16 --warmup 6 \
+      --thresholds 0.75,0.5,0.5,0 --quiet --out "$out/$v-$i" > "$out/$v-$i.log" 2>&1
+  done
+done
+.venv/bin/python - "$out" "$runs" <<'PY'
+import json, statistics, sys
+out, runs = sys.argv[1], int(sys.argv[2])
+med = {}
+for v in ("base", "new"):
+    got = []
+    for i in range(1, runs + 1):
+        s = json.load(open(f"{out}/{v}-{i}/summary.json"))
+        got.append(s["throughput_per_s"])
+        print(f"{v} run {i}: {s['throughput_per_s']:.1f} items/s, {s['efficiency_batched']:.0%} of the batched ideal, "
+              f"host CPU {s['host_cpu_utilization']:.0%}, p95 {s['latency_ms']['p95']:.0f} ms")
+    med[v] = statistics.median(got)
+print(f"medians: base {med['base']:.1f}, new {med['new']:.1f} items/s, ratio {med['new'] / med['base']:.3f}")
+PY
