@@ -74,20 +74,22 @@ def hop_overhead(pkg: Package, slowdown: float, repeats: int) -> list[dict]:
 
 
 def scaling(package: Path, slowdown: float, duration_s: float, counts: tuple[int, ...] = (1, 2, 4)) -> list[dict]:
+    from mdiexit.runtime.device import profile_host
     from mdiexit.runtime.launch import RunOptions, run_cluster
 
     pkg = load_package(package)
-    engine = OrtEngine(pkg, threads=1)
-    inputs = task_inputs(pkg, engine, batch=1)
-    full_ms = sum(median_ms(engine, t.index, x, 20) for t, x in zip(pkg.tasks, inputs, strict=True))
     compute = pkg.manifest.get("default_operating_point", {}).get("compute_fraction", 1.0)
-    capacity_1 = 1000.0 / (full_ms * slowdown * compute)  # items/s of one worker at the default thresholds
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for n in counts:
             dispatch_only = {"tasks": []}  # the source only dispatches; n equal workers compute
             cluster = write_cluster(Path(d) / f"scale{n}.yaml", package=package, mode="mdi-exit",
                                     nodes=local_nodes([dispatch_only] + [{"slowdown": slowdown}] * n))
+            # one worker's items/s at the default thresholds, from the task times its devices will emulate (the
+            # pinned ones with --device-profile): timed here instead, a slower host would offer less than they take
+            times = profile_host(pkg, load_cluster(cluster), threads=1)
+            full_s = sum(times["task", t.index][1] for t in pkg.tasks)
+            capacity_1 = 1.0 / (full_s * slowdown * compute)
             opts = RunOptions(rate=1.5 * capacity_1 * n, duration_s=duration_s, warmup_s=min(3.0, duration_s / 3),
                               live=False, drain_timeout_s=60)
             s = run_cluster(cluster, opts).summary
