@@ -1,3 +1,5 @@
+import pytest
+
 from mdiexit.runtime.ledger import MAX_ATTEMPTS, Ledger
 
 
@@ -37,3 +39,17 @@ def test_a_service_forgets_settled_items_but_still_recognises_late_results():
     assert led.expects(5) and not led.expects(100)
     assert not led.complete(5, 0, 1, 0.9, "w2", 0.2)
     assert led.redundant == 1 and led.unknown == 0 and led.completed == 100
+
+
+def test_recent_latency_percentiles_follow_the_window():
+    led = Ledger()
+    assert led.recent_latency_s() == 0.0
+    for i, latency in enumerate([0.1, 0.2, 0.3, 0.4]):
+        led.admit(i, 0.0, truth=1)
+        led.complete(i, 1, 1, 0.9, "w1", latency)
+    assert led.recent_latency_s(50) == pytest.approx(0.25) and led.recent_latency_s(100) == pytest.approx(0.4)
+    led.admit(4, 1.0, truth=1)
+    led.complete(4, 1, 1, 0.9, "w1", 3.0)  # a new result: the sorted window is made again
+    assert led.recent_latency_s(100) == pytest.approx(2.0)
+    led.window(3.0, 1.5)  # forgets the results done before 1.5 s
+    assert led.recent_latency_s(50) == pytest.approx(2.0)

@@ -65,8 +65,8 @@ class Ledger:
     unknown: int = 0
     recent: deque = field(default_factory=deque)  # (done_at, correct, latency_s) of the last completions
     lock: threading.Lock = field(default_factory=threading.Lock)
-    _sorted: np.ndarray = field(default_factory=lambda: np.zeros(0))  # recent latencies, sorted (see below)
-    _sorted_key: tuple | None = None
+    _sorted: np.ndarray = field(default_factory=lambda: np.zeros(0), init=False, repr=False)  # recent latencies
+    _sorted_key: tuple | None = field(default=None, init=False, repr=False)  # the window they were sorted for
 
     def admit(self, item_id: int, t: float, truth: int, x: np.ndarray | None = None,
               thresholds: tuple[float, ...] = (), version: int = 0, deadline: float | None = None,
