@@ -281,28 +281,25 @@ class NodeProcess:
 
     # ---------------------------------------------------------------- compute
     def _compute_loop(self) -> None:
-        """Only compute: the exit rule, results and routing onward run on the finish thread, as on a device whose
-        cores overlap them with its next batch."""
-        max_batch = self.cluster.max_batch
+        """Only compute: exits, results and routing run on the finish thread (a device's cores overlap them)."""
         free_at: float | None = None  # when the device's last call ended (its timeline), if work was waiting then
         while not self.stop.is_set():
             if self.leaving:
                 time.sleep(POLL_MS / 1000)
                 continue
             with self.lock:
-                batch = self.core.take_batch(max_batch, now())
+                batch = self.core.take_batch(self.cluster.max_batch, now())
                 if not batch and not self.core.expired:
                     free_at = None  # idle: the next batch starts when it arrives, not when the last one ended
                     self.lock.wait(POLL_MS / 1000)
-                    batch = self.core.take_batch(max_batch, now())
+                    batch = self.core.take_batch(self.cluster.max_batch, now())
                 expired = self.core.take_expired()
             for item in expired:
                 self.deliver_expired(item)
             if not batch:
                 free_at = None
                 continue
-            seconds = 0.0
-            k = batch[0].task
+            seconds, k = 0.0, batch[0].task
             for it in batch:
                 if it.x is None:  # features that crossed the network as a learned code
                     codec = self.engine.codec(k - 1)
