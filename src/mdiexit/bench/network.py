@@ -10,7 +10,9 @@ uplink follows ``[[0, high], [drop_at, low], [back_at, high]]``. Reported per ru
 after, by admission time; throughput by completion time): results per second, p95 latency, and accuracy within
 the deadline (a late or missing result counts as wrong). ``tracking_s``: for each change, the time until the
 measured run's estimate of the source's uplink (the median over its links) is within 20 % of the true rate.
-Also: the bytes the estimation added to the wire, as a fraction of all bytes sent, and a plot. With ``repeats``
+``limit_per_s``: the planner's physical limit (batch 1) in that phase, at the exit mix the run reached there and
+the source's true uplink rate. Also: the bytes the estimation added to the wire, as a fraction of all bytes sent,
+and a plot. With ``repeats``
 the variants take turns that many times; each phase's figures are then the medians over the runs (``every_run``
 keeps them all: the spread between two runs of one variant was larger than the difference between variants).
 """
@@ -22,11 +24,13 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from mdiexit.config import load_cluster, write_cluster
+from mdiexit.package import load_package
 from mdiexit.runtime.launch import LiveRun, RunOptions, run_cluster
 from mdiexit.runtime.report import write_results
 
@@ -52,8 +56,24 @@ def variant_cluster(cluster_path: Path, out: Path, variant: str, schedule: list[
     return write_cluster(out / f"{variant}.yaml", cfg, every_node=node, links=links)
 
 
-def phase_figures(records: list, start: float, windows: dict[str, tuple[float, float]], deadline_s: float) -> dict:
-    """Per phase: results per second (by completion), p95 latency and accuracy within the deadline (by admission)."""
+def limit_at(cluster_path: Path, folder: Path, mbps: float) -> Callable[[list[float]], float]:
+    """Exit mix -> the planner's limit for mdi-exit (batch 1, the host profile every node emulates) with the source's
+    uplink at ``mbps``."""
+    from mdiexit.cli_plan import profile_costs
+    from mdiexit.planner import node_times, plan_throughput
+
+    src = load_cluster(cluster_path).source.name
+    cluster = load_cluster(write_cluster(folder / f"limit-{mbps:g}.yaml", cluster_path, every_node=lambda n: (
+        {"bandwidth_mbps": mbps, "bandwidth_schedule": None} if n["name"] == src else {})))
+    pkg = load_package(cluster.package)
+    times = node_times(cluster, {t: profile_costs(pkg, cluster, t) for t in {n.threads for n in cluster.nodes}})
+    return lambda mix: plan_throughput(cluster, pkg, "mdi-exit", mix, times).throughput_per_s
+
+
+def phase_figures(records: list, start: float, windows: dict[str, tuple[float, float]], deadline_s: float,
+                  limits: dict[str, Callable[[list[float]], float]] | None = None, num_exits: int = 0) -> dict:
+    """Per phase: results per second (by completion), p95 latency and accuracy within the deadline (by admission),
+    and with ``limits`` (phase -> exit mix -> items/s) the physical limit at the exit mix of the phase's results."""
     out = {}
     for phase, (t0, t1) in windows.items():
         admitted = [r for r in records if t0 <= r.admitted_at - start < t1]
@@ -65,6 +85,9 @@ def phase_figures(records: list, start: float, windows: dict[str, tuple[float, f
                       "p95_ms": float(np.percentile(lat, 95) * 1000) if lat else None,
                       "accuracy_within_deadline": on_time / len(admitted) if admitted else None,
                       "admitted": len(admitted)}
+        if limits and done:
+            mix = np.bincount([r.exit - 1 for r in done], minlength=num_exits) / len(done)
+            out[phase]["limit_per_s"] = limits[phase](mix.tolist())
     return out
 
 
@@ -122,6 +145,10 @@ def bench_network(cluster: Path, out: Path, duration_s: float = 70.0, drop_at_s:
     every: dict[str, list[dict]] = {v: [] for v in variants}
     series, per_second, overhead, tracked = {}, {}, {}, []
     changes = [(t, mbps * 1e6) for t, mbps in schedule]
+    rates = {"before": high_mbps, "congested": low_mbps, "after": high_mbps}
+    at = {mbps: limit_at(cluster, runs_dir, mbps) for mbps in set(rates.values())}
+    limits = {phase: at[mbps] for phase, mbps in rates.items()}
+    num_exits = load_package(load_cluster(cluster).package).num_tasks
     for i in range(repeats):  # the variants take turns, so that a drift of the host does not favour one
         for variant in variants:
             path = variant_cluster(cluster, runs_dir, variant, schedule)
@@ -138,7 +165,7 @@ def bench_network(cluster: Path, out: Path, duration_s: float = 70.0, drop_at_s:
             write_results(result, runs_dir / (variant if repeats == 1 else f"{variant}-{i + 1}"))
             records = list(result.ledger.records.values())
             start = min(r.admitted_at for r in records)
-            every[variant].append(phase_figures(records, start, windows, deadline_ms / 1000))
+            every[variant].append(phase_figures(records, start, windows, deadline_ms / 1000, limits, num_exits))
             if variant == "measured":
                 tracked += [{**c, "run": i + 1} for c in tracking(samples, changes)]
             if i == 0:  # the plot shows the first round
@@ -176,12 +203,13 @@ def print_network(r: dict) -> None:
     print(f"mdi-exit, rate adaptation, {c['cluster']}: source uplink {c['source_uplink_schedule_mbps']} (t_s, Mbit/s); "
           f"accuracy within {c['deadline_ms']:.0f} ms" + (f"; medians of {r['repeats']} runs" if r.get("every_run")
                                                           else ""))
-    print(f"{'links':>10} {'phase':>10} {'items/s':>8} {'p95 ms':>8} {'acc<=deadline':>13}")
+    print(f"{'links':>10} {'phase':>10} {'items/s':>8} {'p95 ms':>8} {'acc<=deadline':>13} {'limit/s':>8}")
     for variant, phases in r["runs"].items():
         for phase, f in phases.items():
             p95 = "-" if f["p95_ms"] is None else f"{f['p95_ms']:.0f}"
             acc = "-" if f["accuracy_within_deadline"] is None else f"{f['accuracy_within_deadline']:.3f}"
-            print(f"{variant:>10} {phase:>10} {f['throughput_per_s']:>8.1f} {p95:>8} {acc:>13}")
+            limit = "-" if f.get("limit_per_s") is None else f"{f['limit_per_s']:.1f}"
+            print(f"{variant:>10} {phase:>10} {f['throughput_per_s']:>8.1f} {p95:>8} {acc:>13} {limit:>8}")
     for t in r["tracking"]:
         print(f"  estimate within {TRACKING_TOLERANCE:.0%} of {t['true_mbps']:g} Mbit/s: {t['tracking_s']} s after "
               f"the change at {t['at_s']:g} s" + (f" (run {t['run']})" if r.get("every_run") else ""))

@@ -43,8 +43,9 @@ def task_input(pkg: Package, task: int, batch: int) -> np.ndarray:
 def calibrate(engine: OrtEngine, pkg: Package, held: frozenset[int], cfg: NodeConfig,
               cluster: ClusterConfig, host_profile: Profile | None = None, repeats: int = 5) -> DeviceModel:
     """Profile every task this node holds, and the codecs it may run, at each batch size (in isolation). With
-    ``host_profile`` (made by :func:`profile_host` before the cluster started), take its times instead, and only
-    run each piece of work once per batch size: ONNX Runtime's first call at a shape is many times slower."""
+    ``host_profile`` (made by :func:`profile_host` before the cluster started), take its times instead. Either
+    way, every piece of work has run at every batch size before the node serves: ONNX Runtime's first call at a
+    shape is many times slower."""
     def run_task(k: int):
         def make(b: int):
             x = task_input(pkg, k, b)
@@ -65,11 +66,14 @@ def calibrate(engine: OrtEngine, pkg: Package, held: frozenset[int], cfg: NodeCo
             for kind, k in work_keys(pkg, held)}
     if (host_profile is not None and cfg.slowdown != 1.0 and cluster.emulation == "calibrated"
             and all(key in host_profile for key in work)):
-        for key, make in work.items():
-            for b in host_profile[key]:
-                make(b)()  # warm-up
-        return DeviceModel(cfg.slowdown, cluster.emulation, {key: dict(host_profile[key]) for key in work})
-    return DeviceModel.calibrate(cfg.slowdown, work, cluster.max_batch, cluster.emulation, repeats)
+        model, ran = DeviceModel(cfg.slowdown, cluster.emulation, {key: dict(host_profile[key]) for key in work}), {}
+    else:
+        model = DeviceModel.calibrate(cfg.slowdown, work, cluster.max_batch, cluster.emulation, repeats)
+        ran = model.profiled_s  # the sizes profiling called
+    for key, make in work.items():  # a first call at a new shape is slow: it would be a start-up item's delay
+        for b in set(range(1, cluster.max_batch + 1)) - set(ran.get(key, ())):
+            make(b)()
+    return model
 
 
 def work_keys(pkg: Package, held: frozenset[int]) -> list[Key]:

@@ -27,7 +27,9 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
     rejected = dict(gate.rejected)
     w0, w1 = window
     if ledger.keep_records:
-        lat = np.array([r.done_at - r.admitted_at for r in done]) if done else np.zeros(1)
+        # latency, like throughput, over the measured window: the start-up's first calls are not the steady state
+        measured = [r for r in done if r.admitted_at >= w0] or done
+        lat = np.array([r.done_at - r.admitted_at for r in measured]) if measured else np.zeros(1)
         in_window = sum(1 for r in done if w0 <= r.done_at <= w1)
     else:  # a service: its last results' latencies, and every result over the window
         lat = np.array(list(latencies) or [0.0])
