@@ -2,10 +2,11 @@
 runtime.sourcecore.SourceCore) and policies. This module is the simulator's shell: where the runtime has threads,
 sockets and sleeps, it has events.
 
-- **Compute**: one compute thread per node. It takes a batch from its core (``take_batch``), is busy for its
-  device's time at that batch size (slowdown x the profiled host time, as the emulation makes it; plus decoding
-  the items that came as codes), then applies the exit rule (``finish_batch``) to the item's precomputed logits,
-  encodes what goes on as a code and routes the rest.
+- **Compute**: a compute and a finish thread per node. The compute thread takes a batch from its core
+  (``take_batch``) and is busy for its device's time at that batch size (slowdown x the profiled host time, as the
+  emulation makes it; plus decoding the items that came as codes). The finish thread applies the exit rule
+  (``finish_batch``) to the items' precomputed logits and routes what goes on, busy for the encode of each item
+  that leaves as a code, while the compute thread runs the next batch (runtime.node).
 - **Links**: one egress token bucket per node (emulation.link, as runtime.links), shared by all its sends, then
   the path's latency. DATA carries its payload (learned code or floats, as the core sized it) plus a header;
   RESULT and STATE their measured sizes. Every message carries its sender's backlog.
@@ -20,7 +21,7 @@ Not modelled: the host's own CPU contention, message decode/validation costs, fa
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 
 import numpy as np
@@ -54,7 +55,9 @@ class SimNode:
         self.world, self.cfg, self.core, self.times = world, cfg, core, times
         self.name, self.is_source = cfg.name, is_source
         self.egress = LinkPacer(cfg.bandwidth_mbps * 1e6 if cfg.bandwidth_mbps is not None else None, 0.0)
-        self.busy = False
+        self.busy = False  # the compute thread
+        self.computed: deque[tuple[list[WorkItem], float]] = deque()  # batches for the finish thread
+        self.finishing = False
         self.busy_s = 0.0
         self.calls = 0
         self.state_to: dict[float, list[SimNode]] = {}  # STATE recipients, by path latency
@@ -125,33 +128,40 @@ class SimNode:
         self.world.at(seconds, self.done, batch, seconds)
 
     def done(self, batch: list[WorkItem], seconds: float) -> None:
-        t = self.world.env.now
-        k = batch[0].task
-        logits = self.world.items.logits[k - 1][[self.world.stream_index(it.item_id) for it in batch]]
-        self.core.end_batch(t)
-        finished, onward = self.core.finish_batch(batch, None, logits, seconds, t)
+        """The compute thread hands the batch to the finish thread and takes the next one (runtime.node)."""
+        self.core.end_batch(self.world.env.now)
         self.busy_s += seconds
+        self.busy = False
+        self.computed.append((batch, seconds))
+        if not self.finishing:
+            self.finish_next()
+        self.kick()
+
+    def finish_next(self) -> None:
+        """The finish thread: exits, RESULTs, then routing, encoding on the way what leaves as a code; it takes
+        the next computed batch once its encodes are done."""
+        if not self.computed:
+            self.finishing = False
+            return
+        self.finishing = True
+        batch, seconds = self.computed.popleft()
+        t = self.world.env.now
+        logits = self.world.items.logits[batch[0].task - 1][[self.world.stream_index(it.item_id) for it in batch]]
+        finished, onward = self.core.finish_batch(batch, None, logits, seconds, t)
         for f in finished:
             self.deliver(f)
         queued = self.egress.queued_bytes(t)
-        encode_s, sends = 0.0, []
+        encode_s = 0.0
         for item in onward:
             s = self.core.route(item, t, queued)
-            if s is not None:
-                if item.task - 1 in self.core.compress_on.get(s.target, ()):
-                    encode_s += self.times["encode", item.task - 1][1]  # on the compute thread, as runtime.node
-                sends.append(s)
-        if encode_s > 0:
-            self.busy_s += encode_s
-            self.world.at(encode_s, self.after_encode, sends)
-        else:
-            self.after_encode(sends)
-
-    def after_encode(self, sends: list[Send]) -> None:
-        for s in sends:
-            self.send_item(s)
-        self.busy = False
+            if s is None:
+                continue
+            if item.task - 1 in self.core.compress_on.get(s.target, ()):
+                encode_s += self.times["encode", item.task - 1][1]
+            self.world.at(encode_s, self.send_item, s)
+        self.busy_s += encode_s
         self.kick()
+        self.world.at(encode_s, self.finish_next)
 
     def deliver(self, f: Finished, expired: bool = False) -> None:
         src = self.world.source
