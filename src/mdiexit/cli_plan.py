@@ -19,18 +19,6 @@ SHOWN_ROWS = 30  # the text lists at most this many nodes and links (the busiest
 SHOWN_BOTTLENECK = 8  # and this many binding constraints (the dearest)
 
 
-def profile_costs(pkg, cluster, threads: int):
-    """Each task's and codec's host seconds per item at batch 1 on ``threads`` threads: the host profile every
-    emulated node takes (runtime.device.profile_host; pinned with --device-profile), before its slowdown."""
-    from mdiexit.planner import Costs
-    from mdiexit.runtime.device import profile_host
-
-    profile = profile_host(pkg, cluster, threads)
-    return Costs(tuple(profile["task", t.index][1] for t in pkg.tasks),
-                 {c.after_task: profile["encode", c.after_task][1] for c in pkg.compression},
-                 {c.after_task: profile["decode", c.after_task][1] for c in pkg.compression})
-
-
 def _thresholds(a: argparse.Namespace, pkg, exits: bool) -> tuple[tuple[float, ...], str]:
     """The thresholds to plan at, and where they came from."""
     from mdiexit.policies.modes import no_exit_thresholds
@@ -72,7 +60,9 @@ def cmd_plan(a: argparse.Namespace) -> int:
     if a.times == "macs":
         costs = costs_from_macs(pkg)
     else:
-        costs = {t: profile_costs(pkg, cluster, t) for t in sorted({n.threads for n in cluster.nodes})}
+        from mdiexit.runtime.device import planner_costs
+
+        costs = planner_costs(pkg, cluster)
     times = node_times(cluster, costs)
     if a.add_kind is not None and a.add_kind not in {n.name for n in cluster.nodes}:
         raise UsageError(f"--add-kind: no node named {a.add_kind!r} in {a.cluster}")

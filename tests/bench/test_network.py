@@ -2,7 +2,11 @@
 
 from pathlib import Path
 
-from mdiexit.bench.network import median_figures
+import pytest
+
+from mdiexit.bench.network import limit_at, median_figures, phase_figures
+from mdiexit.emulation.device import DEVICE_PROFILE_ENV
+from mdiexit.runtime.ledger import Record
 
 
 def run(thr_congested, p95=None):
@@ -19,12 +23,6 @@ def test_each_figure_is_the_median_over_the_runs_that_gave_it():
 
 
 def test_the_phase_limit_follows_the_source_uplink_and_the_exit_mix_of_the_results(tmp_path, monkeypatch):
-    import pytest
-
-    from mdiexit.bench.network import limit_at, phase_figures
-    from mdiexit.emulation.device import DEVICE_PROFILE_ENV
-    from mdiexit.runtime.ledger import Record
-
     monkeypatch.setenv(DEVICE_PROFILE_ENV, "docs/results/device-profile.json")  # pinned: no profiling here
     fast, slow = (limit_at(Path("examples/camera4.yaml"), tmp_path, mbps) for mbps in (20.0, 0.5))
     deep = [0.0, 0.0, 0.0, 1.0]  # every item to the last exit: task 1's features must leave the source

@@ -59,14 +59,14 @@ def variant_cluster(cluster_path: Path, out: Path, variant: str, schedule: list[
 def limit_at(cluster_path: Path, folder: Path, mbps: float) -> Callable[[list[float]], float]:
     """Exit mix -> the planner's limit for mdi-exit (batch 1, the host profile every node emulates) with the source's
     uplink at ``mbps``."""
-    from mdiexit.cli_plan import profile_costs
     from mdiexit.planner import node_times, plan_throughput
+    from mdiexit.runtime.device import planner_costs
 
     src = load_cluster(cluster_path).source.name
     cluster = load_cluster(write_cluster(folder / f"limit-{mbps:g}.yaml", cluster_path, every_node=lambda n: (
         {"bandwidth_mbps": mbps, "bandwidth_schedule": None} if n["name"] == src else {})))
     pkg = load_package(cluster.package)
-    times = node_times(cluster, {t: profile_costs(pkg, cluster, t) for t in {n.threads for n in cluster.nodes}})
+    times = node_times(cluster, planner_costs(pkg, cluster))
     return lambda mix: plan_throughput(cluster, pkg, "mdi-exit", mix, times).throughput_per_s
 
 

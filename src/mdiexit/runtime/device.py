@@ -25,6 +25,7 @@ from mdiexit.config import ClusterConfig, ConfigError, NodeConfig
 from mdiexit.emulation.device import DEVICE_PROFILE_ENV, DeviceModel, Key, profile_batches
 from mdiexit.engine import OrtEngine
 from mdiexit.package import Package
+from mdiexit.planner import Costs
 from mdiexit.policies.offload import ServiceEstimator
 from mdiexit.runtime.core import codes_pay
 from mdiexit.util import isolated_s
@@ -86,6 +87,19 @@ def work_keys(pkg: Package, held: frozenset[int]) -> list[Key]:
         if spec.after_task + 1 in held:
             keys.append(("decode", spec.after_task))
     return keys
+
+
+def planner_costs(pkg: Package, cluster: ClusterConfig) -> dict[int, Costs]:
+    """Per engine thread count in the cluster, each task's and codec's host seconds per item at batch 1: the host
+    profile every emulated node takes (:func:`profile_host`; pinned with --device-profile), before its slowdown,
+    for the planner."""
+    out = {}
+    for threads in sorted({n.threads for n in cluster.nodes}):
+        profile = profile_host(pkg, cluster, threads)
+        out[threads] = Costs(tuple(profile["task", t.index][1] for t in pkg.tasks),
+                             {c.after_task: profile["encode", c.after_task][1] for c in pkg.compression},
+                             {c.after_task: profile["decode", c.after_task][1] for c in pkg.compression})
+    return out
 
 
 def profile_host(pkg: Package, cluster: ClusterConfig, threads: int) -> Profile:
