@@ -61,7 +61,7 @@ def add_link_bench_commands(bsub: argparse._SubParsersAction,
     bn.add_argument("--drop-at", type=float, default=20.0, help="when the uplink drops, s (default 20)")
     bn.add_argument("--back-at", type=float, default=50.0, help="when it recovers, s (default 50)")
     bn.add_argument("--high", type=float, default=20.0, help="Mbit/s before and after (default 20)")
-    bn.add_argument("--low", type=float, default=1.0, help="Mbit/s while congested (default 1)")
+    bn.add_argument("--low", type=float, default=2.0, help="Mbit/s while congested (default 2: a 10x drop that binds)")
     bn.add_argument("--warmup", type=float, default=5.0, help="seconds not measured at the start (default 5)")
     bn.add_argument("--target-accuracy", type=float, default=None)
     bn.add_argument("--variants", default=None,

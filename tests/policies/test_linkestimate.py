@@ -124,6 +124,21 @@ def test_noise_is_smoothed_and_a_lone_outlier_ignored():
     assert est.bandwidth_bps(20.2) > 50 * MBIT
 
 
+def test_a_confirmed_step_restarts_on_the_safe_side():
+    # a recovery's first samples include a burst (the queue built at the old rate leaving at once): never above
+    # the lower of the two that confirmed the step, whichever came first
+    for first, second in ((50 * MBIT, 20 * MBIT), (20 * MBIT, 50 * MBIT)):
+        est = LinkEstimator(seed_bps=2 * MBIT)
+        est._apply(first, 1.0)
+        est._apply(second, 1.1)
+        assert est.bandwidth_bps(1.1) == 20 * MBIT
+    # a drop's first sample spans the change: the estimate goes to the lower, newer rate at once
+    est = LinkEstimator(seed_bps=20 * MBIT)
+    est._apply(5 * MBIT, 1.0)
+    est._apply(2 * MBIT, 1.1)
+    assert est.bandwidth_bps(1.1) == 2 * MBIT
+
+
 def test_an_idle_link_keeps_its_estimate():
     est = LinkEstimator()
     sends = steady(lambda t: 4 * MBIT, 3)  # busy for 3 s, then silent for 30 s, then one small message a second

@@ -36,8 +36,11 @@ messages (learned codes) that cross it when it is avoided.
 
 Smoothing. ``estimate += alpha * (sample - estimate)`` (EWMA). Outlier guard: a sample more than
 ``outlier_ratio`` times away from the estimate is held, and applied only if the next sample is also out on the
-same side (then the estimate restarts at their geometric mean): a real step is followed within two samples, a
-lone outlier is ignored.
+same side. Then the estimate restarts at the smaller of the two, the side that errs safe: after a drop the
+lower one is the newer rate (the first sample spans the change), and after a recovery the first samples are the
+wildest (a queue built at the old rate leaves in a burst; their geometric mean once put a 2 -> 20 Mbit/s
+recovery at 31 for 3 s), while a rate believed too low only costs offloading until the next samples or a probe
+raise it. A real step is followed within two samples, a lone outlier is ignored.
 
 Probing. Without new evidence for ``probe_after_s``, the estimate grows by ``probe_gain_per_s`` per second, up to
 the best rate seen (or the seed), so a link that was congested and then avoided gets tried again; if it is still
@@ -234,7 +237,7 @@ class LinkEstimator:
             new = est + self.cfg.alpha * (x - est)
             self._held = None
         elif self._held is not None and (self._held > est) == (x > est):
-            new = math.sqrt(self._held * x)  # confirmed: the link changed
+            new = min(self._held, x)  # confirmed: the link changed; restart on the safe side
             self._held = None
         else:
             self._held = x
