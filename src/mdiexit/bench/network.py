@@ -131,8 +131,8 @@ def median_figures(runs: list[dict]) -> dict:
     return out
 
 
-def bench_network(cluster: Path, out: Path, duration_s: float = 70.0, drop_at_s: float = 20.0,
-                  back_at_s: float = 50.0, high_mbps: float = 20.0, low_mbps: float = 2.0, warmup_s: float = 5.0,
+def bench_network(cluster: Path, out: Path, *, duration_s: float, drop_at_s: float, back_at_s: float,
+                  high_mbps: float, low_mbps: float, warmup_s: float,  # the scenario: its defaults are the CLI's
                   deadline_ms: float = 1000.0, target_accuracy: float | None = None,
                   variants: tuple[str, ...] = tuple(VARIANTS), repeats: int = 1) -> dict:
     if not warmup_s < drop_at_s < back_at_s < duration_s:
