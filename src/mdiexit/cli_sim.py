@@ -38,12 +38,13 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 def cmd_bench_simulator(a: argparse.Namespace) -> int:
     """Validation: the runtime against the simulator on edge4, camera4 and a partial mesh with partial task
     holdings, modes mdi, ddi-exit and mdi-exit: the rate search's sustained throughput and the p95 latency at 0.8x
-    the runtime's sustained rate, as ratios. Scale: generated meshes of 10, 100 and 1,000 devices, every mode: the
-    throughput at the target accuracy and the simulator's wall time. Writes simulator.json and results.md."""
+    the runtime's sustained rate, as ratios (the runtime time-dilated, --dilation). Scale: generated meshes of 10,
+    100 and 1,000 devices, every mode: the throughput at the target accuracy and the simulator's wall time. Writes
+    simulator.json and results.md."""
     from mdiexit.bench.simulator import SimBenchOptions, bench_simulator
 
-    tuned = {k: v for k, v in (("probe_s", a.probe_s), ("adaptive_s", a.adaptive_s),
-                               ("refine_steps", a.refine_steps)) if v is not None}  # None: SimBenchOptions' own
+    tuned = {k: v for k, v in (("probe_s", a.probe_s), ("adaptive_s", a.adaptive_s), ("refine_steps", a.refine_steps),
+                               ("dilation", a.dilation)) if v is not None}  # None: SimBenchOptions' own
     o = SimBenchOptions(**tuned, sizes=tuple(int(x) for x in a.sizes.split(",")) if a.sizes else (),
                         modes=tuple(a.modes.split(",")) if a.modes else None,
                         clusters=tuple(a.clusters.split(",")) if a.clusters else None,
@@ -97,6 +98,9 @@ def add_sim_commands(sub: argparse._SubParsersAction, bsub: argparse._SubParsers
                    help="virtual seconds of each scale run with rate adaptation (default 10)")
     b.add_argument("--refine-steps", type=int, default=None,
                    help="bisection steps of each rate search (default 2: the bench runs the runtime too)")
+    b.add_argument("--dilation", type=float, default=None, metavar="K",
+                   help="run the runtime side K times slower and read it back (runtime/dilation.py), so that this "
+                        "host's own per-message time counts K times less (default 2; 1: none)")
     b.add_argument("--sizes", default="10,100,1000", help="generated mesh sizes; empty: no scale part")
     b.add_argument("--modes", default=None, help="comma-separated subset of modes (default: all)")
     b.add_argument("--clusters", default=None,

@@ -1,0 +1,97 @@
+"""Time dilation: emulate a cluster k times slower than it is, then read the results back in its own time.
+
+A host that emulates five devices on two cores adds time of its own to every message: a thread that wakes late,
+a process that waits for the GIL, ZeroMQ's transit. Devices and links emulated k times slower (every compute
+time, latency, period and deadline x k, every bandwidth and rate / k) do the same work in k times the wall time,
+so the host is k times less busy, and its own additions, which do not stretch, count k times less once the
+results are read back (throughput x k, times / k). This is the time dilation of network emulators (Gupta et
+al., "To Infinity and Beyond: Time-Warped Network Emulation", NSDI 2006). The price: k times the wall time.
+
+    path = dilate_cluster("examples/edge4.yaml", 2.0, tmp / "edge4-x2.yaml")
+    summary = undilate_summary(run_cluster(path, dilate_options(opts, 2.0)).summary, 2.0)
+
+What stays in wall time: the runtime's own constants (the source's 100 ms control step, the link estimator's
+windows), so a run with admission control is not exactly the same run dilated; fixed-rate runs are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from mdiexit.config import MAX_HEARTBEAT_MS, ConfigError, cluster_dict, load_cluster, write_cluster
+from mdiexit.runtime.launch import RunOptions, run_cluster
+from mdiexit.runtime.report import RunResult
+
+CLUSTER_TIMES_MS = ("hysteresis_ms", "stale_after_ms", "heartbeat_ms", "dead_after_ms")
+OPTION_TIMES_S = ("duration_s", "warmup_s", "drain_timeout_s")
+OPTION_TIMES_MS = ("deadline_ms", "max_backlog_ms", "max_wait_ms", "target_backlog_ms")
+
+
+def _check(k: float) -> None:
+    if not k >= 1.0:
+        raise ValueError(f"dilation: expected a factor >= 1 (1 = none), got {k:g}")
+
+
+def dilate_cluster(path: str | Path, k: float, out: Path) -> Path:
+    """A copy of the cluster file at ``out``, every device and link k times slower and every period k times
+    longer."""
+    _check(k)
+    data = cluster_dict(load_cluster(path))
+    if data["heartbeat_ms"] * k > MAX_HEARTBEAT_MS:
+        raise ConfigError(f"dilation {k:g}: heartbeat_ms {data['heartbeat_ms']:g} x {k:g} is over the "
+                          f"{MAX_HEARTBEAT_MS:g} ms a node may wait between reports; use a dilation <= "
+                          f"{MAX_HEARTBEAT_MS / data['heartbeat_ms']:g} or a shorter heartbeat_ms")
+    for key in CLUSTER_TIMES_MS:
+        data[key] *= k
+    for n in data["nodes"]:
+        n["slowdown"] *= k
+        n["latency_ms"] = n.get("latency_ms", 0.0) * k
+        for key in ("bandwidth_mbps", "rated_gmacs"):
+            if n.get(key) is not None:
+                n[key] /= k
+        if n.get("bandwidth_schedule") is not None:
+            n["bandwidth_schedule"] = [[t * k, mbps / k] for t, mbps in n["bandwidth_schedule"]]
+    return write_cluster(out, data)
+
+
+def dilate_options(opts: RunOptions, k: float) -> RunOptions:
+    """The run options in dilated time: rates / k, durations and time limits x k."""
+    _check(k)
+    scaled = {f: getattr(opts, f) * k for f in OPTION_TIMES_S + OPTION_TIMES_MS if getattr(opts, f) is not None}
+    return dataclasses.replace(opts, rate=opts.rate / k, **scaled)
+
+
+def undilate_summary(s: dict, k: float) -> dict:
+    """A run's summary read back in the emulated cluster's own time (throughputs and link rates x k, times / k);
+    the rest (counts, accuracy, bytes per item, utilisations, efficiencies) does not change with k, and per-task
+    times (per_node task_ms) stay as the dilated devices took them."""
+    s = {**s, "dilation": k}
+    for key in ("throughput_per_s", "ideal_throughput_per_s", "ideal_batched_throughput_per_s", "rate"):
+        if s.get(key) is not None:
+            s[key] = s[key] * k
+    for key in ("duration_s", "recovery_s"):
+        if s.get(key) is not None:
+            s[key] = s[key] / k
+    s["latency_ms"] = {q: v / k for q, v in s["latency_ms"].items()}
+    s["per_node"] = {name: {**n, "backlog_s_mean": n["backlog_s_mean"] / k} if "backlog_s_mean" in n else n
+                     for name, n in s.get("per_node", {}).items()}
+    s["links"] = {a: {b: {**f, "latency_ms": f["latency_ms"] / k,
+                          "estimated_mbps": f["estimated_mbps"] * k if f["estimated_mbps"] is not None else None}
+                      for b, f in peers.items()} for a, peers in s.get("links", {}).items()}
+    return s
+
+
+def dilated_run(k: float, folder: Path):
+    """A drop-in for run_cluster(path, opts) that runs the cluster dilated k times (its file written into
+    ``folder``) and returns the result with its summary read back (items and timeline stay in wall time)."""
+    _check(k)
+
+    def run(path: Path, opts: RunOptions) -> RunResult:
+        if k == 1.0:
+            return run_cluster(path, opts)
+        dilated = dilate_cluster(path, k, folder / f"{Path(path).stem}-dilated-{k:g}.yaml")
+        result = run_cluster(dilated, dilate_options(opts, k))
+        return dataclasses.replace(result, summary=undilate_summary(result.summary, k))
+
+    return run
