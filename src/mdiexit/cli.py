@@ -53,9 +53,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     it at --rate for --duration seconds with a live view, drain, and write the summary. A worker that crashes,
     hangs or leaves is declared down and its items are dispatched again. Exit status 1 if any item was lost or
     duplicated."""
-    from mdiexit.runtime.launch import run_cluster
+    from mdiexit.runtime.dilation import dilated_run
 
-    return finish_run(run_cluster(a.cluster, _run_opts(a)), a.out)
+    return finish_run(dilated_run(a.dilation, a.out)(a.cluster, _run_opts(a)), a.out)
 
 
 def cmd_source(a: argparse.Namespace) -> int:
@@ -260,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a whole cluster on this machine and write DIR/summary.json",
                        description=_doc(cmd_run))
     _run_args(r)
+    r.add_argument("--dilation", type=float, default=1.0, metavar="K",
+                   help="time dilation: emulate every device and link K times slower (rates / K, times x K) and "
+                        "read the results back, so that a busy host's own time per message counts K times less; "
+                        "the run takes K times as long, and the live view shows the slowed-down figures "
+                        "(default 1: none)")
     r.set_defaults(func=cmd_run)
 
     so = sub.add_parser("source", help="run only the source node (workers started elsewhere with `worker`)")

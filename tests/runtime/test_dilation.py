@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mdiexit.config import ConfigError, load_cluster
@@ -35,7 +37,7 @@ def test_dilation_refuses_what_it_cannot_do(tmp_path, tiny_package):
     path = write_cluster(tmp_path / "c.yaml", tiny_package, [30, 10], heartbeat_ms=50)
     with pytest.raises(ConfigError, match="heartbeat_ms 50 x 3 .* use a dilation <= 2"):
         dilate_cluster(path, 3, tmp_path / "d.yaml")
-    with pytest.raises(ValueError, match=">= 1"):
+    with pytest.raises(ConfigError, match=">= 1"):
         dilate_options(RunOptions(), 0.5)
 
 
@@ -62,3 +64,16 @@ def test_a_dilated_run_serves_the_same_items_the_same_way(tmp_path, cluster_file
     answers = {r.key: (r.label, r.exit) for r in plain.ledger.records.values()}
     same = [answers[r.key] == (r.label, r.exit) for r in dilated.ledger.records.values() if r.key in answers]
     assert len(same) >= 100 and all(same)
+    assert {row["rate"] for row in dilated.timeline} == {100}  # read back: the rate the cluster was offered
+
+
+def test_run_dilation_writes_results_in_the_clusters_own_time(tmp_path, cluster_file):
+    from mdiexit.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["run", "--cluster", str(cluster_file), "--dilation", "2", "--rate", "80", "--duration", "1",
+               "--warmup", "0.3", "--quiet", "--out", str(out)])
+    s = json.loads((out / "summary.json").read_text())
+    assert rc == 0 and s["dilation"] == 2 and s["rate"] == 80 and s["lost"] == 0
+    assert (out / "cluster-dilated-2.yaml").exists() and (out / "items.csv").exists()
+    assert main(["run", "--cluster", str(cluster_file), "--dilation", "0.5", "--out", str(out)]) == 2

@@ -30,7 +30,7 @@ OPTION_TIMES_MS = ("deadline_ms", "max_backlog_ms", "max_wait_ms", "target_backl
 
 def _check(k: float) -> None:
     if not k >= 1.0:
-        raise ValueError(f"dilation: expected a factor >= 1 (1 = none), got {k:g}")
+        raise ConfigError(f"dilation: expected a factor >= 1 (1 = none), got {k:g}")
 
 
 def dilate_cluster(path: str | Path, k: float, out: Path) -> Path:
@@ -82,16 +82,36 @@ def undilate_summary(s: dict, k: float) -> dict:
     return s
 
 
+# timeline.csv columns that are times (read back / k) or rates (x k); the others are counts, thresholds, accuracy
+TIMELINE_TIMES = ("t_s", "max_backlog_s", "target_backlog_s", "own_backlog_s")
+TIMELINE_RATES = ("rate", "throughput_per_s")
+
+
+def undilate_result(result: RunResult, k: float) -> RunResult:
+    """The whole result in the cluster's own time: the summary, each item's times (so items.csv's latencies) and
+    the timeline."""
+    records = result.ledger.records.values()
+    t0 = min((r.admitted_at for r in records), default=0.0)
+    for r in records:
+        r.admitted_at, r.dispatched_at = t0 + (r.admitted_at - t0) / k, t0 + (r.dispatched_at - t0) / k
+        r.done_at = None if r.done_at is None else t0 + (r.done_at - t0) / k
+        r.deadline = None if r.deadline is None else t0 + (r.deadline - t0) / k
+    timeline = [{c: v / k if c in TIMELINE_TIMES and isinstance(v, float | int) else
+                 v * k if c in TIMELINE_RATES and isinstance(v, float | int) else v for c, v in row.items()}
+                for row in result.timeline]
+    return dataclasses.replace(result, summary=undilate_summary(result.summary, k), timeline=timeline)
+
+
 def dilated_run(k: float, folder: Path):
     """A drop-in for run_cluster(path, opts) that runs the cluster dilated k times (its file written into
-    ``folder``) and returns the result with its summary read back (items and timeline stay in wall time)."""
+    ``folder``) and returns the result read back in the cluster's own time."""
     _check(k)
 
     def run(path: Path, opts: RunOptions) -> RunResult:
         if k == 1.0:
             return run_cluster(path, opts)
+        folder.mkdir(parents=True, exist_ok=True)
         dilated = dilate_cluster(path, k, folder / f"{Path(path).stem}-dilated-{k:g}.yaml")
-        result = run_cluster(dilated, dilate_options(opts, k))
-        return dataclasses.replace(result, summary=undilate_summary(result.summary, k))
+        return undilate_result(run_cluster(dilated, dilate_options(opts, k)), k)
 
     return run

@@ -142,7 +142,7 @@ def emulation_check(summary: dict, before: tuple[int, int] | None, after: tuple[
         summary["host_cpu_utilization"] = use
         if use > HOST_CPU_LIMIT:
             warnings.append(f"the host's CPUs were {use:.0%} busy (> {HOST_CPU_LIMIT:.0%}): emulated devices may "
-                            "have run slower than their slowdown says; use larger slowdowns or fewer nodes")
+                            "have run slower than their slowdown says; use fewer nodes or `run --dilation 2`")
     for name, n in summary["per_node"].items():
         if n.get("overrun_fraction", 0.0) > OVERRUN_LIMIT:
             warnings.append(f"{name}: {n['overrun_fraction']:.0%} of its tasks took longer than their emulated "
