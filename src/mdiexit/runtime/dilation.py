@@ -17,6 +17,7 @@ windows), so a run with admission control is not exactly the same run dilated; f
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 from mdiexit.config import MAX_HEARTBEAT_MS, ConfigError, cluster_dict, load_cluster, write_cluster
@@ -102,7 +103,7 @@ def undilate_result(result: RunResult, k: float) -> RunResult:
     return dataclasses.replace(result, summary=undilate_summary(result.summary, k), timeline=timeline)
 
 
-def dilated_run(k: float, folder: Path):
+def dilated_run(k: float, folder: Path) -> Callable[[Path, RunOptions], RunResult]:
     """A drop-in for run_cluster(path, opts) that runs the cluster dilated k times (its file written into
     ``folder``) and returns the result read back in the cluster's own time."""
     _check(k)
