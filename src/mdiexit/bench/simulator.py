@@ -86,20 +86,20 @@ def partial_mesh(out: Path, package: Path) -> Path:
 def validation(clusters: dict[str, Path], modes: tuple[str, ...], accuracies: tuple[float, float], target: float,
                o: SimBenchOptions, folder: Path) -> list[dict]:
     rows = []
-    run_cluster = dilated_run(o.dilation, folder)
+    runtime = dilated_run(o.dilation, folder)
     for cname, path in clusters.items():
         for mode in modes:
             crit = Criterion(target, expected_accuracy=accuracies[1] if MODES[mode].exits else accuracies[0])
             label = f"{cname} {mode}"
             found = {}
-            for driver, run in (("runtime", run_cluster), ("simulator", simulate)):
+            for driver, run in (("runtime", runtime), ("simulator", simulate)):
                 t0 = time.perf_counter()
                 row, log = search_mode(path, mode, f"{label} ({driver})", crit, START_RATE, o.probe_s, o.drain_s,
                                        o.data_dir, refine_steps=o.refine_steps, run=run,
                                        confirm=driver == "runtime")
                 found[driver] = {**row, "search": log, "wall_s": time.perf_counter() - t0}
             rate = LOAD_FACTOR * (found["runtime"]["rate"] or START_RATE)
-            for driver, run in (("runtime", run_cluster), ("simulator", simulate)):
+            for driver, run in (("runtime", runtime), ("simulator", simulate)):
                 s = run(path, RunOptions(mode=mode, rate=rate, duration_s=o.probe_s, warmup_s=o.probe_s / 3,
                                          live=False, data_dir=o.data_dir, drain_timeout_s=o.drain_s)).summary
                 found[driver]["at_load"] = {"rate": rate, **summary_row(s)}

@@ -63,29 +63,29 @@ def dilate_options(opts: RunOptions, k: float) -> RunOptions:
     return dataclasses.replace(opts, rate=opts.rate / k, **scaled)
 
 
+# how each figure reads back: x k ** power (1: a rate, -1: a time); a figure not listed does not change with k
+SUMMARY_POWERS = {"throughput_per_s": 1, "ideal_throughput_per_s": 1, "ideal_batched_throughput_per_s": 1, "rate": 1,
+                  "duration_s": -1, "recovery_s": -1}
+NODE_POWERS = {"backlog_s_mean": -1}
+LINK_POWERS = {"estimated_mbps": 1, "latency_ms": -1}
+TIMELINE_POWERS = {"t_s": -1, "max_backlog_s": -1, "target_backlog_s": -1, "own_backlog_s": -1, "rate": 1,
+                   "throughput_per_s": 1}
+
+
+def _read_back(d: dict, powers: dict[str, int], k: float) -> dict:
+    return {c: v * k ** powers[c] if c in powers and isinstance(v, float | int) else v for c, v in d.items()}
+
+
 def undilate_summary(s: dict, k: float) -> dict:
     """A run's summary read back in the emulated cluster's own time (throughputs and link rates x k, times / k);
     the rest (counts, accuracy, bytes per item, utilisations, efficiencies) does not change with k, and per-task
     times (per_node task_ms) stay as the dilated devices took them."""
-    s = {**s, "dilation": k}
-    for key in ("throughput_per_s", "ideal_throughput_per_s", "ideal_batched_throughput_per_s", "rate"):
-        if s.get(key) is not None:
-            s[key] = s[key] * k
-    for key in ("duration_s", "recovery_s"):
-        if s.get(key) is not None:
-            s[key] = s[key] / k
+    s = {**_read_back(s, SUMMARY_POWERS, k), "dilation": k}
     s["latency_ms"] = {q: v / k for q, v in s["latency_ms"].items()}
-    s["per_node"] = {name: {**n, "backlog_s_mean": n["backlog_s_mean"] / k} if "backlog_s_mean" in n else n
-                     for name, n in s.get("per_node", {}).items()}
-    s["links"] = {a: {b: {**f, "latency_ms": f["latency_ms"] / k,
-                          "estimated_mbps": f["estimated_mbps"] * k if f["estimated_mbps"] is not None else None}
-                      for b, f in peers.items()} for a, peers in s.get("links", {}).items()}
+    s["per_node"] = {name: _read_back(n, NODE_POWERS, k) for name, n in s.get("per_node", {}).items()}
+    s["links"] = {a: {b: _read_back(f, LINK_POWERS, k) for b, f in peers.items()}
+                  for a, peers in s.get("links", {}).items()}
     return s
-
-
-# timeline.csv columns that are times (read back / k) or rates (x k); the others are counts, thresholds, accuracy
-TIMELINE_TIMES = ("t_s", "max_backlog_s", "target_backlog_s", "own_backlog_s")
-TIMELINE_RATES = ("rate", "throughput_per_s")
 
 
 def undilate_result(result: RunResult, k: float) -> RunResult:
@@ -93,13 +93,14 @@ def undilate_result(result: RunResult, k: float) -> RunResult:
     the timeline."""
     records = result.ledger.records.values()
     t0 = min((r.admitted_at for r in records), default=0.0)
+
+    def back(t: float | None) -> float | None:
+        return None if t is None else t0 + (t - t0) / k
+
     for r in records:
-        r.admitted_at, r.dispatched_at = t0 + (r.admitted_at - t0) / k, t0 + (r.dispatched_at - t0) / k
-        r.done_at = None if r.done_at is None else t0 + (r.done_at - t0) / k
-        r.deadline = None if r.deadline is None else t0 + (r.deadline - t0) / k
-    timeline = [{c: v / k if c in TIMELINE_TIMES and isinstance(v, float | int) else
-                 v * k if c in TIMELINE_RATES and isinstance(v, float | int) else v for c, v in row.items()}
-                for row in result.timeline]
+        r.admitted_at, r.dispatched_at, r.done_at, r.deadline = (back(r.admitted_at), back(r.dispatched_at),
+                                                                 back(r.done_at), back(r.deadline))
+    timeline = [_read_back(row, TIMELINE_POWERS, k) for row in result.timeline]
     return dataclasses.replace(result, summary=undilate_summary(result.summary, k), timeline=timeline)
 
 
