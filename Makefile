@@ -1,4 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both set everything up first.
+# Also: `make test-fast` (the pure parts, under a minute) and `make docs` (the manual, into site/).
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ export MALLOC_TRIM_THRESHOLD_ := 4294967295
 # the emulated devices of the published figures: every bench that names this file emulates the same devices
 DEVICES := --device-profile docs/results/device-profile.json
 
-.PHONY: setup demo test lint bench-engine bench-runtime bench-paper bench-chaos bench-serve
+.PHONY: setup demo test test-fast docs site lint bench-engine bench-runtime bench-paper bench-chaos bench-serve
 
 setup:
 	@scripts/setup.sh
@@ -18,11 +19,25 @@ demo: setup
 	$(BIN)/mdiexit profile $(PACKAGE)
 	$(BIN)/mdiexit run --cluster examples/edge4.yaml --mode mdi-exit --admission rate --duration 20 --out runs/demo
 
-test: setup lint
+# everything: lint, the manual (a broken link fails), every test tier
+test: setup lint site
 	$(BIN)/pytest
 
+# the pure parts (policies, protocol, cores, ledger, gate, simulator, config, inputs): no cluster, no training, no root
+test-fast: setup
+	$(BIN)/pytest -m "not cluster and not training and not root and not slow"
+
+# the documentation site: the reference pages regenerated from the code, then a strict build (warnings fail)
+docs: setup
+	$(BIN)/python scripts/gen_reference.py
+	@$(MAKE) --no-print-directory site
+
+# the strict build alone, of the pages as committed (`make test` runs it; a test checks the reference is current)
+site: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
 lint: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests scripts
 
 bench-engine: setup
 	$(BIN)/mdiexit bench engine $(PACKAGE)

@@ -31,11 +31,11 @@ fi
 # 3. The virtual environment (torch pinned: an unpinned torch pulls a multi-GB CUDA build)
 STAMP=.venv/.installed
 if [[ ! -f $STAMP || pyproject.toml -nt $STAMP ]]; then
-  echo "setup: creating .venv and installing mdiexit[train,dev] (torch==2.13.0, CPU)" >&2
+  echo "setup: creating .venv and installing mdiexit[all] (torch==2.13.0, CPU)" >&2
   [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install -q -e ".[worker,train,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -m pip install -q -e ".[all]" 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import torch, onnxruntime, zmq, mdiexit" || { echo "setup: install failed" >&2; exit 1; }
   touch $STAMP
 fi

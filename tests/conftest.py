@@ -1,16 +1,20 @@
 """Shared fixtures: a tiny early-exit model trained for real on a slice of Fashion-MNIST, and its package.
 
-Everything is written under pytest's temporary folders, never in the tree.
+The model is committed in tests/fixtures/tiny/ (made by scripts/make_test_model.py; test_fixture_model.py retrains it
+and compares). Everything a test writes goes under pytest's temporary folders, never in the tree.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mdiexit.data import Dataset, load_fashion_mnist, split_train_val
+
+TINY = Path(__file__).parent / "fixtures" / "tiny"
 
 
 @pytest.fixture(scope="session")
@@ -20,28 +24,23 @@ def fmnist() -> tuple[Dataset, Dataset]:
 
 @pytest.fixture(scope="session")
 def small_splits(fmnist) -> tuple[Dataset, Dataset]:
-    """3000 training and 1000 validation items, deterministic."""
+    """3000 training and 1000 validation items, deterministic: the split the tiny model was trained on."""
     train, _ = fmnist
     tr, val = split_train_val(train.subset(np.arange(4000)), val_fraction=0.25, seed=0)
     return tr, val
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, small_splits) -> Path:
-    import torch
-
-    from mdiexit.training.train import TrainConfig, train
-
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """The committed tiny model's model.pt (scripts/make_test_model.py), copied so that no test writes in the tree."""
     out = tmp_path_factory.mktemp("tiny-run")
-    cfg = TrainConfig(model="tiny", epochs=4, batch_size=64, lr=0.1, threads=1, seed=0)
-    train(cfg, *small_splits, out)
-    torch.set_num_threads(1)
+    shutil.copy(TINY / "run" / "model.pt", out / "model.pt")
     return out / "model.pt"
 
 
 @pytest.fixture(scope="session")
-def tiny_package(tmp_path_factory, tiny_checkpoint, small_splits) -> Path:
-    from mdiexit.export import export_package
-
+def tiny_package(tmp_path_factory) -> Path:
+    """The committed tiny model package (manifest + ONNX), copied to a temporary folder."""
     out = tmp_path_factory.mktemp("pkg") / "tiny"
-    return export_package(tiny_checkpoint, out, splits_val=small_splits[1])
+    shutil.copytree(TINY / "package", out)
+    return out

@@ -21,6 +21,8 @@ from mdiexit.evaluate import all_exit_logits, predicted_labels
 from mdiexit.package import load_package
 from mdiexit.runtime.ports import local_nodes
 
+pytestmark = [pytest.mark.training, pytest.mark.cluster]
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 TESTS_MOD = textwrap.dedent('''
     """A small custom backbone: three conv blocks and a classifier, exits after blocks 0 and 1."""

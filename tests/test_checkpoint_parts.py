@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from mdiexit.training.train import load_trained
+
+pytestmark = pytest.mark.training
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "checkpoint_parts.py"
 

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 
 def mdiexit(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "mdiexit.cli", *map(str, args)], capture_output=True, text=True,
@@ -30,6 +32,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path, tiny_package):
     assert out.returncode == 2 and "dataset-fashion-mnist" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.training
 def test_bench_engine_runs(tiny_package, tiny_checkpoint):
     out = mdiexit("bench", "engine", tiny_package, "--checkpoint", tiny_checkpoint, "--repeats", 3)
     assert out.returncode == 0, out.stderr

@@ -12,6 +12,8 @@ from mdiexit.package import PackageError, load_package
 from mdiexit.training.torch_engine import TorchEngine
 from mdiexit.training.train import load_trained, predict_logits
 
+pytestmark = pytest.mark.training
+
 
 def test_package_matches_torch_on_real_inputs(tiny_package, tiny_checkpoint, small_splits):
     pkg = load_package(tiny_package, check_onnx=True)

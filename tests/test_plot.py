@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from mdiexit.plot import plot_timeline
+from mdiexit.plot import PlotError, plot_timeline
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -28,7 +28,7 @@ def test_plot_timeline_writes_a_png(tmp_path, target):
 
 
 def test_plot_timeline_missing_csv(tmp_path):
-    with pytest.raises(FileNotFoundError, match="timeline.csv"):
+    with pytest.raises(PlotError, match="timeline.csv"):
         plot_timeline(tmp_path)
 
 

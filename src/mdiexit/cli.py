@@ -393,14 +393,56 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"bisection steps of each rate search after the doubling (default {REFINE_STEPS}: a "
                          f"{bracket_width(REFINE_STEPS) * 100:.1f} %% bracket)")
     bp.set_defaults(func=cmd_bench_paper)
+    _name_commands(p)
     return p
 
+
+def subcommands(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser's commands by name (`bench paper`, ...), each with its own parser, in --help's order."""
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in action.choices.values():
+                found[sp.prog.removeprefix("mdiexit ")] = sp
+                found.update(subcommands(sp))
+    return found
+
+
+def _name_commands(p: argparse.ArgumentParser) -> None:
+    """Each command knows its own name, for the line that names a missing extra."""
+    for name, sp in subcommands(p).items():
+        sp.set_defaults(command_name=name)
+
+
+# The optional packages, and the extra that brings each: a command that needs one says so in one line.
+EXTRA_OF = {"simpy": "sim", "scipy": "sim", "torch": "train", "onnx": "train", "onnxscript": "train",
+            "tqdm": "train", "PIL": "client", "matplotlib": "plot"}
+
+
+def missing_extra(e: ModuleNotFoundError, command: str) -> str | None:
+    """The one line for a command whose optional dependency is not installed (None: not an optional one)."""
+    module = (e.name or "").split(".")[0]
+    if module not in EXTRA_OF:
+        return None
+    extra = EXTRA_OF[module]
+    return f"`mdiexit {command}` needs {module}, which `pip install mdiexit` leaves out: pip install 'mdiexit[{extra}]'"
+
+
+# How every command ends (docs/reference/exit-codes.md is generated from this).
+EXIT_CODES: dict[int, str] = {
+    0: "done: for a run, every offered item reached exactly one outcome",
+    1: "a run lost or duplicated an item, or stopped early with an error (said in summary.json and on stderr)",
+    2: "a user error, said in one `mdiexit: error: ...` line naming the fix: a bad flag, file, dataset, package, "
+       "key, or a missing optional package (the line names the extra to install)",
+    130: "interrupted (Ctrl-C)",
+}
 
 # Errors that are the user's to fix (bad file, missing dataset...): one line, exit status 2, no traceback.
 _USER_ERRORS = (("mdiexit.config", "ConfigError"), ("mdiexit.data", "DataError"), ("mdiexit.package", "PackageError"),
                 ("mdiexit.emulation.netns", "NamespaceError"), ("mdiexit.runtime.node", "ClusterError"),
                 ("mdiexit.security", "KeyFileError"), ("mdiexit.cli_model", "UsageError"),
-                ("mdiexit.models.spec", "ModelSpecError"), ("mdiexit.training.train", "TrainError"))
+                ("mdiexit.models.spec", "ModelSpecError"), ("mdiexit.training.train", "TrainError"),
+                ("mdiexit.plot", "PlotError"))
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -419,6 +461,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except _user_errors() as e:
         print(f"mdiexit: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        line = missing_extra(e, getattr(args, "command_name", args.command))
+        if line is None:
+            raise
+        print(f"mdiexit: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mdiexit: interrupted", file=sys.stderr)

@@ -68,22 +68,22 @@ __all__ = ["BASE_RATED_GMACS", "COMPRESS", "LINK_FIGURES", "ClusterConfig", "Con
 class NodeConfig:
     """One node (process): where it listens, what it holds, and how its device and link are emulated."""
 
-    name: Name
-    port: Annotated[int, Meta(ge=1, le=65535)]
-    role: one_of(ROLES) = "worker"
-    host: Host = "127.0.0.1"
+    name: Name  # unique in the file; names the node in logs, results and the summary
+    port: Annotated[int, Meta(ge=1, le=65535)]  # where the node listens for the other nodes
+    role: one_of(ROLES) = "worker"  # exactly one node is the source: it holds the data and collects the results
+    host: Host = "127.0.0.1"  # the address the other nodes reach this node at
     tasks: tuple[Annotated[int, Meta(ge=1)], ...] | None = None  # 1-based task indices; None = all tasks
-    threads: Annotated[int, Meta(ge=1, le=256)] = 1
-    slowdown: Annotated[float, Meta(ge=1)] = 1.0
-    bandwidth_mbps: Positive | None = None  # None = unlimited
-    latency_ms: NonNegative = 0.0
+    threads: Annotated[int, Meta(ge=1, le=256)] = 1  # ONNX Runtime threads of this node's engine
+    slowdown: Annotated[float, Meta(ge=1)] = 1.0  # emulation: the device runs every task this many times slower
+    bandwidth_mbps: Positive | None = None  # this node's egress in Mbit/s; None = unlimited
+    latency_ms: NonNegative = 0.0  # this node's access-link latency; a path pays both ends'
     # emulated egress rate over time: (seconds from the run's start, Mbit/s), times increasing
     bandwidth_schedule: Annotated[tuple[tuple[NonNegative, Positive], ...],
                                   Meta(min_length=1, description="a non-empty list of [t_s, mbps] pairs")] | None = None
     compress: one_of(COMPRESS) = "off"  # learned feature codes on this node's egress
     wire_codec: one_of(CODECS) = "raw"  # lossless compression of array frames on this node's egress
-    rated_gmacs: Positive | None = None  # None = BASE_RATED_GMACS / slowdown
-    # CurveZMQ public key (Z85, from `mdiexit keys`); None: KEYS_DIR/NAME.key
+    rated_gmacs: Positive | None = None  # speed for the first service-time estimates; None: BASE_RATED_GMACS / slowdown
+    # CurveZMQ public key (Z85, from `mdiexit keys`); None: read from KEYS_DIR/NAME.key
     public_key: Annotated[str, Meta(min_length=40, max_length=40, description="a 40-character Z85 key")] | None = None
     client_port: Annotated[int, Meta(ge=1, le=65535)] | None = None  # the source: where clients connect (serve)
     metrics_port: Annotated[int, Meta(ge=1, le=65535)] | None = None  # Prometheus metrics over HTTP, on loopback
@@ -133,18 +133,20 @@ def link_between(a: NodeConfig, b: NodeConfig) -> tuple[float | None, float]:
 class ClusterConfig:
     """The whole cluster file, validated."""
 
-    nodes: Annotated[tuple[NodeConfig, ...], Meta(min_length=1, description="a non-empty list of nodes")]
+    nodes: Annotated[tuple[NodeConfig, ...], Meta(min_length=1, description="a non-empty list of nodes")]  # the devices
+    # the model package every node runs; a relative path is looked up from the current folder, then from the
+    # cluster file's folder and its parents
     package: Annotated[Path, Meta(description="a path to a model package folder")]
-    mode: one_of(MODES) = "mdi-exit"
+    mode: one_of(MODES) = "mdi-exit"  # how work is spread and where items may exit (DESIGN §4)
     # n -> whom n may send DATA to; the full mesh when the file has none
     neighbours: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    hysteresis_ms: NonNegative = _OFFLOAD.hysteresis_s * 1000
-    hop_limit: Annotated[int, Meta(ge=0, le=64)] = _OFFLOAD.hop_limit
-    stale_after_ms: Positive = _OFFLOAD.stale_after_s * 1000
-    heartbeat_ms: Annotated[float, Meta(gt=0, le=MAX_HEARTBEAT_MS)] = 50.0
+    hysteresis_ms: NonNegative = _OFFLOAD.hysteresis_s * 1000  # offload only when a neighbour finishes this much sooner
+    hop_limit: Annotated[int, Meta(ge=0, le=64)] = _OFFLOAD.hop_limit  # an item is handed on at most this many times
+    stale_after_ms: Positive = _OFFLOAD.stale_after_s * 1000  # a neighbour's report older than this is not trusted
+    heartbeat_ms: Annotated[float, Meta(gt=0, le=MAX_HEARTBEAT_MS)] = 50.0  # each node's STATE report period
     max_batch: Annotated[int, Meta(ge=1, le=4096)] = 8  # dynamic batching: up to this many queued items per call
-    emulation: one_of(EMULATIONS) = "calibrated"  # device speed: f x profiled time, or f x each call's time
-    links: one_of(LINK_FIGURES) = "measured"  # how the offloading rule prices a transfer (module docstring)
+    emulation: one_of(EMULATIONS) = "calibrated"  # device time: slowdown x profiled time, or x each call's time
+    links: one_of(LINK_FIGURES) = "measured"  # price transfers by online estimates (seeded by the file) or the file
     dead_after_ms: Positive = 1000.0  # no report for this long: the node is down, its items re-dispatched (§9)
     keys_dir: Path | None = None  # node keys (`mdiexit keys`): NAME.key_secret for itself, NAME.key for peers
     path: Path | None = None  # the file it was loaded from (not a key of the file)

@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from mdiexit.calibration import confidence
 from mdiexit.data import load_items, load_test_split
 from mdiexit.engine import OrtEngine
 from mdiexit.exitprofile import outcome
 from mdiexit.package import Package, PackageError, load_package
+from mdiexit.util import progress_steps
 
 
 def all_exit_logits(pkg: Package, images: np.ndarray, threads: int = 2, batch: int = 256,
@@ -26,7 +26,7 @@ def all_exit_logits(pkg: Package, images: np.ndarray, threads: int = 2, batch: i
     pass through the package's encoder and decoder at every boundary that has them (as over the network)."""
     engine = OrtEngine(pkg, threads=threads)
     out = [[] for _ in pkg.tasks]
-    for i in tqdm(range(0, len(images), batch), desc="evaluate", unit="batch", disable=not progress, leave=False):
+    for i in progress_steps(range(0, len(images), batch), "evaluate", "batches", enabled=progress):
         x = images[i:i + batch]
         for t in pkg.tasks:
             x, logits = engine.run(t.index, x)

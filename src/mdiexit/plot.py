@@ -6,6 +6,11 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+
+class PlotError(ValueError):
+    """A run folder that cannot be plotted: the message names what is missing."""
+
+
 TIMELINE_COLUMNS = ("t_s", "rate", "operating_point", "thresholds", "max_backlog_s", "throughput_per_s", "accuracy")
 
 
@@ -16,7 +21,7 @@ def _read_timeline(path: Path) -> dict[str, list[float]]:
         header = reader.fieldnames or []
         missing = [c for c in TIMELINE_COLUMNS if c not in header]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; header is {','.join(header)}")
+            raise PlotError(f"{path}: missing column(s) {', '.join(missing)}; header is {','.join(header)}")
         names = [c for c in header if c != "thresholds"]
         cols: dict[str, list[float]] = {c: [] for c in names}
         for row in reader:
@@ -38,7 +43,7 @@ def plot_timeline(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     src = run_dir / "timeline.csv"
     if not src.is_file():
-        raise FileNotFoundError(f"no timeline at {src}: a run writes timeline.csv into its run folder; "
+        raise PlotError(f"no timeline at {src}: a run writes timeline.csv into its run folder; "
                                 f"pass the folder of a finished run")
     cols = _read_timeline(src)
 

@@ -7,7 +7,7 @@ import logging
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from pathlib import Path
 
 
@@ -17,6 +17,18 @@ def say(tag: str, msg: str, log: logging.Logger | None = None, clock: bool = Fal
         log.info(msg)
     stamp = f" {time.strftime('%H:%M:%S')}" if clock else ""
     print(f"[{tag}{stamp}] {msg}", file=sys.stderr, flush=True)
+
+
+def progress_steps(steps: Sized, tag: str, unit: str, enabled: bool = True) -> Iterator:
+    """Iterate over ``steps``, saying ``[tag] i/n unit`` at each tenth of the way (the stdlib's progress bar: the
+    package's base install carries no tqdm)."""
+    total = len(steps)
+    said = 0
+    for i, step in enumerate(steps, 1):
+        yield step
+        if enabled and total >= 10 and i * 10 // total > said:
+            said = i * 10 // total
+            say(tag, f"{i}/{total} {unit}")
 
 
 @contextlib.contextmanager

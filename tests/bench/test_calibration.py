@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mdiexit.bench.calibration import bench_calibration
 from tests.runtime.conftest import write_cluster
+
+pytestmark = pytest.mark.cluster
 
 
 def host_times(run: dict, slowdowns: dict[str, float]) -> list[dict]:

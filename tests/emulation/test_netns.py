@@ -29,7 +29,8 @@ from mdiexit.emulation.netns import (
 from mdiexit.runtime.ports import local_nodes
 
 SUPPORTED, WHY = namespaces_supported()
-pytestmark = pytest.mark.skipif(not SUPPORTED, reason=f"network namespaces unavailable: {WHY}")
+pytestmark = [pytest.mark.root, pytest.mark.cluster,
+              pytest.mark.skipif(not SUPPORTED, reason=f"network namespaces unavailable: {WHY}")]
 
 DEAD_PREFIX = "mxzzzzz"  # pid 60466175: above any pid_max, so its owner is never alive
 

@@ -1,8 +1,12 @@
 """`mdiexit run` goes through the service's admission gate: overload is refused at once, deadlines expire items
 in the queues, and every offered item has exactly one outcome."""
 
+import pytest
+
 from mdiexit.runtime.launch import RunOptions, run_cluster
 from tests.runtime.conftest import write_cluster
+
+pytestmark = pytest.mark.cluster
 
 
 def test_overload_with_deadlines_loses_nothing(tmp_path, tiny_package):

@@ -10,6 +10,9 @@ from mdiexit.exitprofile import outcome
 from mdiexit.package import load_package
 from mdiexit.policies.modes import MODES, no_exit_thresholds
 from mdiexit.runtime.launch import RunOptions, run_cluster
+from mdiexit.runtime.report import SUMMARY_FIELDS
+
+pytestmark = pytest.mark.cluster
 
 ITEMS = 300
 
@@ -40,6 +43,7 @@ def test_every_mode_completes_every_item_once(cluster_file, tiny_package, mode):
     assert s["admitted"] >= 50
     assert s["completed"] == s["admitted"] and s["lost"] == 0 and s["duplicates"] == 0
     assert s["bad_messages"] == 0 and not s["crashed"]
+    assert set(s) <= set(SUMMARY_FIELDS)  # every key a run writes is documented (docs/reference/outputs.md)
     pkg = load_package(tiny_package)
     thresholds = pkg.default_thresholds if MODES[mode].exits else no_exit_thresholds(pkg.num_tasks)
     labels, exits, conf = reference(tiny_package, thresholds)

@@ -16,6 +16,8 @@ from mdiexit.package import load_package
 from mdiexit.runtime.launch import RunOptions, run_cluster
 from mdiexit.runtime.ports import local_nodes
 
+pytestmark = [pytest.mark.cluster, pytest.mark.training]
+
 ITEMS = 200
 
 

@@ -52,6 +52,7 @@ def test_options_and_summary_round_trip():
     assert s["links"]["w1"]["source"] == {"estimated_mbps": 20, "latency_ms": 4} and s["dilation"] == 2
 
 
+@pytest.mark.cluster
 def test_a_dilated_run_serves_the_same_items_the_same_way(tmp_path, cluster_file):
     opts = RunOptions(mode="mdi-exit", rate=100, duration_s=1.5, warmup_s=0.5, live=False, limit_items=200,
                       drain_timeout_s=30)
@@ -67,6 +68,7 @@ def test_a_dilated_run_serves_the_same_items_the_same_way(tmp_path, cluster_file
     assert {row["rate"] for row in dilated.timeline} == {100}  # read back: the rate the cluster was offered
 
 
+@pytest.mark.cluster
 def test_run_dilation_writes_results_in_the_clusters_own_time(tmp_path, cluster_file):
     from mdiexit.cli import main
 

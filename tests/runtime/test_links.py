@@ -9,6 +9,8 @@ from mdiexit.config import write_cluster
 from mdiexit.runtime.launch import RunOptions, run_cluster
 from mdiexit.runtime.ports import local_nodes
 
+pytestmark = pytest.mark.cluster
+
 SLOW_MBPS = 0.4  # w1's uplink: task 1's 6,272-byte features take 125 ms, far more than running task 2 locally
 
 

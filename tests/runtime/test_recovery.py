@@ -12,6 +12,8 @@ from mdiexit.config import ConfigError
 from mdiexit.runtime.launch import LiveRun, RunOptions, run_cluster
 from tests.runtime.conftest import write_cluster
 
+pytestmark = pytest.mark.cluster
+
 SLOW = [2000, 4000, 4000]  # emulated devices slow enough that items queue on them (tens of items/s in all)
 
 

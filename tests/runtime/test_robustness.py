@@ -12,6 +12,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,6 +22,8 @@ from mdiexit.package import load_package
 from mdiexit.protocol.codec import decode, describe, encode
 from mdiexit.protocol.messages import Data, Result
 from mdiexit.runtime.node import NodeProcess
+
+pytestmark = pytest.mark.cluster
 
 
 def port_is_free(port: int) -> bool:

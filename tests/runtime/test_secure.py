@@ -22,6 +22,8 @@ from mdiexit.security import create_keys, read_public, read_secret
 from tests.runtime.conftest import write_cluster
 from tests.runtime.test_recovery import wait_for
 
+pytestmark = pytest.mark.cluster
+
 
 def forged_messages(pkg, sender: str) -> list[list]:
     x = np.zeros((1, *pkg.tasks[0].input_shape), np.uint8)

@@ -29,10 +29,13 @@ from mdiexit.package import load_package
 from mdiexit.protocol.codec import decode, describe, encode
 from mdiexit.protocol.messages import Request
 from mdiexit.runtime.ports import free_ports
+from mdiexit.runtime.telemetry import METRICS
 from mdiexit.security import create_client_key, create_keys, read_public, read_secret
 from tests.runtime.conftest import write_cluster
 from tests.runtime.test_recovery import wait_for
 from tests.runtime.test_robustness import port_is_free
+
+pytestmark = pytest.mark.cluster
 
 
 def start_service(tmp_path: Path, package: Path, slowdowns: list[float], *args: str, **cluster_extra) -> tuple:
@@ -155,6 +158,10 @@ def test_a_service_answers_files_many_clients_and_bad_requests(tmp_path, tiny_pa
     assert summary["completed"] == 40 + len(bad) + 50 * 4
     dashboard = (Path(__file__).parents[2] / "deploy" / "grafana-dashboard.json").read_text()
     served = {name for name, _ in metrics}
+    documented = {n + "_total" if kind == "counter" else n for n, (kind, *_) in METRICS.items()}
+    # every documented metric is served, and every served one documented (a histogram serves _count, _sum, ...)
+    assert {n.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum").removesuffix("_created")
+            for n in served} == documented
     assert {m for m in re.findall(r"mdiexit_\w+", dashboard)} <= served  # every panel plots a served metric
 
     # Ctrl-C left nothing behind: no process of this cluster, no bound port

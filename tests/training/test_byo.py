@@ -9,6 +9,8 @@ from mdiexit.data import Dataset
 from mdiexit.models import create, normalisation
 from mdiexit.training.train import TrainConfig, TrainError, load_trained, memory_batch, predict_logits, train
 
+pytestmark = pytest.mark.training
+
 
 def _untrained_exits(checkpoint):
     """The trained tiny model's backbone and final head, with fresh (untrained) exit heads."""

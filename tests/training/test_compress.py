@@ -15,6 +15,8 @@ from mdiexit.package import PackageError, load_package
 from mdiexit.training.compress import Candidate, CompressConfig, compress_package, compressed_logits, select
 from mdiexit.training.train import load_trained
 
+pytestmark = pytest.mark.training
+
 VAL_ITEMS = 300
 
 

@@ -4,6 +4,8 @@ import torch
 
 from mdiexit.training.train import TrainConfig, TrainError, augment_batch, exit_weights, load_trained, train
 
+pytestmark = pytest.mark.training
+
 
 def tiny_cfg(**kw):
     return TrainConfig(**{"model": "tiny", "epochs": 2, "batch_size": 128, "lr": 0.05, "threads": 1, "seed": 3, **kw})

@@ -9,6 +9,70 @@ from pathlib import Path
 
 from mdiexit.runtime.ledger import Ledger
 
+# What summary.json holds: every key a run or a simulation may write, documented here once (docs/reference/outputs.md
+# is generated from it; a test checks that real summaries write nothing else).
+SUMMARY_FIELDS: dict[str, str] = {
+    "mode": "the mode the cluster ran in (local, ddi, ddi-exit, mdi, mdi-static, mdi-exit)",
+    "offered": "items offered to the source (the stream's, or the clients' requests)",
+    "rejected": "offered items refused at admission, with a reason",
+    "rejected_reasons": "rejections by reason (for example overloaded)",
+    "admitted": "items admitted into the cluster",
+    "completed": "admitted items that ended in a result",
+    "expired": "items dropped unrun past their deadline (at the gate or in the cluster)",
+    "failed": "admitted items that ended in an explicit failure (no node could run them)",
+    "lost": "offered items that reached no outcome: always 0, else the run exits 1",
+    "duplicates": "items delivered twice: always 0, else the run exits 1",
+    "redispatched": "items sent again after a node was declared down",
+    "redundant_results": "late results of re-dispatched items, dropped",
+    "accuracy": "correct results over admitted items (null for a service's unlabelled requests)",
+    "throughput_per_s": "results per second over the measured window (after warm-up)",
+    "latency_ms": "admission-to-result latency percentiles: p50, p95, p99",
+    "exit_fraction": "the share of results that left at each exit",
+    "bytes_per_item": "bytes sent on every link, over admitted items",
+    "per_node": "per node: utilization, tasks_run by task, backlog_s_mean, bytes_sent, task_ms, overrun_fraction",
+    "bad_messages": "malformed messages the nodes dropped",
+    "unknown_results": "results for items the source did not know (dropped)",
+    "rejected_messages": "well-formed messages the nodes refused, by reason",
+    "ideal_throughput_per_s": "the physical limit at this exit mix, one item at a time (the planner's, where it has "
+                              "one)",
+    "ideal_batched_throughput_per_s": "the same limit with each task at its best batch size",
+    "efficiency": "throughput over ideal_throughput_per_s",
+    "efficiency_batched": "throughput over ideal_batched_throughput_per_s",
+    "failure_reasons": "why failed items failed",
+    "deadline_ms": "the items' deadline, where one was set",
+    "accuracy_within_deadline": "correct results within the deadline, over offered items",
+    "node_failures": "each node declared down: node, kind, at_s, in_flight, recovery_s",
+    "recovery_s": "the longest time until a failure's items in flight had all settled",
+    "secure": "whether every link was authenticated and encrypted (CurveZMQ)",
+    "links": "per node and peer: estimated_mbps, latency_ms, bytes_sent at the end of the run",
+    "estimation_overhead": "bytes that measuring the links added, and their fraction of all bytes sent",
+    "host_cpu_utilization": "the host's CPU use over the run (emulation only)",
+    "emulation_warnings": "where the emulation could not stay faithful (a busy host, devices overrunning)",
+    "crashed": "nodes whose process exited during the run",
+    "duration_s": "seconds of admission",
+    "rate": "the admitted rate asked for (items/s)",
+    "dilation": "the time dilation the run was emulated at; every figure is read back in the cluster's own time",
+    "simulated": "simulator runs only: wall_s, setup_s, events, virtual_s",
+    "config": "the run's settings: cluster, package, mode, rate, nodes, admission, thresholds, ...",
+    "error": "why the run stopped early, where it did",
+}
+
+# items.csv: one row per admitted item.
+ITEM_COLUMNS: dict[str, str] = {
+    "item_id": "the item's id in this run",
+    "truth": "its true label (-1 where the item carries none, as a service's requests)",
+    "label": "the label the cluster gave it",
+    "exit": "the exit it left the model at",
+    "confidence": "its calibrated confidence at that exit",
+    "latency_ms": "admission to result (empty when there was no result)",
+    "node": "the node that ran its last task",
+    "attempts": "how many times it was dispatched (more than 1 after a node failed)",
+    "failed": "why it failed, where it did",
+    "stream_index": "its position in the stream (a cycled stream repeats)",
+    "path": "the file it came from (image folders)",
+    "outcome": "its one outcome: result, expired or failed",
+}
+
 
 @dataclass
 class RunResult:
@@ -25,7 +89,7 @@ def write_results(result: RunResult, out: Path) -> Path:
     path = out / "summary.json"
     path.write_text(json.dumps(result.summary, indent=1, default=str))
     with (out / "items.csv").open("w") as f:
-        f.write("item_id,truth,label,exit,confidence,latency_ms,node,attempts,failed,stream_index,path,outcome\n")
+        f.write(",".join(ITEM_COLUMNS) + "\n")
         paths = result.paths or []
         for i, r in sorted(result.ledger.records.items()):
             lat = "" if r.done_at is None else f"{(r.done_at - r.admitted_at) * 1000:.2f}"

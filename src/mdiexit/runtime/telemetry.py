@@ -6,16 +6,7 @@ source as each item settles. The endpoint binds to loopback unless told otherwis
 but nothing reachable from the network should be open by default (scrape through a local agent, or pass
 --metrics-addr with care).
 
-    mdiexit_items_total{outcome}            every offered item's outcome (source): result, rejected, expired, failed
-    mdiexit_items_by_exit_total{exit}       results by the exit they left the model at (source)
-    mdiexit_latency_seconds                 admission to result (source), a histogram
-    mdiexit_admission_rate_per_second       the admission policy's λ (source)
-    mdiexit_admission_queue_items           requests waiting at the gate (source)
-    mdiexit_in_flight_items                 admitted, not yet settled (source)
-    mdiexit_node_up{node}                   1 while the source hears the node (source)
-    mdiexit_backlog_seconds{node}           estimated queued compute (each node its own; the source all)
-    mdiexit_queue_items, mdiexit_tasks_total{task}, mdiexit_busy_seconds_total, mdiexit_utilization_ratio,
-    mdiexit_sent_bytes_total, mdiexit_bad_messages_total, mdiexit_rejected_messages_total{reason}
+The metrics are listed once, in METRICS below (docs/reference/metrics.md is generated from it).
 """
 
 from __future__ import annotations
@@ -38,15 +29,42 @@ log = logging.getLogger("mdiexit.metrics")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LOOPBACK = "127.0.0.1"
 
+# Every metric a node serves: name -> (kind, label, which nodes serve it, what it says). Counters gain _total.
+METRICS: dict[str, tuple[str, str, str, str]] = {
+    "mdiexit_backlog_seconds": ("gauge", "node", "every node", "estimated seconds of queued compute"),
+    "mdiexit_queue_items": ("gauge", "", "every node", "items queued at this node"),
+    "mdiexit_tasks": ("counter", "task", "every node", "tasks run, by task"),
+    "mdiexit_busy_seconds": ("counter", "", "every node", "emulated device time spent computing"),
+    "mdiexit_utilization_ratio": ("gauge", "", "every node", "busy time over time running"),
+    "mdiexit_sent_bytes": ("counter", "", "every node", "bytes sent on every link"),
+    "mdiexit_bad_messages": ("counter", "", "every node", "malformed messages dropped"),
+    "mdiexit_rejected_messages": ("counter", "reason", "every node", "well-formed messages refused, by reason"),
+    "mdiexit_items": ("counter", "outcome", "source",
+                      "offered items by outcome: result, rejected, expired, failed"),
+    "mdiexit_offered_items": ("counter", "", "source", "items offered to the service"),
+    "mdiexit_items_by_exit": ("counter", "exit", "source", "results by the exit they left the model at"),
+    "mdiexit_admission_rate_per_second": ("gauge", "", "source", "the admission policy's rate"),
+    "mdiexit_admission_queue_items": ("gauge", "", "source", "requests waiting at the admission gate"),
+    "mdiexit_in_flight_items": ("gauge", "", "source", "admitted items not yet settled"),
+    "mdiexit_node_up": ("gauge", "node", "source", "1 while the source hears the node"),
+    "mdiexit_reported_backlog_seconds": ("gauge", "node", "source", "each node's last reported backlog"),
+    "mdiexit_latency_seconds": ("histogram", "", "source", "admission to result"),
+}
 
-def _gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
-    g = GaugeMetricFamily(name, doc, labels=list(labels or {}))
+
+def _help(name: str) -> str:
+    return METRICS[name][3]
+
+
+def _gauge(name: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, _help(name), labels=list(labels or {}))
     g.add_metric(list((labels or {}).values()), value)
     return g
 
 
-def _counter(name: str, doc: str, by: str | None, values: dict[str, float]) -> CounterMetricFamily:
-    c = CounterMetricFamily(name, doc, labels=[by] if by else [])
+def _counter(name: str, values: dict[str, float]) -> CounterMetricFamily:
+    by = METRICS[name][1]
+    c = CounterMetricFamily(name, _help(name), labels=[by] if by else [])
     for label, v in values.items():
         c.add_metric([label] if by else [], v)
     return c
@@ -59,18 +77,14 @@ class NodeCollector(Collector):
     def collect(self):
         n = self.node
         t = now()
-        yield _gauge("mdiexit_backlog_seconds", "estimated seconds of queued compute", n.core.backlog_s(t),
-                     {"node": n.name})
-        yield _gauge("mdiexit_queue_items", "items queued at this node", len(n.core.queue))
-        yield _counter("mdiexit_tasks", "tasks run, by task", "task",
-                       {str(k): v for k, v in sorted(n.core.tasks_run.items())})
-        yield _counter("mdiexit_busy_seconds", "emulated device time spent computing", None, {"": n.busy_s})
-        yield _gauge("mdiexit_utilization_ratio", "busy time over time running",
-                     n.busy_s / max(t - n.started_at, 1e-9))
-        yield _counter("mdiexit_sent_bytes", "bytes sent on every link", None, {"": n.egress.bytes_sent})
-        yield _counter("mdiexit_bad_messages", "malformed messages dropped", None, {"": n.bad_messages})
-        yield _counter("mdiexit_rejected_messages", "well-formed messages refused, by reason", "reason",
-                       {r: n.rejected[r] for r in REJECT_REASONS})
+        yield _gauge("mdiexit_backlog_seconds", n.core.backlog_s(t), {"node": n.name})
+        yield _gauge("mdiexit_queue_items", len(n.core.queue))
+        yield _counter("mdiexit_tasks", {str(k): v for k, v in sorted(n.core.tasks_run.items())})
+        yield _counter("mdiexit_busy_seconds", {"": n.busy_s})
+        yield _gauge("mdiexit_utilization_ratio", n.busy_s / max(t - n.started_at, 1e-9))
+        yield _counter("mdiexit_sent_bytes", {"": n.egress.bytes_sent})
+        yield _counter("mdiexit_bad_messages", {"": n.bad_messages})
+        yield _counter("mdiexit_rejected_messages", {r: n.rejected[r] for r in REJECT_REASONS})
 
 
 class SourceCollector(Collector):
@@ -83,15 +97,15 @@ class SourceCollector(Collector):
         refused = sum(s.intake.refused.values()) if s.intake is not None else 0  # by the client endpoint itself
         outcomes = {"result": led.completed, "rejected": sum(gate.rejected.values()) + refused,
                     "expired": led.expired + gate.expired, "failed": led.failed}
-        yield _counter("mdiexit_items", "offered items by outcome", "outcome", outcomes)
-        yield _counter("mdiexit_offered_items", "items offered to the service", None, {"": gate.offered + refused})
-        yield _counter("mdiexit_items_by_exit", "results by exit", "exit",
-                       {str(k): led.exit_counts.get(k, 0) for k in range(1, s.pkg.num_tasks + 1)})
-        yield _gauge("mdiexit_admission_rate_per_second", "the admission policy's rate", s.admission.rate())
-        yield _gauge("mdiexit_admission_queue_items", "requests waiting at the admission gate", len(gate.queue))
-        yield _gauge("mdiexit_in_flight_items", "admitted items not yet settled", len(led.in_flight))
-        up = GaugeMetricFamily("mdiexit_node_up", "1 while the source hears the node", labels=["node"])
-        backlog = GaugeMetricFamily("mdiexit_reported_backlog_seconds", "each node's last reported backlog",
+        yield _counter("mdiexit_items", outcomes)
+        yield _counter("mdiexit_offered_items", {"": gate.offered + refused})
+        by_exit = {str(k): led.exit_counts.get(k, 0) for k in range(1, s.pkg.num_tasks + 1)}
+        yield _counter("mdiexit_items_by_exit", by_exit)
+        yield _gauge("mdiexit_admission_rate_per_second", s.admission.rate())
+        yield _gauge("mdiexit_admission_queue_items", len(gate.queue))
+        yield _gauge("mdiexit_in_flight_items", len(led.in_flight))
+        up = GaugeMetricFamily("mdiexit_node_up", _help("mdiexit_node_up"), labels=["node"])
+        backlog = GaugeMetricFamily("mdiexit_reported_backlog_seconds", _help("mdiexit_reported_backlog_seconds"),
                                     labels=["node"])
         for name, st in sorted(s.reports.items()):
             up.add_metric([name], 0.0 if name in s.down else 1.0)
@@ -111,8 +125,8 @@ class Telemetry:
 
         if isinstance(node, SourceProcess):
             self.registry.register(SourceCollector(node))
-            self.latency = Histogram("mdiexit_latency_seconds", "admission to result", buckets=LATENCY_BUCKETS,
-                                     registry=self.registry)
+            self.latency = Histogram("mdiexit_latency_seconds", _help("mdiexit_latency_seconds"),
+                                     buckets=LATENCY_BUCKETS, registry=self.registry)
             node.latency_observers.append(self.latency.observe)
         if addr not in (LOOPBACK, "localhost", "::1"):
             log.warning("metrics of %s are served on %s:%d, beyond this machine, unauthenticated", node.name,

@@ -1,0 +1,42 @@
+"""The committed tiny model is what its recipe makes: retrain it in a temporary folder and compare."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mdiexit.engine import OrtEngine
+from mdiexit.package import load_package
+
+from .conftest import TINY
+
+pytestmark = pytest.mark.training
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("make_test_model", ROOT / "scripts" / "make_test_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_retraining_the_recipe_gives_the_committed_model(tmp_path, fmnist):
+    recipe = load_recipe()
+    made = recipe.make(tmp_path / "tiny")
+    committed, fresh = load_package(TINY / "package"), load_package(made / "package")
+    assert committed.manifest["training"]["config"] == fresh.manifest["training"]["config"]
+    val_acc = [[t["val_accuracy"] for t in p.manifest["tasks"]] for p in (committed, fresh)]
+    assert np.allclose(val_acc[0], val_acc[1], atol=0.02), val_acc
+    # the two packages label the same test items alike at every exit (bit-exactness is not portable across CPUs)
+    images = fmnist[1].images[:500]
+    old, new = OrtEngine(committed, threads=1), OrtEngine(fresh, threads=1)
+    x_old = x_new = images
+    for t in committed.tasks:
+        x_old, logits_old = old.run(t.index, x_old)
+        x_new, logits_new = new.run(t.index, x_new)
+        agree = float((logits_old.argmax(1) == logits_new.argmax(1)).mean())
+        assert agree >= 0.95, f"exit {t.index}: the retrained model agrees on {agree:.1%} of test items"
