@@ -197,7 +197,7 @@ def cmd_bench_paper(a: argparse.Namespace) -> int:
     o = PaperOptions(probe_s=a.probe_s, adaptive_s=a.adaptive_s, exp2_s=a.exp2_s, data_dir=a.data_dir,
                      modes=tuple(a.modes.split(",")) if a.modes else None,
                      experiments=tuple(int(x) for x in a.experiments.split(",")), refine_steps=a.refine_steps,
-                     keep_runs=a.keep_runs)
+                     keep_runs=a.keep_runs, mdi_capacity=a.mdi_capacity)
     bench_paper(a.cluster, a.out, o)
     return 0
 
@@ -386,7 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--exp2-s", type=float, default=10.0, help="seconds per experiment-2 run")
     bp.add_argument("--data-dir", type=Path, default=None)
     bp.add_argument("--modes", default=None, help="comma-separated subset of modes (default: all)")
-    bp.add_argument("--experiments", default="1,2", help="which experiments to run (default: 1,2)")
+    bp.add_argument("--experiments", default="1,2",
+                    help="which experiments to run (default: 1,2; experiment 2 alone still searches mdi's capacity, "
+                         "its unit, unless --mdi-capacity gives it)")
+    bp.add_argument("--mdi-capacity", type=float, default=None, metavar="ITEMS_PER_S",
+                    help="experiment 2's unit, instead of measuring it: its rates are 0.5x..3x this")
     bp.add_argument("--keep-runs", type=Path, default=None, metavar="DIR",
                     help="keep every run's summary.json, items.csv and timeline.csv in DIR/NAME (default: none)")
     bp.add_argument("--refine-steps", type=int, default=REFINE_STEPS,

@@ -1,5 +1,5 @@
 """Evaluate a model package on the test split (or any image folder) with ONNX Runtime: per-exit accuracy and
-the accuracy and expected compute of its default thresholds (the figures quoted in the README).
+the accuracy and expected compute of its default thresholds (the figures quoted in docs/guide/models.md).
 
 A package whose exits were trained without labels (`profile_targets: teacher`), and unlabelled items, are
 scored against the final exit's predictions: the figures are then agreement with the final exit."""

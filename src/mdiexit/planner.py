@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -342,6 +342,23 @@ def plan_throughput(cluster: ClusterConfig, pkg: Package, mode: str, exit_fracti
     plan = plan_problem(problem, mode, exit_fraction, tidy)
     plan.thresholds = tuple(thresholds) if thresholds is not None else None
     return plan
+
+
+def limit_at_thresholds(cluster: ClusterConfig, pkg: Package, mode: str, costs: Costs | Mapping[int, Costs]
+                        ) -> Callable[[Sequence[float]], float | None]:
+    """The limit at the exit mix each threshold vector gives on the package's validation split, with these costs:
+    the feasibility bound of threshold adaptation (policies.admission.feasible_ceiling). None: no plan (no scipy,
+    or a held task without a time)."""
+    times = node_times(cluster, costs)
+
+    def limit(thresholds: Sequence[float]) -> float | None:
+        try:
+            return plan_throughput(cluster, pkg, mode, pkg.profile.exit_mix(list(thresholds)), times,
+                                   tidy=False).throughput_per_s
+        except (ValueError, ImportError):
+            return None
+
+    return limit
 
 
 def limit_from_stats(cluster: ClusterConfig, pkg: Package, mode: str, final_stats: Mapping[str, Mapping[str, float]],

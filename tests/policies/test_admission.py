@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mdiexit.exitprofile import ExitProfile
-from mdiexit.policies.admission import RateAdaptation, ThresholdAdaptation, make_admission
+from mdiexit.policies.admission import RateAdaptation, ThresholdAdaptation, feasible_ceiling, make_admission
 
 W_STAR = 0.3
 ACC = 0.7  # met by a point in the middle of the synthetic frontier
@@ -177,6 +177,40 @@ def test_thresholds_initial_compute(profile):
     want = profile.best_within_compute(0.4)
     assert ctrl.thresholds() == (want.thresholds, 1)
     assert ctrl.state()["operating_point"] == profile.frontier.index(want)
+
+
+def fluid_limit(profile: ExitProfile, c0: float) -> Callable[[tuple[float, ...]], float]:
+    """The fluid queue's physical limit at a threshold vector: 1 s/s of capacity over its seconds per item."""
+    compute = {p.thresholds: p.compute_fraction for p in profile.frontier}
+    return lambda thresholds: 1.0 / (compute[tuple(thresholds)] * c0)
+
+
+@pytest.mark.parametrize("balance", [0.3, 0.45, 0.8])
+def test_the_feasible_ceiling_is_the_most_accurate_point_the_rate_allows(profile, balance):
+    rate, c0 = 100.0, 1.0 / (100.0 * balance)  # at this rate the cluster carries compute fractions up to balance
+    calls = []
+    limit = fluid_limit(profile, c0)
+    ceiling = feasible_ceiling(profile, rate, lambda th: calls.append(th) or limit(th), utilisation=0.9)
+    allowed = [i for i, p in enumerate(profile.frontier) if p.compute_fraction <= 0.9 * balance]
+    assert ceiling == (max(allowed) if allowed else 0)
+    assert len(calls) <= math.ceil(math.log2(len(profile.frontier))) + 2  # a bisection, not a scan
+    assert feasible_ceiling(profile, rate, lambda th: None) == len(profile.frontier) - 1  # no plan: no bound
+    assert feasible_ceiling(profile, 1e9, limit) == 0  # nothing carries it: the cheapest point
+
+
+def test_bounded_threshold_adaptation_starts_within_the_bound_and_keeps_the_deadline(profile):
+    """At 3x what the most accurate point can carry, the unbounded controller starts there and its backlog runs past
+    1 s before it backs off; bounded by the planner's limit it starts where the queue keeps up."""
+    rate, balance = 100.0, 0.3
+    c0 = 1.0 / (rate * balance)
+    ceiling = feasible_ceiling(profile, rate, fluid_limit(profile, c0))
+    bounded = ThresholdAdaptation(profile, rate, max_index=ceiling)
+    free = ThresholdAdaptation(profile, rate)
+    assert bounded.state()["operating_point"] == ceiling < free.state()["operating_point"]
+    h_bounded, h_free = simulate(bounded, c0, duration=60.0), simulate(free, c0, duration=60.0)
+    assert h_free[:, 2].max() > 1.0 > h_bounded[:, 2].max()
+    assert h_bounded[:, 3].max() <= ceiling  # never above the bound
+    assert abs(window(h_bounded, 20.0)[:, 4].mean() / balance - 1) < 0.15  # and still uses what the cluster has
 
 
 # ------------------------------------------------------------------ factory

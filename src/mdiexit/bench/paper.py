@@ -6,11 +6,12 @@ Experiment 1 - highest sustainable throughput at target accuracy A (final-exit t
   search of mdi-exit is reported beside it, to show the controller finds the capacity.
 Experiment 2 - accuracy within a 1 s deadline at fixed arrival rates, from below to well above mdi's
   capacity. mdi-exit uses threshold adaptation.
-Outputs in OUT: paper.json, experiment1.png, experiment2.png, results.md (the README includes it).
+Outputs in OUT: paper.json, experiment1.png, experiment2.png, results.md (docs/bench/paper.md quotes it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -42,6 +43,7 @@ class PaperOptions:
     drain_s: float = 5.0  # a run's results must arrive within this after admission stops (else: lost)
     modes: tuple[str, ...] | None = None  # None: every mode, plus mdi-exit without compression
     experiments: tuple[int, ...] = (1, 2)
+    mdi_capacity: float | None = None  # experiment 2's unit; None: measured (mdi's rate search)
     rate_factors: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)  # experiment 2 rates, x mdi's capacity
     deadline_ms: float = 1000.0
     refine_steps: int = REFINE_STEPS  # bisection steps of each rate search
@@ -160,8 +162,14 @@ def bench_paper(cluster: Path, out: Path, o: PaperOptions) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as d:
         no_comp = without_compression(cluster, Path(d))
-        exp1, searches = experiment1(cluster, no_comp, target, (final_acc, default_acc), o)
-        mdi_capacity = (exp1.get("mdi") or {}).get("rate") or 10.0
+        if 1 in o.experiments:
+            exp1, searches = experiment1(cluster, no_comp, target, (final_acc, default_acc), o)
+        elif o.mdi_capacity is None:  # experiment 2 alone: only mdi's capacity, its unit, is needed
+            exp1, searches = experiment1(cluster, no_comp, target, (final_acc, default_acc),
+                                         dataclasses.replace(o, modes=("mdi",)))
+        else:
+            exp1, searches = {}, {}
+        mdi_capacity = o.mdi_capacity or (exp1.get("mdi") or {}).get("rate") or 10.0
         rates, exp2 = experiment2(cluster, no_comp, mdi_capacity, o) if 2 in o.experiments else ([], {})
     paper = {"experiment1": {"target_accuracy": target, "final_test_accuracy": final_acc,
                              "default_thresholds_test_accuracy": default_acc, "results": exp1,
@@ -188,6 +196,8 @@ def markdown_table(p: dict) -> str:
         p95 = "-" if r["p95_ms"] is None else f"{r['p95_ms']:.0f}"
         nb = "-" if r["bytes_per_item"] is None else f"{r['bytes_per_item']:.0f}"
         lines.append(f"| {mode} | {r['throughput_per_s']:.1f} | {acc} | {p95} | {nb} |")
+    if not e1["results"]:
+        lines = []
     if not e2["rates"]:
         return "\n".join(lines) + "\n"
     lines += ["", f"**Experiment 2** - accuracy within {e2['deadline_ms']:.0f} ms at fixed arrival rates "
@@ -205,17 +215,17 @@ def plot_paper(p: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    e1 = p["experiment1"]["results"]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    names = list(e1)
-    ax.bar(range(len(names)), [e1[n]["throughput_per_s"] for n in names], color="tab:blue")
-    ax.set_xticks(range(len(names)), names, rotation=25, ha="right")
-    ax.set_ylabel("items / s")
-    ax.set_title(f"Throughput at accuracy >= {p['experiment1']['target_accuracy']:.4f}")
-    fig.tight_layout()
-    fig.savefig(out / "experiment1.png", dpi=110)
-    plt.close(fig)
-    e2 = p["experiment2"]
+    e1, e2 = p["experiment1"]["results"], p["experiment2"]
+    if e1:
+        fig, ax = plt.subplots(figsize=(9, 4))
+        names = list(e1)
+        ax.bar(range(len(names)), [e1[n]["throughput_per_s"] for n in names], color="tab:blue")
+        ax.set_xticks(range(len(names)), names, rotation=25, ha="right")
+        ax.set_ylabel("items / s")
+        ax.set_title(f"Throughput at accuracy >= {p['experiment1']['target_accuracy']:.4f}")
+        fig.tight_layout()
+        fig.savefig(out / "experiment1.png", dpi=110)
+        plt.close(fig)
     if not e2["rates"]:
         return
     fig, ax = plt.subplots(figsize=(8, 4.5))

@@ -43,8 +43,8 @@ class SimBenchOptions:
     adaptive_s: float = 10.0  # virtual seconds of each scale run with rate adaptation
     refine_steps: int = 2
     # the runtime side runs this many times slower and is read back (runtime/dilation.py): at 1, a 2-core host
-    # running five node processes added 10-20 ms to every p95 that no device would (README, "The simulator
-    # against the runtime"); at 2 it is half as busy and its own time counts half
+    # running five node processes added 10-20 ms to every p95 that no device would (docs/bench/simulator.md, "Where the
+    # undilated runtime's extra time went"); at 2 it is half as busy and its own time counts half
     dilation: float = 2.0
     sizes: tuple[int, ...] = (10, 100, 1000)
     modes: tuple[str, ...] | None = None  # None: VALIDATION_MODES there, every mode at scale

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mdiexit.exitprofile import ExitProfile, OperatingPoint
@@ -139,6 +140,37 @@ class RateAdaptation:
                 "target_backlog_s": self.target_backlog_s}
 
 
+# With a deadline, the backlog the controllers aim for is at most this share of it: the rest is for the links, the
+# later tasks and the result's way back (at the 1 s deadline of the paper's experiment 2 it is the default 0.3 s).
+DEADLINE_SHARE_OF_BACKLOG = 0.3
+# At a fixed rate, the thresholds may use at most this share of the cluster's physical limit at their exit mix (the
+# planner's, one item at a time): a queue loaded closer to its limit waits long enough to miss any deadline.
+FEASIBLE_UTILISATION = 0.9
+
+
+def feasible_ceiling(profile: ExitProfile, rate_per_s: float, limit_at: Callable[[tuple[float, ...]], float | None],
+                     utilisation: float = FEASIBLE_UTILISATION) -> int:
+    """Index of the most accurate frontier point whose physical limit (``limit_at(thresholds)``, items/s; None:
+    unknown, no bound) carries ``rate_per_s`` at ``utilisation``; 0 when none does. The limit falls as the compute
+    per item rises along the frontier, so a bisection asks for about log2(points) limits."""
+    def carries(i: int) -> bool:
+        limit = limit_at(profile.frontier[i].thresholds)
+        return limit is None or limit * utilisation >= rate_per_s
+
+    lo, hi = 0, len(profile.frontier) - 1
+    if carries(hi):
+        return hi
+    if not carries(lo):
+        return lo
+    while hi - lo > 1:  # carries(lo) and not carries(hi)
+        mid = (lo + hi) // 2
+        if carries(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 @dataclass
 class ThresholdAdaptation:
     """Fixed rate, maximum accuracy: one operating point along ``profile.frontier`` (0 = cheapest, last =
@@ -157,6 +189,10 @@ class ThresholdAdaptation:
 
     Start: the most accurate point whose compute is <= ``initial_compute`` (default None: the most accurate
     point), so a cluster that keeps up never loses accuracy and an overloaded one backs off within seconds.
+
+    ``max_index`` bounds the points it may take (:func:`feasible_ceiling`: the planner's limit at each point's exit
+    mix against the rate), and it starts no higher: a point the cluster cannot carry at this rate would fill the
+    queues for the seconds the PI law takes to back off, and every item queued meanwhile misses its deadline.
     """
 
     profile: ExitProfile
@@ -171,6 +207,7 @@ class ThresholdAdaptation:
     p_clip: float = 3.0  # proportional error clipped to >= -p_clip · W*
     ramp: float = 0.1  # log-compute growth per second while the queue is idle
     ramp_below: float = 0.1  # ... i.e. while W < ramp_below · W*
+    max_index: int | None = None  # the most accurate point allowed (None: the last)
     _index: int = field(init=False)
     _version: int = field(init=False, default=1)
     _pi: LogPI = field(init=False)
@@ -183,8 +220,10 @@ class ThresholdAdaptation:
         if not self.profile.frontier:
             raise ValueError("the exit profile has an empty frontier")
         self._log_c = [math.log(max(p.compute_fraction, 1e-12)) for p in self.profile.frontier]
+        top = len(self._log_c) - 1 if self.max_index is None else min(max(self.max_index, 0), len(self._log_c) - 1)
+        self._log_c = self._log_c[:top + 1]
         h, w = self.hysteresis, self.target_backlog_s
-        c0 = self.profile.frontier[-1].compute_fraction if self.initial_compute is None else self.initial_compute
+        c0 = self.profile.frontier[top].compute_fraction if self.initial_compute is None else self.initial_compute
         self._index = self._best_within(math.log(max(c0, 1e-12)))
         self._pi = LogPI(self._log_c[self._index], self._log_c[0] - h, self._log_c[-1] + h, w,
                          self.ki, self.kp, i_clip=self.i_clip * w, p_clip=self.p_clip * w, ramp=self.ramp,

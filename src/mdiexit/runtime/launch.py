@@ -32,12 +32,12 @@ import zmq
 from mdiexit.config import ClusterConfig, load_cluster
 from mdiexit.data import load_items
 from mdiexit.package import Package, load_package
-from mdiexit.planner import limit_from_stats
-from mdiexit.policies.admission import RateAdaptation, ThresholdAdaptation
+from mdiexit.planner import Costs, limit_at_thresholds, limit_from_stats
+from mdiexit.policies.admission import DEADLINE_SHARE_OF_BACKLOG, RateAdaptation, ThresholdAdaptation, feasible_ceiling
 from mdiexit.policies.gate import AdmissionGate
 from mdiexit.policies.modes import no_exit_thresholds, rules_for
 from mdiexit.runtime.arrivals import StreamArrivals
-from mdiexit.runtime.device import HostProfiles, profile_nodes, read_profile
+from mdiexit.runtime.device import HostProfiles, planner_costs, profile_nodes, read_profile
 from mdiexit.runtime.metrics import emulation_check, host_cpu_ticks, link_summary, summarize
 from mdiexit.runtime.node import ClusterError, NodeProcess
 from mdiexit.runtime.report import RunResult
@@ -106,8 +106,10 @@ def _child(cmd: list[str]) -> subprocess.Popen:
     return subprocess.Popen(cmd, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL, env=env)
 
 
-def make_admission(pkg: Package, mode: str, opts: RunOptions) -> Admission:
-    """The source's admission policy for this run (DESIGN §3.3)."""
+def make_admission(pkg: Package, mode: str, opts: RunOptions,
+                   limit_at: Callable[[tuple[float, ...]], float | None] | None = None) -> Admission:
+    """The source's admission policy for this run (DESIGN §3.3). ``limit_at``: the cluster's physical limit at a
+    threshold vector (planner.limit_at_thresholds), which bounds threshold adaptation to what the rate allows."""
     if opts.admission == "fixed" or not rules_for(mode).exits:
         if opts.admission != "fixed":
             log.warning("mode %s has no exits: admission %s falls back to a fixed rate", mode, opts.admission)
@@ -115,14 +117,26 @@ def make_admission(pkg: Package, mode: str, opts: RunOptions) -> Admission:
             no_exit_thresholds(pkg.num_tasks)
         return FixedAdmission(opts.rate, tuple(thresholds))
     w_star = opts.target_backlog_ms / 1000
+    if opts.deadline_ms is not None:  # the backlog aimed for must leave most of the deadline to the rest of the way
+        w_star = min(w_star, opts.deadline_ms / 1000 * DEADLINE_SHARE_OF_BACKLOG)
     if opts.admission == "rate":
         target = opts.target_accuracy
         if target is None:
             target = pkg.manifest["tasks"][-1].get("val_accuracy", 1.0) - 0.01
         return RateAdaptation(pkg.profile, target, target_backlog_s=w_star, initial_rate=opts.rate)
     if opts.admission == "thresholds":
-        return ThresholdAdaptation(pkg.profile, opts.rate, target_backlog_s=w_star)
+        ceiling = None if limit_at is None else feasible_ceiling(pkg.profile, opts.rate, limit_at)
+        return ThresholdAdaptation(pkg.profile, opts.rate, target_backlog_s=w_star, max_index=ceiling)
     raise ValueError(f"unknown admission {opts.admission!r}; choose fixed, rate or thresholds")
+
+
+def planned_limits(cluster: ClusterConfig, pkg: Package, mode: str, opts: RunOptions,
+                   costs: Callable[[], Costs | dict[int, Costs]]) -> Callable[[tuple[float, ...]], float | None] | None:
+    """The planner's limit at each threshold vector, at the devices' ``costs()`` (threshold adaptation's bound);
+    None for the other policies, which do not use it (and so do not pay for the costs)."""
+    if opts.admission != "thresholds" or not rules_for(mode).exits:
+        return None
+    return limit_at_thresholds(cluster, pkg, mode, costs())
 
 
 def make_gate(opts: RunOptions) -> AdmissionGate:
@@ -257,7 +271,9 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         log.warning("the items have no labels: accuracy counts them as wrong; items.csv has each item's label")
     if stream is not None and opts.limit_items:
         stream = stream.subset(list(range(min(opts.limit_items, len(stream)))))
-    admission = admission or make_admission(pkg, mode, opts)
+    # the devices' costs: the host profile every emulated node takes
+    limits = planned_limits(cluster, pkg, mode, opts, partial(planner_costs, pkg, cluster))
+    admission = admission or make_admission(pkg, mode, opts, limits)
     workers = [] if rules.single_node else [w.name for w in cluster.workers]
     pace = netns is None  # in namespaces the kernel shapes the bandwidths
     profiles = HostProfiles() if opts.self_profile else \

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from mdiexit.config import load_cluster
 from mdiexit.package import load_package
-from mdiexit.planner import limit_from_stats
+from mdiexit.planner import costs_from_macs, limit_from_stats
 from mdiexit.policies.modes import rules_for
-from mdiexit.runtime.launch import RunOptions, make_admission, make_gate
+from mdiexit.runtime.device import planner_costs
+from mdiexit.runtime.launch import RunOptions, make_admission, make_gate, planned_limits
 from mdiexit.runtime.metrics import summarize
 from mdiexit.runtime.node import ClusterError
 from mdiexit.runtime.report import RunResult
@@ -44,7 +45,8 @@ def simulate(cluster_path: Path, opts: RunOptions, seed: int = 0, times: str = "
         raise ClusterError(f"--thresholds: {len(opts.thresholds)} values for the package's {pkg.num_tasks} exits; "
                            f"give {pkg.num_tasks}, the last 0")
     items = load_items_logits(pkg, opts.items, opts.data_dir, opts.limit_items)
-    admission = admission or make_admission(pkg, mode, opts)
+    costs = (lambda: costs_from_macs(pkg)) if times == "macs" else partial(planner_costs, pkg, cluster)
+    admission = admission or make_admission(pkg, mode, opts, planned_limits(cluster, pkg, mode, opts, costs))
     gate = make_gate(opts)
     deadline_s = None if opts.deadline_ms is None else opts.deadline_ms / 1000
     sc = SourceCore(cluster.source.name, rules, pkg.num_tasks, admission, gate,
