@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +71,21 @@ def test_bench_simulator_help_states_the_options_defaults():
     o = SimBenchOptions()
     for value in (o.probe_s, o.adaptive_s, o.refine_steps):
         assert f"(default {value:g}" in " ".join(out.stdout.split())
+
+
+@pytest.mark.parametrize("args, says", [
+    (["run", "--rate", "-5"], "--rate: expected a number > 0"),
+    (["run", "--duration", "0"], "--duration: expected a number of seconds > 0"),
+    (["simulate", "--deadline-ms", "-1"], "--deadline-ms: expected a number of milliseconds > 0"),
+    (["classify", "--cluster", "examples/edge4.yaml", "x.png"], "the source has no client_port"),
+])
+def test_a_meaningless_option_or_a_cluster_without_its_service_is_one_line_not_a_run(args, says, tmp_path):
+    (tmp_path / "x.png").write_bytes(b"not an image")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "mdiexit.cli", *[str(root / a) if a.endswith(".yaml") else a
+                                                                  for a in args]],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert "Traceback" not in out.stderr and len(lines) == 1 and lines[0].startswith("mdiexit: error: ")
+    assert says in lines[0]

@@ -83,3 +83,27 @@ def test_exit_mix_interpolates_off_the_grid_and_sums_to_one():
     assert sum(mix) == pytest.approx(1.0) and min(mix) >= 0
     assert mix[0] == pytest.approx((profile.exit_fraction[0][0] + profile.exit_fraction[0][1]) / 2)
     assert profile.exit_mix((1.0, 1.0, 0.0)) == [0.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("n", [400, 777, 6000])
+def test_a_profile_knows_how_many_items_it_was_measured_on_even_when_written_without_the_count(n):
+    conf, correct, macs = synthetic(n=n)
+    profile = ExitProfile.build(conf, correct, macs, macs.sum())
+    assert profile.items == n
+    written = profile.to_json()
+    assert ExitProfile.from_json(written).items == n
+    del written["items"]  # a package exported before the count was stored
+    assert ExitProfile.from_json(written).items == n
+
+
+def test_a_target_is_met_with_a_margin_of_the_validation_estimates_standard_error():
+    conf, correct, macs = synthetic(n=2000)
+    profile = ExitProfile.build(conf, correct, macs, macs.sum())
+    target = 0.65  # below the most accurate point's accuracy by more than the margin
+    se = (target * (1 - target) / 2000) ** 0.5
+    assert profile.frontier[-1].accuracy > target + se
+    chosen = profile.for_target(target)
+    assert chosen.accuracy >= target + se
+    assert chosen == profile.cheapest_for_accuracy(target + se)
+    assert chosen.compute_fraction >= profile.cheapest_for_accuracy(target).compute_fraction
+    assert profile.for_target(target, z=0.0) == profile.cheapest_for_accuracy(target)

@@ -31,8 +31,8 @@ def _thresholds(a: argparse.Namespace, pkg, exits: bool) -> tuple[tuple[float, .
             raise UsageError(f"--thresholds: expected {pkg.num_tasks} numbers in [0, 1], the last 0, got {list(t)}")
         return t, "given"
     if a.target_accuracy is not None:
-        p = pkg.profile.cheapest_for_accuracy(a.target_accuracy)
-        return p.thresholds, f"cheapest for accuracy {a.target_accuracy} (validation accuracy {p.accuracy:.4f})"
+        p = pkg.profile.for_target(a.target_accuracy)
+        return p.thresholds, f"cheapest meeting accuracy {a.target_accuracy} (validation accuracy {p.accuracy:.4f})"
     return tuple(pkg.default_thresholds), "the package's default"
 
 

@@ -35,8 +35,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 def cmd_classify(a: argparse.Namespace) -> int:
     """Classify image files (or every image in the folders given) through a running service: one line per file,
-    or with --json one JSON object per line. A file that cannot be read or classified gets its error on its line;
-    the exit status is 1 if any did."""
+    or with --json one JSON object per line. A request the service refuses as overloaded is sent again with
+    jittered backoff while its deadline allows (--no-retry: not). A file that cannot be read or classified gets
+    its error on its line; the exit status is 1 if any did."""
     from mdiexit.client import Client, ServiceError
     from mdiexit.inputs import InputError, image_files
 
@@ -44,7 +45,7 @@ def cmd_classify(a: argparse.Namespace) -> int:
     if not files:
         raise SystemExit("mdiexit: error: no image files in the paths given")
     client = Client.from_cluster(a.cluster, connect=a.connect, key_file=a.key, insecure=a.insecure,
-                                 timeout_s=a.timeout)
+                                 timeout_s=a.timeout, retry_overloaded=not a.no_retry)
     failed = 0
     with client:
         futures = []
@@ -102,8 +103,8 @@ def add_serve_commands(sub, cluster_arg, gate_args, security_args) -> None:
                    help="rate: admit as fast as the cluster keeps up at --target-accuracy (default); fixed: at most "
                         "--rate per second at fixed thresholds; thresholds: at most --rate, adapting the thresholds")
     s.add_argument("--rate", type=float, default=RunDefault("rate"),
-                   help="fixed and thresholds admission: the most admitted per second; rate: the initial rate "
-                        "(default %(default)s)")
+                   help="fixed and thresholds admission: the most admitted per second; rate: the initial rate, "
+                        "where it is above 90 %% of the planner's limit for the cluster (default %(default)s)")
     s.add_argument("--target-accuracy", type=float, default=None,
                    help="rate adaptation's accuracy target (default: final-exit validation accuracy - 0.01)")
     s.add_argument("--target-backlog-ms", type=float, default=RunDefault("target_backlog_ms"),
@@ -129,6 +130,9 @@ def add_serve_commands(sub, cluster_arg, gate_args, security_args) -> None:
     c.add_argument("--deadline-ms", type=float, default=None, help="each request's deadline")
     c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply (default 30)")
     c.add_argument("--json", action="store_true", help="one JSON object per line")
+    c.add_argument("--no-retry", action="store_true",
+                   help="report a request the service refuses as overloaded at once, instead of sending it again "
+                        "with backoff while its deadline (else --timeout) allows")
     c.set_defaults(func=cmd_classify)
 
 

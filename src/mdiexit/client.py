@@ -13,7 +13,9 @@ One I/O thread owns the socket; other threads hand it requests through an inproc
 
 from __future__ import annotations
 
+import heapq
 import itertools
+import random
 import threading
 import time
 from collections import deque
@@ -26,6 +28,7 @@ from typing import Any
 import zmq
 
 from mdiexit.inputs import to_input
+from mdiexit.policies.gate import OVERLOADED
 from mdiexit.protocol.codec import ProtocolError, decode, describe, encode
 from mdiexit.protocol.messages import Hello, Info, Reply, Request
 
@@ -67,17 +70,34 @@ class RequestError(ServiceError):
 
 
 _ERRORS = {"rejected": Rejected, "expired": Expired, "failed": Failed, "error": RequestError}
+# With retry_overloaded, a request refused as overloaded is sent again after this long, doubled at each refusal, up
+# to RETRY_MAX_S, times a random factor in [0.5, 1.5] (so that refused clients do not all come back at once).
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 1.0
+
+
+@dataclass
+class _Outstanding:
+    future: Future
+    due: float  # when it times out
+    retry_until: float  # the last moment a resend may leave: its deadline, else its timeout
+    frames: list | None  # kept for a resend (retry_overloaded), else None
+    attempts: int = 0
 
 
 class Client:
     """A connection to a service. ``server_key``: the source's public key (Z85 text, or its .key file);
     ``key_file``: this client's secret key file (KEYS_DIR/clients/NAME.key_secret, from `mdiexit keys client`).
-    ``insecure=True`` only for a service started with --insecure."""
+    ``insecure=True`` only for a service started with --insecure. ``retry_overloaded``: a request the service
+    refuses as overloaded is sent again with jittered exponential backoff while its deadline (else its timeout)
+    allows, and fails as Rejected only after that (`mdiexit classify` does this by default)."""
 
     def __init__(self, address: str, *, server_key: str | bytes | Path | None = None,
                  key_file: str | Path | None = None, insecure: bool = False,
-                 timeout_s: float = DEFAULT_TIMEOUT_S):
-        self.address, self.timeout_s = address, timeout_s
+                 timeout_s: float = DEFAULT_TIMEOUT_S, retry_overloaded: bool = False):
+        self.address, self.timeout_s, self.retry_overloaded = address, timeout_s, retry_overloaded
+        self.retries: list[tuple[float, int]] = []  # (when, request id): resends due, a heap of the I/O thread's
+        self.jitter = random.Random()
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -94,7 +114,7 @@ class Client:
         self.push.connect(self.pipe_address)
         self.lock = threading.Lock()  # pending (never held while a socket blocks: the I/O thread takes it)
         self.push_lock = threading.Lock()
-        self.pending: dict[int, tuple[Future, float]] = {}
+        self.pending: dict[int, _Outstanding] = {}
         self.ids = itertools.count(1)
         self.info_future: Future[Info] = Future()
         self.stop = threading.Event()
@@ -105,25 +125,27 @@ class Client:
 
     @classmethod
     def from_cluster(cls, cluster_file: str | Path, *, connect: str | None = None, key_file: str | Path | None = None,
-                     insecure: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S) -> Client:
+                     insecure: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
+                     retry_overloaded: bool = False) -> Client:
         """A client of the cluster file's source: its host and ``client_port``, its key, and the client key
         KEYS_DIR/clients/client.key_secret (or ``key_file``)."""
-        from mdiexit.config import load_cluster
+        from mdiexit.config import ConfigError, load_cluster
 
         cluster = load_cluster(Path(cluster_file))
         src = cluster.source
         if connect is None and src.client_port is None:
-            raise ValueError(f"{cluster_file}: the source has no client_port; add `client_port: PORT` to it, or "
-                             "pass connect='tcp://HOST:PORT'")
+            raise ConfigError(f"{cluster_file}: the source has no client_port; add `client_port: PORT` to its entry "
+                              "(and start `mdiexit serve`), or give the service's address (--connect tcp://HOST:PORT)")
         address = connect or f"tcp://{src.host}:{src.client_port}"
         if insecure:
-            return cls(address, insecure=True, timeout_s=timeout_s)
+            return cls(address, insecure=True, timeout_s=timeout_s, retry_overloaded=retry_overloaded)
         server_key: str | Path | None = src.public_key
         if server_key is None and cluster.keys_dir is not None:
             server_key = cluster.keys_dir / f"{src.name}.key"
         if key_file is None and cluster.keys_dir is not None:
             key_file = cluster.keys_dir / "clients" / "client.key_secret"
-        return cls(address, server_key=server_key, key_file=key_file, timeout_s=timeout_s)
+        return cls(address, server_key=server_key, key_file=key_file, timeout_s=timeout_s,
+                   retry_overloaded=retry_overloaded)
 
     # ---------------------------------------------------------------- requests
     def submit(self, image: Any, deadline_ms: float | None = None) -> Future:
@@ -131,10 +153,14 @@ class Client:
         x = to_input(image, tuple(self.info.input_shape))
         fut: Future = Future()
         rid = next(self.ids)
-        with self.lock:
-            self.pending[rid] = (fut, time.monotonic() + self.timeout_s + (deadline_ms or 0) / 1000)
         req = Request(request_id=rid, deadline_ms=deadline_ms, package=self.info.package, arrays=[describe("x", x)])
-        self._post(encode(req, [x]))
+        frames = encode(req, [x])
+        t = time.monotonic()
+        retry_until = t + (self.timeout_s if deadline_ms is None else deadline_ms / 1000)
+        with self.lock:
+            self.pending[rid] = _Outstanding(fut, t + self.timeout_s + (deadline_ms or 0) / 1000, retry_until,
+                                             frames if self.retry_overloaded else None)
+        self._post(frames)
         return fut
 
     def classify(self, image: Any, deadline_ms: float | None = None) -> Prediction:
@@ -185,7 +211,11 @@ class Client:
         poller.register(self.pull, zmq.POLLIN)
         outgoing: deque[list] = deque()
         while not self.stop.is_set():
-            ready = dict(poller.poll(5 if outgoing else 50))
+            outgoing.extend(self._due_resends(time.monotonic()))
+            wait_ms = 5 if outgoing else 50
+            if self.retries:
+                wait_ms = min(wait_ms, max(1, int((self.retries[0][0] - time.monotonic()) * 1000)))
+            ready = dict(poller.poll(wait_ms))
             if self.pull in ready:
                 while True:
                     try:
@@ -217,26 +247,48 @@ class Client:
             return
         if not isinstance(msg, Reply):
             return
+        t = time.monotonic()
         with self.lock:
-            fut, _ = self.pending.pop(msg.request_id, (None, 0.0))
-        if fut is None or fut.done():
+            out = self.pending.get(msg.request_id)
+            if out is None:
+                return
+            if msg.outcome == "rejected" and out.frames is not None and msg.reason.startswith(OVERLOADED):
+                delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** out.attempts) * self.jitter.uniform(0.5, 1.5)
+                if t + delay < out.retry_until:
+                    out.attempts += 1
+                    heapq.heappush(self.retries, (t + delay, msg.request_id))
+                    return
+            del self.pending[msg.request_id]
+        fut = out.future
+        if fut.done():
             return
         if msg.outcome == "result":
             fut.set_result(Prediction(msg.label, msg.name, msg.exit, msg.confidence, msg.latency_ms))
         else:
             fut.set_exception(_ERRORS[msg.outcome](msg.outcome, msg.reason))
 
+    def _due_resends(self, t: float) -> list[list]:
+        """The frames of the refused requests whose backoff has passed (I/O thread)."""
+        due = []
+        while self.retries and self.retries[0][0] <= t:
+            _, rid = heapq.heappop(self.retries)
+            with self.lock:
+                out = self.pending.get(rid)
+            if out is not None and out.frames is not None:
+                due.append(out.frames)
+        return due
+
     def _expire(self, t: float) -> None:
         with self.lock:
-            late = [rid for rid, (_, due) in self.pending.items() if due < t]
-            futs = [self.pending.pop(rid)[0] for rid in late]
+            late = [rid for rid, out in self.pending.items() if out.due < t]
+            futs = [self.pending.pop(rid).future for rid in late]
         for fut in futs:
             fut.set_exception(TimeoutError(f"no reply from {self.address} within {self.timeout_s:g} s"))
 
     def close(self) -> None:
         with self.push_lock, self.lock:
             self.stop.set()
-            futs = [f for f, _ in self.pending.values()]
+            futs = [out.future for out in self.pending.values()]
             self.pending.clear()
         for fut in futs:
             if not fut.done():

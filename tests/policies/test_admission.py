@@ -105,8 +105,8 @@ def test_rate_law_uses_elapsed_time_not_step_count(profile, dt):
 
 def test_rate_thresholds_are_fixed_and_rate_is_clamped(profile):
     ctrl = RateAdaptation(profile, target_accuracy=ACC, min_rate=2.0, max_rate=500.0)
-    want = profile.cheapest_for_accuracy(ACC)
-    assert want.accuracy >= ACC and want != profile.frontier[-1]
+    want = profile.for_target(ACC)
+    assert want.accuracy >= ACC + math.sqrt(ACC * (1 - ACC) / profile.items) and want != profile.frontier[-1]
     assert ctrl.thresholds() == (want.thresholds, 1)
     h = simulate(ctrl, 1e-9, duration=30.0)  # infinite capacity
     assert h[-1, 1] == pytest.approx(500.0)

@@ -77,3 +77,27 @@ def test_every_offer_is_accounted_for():
     assert released == g.released and expired == g.expired
     assert g.offered == released + expired + sum(g.rejected.values()) + len(g.queue)
     assert len(g.take_all()) + released + expired + sum(g.rejected.values()) == 2000
+
+
+def test_a_burst_on_an_idle_gate_is_queued_up_to_what_the_rate_drains_within_the_wait():
+    """An idle service released nothing in the last second because nothing was offered: a burst is judged by what
+    the cluster takes (λ), so the part of it that λ drains within max_wait waits, and only the rest is refused."""
+    g = AdmissionGate(max_backlog_s=0.5, max_wait_s=0.25)
+    g.offer("early", 0.0, rate=400.0)
+    g.release(0.0, 400.0, backlog_s=0.0)
+    answers = [g.offer(k, 10.0, rate=400.0) for k in range(150)]  # 10 s later, all at once
+    queued = answers.count(None)
+    assert queued == 101  # 100 items drain in 0.25 s at 400/s; the 101st is judged while 100 wait
+    assert answers[queued:] == [OVERLOADED] * (150 - queued)
+
+
+def test_a_queue_busy_for_a_second_is_judged_by_what_it_really_drained():
+    g = AdmissionGate(max_backlog_s=0.5, max_wait_s=0.25)
+    t = 0.0
+    while t < 2.0:  # offered 200/s, released at 50/s: the queue never empties
+        for _ in range(20):
+            g.offer(t, t, rate=50.0)
+        g.release(t, 50.0, backlog_s=0.0)
+        t += 0.1
+    assert g.drain_rate(t, 1000.0) <= 60.0  # measured, not the policy's λ
+    assert g.rejected[OVERLOADED] > 0

@@ -74,9 +74,11 @@ def test_hung_worker_is_declared_down(tmp_path, tiny_package):
 
 def test_restarted_worker_is_used_again(tmp_path, tiny_package):
     cluster = write_cluster(tmp_path / "c.yaml", tiny_package, SLOW, dead_after_ms=400)
+    killed_at = []
 
     def action(live: LiveRun):
         wait_for(lambda: live.source.ledger.completed >= 30, what="30 results")
+        killed_at.append(time.monotonic() - live.source.run_start)  # the run's clock, as the summary's at_s
         live.signal("w1", signal.SIGKILL)
         wait_for(lambda: "w1" in live.source.down, what="w1 down")
         live.procs["w1"].wait(10)
@@ -87,6 +89,8 @@ def test_restarted_worker_is_used_again(tmp_path, tiny_package):
     assert_nothing_lost(s)
     kinds = [(e["node"], e["kind"]) for e in s["node_failures"]]
     assert ("w1", "crashed") in kinds and ("w1", "back") in kinds
+    crashed_at = next(e["at_s"] for e in s["node_failures"] if e["kind"] == "crashed")
+    assert killed_at[0] <= crashed_at < killed_at[0] + 1.0  # told when it happened, from the start of admission
     assert sum(s["per_node"]["w1"]["tasks_run"].values()) > 0  # the counters of the restarted process
 
 

@@ -218,3 +218,31 @@ def _rss_mb(pid: int) -> float:
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
 
+
+
+def test_bursts_of_files_on_an_idle_service_are_all_classified(tmp_path, tiny_package):
+    """`mdiexit classify` on a folder of 100 images, three times with the service idle in between: every file gets
+    its label. A burst the cluster drains within --max-wait-ms waits at the gate; what it refuses as overloaded, the
+    command sends again with backoff."""
+    pkg = load_package(tiny_package)
+    images = load_test_split(pkg).images[:100]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, x in enumerate(images):
+        Image.fromarray(x[0]).save(folder / f"{i:03d}.png")
+    expected = dict(zip([f"{i:03d}.png" for i in range(100)],
+                        predicted_labels(pkg, all_exit_logits(pkg, images, threads=1, progress=False))[0], strict=True))
+    path, cluster, proc = start_service(tmp_path, tiny_package, [30, 10, 20])
+    try:
+        Client.from_cluster(path, timeout_s=90).close()  # the service is up
+        for _ in range(3):
+            time.sleep(1.5)  # the scenario: a service idle for longer than the gate remembers (1 s)
+            out = subprocess.run([sys.executable, "-m", "mdiexit.cli", "classify", "--cluster", str(path), "--json",
+                                  str(folder)], capture_output=True, text=True, timeout=180)
+            rows = [json.loads(line) for line in out.stdout.splitlines()]
+            assert out.returncode == 0 and len(rows) == 100, (out.stderr[-2000:], [r for r in rows if "error" in r])
+            assert {Path(r["path"]).name: r["label"] for r in rows} == expected
+    finally:
+        if proc.poll() is None:
+            summary = stop_service(proc, tmp_path)
+    assert summary["lost"] == 0 and summary["completed"] >= 300

@@ -13,8 +13,11 @@ Every offered item is, at once, either queued or rejected with a reason; a queue
   nodes (an item queues at each); the window does, by Little's law: with at most T·L items in flight at
   throughput T, the mean latency is at most L (``window``; L = ``max_backlog_s``, at least twice the
   unloaded latency so the window cannot starve the cluster).
-- **Rejected: overloaded.** The queue's expected wait (its length over the rate it drained at in the last
-  second) would pass ``max_wait_s``, or it holds ``max_items``.
+- **Rejected: overloaded.** The queue's expected wait (its length over the rate it drains at) would pass
+  ``max_wait_s``, or it holds ``max_items``. The rate it drains at is what it released in the last second when
+  the queue was never empty in that second, or the cluster is at its backlog cap or window (it takes what it can);
+  otherwise at least the admission policy's rate λ: a queue that was idle released little because little was
+  offered, and a burst on an idle service is judged by what the cluster can take, not by what it was given.
 - **Rejected: deadline.** The item's deadline falls before its estimated completion: now + expected wait +
   the recent latency of admitted items.
 - **Expired.** A queued item whose deadline has passed.
@@ -56,9 +59,10 @@ class AdmissionGate:
     queue: deque[Pending] = field(default_factory=deque)
     tokens: float = 1.0
     last_t: float | None = None
-    started_at: float | None = None
     released_at: deque[float] = field(default_factory=deque)  # release times of the last second
     with_deadline: int = 0  # queued items that carry a deadline (the expiry scan runs only if any)
+    busy_since: float | None = None  # since when the queue has held items without a break (None: empty)
+    cluster_full: bool = False  # the last release found the cluster at its backlog cap or its window
     offered: int = 0
     released: int = 0
     expired: int = 0
@@ -69,12 +73,14 @@ class AdmissionGate:
             raise ValueError("need max_backlog_s > 0, max_wait_s >= 0 and max_items >= 1")
 
     def drain_rate(self, t: float, rate: float) -> float:
-        """Items per second the queue has drained at: λ during the first second, then the last second's."""
+        """Items per second the queue drains at: the last second's releases if it held items all that second,
+        else at least λ (the first second, or a queue that was empty: its releases were what was offered)."""
         while self.released_at and self.released_at[0] < t - 1.0:
             self.released_at.popleft()
-        if self.started_at is None or t - self.started_at < 1.0:
-            return max(rate, 1e-9)
-        return max(len(self.released_at), 1e-9)
+        measured = float(len(self.released_at))
+        if not self.cluster_full and (self.busy_since is None or t - self.busy_since < 1.0):
+            return max(measured, rate, 1e-9)
+        return max(measured, 1e-9)
 
     def expected_wait_s(self, t: float, rate: float) -> float:
         return len(self.queue) / self.drain_rate(t, rate)
@@ -83,8 +89,6 @@ class AdmissionGate:
               latency_s: float = 0.0) -> str | None:
         """Queue an item, or return why not (OVERLOADED or DEADLINE). ``latency_s``: recent admission-to-result
         time, for the deadline check."""
-        if self.started_at is None:
-            self.started_at = t
         self.offered += 1
         wait = self.expected_wait_s(t, rate)
         why = None
@@ -95,6 +99,8 @@ class AdmissionGate:
         if why is not None:
             self.rejected[why] += 1
             return why
+        if not self.queue:
+            self.busy_since = t
         self.queue.append(Pending(key, t, deadline))
         self.with_deadline += deadline is not None
         return None
@@ -120,6 +126,9 @@ class AdmissionGate:
             self.released_at.append(t)
             out.append(p)
         self.released += len(out)
+        self.cluster_full = backlog_s >= self.max_backlog_s or in_flight + len(out) >= window
+        if not self.queue:
+            self.busy_since = None
         return out, expired
 
     def _expire(self, t: float) -> list[Pending]:

@@ -29,11 +29,17 @@ from pathlib import Path
 
 import zmq
 
-from mdiexit.config import ClusterConfig, load_cluster
+from mdiexit.config import ClusterConfig, ConfigError, load_cluster
 from mdiexit.data import load_items
 from mdiexit.package import Package, load_package
 from mdiexit.planner import Costs, limit_at_thresholds, limit_from_stats
-from mdiexit.policies.admission import DEADLINE_SHARE_OF_BACKLOG, RateAdaptation, ThresholdAdaptation, feasible_ceiling
+from mdiexit.policies.admission import (
+    DEADLINE_SHARE_OF_BACKLOG,
+    FEASIBLE_UTILISATION,
+    RateAdaptation,
+    ThresholdAdaptation,
+    feasible_ceiling,
+)
 from mdiexit.policies.gate import AdmissionGate
 from mdiexit.policies.modes import no_exit_thresholds, rules_for
 from mdiexit.runtime.arrivals import StreamArrivals
@@ -76,6 +82,26 @@ class RunOptions:
     metrics_port: int | None = None  # the source's Prometheus endpoint (default: its metrics_port in the file)
     metrics_addr: str | None = None  # default loopback
     self_profile: bool = False  # each node profiles itself at start-up instead of taking the host profile
+
+    def __post_init__(self) -> None:
+        """Refuse what no run can mean, naming the flag: a rate, a duration or an item count of zero or less."""
+        checks = [("--rate", self.rate, self.rate > 0, "a number > 0 (items per second)"),
+                  ("--duration", self.duration_s, self.duration_s > 0, "a number of seconds > 0"),
+                  ("--warmup", self.warmup_s, self.warmup_s >= 0, "a number of seconds >= 0"),
+                  ("--deadline-ms", self.deadline_ms, self.deadline_ms is None or self.deadline_ms > 0,
+                   "a number of milliseconds > 0"),
+                  ("--max-backlog-ms", self.max_backlog_ms, self.max_backlog_ms > 0, "a number of milliseconds > 0"),
+                  ("--max-wait-ms", self.max_wait_ms, self.max_wait_ms >= 0, "a number of milliseconds >= 0"),
+                  ("--target-backlog-ms", self.target_backlog_ms, self.target_backlog_ms > 0,
+                   "a number of milliseconds > 0"),
+                  ("--target-accuracy", self.target_accuracy,
+                   self.target_accuracy is None or 0 < self.target_accuracy <= 1, "a fraction in (0, 1]"),
+                  ("--items", self.items, not isinstance(self.items, int) or self.items > 0,
+                   "test, all or a count > 0"),
+                  ("limit_items", self.limit_items, self.limit_items is None or self.limit_items > 0, "a count > 0")]
+        for flag, value, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"{flag}: expected {expected}, got {value!r}")
 
 
 def _die_with_parent() -> None:
@@ -123,7 +149,11 @@ def make_admission(pkg: Package, mode: str, opts: RunOptions,
         target = opts.target_accuracy
         if target is None:
             target = pkg.manifest["tasks"][-1].get("val_accuracy", 1.0) - 0.01
-        return RateAdaptation(pkg.profile, target, target_backlog_s=w_star, initial_rate=opts.rate)
+        initial = opts.rate
+        planned = None if limit_at is None else limit_at(pkg.profile.for_target(target).thresholds)
+        if planned:  # a cold service starts at what the cluster can carry, until it measures its own
+            initial = max(initial, min(planned * FEASIBLE_UTILISATION, RateAdaptation.max_rate))
+        return RateAdaptation(pkg.profile, target, target_backlog_s=w_star, initial_rate=initial)
     if opts.admission == "thresholds":
         ceiling = None if limit_at is None else feasible_ceiling(pkg.profile, opts.rate, limit_at)
         return ThresholdAdaptation(pkg.profile, opts.rate, target_backlog_s=w_star, max_index=ceiling)
@@ -132,9 +162,10 @@ def make_admission(pkg: Package, mode: str, opts: RunOptions,
 
 def planned_limits(cluster: ClusterConfig, pkg: Package, mode: str, opts: RunOptions,
                    costs: Callable[[], Costs | dict[int, Costs]]) -> Callable[[tuple[float, ...]], float | None] | None:
-    """The planner's limit at each threshold vector, at the devices' ``costs()`` (threshold adaptation's bound);
-    None for the other policies, which do not use it (and so do not pay for the costs)."""
-    if opts.admission != "thresholds" or not rules_for(mode).exits:
+    """The planner's limit at each threshold vector, at the devices' ``costs()``: threshold adaptation's bound, and
+    a cold service's first rate. None where nothing uses it (and so nothing pays for the costs)."""
+    if not rules_for(mode).exits or not (opts.admission == "thresholds" or
+                                          (opts.admission == "rate" and opts.serve is not None)):
         return None
     return limit_at_thresholds(cluster, pkg, mode, costs())
 

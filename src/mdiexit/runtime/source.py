@@ -65,15 +65,8 @@ class SourceProcess(NodeProcess):
 
     @run_start.setter
     def run_start(self, t: float) -> None:
+        """When admission starts: the origin of every event's at_s (the core's), and of the node's run clock."""
         self.sc.run_start = t
-
-    @property
-    def run_start(self) -> float:
-        return self._run_start
-
-    @run_start.setter
-    def run_start(self, t: float) -> None:
-        self._run_start = t
         self.start_run(t)
 
     def run_elapsed_s(self, t: float) -> float | None:
