@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -19,11 +20,16 @@ SHAPE = [1, 28, 28]  # (C, H, W): the request carries (1, C, H, W)
 class RefusingService:
     """Answers HELLO, refuses each request's first ``refusals`` sendings as overloaded, then gives a result."""
 
-    def __init__(self, refusals: int):
-        self.refusals = refusals
+    def __init__(self, refusals: int, port: int | None = None, silent: bool = False):
+        self.refusals, self.silent = refusals, silent  # silent: takes requests and never answers (about to crash)
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
-        self.port = self.router.bind_to_random_port("tcp://127.0.0.1")
+        self.router.setsockopt(zmq.LINGER, 0)
+        if port is None:
+            self.port = self.router.bind_to_random_port("tcp://127.0.0.1")
+        else:
+            self.port = port
+            self.router.bind(f"tcp://127.0.0.1:{port}")
         self.seen: dict[int, int] = {}  # request id -> sendings received
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.serve, daemon=True)
@@ -39,6 +45,8 @@ class RefusingService:
                 reply = Info(input_shape=SHAPE, classes=[str(i) for i in range(10)], package="p")
             elif isinstance(msg, Request):
                 n = self.seen[msg.request_id] = self.seen.get(msg.request_id, 0) + 1
+                if self.silent:
+                    continue
                 reply = (Reply(request_id=msg.request_id, outcome="rejected",
                                reason=f"{OVERLOADED}: {REJECT_WHY[OVERLOADED]}") if n <= self.refusals else
                          Reply(request_id=msg.request_id, outcome="result", label=3, name="3", exit=1,
@@ -81,3 +89,21 @@ def test_retries_stop_at_the_requests_deadline(service):
         with pytest.raises(Rejected, match="overloaded"):
             c.submit(np.zeros((28, 28), np.uint8), deadline_ms=300).result(timeout=10)
     assert 2 <= list(service.seen.values())[0] <= 6  # 50, 100, 200 ms... of backoff fit in 300 ms a few times
+
+
+def test_requests_outstanding_when_the_service_restarts_are_sent_again_and_answered():
+    first = RefusingService(refusals=0, silent=True)
+    image = np.zeros((28, 28), np.uint8)
+    with Client(f"tcp://127.0.0.1:{first.port}", insecure=True, timeout_s=20) as c:
+        futures = [c.submit(image) for _ in range(5)]
+        deadline = time.monotonic() + 10
+        while len(first.seen) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(first.seen) == 5  # taken, never answered: the service dies with them
+        first.close()
+        second = RefusingService(refusals=0, port=first.port)  # started again on the same port
+        try:
+            assert [f.result(timeout=20).label for f in futures] == [3] * 5
+            assert c.reconnections == 1 and sorted(second.seen) == sorted(first.seen)
+        finally:
+            second.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import random
 import threading
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from mdiexit.inputs import to_input
 from mdiexit.policies.gate import OVERLOADED
@@ -81,7 +83,7 @@ class _Outstanding:
     future: Future
     due: float  # when it times out
     retry_until: float  # the last moment a resend may leave: its deadline, else its timeout
-    frames: list | None  # kept for a resend (retry_overloaded), else None
+    frames: list  # kept for a resend: after an overloaded refusal (retry_overloaded), or a reconnection
     attempts: int = 0
 
 
@@ -101,6 +103,11 @@ class Client:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        # the same name on every connection: a request sent again after a reconnection is known as the same one
+        self.sock.setsockopt(zmq.ROUTING_ID, b"mdiexit-client-" + os.urandom(12))
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self.disconnected = False
+        self.reconnections = 0
         if not insecure:
             _secure(self.sock, server_key, key_file)
         self.sock.connect(address)
@@ -158,8 +165,7 @@ class Client:
         t = time.monotonic()
         retry_until = t + (self.timeout_s if deadline_ms is None else deadline_ms / 1000)
         with self.lock:
-            self.pending[rid] = _Outstanding(fut, t + self.timeout_s + (deadline_ms or 0) / 1000, retry_until,
-                                             frames if self.retry_overloaded else None)
+            self.pending[rid] = _Outstanding(fut, t + self.timeout_s + (deadline_ms or 0) / 1000, retry_until, frames)
         self._post(frames)
         return fut
 
@@ -209,6 +215,7 @@ class Client:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.pull, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
         outgoing: deque[list] = deque()
         while not self.stop.is_set():
             outgoing.extend(self._due_resends(time.monotonic()))
@@ -216,6 +223,9 @@ class Client:
             if self.retries:
                 wait_ms = min(wait_ms, max(1, int((self.retries[0][0] - time.monotonic()) * 1000)))
             ready = dict(poller.poll(wait_ms))
+            if self.monitor in ready:
+                while self.monitor.poll(0):
+                    outgoing.extend(self._on_connection(recv_monitor_message(self.monitor)["event"]))
             if self.pull in ready:
                 while True:
                     try:
@@ -252,7 +262,7 @@ class Client:
             out = self.pending.get(msg.request_id)
             if out is None:
                 return
-            if msg.outcome == "rejected" and out.frames is not None and msg.reason.startswith(OVERLOADED):
+            if msg.outcome == "rejected" and self.retry_overloaded and msg.reason.startswith(OVERLOADED):
                 delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** out.attempts) * self.jitter.uniform(0.5, 1.5)
                 if t + delay < out.retry_until:
                     out.attempts += 1
@@ -274,9 +284,23 @@ class Client:
             _, rid = heapq.heappop(self.retries)
             with self.lock:
                 out = self.pending.get(rid)
-            if out is not None and out.frames is not None:
+            if out is not None:
                 due.append(out.frames)
         return due
+
+    def _on_connection(self, event: int) -> list[list]:
+        """A connection event of the service's socket; after a reconnection (the service restarted, or the network
+        came back), every request still outstanding is sent again: the one that had it is gone, or answers once
+        (the service drops a request id it already holds)."""
+        if event == zmq.EVENT_DISCONNECTED:
+            self.disconnected = True
+            return []
+        if event != zmq.EVENT_HANDSHAKE_SUCCEEDED or not self.disconnected:
+            return []
+        self.disconnected = False
+        self.reconnections += 1
+        with self.lock:
+            return [out.frames for out in self.pending.values() if not out.future.done()]
 
     def _expire(self, t: float) -> None:
         with self.lock:
@@ -295,7 +319,8 @@ class Client:
                 fut.set_exception(RuntimeError("the client was closed before the reply came"))
         if threading.current_thread() is not self.thread:
             self.thread.join(timeout=2)
-        for s in (self.push, self.pull, self.sock):
+        self.sock.disable_monitor()
+        for s in (self.push, self.pull, self.monitor, self.sock):
             s.close(linger=0)
         self.ctx.term()
 

@@ -50,10 +50,13 @@ def start_service(tmp_path: Path, package: Path, slowdowns: list[float], *args: 
     path.write_text(text)
     cluster = load_cluster(path)
     assert cluster.source.client_port == client_port
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "mdiexit.cli", "serve", "--cluster", str(path), "--quiet",
+    return path, cluster, launch_serve(path, tmp_path, *args)
+
+
+def launch_serve(path: Path, tmp_path: Path, *args: str) -> subprocess.Popen:
+    log = (tmp_path / "serve.log").open("a")
+    return subprocess.Popen([sys.executable, "-m", "mdiexit.cli", "serve", "--cluster", str(path), "--quiet",
                              "--out", str(tmp_path / "out"), *args], stdout=log, stderr=subprocess.STDOUT)
-    return path, cluster, proc
 
 
 def stop_service(proc: subprocess.Popen, tmp_path: Path) -> dict:
@@ -246,3 +249,41 @@ def test_bursts_of_files_on_an_idle_service_are_all_classified(tmp_path, tiny_pa
         if proc.poll() is None:
             summary = stop_service(proc, tmp_path)
     assert summary["lost"] == 0 and summary["completed"] >= 300
+
+
+def test_clients_ride_out_a_restart_of_the_service(tmp_path, tiny_package):
+    """kill -9 of `serve` under a stream of 150 requests/s, the same command started again 1 s later: the client
+    reconnects by itself and sends again what was outstanding; every request ends in one outcome, and (nearly)
+    every one in a result, none in a timeout."""
+    pkg = load_package(tiny_package)
+    images = load_test_split(pkg).images[:200]
+    path, cluster, proc = start_service(tmp_path, tiny_package, [30, 10, 20])
+    futures: list = []
+    try:
+        with Client.from_cluster(path, timeout_s=60, retry_overloaded=True) as client:
+            rate, start = 150.0, time.monotonic()
+            killed = restarted = False
+            while time.monotonic() < start + 10:
+                due = int((time.monotonic() - start) * rate)
+                while len(futures) < due:
+                    futures.append(client.submit(images[len(futures) % 200]))
+                if not killed and time.monotonic() > start + 3:
+                    proc.kill()  # kill -9: no drain, no answers; its workers die with it
+                    proc.wait(timeout=10)
+                    killed, killed_at = True, time.monotonic()
+                if killed and not restarted and time.monotonic() > killed_at + 1:
+                    proc, restarted = launch_serve(path, tmp_path), True
+                time.sleep(0.005)
+            wait(futures, timeout=120)
+            reconnections = client.reconnections
+    finally:
+        if proc.poll() is None:
+            stop_service(proc, tmp_path)
+    outcomes: dict[str, int] = {}
+    for f in futures:
+        e = f.exception()
+        kind = "result" if e is None else type(e).__name__
+        outcomes[kind] = outcomes.get(kind, 0) + 1
+    assert sum(outcomes.values()) == len(futures) and "TimeoutError" not in outcomes, outcomes
+    assert outcomes.get("result", 0) >= 0.99 * len(futures), outcomes
+    assert reconnections >= 1

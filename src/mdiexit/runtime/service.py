@@ -70,6 +70,9 @@ class ClientEndpoint:
         self.thread: threading.Thread | None = None
         self.refused: Counter[str] = Counter()  # requests rejected here, before the gate, by reason (this thread)
         self.stopping = False  # the service is shutting down: refuse what comes
+        # (client, request id) of every request offered and not yet answered (this thread): a client that
+        # reconnected sends its outstanding requests again, and one still held here is not taken twice
+        self.open: set[tuple[bytes, int]] = set()
 
     def start(self) -> None:
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -132,7 +135,7 @@ class ClientEndpoint:
     def _send(self, client: bytes, reply: Reply) -> None:
         with self.push_lock:
             if self.push is not None and not self.push.closed:
-                self.push.send_multipart([client, *encode(reply)])
+                self.push.send_multipart([client, reply.request_id.to_bytes(8, "big"), *encode(reply)])
 
     # ---------------------------------------------------------------- the socket's thread
     def _loop(self) -> None:
@@ -144,9 +147,11 @@ class ClientEndpoint:
             if self.pull in ready:
                 while True:
                     try:
-                        self.router.send_multipart(self.pull.recv_multipart(zmq.NOBLOCK, copy=False))
+                        client, request_id, *reply = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
+                    self.open.discard((client.bytes, int.from_bytes(request_id.bytes, "big")))
+                    self.router.send_multipart([client, *reply])
             if self.router in ready:
                 while True:
                     try:
@@ -184,6 +189,9 @@ class ClientEndpoint:
                 self.router.send_multipart([client, *encode(Reply(request_id=msg.request_id, outcome="rejected",
                                                                   reason=f"{why}: {REJECT_WHY[why]}"))])
                 return
+            if (client, msg.request_id) in self.open:
+                return  # sent again after a reconnection, and still held: its one answer is on its way
+            self.open.add((client, msg.request_id))
             deadline_s = None if msg.deadline_ms is None else msg.deadline_ms / 1000
             self.offers.put(Offer(x, -1, (client, msg.request_id), deadline_s))
             self.wake.set()
