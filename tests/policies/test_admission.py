@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 from mdiexit.exitprofile import ExitProfile
-from mdiexit.policies.admission import RateAdaptation, ThresholdAdaptation, feasible_ceiling, make_admission
+from mdiexit.policies.admission import (
+    RateAdaptation,
+    ThresholdAdaptation,
+    cheapest_alike,
+    feasible_ceiling,
+    make_admission,
+)
 
 W_STAR = 0.3
 ACC = 0.7  # met by a point in the middle of the synthetic frontier
@@ -211,6 +217,16 @@ def test_bounded_threshold_adaptation_starts_within_the_bound_and_keeps_the_dead
     assert h_free[:, 2].max() > 1.0 > h_bounded[:, 2].max()
     assert h_bounded[:, 3].max() <= ceiling  # never above the bound
     assert abs(window(h_bounded, 20.0)[:, 4].mean() / balance - 1) < 0.15  # and still uses what the cluster has
+
+
+def test_a_point_is_worth_its_compute_only_if_it_is_right_on_more_than_a_few_more_validation_items(profile):
+    top = len(profile.frontier) - 1
+    chosen = cheapest_alike(profile, top, noise_items=3)
+    best = profile.frontier[top].accuracy
+    assert profile.frontier[chosen].accuracy >= best - 3 / profile.items
+    assert all(p.accuracy < best - 3 / profile.items for p in profile.frontier[:chosen])  # the cheapest such
+    assert cheapest_alike(profile, top, noise_items=0) == top
+    assert cheapest_alike(profile, 0) == 0
 
 
 # ------------------------------------------------------------------ factory

@@ -144,6 +144,10 @@ class RateAdaptation:
 # With a deadline, the backlog the controllers aim for is at most this share of it: the rest is for the links, the
 # later tasks and the result's way back (at the 1 s deadline of the paper's experiment 2 it is the default 0.3 s).
 DEADLINE_SHARE_OF_BACKLOG = 0.3
+# A more accurate frontier point is worth its compute only if it is right on at least this many more validation items
+# than a cheaper one: fewer is noise (near the top of the shipped profiles, 2-3 of 6,000 items bought 50-70 % more
+# compute per item, and so longer queues and more deadline misses on the same devices).
+NOISE_ITEMS = 3
 # At a fixed rate, the thresholds may use at most this share of the cluster's physical limit at their exit mix (the
 # planner's, one item at a time): a queue loaded closer to its limit waits long enough to miss any deadline.
 FEASIBLE_UTILISATION = 0.9
@@ -170,6 +174,15 @@ def feasible_ceiling(profile: ExitProfile, rate_per_s: float, limit_at: Callable
         else:
             hi = mid
     return lo
+
+
+def cheapest_alike(profile: ExitProfile, index: int, noise_items: int = NOISE_ITEMS) -> int:
+    """The cheapest frontier point at most ``noise_items`` validation items less accurate than point ``index``
+    (no profile item count: ``index`` itself)."""
+    if not profile.items:
+        return index
+    floor = profile.frontier[index].accuracy - noise_items / profile.items
+    return next(i for i in range(index + 1) if profile.frontier[i].accuracy >= floor - 1e-12)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from mdiexit.policies.admission import (
     FEASIBLE_UTILISATION,
     RateAdaptation,
     ThresholdAdaptation,
+    cheapest_alike,
     feasible_ceiling,
 )
 from mdiexit.policies.gate import AdmissionGate
@@ -155,8 +156,9 @@ def make_admission(pkg: Package, mode: str, opts: RunOptions,
             initial = max(initial, min(planned * FEASIBLE_UTILISATION, RateAdaptation.max_rate))
         return RateAdaptation(pkg.profile, target, target_backlog_s=w_star, initial_rate=initial)
     if opts.admission == "thresholds":
-        ceiling = None if limit_at is None else feasible_ceiling(pkg.profile, opts.rate, limit_at)
-        return ThresholdAdaptation(pkg.profile, opts.rate, target_backlog_s=w_star, max_index=ceiling)
+        top = len(pkg.profile.frontier) - 1 if limit_at is None else feasible_ceiling(pkg.profile, opts.rate, limit_at)
+        return ThresholdAdaptation(pkg.profile, opts.rate, target_backlog_s=w_star,
+                                   max_index=cheapest_alike(pkg.profile, top))
     raise ValueError(f"unknown admission {opts.admission!r}; choose fixed, rate or thresholds")
 
 
