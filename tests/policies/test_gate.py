@@ -101,3 +101,20 @@ def test_a_queue_busy_for_a_second_is_judged_by_what_it_really_drained():
         t += 0.1
     assert g.drain_rate(t, 1000.0) <= 60.0  # measured, not the policy's λ
     assert g.rejected[OVERLOADED] > 0
+
+
+def test_a_stream_is_not_refused_in_its_first_second_while_the_window_is_still_small():
+    """The in-flight window starts small (it follows the throughput, not yet measured) and the queue has released
+    little yet: the first second is judged by λ, not by those few releases."""
+    g = AdmissionGate(max_backlog_s=0.5, max_wait_s=0.25)
+    released: list[float] = []
+    t, dt, rate = 0.0, 0.01, 600.0
+    while t < 1.0:
+        for _ in range(6):  # 600 items/s
+            assert g.offer(t, t, rate=rate) is None
+        in_flight = sum(1 for r in released if r > t - 0.1)  # each item takes 100 ms
+        window = 40.0 if t < 0.3 else 1000.0  # the window opens as the throughput is measured
+        out, _ = g.release(t, rate, backlog_s=0.0, in_flight=in_flight, window=window)
+        released += [t] * len(out)
+        t += dt
+    assert g.rejected[OVERLOADED] == 0

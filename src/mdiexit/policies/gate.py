@@ -61,6 +61,7 @@ class AdmissionGate:
     last_t: float | None = None
     released_at: deque[float] = field(default_factory=deque)  # release times of the last second
     with_deadline: int = 0  # queued items that carry a deadline (the expiry scan runs only if any)
+    started_at: float | None = None  # the first offer
     busy_since: float | None = None  # since when the queue has held items without a break (None: empty)
     cluster_full: bool = False  # the last release found the cluster at its backlog cap or its window
     offered: int = 0
@@ -73,14 +74,15 @@ class AdmissionGate:
             raise ValueError("need max_backlog_s > 0, max_wait_s >= 0 and max_items >= 1")
 
     def drain_rate(self, t: float, rate: float) -> float:
-        """Items per second the queue drains at: the last second's releases if it held items all that second,
-        else at least λ (the first second, or a queue that was empty: its releases were what was offered)."""
+        """Items per second the queue drains at: at least λ during the first second (nothing is measured yet, and
+        the in-flight window starts small) and while the queue was recently empty with room in the cluster (its
+        releases were what was offered); otherwise the last second's releases."""
         while self.released_at and self.released_at[0] < t - 1.0:
             self.released_at.popleft()
         measured = float(len(self.released_at))
-        if not self.cluster_full and (self.busy_since is None or t - self.busy_since < 1.0):
-            return max(measured, rate, 1e-9)
-        return max(measured, 1e-9)
+        starting = self.started_at is None or t - self.started_at < 1.0  # nothing measured yet
+        idle = not self.cluster_full and (self.busy_since is None or t - self.busy_since < 1.0)
+        return max(measured, rate, 1e-9) if starting or idle else max(measured, 1e-9)
 
     def expected_wait_s(self, t: float, rate: float) -> float:
         return len(self.queue) / self.drain_rate(t, rate)
@@ -90,6 +92,8 @@ class AdmissionGate:
         """Queue an item, or return why not (OVERLOADED or DEADLINE). ``latency_s``: recent admission-to-result
         time, for the deadline check."""
         self.offered += 1
+        if self.started_at is None:
+            self.started_at = t
         wait = self.expected_wait_s(t, rate)
         why = None
         if len(self.queue) >= self.max_items or (self.queue and wait > self.max_wait_s):
