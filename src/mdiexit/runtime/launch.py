@@ -304,9 +304,9 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         log.warning("the items have no labels: accuracy counts them as wrong; items.csv has each item's label")
     if stream is not None and opts.limit_items:
         stream = stream.subset(list(range(min(opts.limit_items, len(stream)))))
-    # the devices' costs: the host profile every emulated node takes
-    limits = planned_limits(cluster, pkg, mode, opts, partial(planner_costs, pkg, cluster))
-    admission = admission or make_admission(pkg, mode, opts, limits)
+    if admission is None:  # the devices' costs for the planner: the host profile every emulated node takes
+        admission = make_admission(pkg, mode, opts, planned_limits(cluster, pkg, mode, opts,
+                                                                   partial(planner_costs, pkg, cluster)))
     workers = [] if rules.single_node else [w.name for w in cluster.workers]
     pace = netns is None  # in namespaces the kernel shapes the bandwidths
     profiles = HostProfiles() if opts.self_profile else \

@@ -45,8 +45,9 @@ def simulate(cluster_path: Path, opts: RunOptions, seed: int = 0, times: str = "
         raise ClusterError(f"--thresholds: {len(opts.thresholds)} values for the package's {pkg.num_tasks} exits; "
                            f"give {pkg.num_tasks}, the last 0")
     items = load_items_logits(pkg, opts.items, opts.data_dir, opts.limit_items)
-    costs = (lambda: costs_from_macs(pkg)) if times == "macs" else partial(planner_costs, pkg, cluster)
-    admission = admission or make_admission(pkg, mode, opts, planned_limits(cluster, pkg, mode, opts, costs))
+    if admission is None:  # the planner's costs: the same device times as the simulation's
+        costs = (lambda: costs_from_macs(pkg)) if times == "macs" else partial(planner_costs, pkg, cluster)
+        admission = make_admission(pkg, mode, opts, planned_limits(cluster, pkg, mode, opts, costs))
     gate = make_gate(opts)
     deadline_s = None if opts.deadline_ms is None else opts.deadline_ms / 1000
     sc = SourceCore(cluster.source.name, rules, pkg.num_tasks, admission, gate,
