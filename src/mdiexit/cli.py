@@ -10,6 +10,7 @@ from pathlib import Path
 from mdiexit.bench.ratesearch import REFINE_STEPS, bracket_width
 from mdiexit.cli_bench import add_link_bench_commands
 from mdiexit.cli_common import RunDefault, device_profile_arg, finish_run
+from mdiexit.cli_errors import missing_extra, user_errors
 from mdiexit.cli_model import DEFAULT_PACKAGE, add_model_commands, floats, items_arg
 from mdiexit.cli_plan import add_plan_commands
 from mdiexit.cli_serve import add_bench_serve, add_keys_client, add_serve_commands
@@ -418,43 +419,6 @@ def _name_commands(p: argparse.ArgumentParser) -> None:
         sp.set_defaults(command_name=name)
 
 
-# The optional packages, and the extra that brings each: a command that needs one says so in one line.
-EXTRA_OF = {"simpy": "sim", "scipy": "sim", "torch": "train", "onnx": "train", "onnxscript": "train",
-            "tqdm": "train", "PIL": "client", "matplotlib": "plot"}
-
-
-def missing_extra(e: ModuleNotFoundError, command: str) -> str | None:
-    """The one line for a command whose optional dependency is not installed (None: not an optional one)."""
-    module = (e.name or "").split(".")[0]
-    if module not in EXTRA_OF:
-        return None
-    extra = EXTRA_OF[module]
-    return f"`mdiexit {command}` needs {module}, which `pip install mdiexit` leaves out: pip install 'mdiexit[{extra}]'"
-
-
-# How every command ends (docs/reference/exit-codes.md is generated from this).
-EXIT_CODES: dict[int, str] = {
-    0: "done: for a run, every offered item reached exactly one outcome",
-    1: "a run lost or duplicated an item, or stopped early with an error (said in summary.json and on stderr)",
-    2: "a user error, said in one `mdiexit: error: ...` line naming the fix: a bad flag, file, dataset, package, "
-       "key, or a missing optional package (the line names the extra to install)",
-    130: "interrupted (Ctrl-C)",
-}
-
-# Errors that are the user's to fix (bad file, missing dataset...): one line, exit status 2, no traceback.
-_USER_ERRORS = (("mdiexit.config", "ConfigError"), ("mdiexit.data", "DataError"), ("mdiexit.package", "PackageError"),
-                ("mdiexit.emulation.netns", "NamespaceError"), ("mdiexit.runtime.node", "ClusterError"),
-                ("mdiexit.security", "KeyFileError"), ("mdiexit.cli_model", "UsageError"),
-                ("mdiexit.models.spec", "ModelSpecError"), ("mdiexit.training.train", "TrainError"),
-                ("mdiexit.plot", "PlotError"))
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """The user-error classes of the modules the command has imported (one it did not import raised nothing), so
-    that a light command never loads the runtime just to name its errors."""
-    return tuple(getattr(sys.modules[m], name) for m, name in _USER_ERRORS if m in sys.modules)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "device_profile", None) is not None:  # read where the host is profiled, here and in children
@@ -463,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[DEVICE_PROFILE_ENV] = str(args.device_profile.resolve())
     try:
         return args.func(args)
-    except _user_errors() as e:
+    except user_errors() as e:
         print(f"mdiexit: error: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:

@@ -32,24 +32,16 @@ import zmq
 from mdiexit.config import ClusterConfig, ConfigError, load_cluster
 from mdiexit.data import load_items
 from mdiexit.package import Package, load_package
-from mdiexit.planner import Costs, limit_at_thresholds, limit_from_stats
-from mdiexit.policies.admission import (
-    DEADLINE_SHARE_OF_BACKLOG,
-    FEASIBLE_UTILISATION,
-    RateAdaptation,
-    ThresholdAdaptation,
-    cheapest_alike,
-    feasible_ceiling,
-)
-from mdiexit.policies.gate import AdmissionGate
-from mdiexit.policies.modes import no_exit_thresholds, rules_for
+from mdiexit.planner import limit_from_stats
+from mdiexit.policies.modes import rules_for
 from mdiexit.runtime.arrivals import StreamArrivals
 from mdiexit.runtime.device import HostProfiles, planner_costs, profile_nodes, read_profile
 from mdiexit.runtime.metrics import emulation_check, host_cpu_ticks, link_summary, summarize
 from mdiexit.runtime.node import ClusterError, NodeProcess
 from mdiexit.runtime.report import RunResult
+from mdiexit.runtime.runpolicy import make_admission, make_gate, planned_limits
 from mdiexit.runtime.service import ClientEndpoint
-from mdiexit.runtime.source import Admission, FixedAdmission, SourceProcess
+from mdiexit.runtime.source import Admission, SourceProcess
 from mdiexit.security import Identity, allow_key, create_keys, load_identity
 from mdiexit.util import shown_path
 
@@ -131,49 +123,6 @@ def _child(cmd: list[str]) -> subprocess.Popen:
     """A node process that dies with this one, and does not repeat the launcher's insecure warning."""
     env = {**os.environ, "MDIEXIT_INSECURE_WARNED": "1"}
     return subprocess.Popen(cmd, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL, env=env)
-
-
-def make_admission(pkg: Package, mode: str, opts: RunOptions,
-                   limit_at: Callable[[tuple[float, ...]], float | None] | None = None) -> Admission:
-    """The source's admission policy for this run (DESIGN §3.3). ``limit_at``: the cluster's physical limit at a
-    threshold vector (planner.limit_at_thresholds), which bounds threshold adaptation to what the rate allows."""
-    if opts.admission == "fixed" or not rules_for(mode).exits:
-        if opts.admission != "fixed":
-            log.warning("mode %s has no exits: admission %s falls back to a fixed rate", mode, opts.admission)
-        thresholds = (opts.thresholds or pkg.default_thresholds) if rules_for(mode).exits else \
-            no_exit_thresholds(pkg.num_tasks)
-        return FixedAdmission(opts.rate, tuple(thresholds))
-    w_star = opts.target_backlog_ms / 1000
-    if opts.deadline_ms is not None:  # the backlog aimed for must leave most of the deadline to the rest of the way
-        w_star = min(w_star, opts.deadline_ms / 1000 * DEADLINE_SHARE_OF_BACKLOG)
-    if opts.admission == "rate":
-        target = opts.target_accuracy
-        if target is None:
-            target = pkg.manifest["tasks"][-1].get("val_accuracy", 1.0) - 0.01
-        initial = opts.rate
-        planned = None if limit_at is None else limit_at(pkg.profile.for_target(target).thresholds)
-        if planned:  # a cold service starts at what the cluster can carry, until it measures its own
-            initial = max(initial, min(planned * FEASIBLE_UTILISATION, RateAdaptation.max_rate))
-        return RateAdaptation(pkg.profile, target, target_backlog_s=w_star, initial_rate=initial)
-    if opts.admission == "thresholds":
-        top = len(pkg.profile.frontier) - 1 if limit_at is None else feasible_ceiling(pkg.profile, opts.rate, limit_at)
-        return ThresholdAdaptation(pkg.profile, opts.rate, target_backlog_s=w_star,
-                                   max_index=cheapest_alike(pkg.profile, top))
-    raise ValueError(f"unknown admission {opts.admission!r}; choose fixed, rate or thresholds")
-
-
-def planned_limits(cluster: ClusterConfig, pkg: Package, mode: str, opts: RunOptions,
-                   costs: Callable[[], Costs | dict[int, Costs]]) -> Callable[[tuple[float, ...]], float | None] | None:
-    """The planner's limit at each threshold vector, at the devices' ``costs()``: threshold adaptation's bound, and
-    a cold service's first rate. None where nothing uses it (and so nothing pays for the costs)."""
-    if not rules_for(mode).exits or not (opts.admission == "thresholds" or
-                                          (opts.admission == "rate" and opts.serve is not None)):
-        return None
-    return limit_at_thresholds(cluster, pkg, mode, costs())
-
-
-def make_gate(opts: RunOptions) -> AdmissionGate:
-    return AdmissionGate(max_backlog_s=opts.max_backlog_ms / 1000, max_wait_s=opts.max_wait_ms / 1000)
 
 
 @dataclass
@@ -305,7 +254,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     if stream is not None and opts.limit_items:
         stream = stream.subset(list(range(min(opts.limit_items, len(stream)))))
     if admission is None:  # the devices' costs for the planner: the host profile every emulated node takes
-        admission = make_admission(pkg, mode, opts, planned_limits(cluster, pkg, mode, opts,
+        admission = make_admission(pkg, mode, opts, planned_limits(cluster, pkg, mode,
                                                                    partial(planner_costs, pkg, cluster)))
     workers = [] if rules.single_node else [w.name for w in cluster.workers]
     pace = netns is None  # in namespaces the kernel shapes the bandwidths

@@ -14,10 +14,11 @@ from mdiexit.package import load_package
 from mdiexit.planner import costs_from_macs, limit_from_stats
 from mdiexit.policies.modes import rules_for
 from mdiexit.runtime.device import planner_costs
-from mdiexit.runtime.launch import RunOptions, make_admission, make_gate, planned_limits
+from mdiexit.runtime.launch import RunOptions
 from mdiexit.runtime.metrics import summarize
 from mdiexit.runtime.node import ClusterError
 from mdiexit.runtime.report import RunResult
+from mdiexit.runtime.runpolicy import make_admission, make_gate, planned_limits
 from mdiexit.runtime.source import Admission
 from mdiexit.runtime.sourcecore import SourceCore
 from mdiexit.sim.model import host_times, load_items_logits
@@ -47,7 +48,7 @@ def simulate(cluster_path: Path, opts: RunOptions, seed: int = 0, times: str = "
     items = load_items_logits(pkg, opts.items, opts.data_dir, opts.limit_items)
     if admission is None:  # the planner's costs: the same device times as the simulation's
         costs = (lambda: costs_from_macs(pkg)) if times == "macs" else partial(planner_costs, pkg, cluster)
-        admission = make_admission(pkg, mode, opts, planned_limits(cluster, pkg, mode, opts, costs))
+        admission = make_admission(pkg, mode, opts, planned_limits(cluster, pkg, mode, costs))
     gate = make_gate(opts)
     deadline_s = None if opts.deadline_ms is None else opts.deadline_ms / 1000
     sc = SourceCore(cluster.source.name, rules, pkg.num_tasks, admission, gate,

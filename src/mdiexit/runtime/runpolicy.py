@@ -1,0 +1,72 @@
+"""A run's admission policy and gate, from its options (DESIGN §3.3, §10): what `run`, `serve` and the simulator
+hand the source core, so that both executors build them one way."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from mdiexit.config import ClusterConfig
+from mdiexit.package import Package
+from mdiexit.planner import Costs, limit_at_thresholds
+from mdiexit.policies.admission import (
+    DEADLINE_SHARE_OF_BACKLOG,
+    FEASIBLE_UTILISATION,
+    RateAdaptation,
+    ThresholdAdaptation,
+    cheapest_alike,
+    feasible_ceiling,
+)
+from mdiexit.policies.gate import AdmissionGate
+from mdiexit.policies.modes import no_exit_thresholds, rules_for
+from mdiexit.runtime.sourcecore import Admission, FixedAdmission
+
+if TYPE_CHECKING:
+    from mdiexit.runtime.launch import RunOptions
+
+log = logging.getLogger("mdiexit.launch")
+
+
+def make_admission(pkg: Package, mode: str, opts: RunOptions,
+                   limit_at: Callable[[tuple[float, ...]], float | None] | None = None) -> Admission:
+    """The source's admission policy for this run (DESIGN §3.3). ``limit_at``: the cluster's physical limit at a
+    threshold vector (planner.limit_at_thresholds), which bounds threshold adaptation to what the rate allows."""
+    if opts.admission == "fixed" or not rules_for(mode).exits:
+        if opts.admission != "fixed":
+            log.warning("mode %s has no exits: admission %s falls back to a fixed rate", mode, opts.admission)
+        thresholds = (opts.thresholds or pkg.default_thresholds) if rules_for(mode).exits else \
+            no_exit_thresholds(pkg.num_tasks)
+        return FixedAdmission(opts.rate, tuple(thresholds))
+    w_star = opts.target_backlog_ms / 1000
+    if opts.deadline_ms is not None:  # the backlog aimed for must leave most of the deadline to the rest of the way
+        w_star = min(w_star, opts.deadline_ms / 1000 * DEADLINE_SHARE_OF_BACKLOG)
+    if opts.admission == "rate":
+        target = opts.target_accuracy
+        if target is None:
+            target = pkg.manifest["tasks"][-1].get("val_accuracy", 1.0) - 0.01
+        initial = opts.rate
+        planned = None
+        if limit_at is not None and opts.serve is not None:  # a cold service: what the cluster can carry
+            planned = limit_at(pkg.profile.for_target(target).thresholds)
+        if planned:  # until it measures its own
+            initial = max(initial, min(planned * FEASIBLE_UTILISATION, RateAdaptation.max_rate))
+        return RateAdaptation(pkg.profile, target, target_backlog_s=w_star, initial_rate=initial)
+    if opts.admission == "thresholds":
+        top = len(pkg.profile.frontier) - 1 if limit_at is None else feasible_ceiling(pkg.profile, opts.rate, limit_at)
+        return ThresholdAdaptation(pkg.profile, opts.rate, target_backlog_s=w_star,
+                                   max_index=cheapest_alike(pkg.profile, top))
+    raise ValueError(f"unknown admission {opts.admission!r}; choose fixed, rate or thresholds")
+
+
+def planned_limits(cluster: ClusterConfig, pkg: Package, mode: str,
+                   costs: Callable[[], Costs | dict[int, Costs]]) -> Callable[[tuple[float, ...]], float | None]:
+    """The planner's limit at each threshold vector, at the devices' ``costs()``: threshold adaptation's bound, and
+    a cold service's first rate. The costs are taken (the host profiled) only when a policy first asks."""
+    limits = functools.cache(lambda: limit_at_thresholds(cluster, pkg, mode, costs()))
+    return lambda thresholds: limits()(thresholds)
+
+
+def make_gate(opts: RunOptions) -> AdmissionGate:
+    return AdmissionGate(max_backlog_s=opts.max_backlog_ms / 1000, max_wait_s=opts.max_wait_ms / 1000)
