@@ -24,14 +24,20 @@ from mdiexit.runtime.ports import local_nodes
 pytestmark = [pytest.mark.training, pytest.mark.cluster]
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+TESTS_BLOCKS = textwrap.dedent('''
+    """A helper module beside the builder, as a user's model code has them."""
+    from torch import nn
+
+    def block(cin, cout, stride):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+''')
 TESTS_MOD = textwrap.dedent('''
     """A small custom backbone: three conv blocks and a classifier, exits after blocks 0 and 1."""
     from torch import nn
+    from tests_blocks import block
     from mdiexit.models import build_early_exit
 
     def build(input_shape, num_classes):
-        def block(cin, cout, stride):
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
         blocks = [block(input_shape[0], 8, 2), block(8, 16, 2), block(16, 24, 2)]
         head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, num_classes))
         return build_early_exit(blocks, input_shape, num_classes, head, cut_after=[0, 1], head_width=16)
@@ -40,7 +46,7 @@ CLASSES = {1: "Trouser", 4: "Coat", 7: "Sneaker", 8: "Bag"}
 
 
 def mdiexit(*args, cwd, timeout=300):
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env = {**os.environ, "PYTHONPATH": str(SRC)}  # this checkout's mdiexit; nothing of the user's model
     return subprocess.run([sys.executable, "-m", "mdiexit.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=env)
 
@@ -57,6 +63,8 @@ def workdir(tmp_path_factory, fmnist):
 
     root = tmp_path_factory.mktemp("byo")
     (root / "tests_mod.py").write_text(TESTS_MOD)
+    (root / "tests_blocks.py").write_text(TESTS_BLOCKS)
+    (root / "elsewhere").mkdir()
     train, _ = fmnist
     for label, name in CLASSES.items():
         (root / "images" / name).mkdir(parents=True)
@@ -70,7 +78,8 @@ def package(workdir):
     ok(mdiexit("train", "--model", "tests_mod:build", "--dataset", "folder", "--data-dir", "images",
                "--image-size", "32", "--epochs", "6", "--batch-size", "32", "--threads", "1", "--out", "run",
                cwd=workdir))
-    out = ok(mdiexit("export", "run/model.pt", "--out", "pkg", cwd=workdir))
+    # from another folder, with no PYTHONPATH to the model's: the checkpoint recorded where its builder is
+    out = ok(mdiexit("export", "../run/model.pt", "--out", "../pkg", cwd=workdir / "elsewhere"))
     assert "default thresholds" in out.stderr
     return workdir / "pkg"
 

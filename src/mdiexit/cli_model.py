@@ -71,7 +71,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                       data_dir=str(a.data_dir.resolve()) if a.data_dir else None)
     if a.weight_decay is not None:
         cfg.weight_decay = a.weight_decay
-    splits = load(a.dataset, a.data_dir, a.val_fraction, a.seed, a.image_size, a.channels, classes)
+    splits = load(a.dataset, a.data_dir, a.val_fraction, a.seed, a.image_size, a.channels, classes, lazy=True)
     print(f"training {a.model} on {a.dataset}: {len(splits.train)} train / {len(splits.val)} val images, "
           f"log in {a.out / 'train.log'}", file=sys.stderr)
     train(cfg, splits.train, splits.val, a.out, resume=not a.no_resume, stop_after=a.stop_after,
@@ -142,7 +142,8 @@ def add_model_commands(sub) -> None:
     t.add_argument("--freeze-backbone", action="store_true",
                    help="train the exits only, on the frozen backbone and final head (= --mode exits-only)")
     t.add_argument("--epochs", type=int, default=8)
-    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="items per optimizer step (default 128, lowered so that an epoch takes at least 20 steps)")
     t.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
     t.add_argument("--weight-decay", type=float, default=None,
                    help="L2 weight decay of SGD (default: TrainConfig.weight_decay in mdiexit/training/train.py)")

@@ -11,6 +11,7 @@ import gzip
 import os
 import pickle
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +35,48 @@ class DataError(Exception):
     """A dataset file is missing or malformed. The message names the file and the fix."""
 
 
+class LazyImages:
+    """uint8 NCHW images made when a slice or index array of them is asked for (decoded from files, or upscaled):
+    evaluate, export, compress and train read such a dataset batch by batch, so their memory does not grow with
+    the number of items. `np.asarray(lazy)` makes them all at once."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, count: int, item_shape: tuple[int, int, int], make: Callable[[np.ndarray], np.ndarray]):
+        self.count, self.item_shape, self._make = count, tuple(item_shape), make
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.count, *self.item_shape)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, int | np.integer):
+            return self._make(np.arange(self.count)[[key]])[0]
+        return self._make(np.arange(self.count)[key])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def take(self, idx: np.ndarray) -> LazyImages:
+        """The items `idx`, still lazy."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return LazyImages(len(idx), self.item_shape, lambda j: self._make(idx[j]))
+
+
+def batches(images: np.ndarray | LazyImages, batch: int) -> Iterator[np.ndarray]:
+    """Consecutive batches of `images` as arrays (a lazy dataset is made one batch at a time)."""
+    for i in range(0, len(images), batch):
+        yield np.ascontiguousarray(images[i:i + batch])
+
+
 @dataclass
 class Dataset:
-    images: np.ndarray  # uint8, (N, C, H, W)
+    images: np.ndarray | LazyImages  # uint8, (N, C, H, W); lazy: made batch by batch (see LazyImages)
     labels: np.ndarray  # int64, (N,); -1: unlabelled
     classes: list[str]
     paths: list[str] | None = None  # the file behind each item (image folders)
@@ -57,7 +97,8 @@ class Dataset:
     def subset(self, idx) -> Dataset:
         idx = np.asarray(idx, dtype=np.int64)
         paths = None if self.paths is None else [self.paths[i] for i in idx]
-        return Dataset(self.images[idx], self.labels[idx], self.classes, paths)
+        images = self.images.take(idx) if isinstance(self.images, LazyImages) else self.images[idx]
+        return Dataset(images, self.labels[idx], self.classes, paths)
 
     @property
     def labelled(self) -> bool:
@@ -213,47 +254,61 @@ def _folder_files(root: Path, classes: list[str] | None) -> tuple[list[Path], li
 
 
 def image_folder(root: Path, image_size: int | None = None, channels: int | None = None,
-                 classes: list[str] | None = None) -> Dataset:
+                 classes: list[str] | None = None, lazy: bool = False) -> Dataset:
     """Every image of a folder, in order, resized to image_size x image_size as it is decoded (one uint8 array
-    of that size is all that is held). channels: 1 (grey) or 3 (RGB); default: the first image's."""
-    from PIL import Image, UnidentifiedImageError
-
+    of that size is all that is held). channels: 1 (grey) or 3 (RGB); default: the first image's. lazy: decode
+    batch by batch when asked (`LazyImages`), never all at once."""
     root = Path(root)
     files, labels, names = _folder_files(root, classes)
-
-    def open_image(path: Path):
-        try:
-            return Image.open(path)
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{path}: cannot decode image ({e}); delete or replace it") from None
-
-    with open_image(files[0]) as im:
+    with _open_image(files[0]) as im:
         w0, h0 = im.size
         c = channels or (1 if im.mode in ("L", "1", "P", "I;16", "I") else 3)
     if c not in (1, 3):
         raise DataError(f"--channels {c}: image folders hold grey (1) or RGB (3) images")
     h, w = (image_size, image_size) if image_size else (h0, w0)
-    out = np.empty((len(files), c, h, w), dtype=np.uint8)
-    for i, path in enumerate(files):
-        with open_image(path) as im:
-            try:
-                im = im.convert("L" if c == 1 else "RGB")
-                if im.size != (w, h):
-                    if image_size is None:
-                        raise DataError(f"{path}: size {im.size[0]}x{im.size[1]} differs from {w0}x{h0}; pass "
-                                        "--image-size N to resize every image to N x N")
-                    im = im.resize((w, h), Image.BILINEAR)
-                arr = np.asarray(im)
-            except OSError as e:
-                raise DataError(f"{path}: cannot decode image ({e}); delete or replace it") from None
-        out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return Dataset(out, np.asarray(labels, np.int64), names, [str(p) for p in files])
+
+    def decode(idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), c, h, w), dtype=np.uint8)
+        for i, j in enumerate(idx):
+            out[i] = _decode(files[j], c, (w, h), (w0, h0), resize=image_size is not None)
+        return out
+
+    images = LazyImages(len(files), (c, h, w), decode)
+    return Dataset(images if lazy else images[:], np.asarray(labels, np.int64), names, [str(p) for p in files])
+
+
+def _open_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path)
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{path}: cannot decode image ({e}); delete or replace it") from None
+
+
+def _decode(path: Path, c: int, size: tuple[int, int], first: tuple[int, int], resize: bool) -> np.ndarray:
+    """One image as uint8 CHW of `size` (w, h); a differently sized one is resized, or refused unless `resize`."""
+    from PIL import Image
+
+    with _open_image(path) as im:
+        try:
+            im = im.convert("L" if c == 1 else "RGB")
+            if im.size != size:
+                if not resize:
+                    raise DataError(f"{path}: size {im.size[0]}x{im.size[1]} differs from {first[0]}x{first[1]}; "
+                                    "pass --image-size N to resize every image to N x N")
+                im = im.resize(size, Image.BILINEAR)
+            arr = np.asarray(im)
+        except OSError as e:
+            raise DataError(f"{path}: cannot decode image ({e}); delete or replace it") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def load_image_folder(root: Path, test_fraction: float = 0.2, seed: int = 0, image_size: int | None = None,
-                      channels: int | None = None, classes: list[str] | None = None) -> tuple[Dataset, Dataset]:
+                      channels: int | None = None, classes: list[str] | None = None,
+                      lazy: bool = False) -> tuple[Dataset, Dataset]:
     """`image_folder`, split into (train, test) at random (seeded), each in folder order."""
-    ds = image_folder(root, image_size, channels, classes)
+    ds = image_folder(root, image_size, channels, classes, lazy)
     order = np.random.default_rng(seed).permutation(len(ds))
     n_test = int(round(len(ds) * test_fraction))
     return ds.subset(np.sort(order[n_test:])), ds.subset(np.sort(order[:n_test]))
@@ -268,21 +323,29 @@ def split_train_val(train: Dataset, val_fraction: float = 0.1, seed: int = 0) ->
     return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))
 
 
-def upscale(ds: Dataset, size: int, channels: int) -> Dataset:
-    """Nearest-neighbour upscale to size×size and channel repeat (the 'camera' scenario)."""
+def upscale(ds: Dataset, size: int, channels: int, lazy: bool = False) -> Dataset:
+    """Nearest-neighbour upscale to size×size and channel repeat (the 'camera' scenario); lazy: batch by batch."""
     n, c, h, w = ds.images.shape
     rows = (np.arange(size) * h // size)
     cols = (np.arange(size) * w // size)
-    big = ds.images[:, :, rows][:, :, :, cols]
-    if channels != c:
-        big = np.repeat(big[:, :1], channels, axis=1)
-    return Dataset(np.ascontiguousarray(big), ds.labels, ds.classes)
+    small = ds.images
+
+    def make(idx: np.ndarray) -> np.ndarray:
+        big = np.asarray(small[idx])[:, :, rows][:, :, :, cols]
+        if channels != c:
+            big = np.repeat(big[:, :1], channels, axis=1)
+        return np.ascontiguousarray(big)
+
+    images = LazyImages(n, (channels, size, size), make)
+    return Dataset(images if lazy else images[:], ds.labels, ds.classes)
 
 
 def load(name: str, data_dir: Path | None = None, val_fraction: float = 0.1, seed: int = 0,
-         image_size: int | None = None, channels: int | None = None, classes: list[str] | None = None) -> Splits:
+         image_size: int | None = None, channels: int | None = None, classes: list[str] | None = None,
+         lazy: bool = False) -> Splits:
     """Load a dataset by name and split off the validation part. `classes`: the model's class names (a folder's
-    sub-folders are labelled by their index in it; other datasets keep their labels and take these names)."""
+    sub-folders are labelled by their index in it; other datasets keep their labels and take these names).
+    lazy: folders are decoded, and upscaled images made, batch by batch when read (`LazyImages`)."""
     if name == "fashion-mnist":
         train, test = load_fashion_mnist(data_dir)
     elif name == "cifar10":
@@ -292,7 +355,8 @@ def load(name: str, data_dir: Path | None = None, val_fraction: float = 0.1, see
     elif name == "folder":
         if data_dir is None:
             raise DataError("folder needs --data-dir pointing at ROOT/CLASS_NAME/IMAGE files")
-        train, test = load_image_folder(data_dir, seed=seed, image_size=image_size, channels=channels, classes=classes)
+        train, test = load_image_folder(data_dir, seed=seed, image_size=image_size, channels=channels, classes=classes,
+                                        lazy=lazy)
     else:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if classes and name != "folder":
@@ -301,18 +365,18 @@ def load(name: str, data_dir: Path | None = None, val_fraction: float = 0.1, see
         train, test = (Dataset(d.images, d.labels, list(classes), d.paths) for d in (train, test))
     if image_size is not None and name != "folder":
         c = channels or train.shape[0]
-        train, test = upscale(train, image_size, c), upscale(test, image_size, c)
+        train, test = upscale(train, image_size, c, lazy), upscale(test, image_size, c, lazy)
     train, val = split_train_val(train, val_fraction, seed)
     return Splits(train, val, test)
 
 
-def load_test_split(pkg, data_dir: Path | None = None) -> Dataset:
+def load_test_split(pkg, data_dir: Path | None = None, lazy: bool = False) -> Dataset:
     """The test split of the dataset a model package was trained on (its manifest's training config), as the
     source streams it. ``pkg`` is a :class:`mdiexit.package.Package` (only its ``manifest`` is read)."""
     cfg = pkg.manifest.get("training", {}).get("config", {})
     data_dir = data_dir or (Path(cfg["data_dir"]) if cfg.get("data_dir") else None)
     return load(cfg.get("dataset", "fashion-mnist"), data_dir, cfg.get("val_fraction", 0.1), cfg.get("seed", 0),
-                cfg.get("image_size"), cfg.get("channels"), _folder_classes(pkg, cfg)).test
+                cfg.get("image_size"), cfg.get("channels"), _folder_classes(pkg, cfg), lazy).test
 
 
 def _folder_classes(pkg, cfg: dict) -> list[str] | None:
@@ -334,12 +398,12 @@ def parse_items(spec: str) -> str | int:
     return n
 
 
-def load_items(pkg, items: str | int = "test", data_dir: Path | None = None) -> Dataset:
+def load_items(pkg, items: str | int = "test", data_dir: Path | None = None, lazy: bool = False) -> Dataset:
     """What a run streams. `test`: the test split of the package's dataset. `all`: every item, in order: every
     image of the folder --data-dir (any image folder, resized to the package's input and labelled by sub-folders
     named after the package's classes), or else the test file of fashion-mnist / cifar10. N: the first N."""
     if items == "test":
-        return load_test_split(pkg, data_dir)
+        return load_test_split(pkg, data_dir, lazy)
     cfg = pkg.manifest.get("training", {}).get("config", {})
     name = cfg.get("dataset", "fashion-mnist")
     data_dir = data_dir or (Path(cfg["data_dir"]) if cfg.get("data_dir") else None)
@@ -349,7 +413,7 @@ def load_items(pkg, items: str | int = "test", data_dir: Path | None = None) -> 
             raise DataError("--items all|N streams an image folder: give it with --data-dir DIR")
         if h != w:
             raise DataError(f"the package's input is {h}x{w}; image folders are resized to square images only")
-        ds = image_folder(Path(data_dir), h, c, list(pkg.manifest["classes"]))
+        ds = image_folder(Path(data_dir), h, c, list(pkg.manifest["classes"]), lazy)
     elif name == "fashion-mnist":
         ds = load_fashion_mnist(data_dir)[1]
     elif data_dir is None:
@@ -357,7 +421,7 @@ def load_items(pkg, items: str | int = "test", data_dir: Path | None = None) -> 
     else:
         ds = load_cifar10(data_dir)[1]
     if name != "folder" and cfg.get("image_size") and ds.paths is None:
-        ds = upscale(ds, cfg["image_size"], cfg.get("channels") or ds.shape[0])
+        ds = upscale(ds, cfg["image_size"], cfg.get("channels") or ds.shape[0], lazy)
     if isinstance(items, int):
         ds = ds.subset(np.arange(min(items, len(ds))))
     if ds.shape != (c, h, w):

@@ -19,11 +19,14 @@ class Engine(Protocol):
     def run(self, task_index: int, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]: ...
 
 
-def ort_session(path: Path, threads: int = 1):
-    """An ONNX Runtime CPU session with `threads` intra-op threads (one per emulated device)."""
+def ort_session(path: Path, threads: int = 1, arena: bool = True):
+    """An ONNX Runtime CPU session with `threads` intra-op threads (one per emulated device). arena=False returns
+    each batch's memory as it is done with: for a long pass over many batches (evaluate), whose peak would
+    otherwise grow with the number of batches."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    opts.enable_cpu_mem_arena = arena
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -38,9 +41,10 @@ def ort_session(path: Path, threads: int = 1):
 class OrtEngine:
     """ONNX Runtime sessions for the tasks a node holds, created on first use."""
 
-    def __init__(self, pkg: Package, threads: int = 1, tasks: list[int] | None = None):
+    def __init__(self, pkg: Package, threads: int = 1, tasks: list[int] | None = None, arena: bool = True):
         self.pkg = pkg
         self.threads = threads
+        self.arena = arena
         self._sessions = {}
         self._has_features: dict[int, bool] = {}
         self._codecs: dict[int, FeatureCodec | None] = {}
@@ -50,7 +54,7 @@ class OrtEngine:
     def _session(self, task_index: int):
         s = self._sessions.get(task_index)
         if s is None:
-            s = self._sessions[task_index] = ort_session(self.pkg.task(task_index).path, self.threads)
+            s = self._sessions[task_index] = ort_session(self.pkg.task(task_index).path, self.threads, self.arena)
             self._has_features[task_index] = any(o.name == "features" for o in s.get_outputs())
         return s
 

@@ -13,21 +13,23 @@ from pathlib import Path
 import numpy as np
 
 from mdiexit.calibration import confidence
-from mdiexit.data import load_items, load_test_split
+from mdiexit.data import LazyImages, load_items
 from mdiexit.engine import OrtEngine
 from mdiexit.exitprofile import outcome
 from mdiexit.package import Package, PackageError, load_package
 from mdiexit.util import progress_steps
 
 
-def all_exit_logits(pkg: Package, images: np.ndarray, threads: int = 2, batch: int = 256,
+def all_exit_logits(pkg: Package, images: np.ndarray | LazyImages, threads: int = 2, batch: int = 128,
                     progress: bool = True, compressed: bool = False) -> np.ndarray:
     """Run every task on every item; return logits of shape (K, N, classes). With `compressed`, features
-    pass through the package's encoder and decoder at every boundary that has them (as over the network)."""
-    engine = OrtEngine(pkg, threads=threads)
+    pass through the package's encoder and decoder at every boundary that has them (as over the network).
+    Batch by batch: the peak memory is one batch's, whatever the number of items (and lazy images are decoded
+    one batch at a time)."""
+    engine = OrtEngine(pkg, threads=threads, arena=False)
     out = [[] for _ in pkg.tasks]
     for i in progress_steps(range(0, len(images), batch), "evaluate", "batches", enabled=progress):
-        x = images[i:i + batch]
+        x = np.ascontiguousarray(images[i:i + batch])
         for t in pkg.tasks:
             x, logits = engine.run(t.index, x)
             out[t.index - 1].append(logits)
@@ -72,7 +74,7 @@ def evaluate_package(package: Path, data_dir: Path | None = None, threads: int =
     pkg = load_package(package, check_onnx=True)
     if thresholds is not None and len(thresholds) != pkg.num_tasks:
         raise PackageError(f"--thresholds: {len(thresholds)} values for {pkg.num_tasks} exits; give {pkg.num_tasks}")
-    test = load_test_split(pkg, data_dir) if items == "test" else load_items(pkg, items, data_dir)
+    test = load_items(pkg, items, data_dir, lazy=True)
     logits = all_exit_logits(pkg, test.images, threads, compressed=compressed)
     teacher = pkg.manifest.get("profile_targets") == "teacher" or not test.labelled
     truth = logits[-1].argmax(1) if teacher else test.labels
@@ -96,6 +98,13 @@ def print_evaluation(r: dict, file=sys.stdout) -> None:
     for k, a in enumerate(r["per_exit_accuracy"], start=1):
         print(f"  exit {k}: accuracy {a:.4f}", file=file)
     print(f"  thresholds {r['thresholds']}: accuracy {r['accuracy']:.4f} "
-          f"({r['accuracy_loss_points']:+.2f} points below the final exit), "
+          f"({points_vs_final(r['accuracy_loss_points'])}), "
           f"compute {r['compute_fraction']:.1%} of the full model, "
           f"exit fractions {' '.join(f'{f:.3f}' for f in r['exit_fraction'])}", file=file)
+
+
+def points_vs_final(loss_points: float) -> str:
+    """'1.49 points below the final exit', 'level with ...' or '0.20 points above ...' (an exit can beat it)."""
+    if round(loss_points, 2) == 0:
+        return "level with the final exit"
+    return f"{abs(loss_points):.2f} points {'below' if loss_points > 0 else 'above'} the final exit"

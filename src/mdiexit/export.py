@@ -28,7 +28,7 @@ from mdiexit.models import EarlyExitModel
 from mdiexit.models.autoencoder import Autoencoder, Encoder
 from mdiexit.package import FORMAT, PackageError, load_package
 from mdiexit.training.train import TrainConfig, data_splits, load_trained, memory_batch, predict_logits
-from mdiexit.util import isolated_s, say
+from mdiexit.util import isolated_s, say, third_party_warnings_summarised
 
 PARITY_ATOL = 1e-3  # largest allowed |ORT - torch| on logits, relative to the logits' scale
 PARITY_ITEMS = 256  # real validation items each parity check runs
@@ -43,11 +43,16 @@ class Calibration:
     ece_after: list[float]
 
 
-def calibrate(logits: np.ndarray, labels: np.ndarray) -> Calibration:
-    """Fit one temperature per exit; logits is (K, N, classes)."""
-    temps = [fit_temperature(lg, labels) for lg in logits]
-    before = [expected_calibration_error(lg, labels) for lg in logits]
-    after = [expected_calibration_error(lg, labels, t) for lg, t in zip(logits, temps, strict=True)]
+def calibrate(logits: np.ndarray, labels: np.ndarray, final_labels: np.ndarray | None | str = "same") -> Calibration:
+    """Fit one temperature per exit against `labels`; logits is (K, N, classes). The final exit is fitted against
+    `final_labels` instead when given ("same": `labels`), and keeps a temperature of 1 when it is None: with
+    teacher targets, `labels` are the final exit's own predictions, against which its temperature would run to
+    the lower bound and every confidence to 1."""
+    targets = [labels] * (len(logits) - 1) + [labels if isinstance(final_labels, str) else final_labels]
+    temps = [1.0 if y is None else fit_temperature(lg, y) for lg, y in zip(logits, targets, strict=True)]
+    scored = [labels if y is None else y for y in targets]
+    before = [expected_calibration_error(lg, y) for lg, y in zip(logits, scored, strict=True)]
+    after = [expected_calibration_error(lg, y, t) for lg, y, t in zip(logits, scored, temps, strict=True)]
     return Calibration(temps, before, after)
 
 
@@ -167,7 +172,8 @@ def check_parity(model: EarlyExitModel, pkg_dir: Path, images: np.ndarray) -> li
 
 def build_manifest(model: EarlyExitModel, cfg: TrainConfig, classes: list[str], files: list[str],
                    calib: Calibration, profile: ExitProfile, default: OperatingPoint, name: str,
-                   val_accuracy: list[float], parity: list[float] | None = None, targets: str = "labels") -> dict:
+                   val_accuracy: list[float], parity: list[float] | None = None, targets: str = "labels",
+                   final_calibrated: bool = True) -> dict:
     infos = model.task_info()
     full_macs = sum(i.segment_macs for i in infos) + infos[-1].head_macs
     raw = int(np.prod(model.input_shape))
@@ -190,6 +196,8 @@ def build_manifest(model: EarlyExitModel, cfg: TrainConfig, classes: list[str], 
         "default_operating_point": {"val_accuracy": default.accuracy, "compute_fraction": default.compute_fraction},
         "compression": [],
         "profile_targets": targets,  # labels | teacher: accuracies are agreement with the final exit
+        # the final exit's temperature: fitted against labels, or left at 1 (teacher targets without labels)
+        "final_exit_calibration": "labels" if final_calibrated else "none",
         "exit_placement": list(model.placement),
         "training": {"config": cfg.__dict__, "parity_max_rel_error": parity},
     }
@@ -199,6 +207,12 @@ def export_package(checkpoint: Path, out: Path, data_dir: Path | None = None, na
                    max_accuracy_loss: float = 0.005, compute_budget: float | None = None,
                    splits_val: Dataset | None = None, model: EarlyExitModel | None = None) -> Path:
     """`model`: the object the checkpoint was trained as, when its spec cannot rebuild it (see `load_trained`)."""
+    with third_party_warnings_summarised("export"):
+        return _export_package(checkpoint, out, data_dir, name, max_accuracy_loss, compute_budget, splits_val, model)
+
+
+def _export_package(checkpoint: Path, out: Path, data_dir: Path | None, name: str | None, max_accuracy_loss: float,
+                    compute_budget: float | None, splits_val: Dataset | None, model: EarlyExitModel | None) -> Path:
     model, cfg, classes = load_trained(checkpoint, model)
     val = splits_val or data_splits(cfg, data_dir, classes).val
     batch = memory_batch(model)
@@ -206,9 +220,13 @@ def export_package(checkpoint: Path, out: Path, data_dir: Path | None = None, na
     logits = predict_logits(model, val.images, batch)
     targets = "teacher" if cfg.exit_targets == "teacher" or not val.labelled else "labels"
     truth = logits[-1].argmax(1) if targets == "teacher" else val.labels
+    final_labels: np.ndarray | None | str = "same"
     if targets == "teacher":
-        _say("no labels used: the exit profile measures agreement with the final exit")
-    calib = calibrate(logits, truth)
+        final_labels = val.labels if val.labelled else None
+        _say("no labels used: the exit profile measures agreement with the final exit; the final exit is "
+             + ("calibrated against the validation labels" if val.labelled else "left at temperature 1 (no labels "
+                "to calibrate it against)"))
+    calib = calibrate(logits, truth, final_labels)
     conf, correct = confidences(logits, truth, calib.temperatures)
     infos = model.task_info()
     full_macs = sum(i.segment_macs for i in infos) + infos[-1].head_macs
@@ -221,7 +239,8 @@ def export_package(checkpoint: Path, out: Path, data_dir: Path | None = None, na
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None))
     try:
         files = export_onnx(model, tmp)
-        manifest = build_manifest(model, cfg, classes, files, calib, profile, default, name, val_acc, targets=targets)
+        manifest = build_manifest(model, cfg, classes, files, calib, profile, default, name, val_acc, targets=targets,
+                                  final_calibrated=final_labels is not None)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         _say("checking ONNX Runtime against torch")
         parity = check_parity(model, tmp, val.images[:PARITY_ITEMS])

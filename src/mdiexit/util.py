@@ -4,11 +4,34 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sized
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def third_party_warnings_summarised(tag: str, log: logging.Logger | None = None) -> Iterator[None]:
+    """Hold back the warnings that libraries (the ONNX exporter, torch) raise while this runs, and say once how
+    many there were and of what kind: they are about the libraries' internals, and drowned the useful lines.
+    Each is logged to `log`; PYTHONWARNINGS set in the environment shows them as usual."""
+    if os.environ.get("PYTHONWARNINGS"):
+        yield
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    if not caught:
+        return
+    kinds = sorted({w.category.__name__ for w in caught})
+    for w in caught:
+        if log is not None:
+            log.info("library warning %s: %s", w.category.__name__, str(w.message).splitlines()[0][:300])
+    say(tag, f"{len(caught)} warnings from libraries held back ({', '.join(kinds)}: about their internals, not your "
+             "model); PYTHONWARNINGS=default shows them")
 
 
 def say(tag: str, msg: str, log: logging.Logger | None = None, clock: bool = False) -> None:

@@ -8,7 +8,7 @@ from torch import nn
 
 from mdiexit.models import build_early_exit, create, normalisation, set_normalisation
 from mdiexit.models.earlyexit import place_exits
-from mdiexit.models.spec import ModelSpecError, build_from_spec, resolve
+from mdiexit.models.spec import ModelSpecError, build_from_spec, builder_folder, resolve
 
 MODULE = textwrap.dedent('''
     from torch import nn
@@ -104,3 +104,45 @@ def test_build_early_exit_records_its_placement():
     m = build_early_exit(blocks, (3, 16, 16), 2, head, exit_targets=(0.65,))
     assert [p["block"] for p in m.placement] == [1] and "moved from block 0" in m.placement[0]["note"]
     assert m.placement[0]["feature_bytes"] == 512 < m.placement[0]["raw_bytes"] == 3 * 16 * 16
+
+
+HELPER = textwrap.dedent('''
+    from torch import nn
+
+    def blocks(c):
+        return [nn.Sequential(nn.Conv2d(c, 4, 3, 2, 1), nn.ReLU()), nn.Sequential(nn.Conv2d(4, 8, 3, 2, 1), nn.ReLU())]
+''')
+BUILDER = textwrap.dedent('''
+    from torch import nn
+    from spec_helper_b import blocks
+    from mdiexit.models import build_early_exit
+
+    def build(input_shape, num_classes):
+        head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+        return build_early_exit(blocks(input_shape[0]), input_shape, num_classes, head, cut_after=[0])
+''')
+
+
+def test_a_builder_file_imports_the_modules_beside_it_from_any_folder(tmp_path, monkeypatch):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "spec_helper_b.py").write_text(HELPER)
+    (tmp_path / "mine" / "spec_builder_b.py").write_text(BUILDER)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))  # whatever resolve adds goes with the test
+    model = build_from_spec("../mine/spec_builder_b.py:build", (1, 16, 16), 3)
+    assert model.num_exits == 2
+    assert builder_folder("../mine/spec_builder_b.py:build") == str((tmp_path / "mine").resolve())
+    # a checkpoint records that folder: the builder is found there from any other folder
+    monkeypatch.chdir(tmp_path)
+    assert build_from_spec("../mine/spec_builder_b.py:build", (1, 16, 16), 3, search=[str(tmp_path / "mine")])
+
+
+def test_a_missing_import_names_the_module_and_the_folder_it_was_looked_for_in(tmp_path, monkeypatch):
+    (tmp_path / "spec_builder_c.py").write_text(BUILDER.replace("spec_helper_b", "spec_helper_missing"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelSpecError, match=r"imports 'spec_helper_missing', which is neither beside it \(in "
+                                             + str(tmp_path)):
+        resolve("spec_builder_c.py:build")
+    with pytest.raises(ModelSpecError, match="spec_builder_c imports 'spec_helper_missing'"):
+        resolve("spec_builder_c:build")

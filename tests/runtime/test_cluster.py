@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mdiexit.evaluate import all_exit_logits, load_test_split
+from mdiexit.data import load_test_split
+from mdiexit.evaluate import all_exit_logits
 from mdiexit.exitprofile import outcome
 from mdiexit.package import load_package
 from mdiexit.policies.modes import MODES, no_exit_thresholds

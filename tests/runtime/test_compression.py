@@ -10,7 +10,8 @@ import pytest
 
 from mdiexit.calibration import confidence
 from mdiexit.config import write_cluster
-from mdiexit.evaluate import all_exit_logits, load_test_split
+from mdiexit.data import load_test_split
+from mdiexit.evaluate import all_exit_logits
 from mdiexit.exitprofile import outcome
 from mdiexit.package import load_package
 from mdiexit.runtime.launch import RunOptions, run_cluster

@@ -1,11 +1,15 @@
 """Bring your own model: a model object, exits trained without labels (teacher), input statistics, memory-bounded
 inference batches."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from mdiexit.calibration import confidence
 from mdiexit.data import Dataset
+from mdiexit.export import export_package
 from mdiexit.models import create, normalisation
 from mdiexit.training.train import TrainConfig, TrainError, load_trained, memory_batch, predict_logits, train
 
@@ -47,6 +51,17 @@ def test_teacher_targets_train_untrained_exits_without_labels(tiny_checkpoint, s
     loaded, cfg2, _ = load_trained(tmp_path / "model.pt", model=fresh)
     assert cfg2.exit_targets == "teacher"
     assert np.allclose(predict_logits(loaded, val.images[:64]), predict_logits(model, val.images[:64]), atol=1e-5)
+    # calibration: the exits against the teacher; the final exit cannot be calibrated against its own predictions
+    no_labels = export_package(tmp_path / "model.pt", tmp_path / "pkg", splits_val=unlabelled[1], model=fresh)
+    m = json.loads((no_labels / "manifest.json").read_text())
+    assert m["final_exit_calibration"] == "none" and m["tasks"][-1]["temperature"] == 1.0
+    assert all(0.05 * 1.01 < t["temperature"] < 20 for t in m["tasks"][:-1])
+    labelled = export_package(tmp_path / "model.pt", tmp_path / "pkg2", splits_val=val, model=fresh)
+    m2 = json.loads((labelled / "manifest.json").read_text())
+    assert m2["final_exit_calibration"] == "labels" and m2["profile_targets"] == "teacher"
+    assert 0.05 * 1.01 < m2["tasks"][-1]["temperature"] != 1.0
+    confident = confidence(predict_logits(model, val.images)[-1], m2["tasks"][-1]["temperature"])
+    assert np.median(confident) < 0.999  # at the lower bound every confidence would be about 1
 
 
 def test_settings_that_cannot_work_are_refused(small_splits, tmp_path):
@@ -66,7 +81,7 @@ def test_statistics_from_the_data_replacing_a_pretrained_models_are_a_warning(ti
     tr = tr.subset(np.arange(128))
     kw = dict(model="tiny", mode="exits-only", epochs=1, threads=1, init_from=str(tiny_checkpoint))
     train(TrainConfig(**kw), tr, val, tmp_path / "inherit")  # the init checkpoint's own statistics: no warning
-    assert "warning" not in capsys.readouterr().err
+    assert "warning: input mean" not in capsys.readouterr().err
     inherited = load_trained(tmp_path / "inherit" / "model.pt")[1].mean
     assert inherited == pytest.approx(load_trained(tiny_checkpoint)[1].mean)
     model, _ = _untrained_exits(tiny_checkpoint)
@@ -85,3 +100,18 @@ def test_inference_batches_stay_within_the_memory_budget():
     # the largest activation at 224x224 is the stem's output, 32 channels at 112x112 float32 (1.6 MB an item)
     assert batch == (1 << 30) // (3 * 32 * 112 * 112 * 4)
     assert memory_batch(create("tiny", (1, 28, 28), 10)) == 512  # small models keep the cap
+
+
+def test_small_datasets_get_smaller_batches_or_a_warning_naming_the_fix(small_splits, tmp_path, capsys):
+    tr, val = small_splits
+    three_hundred = tr.subset(np.arange(300))
+    cfg = TrainConfig(model="tiny", epochs=1, threads=1)  # the default batch
+    train(cfg, three_hundred, val.subset(np.arange(100)), tmp_path / "auto")
+    assert np.ceil(300 / cfg.batch_size) >= 20, cfg.batch_size
+    err = capsys.readouterr().err
+    assert f"batches of {cfg.batch_size}" in err and "validation accuracy per exit: e1" in err
+    train(TrainConfig(model="tiny", epochs=1, threads=1, batch_size=128), three_hundred, val.subset(np.arange(100)),
+          tmp_path / "asked")
+    err = capsys.readouterr().err
+    assert "3 optimizer steps an epoch" in err and "--batch-size 15" in err
+    assert "near chance" in err  # one epoch of three steps teaches the exits nothing

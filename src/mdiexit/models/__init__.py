@@ -18,11 +18,12 @@ HEAD_WIDTH = {"tiny": 16}
 
 
 def create(arch: str, input_shape: Sequence[int], num_classes: int, mean: Sequence[float] | None = None,
-           std: Sequence[float] | None = None, cut_after: Sequence[int] | None = None) -> EarlyExitModel:
-    """A built-in architecture by name, or `MODULE:FUNCTION` (your own). `mean`/`std` None: the model's own
-    normalisation (a built-in one's is set by `train`)."""
+           std: Sequence[float] | None = None, cut_after: Sequence[int] | None = None,
+           search: Sequence[str] = ()) -> EarlyExitModel:
+    """A built-in architecture by name, or `MODULE:FUNCTION` (your own, looked up first in the folders `search`).
+    `mean`/`std` None: the model's own normalisation (a built-in one's is set by `train`)."""
     if arch not in ARCHS:
-        model = build_from_spec(arch, input_shape, num_classes)
+        model = build_from_spec(arch, input_shape, num_classes, search)
         if mean:
             set_normalisation(model, mean, std)
         return model

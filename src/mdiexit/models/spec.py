@@ -29,33 +29,48 @@ def is_builtin(spec: str) -> bool:
     return spec in BUILTIN
 
 
-def resolve(spec: str) -> Callable:
-    """The FUNCTION of `MODULE:FUNCTION` or `FILE.py:FUNCTION`. A module is looked up on sys.path and in the
-    current folder (as `python -m` would)."""
+def resolve(spec: str, search: Sequence[str | Path] = ()) -> Callable:
+    """The FUNCTION of `MODULE:FUNCTION` or `FILE.py:FUNCTION`. As Python does for a script, the file's own folder
+    comes first on the import path, so a builder imports the modules beside it. A module name is looked up in
+    `search` (the folder a checkpoint recorded), then in the current folder (as `python -m` would), then on
+    sys.path."""
     if ":" not in spec:
         raise ModelSpecError(f"--model {spec!r}: use one of {', '.join(BUILTIN)}, or MODULE:FUNCTION (e.g. "
                              "my_model:build), where FUNCTION(input_shape, num_classes) returns build_early_exit(...)")
     where, _, func = spec.rpartition(":")
     if not where or not func.isidentifier():
         raise ModelSpecError(f"--model {spec!r}: expected MODULE:FUNCTION, e.g. my_model:build")
-    if where.endswith(".py") or "/" in where:
-        path = Path(where)
-        if not path.is_file():
-            raise ModelSpecError(f"--model {spec!r}: file {path} not found; give an existing .py file or a module name")
+    if is_file_spec(spec):
+        tried = [Path(d) / Path(where).name for d in search] + [Path(where).resolve()]
+        path = next((p for p in tried if p.is_file()), None)
+        if path is None:
+            raise ModelSpecError(f"--model {spec!r}: file {' or '.join(map(str, tried))} not found; give an existing "
+                                 ".py file or a module name")
+        _first_on_path([path.parent])
         mod_spec = importlib.util.spec_from_file_location(f"_mdiexit_model_{path.stem}", path)
         module = importlib.util.module_from_spec(mod_spec)
         try:
             mod_spec.loader.exec_module(module)
+        except ModuleNotFoundError as e:
+            raise ModelSpecError(f"--model {spec!r}: {path.name} imports {e.name!r}, which is neither beside it (in "
+                                 f"{path.parent}) nor installed; put {e.name}.py in that folder or pip install "
+                                 "it") from None
         except Exception as e:  # the user's module: any error, reported in one line
             raise ModelSpecError(f"--model {spec!r}: importing {path} failed: {type(e).__name__}: {e}") from None
     else:
-        if "" not in sys.path and str(Path.cwd()) not in sys.path:
-            sys.path.insert(0, str(Path.cwd()))
+        folders = [Path(d) for d in search] + [Path.cwd()]
+        _first_on_path(folders)
         try:
             module = importlib.import_module(where)
         except ModuleNotFoundError as e:
-            raise ModelSpecError(f"--model {spec!r}: no module {e.name!r}; run from the folder that holds "
-                                 f"{where.replace('.', '/')}.py, or add its folder to PYTHONPATH") from None
+            looked = ", ".join(str(d) for d in dict.fromkeys(folders))
+            if e.name == where.split(".")[0]:
+                raise ModelSpecError(f"--model {spec!r}: no module {e.name!r} in {looked} or the installed packages; "
+                                     f"run from the folder that holds {where.replace('.', '/')}.py, give it as "
+                                     "FILE.py:FUNCTION, or add its folder to PYTHONPATH") from None
+            raise ModelSpecError(f"--model {spec!r}: {where} imports {e.name!r}, which is neither in {looked} nor "
+                                 f"installed; put {e.name}.py beside {where.replace('.', '/')}.py or pip install "
+                                 "it") from None
         except Exception as e:
             raise ModelSpecError(f"--model {spec!r}: importing {where} failed: {type(e).__name__}: {e}") from None
     fn = getattr(module, func, None)
@@ -64,9 +79,36 @@ def resolve(spec: str) -> Callable:
     return fn
 
 
-def build_from_spec(spec: str, input_shape: Sequence[int], num_classes: int) -> EarlyExitModel:
-    """Call the spec's function and turn what it returns into an early-exit model."""
-    fn = resolve(spec)
+def is_file_spec(spec: str) -> bool:
+    where = spec.rpartition(":")[0]
+    return where.endswith(".py") or "/" in where
+
+
+def builder_folder(spec: str) -> str | None:
+    """The folder a builder's module was found in, as an absolute path (the checkpoint records it, so that later
+    commands rebuild the model from any folder); None for a built-in model."""
+    if is_builtin(spec) or ":" not in spec:
+        return None
+    where = spec.rpartition(":")[0]
+    if is_file_spec(spec):
+        return str(Path(where).resolve().parent)
+    resolve(spec)
+    module = sys.modules.get(where)
+    file = getattr(module, "__file__", None)
+    return str(Path(file).resolve().parents[where.count(".")]) if file else None
+
+
+def _first_on_path(folders: Sequence[Path]) -> None:
+    for folder in reversed([str(f.resolve()) for f in folders]):
+        if folder in sys.path:
+            sys.path.remove(folder)
+        sys.path.insert(0, folder)
+
+
+def build_from_spec(spec: str, input_shape: Sequence[int], num_classes: int,
+                    search: Sequence[str | Path] = ()) -> EarlyExitModel:
+    """Call the spec's function and turn what it returns into an early-exit model (`search`: see `resolve`)."""
+    fn = resolve(spec, search)
     try:
         out = fn(tuple(input_shape), num_classes)
     except Exception as e:

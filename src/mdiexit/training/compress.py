@@ -43,8 +43,8 @@ from mdiexit.export import (
 from mdiexit.models import EarlyExitModel
 from mdiexit.models.autoencoder import MAX_MAC_FRACTION, Autoencoder, build_autoencoder
 from mdiexit.package import PackageError, load_package
-from mdiexit.training.train import TrainConfig, data_splits, load_trained, predict_logits, seed_everything
-from mdiexit.util import logging_to, say
+from mdiexit.training.train import TrainConfig, batch_of, data_splits, load_trained, predict_logits, seed_everything
+from mdiexit.util import logging_to, say, third_party_warnings_summarised
 
 log = logging.getLogger("mdiexit.compress")
 
@@ -153,7 +153,6 @@ def train_autoencoders(model: EarlyExitModel, aes: list[Autoencoder], train_set:
             log.info("resumed autoencoder training from %s at epoch %d", state_path, start)
         else:
             log.info("%s was written with other settings; training from scratch", state_path)
-    images = torch.from_numpy(train_set.images)  # no labels: the loss distils the uncompressed model
     for epoch in range(start, epochs):
         t0 = time.time()
         for ae in aes:
@@ -165,7 +164,7 @@ def train_autoencoders(model: EarlyExitModel, aes: list[Autoencoder], train_set:
                    disable=not cfg.progress)
         for step in bar:
             idx = order[step * batch_size:(step + 1) * batch_size]
-            feats, teacher = _features_and_logits(model, images[idx])
+            feats, teacher = _features_and_logits(model, batch_of(train_set.images, idx))  # distils: no labels
             opt.zero_grad(set_to_none=True)
             for i, ae in enumerate(aes):
                 k = ae.after_task
@@ -280,7 +279,7 @@ def compress_package(package: Path, checkpoint: Path, cfg: CompressConfig | None
     cfg = dataclasses.replace(cfg or CompressConfig(), **options)
     package = Path(package)
     pkg = load_package(package, check_onnx=True)
-    with logging_to(log, package / "compress.log"):
+    with logging_to(log, package / "compress.log"), third_party_warnings_summarised("compress", log):
         return _compress(pkg, package, checkpoint, cfg, data_dir, train_set, val_set, model)
 
 

@@ -21,15 +21,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mdiexit.data import Dataset
+from mdiexit.data import Dataset, LazyImages, batches
 from mdiexit.models import EarlyExitModel, create, normalisation, set_normalisation
-from mdiexit.models.spec import is_builtin
+from mdiexit.models.spec import builder_folder, is_builtin
 from mdiexit.util import logging_to, say
 
 log = logging.getLogger("mdiexit.train")
 
 
 EXIT_TARGETS = ("labels", "teacher")
+DEFAULT_BATCH = 128
+MIN_STEPS_PER_EPOCH = 20  # fewer, and a small folder trains nothing in a few epochs
+SMALLEST_AUTO_BATCH = 8
 MEMORY_BUDGET = 1 << 30  # bytes of activations one inference batch may take (export, validation)
 
 
@@ -53,7 +56,7 @@ class TrainConfig:
     model: str = "mobilenetv2"  # a built-in name or MODULE:FUNCTION
     dataset: str = "fashion-mnist"
     epochs: int = 8
-    batch_size: int = 128
+    batch_size: int | None = None  # None: DEFAULT_BATCH, lowered so that an epoch takes MIN_STEPS_PER_EPOCH steps
     lr: float = 0.1
     weight_decay: float = 4e-5
     mode: str = "joint"  # joint | exits-only
@@ -72,6 +75,7 @@ class TrainConfig:
     num_classes: int | None = None  # None: the dataset's classes
     classes_file: str | None = None  # class names, one a line (else the dataset's)
     data_dir: str | None = None  # where the data was (export, compress and evaluate default to it)
+    builder_dir: str | None = None  # the folder your MODULE:FUNCTION was found in (later commands look there first)
 
 
 def seed_everything(seed: int) -> None:
@@ -80,14 +84,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of 0..1 pixels."""
-    x = images.astype(np.float32) / 255.0
-    return x.mean(axis=(0, 2, 3)).tolist(), x.std(axis=(0, 2, 3)).tolist()
+def channel_stats(images: np.ndarray | LazyImages, batch: int = 256) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of 0..1 pixels, a batch at a time."""
+    total = np.zeros(images.shape[1])
+    squares = np.zeros(images.shape[1])
+    for x in batches(images, batch):
+        x = x.astype(np.float64) / 255.0
+        total += x.sum(axis=(0, 2, 3))
+        squares += (x * x).sum(axis=(0, 2, 3))
+    n = len(images) * images.shape[2] * images.shape[3]
+    mean = total / n
+    return mean.tolist(), np.sqrt(np.maximum(squares / n - mean * mean, 0)).tolist()
+
+
+def batch_of(images: np.ndarray | LazyImages, idx: torch.Tensor) -> torch.Tensor:
+    """The items `idx` as a uint8 tensor (a lazy dataset decodes just these)."""
+    return torch.from_numpy(np.ascontiguousarray(images[idx.numpy()]))
 
 
 def build_model(cfg: TrainConfig, shape: tuple[int, ...], num_classes: int) -> EarlyExitModel:
-    return create(cfg.model, shape, num_classes, cfg.mean or None, cfg.std or None)
+    return create(cfg.model, shape, num_classes, cfg.mean or None, cfg.std or None,
+                  search=[cfg.builder_dir] if cfg.builder_dir else [])
 
 
 def _normalise(model: EarlyExitModel, cfg: TrainConfig, train_set: Dataset, custom: bool) -> None:
@@ -126,14 +143,14 @@ def class_names(cfg: TrainConfig, data_classes: list[str]) -> list[str]:
     return names + [f"class_{i}" for i in range(len(names), n)]
 
 
-def data_splits(cfg: TrainConfig, data_dir: Path | None, classes: list[str] | None = None):
+def data_splits(cfg: TrainConfig, data_dir: Path | None, classes: list[str] | None = None, lazy: bool = True):
     """The train/val/test splits a checkpoint was trained on (a folder labelled against its class names when it
-    was trained with a class file or a kept head)."""
+    was trained with a class file or a kept head); lazy: read batch by batch (`LazyImages`)."""
     from mdiexit.data import load
 
     keep = classes if (cfg.classes_file or cfg.num_classes) else None
     data_dir = data_dir or (Path(cfg.data_dir) if cfg.data_dir else None)
-    return load(cfg.dataset, data_dir, cfg.val_fraction, cfg.seed, cfg.image_size, cfg.channels, keep)
+    return load(cfg.dataset, data_dir, cfg.val_fraction, cfg.seed, cfg.image_size, cfg.channels, keep, lazy)
 
 
 def memory_batch(model: EarlyExitModel, budget_bytes: int = MEMORY_BUDGET, cap: int = 512) -> int:
@@ -174,6 +191,30 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.
     return out
 
 
+def batch_for(asked: int | None, items: int) -> int:
+    """The batch size: the one asked for (with a warning when it leaves an epoch fewer than MIN_STEPS_PER_EPOCH
+    steps), else DEFAULT_BATCH lowered until an epoch has that many steps (not below SMALLEST_AUTO_BATCH)."""
+    if asked is not None:
+        if asked < 1:
+            raise TrainError(f"--batch-size {asked}: give a positive number")
+        steps = math.ceil(items / asked)
+        if steps < MIN_STEPS_PER_EPOCH:
+            say("train", f"warning: {items} training items in batches of {asked} make {steps} optimizer steps an "
+                         f"epoch, too few to learn much; pass --batch-size {max(1, items // MIN_STEPS_PER_EPOCH)} "
+                         f"(about {MIN_STEPS_PER_EPOCH} steps an epoch) or more --epochs", log)
+        return asked
+    batch = max(SMALLEST_AUTO_BATCH, min(DEFAULT_BATCH, items // MIN_STEPS_PER_EPOCH))
+    steps = math.ceil(items / batch)
+    if steps < MIN_STEPS_PER_EPOCH:
+        say("train", f"warning: only {items} training items: even in batches of {batch} an epoch takes {steps} "
+                     f"optimizer steps; add images, or raise --epochs so that training takes about "
+                     f"{MIN_STEPS_PER_EPOCH * 8} steps in all", log)
+    elif batch < DEFAULT_BATCH:
+        say("train", f"{items} training items: batches of {batch} (not {DEFAULT_BATCH}), so that an epoch takes "
+                     f"{steps} optimizer steps; --batch-size sets it", log)
+    return batch
+
+
 def exit_weights(cfg: TrainConfig, progress: float, num_exits: int) -> list[float]:
     """Loss weight per exit: early exits ramp from 10% to `exit_weight` over `ramp_fraction` of training."""
     ramp = min(1.0, 0.1 + 0.9 * progress / max(cfg.ramp_fraction, 1e-9))
@@ -181,14 +222,15 @@ def exit_weights(cfg: TrainConfig, progress: float, num_exits: int) -> list[floa
 
 
 @torch.no_grad()
-def predict_logits(model: EarlyExitModel, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+def predict_logits(model: EarlyExitModel, images: np.ndarray | LazyImages, batch_size: int | None = None) -> np.ndarray:
     """Logits of every exit, shape (K, N, classes), in batches sized to stay within about 1 GB."""
     batch_size = batch_size or memory_batch(model)
     device = _device_of(model)
     model.eval()
     outs = []
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i:i + batch_size]).to(device).contiguous(memory_format=torch.channels_last)
+        x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
         outs.append(torch.stack(model(x)).float().cpu().numpy())
     return np.concatenate(outs, axis=1)
 
@@ -242,12 +284,30 @@ def _check(cfg: TrainConfig, train_set: Dataset) -> None:
                          "use --exit-targets teacher --freeze-backbone, or sort the images into class folders")
 
 
+def _read_init(path: str) -> dict:
+    """The checkpoint --init-from names: its weights, and its class names when it is a model.pt."""
+    if not Path(path).is_file():
+        raise TrainError(f"--init-from {path}: no such file; give a model.pt or checkpoint.pt that `mdiexit train` "
+                         "wrote")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        blob["model"]
+    except (KeyError, TypeError, RuntimeError, EOFError, ValueError) as e:
+        raise TrainError(f"--init-from {path}: not a checkpoint written by `mdiexit train` ({type(e).__name__}: "
+                         f"{e})") from None
+    return blob
+
+
 def _train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, resume: bool,
            stop_after: int | None, given: EarlyExitModel | None, device: torch.device) -> EarlyExitModel:
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     _check(cfg, train_set)
-    classes = class_names(cfg, train_set.classes)
+    init = _read_init(cfg.init_from) if cfg.init_from else None
+    classes = class_names(cfg, train_set.classes or (init or {}).get("classes", []))
+    if len(classes) < 2:
+        raise TrainError("the data names no classes (images directly in the folder): give --classes FILE or "
+                         "--num-classes N (the outputs of the model's head), or --init-from a model.pt that has them")
     if cfg.exit_targets == "labels":  # unlabelled items (-1) teach nothing here
         train_set, val_set = (d.subset(np.flatnonzero(d.labels >= 0)) for d in (train_set, val_set))
     if given is not None:
@@ -258,9 +318,15 @@ def _train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, re
             raise TrainError(f"the model takes {tuple(model.input_shape)}, the data is {train_set.shape}; "
                              "use --image-size/--channels or build the model for the data")
     else:
+        cfg.builder_dir = cfg.builder_dir or builder_folder(cfg.model)
         model = build_model(cfg, train_set.shape, len(classes))
-    if cfg.init_from:
-        model.load_state_dict(torch.load(cfg.init_from, map_location="cpu", weights_only=False)["model"])
+    if init is not None:
+        try:
+            model.load_state_dict(init["model"])
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[1:2] or [str(e)]
+            raise TrainError(f"--init-from {cfg.init_from}: its weights do not fit this model ({first[0].strip()}); "
+                             "start from a checkpoint of the same model and classes") from None
     _normalise(model, cfg, train_set, custom=given is not None or not is_builtin(cfg.model))
     model = model.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
@@ -272,6 +338,7 @@ def _train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, re
         if p["note"]:
             say("train", f"exit placement: {p['note']}")
     params = _set_trainable(model, cfg.mode)
+    cfg.batch_size = batch_for(cfg.batch_size, len(train_set))
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
@@ -291,8 +358,8 @@ def _train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, re
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
     log.info("config %s", json.dumps(asdict(cfg)))
     labels = torch.from_numpy(train_set.labels)
-    images = torch.from_numpy(train_set.images)
     last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    val_acc, truth = None, None
     for epoch in range(start_epoch, last_epoch):
         t0 = time.time()
         model.train()
@@ -304,7 +371,7 @@ def _train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, re
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
         for step in bar:
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x, y = images[idx], labels[idx].to(device, non_blocking=True)
+            x, y = batch_of(train_set.images, idx), labels[idx].to(device, non_blocking=True)
             if cfg.augment:
                 x = augment_batch(x, gen)
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -339,10 +406,26 @@ def _train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, re
     if last_epoch < cfg.epochs:
         log.info("stopped after epoch %d of %d; run again to resume", last_epoch, cfg.epochs)
         return model.cpu()
+    if val_acc is not None and len(val_set):
+        report_exits(val_acc, truth, len(classes), cfg.exit_targets)
     torch.save({"model": _cpu(model.state_dict()), "config": asdict(cfg), "classes": classes,
                 "input_shape": list(train_set.shape), "placement": model.placement}, out / "model.pt")
     log.info("wrote %s", out / "model.pt")
     return model.cpu()
+
+
+def report_exits(val_acc: np.ndarray, truth: np.ndarray, num_classes: int, exit_targets: str) -> None:
+    """Say each exit's validation accuracy (agreement with the final exit, for teacher targets), and warn about an
+    exit that is no better than guessing: always the most common answer, or uniform over the classes."""
+    what = "agreement with the final exit" if exit_targets == "teacher" else "accuracy"
+    say("train", f"validation {what} per exit: " + " ".join(f"e{k + 1} {a:.3f}" for k, a in enumerate(val_acc)), log)
+    counts = np.bincount(truth[truth >= 0], minlength=num_classes)
+    chance = max(1 / num_classes, counts.max() / max(1, counts.sum()))
+    near = [k + 1 for k, a in enumerate(val_acc[:-1]) if a < 1.5 * chance]
+    if near:
+        say("train", f"warning: exit{'s' if len(near) > 1 else ''} {', '.join(map(str, near))} near chance "
+                     f"({chance:.3f}): train longer (--epochs), with smaller batches (--batch-size) or on more "
+                     "data; such an exit never takes an item at the default thresholds", log)
 
 
 def load_trained(path: Path, model: EarlyExitModel | None = None) -> tuple[EarlyExitModel, TrainConfig, list[str]]:
