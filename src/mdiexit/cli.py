@@ -9,15 +9,14 @@ from pathlib import Path
 
 from mdiexit.bench.ratesearch import REFINE_STEPS, bracket_width
 from mdiexit.cli_bench import add_link_bench_commands
-from mdiexit.cli_common import RunDefault, device_profile_arg, finish_run
+from mdiexit.cli_common import DEFAULT_CLUSTER, RunDefault, device_profile_arg, finish_run
 from mdiexit.cli_errors import missing_extra, user_errors
 from mdiexit.cli_model import DEFAULT_PACKAGE, add_model_commands, floats, items_arg
+from mdiexit.cli_ops import add_ops_commands
 from mdiexit.cli_plan import add_plan_commands
 from mdiexit.cli_serve import add_bench_serve, add_keys_client, add_serve_commands
 from mdiexit.cli_sim import add_sim_commands
 from mdiexit.policies.modes import ADMISSIONS, MODES
-
-DEFAULT_CLUSTER = Path("examples/edge4.yaml")
 
 
 def cmd_profile(a: argparse.Namespace) -> int:
@@ -252,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     add_model_commands(sub)  # train, export, compress, evaluate
+    add_ops_commands(sub)  # install-service, doctor, status
     add_plan_commands(sub, _cluster_arg, _doc)  # plan, cluster generate
 
     pr = sub.add_parser("profile", help="print a package's exit profile and thresholds")

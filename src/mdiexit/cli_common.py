@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+DEFAULT_CLUSTER = Path("examples/edge4.yaml")  # every command that takes --cluster defaults to it
+
 
 class RunDefault:
     """A `run` option left unset: RunOptions' default applies (read there, the one place it is stated, and only

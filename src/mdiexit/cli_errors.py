@@ -22,7 +22,8 @@ def missing_extra(e: ModuleNotFoundError, command: str) -> str | None:
 # How every command ends (docs/reference/exit-codes.md is generated from this).
 EXIT_CODES: dict[int, str] = {
     0: "done: for a run, every offered item reached exactly one outcome",
-    1: "a run lost or duplicated an item, or stopped early with an error (said in summary.json and on stderr)",
+    1: "a run lost or duplicated an item, or stopped early with an error (said in summary.json and on stderr); "
+       "`doctor` found a failing check; `status` found no snapshot of a running source",
     2: "a user error, said in one `mdiexit: error: ...` line naming the fix: a bad flag, file, dataset, package, "
        "key, or a missing optional package (the line names the extra to install)",
     130: "interrupted (Ctrl-C)",
@@ -33,7 +34,7 @@ _USER_ERRORS = (("mdiexit.config", "ConfigError"), ("mdiexit.data", "DataError")
                 ("mdiexit.emulation.netns", "NamespaceError"), ("mdiexit.runtime.node", "ClusterError"),
                 ("mdiexit.security", "KeyFileError"), ("mdiexit.cli_model", "UsageError"),
                 ("mdiexit.models.spec", "ModelSpecError"), ("mdiexit.training.train", "TrainError"),
-                ("mdiexit.plot", "PlotError"))
+                ("mdiexit.plot", "PlotError"), ("mdiexit.ops.services", "ServiceError"))
 
 
 def user_errors() -> tuple[type[Exception], ...]:

@@ -117,6 +117,9 @@ class State(msgspec.Struct, frozen=True, kw_only=True):
     ack: LinkAck | None = None  # for this addressee only
     run_s: Seconds | None = None  # the source's seconds since the run started (emulated link schedules count from it)
     links: Annotated[dict[Name, LinkFigures], msgspec.Meta(max_length=MAX_PEERS)] = {}  # the final STATE: per peer
+    # about once a second, for the site's status: busy_s and tasks so far, and the package version the node runs
+    progress: Annotated[dict[Name, Seconds], msgspec.Meta(max_length=MAX_TASKS)] = {}
+    package: Annotated[str, msgspec.Meta(max_length=256)] | None = None
     version: int = PROTOCOL_VERSION
 
 

@@ -287,9 +287,12 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
 
     watcher = threading.Thread(target=watch, daemon=True)
     view_stop = threading.Event()
+    status = threading.Thread(target=source.publish_status, args=(view_stop, shown_path(cluster_path)), name="status",
+                              daemon=True)  # for `mdiexit status`
     endpoint: ClientEndpoint | None = None
     try:
         source.start()
+        status.start()
         watcher.start()
         if crash_during_start := [w for w in workers if procs.get(w) and procs[w].poll() is not None]:
             raise ClusterError(f"node(s) {', '.join(crash_during_start)} exited during start-up")
@@ -337,6 +340,8 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     finally:
         view_stop.set()
         watching.clear()
+        if status.is_alive():
+            status.join(timeout=2.0)  # its last snapshot says the run is done
         if endpoint is not None:
             endpoint.close()
         source.close()

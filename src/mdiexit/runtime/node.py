@@ -41,6 +41,7 @@ from mdiexit.security import CLIENTS, Identity, NodeAuthenticator, make_server
 
 log = logging.getLogger("mdiexit.node")
 POLL_MS = 20
+PROGRESS_PERIOD_S = 1.0  # how often a heartbeat carries the node's progress and package, for the site's status
 
 
 def member_config(m: Member) -> NodeConfig:
@@ -65,6 +66,7 @@ class NodeProcess:
                  metrics_port: int | None = None, metrics_addr: str | None = None,
                  host_profile: Profile | None = None):
         self.cluster, self.pkg = cluster, pkg
+        self.package_version = pkg.version
         self.identity = identity  # None: insecure (no CurveZMQ), asked for with --insecure
         self.allowed_dir = allowed_dir  # the source: keys an operator allowed to join (`mdiexit keys allow`)
         self.pace_bandwidth = pace_bandwidth  # False: the kernel shapes the links (`--net namespaces`)
@@ -84,6 +86,7 @@ class NodeProcess:
         self.rejected: Counter[str] = Counter()  # messages refused, by REJECT_REASONS
         self.leaving = False
         self.busy_s = 0.0
+        self.progress_sent_at = float("-inf")
         self.started_at = now()
         self.ctx = zmq.Context()
         estimator = ServiceEstimator.from_package(pkg, self.cfg.rated_macs_per_s)
@@ -387,10 +390,15 @@ class NodeProcess:
     def send_state(self, final: bool = False) -> None:
         t = now()
         links = self.links
+        progress = final or t - self.progress_sent_at >= PROGRESS_PERIOD_S
+        if progress:
+            self.progress_sent_at = t
         msg = State(sender=self.name, backlog_s=self.core.backlog_s(t), queue_len=len(self.core.queue),
                     service_s=self.core.estimator.snapshot(), sent_at=t + self.egress.wait_s(t), leaving=self.leaving,
                     stats=self.stats() if final else {}, run_s=self.run_elapsed_s(t),
-                    links=self.meter.figures(t) if final else {})
+                    links=self.meter.figures(t) if final else {},
+                    progress={"busy_s": self.busy_s, "tasks": float(sum(self.core.tasks_run.values()))}
+                    if progress else {}, package=self.package_version if progress else None)
         for peer, frames in self.meter.state_frames(msg, list(links)).items():
             links[peer].send(frames, t)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import threading
 import time
@@ -17,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mdiexit.ops.status import EVENTS_SHOWN, EventStatus, LinkStatus, NodeStatus, SiteStatus, write_status
 from mdiexit.policies.gate import REJECT_WHY, STOPPING, AdmissionGate
 from mdiexit.protocol.messages import Control, Join, Result, State
 from mdiexit.runtime.arrivals import Arrivals, Offer
@@ -36,6 +38,7 @@ __all__ = ["Admission", "FixedAdmission", "SourceProcess"]
 
 log = logging.getLogger("mdiexit.source")
 LATENCY_SAMPLES = 100_000  # a service's summary reports the latencies of this many last results
+PROGRESS_SAMPLES = 4  # a node's utilisation and tasks/s in the status are taken over its last reports (~3 s)
 
 
 class SourceProcess(NodeProcess):
@@ -58,6 +61,10 @@ class SourceProcess(NodeProcess):
         self.intake = None  # the client endpoint while serving: its own refusals count as offered and rejected
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)  # the last results' latencies (s)
         self.latency_observers: list[Callable[[float], None]] = [self.latencies.append]  # and metrics
+        # the site's status: each node's last few progress reports (time, busy_s and tasks so far), its package
+        self.progress: dict[str, deque[tuple[float, dict[str, float]]]] = {}
+        self.package_of: dict[str, str | None] = {self.name: self.package_version}
+        self.status_path = None
 
     @property
     def run_start(self) -> float:
@@ -130,6 +137,9 @@ class SourceProcess(NodeProcess):
         self.wake.set()
 
     def on_state(self, msg: State) -> None:
+        if msg.progress:
+            self.progress.setdefault(msg.sender, deque(maxlen=PROGRESS_SAMPLES)).append((now(), dict(msg.progress)))
+            self.package_of[msg.sender] = msg.package
         if msg.stats:
             self.final_stats[msg.sender] = dict(msg.stats)
         if msg.links:
@@ -306,6 +316,61 @@ class SourceProcess(NodeProcess):
             sys.stderr.flush()
         if tty:
             sys.stderr.write("\n")
+
+    def publish_status(self, stop: threading.Event, cluster_file: str, period_s: float = 1.0) -> None:
+        """Write the site's status snapshot (ops/status.py) every `period_s` until `stop`, and once more at the end."""
+        last_done, last_t = self.ledger.completed, now()
+        while True:
+            stopping = stop.wait(period_s)
+            t = now()
+            done = self.ledger.completed
+            rate = (done - last_done) / max(t - last_t, 1e-9)
+            last_done, last_t = done, t
+            try:
+                self.status_path = write_status(self.site_status(cluster_file, rate, t), self.cfg.port)
+            except (RuntimeError, ValueError) as e:  # a dict changed while read: the next second's will do
+                log.debug("status snapshot skipped: %s", e)
+            if stopping:
+                return
+
+    def site_status(self, cluster_file: str, rate: float, t: float) -> SiteStatus:
+        led = self.ledger
+        run_s = self.run_elapsed_s(t)
+        gone = {e["node"]: e["kind"] for e in self.failure_summary()}  # crashed | hung | left | joined
+        links = self.meter.figures(t)
+        own = {"busy_s": self.busy_s, "tasks": float(sum(self.core.tasks_run.values()))}
+        self.progress.setdefault(self.name, deque(maxlen=PROGRESS_SAMPLES)).append((t, own))
+        nodes = []
+        for node in list(self.cluster.nodes):
+            name = node.name
+            samples = list(self.progress.get(name, ()))
+            util = tasks = None
+            if len(samples) >= 2:
+                (t0, a), (t1, b) = samples[0], samples[-1]
+                util = (b["busy_s"] - a["busy_s"]) / max(t1 - t0, 1e-9)
+                tasks = (b["tasks"] - a["tasks"]) / max(t1 - t0, 1e-9)
+            report = self.reports.get(name)
+            if name == self.name:
+                state, backlog = "up", self.core.backlog_s(t)
+            else:
+                state = ("left" if gone.get(name) == "left" else "down") if name in self.down else (
+                    "waiting" if report is None else "leaving" if report.leaving else "up")
+                backlog = None if report is None else report.backlog_s
+            fig = links.get(name)
+            nodes.append(NodeStatus(
+                name=name, role=node.role, state=state,
+                package=self.package_of.get(name), backlog_ms=None if backlog is None else 1000 * backlog,
+                utilization=util, tasks_per_s=tasks,
+                link=None if fig is None else LinkStatus(fig[0] / 1e6 if fig[0] else None, 1000 * fig[1])))
+        events = [EventStatus(node=e["node"], kind=e["kind"], at_s=e["at_s"], recovery_s=e.get("recovery_s"))
+                  for e in self.failure_summary()[-EVENTS_SHOWN:]]
+        return SiteStatus(
+            cluster=cluster_file, source=self.name, mode=self.mode, phase=self.phase, pid=os.getpid(),
+            written_at=time.time(), run_s=run_s, package=self.package_version, throughput_per_s=rate,
+            admission_rate_per_s=self.admission.rate(), admitted=led.admitted, completed=led.completed,
+            in_flight=len(led.in_flight), rejected=sum(self.gate.rejected.values()),
+            expired=led.expired + self.gate.expired, failed=led.failed,
+            accuracy=led.correct / led.completed if led.completed else None, nodes=nodes, events=events)
 
     def status_line(self, rate: float) -> str:
         led = self.ledger

@@ -1,0 +1,112 @@
+"""The operating commands: `mdiexit install-service | doctor | status` (mdiexit.ops). `mdiexit.cli` adds them to
+its parser; each loads only what it needs when it runs (status loads neither ZeroMQ nor ONNX Runtime)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from mdiexit.cli_common import DEFAULT_CLUSTER
+
+
+def cmd_install_service(a: argparse.Namespace) -> int:
+    """Write a systemd unit (restarted whatever ends it, a dynamic user, hardened) and its environment file for
+    this device's node, and print the commands that install and start it. Nothing outside --out is touched."""
+    from mdiexit.ops.services import Service, write_service
+
+    service = Service(a.role, a.name, cluster=a.cluster, join=a.join, executable=a.executable.resolve())
+    unit, env = write_service(service, a.out)
+    print(f"wrote {unit} and {env}")
+    print("install and start it:")
+    for line in service.enable_commands(a.out):
+        print(f"  {line}")
+    return 0
+
+
+def _executable() -> Path:
+    found = shutil.which("mdiexit")
+    return Path(found) if found else Path(sys.argv[0])
+
+
+def cmd_doctor(a: argparse.Namespace) -> int:
+    """Check everything this device needs to take its place in the site, print a checklist with the fix for each
+    failure, and exit 1 if any check failed (warnings do not fail)."""
+    from mdiexit.ops.doctor import print_checks, run_checks
+
+    checks = run_checks(a.cluster, a.name)
+    if a.json:
+        print(json.dumps({"node": a.name, "ok": not any(c.outcome == "fail" for c in checks),
+                          "checks": [{"name": c.name, "outcome": c.outcome, "found": c.found, "fix": c.fix}
+                                     for c in checks]}, indent=1))
+    else:
+        print_checks(checks)
+    return 1 if any(c.outcome == "fail" for c in checks) else 0
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    """The whole site as its source sees it: every node up or down, its package, backlog, utilisation and tasks
+    per second, the links, throughput and accuracy, the last failures and joins. Read from the snapshot the
+    running source writes each second on its machine (see mdiexit/ops/status.py); exit 1 when there is none."""
+    import msgspec
+
+    from mdiexit.config import load_cluster
+    from mdiexit.ops.status import StatusError, read_status, render
+
+    if a.file is not None:
+        source, port = "", 0
+    else:
+        cluster = load_cluster(a.cluster)
+        source, port = cluster.source.name, cluster.source.port
+    while True:
+        try:
+            status, _ = read_status(source, port, a.file)
+        except StatusError as e:
+            print(f"mdiexit: error: {e}", file=sys.stderr)
+            return 1
+        if a.json:
+            print(msgspec.json.encode(status).decode())
+            return 0
+        if a.watch is None:
+            print(render(status))
+            return 0
+        if sys.stdout.isatty():
+            sys.stdout.write("\x1b[2J\x1b[H")
+        print(render(status), flush=True)
+        time.sleep(a.watch)
+
+
+def add_ops_commands(sub) -> None:
+    s = sub.add_parser("install-service", help="write a systemd unit for this device's node (worker, source, serve)",
+                       description=" ".join(cmd_install_service.__doc__.split()))
+    s.add_argument("--role", required=True, choices=["worker", "source", "serve"])
+    s.add_argument("--name", required=True, help="this node's name in the cluster file (or a joiner's new name)")
+    s.add_argument("--cluster", type=Path, default=None,
+                   help="the cluster file (copied to /var/lib/mdiexit with its keys and package)")
+    s.add_argument("--join", default=None, metavar="tcp://SOURCE:PORT",
+                   help="a new worker that joins by the source's address (no cluster file)")
+    s.add_argument("--executable", type=Path, default=_executable(),
+                   help="the mdiexit the unit runs (default: this one, %(default)s)")
+    s.add_argument("--out", type=Path, default=Path("mdiexit-service"),
+                   help="folder to write the unit and environment file into (default %(default)s)")
+    s.set_defaults(func=cmd_install_service)
+
+    d = sub.add_parser("doctor", help="check that this device is ready for its place in the site",
+                       description=" ".join(cmd_doctor.__doc__.split()))
+    d.add_argument("--cluster", type=Path, default=DEFAULT_CLUSTER, help="cluster file (default %(default)s)")
+    d.add_argument("--name", default=None, help="this device's node (default: the source)")
+    d.add_argument("--json", action="store_true", help="the checks as JSON, for scripts")
+    d.set_defaults(func=cmd_doctor)
+
+    st = sub.add_parser("status", help="the whole site, as its running source sees it",
+                        description=" ".join(cmd_status.__doc__.split()))
+    st.add_argument("--cluster", type=Path, default=DEFAULT_CLUSTER, help="cluster file (default %(default)s)")
+    st.add_argument("--file", type=Path, default=None, help="read this snapshot file instead (from the source's "
+                                                            "runtime folder)")
+    st.add_argument("--json", action="store_true", help="one snapshot as JSON")
+    st.add_argument("--watch", type=float, nargs="?", const=1.0, default=None, metavar="SECONDS",
+                    help="refresh every SECONDS (default 1) until Ctrl-C")
+    st.set_defaults(func=cmd_status)
