@@ -52,4 +52,5 @@ bench-chaos: setup
 	$(BIN)/mdiexit bench chaos --cluster examples/edge4.yaml $(DEVICES) --out docs/results/chaos
 
 bench-serve: setup
+	$(BIN)/mdiexit bench serve --cluster examples/edge4.yaml $(DEVICES) --dilation 4 --out docs/results/serve-dilated.json
 	$(BIN)/mdiexit bench serve --cluster examples/edge4.yaml $(DEVICES) --out docs/results/serve.json

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -83,8 +85,13 @@ class _Outstanding:
     future: Future
     due: float  # when it times out
     retry_until: float  # the last moment a resend may leave: its deadline, else its timeout
-    frames: list  # kept for a resend: after an overloaded refusal (retry_overloaded), or a reconnection
+    request: Request  # kept for a resend: after an overloaded refusal (retry_overloaded), or a reconnection
+    x: np.ndarray
     attempts: int = 0
+
+    def frames(self) -> list:
+        """The request as sent now: stamped with this moment (the service measures its wait from it)."""
+        return encode(msgspec.structs.replace(self.request, sent_at=time.time()), [self.x])
 
 
 class Client:
@@ -161,12 +168,12 @@ class Client:
         fut: Future = Future()
         rid = next(self.ids)
         req = Request(request_id=rid, deadline_ms=deadline_ms, package=self.info.package, arrays=[describe("x", x)])
-        frames = encode(req, [x])
         t = time.monotonic()
         retry_until = t + (self.timeout_s if deadline_ms is None else deadline_ms / 1000)
+        out = _Outstanding(fut, t + self.timeout_s + (deadline_ms or 0) / 1000, retry_until, req, x)
         with self.lock:
-            self.pending[rid] = _Outstanding(fut, t + self.timeout_s + (deadline_ms or 0) / 1000, retry_until, frames)
-        self._post(frames)
+            self.pending[rid] = out
+        self._post(out.frames())
         return fut
 
     def classify(self, image: Any, deadline_ms: float | None = None) -> Prediction:
@@ -285,7 +292,7 @@ class Client:
             with self.lock:
                 out = self.pending.get(rid)
             if out is not None:
-                due.append(out.frames)
+                due.append(out.frames())
         return due
 
     def _on_connection(self, event: int) -> list[list]:
@@ -300,7 +307,7 @@ class Client:
         self.disconnected = False
         self.reconnections += 1
         with self.lock:
-            return [out.frames for out in self.pending.values() if not out.future.done()]
+            return [out.frames() for out in self.pending.values() if not out.future.done()]
 
     def _expire(self, t: float) -> None:
         with self.lock:

@@ -118,3 +118,15 @@ def test_a_stream_is_not_refused_in_its_first_second_while_the_window_is_still_s
         released += [t] * len(out)
         t += dt
     assert g.rejected[OVERLOADED] == 0
+
+
+def test_shedding_says_in_advance_what_the_next_offer_would_hear():
+    g = AdmissionGate(max_wait_s=0.1)
+    t = 0.0
+    assert not g.shedding(t, rate=10.0)  # empty: anything is queued
+    answers = []
+    for i in range(5):
+        predicted = g.shedding(t, rate=10.0)
+        answers.append((predicted, g.offer(i, t, rate=10.0)))
+    assert all((why == OVERLOADED) == predicted for predicted, why in answers)
+    assert answers[0] == (False, None) and answers[-1] == (True, OVERLOADED)

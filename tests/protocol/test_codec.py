@@ -342,3 +342,16 @@ def test_check_arrays_thresholds_and_exit(package):
     bad = Result(item_id=1, label=3, exit=5, confidence=0.5, sender="w", admitted_at=0.0)
     with pytest.raises(ProtocolError, match="exit"):
         check_arrays(bad, [], package)
+
+
+def test_a_request_is_told_from_its_header_alone():
+    from mdiexit.protocol.codec import Peek, peek
+    from mdiexit.protocol.messages import Hello, Request
+
+    frames = encode(Request(request_id=77, sent_at=12.5, arrays=[describe("x", np.zeros((1, 1, 28, 28), np.uint8))]),
+                    [np.zeros((1, 1, 28, 28), np.uint8)])
+    assert peek(frames[0]) == Peek(Request.KIND, 77, 12.5)
+    assert peek(encode(Hello())[0]) == Peek(Hello.KIND, 0, None)
+    assert peek(b"\xc1garbage") == Peek()
+    assert peek(msgpack.packb({"kind": Request.KIND, "request_id": -5})) == Peek(Request.KIND)
+    assert peek(msgpack.packb({"kind": Request.KIND, "request_id": 3, "sent_at": float("nan")})) == Peek(Request.KIND)

@@ -225,8 +225,8 @@ def _rss_mb(pid: int) -> float:
 
 def test_bursts_of_files_on_an_idle_service_are_all_classified(tmp_path, tiny_package):
     """`mdiexit classify` on a folder of 100 images, three times with the service idle in between: every file gets
-    its label. A burst the cluster drains within --max-wait-ms waits at the gate; what it refuses as overloaded, the
-    command sends again with backoff."""
+    its label. A burst the cluster drains within --max-wait-ms waits at the gate, never refused: --no-retry, so that
+    the command's backoff (its default) cannot hide a refusal."""
     pkg = load_package(tiny_package)
     images = load_test_split(pkg).images[:100]
     folder = tmp_path / "images"
@@ -240,7 +240,7 @@ def test_bursts_of_files_on_an_idle_service_are_all_classified(tmp_path, tiny_pa
         for _ in range(3):
             time.sleep(1.5)  # the scenario: a service idle for longer than the gate remembers (1 s)
             out = subprocess.run([sys.executable, "-m", "mdiexit.cli", "classify", "--cluster", str(path), "--json",
-                                  str(folder)], capture_output=True, text=True, timeout=180)
+                                  "--no-retry", str(folder)], capture_output=True, text=True, timeout=180)
             rows = [json.loads(line) for line in out.stdout.splitlines()]
             assert out.returncode == 0 and len(rows) == 100, (out.stderr[-2000:], [r for r in rows if "error" in r])
             answers.append({Path(r["path"]).name: r["label"] for r in rows})

@@ -87,6 +87,13 @@ class AdmissionGate:
     def expected_wait_s(self, t: float, rate: float) -> float:
         return len(self.queue) / self.drain_rate(t, rate)
 
+    def shedding(self, t: float, rate: float) -> bool:
+        """Whether an offer now would be refused as OVERLOADED: the queue is full, or what it holds would wait
+        longer than max_wait_s. A service refuses requests at the door while this holds (runtime.service)."""
+        if len(self.queue) >= self.max_items:
+            return True
+        return bool(self.queue) and self.expected_wait_s(t, rate) > self.max_wait_s
+
     def offer(self, key: Any, t: float, rate: float, deadline: float | None = None,
               latency_s: float = 0.0) -> str | None:
         """Queue an item, or return why not (OVERLOADED or DEADLINE). ``latency_s``: recent admission-to-result
@@ -96,7 +103,7 @@ class AdmissionGate:
             self.started_at = t
         wait = self.expected_wait_s(t, rate)
         why = None
-        if len(self.queue) >= self.max_items or (self.queue and wait > self.max_wait_s):
+        if self.shedding(t, rate):
             why = OVERLOADED
         elif deadline is not None and t + wait + latency_s > deadline:
             why = DEADLINE

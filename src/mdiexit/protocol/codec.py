@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,31 @@ class _Envelope(msgspec.Struct):
 
 
 _ENVELOPE = msgspec.msgpack.Decoder(_Envelope)
+
+
+class Peek(msgspec.Struct, frozen=True):
+    """A client request's kind, id and send time, read from its header alone (other keys skipped, arrays
+    untouched): what a service needs to refuse a request at the door."""
+
+    kind: bytes = b""
+    request_id: int = 0
+    sent_at: float | None = None
+
+
+_PEEK = msgspec.msgpack.Decoder(Peek)
+_UNREADABLE = Peek()
+
+
+def peek(header: Frame) -> Peek:
+    """The Peek of a message's header frame, as cheaply as msgpack allows; an empty one when the header cannot be
+    read (the full decode then says why)."""
+    try:
+        head = _PEEK.decode(_as_view(header, 0))
+    except Exception:  # anything at all: the caller decodes the message in full and answers the error
+        return _UNREADABLE
+    if not 0 <= head.request_id < 2**62 or (head.sent_at is not None and not math.isfinite(head.sent_at)):
+        return Peek(head.kind)
+    return head
 _DECODERS = {k: msgspec.msgpack.Decoder(cls) for k, cls in BY_KIND.items()}
 _ENCODER = msgspec.msgpack.Encoder()
 

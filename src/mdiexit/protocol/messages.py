@@ -208,6 +208,9 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     deadline_ms: Annotated[float, msgspec.Meta(gt=0.0, le=1e9)] | None = None
     package: Annotated[str, msgspec.Meta(max_length=256)] | None = None  # None: whatever is served
     arrays: Annotated[list[ArrayMeta], msgspec.Meta(min_length=1, max_length=1)]
+    # the client's clock (Unix time) as it sent this: the service tells how long a request waited unread from how
+    # much its one-way delay exceeds the least it has seen from that client (no synchronised clocks needed)
+    sent_at: Time | None = None
     version: int = PROTOCOL_VERSION
 
 

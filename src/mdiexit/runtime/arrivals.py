@@ -28,6 +28,7 @@ class Arrivals(Protocol):
     def next_at(self, t: float) -> float: ...  # when the next offer is due (t + a poll period if unknown)
     def answer(self, key: Any, outcome: str, reason: str, record: Record | None) -> None: ...
     def stop_taking(self) -> list[Offer]: ...  # no more offers; returns those that arrived but were not taken
+    def shed(self, overloaded: bool) -> None: ...  # the gate refuses new offers now: refuse them at the door
 
 
 class StreamArrivals:
@@ -63,3 +64,6 @@ class StreamArrivals:
     def stop_taking(self) -> list[Offer]:
         self.done = True
         return []
+
+    def shed(self, overloaded: bool) -> None:
+        pass  # a stream offers at the admission rate: the gate answers it

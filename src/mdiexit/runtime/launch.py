@@ -39,7 +39,7 @@ from mdiexit.runtime.device import HostProfiles, planner_costs, profile_nodes, r
 from mdiexit.runtime.metrics import emulation_check, host_cpu_ticks, link_summary, summarize
 from mdiexit.runtime.node import ClusterError, NodeProcess
 from mdiexit.runtime.report import RunResult
-from mdiexit.runtime.runpolicy import make_admission, make_gate, planned_limits
+from mdiexit.runtime.runpolicy import capacity_hint, make_admission, make_gate, planned_limits
 from mdiexit.runtime.service import ClientEndpoint
 from mdiexit.runtime.source import Admission, SourceProcess
 from mdiexit.security import Identity, allow_key, create_keys, load_identity
@@ -253,9 +253,10 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         log.warning("the items have no labels: accuracy counts them as wrong; items.csv has each item's label")
     if stream is not None and opts.limit_items:
         stream = stream.subset(list(range(min(opts.limit_items, len(stream)))))
-    if admission is None:  # the devices' costs for the planner: the host profile every emulated node takes
-        admission = make_admission(pkg, mode, opts, planned_limits(cluster, pkg, mode,
-                                                                   partial(planner_costs, pkg, cluster)))
+    # the devices' costs for the planner: the host profile every emulated node takes
+    limit_at = planned_limits(cluster, pkg, mode, partial(planner_costs, pkg, cluster))
+    if admission is None:
+        admission = make_admission(pkg, mode, opts, limit_at)
     workers = [] if rules.single_node else [w.name for w in cluster.workers]
     pace = netns is None  # in namespaces the kernel shapes the bandwidths
     profiles = HostProfiles() if opts.self_profile else \
@@ -268,6 +269,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
                            metrics_port=opts.metrics_port, metrics_addr=opts.metrics_addr,
                            host_profile=profiles.of(cluster.source.name))
     source.ledger.keep_records = opts.serve is None  # a service keeps counters, not a record of every item
+    source.sc.capacity_hint = capacity_hint(opts, admission, limit_at)
     crashed: list[str] = []
     watching = threading.Event()
     watching.set()
@@ -370,6 +372,7 @@ def client_endpoint(source: SourceProcess, cluster: ClusterConfig, pkg: Package,
     src = cluster.source
     host = src.host if src.host in ("127.0.0.1", "localhost") else "*"
     endpoint = ClientEndpoint(source.ctx, f"tcp://{host}:{src.client_port}", pkg, identity, source.wake)
+    endpoint.max_unread_s = source.gate.max_wait_s  # the wait a request may have in all before it is admitted
     source.intake = endpoint
     try:
         endpoint.start()

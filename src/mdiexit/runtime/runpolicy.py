@@ -60,6 +60,17 @@ def make_admission(pkg: Package, mode: str, opts: RunOptions,
     raise ValueError(f"unknown admission {opts.admission!r}; choose fixed, rate or thresholds")
 
 
+def capacity_hint(opts: RunOptions, admission: Admission,
+                  limit_at: Callable[[tuple[float, ...]], float | None] | None) -> float:
+    """Items per second a service may count on draining before it has measured its own: the planner's limit at
+    its thresholds, less a margin (FEASIBLE_UTILISATION). It sizes the in-flight window while the measured
+    throughput is lower (a service that has only seen bursts), so that a burst the cluster can drain is queued,
+    not refused. 0 for a stream (`run` offers at the admission rate, the window follows what it measured)."""
+    if opts.serve is None or limit_at is None:
+        return 0.0
+    return (limit_at(admission.thresholds()[0]) or 0.0) * FEASIBLE_UTILISATION
+
+
 def planned_limits(cluster: ClusterConfig, pkg: Package, mode: str,
                    costs: Callable[[], Costs | dict[int, Costs]]) -> Callable[[tuple[float, ...]], float | None]:
     """The planner's limit at each threshold vector, at the devices' ``costs()``: threshold adaptation's bound, and

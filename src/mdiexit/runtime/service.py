@@ -15,6 +15,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -24,7 +25,7 @@ import zmq
 
 from mdiexit.package import Package
 from mdiexit.policies.gate import OVERLOADED, REJECT_WHY, STOPPING
-from mdiexit.protocol.codec import Limits, ProtocolError, decode, encode
+from mdiexit.protocol.codec import Limits, ProtocolError, decode, encode, peek
 from mdiexit.protocol.messages import Hello, Info, Reply, Request
 from mdiexit.runtime.arrivals import Offer
 from mdiexit.runtime.ledger import Record
@@ -50,6 +51,29 @@ def request_id_of(header: Any) -> int:
         return 0
 
 
+class UnreadWait:
+    """How long a request waited before the service read it, from the client's send time on its own clock: its
+    one-way delay less the least seen from that client (the clocks' offset plus the bare transit), a floor that
+    rises by DRIFT_PER_S so that clock drift never accumulates. No synchronised clocks needed."""
+
+    DRIFT_PER_S = 1e-3  # 1000 ppm: far above any real clock's drift
+    MAX_CLIENTS = 100_000
+
+    def __init__(self) -> None:
+        self.floor: dict[bytes, tuple[float, float]] = {}  # client -> (least delay, when)
+
+    def waited_s(self, client: bytes, sent_at: float | None, t: float) -> float:
+        if sent_at is None:
+            return 0.0  # an older client: no send time to go by
+        delay = t - sent_at
+        least, at = self.floor.get(client, (delay, t))
+        least = min(delay, least + self.DRIFT_PER_S * (t - at))
+        if len(self.floor) >= self.MAX_CLIENTS and client not in self.floor:
+            self.floor.clear()  # a bound on memory: the floors are learnt again from the next requests
+        self.floor[client] = (least, t)
+        return delay - least
+
+
 class ClientEndpoint:
     """The Arrivals of a service: offers come from clients, answers go back to them."""
 
@@ -70,6 +94,11 @@ class ClientEndpoint:
         self.thread: threading.Thread | None = None
         self.refused: Counter[str] = Counter()  # requests rejected here, before the gate, by reason (this thread)
         self.stopping = False  # the service is shutting down: refuse what comes
+        self.shedding = False  # the gate refuses new offers (overloaded): refuse them here, from the header alone
+        # a request that waited longer than this before this thread could read it is refused as overloaded: the
+        # host is not keeping up, and serving it late would only make the wait longer (set by the launcher)
+        self.max_unread_s = float("inf")
+        self.unread = UnreadWait()
         # (client, request id) of every request offered and not yet answered (this thread): a client that
         # reconnected sends its outstanding requests again, and one still held here is not taken twice
         self.open: set[tuple[bytes, int]] = set()
@@ -118,6 +147,9 @@ class ClientEndpoint:
         self.stopping = True
         return self.take(0.0)
 
+    def shed(self, overloaded: bool) -> None:
+        self.shedding = overloaded  # read by the socket's thread at the next request: one attribute, no lock
+
     def next_at(self, t: float) -> float:
         return t + POLL_MS / 1000  # a request wakes the admit loop sooner
 
@@ -164,6 +196,15 @@ class ClientEndpoint:
         client = frames[0].bytes
         if len(frames) < 2:
             return
+        head = peek(frames[1])
+        if head.kind == Request.KIND:  # refused from its header, its array untouched: overload costs little
+            unread_s = self.unread.waited_s(client, head.sent_at, time.time())
+            if self.stopping:
+                self._refuse(client, head.request_id, STOPPING)
+                return
+            if self.shedding or self.offers.qsize() >= MAX_INTAKE or unread_s > self.max_unread_s:
+                self._refuse(client, head.request_id, OVERLOADED)
+                return
         try:
             msg, arrays = decode(frames[1:], self.limits)
         except ProtocolError as e:
@@ -184,10 +225,7 @@ class ClientEndpoint:
                                                     "(mdiexit.Client), which resizes images to the package's input")
                 return
             if self.stopping or self.offers.qsize() >= MAX_INTAKE:
-                why = STOPPING if self.stopping else OVERLOADED
-                self.refused[why] += 1
-                self.router.send_multipart([client, *encode(Reply(request_id=msg.request_id, outcome="rejected",
-                                                                  reason=f"{why}: {REJECT_WHY[why]}"))])
+                self._refuse(client, msg.request_id, STOPPING if self.stopping else OVERLOADED)
                 return
             if (client, msg.request_id) in self.open:
                 return  # sent again after a reconnection, and still held: its one answer is on its way
@@ -195,6 +233,11 @@ class ClientEndpoint:
             deadline_s = None if msg.deadline_ms is None else msg.deadline_ms / 1000
             self.offers.put(Offer(x, -1, (client, msg.request_id), deadline_s))
             self.wake.set()
+
+    def _refuse(self, client: bytes, request_id: int, why: str) -> None:
+        self.refused[why] += 1
+        self.router.send_multipart([client, *encode(Reply(request_id=request_id, outcome="rejected",
+                                                          reason=f"{why}: {REJECT_WHY[why]}"))])
 
     def _error(self, client: bytes, request_id: int, reason: str) -> None:
         log.warning("client request refused: %s", reason)

@@ -220,6 +220,7 @@ class SourceProcess(NodeProcess):
             for offer in arrivals.take(t):
                 self.offer(offer, t, arrivals)
             self.release(t, arrivals)
+            arrivals.shed(self.sc.shedding(now()))
             self.answer_settled(arrivals)
             if arrivals.done and not self.gate.queue:
                 break

@@ -85,6 +85,7 @@ class SourceCore:
         self.window = float(min_window)  # items allowed in flight (the gate's), from the throughput
         self.unloaded_s = math.inf
         self.peak_throughput = (0.0, 0.0)  # (items/s, when): the best recent throughput, for the window
+        self.capacity_hint = 0.0  # items/s the window may count on before it is measured (runpolicy.capacity_hint)
         self._max_reported = (-math.inf, 0.0)  # (when computed, the largest reported backlog of the live nodes)
 
     # ---------------------------------------------------------------- what arrives
@@ -118,6 +119,10 @@ class SourceCore:
         deadline = None if offer.deadline_s is None else t + offer.deadline_s
         return self.gate.offer(offer, t, self.admission.rate(), deadline, self.latency_s)
 
+    def shedding(self, t: float) -> bool:
+        """Whether the gate refuses new offers now (overloaded): a service may refuse them at the door."""
+        return self.gate.shedding(t, self.admission.rate())
+
     def release(self, t: float, own_backlog_s: float) -> tuple[list[WorkItem], list[Pending]]:
         """Admit what the gate lets through now: (work items to route, offers that expired waiting)."""
         released, expired = self.gate.release(t, self.admission.rate(), self.max_backlog_s(own_backlog_s, t),
@@ -144,7 +149,8 @@ class SourceCore:
         if self.ledger.recent:  # the lowest latency seen: under load every recent latency includes queueing
             self.unloaded_s = min(self.unloaded_s, self.ledger.recent_latency_s(5))
         if t - start >= 1.0:
-            self.window = self.gate.window(self.recent_peak(throughput, t), self.unloaded_s, self.min_window)
+            expected = max(self.recent_peak(throughput, t), self.capacity_hint)
+            self.window = self.gate.window(expected, self.unloaded_s, self.min_window)
         thresholds, _ = self.admission.thresholds()
         state = getattr(self.admission, "state", dict)()
         self.timeline.append({"t_s": t - start, "rate": self.admission.rate(),

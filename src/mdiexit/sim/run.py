@@ -18,7 +18,7 @@ from mdiexit.runtime.launch import RunOptions
 from mdiexit.runtime.metrics import summarize
 from mdiexit.runtime.node import ClusterError
 from mdiexit.runtime.report import RunResult
-from mdiexit.runtime.runpolicy import make_admission, make_gate, planned_limits
+from mdiexit.runtime.runpolicy import capacity_hint, make_admission, make_gate, planned_limits
 from mdiexit.runtime.source import Admission
 from mdiexit.runtime.sourcecore import SourceCore
 from mdiexit.sim.model import host_times, load_items_logits
@@ -46,13 +46,16 @@ def simulate(cluster_path: Path, opts: RunOptions, seed: int = 0, times: str = "
         raise ClusterError(f"--thresholds: {len(opts.thresholds)} values for the package's {pkg.num_tasks} exits; "
                            f"give {pkg.num_tasks}, the last 0")
     items = load_items_logits(pkg, opts.items, opts.data_dir, opts.limit_items)
-    if admission is None:  # the planner's costs: the same device times as the simulation's
-        costs = (lambda: costs_from_macs(pkg)) if times == "macs" else partial(planner_costs, pkg, cluster)
-        admission = make_admission(pkg, mode, opts, planned_limits(cluster, pkg, mode, costs))
+    # the planner's costs: the same device times as the simulation's
+    costs = (lambda: costs_from_macs(pkg)) if times == "macs" else partial(planner_costs, pkg, cluster)
+    limit_at = planned_limits(cluster, pkg, mode, costs)
+    if admission is None:
+        admission = make_admission(pkg, mode, opts, limit_at)
     gate = make_gate(opts)
     deadline_s = None if opts.deadline_ms is None else opts.deadline_ms / 1000
     sc = SourceCore(cluster.source.name, rules, pkg.num_tasks, admission, gate,
                     len(cluster.nodes) * cluster.max_batch, cluster.dead_after_ms / 1000)
+    sc.capacity_hint = capacity_hint(opts, admission, limit_at)
     profiles = {n: host_times(pkg, cluster, n, times) for n in sorted({n.threads for n in cluster.nodes})}
     world = World(cluster, pkg, rules, sc, items, profiles, seed, deadline_s)
     env, src = world.env, world.source
