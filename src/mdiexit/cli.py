@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     add_model_commands(sub)  # train, export, compress, evaluate
-    add_ops_commands(sub)  # install-service, doctor, status
+    add_ops_commands(sub)  # install-service, doctor, pilot, status
     add_plan_commands(sub, _cluster_arg, _doc)  # plan, cluster generate
 
     pr = sub.add_parser("profile", help="print a package's exit profile and thresholds")

@@ -34,7 +34,8 @@ _USER_ERRORS = (("mdiexit.config", "ConfigError"), ("mdiexit.data", "DataError")
                 ("mdiexit.emulation.netns", "NamespaceError"), ("mdiexit.runtime.node", "ClusterError"),
                 ("mdiexit.security", "KeyFileError"), ("mdiexit.cli_model", "UsageError"),
                 ("mdiexit.models.spec", "ModelSpecError"), ("mdiexit.training.train", "TrainError"),
-                ("mdiexit.plot", "PlotError"), ("mdiexit.ops.services", "ServiceError"))
+                ("mdiexit.plot", "PlotError"), ("mdiexit.ops.services", "ServiceError"),
+                ("mdiexit.pilot.run", "PilotError"), ("mdiexit.energy", "PowerError"))
 
 
 def user_errors() -> tuple[type[Exception], ...]:

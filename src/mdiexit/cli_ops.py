@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from mdiexit.cli_common import DEFAULT_CLUSTER
+from mdiexit.cli_common import DEFAULT_CLUSTER, device_profile_arg
 
 
 def cmd_install_service(a: argparse.Namespace) -> int:
@@ -79,6 +79,18 @@ def cmd_status(a: argparse.Namespace) -> int:
         time.sleep(a.watch)
 
 
+def cmd_pilot(a: argparse.Namespace) -> int:
+    """Measure the site as it is, in minutes, and report what mdi-exit gains: the source alone, everything sent to
+    the fastest device, ddi-exit, mdi-exit at a fixed rate and mdi-exit with rate adaptation, each run in turn at
+    the accuracy target; their items per second, accuracy, network bytes per item and per hour, joules per item and
+    latency; the planner's what-ifs (one more device of each kind, the uplink halved); and a plain verdict. Writes
+    DIR/report.json and DIR/report.html (plots embedded), and each run's results under DIR/runs/."""
+    from mdiexit.pilot.run import run_pilot
+
+    run_pilot(a.cluster, a.out, a.minutes, a.target_accuracy)
+    return 0
+
+
 def add_ops_commands(sub) -> None:
     s = sub.add_parser("install-service", help="write a systemd unit for this device's node (worker, source, serve)",
                        description=" ".join(cmd_install_service.__doc__.split()))
@@ -100,6 +112,17 @@ def add_ops_commands(sub) -> None:
     d.add_argument("--name", default=None, help="this device's node (default: the source)")
     d.add_argument("--json", action="store_true", help="the checks as JSON, for scripts")
     d.set_defaults(func=cmd_doctor)
+
+    pl = sub.add_parser("pilot", help="measure the site in minutes and report what mdi-exit gains (HTML + JSON)",
+                        description=" ".join(cmd_pilot.__doc__.split()))
+    pl.add_argument("--cluster", type=Path, default=DEFAULT_CLUSTER, help="cluster file (default %(default)s)")
+    device_profile_arg(pl)
+    pl.add_argument("--minutes", type=float, default=4.0, help="time for all five runs (default 4)")
+    pl.add_argument("--target-accuracy", type=float, default=None,
+                    help="the accuracy every option must keep (default: the final exit's validation accuracy - 1 "
+                         "point)")
+    pl.add_argument("--out", type=Path, required=True, help="folder for report.html, report.json and the runs")
+    pl.set_defaults(func=cmd_pilot)
 
     st = sub.add_parser("status", help="the whole site, as its running source sees it",
                         description=" ".join(cmd_status.__doc__.split()))

@@ -44,6 +44,7 @@ from msgspec import Meta
 
 from mdiexit.configcheck import ConfigError, convert, describe_value, one_of, reject_unknown
 from mdiexit.emulation.device import EMULATIONS
+from mdiexit.energy import power_model
 from mdiexit.policies.modes import MODES
 from mdiexit.policies.offload import OffloadConfig
 from mdiexit.protocol.codec import CODECS
@@ -87,8 +88,11 @@ class NodeConfig:
     public_key: Annotated[str, Meta(min_length=40, max_length=40, description="a 40-character Z85 key")] | None = None
     client_port: Annotated[int, Meta(ge=1, le=65535)] | None = None  # the source: where clients connect (serve)
     metrics_port: Annotated[int, Meta(ge=1, le=65535)] | None = None  # Prometheus metrics over HTTP, on loopback
+    # energy: a preset (raspberry-pi-4, raspberry-pi-5, jetson-nano, jetson-orin-nano) or {idle_w, busy_w, j_per_mb}
+    power: str | dict[str, float] | None = None
 
     def __post_init__(self) -> None:
+        power_model(self.power)  # a preset that does not exist, or figures that cannot be, name the fix now
         if self.client_port is not None and self.role != "source":
             raise ValueError("client_port: only the source serves clients; move it to the node with role source")
         times = [t for t, _ in self.bandwidth_schedule or ()]

@@ -65,7 +65,7 @@ def dilate_options(opts: RunOptions, k: float) -> RunOptions:
 
 # how each figure reads back: x k ** power (1: a rate, -1: a time); a figure not listed does not change with k
 SUMMARY_POWERS = {"throughput_per_s": 1, "ideal_throughput_per_s": 1, "ideal_batched_throughput_per_s": 1, "rate": 1,
-                  "duration_s": -1, "recovery_s": -1}
+                  "duration_s": -1, "recovery_s": -1, "joules": -1, "joules_per_item": -1}
 NODE_POWERS = {"backlog_s_mean": -1}
 LINK_POWERS = {"estimated_mbps": 1, "latency_ms": -1}
 TIMELINE_POWERS = {"t_s": -1, "max_backlog_s": -1, "target_backlog_s": -1, "own_backlog_s": -1, "rate": 1,
@@ -82,6 +82,9 @@ def undilate_summary(s: dict, k: float) -> dict:
     times (per_node task_ms) stay as the dilated devices took them."""
     s = {**_read_back(s, SUMMARY_POWERS, k), "dilation": k}
     s["latency_ms"] = {q: v / k for q, v in s["latency_ms"].items()}
+    s["energy_per_node_j"] = {name: j / k for name, j in s.get("energy_per_node_j", {}).items()}  # k times the time
+    if s.get("joules_per_exit") is not None:
+        s["joules_per_exit"] = [j / k for j in s["joules_per_exit"]]
     s["per_node"] = {name: _read_back(n, NODE_POWERS, k) for name, n in s.get("per_node", {}).items()}
     s["links"] = {a: {b: _read_back(f, LINK_POWERS, k) for b, f in peers.items()}
                   for a, peers in s.get("links", {}).items()}

@@ -31,6 +31,7 @@ import zmq
 
 from mdiexit.config import ClusterConfig, ConfigError, load_cluster
 from mdiexit.data import load_items
+from mdiexit.energy import cluster_models, run_energy
 from mdiexit.package import Package, load_package
 from mdiexit.planner import limit_from_stats
 from mdiexit.policies.modes import rules_for
@@ -40,7 +41,7 @@ from mdiexit.runtime.metrics import emulation_check, host_cpu_ticks, link_summar
 from mdiexit.runtime.node import ClusterError, NodeProcess
 from mdiexit.runtime.report import RunResult
 from mdiexit.runtime.runpolicy import capacity_hint, make_admission, make_gate, planned_limits
-from mdiexit.runtime.service import ClientEndpoint
+from mdiexit.runtime.service import UNREAD_MIN_S, UNREAD_WAITS, ClientEndpoint
 from mdiexit.runtime.source import Admission, SourceProcess
 from mdiexit.security import Identity, allow_key, create_keys, load_identity
 from mdiexit.util import shown_path
@@ -335,7 +336,9 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         failures = source.failure_summary()
         recoveries = [e["recovery_s"] for e in failures if e.get("recovery_s") is not None]
         summary.update(node_failures=failures, recovery_s=max(recoveries) if recoveries else None,
-                       secure=identity is not None, **link_summary(source.link_reports, source.final_stats))
+                       secure=identity is not None, **link_summary(source.link_reports, source.final_stats),
+                       **run_energy(cluster_models(source.cluster.nodes), source.final_stats, summary["completed"],
+                                    pkg.num_tasks))
         emulation_check(summary, ticks_before, ticks_after)
         for w in summary["emulation_warnings"]:
             log.warning("emulation: %s", w)
@@ -372,7 +375,7 @@ def client_endpoint(source: SourceProcess, cluster: ClusterConfig, pkg: Package,
     src = cluster.source
     host = src.host if src.host in ("127.0.0.1", "localhost") else "*"
     endpoint = ClientEndpoint(source.ctx, f"tcp://{host}:{src.client_port}", pkg, identity, source.wake)
-    endpoint.max_unread_s = source.gate.max_wait_s  # the wait a request may have in all before it is admitted
+    endpoint.max_unread_s = max(UNREAD_MIN_S, UNREAD_WAITS * source.gate.max_wait_s)
     source.intake = endpoint
     try:
         endpoint.start()

@@ -29,6 +29,13 @@ SUMMARY_FIELDS: dict[str, str] = {
     "latency_ms": "admission-to-result latency percentiles: p50, p95, p99",
     "exit_fraction": "the share of results that left at each exit",
     "bytes_per_item": "bytes sent on every link, over admitted items",
+    "joules": "energy of the nodes that have a power model (idle, busy and network), in joules; null when none has",
+    "joules_per_item": "joules over completed items",
+    "energy_per_node_j": "each counted node's joules",
+    "energy_uncounted_nodes": "nodes without a power model (`power` in the cluster file), left out of the joules",
+    "energy_measured_nodes": "nodes whose joules their own power meter measured (a Jetson's INA3221 rails)",
+    "joules_per_exit": "what an item leaving at each exit costs: the shared idle and network joules per item plus "
+                       "the busy joules of the tasks up to that exit",
     "per_node": "per node: utilization, tasks_run by task, backlog_s_mean, bytes_sent, task_ms, overrun_fraction",
     "bad_messages": "malformed messages the nodes dropped",
     "unknown_results": "results for items the source did not know (dropped)",
@@ -121,6 +128,12 @@ def print_summary(s: dict, file=sys.stdout) -> None:
     print(f"  throughput {s['throughput_per_s']:.1f} items/s, accuracy {accuracy}, latency p50/p95/p99 "
           f"{lat['p50']:.0f}/{lat['p95']:.0f}/{lat['p99']:.0f} ms, {s['bytes_per_item']:.0f} bytes/item", file=file)
     print(f"  exit fractions {' '.join(f'{x:.3f}' for x in s['exit_fraction'])}", file=file)
+    if s.get("joules_per_item") is not None:
+        left_out = s.get("energy_uncounted_nodes") or []
+        print(f"  energy {s['joules_per_item']:.3f} J/item ({s['joules']:.1f} J"
+              + (f"; no power model for {', '.join(left_out)}" if left_out else "") + ")", file=file)
+    elif s.get("energy_uncounted_nodes"):
+        print("  energy: no node has a power model (`power:` in the cluster file)", file=file)
     if s.get("ideal_throughput_per_s"):
         print(f"  ideal (physical limit at this exit mix) {s['ideal_throughput_per_s']:.1f} items/s one at a time, "
               f"{s['ideal_batched_throughput_per_s']:.1f} batched: efficiency {s['efficiency']:.0%} "

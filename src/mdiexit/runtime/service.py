@@ -38,6 +38,10 @@ MAX_QUEUED_REPLIES = 100_000
 # requests decoded but not yet offered to the gate: past this the admit loop cannot keep up with the requests
 # themselves, and the endpoint refuses at once (overloaded) rather than let them wait in socket buffers
 MAX_INTAKE = 1_000
+# a request is refused unread when it waited longer than this many times the gate's --max-wait-ms (and at least
+# UNREAD_MIN_S) before the endpoint could read it: the host has fallen seconds behind, not hiccuped
+UNREAD_WAITS = 2.0
+UNREAD_MIN_S = 1.0
 _ENDPOINTS = itertools.count()
 
 

@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 
 from mdiexit.config import load_cluster
+from mdiexit.energy import cluster_models, run_energy
 from mdiexit.package import load_package
 from mdiexit.planner import costs_from_macs, limit_from_stats
 from mdiexit.policies.modes import rules_for
@@ -81,7 +82,8 @@ def simulate(cluster_path: Path, opts: RunOptions, seed: int = 0, times: str = "
     final_stats = {name: node.stats(env.now) for name, node in world.nodes.items()}
     summary = summarize(sc.ledger, pkg.num_tasks, (start + opts.warmup_s, end), final_stats, sc.backlog_samples,
                         deadline_s, gate, (), partial(limit_from_stats, cluster, pkg, mode))
-    summary.update(node_failures=sc.failure_summary(), recovery_s=None, secure=False, emulation_warnings=[])
+    summary.update(node_failures=sc.failure_summary(), recovery_s=None, secure=False, emulation_warnings=[],
+                   **run_energy(cluster_models(cluster.nodes), final_stats, summary["completed"], pkg.num_tasks))
     wall_s = time.perf_counter() - wall0
     summary = {"mode": mode, **summary, "crashed": [], "duration_s": opts.duration_s, "rate": opts.rate,
                "simulated": {"wall_s": wall_s, "setup_s": setup_s, "events": world.events, "virtual_s": env.now,

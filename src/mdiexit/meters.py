@@ -1,0 +1,102 @@
+"""Power meters a device may have: the INA3221 current monitors of Jetson boards, under hwmon or as the older
+`ina3221x` iio devices. Rails are found by their names, never by channel numbers, which differ between boards and
+kernels. Standard library only: a worker reads its meter without extra packages.
+
+    meter = find_meter()            # None when the device has no readable meter
+    watts = meter.read_w()          # the board's input power now
+
+The board's input rail (VDD_IN, POM_5V_IN, ...) is read when there is one; otherwise the sum of every rail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+INPUT_RAILS = ("VDD_IN", "POM_5V_IN", "VIN_SYS_5V0", "SYS_5V0", "VDD_5V_IN")  # the whole board's input, by name
+
+
+@dataclass(frozen=True)
+class Rail:
+    name: str
+    power: Path | None  # a power reading (hwmon: µW; iio: mW)
+    volts: Path | None  # mV
+    amps: Path | None  # mA
+    power_unit_w: float  # watts per unit of `power`
+
+    def read_w(self) -> float:
+        if self.power is not None:
+            return float(self.power.read_text().strip()) * self.power_unit_w
+        return float(self.volts.read_text().strip()) * float(self.amps.read_text().strip()) / 1e6
+
+
+@dataclass(frozen=True)
+class Meter:
+    rails: tuple[Rail, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.rails]
+
+    def read_w(self) -> float:
+        """Watts now: the input rail's, or the sum of the rails read."""
+        return sum(r.read_w() for r in self.rails)
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _hwmon_rails(root: Path) -> list[Rail]:
+    rails = []
+    for dev in sorted((root / "class" / "hwmon").glob("hwmon*")):
+        if not (_text(dev / "name") or "").startswith("ina3221"):
+            continue
+        for label in sorted(dev.glob("in*_label")):
+            n = label.name[2:-len("_label")]
+            name = _text(label)
+            power, volts, amps = dev / f"power{n}_input", dev / f"in{n}_input", dev / f"curr{n}_input"
+            if not name or name.lower().startswith("sum"):
+                continue
+            if power.exists():
+                rails.append(Rail(name, power, None, None, 1e-6))
+            elif volts.exists() and amps.exists():
+                rails.append(Rail(name, None, volts, amps, 0.0))
+    return rails
+
+
+def _iio_rails(root: Path) -> list[Rail]:
+    rails = []
+    for dev in sorted((root / "bus" / "i2c" / "drivers" / "ina3221x").glob("*/iio:device*")):
+        for label in sorted(dev.glob("rail_name_*")):
+            i = label.name[len("rail_name_"):]
+            name = _text(label)
+            power = dev / f"in_power{i}_input"
+            volts, amps = dev / f"in_voltage{i}_input", dev / f"in_current{i}_input"
+            if not name:
+                continue
+            if power.exists():
+                rails.append(Rail(name, power, None, None, 1e-3))
+            elif volts.exists() and amps.exists():
+                rails.append(Rail(name, None, volts, amps, 0.0))
+    return rails
+
+
+def find_meter(root: Path = Path("/sys")) -> Meter | None:
+    """The device's power meter, or None. Every rail found must read; one that does not leaves it out."""
+    rails = [r for r in _hwmon_rails(root) + _iio_rails(root) if _reads(r)]
+    if not rails:
+        return None
+    inputs = [r for r in rails if r.name.upper() in INPUT_RAILS]
+    return Meter(tuple(inputs[:1] or rails))
+
+
+def _reads(rail: Rail) -> bool:
+    try:
+        rail.read_w()
+        return True
+    except (OSError, ValueError):
+        return False
