@@ -50,44 +50,42 @@ def _text(path: Path) -> str | None:
         return None
 
 
-def _hwmon_rails(root: Path) -> list[Rail]:
+def _rail(name: str | None, power: Path, volts: Path, amps: Path, power_unit_w: float) -> Rail | None:
+    """A named rail read from its power file, else from its voltage and current; None when it has neither."""
+    if not name:
+        return None
+    if power.exists():
+        return Rail(name, power, None, None, power_unit_w)
+    if volts.exists() and amps.exists():
+        return Rail(name, None, volts, amps, 0.0)
+    return None
+
+
+def _hwmon_rails(root: Path) -> list[Rail | None]:
     rails = []
     for dev in sorted((root / "class" / "hwmon").glob("hwmon*")):
         if not (_text(dev / "name") or "").startswith("ina3221"):
             continue
         for label in sorted(dev.glob("in*_label")):
-            n = label.name[2:-len("_label")]
-            name = _text(label)
-            power, volts, amps = dev / f"power{n}_input", dev / f"in{n}_input", dev / f"curr{n}_input"
-            if not name or name.lower().startswith("sum"):
-                continue
-            if power.exists():
-                rails.append(Rail(name, power, None, None, 1e-6))
-            elif volts.exists() and amps.exists():
-                rails.append(Rail(name, None, volts, amps, 0.0))
+            n, name = label.name[2:-len("_label")], _text(label)
+            if name and not name.lower().startswith("sum"):  # "sum of shunt voltages" is no rail
+                rails.append(_rail(name, dev / f"power{n}_input", dev / f"in{n}_input", dev / f"curr{n}_input", 1e-6))
     return rails
 
 
-def _iio_rails(root: Path) -> list[Rail]:
+def _iio_rails(root: Path) -> list[Rail | None]:
     rails = []
     for dev in sorted((root / "bus" / "i2c" / "drivers" / "ina3221x").glob("*/iio:device*")):
         for label in sorted(dev.glob("rail_name_*")):
             i = label.name[len("rail_name_"):]
-            name = _text(label)
-            power = dev / f"in_power{i}_input"
-            volts, amps = dev / f"in_voltage{i}_input", dev / f"in_current{i}_input"
-            if not name:
-                continue
-            if power.exists():
-                rails.append(Rail(name, power, None, None, 1e-3))
-            elif volts.exists() and amps.exists():
-                rails.append(Rail(name, None, volts, amps, 0.0))
+            rails.append(_rail(_text(label), dev / f"in_power{i}_input", dev / f"in_voltage{i}_input",
+                               dev / f"in_current{i}_input", 1e-3))
     return rails
 
 
 def find_meter(root: Path = Path("/sys")) -> Meter | None:
     """The device's power meter, or None. Every rail found must read; one that does not leaves it out."""
-    rails = [r for r in _hwmon_rails(root) + _iio_rails(root) if _reads(r)]
+    rails = [r for r in _hwmon_rails(root) + _iio_rails(root) if r is not None and _reads(r)]
     if not rails:
         return None
     inputs = [r for r in rails if r.name.upper() in INPUT_RAILS]

@@ -321,12 +321,8 @@ def _train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset, out: Path, re
         cfg.builder_dir = cfg.builder_dir or builder_folder(cfg.model)
         model = build_model(cfg, train_set.shape, len(classes))
     if init is not None:
-        try:
-            model.load_state_dict(init["model"])
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[1:2] or [str(e)]
-            raise TrainError(f"--init-from {cfg.init_from}: its weights do not fit this model ({first[0].strip()}); "
-                             "start from a checkpoint of the same model and classes") from None
+        load_weights(model, init["model"], f"--init-from {cfg.init_from}: its weights do not fit this model",
+                     "start from a checkpoint of the same model and classes")
     _normalise(model, cfg, train_set, custom=given is not None or not is_builtin(cfg.model))
     model = model.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
@@ -444,14 +440,19 @@ def load_trained(path: Path, model: EarlyExitModel | None = None) -> tuple[Early
             raise TrainError(f"{path} holds a model that was passed to train() as an object ({cfg.model!r}); pass "
                              "it again (model=...), or train with cfg.model='MODULE:FUNCTION'")
         model = build_model(cfg, tuple(blob["input_shape"]), len(blob["classes"]))
-    try:
-        model.load_state_dict(blob["model"])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[1:2] or [str(e)]
-        raise TrainError(f"{path}: the weights do not fit the model {cfg.model!r} builds now ({first[0].strip()}); "
-                         "rebuild it exactly as it was trained") from None
+    load_weights(model, blob["model"], f"{path}: the weights do not fit the model {cfg.model!r} builds now",
+                 "rebuild it exactly as it was trained")
     model.placement = blob.get("placement", [])
     return model.eval(), cfg, blob["classes"]
+
+
+def load_weights(model: EarlyExitModel, state: dict, what: str, fix: str) -> None:
+    """The weights into the model, or a TrainError saying which do not fit (torch's first line) and the fix."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1:2] or [str(e)]
+        raise TrainError(f"{what} ({first[0].strip()}); {fix}") from None
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
