@@ -48,7 +48,7 @@ def test_joules_per_item_and_per_exit_count_only_nodes_with_a_model():
 
 
 def test_a_simulated_run_reports_joules_per_item(tmp_path):
-    from mdiexit.runtime.launch import RunOptions
+    from mdiexit.runtime.options import RunOptions
     from mdiexit.sim.run import simulate
 
     s = simulate("examples/edge4.yaml", RunOptions(rate=200.0, duration_s=4.0, warmup_s=0.5, live=False),

@@ -35,7 +35,7 @@ def cmd_bench_engine(a: argparse.Namespace) -> int:
 
 
 def _run_opts(a: argparse.Namespace):
-    from mdiexit.runtime.launch import RunOptions
+    from mdiexit.runtime.options import RunOptions
 
     given = dict(mode=a.mode, rate=a.rate, duration_s=a.duration, warmup_s=a.warmup, deadline_ms=a.deadline_ms,
                  live=not a.quiet, data_dir=a.data_dir, admission=a.admission, target_accuracy=a.target_accuracy,

@@ -17,7 +17,7 @@ class RunDefault:
         self.field = field
 
     def __str__(self) -> str:
-        from mdiexit.runtime.launch import RunOptions
+        from mdiexit.runtime.options import RunOptions
 
         return f"{getattr(RunOptions(), self.field)}"
 

@@ -20,7 +20,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     the calibrated emulation makes them; links are each node's egress token bucket plus latency; heartbeats go
     every heartbeat_ms. Each item is a real test item whose exit and label are exact. Writes what `mdiexit run`
     writes (DIR/summary.json, items.csv, timeline.csv)."""
-    from mdiexit.runtime.launch import RunOptions
+    from mdiexit.runtime.options import RunOptions
     from mdiexit.sim.run import simulate
 
     given = dict(mode=a.mode, rate=a.rate, duration_s=a.duration, warmup_s=a.warmup, deadline_ms=a.deadline_ms,

@@ -8,7 +8,7 @@ import pytest
 
 from mdiexit.config import ConfigError, load_cluster
 from mdiexit.runtime.dilation import dilate_cluster, dilate_options, dilated_run, undilate_summary
-from mdiexit.runtime.launch import RunOptions
+from mdiexit.runtime.options import RunOptions
 from tests.runtime.conftest import write_cluster
 
 

@@ -16,7 +16,7 @@ from mdiexit.evaluate import all_exit_logits
 from mdiexit.exitprofile import outcome
 from mdiexit.package import load_package
 from mdiexit.policies.modes import MODES, no_exit_thresholds
-from mdiexit.runtime.launch import RunOptions
+from mdiexit.runtime.options import RunOptions
 from mdiexit.runtime.report import SUMMARY_FIELDS, write_results
 from mdiexit.sim.run import simulate
 

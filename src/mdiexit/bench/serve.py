@@ -32,7 +32,7 @@ from mdiexit.package import load_package
 from mdiexit.planner import limit_at_thresholds
 from mdiexit.runtime.device import planner_costs
 from mdiexit.runtime.dilation import dilate_cluster, dilate_options
-from mdiexit.runtime.launch import RunOptions
+from mdiexit.runtime.options import RunOptions
 from mdiexit.runtime.ports import free_ports
 from mdiexit.security import create_client_key, create_keys
 from mdiexit.util import say, shown_path

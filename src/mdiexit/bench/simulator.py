@@ -25,7 +25,7 @@ from mdiexit.bench.ratesearch import Criterion
 from mdiexit.config import load_cluster, write_cluster
 from mdiexit.policies.modes import MODES
 from mdiexit.runtime.dilation import dilated_run
-from mdiexit.runtime.launch import RunOptions
+from mdiexit.runtime.options import RunOptions
 from mdiexit.runtime.ports import free_ports, local_nodes
 from mdiexit.sim.run import simulate
 from mdiexit.topology import generate

@@ -38,6 +38,7 @@ from mdiexit.runtime.core import Finished, NodeCore, Send, WorkItem, held_tasks,
 from mdiexit.runtime.device import Profile, calibrate, compression_plan, seed_estimates
 from mdiexit.runtime.linkmeter import LinkMeter
 from mdiexit.runtime.links import Egress, Link, now
+from mdiexit.runtime.options import ClusterError
 from mdiexit.security import CLIENTS, Identity, NodeAuthenticator, make_server
 
 log = logging.getLogger("mdiexit.node")
@@ -49,10 +50,6 @@ def member_config(m: Member) -> NodeConfig:
     return NodeConfig(name=m.name, port=m.port, host=m.host, tasks=tuple(m.tasks) if m.tasks else None,
                       threads=m.threads, slowdown=m.slowdown, bandwidth_mbps=m.bandwidth_mbps, latency_ms=m.latency_ms,
                       public_key=m.public_key)
-
-
-class ClusterError(RuntimeError):
-    """A node cannot take part in the run (port taken, a peer never answered). The message names the node."""
 
 
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL

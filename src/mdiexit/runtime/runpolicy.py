@@ -24,7 +24,7 @@ from mdiexit.policies.modes import no_exit_thresholds, rules_for
 from mdiexit.runtime.sourcecore import Admission, FixedAdmission
 
 if TYPE_CHECKING:
-    from mdiexit.runtime.launch import RunOptions
+    from mdiexit.runtime.options import RunOptions
 
 log = logging.getLogger("mdiexit.launch")
 

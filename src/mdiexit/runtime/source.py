@@ -24,7 +24,8 @@ from mdiexit.protocol.messages import Control, Join, Result, State
 from mdiexit.runtime.arrivals import Arrivals, Offer
 from mdiexit.runtime.core import Finished, WorkItem
 from mdiexit.runtime.join import member_message, package_archive, welcome_frames
-from mdiexit.runtime.node import ClusterError, NodeProcess, encode, member_config, now
+from mdiexit.runtime.node import NodeProcess, encode, member_config, now
+from mdiexit.runtime.options import ClusterError
 from mdiexit.runtime.sourcecore import (
     CONTROL_PERIOD_S,
     WINDOW_SPAN_S,

@@ -15,13 +15,11 @@ from mdiexit.package import load_package
 from mdiexit.planner import costs_from_macs, limit_from_stats
 from mdiexit.policies.modes import rules_for
 from mdiexit.runtime.device import planner_costs
-from mdiexit.runtime.launch import RunOptions
 from mdiexit.runtime.metrics import summarize
-from mdiexit.runtime.node import ClusterError
+from mdiexit.runtime.options import ClusterError, RunOptions
 from mdiexit.runtime.report import RunResult
 from mdiexit.runtime.runpolicy import capacity_hint, make_admission, make_gate, planned_limits
-from mdiexit.runtime.source import Admission
-from mdiexit.runtime.sourcecore import SourceCore
+from mdiexit.runtime.sourcecore import Admission, SourceCore
 from mdiexit.sim.model import host_times, load_items_logits
 from mdiexit.sim.world import World
 from mdiexit.util import shown_path
