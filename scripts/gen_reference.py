@@ -5,7 +5,7 @@
 
 Sources: the argparse parser (every command and flag), the cluster file's typed fields and the comments beside them
 (mdiexit.config), the metrics table (mdiexit.runtime.telemetry.METRICS), the run outputs' field tables
-(mdiexit.runtime.report) and the exit codes (mdiexit.cli_errors.EXIT_CODES).
+(mdiexit.runtime.report) and the exit codes (mdiexit.cli.errors.EXIT_CODES).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def outputs_page() -> str:
 
 
 def exit_codes_page() -> str:
-    from mdiexit.cli_errors import EXIT_CODES
+    from mdiexit.cli.errors import EXIT_CODES
 
     rows = ["| status | meaning |", "|---|---|", *(f"| {code} | {what} |" for code, what in EXIT_CODES.items())]
     return "# Exit codes\n\nEvery `mdiexit` command ends with one of these.\n\n" + "\n".join(rows) + "\n"

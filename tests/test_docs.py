@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from mdiexit.cli import build_parser, subcommands
-from mdiexit.cli_errors import EXIT_CODES
+from mdiexit.cli.errors import EXIT_CODES
 from mdiexit.config import ClusterConfig, NodeConfig
 from mdiexit.runtime.report import ITEM_COLUMNS, SUMMARY_FIELDS
 from mdiexit.runtime.telemetry import METRICS

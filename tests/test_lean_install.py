@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mdiexit.cli_errors import EXTRA_OF
+from mdiexit.cli.errors import EXTRA_OF
 from mdiexit.runtime.ports import local_nodes
 
 from .runtime.conftest import write_cluster

@@ -7,8 +7,8 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from mdiexit.cli_common import RunDefault, device_profile_arg, finish_run
-from mdiexit.cli_model import floats, items_arg
+from mdiexit.cli.common import RunDefault, device_profile_arg, finish_run
+from mdiexit.cli.model import floats, items_arg
 from mdiexit.policies.modes import ADMISSIONS, MODES
 
 SIM_TIMES = ("profile", "macs")  # the one list is mdiexit.sim.model.TIMES; this module must not import it (simpy)

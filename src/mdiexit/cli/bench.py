@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from mdiexit.cli_common import device_profile_arg
+from mdiexit.cli.common import device_profile_arg
 
 
 def cmd_bench_network(a: argparse.Namespace) -> int:

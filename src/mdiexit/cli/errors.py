@@ -32,7 +32,7 @@ EXIT_CODES: dict[int, str] = {
 # Errors that are the user's to fix (bad file, missing dataset...): one line, exit status 2, no traceback.
 _USER_ERRORS = (("mdiexit.config", "ConfigError"), ("mdiexit.data", "DataError"), ("mdiexit.package", "PackageError"),
                 ("mdiexit.emulation.netns", "NamespaceError"), ("mdiexit.runtime.options", "ClusterError"),
-                ("mdiexit.security", "KeyFileError"), ("mdiexit.cli_model", "UsageError"),
+                ("mdiexit.security", "KeyFileError"), ("mdiexit.cli.model", "UsageError"),
                 ("mdiexit.models.spec", "ModelSpecError"), ("mdiexit.training.train", "TrainError"),
                 ("mdiexit.plot", "PlotError"), ("mdiexit.ops.services", "ServiceError"),
                 ("mdiexit.pilot.run", "PilotError"), ("mdiexit.energy", "PowerError"))

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from mdiexit.cli_common import DEFAULT_CLUSTER, device_profile_arg
+from mdiexit.cli.common import DEFAULT_CLUSTER, device_profile_arg
 
 
 def cmd_install_service(a: argparse.Namespace) -> int:

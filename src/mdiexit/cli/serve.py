@@ -8,8 +8,8 @@ import signal
 import threading
 from pathlib import Path
 
-from mdiexit.cli_common import RunDefault, finish_run
-from mdiexit.cli_model import floats
+from mdiexit.cli.common import RunDefault, finish_run
+from mdiexit.cli.model import floats
 from mdiexit.policies.modes import ADMISSIONS, MODES
 
 

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 from mdiexit.bench.ratesearch import REFINE_STEPS, bracket_width
-from mdiexit.cli_bench import add_link_bench_commands
-from mdiexit.cli_common import DEFAULT_CLUSTER, RunDefault, device_profile_arg, finish_run
-from mdiexit.cli_errors import missing_extra, user_errors
-from mdiexit.cli_model import DEFAULT_PACKAGE, add_model_commands, floats, items_arg
-from mdiexit.cli_ops import add_ops_commands
-from mdiexit.cli_plan import add_plan_commands
-from mdiexit.cli_serve import add_bench_serve, add_keys_client, add_serve_commands
-from mdiexit.cli_sim import add_sim_commands
+from mdiexit.cli.bench import add_link_bench_commands
+from mdiexit.cli.common import DEFAULT_CLUSTER, RunDefault, device_profile_arg, finish_run
+from mdiexit.cli.errors import missing_extra, user_errors
+from mdiexit.cli.model import DEFAULT_PACKAGE, add_model_commands, floats, items_arg
+from mdiexit.cli.ops import add_ops_commands
+from mdiexit.cli.plan import add_plan_commands
+from mdiexit.cli.serve import add_bench_serve, add_keys_client, add_serve_commands
+from mdiexit.cli.sim import add_sim_commands
 from mdiexit.policies.modes import ADMISSIONS, MODES
 
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mdiexit.cli_model import DEFAULT_PACKAGE, UsageError, floats
+from mdiexit.cli.model import DEFAULT_PACKAGE, UsageError, floats
 from mdiexit.policies.modes import MODES
 
 TIMES = ("profile", "macs")
