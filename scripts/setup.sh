@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv/ and the Fashion-MNIST data. Idempotent; called by `make demo` and `make test`.
+# Set up .venv/, the Fashion-MNIST data and (as root) chromium. Idempotent; called by `make demo` and `make test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +26,13 @@ setup: Fashion-MNIST not found in $DATA_DIR.
 MSG
     exit 1
   fi
+fi
+
+# 2b. A headless browser for the test that renders the pilot's page (optional: without it that test is skipped)
+if ! command -v chromium >/dev/null && [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+  echo "setup: installing the Debian package chromium (the pilot page's browser test)" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ||
+    echo "setup: chromium could not be installed; the browser test will be skipped" >&2
 fi
 
 # 3. The virtual environment (torch pinned: an unpinned torch pulls a multi-GB CUDA build)

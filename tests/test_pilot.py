@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mdiexit.config import load_cluster, write_cluster
-from mdiexit.pilot.run import OPTIONS, fastest_worker, option_cluster
+from mdiexit.pilot.report import write_html
+from mdiexit.pilot.run import OPTIONS, fastest_worker, option_cluster, verdict
 from mdiexit.runtime.ports import local_nodes
 
-pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,6 +38,7 @@ def test_options_run_on_the_site_their_names_promise(site):
     assert option_cluster(cluster, "ddi-exit")[1] == "ddi-exit" and option_cluster(cluster, "mdi-exit")[1] == "mdi-exit"
 
 
+@pytest.mark.cluster
 def test_a_short_pilot_writes_the_report_a_manager_reads(site, tmp_path):
     out = tmp_path / "pilot"
     run = subprocess.run([sys.executable, "-m", "mdiexit.cli", "pilot", "--cluster", str(site), "--minutes", "1.25",
@@ -56,3 +59,41 @@ def test_a_short_pilot_writes_the_report_a_manager_reads(site, tmp_path):
     assert report["verdict"] in page.replace("&#x27;", "'")
     mdi = report["options"]["mdi-exit"]
     assert f"{mdi['throughput_per_s']:.1f}" in page
+
+
+def _report() -> dict:
+    options = {name: {"mode": "mdi-exit", "nodes": ["source"], "admission": "rate", "throughput_per_s": tput,
+                      "accuracy": 0.93, "bytes_per_item": b, "joules_per_item": j, "p50_ms": 20.0, "p95_ms": 80.0,
+                      "lost": 0, "rejected": 0, "completed": 100}
+               for name, tput, b, j in (("local", 180.0, 0.0, 0.036), ("fastest", 360.0, 1219.0, 0.023),
+                                        ("ddi-exit", 990.0, 1280.0, 0.027), ("mdi-exit-fixed", 850.0, 1183.0, 0.03),
+                                        ("mdi-exit", 1138.6, 1345.0, 0.027))}
+    report = {"site": {"cluster": "site.yaml", "package": "pkg", "nodes": [
+        {"name": "source", "role": "source", "slowdown": 40.0, "bandwidth_mbps": 20.0, "latency_ms": 5.0,
+         "power": "raspberry-pi-4"}]}, "target_accuracy": 0.925, "thresholds": [0.9, 0.0],
+        "planner_limit_per_s": 948.0, "seconds_per_option": 40.0, "options": options,
+        "what_if": [{"what": "one more device like w1", "limit_per_s": 1239.8, "change": 0.31}]}
+    report["verdict"] = verdict(report)
+    return report
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium here (apt-get install -y chromium)")
+def test_the_page_renders_in_a_real_browser_with_its_figures(tmp_path):
+    report = _report()
+    page = write_html(report, tmp_path / "report.html")
+    shot = tmp_path / "shot.png"
+    base = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}"]
+    out = subprocess.run([*base, f"--screenshot={shot}", "--window-size=1000,1800", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), out.stderr[-2000:]
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        grey = np.asarray(im.convert("L"), dtype=float)
+    assert grey.shape == (1800, 1000)
+    assert (grey < 128).mean() > 0.01 and grey.std() > 20  # text and bars drawn, not a blank page
+    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert "1138.6" in dom and "0.027" in dom and "one more device like w1" in dom
+    assert report["verdict"].split(":")[0] in dom
+    assert len(re.findall(r"<img [^>]*src=\"data:image/png;base64,", dom)) == 3
