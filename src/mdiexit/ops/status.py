@@ -39,7 +39,7 @@ class NodeStatus(msgspec.Struct, frozen=True):
 
 class EventStatus(msgspec.Struct, frozen=True):
     node: str
-    kind: str  # crashed | hung | left | joined
+    kind: str  # crashed | silent | left | joined | back (as the run summary's node_failures)
     at_s: float  # seconds after the run started
     recovery_s: float | None = None
 
@@ -58,7 +58,7 @@ class SiteStatus(msgspec.Struct, frozen=True):
     admitted: int
     completed: int
     in_flight: int
-    rejected: int
+    rejected: int  # by the gate and, for a service, at the door
     expired: int
     failed: int
     accuracy: float | None  # of the results so far, against their labels (None: no labelled result yet)

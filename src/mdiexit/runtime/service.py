@@ -202,6 +202,8 @@ class ClientEndpoint:
             return
         head = peek(frames[1])
         if head.kind == Request.KIND:  # refused from its header, its array untouched: overload costs little
+            if (client, head.request_id) in self.open:
+                return  # sent again after a reconnection, and still held: its one answer is on its way
             unread_s = self.unread.waited_s(client, head.sent_at, time.time())
             if self.stopping:
                 self._refuse(client, head.request_id, STOPPING)

@@ -338,7 +338,7 @@ class SourceProcess(NodeProcess):
     def site_status(self, cluster_file: str, rate: float, t: float) -> SiteStatus:
         led = self.ledger
         run_s = self.run_elapsed_s(t)
-        gone = {e["node"]: e["kind"] for e in self.failure_summary()}  # crashed | hung | left | joined
+        gone = {e["node"]: e["kind"] for e in self.failure_summary()}  # each node's last event: left, crashed, ...
         links = self.meter.figures(t)
         own = {"busy_s": self.busy_s, "tasks": float(sum(self.core.tasks_run.values()))}
         self.progress.setdefault(self.name, deque(maxlen=PROGRESS_SAMPLES)).append((t, own))
@@ -370,7 +370,8 @@ class SourceProcess(NodeProcess):
             cluster=cluster_file, source=self.name, mode=self.mode, phase=self.phase, pid=os.getpid(),
             written_at=time.time(), run_s=run_s, package=self.package_version, throughput_per_s=rate,
             admission_rate_per_s=self.admission.rate(), admitted=led.admitted, completed=led.completed,
-            in_flight=len(led.in_flight), rejected=sum(self.gate.rejected.values()),
+            in_flight=len(led.in_flight),
+            rejected=sum(self.gate.rejected.values()) + (sum(self.intake.refused.values()) if self.intake else 0),
             expired=led.expired + self.gate.expired, failed=led.failed,
             accuracy=led.correct / led.completed if led.completed else None, nodes=nodes, events=events)
 
