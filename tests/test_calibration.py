@@ -1,7 +1,8 @@
 import numpy as np
 
 from mdiexit.calibration import confidence, expected_calibration_error, fit_temperature, nll
-from mdiexit.training.train import load_trained, predict_logits
+from mdiexit.training.inference import predict_logits
+from mdiexit.training.train import load_trained
 
 
 def test_temperature_repairs_an_overconfident_model(tiny_checkpoint, small_splits):

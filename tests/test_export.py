@@ -9,8 +9,9 @@ from mdiexit.evaluate import all_exit_logits, evaluate_logits
 from mdiexit.exitprofile import ExitProfile
 from mdiexit.export import build_manifest, calibrate, check_parity, export_onnx
 from mdiexit.package import PackageError, load_package
+from mdiexit.training.inference import predict_logits
 from mdiexit.training.torch_engine import TorchEngine
-from mdiexit.training.train import load_trained, predict_logits
+from mdiexit.training.train import load_trained
 
 pytestmark = pytest.mark.training
 

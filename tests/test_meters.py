@@ -52,3 +52,20 @@ def test_no_meter_or_an_unreadable_one_is_none(tmp_path):
     root = _write(tmp_path, {"class/hwmon/hwmon2/name": "ina3221", "class/hwmon/hwmon2/in1_label": "VDD_IN",
                              "class/hwmon/hwmon2/power1_input": "not a number"})
     assert find_meter(root) is None
+
+
+def test_the_energy_counter_integrates_the_watts_it_reads_and_drops_a_meter_that_fails(tmp_path):
+    from mdiexit.meters import EnergyCounter
+
+    root = _write(tmp_path, {"class/hwmon/hwmon0/name": "ina3221", "class/hwmon/hwmon0/in1_label": "VDD_IN",
+                             "class/hwmon/hwmon0/power1_input": "4000000"})
+    counter = EnergyCounter(find_meter(root), period_s=1.0)
+    counter.read(0.0)
+    counter.read(0.5)  # within the period: not read
+    (root / "class/hwmon/hwmon0/power1_input").write_text("6000000\n")
+    counter.read(2.0)  # 2 s from 4 W to 6 W: 10 J
+    assert counter.joules == pytest.approx(10.0)
+    (root / "class/hwmon/hwmon0/power1_input").write_text("broken\n")
+    with pytest.raises(ValueError):
+        counter.read(3.0)
+    assert counter.meter is None and counter.joules == pytest.approx(10.0)

@@ -86,11 +86,11 @@ def run_energy(models: Mapping[str, PowerModel | None], final_stats: Mapping[str
            "joules_per_item": total / completed if per_node and completed else None,
            "energy_per_node_j": per_node, "energy_measured_nodes": sorted(measured),
            "energy_uncounted_nodes": sorted(n for n in final_stats if n not in per_node)}
-    counted = modelled  # the per-exit split needs the models' busy watts
-    busy_j = sum((models[n].busy_w - models[n].idle_w) * s.get("busy_s", 0.0) for n, s in counted.items())
-    busy_s = sum(s.get("busy_s", 0.0) for s in counted.values())
-    task_s = _mean_task_s(counted)
-    if counted and completed and busy_s > 0 and task_s:
+    # the per-exit split needs the models' busy watts: over the modelled nodes
+    busy_j = sum((models[n].busy_w - models[n].idle_w) * s.get("busy_s", 0.0) for n, s in modelled.items())
+    busy_s = sum(s.get("busy_s", 0.0) for s in modelled.values())
+    task_s = _mean_task_s(modelled)
+    if modelled and completed and busy_s > 0 and task_s:
         shared, watts = (total - busy_j) / completed, busy_j / busy_s
         out["joules_per_exit"] = [shared + watts * sum(task_s.get(t, 0.0) for t in range(1, k + 1))
                                   for k in range(1, num_exits + 1)]

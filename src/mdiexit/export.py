@@ -27,7 +27,8 @@ from mdiexit.exitprofile import ExitProfile, OperatingPoint
 from mdiexit.models import EarlyExitModel
 from mdiexit.models.autoencoder import Autoencoder, Encoder
 from mdiexit.package import FORMAT, PackageError, load_package
-from mdiexit.training.train import TrainConfig, data_splits, load_trained, memory_batch, predict_logits
+from mdiexit.training.inference import memory_batch, predict_logits
+from mdiexit.training.train import TrainConfig, data_splits, load_trained
 from mdiexit.util import isolated_s, say, third_party_warnings_summarised
 
 PARITY_ATOL = 1e-3  # largest allowed |ORT - torch| on logits, relative to the logits' scale

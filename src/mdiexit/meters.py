@@ -98,3 +98,26 @@ def _reads(rail: Rail) -> bool:
         return True
     except (OSError, ValueError):
         return False
+
+
+class EnergyCounter:
+    """The joules a meter has seen: trapezoids of its watts, read at most once every `period_s`. A meter that stops
+    reading is dropped (the node's power model counts from then on)."""
+
+    def __init__(self, meter: Meter | None, period_s: float = 1.0):
+        self.meter, self.period_s = meter, period_s
+        self.joules = 0.0
+        self.last: tuple[float, float | None] = (float("-inf"), None)  # (when, watts) of the last reading
+
+    def read(self, t: float) -> None:
+        if self.meter is None or t - self.last[0] < self.period_s:
+            return
+        try:
+            watts = self.meter.read_w()
+        except (OSError, ValueError):
+            self.meter = None
+            raise
+        last_t, last_w = self.last
+        if last_w is not None:
+            self.joules += (t - last_t) * (watts + last_w) / 2
+        self.last = (t, watts)

@@ -11,7 +11,8 @@ from mdiexit.calibration import confidence
 from mdiexit.data import Dataset
 from mdiexit.export import export_package
 from mdiexit.models import create, normalisation
-from mdiexit.training.train import TrainConfig, TrainError, load_trained, memory_batch, predict_logits, train
+from mdiexit.training.inference import memory_batch, predict_logits
+from mdiexit.training.train import TrainConfig, TrainError, load_trained, train
 
 pytestmark = pytest.mark.training
 

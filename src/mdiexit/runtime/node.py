@@ -27,7 +27,7 @@ import zmq
 from mdiexit.config import ClusterConfig, NodeConfig
 from mdiexit.emulation.device import DeviceModel
 from mdiexit.engine import OrtEngine
-from mdiexit.meters import find_meter
+from mdiexit.meters import EnergyCounter, find_meter
 from mdiexit.package import Package
 from mdiexit.policies.modes import rules_for
 from mdiexit.policies.offload import NeighbourView, ServiceEstimator
@@ -85,9 +85,7 @@ class NodeProcess:
         self.leaving = False
         self.busy_s = 0.0
         self.progress_sent_at = float("-inf")
-        self.power_meter = find_meter()  # a Jetson's INA3221 rails, where readable; None elsewhere
-        self.measured_j = 0.0
-        self.meter_read_at: tuple[float, float | None] = (float("-inf"), None)
+        self.energy = EnergyCounter(find_meter(), PROGRESS_PERIOD_S)  # a Jetson's INA3221 rails, where readable
         self.started_at = now()
         self.ctx = zmq.Context()
         estimator = ServiceEstimator.from_package(pkg, self.cfg.rated_macs_per_s)
@@ -386,8 +384,8 @@ class NodeProcess:
                    estimation_bytes=float(self.meter.overhead_bytes))
         out.update({f"rejected_{r}": float(self.rejected[r]) for r in REJECT_REASONS})
         out.update(emulated_calls=float(dev.calls), overruns=float(dev.overruns))
-        if self.power_meter is not None:
-            out["measured_j"] = self.measured_j  # the device's own meter (mdiexit.meters)
+        if self.energy.meter is not None:
+            out["measured_j"] = self.energy.joules  # the device's own meter (mdiexit.meters)
         return out
 
     def send_state(self, final: bool = False) -> None:
@@ -412,19 +410,10 @@ class NodeProcess:
         self.egress.model_rate(rate, t)
 
     def read_meter(self, t: float) -> None:
-        """Add the energy since the last reading (trapezoids of the meter's watts), about once a second."""
-        if self.power_meter is None or t - self.meter_read_at[0] < PROGRESS_PERIOD_S:
-            return
         try:
-            watts = self.power_meter.read_w()
+            self.energy.read(t)
         except (OSError, ValueError) as e:
             log.warning("%s: power meter unreadable (%s); energy from the power model from now on", self.name, e)
-            self.power_meter = None
-            return
-        last_t, last_w = self.meter_read_at
-        if last_w is not None:
-            self.measured_j += (t - last_t) * (watts + last_w) / 2
-        self.meter_read_at = (t, watts)
 
     def _heartbeat_loop(self) -> None:
         period = self.cluster.heartbeat_ms / 1000

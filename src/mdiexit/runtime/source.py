@@ -338,7 +338,8 @@ class SourceProcess(NodeProcess):
     def site_status(self, cluster_file: str, rate: float, t: float) -> SiteStatus:
         led = self.ledger
         run_s = self.run_elapsed_s(t)
-        gone = {e["node"]: e["kind"] for e in self.failure_summary()}  # each node's last event: left, crashed, ...
+        failures = self.failure_summary()
+        gone = {e["node"]: e["kind"] for e in failures}  # each node's last event: left, crashed, ...
         links = self.meter.figures(t)
         own = {"busy_s": self.busy_s, "tasks": float(sum(self.core.tasks_run.values()))}
         self.progress.setdefault(self.name, deque(maxlen=PROGRESS_SAMPLES)).append((t, own))
@@ -365,7 +366,7 @@ class SourceProcess(NodeProcess):
                 utilization=util, tasks_per_s=tasks,
                 link=None if fig is None else LinkStatus(fig[0] / 1e6 if fig[0] else None, 1000 * fig[1])))
         events = [EventStatus(node=e["node"], kind=e["kind"], at_s=e["at_s"], recovery_s=e.get("recovery_s"))
-                  for e in self.failure_summary()[-EVENTS_SHOWN:]]
+                  for e in failures[-EVENTS_SHOWN:]]
         return SiteStatus(
             cluster=cluster_file, source=self.name, mode=self.mode, phase=self.phase, pid=os.getpid(),
             written_at=time.time(), run_s=run_s, package=self.package_version, throughput_per_s=rate,

@@ -43,7 +43,8 @@ from mdiexit.export import (
 from mdiexit.models import EarlyExitModel
 from mdiexit.models.autoencoder import MAX_MAC_FRACTION, Autoencoder, build_autoencoder
 from mdiexit.package import PackageError, load_package
-from mdiexit.training.train import TrainConfig, batch_of, data_splits, load_trained, predict_logits, seed_everything
+from mdiexit.training.inference import predict_logits
+from mdiexit.training.train import TrainConfig, batch_of, data_splits, load_trained, seed_everything
 from mdiexit.util import logging_to, say, third_party_warnings_summarised
 
 log = logging.getLogger("mdiexit.compress")

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from mdiexit.data import Dataset, LazyImages, batches
 from mdiexit.models import EarlyExitModel, create, normalisation, set_normalisation
 from mdiexit.models.spec import builder_folder, is_builtin
+from mdiexit.training.inference import predict_logits
 from mdiexit.util import logging_to, say
 
 log = logging.getLogger("mdiexit.train")
@@ -33,7 +34,6 @@ EXIT_TARGETS = ("labels", "teacher")
 DEFAULT_BATCH = 128
 MIN_STEPS_PER_EPOCH = 20  # fewer, and a small folder trains nothing in a few epochs
 SMALLEST_AUTO_BATCH = 8
-MEMORY_BUDGET = 1 << 30  # bytes of activations one inference batch may take (export, validation)
 
 
 class TrainError(Exception):
@@ -153,30 +153,6 @@ def data_splits(cfg: TrainConfig, data_dir: Path | None, classes: list[str] | No
     return load(cfg.dataset, data_dir, cfg.val_fraction, cfg.seed, cfg.image_size, cfg.channels, keep, lazy)
 
 
-def memory_batch(model: EarlyExitModel, budget_bytes: int = MEMORY_BUDGET, cap: int = 512) -> int:
-    """Items per inference batch so that the activations stay within `budget_bytes`: the largest output of any
-    layer, three times over (input, output and a residual), per item."""
-    largest = [4 * int(np.prod(model.input_shape))]
-    device = _device_of(model)
-
-    def hook(_mod, _inp, out):
-        for t in out if isinstance(out, tuple | list) else (out,):
-            if isinstance(t, torch.Tensor):
-                largest[0] = max(largest[0], t.element_size() * t[0].numel())
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros((1, *model.input_shape), dtype=torch.uint8, device=device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return int(max(1, min(cap, budget_bytes // (3 * largest[0]))))
-
-
 def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
     """Random crop with zero padding and random horizontal flip, on uint8 NCHW."""
     n, _, h, w = x.shape
@@ -219,20 +195,6 @@ def exit_weights(cfg: TrainConfig, progress: float, num_exits: int) -> list[floa
     """Loss weight per exit: early exits ramp from 10% to `exit_weight` over `ramp_fraction` of training."""
     ramp = min(1.0, 0.1 + 0.9 * progress / max(cfg.ramp_fraction, 1e-9))
     return [cfg.exit_weight * ramp] * (num_exits - 1) + [1.0]
-
-
-@torch.no_grad()
-def predict_logits(model: EarlyExitModel, images: np.ndarray | LazyImages, batch_size: int | None = None) -> np.ndarray:
-    """Logits of every exit, shape (K, N, classes), in batches sized to stay within about 1 GB."""
-    batch_size = batch_size or memory_batch(model)
-    device = _device_of(model)
-    model.eval()
-    outs = []
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        outs.append(torch.stack(model(x)).float().cpu().numpy())
-    return np.concatenate(outs, axis=1)
 
 
 def _set_trainable(model: EarlyExitModel, mode: str) -> list[torch.nn.Parameter]:
@@ -289,12 +251,16 @@ def _read_init(path: str) -> dict:
     if not Path(path).is_file():
         raise TrainError(f"--init-from {path}: no such file; give a model.pt or checkpoint.pt that `mdiexit train` "
                          "wrote")
+    return _read_checkpoint(Path(path), f"--init-from {path}: not a checkpoint written by `mdiexit train`")
+
+
+def _read_checkpoint(path: Path, what: str) -> dict:
+    """A checkpoint file with its weights, or a TrainError: ``what`` and torch's reason."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=False)
         blob["model"]
     except (KeyError, TypeError, RuntimeError, EOFError, ValueError) as e:
-        raise TrainError(f"--init-from {path}: not a checkpoint written by `mdiexit train` ({type(e).__name__}: "
-                         f"{e})") from None
+        raise TrainError(f"{what} ({type(e).__name__}: {e})") from None
     return blob
 
 
@@ -430,11 +396,12 @@ def load_trained(path: Path, model: EarlyExitModel | None = None) -> tuple[Early
     path = Path(path)
     if not path.is_file():
         raise TrainError(f"checkpoint {path} not found; give the model.pt that `mdiexit train` wrote")
+    what = f"{path} is not a model.pt written by `mdiexit train`"
+    blob = _read_checkpoint(path, what)
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
         cfg = TrainConfig(**blob["config"])
-    except (KeyError, TypeError, RuntimeError, EOFError, ValueError) as e:
-        raise TrainError(f"{path} is not a model.pt written by `mdiexit train` ({type(e).__name__}: {e})") from None
+    except (KeyError, TypeError) as e:
+        raise TrainError(f"{what} ({type(e).__name__}: {e})") from None
     if model is None:
         if not is_builtin(cfg.model) and ":" not in cfg.model:
             raise TrainError(f"{path} holds a model that was passed to train() as an object ({cfg.model!r}); pass "
@@ -453,10 +420,6 @@ def load_weights(model: EarlyExitModel, state: dict, what: str, fix: str) -> Non
     except RuntimeError as e:
         first = str(e).strip().splitlines()[1:2] or [str(e)]
         raise TrainError(f"{what} ({first[0].strip()}); {fix}") from None
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _cpu(state):
