@@ -16,6 +16,7 @@ from mdiexit.planner import (
     devices_needed,
     limit_from_stats,
     node_times,
+    plan_energy,
     plan_problem,
     plan_throughput,
     reach_of,
@@ -324,6 +325,47 @@ def test_plan_command_prints_the_limit_and_json(tmp_path):
     bad = subprocess.run([*run, "--add-kind", "nope", "--target-rate", "1"], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and "--add-kind" in bad.stderr and "Traceback" not in bad.stderr
+    no_rate = subprocess.run([*run, "--objective", "energy"], capture_output=True, text=True, timeout=120)
+    assert no_rate.returncode == 2 and "--rate" in no_rate.stderr and "Traceback" not in no_rate.stderr
+
+
+# ----------------------------------------------------------------------------------- the energy objective
+
+def test_the_energy_plan_fills_the_cheapest_joules_first(tmp_path):
+    """Three nodes whose joules per item above idle differ (source 4 W x 8 ms, w1 2 W x 4 ms, w2 4 W x 4 ms): at a
+    rate w1 can carry alone everything runs there; past w1's capacity the rest goes to w2, never to the source.
+    J/item is the counted nodes' idle draw plus that work, per item; past the limit the plan says so."""
+    pkg = fake_package(3, tmp_path / "pkg")
+    c = cluster([{"name": "src", "slowdown": 4, "power": {"idle_w": 2, "busy_w": 6}},
+                 {"name": "w1", "slowdown": 2, "power": {"idle_w": 1, "busy_w": 3}},
+                 {"name": "w2", "slowdown": 2, "power": {"idle_w": 1, "busy_w": 5}}])
+    times = node_times(c, Costs((0.001, 0.001, 0.001)))
+    mix = pkg.profile.exit_mix(pkg.default_thresholds)  # reach 1, 0.5, 0.5: 2 ms per item at slowdown 1
+    low = plan_energy(c, pkg, "mdi-exit", mix, times, 100)
+    assert low.throughput_per_s == 100
+    assert low.joules_per_item == pytest.approx(4 / 100 + 2 * 0.004, rel=1e-6)
+    assert low.nodes["w1"]["compute_utilization"] == pytest.approx(0.4, rel=1e-6)
+    assert low.nodes["src"]["compute_utilization"] == low.nodes["w2"]["compute_utilization"] == 0
+    high = plan_energy(c, pkg, "mdi-exit", mix, times, 400)
+    assert high.nodes["w1"]["compute_utilization"] == pytest.approx(1.0, rel=1e-6)
+    assert high.nodes["w2"]["compute_utilization"] == pytest.approx(150 * 0.004, rel=1e-6)
+    assert high.joules_per_item == pytest.approx((4 + 250 * 2 * 0.004 + 150 * 4 * 0.004) / 400, rel=1e-6)
+    limit = plan_throughput(c, pkg, "mdi-exit", mix, times).throughput_per_s
+    assert limit == pytest.approx(1 / 0.008 + 2 * 250, rel=1e-6)
+    with pytest.raises(ValueError, match="limit of 625.0"):
+        plan_energy(c, pkg, "mdi-exit", mix, times, limit * 1.01)
+
+
+def test_the_energy_plan_counts_only_nodes_with_a_power_model(tmp_path):
+    """A node without `power:` costs nothing and adds no idle draw; with none at all there is no J/item."""
+    pkg = fake_package(3, tmp_path / "pkg")
+    c = cluster([{"name": "src", "slowdown": 4, "power": {"idle_w": 2, "busy_w": 6}}, {"name": "w", "slowdown": 2}])
+    times = node_times(c, Costs((0.001, 0.001, 0.001)))
+    mix = pkg.profile.exit_mix(pkg.default_thresholds)
+    plan = plan_energy(c, pkg, "mdi-exit", mix, times, 100)
+    assert plan.joules_per_item == pytest.approx(2 / 100, rel=1e-6)  # all on the uncounted worker
+    bare = cluster([{"name": "src", "slowdown": 4}, {"name": "w", "slowdown": 2}])
+    assert plan_energy(bare, pkg, "mdi-exit", mix, node_times(bare, Costs((0.001,) * 3)), 100).joules_per_item is None
 
 
 # ----------------------------------------------------------------------------------- a run's ideal

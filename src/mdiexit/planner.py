@@ -153,9 +153,10 @@ class Plan:
     links: dict[tuple[str, str], dict]  # (a, b) -> bytes/s, items/s, share of a's egress
     bottleneck: list[Binding]
     thresholds: tuple[float, ...] | None = None
+    joules_per_item: float | None = None  # an energy plan's (plan_energy): at throughput_per_s, the rate asked for
 
     def to_json(self) -> dict:
-        return {"throughput_per_s": self.throughput_per_s, "mode": self.mode,
+        return {"throughput_per_s": self.throughput_per_s, "mode": self.mode, "joules_per_item": self.joules_per_item,
                 "thresholds": list(self.thresholds) if self.thresholds is not None else None,
                 "exit_fraction": list(self.exit_fraction), "reach": list(self.reach), "nodes": self.nodes,
                 "links": [{"from": a, "to": b, **v} for (a, b), v in self.links.items()],
@@ -209,12 +210,26 @@ def _forms(node: NodeConfig, a: str, b: str, j: int, nbytes: int, code: int | No
     return out
 
 
-def solve(problem: Problem, tidy: bool = True) -> tuple[float, np.ndarray, list[Binding], dict]:
-    """Maximise λ. Returns (λ, the solution vector, the binding constraints, the index of its variables)."""
-    from scipy.optimize import linprog
-    from scipy.sparse import coo_matrix, vstack
+@dataclass(frozen=True)
+class Program:
+    """The linear program's matrices: variable 0 is λ, then one per (node, task) run, then one per flow."""
 
-    p = problem
+    a_eq: object  # scipy sparse: conservation, one row per (node, task) state, = 0
+    a_ub: object  # compute (<= each node's capacity) and egress (scaled to <= 1) rows
+    b_ub: np.ndarray
+    rows: list[tuple[str, str]]  # (kind, node) of each a_ub row
+    runs: list[tuple[str, int]]  # (node, task) of variable 1 + i
+    flow0: int  # the first flow variable
+
+    @property
+    def n_var(self) -> int:
+        return self.a_ub.shape[1]
+
+
+def program(p: Problem) -> Program:
+    """The matrices of ``p`` (see the module's docstring)."""
+    from scipy.sparse import coo_matrix
+
     runs = list(p.runs)
     run_var = {rk: 1 + i for i, rk in enumerate(runs)}
     n_var = 1 + len(runs) + len(p.flows)
@@ -261,36 +276,86 @@ def solve(problem: Problem, tidy: bool = True) -> tuple[float, np.ndarray, list[
         r, c, v = zip(*entries, strict=True) if entries else ((), (), ())
         return coo_matrix((v, (r, c)), shape=(n_rows, n_var)).tocsr()
 
-    a_eq, a_ub = matrix(eq, len(states)), matrix(ub, len(rows))
+    return Program(matrix(eq, len(states)), matrix(ub, len(rows)), b_ub, rows, runs, flow0)
+
+
+def solve(problem: Problem, tidy: bool = True) -> tuple[float, np.ndarray, list[Binding], dict]:
+    """Maximise λ. Returns (λ, the solution vector, the binding constraints, the index of its variables)."""
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix, vstack
+
+    p, m = problem, program(problem)
+    n_var, b_ub = m.n_var, m.b_ub
+    zeros = np.zeros(m.a_eq.shape[0])
     c = np.zeros(n_var)
     c[0] = -1.0
-    res = linprog(c, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=np.zeros(len(states)), bounds=(0, None), method="highs")
+    res = linprog(c, A_ub=m.a_ub, b_ub=b_ub, A_eq=m.a_eq, b_eq=zeros, bounds=(0, None), method="highs")
     if res.status == 3:
         raise ValueError("the throughput is unbounded: some path costs no compute and no bandwidth")
     if res.status != 0:
         raise RuntimeError(f"linear program failed: {res.message}")
     lam = float(res.x[0])
-    usage = a_ub @ res.x
+    usage = m.a_ub @ res.x
     binding = [Binding(kind, n, float(usage[i] / b_ub[i]), float(-res.ineqlin.marginals[i] * 0.01 * b_ub[i]))
-               for i, (kind, n) in enumerate(rows) if -res.ineqlin.marginals[i] > _PRICE_TOL]
+               for i, (kind, n) in enumerate(m.rows) if -res.ineqlin.marginals[i] > _PRICE_TOL]
     x = res.x
     if tidy and lam > 0:
         cost = np.zeros(n_var)
         scale = max((fl.nbytes for fl in p.flows), default=1)
         for i, fl in enumerate(p.flows):
-            cost[flow0 + i] = fl.nbytes / scale + 1e-6  # + a little per hop: no pointless relays
+            cost[m.flow0 + i] = fl.nbytes / scale + 1e-6  # + a little per hop: no pointless relays
         floor = coo_matrix(([-1.0], ([0], [0])), shape=(1, n_var))
-        tidy_res = linprog(cost, A_ub=vstack([a_ub, floor]).tocsr(),
-                           b_ub=np.append(b_ub, -lam * (1 - _OPTIMUM_SLACK)), A_eq=a_eq,
-                           b_eq=np.zeros(len(states)), bounds=(0, None), method="highs")
+        tidy_res = linprog(cost, A_ub=vstack([m.a_ub, floor]).tocsr(),
+                           b_ub=np.append(b_ub, -lam * (1 - _OPTIMUM_SLACK)), A_eq=m.a_eq, b_eq=zeros,
+                           bounds=(0, None), method="highs")
         if tidy_res.status == 0:
             x = tidy_res.x
-    return lam, x, sorted(binding, key=lambda b: -b.gain_per_percent), {"runs": runs, "flow0": flow0}
+    return lam, x, sorted(binding, key=lambda b: -b.gain_per_percent), {"runs": m.runs, "flow0": m.flow0}
+
+
+@dataclass(frozen=True)
+class EnergyRates:
+    """What a node's work costs above its idle draw: watts while it computes, joules per byte it sends."""
+
+    extra_w: float
+    j_per_byte: float
+
+
+def solve_energy(problem: Problem, rate: float, watts: Mapping[str, EnergyRates]) -> tuple[float, np.ndarray, dict]:
+    """Carry exactly ``rate`` items/s for the fewest watts above idle. Returns (those watts, the solution vector,
+    the index of its variables). A node missing from ``watts`` costs nothing. Raises ValueError past the limit."""
+    from scipy.optimize import linprog
+
+    p, m = problem, program(problem)
+    cost = np.zeros(m.n_var)
+    zero = EnergyRates(0.0, 0.0)
+    for i, (n, k) in enumerate(m.runs):
+        cost[1 + i] = watts.get(n, zero).extra_w * p.runs[n, k]
+    for i, fl in enumerate(p.flows):
+        src, dst = watts.get(fl.src, zero), watts.get(fl.dst, zero)
+        cost[m.flow0 + i] = (src.j_per_byte * fl.nbytes + src.extra_w * fl.send_s + dst.extra_w * fl.recv_s
+                             + 1e-12 * (fl.nbytes + 1))  # ties: fewer bytes, fewer hops
+    bounds = [(rate, rate)] + [(0, None)] * (m.n_var - 1)
+    res = linprog(cost, A_ub=m.a_ub, b_ub=m.b_ub, A_eq=m.a_eq, b_eq=np.zeros(m.a_eq.shape[0]), bounds=bounds,
+                  method="highs")
+    if res.status == 2:
+        limit = solve(problem, tidy=False)[0]
+        raise ValueError(f"{rate:g} items/s is past this cluster's limit of {limit:.1f}/s in this mode: "
+                         "plan for a lower --rate")
+    if res.status != 0:
+        raise RuntimeError(f"linear program failed: {res.message}")
+    return float(res.fun), res.x, {"runs": m.runs, "flow0": m.flow0}
 
 
 def plan_problem(problem: Problem, mode: str, exit_fraction: Sequence[float], tidy: bool = True) -> Plan:
     """Solve ``problem`` and report the placement, the utilisations and the bottleneck."""
     lam, x, binding, index = solve(problem, tidy)
+    return report(problem, lam, x, binding, index, mode, exit_fraction)
+
+
+def report(problem: Problem, lam: float, x: np.ndarray, binding: list[Binding], index: dict, mode: str,
+           exit_fraction: Sequence[float]) -> Plan:
+    """The placement, utilisations and bottleneck of the solution ``x`` (λ = ``lam``)."""
     tiny = _SHOWN * max(lam, 1.0)
     nodes: dict[str, dict] = {}
     for n in problem.capacity_s:
@@ -328,20 +393,49 @@ def plan_throughput(cluster: ClusterConfig, pkg: Package, mode: str, exit_fracti
                     tidy: bool = True) -> Plan:
     """The physical limit of ``cluster`` in ``mode`` at this exit mix (one fraction per exit). Raises ConfigError
     when the mode cannot reach a task from the source along the neighbour graph."""
-    rules = rules_for(mode)
-    if not rules.exits:
-        exit_fraction = [0.0] * (pkg.num_tasks - 1) + [1.0]
+    exit_fraction = _mix_for(pkg, mode, exit_fraction)
+    plan = plan_problem(_package_problem(cluster, pkg, mode, exit_fraction, times), mode, exit_fraction, tidy)
+    plan.thresholds = tuple(thresholds) if thresholds is not None else None
+    return plan
+
+
+def plan_energy(cluster: ClusterConfig, pkg: Package, mode: str, exit_fraction: Sequence[float],
+                times: Mapping[str, NodeTimes], rate: float, thresholds: Sequence[float] | None = None) -> Plan:
+    """The placement that carries ``rate`` items/s for the fewest joules, by each node's power model (the
+    cluster file's ``power:``; a node without one is not counted). Its ``joules_per_item``: the counted nodes'
+    idle draw plus the work's, per item. Raises ValueError past the cluster's limit."""
+    from mdiexit.energy import cluster_models
+
+    if not rate > 0:
+        raise ValueError(f"rate: expected items/s > 0, got {rate:g}")
+    exit_fraction = _mix_for(pkg, mode, exit_fraction)
+    problem = _package_problem(cluster, pkg, mode, exit_fraction, times)
+    models = {n: m for n, m in cluster_models(cluster.nodes).items() if m is not None}
+    watts = {n: EnergyRates(m.busy_w - m.idle_w, m.j_per_mb / 1e6) for n, m in models.items()}
+    extra_w, x, index = solve_energy(problem, rate, watts)
+    plan = report(problem, rate, x, [], index, mode, exit_fraction)
+    plan.thresholds = tuple(thresholds) if thresholds is not None else None
+    plan.joules_per_item = (sum(m.idle_w for m in models.values()) + extra_w) / rate if models else None
+    return plan
+
+
+def _mix_for(pkg: Package, mode: str, exit_fraction: Sequence[float]) -> Sequence[float]:
+    if not rules_for(mode).exits:
+        return [0.0] * (pkg.num_tasks - 1) + [1.0]
     if len(exit_fraction) != pkg.num_tasks:
         raise ValueError(f"exit fractions: expected {pkg.num_tasks}, one per exit, got {len(exit_fraction)}")
+    return exit_fraction
+
+
+def _package_problem(cluster: ClusterConfig, pkg: Package, mode: str, exit_fraction: Sequence[float],
+                     times: Mapping[str, NodeTimes]) -> Problem:
+    rules = rules_for(mode)
     cluster.check_tasks(pkg.num_tasks)
     if not rules.single_node:
         cluster.check_reachable(pkg.num_tasks, rules.source_computes, rules.offload_later)
-    problem = build_problem(cluster, mode, reach_of(exit_fraction), times, int(np.prod(pkg.input_shape)),
-                            [t.feature_bytes for t in pkg.tasks[:-1]], {c.after_task: c.code_bytes for c in
-                                                                       pkg.compression})
-    plan = plan_problem(problem, mode, exit_fraction, tidy)
-    plan.thresholds = tuple(thresholds) if thresholds is not None else None
-    return plan
+    return build_problem(cluster, mode, reach_of(exit_fraction), times, int(np.prod(pkg.input_shape)),
+                         [t.feature_bytes for t in pkg.tasks[:-1]],
+                         {c.after_task: c.code_bytes for c in pkg.compression})
 
 
 def limit_at_thresholds(cluster: ClusterConfig, pkg: Package, mode: str, costs: Costs | Mapping[int, Costs]

@@ -40,12 +40,13 @@ def cmd_plan(a: argparse.Namespace) -> int:
     """The cluster's physical limit: the most items per second its nodes' compute and egress bandwidth can carry at
     the exit mix of the chosen thresholds, as a linear program over where each task runs and how items move along
     the neighbour graph, under the mode's rules. Names the bottleneck (the saturated nodes and links that bound it)
-    and, with --target-rate, how many more devices reach that rate. Task times: each task's profiled time on this
-    host at batch 1 times each node's slowdown, as the calibrated emulation makes them (--times profile), or MACs
-    at the nodes' rated speed (--times macs)."""
+    and, with --target-rate, how many more devices reach that rate. With --objective energy --rate R: the
+    placement that carries R items/s for the fewest joules per item, by each node's power model (`power:`). Task
+    times: each task's profiled time on this host at batch 1 times each node's slowdown, as the calibrated
+    emulation makes them (--times profile), or MACs at the nodes' rated speed (--times macs)."""
     from mdiexit.config import load_cluster
     from mdiexit.package import load_package
-    from mdiexit.planner import costs_from_macs, devices_needed, node_times, plan_throughput
+    from mdiexit.planner import costs_from_macs, devices_needed, node_times, plan_energy, plan_throughput
     from mdiexit.policies.modes import rules_for
 
     cluster = load_cluster(a.cluster)
@@ -66,8 +67,11 @@ def cmd_plan(a: argparse.Namespace) -> int:
     times = node_times(cluster, costs)
     if a.add_kind is not None and a.add_kind not in {n.name for n in cluster.nodes}:
         raise UsageError(f"--add-kind: no node named {a.add_kind!r} in {a.cluster}")
+    if a.objective == "energy" and a.rate is None:
+        raise UsageError("--objective energy needs --rate: the items/s to carry for the fewest joules")
     try:
-        plan = plan_throughput(cluster, pkg, mode, mix, times, thresholds)
+        plan = plan_throughput(cluster, pkg, mode, mix, times, thresholds) if a.objective == "throughput" else \
+            plan_energy(cluster, pkg, mode, mix, times, a.rate, thresholds)
         growth = None if a.target_rate is None else devices_needed(
             cluster, pkg, mode, mix, times, a.target_rate, a.add_kind, a.max_devices)
     except ValueError as e:
@@ -110,7 +114,11 @@ def print_plan(plan, growth=None, header: list[str] | None = None, file=sys.stdo
     """The plan as text: the limit, each node's and link's load, the bottleneck, and the devices needed."""
     for line in header or []:
         print(line, file=file)
-    print(f"limit: {plan.throughput_per_s:.1f} items/s", file=file)
+    if plan.joules_per_item is None:
+        print(f"limit: {plan.throughput_per_s:.1f} items/s", file=file)
+    else:
+        print(f"fewest joules at {plan.throughput_per_s:g} items/s: {plan.joules_per_item:.4f} J/item "
+              f"({plan.joules_per_item * plan.throughput_per_s:.1f} W for the counted nodes)", file=file)
     k_tasks = len(plan.reach)
     print(f"  {'node':<16} {'compute':>7} {'egress':>7} {'sends Mb/s':>10}"
           + "".join(f"{'task ' + str(k) + '/s':>10}" for k in range(1, k_tasks + 1)), file=file)
@@ -188,6 +196,10 @@ def add_plan_commands(sub: argparse._SubParsersAction, cluster_arg: Callable[[ar
                         "the exit profile's estimate at the thresholds")
     p.add_argument("--times", default="profile", choices=TIMES,
                    help="task times: profile them here (x slowdown), or MACs at rated speed (default %(default)s)")
+    p.add_argument("--objective", default="throughput", choices=("throughput", "energy"),
+                   help="the most items/s (default), or the fewest joules per item at --rate, by each node's "
+                        "power model")
+    p.add_argument("--rate", type=float, default=None, help="with --objective energy: the items/s to carry")
     p.add_argument("--target-rate", type=float, default=None,
                    help="also say how many more devices reach this many items/s")
     p.add_argument("--add-kind", default=None, metavar="NODE",
