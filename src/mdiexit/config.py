@@ -52,6 +52,7 @@ from mdiexit.protocol.codec import CODECS
 ROLES = ("source", "worker")
 COMPRESS = ("off", "on", "auto")
 LINK_FIGURES = ("measured", "configured")  # links: online estimates (seeded by the file) | the file's figures
+OBJECTIVES = ("throughput", "energy")  # the offloading rule: the soonest finish | the fewest joules within a slack
 BASE_RATED_GMACS = 4.0  # assumed speed of an un-slowed node, for initial service-time estimates
 MAX_HEARTBEAT_MS = 100.0  # DESIGN §3.2: a STATE at least every 100 ms
 _OFFLOAD = OffloadConfig()  # the offloading policy's defaults, in the file's units (ms)
@@ -146,6 +147,10 @@ class ClusterConfig:
     neighbours: dict[str, tuple[str, ...]] = field(default_factory=dict)
     hysteresis_ms: NonNegative = _OFFLOAD.hysteresis_s * 1000  # offload only when a neighbour finishes this much sooner
     hop_limit: Annotated[int, Meta(ge=0, le=64)] = _OFFLOAD.hop_limit  # an item is handed on at most this many times
+    # where an item's task runs: the soonest finish, or the fewest joules within energy_slack_ms of it (by the
+    # nodes' `power:` models; a node without one makes its neighbours fall back to the soonest finish)
+    objective: one_of(OBJECTIVES) = "throughput"
+    energy_slack_ms: NonNegative = 20.0  # objective energy: how much later than the soonest an item may finish
     stale_after_ms: Positive = _OFFLOAD.stale_after_s * 1000  # a neighbour's report older than this is not trusted
     heartbeat_ms: Annotated[float, Meta(gt=0, le=MAX_HEARTBEAT_MS)] = 50.0  # each node's STATE report period
     max_batch: Annotated[int, Meta(ge=1, le=4096)] = 8  # dynamic batching: up to this many queued items per call

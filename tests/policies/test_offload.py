@@ -7,6 +7,7 @@ from mdiexit.policies.offload import (
     NO_HOLDER,
     OFFLOAD,
     SELF,
+    EnergyWeights,
     NeighbourView,
     OffloadConfig,
     ServiceEstimator,
@@ -169,3 +170,47 @@ def test_service_estimator_prior_and_ema():
         est.get(9)
     with pytest.raises(ValueError):
         ServiceEstimator({1: 1}, rated_macs_per_s=0)
+
+
+# ----------------------------------------------------------------------------------- the energy objective
+
+def watts(view, extra_w):
+    view.extra_w = extra_w
+    return view
+
+
+def test_energy_picks_the_fewest_joules_within_the_slack():
+    """Local finishes soonest (10 ms) but costs 4 W x 10 ms = 40 mJ; `cheap` finishes 12 ms (within the 5 ms slack)
+    at 1 W x 10 ms + 1000 B x 1e-6 J = 11 mJ; `cheaper` costs less still but finishes 30 ms, past the slack."""
+    energy = EnergyWeights(own_extra_w=4.0, j_per_byte=1e-6, slack_s=0.005)
+    views = [watts(nb("cheap"), 1.0), watts(nb("cheaper", backlog=0.018), 0.5)]
+    d = choose_target(2, 1000, 0.0, 0.01, views, hops=0, now=NOW, cfg=CFG, energy=energy)
+    assert d.target == "cheap" and d.reason == OFFLOAD
+    wide = EnergyWeights(own_extra_w=4.0, j_per_byte=1e-6, slack_s=0.05)
+    assert choose_target(2, 1000, 0.0, 0.01, views, hops=0, now=NOW, cfg=CFG, energy=wide).target == "cheaper"
+    assert choose_target(2, 1000, 0.0, 0.01, views, hops=0, now=NOW, cfg=CFG).local  # throughput first: local
+
+
+def test_energy_keeps_an_item_home_when_sending_costs_more_than_it_saves():
+    """The neighbour computes for 1 mJ less, but sending 10 kB at 1e-6 J/B costs 10 mJ: the item stays."""
+    energy = EnergyWeights(own_extra_w=1.0, j_per_byte=1e-6, slack_s=0.1)
+    d = choose_target(2, 10_000, 0.0, 0.01, [watts(nb("a", bw=None), 0.9)], hops=0, now=NOW, cfg=CFG, energy=energy)
+    assert d.local and d.reason == LOCAL
+
+
+def test_energy_falls_back_to_the_soonest_finish_when_a_candidates_watts_are_unknown():
+    energy = EnergyWeights(own_extra_w=4.0, j_per_byte=0.0, slack_s=0.05)
+    views = [watts(nb("known", backlog=0.004), 0.1), nb("unknown")]
+    d = choose_target(2, 1000, 0.5, 0.01, views, hops=0, now=NOW, cfg=CFG, energy=energy)
+    assert d.target == "unknown"  # the soonest: the rule cannot price it, so it does not guess
+
+
+def test_energy_forwards_to_the_cheapest_holder_and_respects_the_hop_limit():
+    energy = EnergyWeights(own_extra_w=0.0, j_per_byte=0.0, slack_s=0.05)
+    views = [watts(nb("fast"), 3.0), watts(nb("frugal", backlog=0.01), 1.0)]
+    d = choose_target(2, 1000, 0.0, None, views, hops=0, now=NOW, cfg=CFG, energy=energy)
+    assert d.target == "frugal" and d.reason == FORWARD
+    at_limit = choose_target(2, 1000, 0.0, 0.01, views, hops=CFG.hop_limit, now=NOW, cfg=CFG, energy=energy)
+    assert at_limit.reason == HOP_LIMIT
+    nobody = choose_target(2, 1000, 0.0, None, [], hops=0, now=NOW, cfg=CFG, energy=energy)
+    assert nobody.reason == NO_HOLDER

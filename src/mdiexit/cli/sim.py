@@ -1,5 +1,6 @@
-"""The simulator's commands: `mdiexit simulate` (a run in virtual time, DESIGN §4) and `mdiexit bench simulator`
-(the simulator against the runtime, and at scale). `mdiexit.cli` adds them to its parser."""
+"""The simulator's commands: `mdiexit simulate` (a run in virtual time, DESIGN §4), `mdiexit bench simulator`
+(the simulator against the runtime, and at scale) and `mdiexit bench energy` (joules per item by mode and
+objective, simulated). `mdiexit.cli` adds them to its parser."""
 
 from __future__ import annotations
 
@@ -33,6 +34,22 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     sim = result.summary["simulated"]
     print(f"simulated {sim['virtual_s']:.1f} s in {sim['wall_s']:.1f} s ({sim['events']} events)")
     return finish_run(result, a.out)
+
+
+def cmd_bench_energy(a: argparse.Namespace) -> int:
+    """Joules per item of mdi, ddi-exit, mdi-exit and energy-aware mdi-exit (`objective: energy`) on a cluster whose
+    nodes have power models, simulated at the same rates and accuracy target (fixed admission at the cheapest
+    thresholds that reach it): at shares of mdi's and of mdi-exit's planned limits, each mode near its own limit,
+    and each objective overloaded (its capacity). Beside each figure, the planner's floor: the fewest joules per item
+    the power models allow at that rate. Writes --out (JSON)."""
+    from mdiexit.bench.energy import EnergyBenchOptions, bench_energy
+
+    o = EnergyBenchOptions(duration_s=a.duration, target_accuracy=a.target_accuracy, data_dir=a.data_dir)
+    try:
+        bench_energy(a.cluster, a.out, o)
+    except ValueError as e:
+        raise SystemExit(f"mdiexit: error: {e}") from None
+    return 0
 
 
 def cmd_bench_simulator(a: argparse.Namespace) -> int:
@@ -88,6 +105,16 @@ def add_sim_commands(sub: argparse._SubParsersAction, bsub: argparse._SubParsers
     s.add_argument("--out", type=Path, default=Path("runs/sim"), help="folder for summary.json (default "
                                                                       "%(default)s)")
     s.set_defaults(func=cmd_simulate)
+
+    e = bsub.add_parser("energy", help="joules per item: mdi, ddi-exit, mdi-exit and energy-aware mdi-exit at the "
+                                       "same rates, simulated", description=doc(cmd_bench_energy))
+    cluster_arg(e)
+    e.add_argument("--out", type=Path, default=Path("docs/results/energy.json"))
+    e.add_argument("--duration", type=float, default=20.0, help="virtual seconds of admission per run (default 20)")
+    e.add_argument("--target-accuracy", type=float, default=None,
+                   help="default: the final exit's validation accuracy - 0.01")
+    e.add_argument("--data-dir", type=Path, default=None)
+    e.set_defaults(func=cmd_bench_energy)
 
     b = bsub.add_parser("simulator", help="the simulator against the runtime, and at 10..1000 devices",
                         description=doc(cmd_bench_simulator))

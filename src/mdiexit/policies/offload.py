@@ -10,6 +10,11 @@ each neighbour m that holds k, and sends the item to the smallest estimate:
 Work moves only when it beats local by more than a hysteresis margin; neighbours whose last report is
 older than ``stale_after_s`` are unavailable; an item at or past the hop limit runs locally when the
 node holds its task. A node that does not hold the task must forward it (hysteresis does not apply).
+
+The energy objective (``EnergyWeights``, a cluster's ``objective: energy``) weighs joules beside time: of the
+candidates that finish within ``slack_s`` of the soonest, the item goes where task k costs the fewest joules above
+idle, extra_w(m)·s_m(k) plus the sender's joules for its bytes when it leaves. A candidate whose watts are unknown
+makes the rule fall back to the soonest finish.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class NeighbourView:
     latency_s: float = 0.0
     queued_bytes: int = 0
     service_s: dict[int, float] = field(default_factory=dict)
+    extra_w: float | None = None  # m's watts above idle while it computes (its power model), None: unknown
 
     def is_fresh(self, now: float, stale_after_s: float) -> bool:
         """True when the last report is no older than ``stale_after_s``."""
@@ -91,6 +97,16 @@ class OffloadConfig:
 
 
 @dataclass(frozen=True)
+class EnergyWeights:
+    """The energy objective at one node: what its own compute and sends cost, and how much later than the soonest
+    finish an item may end to save joules."""
+
+    own_extra_w: float  # this node's watts above idle while it computes
+    j_per_byte: float  # joules this node spends per byte it sends
+    slack_s: float  # a candidate finishing up to this much after the soonest may be chosen for fewer joules
+
+
+@dataclass(frozen=True)
 class Decision:
     """Where to run the task: ``target`` is a neighbour's name, or None for "run here" (``reason``
     LOCAL / HOP_LIMIT) or "keep it queued" (``reason`` NO_HOLDER). ``estimates`` holds the finish-time
@@ -116,7 +132,7 @@ SELF = ""  # key of the local estimate in Decision.estimates
 
 def choose_target(task: int, bytes_to_send: int | Mapping[str, int], own_backlog_s: float, own_service_s: float | None,
                   neighbours: Iterable[NeighbourView], hops: int, now: float,
-                  cfg: OffloadConfig | None = None) -> Decision:
+                  cfg: OffloadConfig | None = None, energy: EnergyWeights | None = None) -> Decision:
     """Pick where ``task`` runs for one item (DESIGN §3.2).
 
     Args:
@@ -129,6 +145,7 @@ def choose_target(task: int, bytes_to_send: int | Mapping[str, int], own_backlog
         hops: how many times the item has already been sent between nodes.
         now: the current time, in the same clock as ``NeighbourView.reported_at``.
         cfg: policy parameters (defaults if None).
+        energy: the energy objective's weights at this node, or None for the soonest finish.
     """
     cfg = cfg or OffloadConfig()
     holds = own_service_s is not None
@@ -140,6 +157,7 @@ def choose_target(task: int, bytes_to_send: int | Mapping[str, int], own_backlog
             return Decision(None, HOP_LIMIT, estimates)
     best_name: str | None = None
     best = math.inf
+    joules: dict[str, float | None] = {SELF: energy.own_extra_w * own_service_s} if holds and energy else {}
     for m in neighbours:
         if not m.is_fresh(now, cfg.stale_after_s):
             continue
@@ -148,8 +166,14 @@ def choose_target(task: int, bytes_to_send: int | Mapping[str, int], own_backlog
         if est is None:
             continue
         estimates[m.name] = est
+        if energy is not None:
+            joules[m.name] = None if m.extra_w is None else m.extra_w * m.service_s[task] + energy.j_per_byte * nbytes
         if est < best or (est == best and best_name is not None and m.name < best_name):
             best, best_name = est, m.name
+    if energy is not None and (pick := _fewest_joules(estimates, joules, energy.slack_s)) is not None:
+        if pick == SELF:
+            return Decision(None, LOCAL, estimates)
+        return Decision(pick, OFFLOAD if holds else FORWARD, estimates)
     if not holds:
         if best_name is None:
             return Decision(None, NO_HOLDER, estimates)
@@ -157,6 +181,16 @@ def choose_target(task: int, bytes_to_send: int | Mapping[str, int], own_backlog
     if best_name is not None and best < estimates[SELF] - cfg.hysteresis_s:
         return Decision(best_name, OFFLOAD, estimates)
     return Decision(None, LOCAL, estimates)
+
+
+def _fewest_joules(estimates: Mapping[str, float], joules: Mapping[str, float | None], slack_s: float) -> str | None:
+    """The candidate within ``slack_s`` of the soonest finish that costs the fewest joules (ties: the sooner, then
+    the name); None when there is no candidate or one's joules are unknown."""
+    if not estimates or any(j is None for j in joules.values()):
+        return None
+    soonest = min(estimates.values())
+    eligible = [n for n, est in estimates.items() if est <= soonest + slack_s]
+    return min(eligible, key=lambda n: (joules[n], estimates[n], n))
 
 
 class ServiceEstimator:

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mdiexit.config import ClusterConfig, NodeConfig, link_between
+from mdiexit.energy import power_model
 from mdiexit.package import Package
 from mdiexit.policies.exit import exit_decisions
 from mdiexit.policies.modes import ModeRules
-from mdiexit.policies.offload import NeighbourView, OffloadConfig, ServiceEstimator, choose_target
+from mdiexit.policies.offload import EnergyWeights, NeighbourView, OffloadConfig, ServiceEstimator, choose_target
 from mdiexit.protocol.codec import describe
 from mdiexit.protocol.messages import Data
 
@@ -98,7 +99,18 @@ def neighbour_view(me: NodeConfig, peer: NodeConfig, rules: ModeRules, num_tasks
     if me.role != "source" and not rules.offload_later:
         held = frozenset()  # DDI: workers never pass items on
     bw, lat = link_between(me, peer)
-    return NeighbourView(peer.name, held, bandwidth_bps=bw, latency_s=lat)
+    power = power_model(peer.power)
+    return NeighbourView(peer.name, held, bandwidth_bps=bw, latency_s=lat,
+                         extra_w=None if power is None else power.busy_w - power.idle_w)
+
+
+def energy_weights(cluster: ClusterConfig, me: NodeConfig) -> EnergyWeights | None:
+    """The energy objective's weights at ``me``: None under `objective: throughput`, or when ``me`` has no power
+    model (its choices fall back to the soonest finish)."""
+    power = power_model(me.power)
+    if cluster.objective != "energy" or power is None:
+        return None
+    return EnergyWeights(power.busy_w - power.idle_w, power.j_per_mb / 1e6, cluster.energy_slack_ms / 1000)
 
 
 def codes_pay(raw_bytes: int, code_bytes: int, bandwidth_bps: float | None, encode_s: float, decode_s: float) -> bool:
@@ -114,8 +126,9 @@ class NodeCore:
 
     def __init__(self, name: str, pkg: Package, held: frozenset[int], rules: ModeRules, cfg: OffloadConfig,
                  estimator: ServiceEstimator, neighbours: dict[str, NeighbourView], is_source: bool = False,
-                 compress_on: dict[str, set[int]] | None = None):
+                 compress_on: dict[str, set[int]] | None = None, energy: EnergyWeights | None = None):
         self.name, self.pkg, self.held, self.rules, self.cfg = name, pkg, held, rules, cfg
+        self.energy = energy  # the energy objective's weights, None: the soonest finish
         self.estimator = estimator
         self.neighbours = neighbours
         self.is_source = is_source
@@ -196,7 +209,7 @@ class NodeCore:
             view.queued_bytes = queued_bytes
         own = self.estimator.get(item.task) if holds else None
         d = choose_target(item.task, nbytes, self.backlog_s(now), own, self.neighbours.values(), item.hops, now,
-                          self.cfg)
+                          self.cfg, self.energy)
         if d.local:
             return None
         if d.no_holder:

@@ -34,7 +34,16 @@ from mdiexit.policies.offload import NeighbourView, ServiceEstimator
 from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, encode
 from mdiexit.protocol.messages import CLUSTER_KINDS, REJECT_REASONS, Control, Data, Join, Member, Result, State
 from mdiexit.protocol.stats import task_stats
-from mdiexit.runtime.core import Finished, NodeCore, Send, WorkItem, held_tasks, neighbour_view, peers_of
+from mdiexit.runtime.core import (
+    Finished,
+    NodeCore,
+    Send,
+    WorkItem,
+    energy_weights,
+    held_tasks,
+    neighbour_view,
+    peers_of,
+)
 from mdiexit.runtime.device import Profile, calibrate, compression_plan, seed_estimates
 from mdiexit.runtime.linkmeter import LinkMeter
 from mdiexit.runtime.links import Egress, Link, now
@@ -91,7 +100,8 @@ class NodeProcess:
         estimator = ServiceEstimator.from_package(pkg, self.cfg.rated_macs_per_s)
         seed_estimates(estimator, self.device, self.held)
         self.core = NodeCore(name, pkg, self.held, self.rules, cluster.offload_config(), estimator,
-                             self._neighbour_views(), is_source=self.is_source)
+                             self._neighbour_views(), is_source=self.is_source,
+                             energy=energy_weights(cluster, self.cfg))
         self.lock = threading.Condition()  # around every call into the core; notified when it may have work
         self.computed: queue.SimpleQueue = queue.SimpleQueue()  # (batch, features, logits, seconds) to finish
         bandwidth = self.cfg.bandwidth_mbps * 1e6 if self.cfg.bandwidth_mbps is not None else None

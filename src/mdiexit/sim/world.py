@@ -35,7 +35,16 @@ from mdiexit.policies.modes import ModeRules
 from mdiexit.policies.offload import ServiceEstimator
 from mdiexit.protocol.stats import task_stats
 from mdiexit.runtime.arrivals import Offer
-from mdiexit.runtime.core import Finished, NodeCore, Send, WorkItem, codes_pay, held_tasks, neighbour_view
+from mdiexit.runtime.core import (
+    Finished,
+    NodeCore,
+    Send,
+    WorkItem,
+    codes_pay,
+    energy_weights,
+    held_tasks,
+    neighbour_view,
+)
 from mdiexit.runtime.device import seed_estimates
 from mdiexit.runtime.sourcecore import CONTROL_PERIOD_S, SourceCore, Supervision
 from mdiexit.sim.model import Items, device_table
@@ -261,7 +270,8 @@ class World:
             estimator = ServiceEstimator.from_package(pkg, n.rated_macs_per_s)
             seed_estimates(estimator, DeviceModel(n.slowdown, profiled_s=profiles[n.threads]), held)
             core = NodeCore(n.name, pkg, held, rules, cfg, estimator, views, is_source=n.name == src_name,
-                            compress_on=self._compress_on(n, held, nbs, by_name, tables[key], profiles))
+                            compress_on=self._compress_on(n, held, nbs, by_name, tables[key], profiles),
+                            energy=energy_weights(cluster, n))
             if n.name == src_name:
                 self.source = SimSource(self, n, core, tables[key], sc)
                 self.nodes[n.name] = self.source
