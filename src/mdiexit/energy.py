@@ -70,6 +70,16 @@ def cluster_models(nodes) -> dict[str, PowerModel | None]:
     return {n.name: power_model(n.power) for n in nodes}
 
 
+def node_joules(model: PowerModel | None, stats: Mapping[str, float]) -> float | None:
+    """A node's joules so far from its stats (elapsed_s, busy_s, bytes_sent): what its meter measured
+    (``measured_j``), else its power model's figure, else None (not counted)."""
+    if "measured_j" in stats:
+        return stats["measured_j"]
+    if model is None:
+        return None
+    return model.joules(stats.get("elapsed_s", 0.0), stats.get("busy_s", 0.0), stats.get("bytes_sent", 0.0))
+
+
 def run_energy(models: Mapping[str, PowerModel | None], final_stats: Mapping[str, Mapping[str, float]],
                completed: int, num_exits: int) -> dict:
     """The summary's energy fields: joules in all and per node, per completed item, and per exit.
@@ -79,8 +89,7 @@ def run_energy(models: Mapping[str, PowerModel | None], final_stats: Mapping[str
     device seconds per item over the nodes that ran it."""
     measured = {n: s["measured_j"] for n, s in final_stats.items() if "measured_j" in s}
     modelled = {n: s for n, s in final_stats.items() if models.get(n) is not None and n not in measured}
-    per_node = {n: models[n].joules(s.get("elapsed_s", 0.0), s.get("busy_s", 0.0), s.get("bytes_sent", 0.0))
-                for n, s in modelled.items()} | measured
+    per_node = {n: node_joules(models[n], s) for n, s in modelled.items()} | measured
     total = sum(per_node.values())
     out = {"joules": total if per_node else None,
            "joules_per_item": total / completed if per_node and completed else None,

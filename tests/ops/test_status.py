@@ -60,7 +60,7 @@ def test_no_running_source_is_one_line(tiny_package, tmp_path):
 def test_status_during_a_run_lists_every_node_with_its_state(tiny_package, tmp_path):
     cluster = write_cluster(tmp_path / "five.yaml", package=tiny_package,
                             nodes=local_nodes([{"slowdown": 8}, {"slowdown": 4}, {"slowdown": 4}, {"slowdown": 8},
-                                               {"slowdown": 16}], latency_ms=1))
+                                               {"slowdown": 16}], latency_ms=1, power="jetson-nano"))
     env = {**os.environ, "MDIEXIT_RUNTIME_DIR": str(tmp_path / "run")}
     run = subprocess.Popen([sys.executable, "-m", "mdiexit.cli", "run", "--cluster", str(cluster), "--rate", "100",
                             "--duration", "8", "--quiet", "--out", str(tmp_path / "out")], cwd=ROOT, env=env,
@@ -81,8 +81,10 @@ def test_status_during_a_run_lists_every_node_with_its_state(tiny_package, tmp_p
         assert [n["name"] for n in seen["nodes"]] == ["source", "w1", "w2", "w3", "w4"]
         assert all(n["state"] == "up" and n["package"] == seen["package"] for n in seen["nodes"])
         assert all(n["link"] is not None for n in seen["nodes"][1:])
+        assert all(n["watts"] > 1.0 for n in seen["nodes"])  # at least about the board's idle 1.9 W
+        assert seen["joules_per_item"] > 0
         view = mdiexit("status", "--cluster", cluster, env=env).stdout
-        assert all(f"w{i}" in view for i in range(1, 5)) and "admitting" in view
+        assert all(f"w{i}" in view for i in range(1, 5)) and "admitting" in view and "J/item" in view
         _, err = run.communicate(timeout=120)
         assert run.returncode == 0, err[-3000:]
     finally:

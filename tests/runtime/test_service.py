@@ -83,7 +83,8 @@ def test_a_service_answers_files_many_clients_and_bad_requests(tmp_path, tiny_pa
         Image.fromarray(im[0]).save(folder / f"{i:03d}.png")
     (folder / "999-corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
 
-    path, cluster, proc = start_service(tmp_path, tiny_package, [30, 10, 20], "--admission", "fixed", "--rate", "2000")
+    path, cluster, proc = start_service(tmp_path, tiny_package, [30, 10, 20], "--admission", "fixed", "--rate", "2000",
+                                        power="raspberry-pi-4")
     try:
         client = Client.from_cluster(path, timeout_s=90)
         assert client.info.classes == pkg.classes
@@ -158,6 +159,8 @@ def test_a_service_answers_files_many_clients_and_bad_requests(tmp_path, tiny_pa
     assert metrics[("mdiexit_offered_items_total", ())] == summary["offered"]
     assert sum(v for (name, _), v in metrics.items() if name == "mdiexit_items_by_exit_total") == summary["completed"]
     assert metrics[("mdiexit_latency_seconds_count", ())] == summary["completed"]
+    assert 0 < metrics[("mdiexit_energy_joules_total", ())] <= summary["energy_per_node_j"]["source"]
+    assert metrics[("mdiexit_joules_per_item", ())] > 0  # the service's energy so far, per completed request
     assert summary["completed"] == 40 + len(bad) + 50 * 4
     dashboard = (Path(__file__).parents[2] / "deploy" / "grafana-dashboard.json").read_text()
     served = {name for name, _ in metrics}

@@ -35,6 +35,7 @@ class NodeStatus(msgspec.Struct, frozen=True):
     utilization: float | None  # busy time over the last few seconds
     tasks_per_s: float | None
     link: LinkStatus | None  # from the source (None for the source itself)
+    watts: float | None = None  # its draw over the last few seconds: metered or by its power model (None: neither)
 
 
 class EventStatus(msgspec.Struct, frozen=True):
@@ -64,6 +65,7 @@ class SiteStatus(msgspec.Struct, frozen=True):
     accuracy: float | None  # of the results so far, against their labels (None: no labelled result yet)
     nodes: list[NodeStatus]
     events: list[EventStatus]
+    joules_per_item: float | None = None  # the counted nodes' joules so far per completed item (None: none counted)
 
 
 def runtime_dirs() -> list[Path]:
@@ -129,19 +131,21 @@ def render(status: SiteStatus, now: float | None = None) -> str:
         phase = status.phase if age < STALE_AFTER_S else f"STALE: last written {age:.0f} s ago, while {status.phase}"
     run = f" for {status.run_s:.0f} s" if status.run_s is not None else ""
     acc = f"{status.accuracy:.3f}" if status.accuracy is not None else "-"
+    energy = f" · {status.joules_per_item:.4f} J/item" if status.joules_per_item is not None else ""
     lines = [f"site {status.cluster} · source {status.source} (pid {status.pid}) · {status.mode} · {phase}{run}",
              f"package {status.package}",
              f"throughput {status.throughput_per_s:.1f} items/s · admission {status.admission_rate_per_s:.1f}/s · "
              f"admitted {status.admitted} · completed {status.completed} · in flight {status.in_flight} · "
-             f"rejected {status.rejected} · expired {status.expired} · failed {status.failed} · accuracy {acc}", ""]
-    rows = [("node", "role", "state", "backlog", "util", "tasks/s", "link from source", "package")]
+             f"rejected {status.rejected} · expired {status.expired} · failed {status.failed} · accuracy {acc}"
+             + energy, ""]
+    rows = [("node", "role", "state", "backlog", "util", "tasks/s", "watts", "link from source", "package")]
     for n in status.nodes:
         link = "-" if n.link is None else (
             f"{n.link.bandwidth_mbps:.1f} Mb/s" if n.link.bandwidth_mbps else "? Mb/s") + (
             f" {n.link.latency_ms:.0f} ms" if n.link and n.link.latency_ms is not None else "")
         rows.append((n.name, n.role, n.state.upper() if n.state in ("down", "left") else n.state,
                      _num(n.backlog_ms, "{:.0f} ms"), _num(n.utilization, "{:.0%}"), _num(n.tasks_per_s, "{:.0f}"),
-                     link, "same" if n.package == status.package else (n.package or "-")))
+                     _num(n.watts, "{:.1f} W"), link, "same" if n.package == status.package else (n.package or "-")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     if status.events:

@@ -26,6 +26,7 @@ import zmq
 
 from mdiexit.config import ClusterConfig, NodeConfig
 from mdiexit.emulation.device import DeviceModel
+from mdiexit.energy import node_joules, power_model
 from mdiexit.engine import OrtEngine
 from mdiexit.meters import EnergyCounter, find_meter
 from mdiexit.package import Package
@@ -95,6 +96,7 @@ class NodeProcess:
         self.busy_s = 0.0
         self.progress_sent_at = float("-inf")
         self.energy = EnergyCounter(find_meter(), PROGRESS_PERIOD_S)  # a Jetson's INA3221 rails, where readable
+        self.power = power_model(self.cfg.power)  # where there is no meter (None: not counted)
         self.started_at = now()
         self.ctx = zmq.Context()
         estimator = ServiceEstimator.from_package(pkg, self.cfg.rated_macs_per_s)
@@ -398,6 +400,16 @@ class NodeProcess:
             out["measured_j"] = self.energy.joules  # the device's own meter (mdiexit.meters)
         return out
 
+    def progress_report(self, t: float) -> dict[str, float]:
+        """What the site's status reads from each node once a second: busy time, tasks and joules so far."""
+        out = {"busy_s": self.busy_s, "tasks": float(sum(self.core.tasks_run.values()))}
+        sofar = {"elapsed_s": t - self.started_at, "busy_s": self.busy_s, "bytes_sent": float(self.egress.bytes_sent)}
+        if self.energy.meter is not None:
+            sofar["measured_j"] = self.energy.joules
+        if (joules := node_joules(self.power, sofar)) is not None:
+            out["joules"] = joules
+        return out
+
     def send_state(self, final: bool = False) -> None:
         t = now()
         links = self.links
@@ -408,8 +420,8 @@ class NodeProcess:
                     service_s=self.core.estimator.snapshot(), sent_at=t + self.egress.wait_s(t), leaving=self.leaving,
                     stats=self.stats() if final else {}, run_s=self.run_elapsed_s(t),
                     links=self.meter.figures(t) if final else {},
-                    progress={"busy_s": self.busy_s, "tasks": float(sum(self.core.tasks_run.values()))}
-                    if progress else {}, package=self.package_version if progress else None)
+                    progress=self.progress_report(t) if progress else {},
+                    package=self.package_version if progress else None)
         for peer, frames in self.meter.state_frames(msg, list(links)).items():
             links[peer].send(frames, t)
 

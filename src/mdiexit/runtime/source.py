@@ -341,17 +341,19 @@ class SourceProcess(NodeProcess):
         failures = self.failure_summary()
         gone = {e["node"]: e["kind"] for e in failures}  # each node's last event: left, crashed, ...
         links = self.meter.figures(t)
-        own = {"busy_s": self.busy_s, "tasks": float(sum(self.core.tasks_run.values()))}
+        own = self.progress_report(t)
         self.progress.setdefault(self.name, deque(maxlen=PROGRESS_SAMPLES)).append((t, own))
         nodes = []
         for node in list(self.cluster.nodes):
             name = node.name
             samples = list(self.progress.get(name, ()))
-            util = tasks = None
+            util = tasks = watts = None
             if len(samples) >= 2:
                 (t0, a), (t1, b) = samples[0], samples[-1]
                 util = (b["busy_s"] - a["busy_s"]) / max(t1 - t0, 1e-9)
                 tasks = (b["tasks"] - a["tasks"]) / max(t1 - t0, 1e-9)
+                if "joules" in a and "joules" in b:
+                    watts = (b["joules"] - a["joules"]) / max(t1 - t0, 1e-9)
             report = self.reports.get(name)
             if name == self.name:
                 state, backlog = "up", self.core.backlog_s(t)
@@ -363,7 +365,7 @@ class SourceProcess(NodeProcess):
             nodes.append(NodeStatus(
                 name=name, role=node.role, state=state,
                 package=self.package_of.get(name), backlog_ms=None if backlog is None else 1000 * backlog,
-                utilization=util, tasks_per_s=tasks,
+                utilization=util, tasks_per_s=tasks, watts=watts,
                 link=None if fig is None else LinkStatus(fig[0] / 1e6 if fig[0] else None, 1000 * fig[1])))
         events = [EventStatus(node=e["node"], kind=e["kind"], at_s=e["at_s"], recovery_s=e.get("recovery_s"))
                   for e in failures[-EVENTS_SHOWN:]]
@@ -374,7 +376,15 @@ class SourceProcess(NodeProcess):
             in_flight=len(led.in_flight),
             rejected=sum(self.gate.rejected.values()) + (sum(self.intake.refused.values()) if self.intake else 0),
             expired=led.expired + self.gate.expired, failed=led.failed,
-            accuracy=led.correct / led.completed if led.completed else None, nodes=nodes, events=events)
+            accuracy=led.correct / led.completed if led.completed else None,
+            joules_per_item=self.joules_per_item(),
+            nodes=nodes, events=events)
+
+    def joules_per_item(self) -> float | None:
+        """The counted nodes' joules so far (each one's last progress report) per completed item."""
+        joules = [samples[-1][1]["joules"] for samples in list(self.progress.values())
+                  if samples and "joules" in samples[-1][1]]
+        return sum(joules) / self.ledger.completed if joules and self.ledger.completed else None
 
     def status_line(self, rate: float) -> str:
         led = self.ledger
@@ -391,4 +401,5 @@ class SourceProcess(NodeProcess):
                 + (f"  redispatched {led.redispatched}" if led.redispatched else "")
                 + (f"  rejected {sum(self.gate.rejected.values())}" if self.gate.rejected else "")
                 + (f"  expired {led.expired + self.gate.expired}" if led.expired + self.gate.expired else "")
+                + (f"  {j:.4f} J/item" if (j := self.joules_per_item()) is not None else "")
                 + f"  links {self.meter.status(now())}")

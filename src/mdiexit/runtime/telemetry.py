@@ -39,6 +39,8 @@ METRICS: dict[str, tuple[str, str, str, str]] = {
     "mdiexit_sent_bytes": ("counter", "", "every node", "bytes sent on every link"),
     "mdiexit_bad_messages": ("counter", "", "every node", "malformed messages dropped"),
     "mdiexit_rejected_messages": ("counter", "reason", "every node", "well-formed messages refused, by reason"),
+    "mdiexit_energy_joules": ("counter", "", "every node with a power model or meter",
+                              "joules so far: metered, else by the node's power model"),
     "mdiexit_items": ("counter", "outcome", "source",
                       "offered items by outcome: result, rejected, expired, failed"),
     "mdiexit_offered_items": ("counter", "", "source", "items offered to the service"),
@@ -49,6 +51,8 @@ METRICS: dict[str, tuple[str, str, str, str]] = {
     "mdiexit_node_up": ("gauge", "node", "source", "1 while the source hears the node"),
     "mdiexit_reported_backlog_seconds": ("gauge", "node", "source", "each node's last reported backlog"),
     "mdiexit_latency_seconds": ("histogram", "", "source", "admission to result"),
+    "mdiexit_joules_per_item": ("gauge", "", "source, when a node is counted",
+                                "the counted nodes' joules so far per completed item"),
 }
 
 
@@ -85,6 +89,8 @@ class NodeCollector(Collector):
         yield _counter("mdiexit_sent_bytes", {"": n.egress.bytes_sent})
         yield _counter("mdiexit_bad_messages", {"": n.bad_messages})
         yield _counter("mdiexit_rejected_messages", {r: n.rejected[r] for r in REJECT_REASONS})
+        if (joules := n.progress_report(t).get("joules")) is not None:
+            yield _counter("mdiexit_energy_joules", {"": joules})
 
 
 class SourceCollector(Collector):
@@ -112,6 +118,8 @@ class SourceCollector(Collector):
             backlog.add_metric([name], st.backlog_s)
         yield up
         yield backlog
+        if (j := s.joules_per_item()) is not None:
+            yield _gauge("mdiexit_joules_per_item", j)
 
 
 class Telemetry:
