@@ -69,3 +69,54 @@ def test_the_energy_counter_integrates_the_watts_it_reads_and_drops_a_meter_that
     with pytest.raises(ValueError):
         counter.read(3.0)
     assert counter.meter is None and counter.joules == pytest.approx(10.0)
+
+
+class FakeJtop:
+    """jetson-stats' client as its documentation shows it: start(), ok(), and power['tot']['power'] in mW."""
+
+    def __init__(self, milliwatts=(5000.0,), answers=True):
+        self.readings, self.answers, self.started = list(milliwatts), answers, False
+
+    def start(self):
+        if not self.answers:
+            raise ConnectionRefusedError("no jtop.sock")
+        self.started = True
+
+    def ok(self):
+        return self.started
+
+    @property
+    def power(self):
+        mw = self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
+        return {"rail": {"VDD_CPU_GPU_CV": {"power": mw / 2}}, "tot": {"power": mw, "avg": mw}}
+
+
+def test_without_sysfs_rails_jtop_is_read_where_it_is_installed(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from mdiexit.meters import EnergyCounter, JtopMeter
+
+    client = FakeJtop((4000.0, 4000.0, 6000.0))
+    monkeypatch.setitem(sys.modules, "jtop", types.SimpleNamespace(jtop=lambda: client))
+    meter = find_meter(tmp_path)
+    assert isinstance(meter, JtopMeter) and client.started
+    counter = EnergyCounter(meter, period_s=1.0)
+    counter.read(0.0)
+    counter.read(2.0)  # 2 s from 4 W to 6 W
+    assert counter.joules == pytest.approx(10.0)
+    assert find_meter(tmp_path, use_jtop=False) is None
+
+
+def test_a_jtop_without_its_service_or_total_is_no_meter(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "jtop", types.SimpleNamespace(jtop=lambda: FakeJtop(answers=False)))
+    assert find_meter(tmp_path) is None
+    no_total = FakeJtop()
+    no_total.__class__ = type("NoTotal", (FakeJtop,), {"power": property(lambda self: {"rail": {}})})
+    monkeypatch.setitem(sys.modules, "jtop", types.SimpleNamespace(jtop=lambda: no_total))
+    assert find_meter(tmp_path) is None
+    monkeypatch.setitem(sys.modules, "jtop", None)  # not installed: import fails
+    assert find_meter(tmp_path) is None

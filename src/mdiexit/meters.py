@@ -1,6 +1,7 @@
 """Power meters a device may have: the INA3221 current monitors of Jetson boards, under hwmon or as the older
-`ina3221x` iio devices. Rails are found by their names, never by channel numbers, which differ between boards and
-kernels. Standard library only: a worker reads its meter without extra packages.
+`ina3221x` iio devices, and, where neither reads but jetson-stats is installed, its `jtop` service. Rails are found
+by their names, never by channel numbers, which differ between boards and kernels. Standard library only: a worker
+reads its meter without extra packages (jtop is used when it is there, never required).
 
     meter = find_meter()            # None when the device has no readable meter
     watts = meter.read_w()          # the board's input power now
@@ -83,13 +84,45 @@ def _iio_rails(root: Path) -> list[Rail | None]:
     return rails
 
 
-def find_meter(root: Path = Path("/sys")) -> Meter | None:
-    """The device's power meter, or None. Every rail found must read; one that does not leaves it out."""
+class JtopMeter:
+    """jetson-stats' `jtop` client: the board's total power (`power['tot']['power']`, mW), as its service reads it."""
+
+    names = ["jtop total"]
+
+    def __init__(self, client) -> None:
+        self.client = client  # a started jtop.jtop()
+
+    def read_w(self) -> float:
+        power = self.client.power if self.client.ok() else None
+        total = power.get("tot") if isinstance(power, dict) else None
+        if not isinstance(total, dict) or "power" not in total:
+            raise ValueError("jtop reports no total power")
+        return float(total["power"]) / 1000
+
+
+def find_meter(root: Path = Path("/sys"), use_jtop: bool = True) -> Meter | JtopMeter | None:
+    """The device's power meter, or None. Every rail found must read; one that does not leaves it out. With no
+    readable rail, jetson-stats' jtop where it is installed and its service answers."""
     rails = [r for r in _hwmon_rails(root) + _iio_rails(root) if r is not None and _reads(r)]
     if not rails:
-        return None
+        return _jtop_meter() if use_jtop else None
     inputs = [r for r in rails if r.name.upper() in INPUT_RAILS]
     return Meter(tuple(inputs[:1] or rails))
+
+
+def _jtop_meter() -> JtopMeter | None:
+    try:
+        from jtop import jtop  # jetson-stats: optional, found on Jetsons that have it
+    except ImportError:
+        return None
+    try:
+        client = jtop()
+        client.start()
+        meter = JtopMeter(client)
+        meter.read_w()
+        return meter
+    except Exception:  # noqa: BLE001 - no service, no socket, a different jtop: no meter, the power model counts
+        return None
 
 
 def _reads(rail: Rail) -> bool:
@@ -104,7 +137,7 @@ class EnergyCounter:
     """The joules a meter has seen: trapezoids of its watts, read at most once every `period_s`. A meter that stops
     reading is dropped (the node's power model counts from then on)."""
 
-    def __init__(self, meter: Meter | None, period_s: float = 1.0):
+    def __init__(self, meter: Meter | JtopMeter | None, period_s: float = 1.0):
         self.meter, self.period_s = meter, period_s
         self.joules = 0.0
         self.last: tuple[float, float | None] = (float("-inf"), None)  # (when, watts) of the last reading
