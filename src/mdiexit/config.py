@@ -77,6 +77,9 @@ class NodeConfig:
     tasks: tuple[Annotated[int, Meta(ge=1)], ...] | None = None  # 1-based task indices; None = all tasks
     threads: Annotated[int, Meta(ge=1, le=256)] = 1  # ONNX Runtime threads of this node's engine
     slowdown: Annotated[float, Meta(ge=1)] = 1.0  # emulation: the device runs every task this many times slower
+    # emulation: the device's CPU runs the runtime's own work (messages, threads, ledger) this many times slower
+    # than this host, and its device pays for it; None: the runtime's work is free (docs/guide/emulation.md)
+    cpu_slowdown: Annotated[float, Meta(ge=1)] | None = None
     bandwidth_mbps: Positive | None = None  # this node's egress in Mbit/s; None = unlimited
     latency_ms: NonNegative = 0.0  # this node's access-link latency; a path pays both ends'
     # emulated egress rate over time: (seconds from the run's start, Mbit/s), times increasing

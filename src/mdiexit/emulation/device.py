@@ -9,6 +9,11 @@ every scheduler hiccup inside the call into f hiccups. A slowdown of 1 is a real
 sleep. A busy device's calls follow one another on its own timeline (`run_from`), so a host thread that wakes
 late does not slow the device down. `overruns` counts task calls (of `calls`) whose real compute took longer than
 their emulated budget (the host can no longer keep the emulation faithful).
+
+The runtime's own work (messages, threads, the ledger: everything but the model's calls) runs at the host's full
+speed, for free, unless the node has a `cpu_slowdown`: then the host CPU the node's runtime used since its last call
+(`charge_runtime`), times `cpu_slowdown`, is owed by the device and paid before its next call, as a real device's
+CPU would spend it. `engine_cpu_s` is the host CPU inside the model's calls, which tells the runtime's share apart.
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ class DeviceModel:
     profiled_s: dict[Key, dict[int, float]] = field(default_factory=dict)  # key -> batch -> host seconds
     calls: int = 0  # task calls (codec calls are not counted)
     overruns: int = 0
+    cpu_slowdown: float | None = None  # the runtime's own host CPU x this is charged to the device (None: free)
+    engine_cpu_s: float = 0.0  # host CPU seconds spent inside the model's and codecs' calls (by the calling thread)
+    charged_s: float = 0.0  # device seconds charged for the runtime's own work, in all
+    owed_s: float = 0.0  # charged, not yet paid: the next call lasts this much longer
 
     @classmethod
     def calibrate(cls, slowdown: float, work: dict[Key, Callable[[int], Callable[[], object]]], max_batch: int,
@@ -89,6 +98,13 @@ class DeviceModel:
         host = self.host_s(key, batch) if self.emulation == "calibrated" else None
         return self.slowdown * (host if host is not None else measured_s)
 
+    def charge_runtime(self, runtime_cpu_s: float) -> None:
+        """The node's runtime used ``runtime_cpu_s`` more host CPU: with a `cpu_slowdown`, the device owes that
+        times it, paid before its next call."""
+        if self.cpu_slowdown and runtime_cpu_s > 0:
+            self.owed_s += runtime_cpu_s * self.cpu_slowdown
+            self.charged_s += runtime_cpu_s * self.cpu_slowdown
+
     def run(self, key: Key, batch: int, fn: Callable[[], object]) -> tuple[object, float]:
         """Run `fn` as this device would: returns its result and the emulated seconds it took."""
         out, seconds, _ = self.run_from(key, batch, fn, None)
@@ -100,11 +116,13 @@ class DeviceModel:
         the end of its previous call when the work was already waiting then (None: now). A host thread that woke
         late (the scheduler, the GIL, a sleep's overshoot) then does not lengthen the device's time: the call
         lasts until ``start`` + its emulated time. Returns (result, emulated seconds, when the call ended)."""
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         out = fn()
         measured = time.perf_counter() - t0
+        self.engine_cpu_s += time.thread_time() - cpu0
         budget = self.budget_s(key, batch, measured)
         if key[0] == "task":  # a codec call is too short to judge: a time slice lost there exceeds its budget
+            budget, self.owed_s = budget + self.owed_s, 0.0  # (task calls: the compute thread's, which charges)
             self.calls += 1
             self.overruns += measured > budget * 1.0001 and self.slowdown > 1.0
         begin = t0 if start is None else min(start, t0)

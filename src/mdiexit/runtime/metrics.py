@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -68,6 +68,8 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
     for name, st in final_stats.items():
         calls = st.get("emulated_calls", 0.0)
         summary["per_node"][name]["overrun_fraction"] = st.get("overruns", 0.0) / calls if calls else 0.0
+        summary["per_node"][name].update(runtime_figures(st))
+    summary["runtime_cpu_us_per_item_hop"] = runtime_cpu_per_visit(final_stats, admitted)
     for key, prefix in (("ideal_throughput_per_s", SINGLE), ("ideal_batched_throughput_per_s", LIMIT)):
         planned = physical_limit(final_stats, summary["exit_fraction"], prefix) if physical_limit else None
         summary[key] = planned if planned is not None else ideal_throughput(final_stats, summary["exit_fraction"],
@@ -148,3 +150,19 @@ def emulation_check(summary: dict, before: tuple[int, int] | None, after: tuple[
             warnings.append(f"{name}: {n['overrun_fraction']:.0%} of its tasks took longer than their emulated "
                             "time: that device ran slower than emulated")
     summary["emulation_warnings"] = warnings
+
+
+def runtime_figures(stats: Mapping[str, float]) -> dict[str, float | None]:
+    """A node's runtime cost: the host CPU its runtime used (everything but the model's calls), and the share of
+    its device's time charged for it under `cpu_slowdown` (None: not charged)."""
+    charged = stats.get("runtime_charged_s", 0.0)
+    return {"runtime_cpu_s": stats.get("runtime_cpu_s"),
+            "runtime_share": charged / max(stats.get("elapsed_s", 0.0), 1e-9) if charged else None}
+
+
+def runtime_cpu_per_visit(final_stats: Mapping[str, Mapping[str, float]], admitted: int) -> float | None:
+    """Microseconds of runtime CPU, over every process, per item per node visit: an admission at the source, or
+    an item's DATA arriving at a node."""
+    cpu = [s["runtime_cpu_s"] for s in final_stats.values() if "runtime_cpu_s" in s]
+    visits = admitted + sum(s.get("received_data", 0.0) for s in final_stats.values())
+    return 1e6 * sum(cpu) / visits if cpu and visits else None

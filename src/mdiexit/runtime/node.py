@@ -87,6 +87,9 @@ class NodeProcess:
         self.source_name = cluster.source.name
         self.engine = OrtEngine(pkg, threads=self.cfg.threads, tasks=sorted(self.held))
         self.device: DeviceModel = calibrate(self.engine, pkg, self.held, self.cfg, cluster, host_profile)
+        self.device.cpu_slowdown = self.cfg.cpu_slowdown
+        self.cpu_start = self.cpu_mark = (time.process_time(), self.device.engine_cpu_s)  # (process, engine) CPU s
+        self.received: Counter[str] = Counter()  # messages by kind (data, state, result, ...)
         self.limits = Limits()
         self.stop = threading.Event()
         self.leave_requested = threading.Event()  # SIGTERM: a graceful leave
@@ -237,6 +240,7 @@ class NodeProcess:
 
     def handle(self, msg, arrays: list[np.ndarray]) -> None:
         t = now()
+        self.received[type(msg).__name__.lower()] += 1
         if isinstance(msg, Data):
             self.core.on_report(msg.sender, msg.backlog_s, t, None)
             item = WorkItem.from_data(msg, arrays, t)
@@ -294,9 +298,23 @@ class NodeProcess:
             self.stop.set()
 
     # ---------------------------------------------------------------- compute
+    def runtime_cpu_s(self, since: tuple[float, float]) -> float:
+        """Host CPU seconds the node's runtime used since ``since`` (a (process, engine) CPU mark): the whole
+        process's CPU less what the model's calls used (ONNX Runtime's own pool threads, with threads > 1, count as
+        the runtime's)."""
+        return (time.process_time() - since[0]) - (self.device.engine_cpu_s - since[1])
+
+    def charge_runtime(self) -> None:
+        """`cpu_slowdown`: the device pays for the runtime's CPU since the last charge before its next call."""
+        if self.device.cpu_slowdown:
+            mark = (time.process_time(), self.device.engine_cpu_s)
+            self.device.charge_runtime(self.runtime_cpu_s(self.cpu_mark))
+            self.cpu_mark = mark
+
     def _compute_loop(self) -> None:
         """Only compute: exits, results and routing run on the finish thread (a device's cores overlap them)."""
         free_at: float | None = None  # when the device's last call ended (its timeline), if work was waiting then
+        self.cpu_start = self.cpu_mark = (time.process_time(), self.device.engine_cpu_s)  # after the warm-up
         while not self.stop.is_set():
             if self.leaving:
                 time.sleep(POLL_MS / 1000)
@@ -321,6 +339,7 @@ class NodeProcess:
                                                                 lambda c=codec, it=it: c.decode(it.code), free_at)
                     it.code, seconds = None, seconds + dec_s
             x = batch[0].x if len(batch) == 1 else np.concatenate([it.x for it in batch])
+            self.charge_runtime()
             (features, logits), task_s, free_at = self.device.run_from(("task", k), len(batch),
                                                                        lambda k=k, x=x: self.engine.run(k, x), free_at)
             seconds += task_s
@@ -396,6 +415,9 @@ class NodeProcess:
                    estimation_bytes=float(self.meter.overhead_bytes))
         out.update({f"rejected_{r}": float(self.rejected[r]) for r in REJECT_REASONS})
         out.update(emulated_calls=float(dev.calls), overruns=float(dev.overruns))
+        out.update(runtime_cpu_s=self.runtime_cpu_s(self.cpu_start), engine_cpu_s=dev.engine_cpu_s - self.cpu_start[1],
+                   runtime_charged_s=dev.charged_s)
+        out.update({f"received_{kind}": float(n) for kind, n in self.received.items()})
         if self.energy.meter is not None:
             out["measured_j"] = self.energy.joules  # the device's own meter (mdiexit.meters)
         return out

@@ -36,7 +36,11 @@ SUMMARY_FIELDS: dict[str, str] = {
     "energy_measured_nodes": "nodes whose joules their own power meter measured (a Jetson's INA3221 rails)",
     "joules_per_exit": "what an item leaving at each exit costs: the shared idle and network joules per item plus "
                        "the busy joules of the tasks up to that exit",
-    "per_node": "per node: utilization, tasks_run by task, backlog_s_mean, bytes_sent, task_ms, overrun_fraction",
+    "per_node": "per node: utilization, tasks_run by task, backlog_s_mean, bytes_sent, task_ms, overrun_fraction, "
+                "runtime_cpu_s (host CPU of everything but the model), runtime_share (of the device's time, charged "
+                "under cpu_slowdown; null: not charged)",
+    "runtime_cpu_us_per_item_hop": "host CPU of the runtime (every process, less the model's calls), in µs per "
+                                   "item per node visit (an admission, or an item's DATA arriving)",
     "bad_messages": "malformed messages the nodes dropped",
     "unknown_results": "results for items the source did not know (dropped)",
     "rejected_messages": "well-formed messages the nodes refused, by reason",
