@@ -9,7 +9,7 @@ export MALLOC_TRIM_THRESHOLD_ := 4294967295
 # the emulated devices of the published figures: every bench that names this file emulates the same devices
 DEVICES := --device-profile docs/results/device-profile.json
 
-.PHONY: setup demo test test-fast docs site lint bench-engine bench-runtime bench-paper bench-energy bench-chaos bench-serve
+.PHONY: setup demo test test-fast docs site lint bench-engine bench-runtime bench-paper bench-energy bench-overhead bench-chaos bench-serve
 
 setup:
 	@scripts/setup.sh
@@ -47,6 +47,9 @@ bench-runtime: setup
 
 bench-paper: setup
 	$(BIN)/mdiexit bench paper --cluster examples/edge4.yaml $(DEVICES) --out docs/results/edge4
+
+bench-overhead: setup
+	$(BIN)/mdiexit bench overhead --cluster examples/edge4.yaml $(DEVICES) --out docs/results/overhead.json
 
 bench-energy: setup
 	$(BIN)/mdiexit bench energy --cluster examples/edge4.yaml $(DEVICES) --out docs/results/energy.json

@@ -42,6 +42,22 @@ def test_a_call_slower_than_its_budget_is_an_overrun():
     assert m.overruns == 1 and seconds == pytest.approx(0.002)
 
 
+def test_the_runtimes_cpu_is_charged_to_the_next_task_call_under_cpu_slowdown():
+    """Charged runtime CPU x cpu_slowdown lengthens the next task call (not a codec call) and only it."""
+    m = DeviceModel(2.0, profiled_s={("task", 1): {1: 0.001}, ("encode", 1): {1: 0.001}}, cpu_slowdown=3.0)
+    m.charge_runtime(0.002)
+    assert m.owed_s == pytest.approx(0.006) and m.charged_s == pytest.approx(0.006)
+    _, encode_s = m.run(("encode", 1), 1, lambda: None)
+    assert encode_s == pytest.approx(0.002) and m.owed_s == pytest.approx(0.006)
+    _, task_s = m.run(("task", 1), 1, lambda: None)
+    assert task_s == pytest.approx(0.002 + 0.006) and m.owed_s == 0
+    _, task_s = m.run(("task", 1), 1, lambda: None)
+    assert task_s == pytest.approx(0.002)
+    free = DeviceModel(2.0, profiled_s={("task", 1): {1: 0.001}})  # no cpu_slowdown: the runtime is free
+    free.charge_runtime(0.002)
+    assert free.owed_s == free.charged_s == 0
+
+
 @pytest.mark.parametrize("hogs", [0, 1], ids=["quiet", "a-cpu-hog"])
 def test_emulated_time_holds_under_host_contention(hogs):
     # One hog on this 2-core machine: host load within the headroom the runs warn about (70 % of the cores). With a

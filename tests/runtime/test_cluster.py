@@ -69,15 +69,22 @@ def test_every_mode_completes_every_item_once(cluster_file, tiny_package, mode):
 
 
 def test_overload_moves_work_to_workers(tmp_path, tiny_package):
+    from mdiexit.config import write_cluster as rewrite
     from tests.runtime.conftest import write_cluster
 
     # the source is a very slow device: alone, it could not keep up with 400 items/s
     cluster_file = write_cluster(tmp_path / "c.yaml", tiny_package, [3000, 10, 20])
+    # w1's CPU is 4x slower than this host's for the runtime's own work: its device pays for that work
+    rewrite(cluster_file, cluster_file, every_node=lambda n: {"cpu_slowdown": 4} if n["name"] == "w1" else {})
     s = run(cluster_file, "mdi-exit", rate=400).summary
     assert s["lost"] == 0 and s["duplicates"] == 0
     worker_tasks = sum(sum(n["tasks_run"].values()) for name, n in s["per_node"].items() if name != "source")
     assert worker_tasks > 0.5 * s["admitted"]
     assert s["bytes_per_item"] > 0
+    nodes = s["per_node"]
+    assert 0 < nodes["w1"]["runtime_share"] < 1 and nodes["w2"]["runtime_share"] is None
+    assert all(n["runtime_cpu_s"] > 0 for n in nodes.values()) and s["runtime_cpu_us_per_item_hop"] > 0
+    assert nodes["w1"]["messages_received"]["data"] + nodes["w2"]["messages_received"]["data"] >= worker_tasks / 4
 
 
 @pytest.mark.parametrize("admission", ["rate", "thresholds"])

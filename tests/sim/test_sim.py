@@ -156,3 +156,18 @@ def test_the_energy_objective_spends_fewer_joules_at_the_same_rate(tmp_path):
     assert fast["lost"] == frugal["lost"] == 0
     assert frugal["joules_per_item"] < fast["joules_per_item"]
     assert frugal["per_node"]["w1"]["utilization"] > fast["per_node"]["w1"]["utilization"]
+
+
+def test_cpu_slowdown_charges_the_runtimes_work_to_the_simulated_devices(tmp_path):
+    """The same cluster and rate with every CPU 5x slower than this host's for the runtime's own work: the devices
+    pay for it (runtime_share), so they are busier and the cluster carries less when overloaded."""
+    runs = {}
+    for cpu in (None, 5.0):
+        path = write_cluster(tmp_path / f"cpu{cpu}.yaml", package=PACKAGE, mode="mdi-exit", nodes=nodes(),
+                             every_node={"cpu_slowdown": cpu} if cpu else None)
+        runs[cpu] = sim(path, "mdi-exit", rate=5000.0, duration=4.0).summary
+    free, charged = runs[None], runs[5.0]
+    assert all(n["runtime_share"] is None for n in free["per_node"].values())
+    assert all(0 < n["runtime_share"] < 1 for n in charged["per_node"].values())
+    assert charged["throughput_per_s"] < free["throughput_per_s"]
+    assert charged["lost"] == free["lost"] == 0

@@ -26,7 +26,7 @@ from mdiexit.config import load_cluster, write_cluster
 from mdiexit.policies.modes import MODES
 from mdiexit.runtime.dilation import dilated_run
 from mdiexit.runtime.options import RunOptions
-from mdiexit.runtime.ports import free_ports, local_nodes
+from mdiexit.runtime.ports import local_nodes, on_free_ports
 from mdiexit.sim.run import simulate
 from mdiexit.topology import generate
 
@@ -57,13 +57,6 @@ class SimBenchOptions:
 
 def say(msg: str) -> None:
     util.say("bench", msg, clock=True)
-
-
-def on_free_ports(path: Path, out: Path) -> Path:
-    """A copy of a cluster file whose nodes listen on free loopback ports (the examples' fixed ports may be taken
-    on a shared machine)."""
-    ports = iter(free_ports(len(load_cluster(path).nodes)))
-    return write_cluster(out, path, every_node=lambda n: {"port": next(ports)})
 
 
 def partial_mesh(out: Path, package: Path) -> Path:

@@ -1,5 +1,5 @@
-"""The CLI of the benches that start the cluster as a user would, to measure the emulation and the links:
-`bench calibration` and `bench network`."""
+"""The CLI of the benches that start the cluster as a user would, to measure the emulation, the links and the
+runtime's own cost: `bench calibration`, `bench network` and `bench overhead`."""
 
 from __future__ import annotations
 
@@ -43,6 +43,17 @@ def cmd_bench_calibration(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_overhead(a: argparse.Namespace) -> int:
+    """The runtime's own host CPU per item per node visit: each node process's CPU less the model's calls, over
+    whole runs of the cluster (mdi-exit, mdi and ddi-exit, under capacity and saturated), a chain of one worker per
+    task, and an idle run (the fixed cost per second). Writes --out (JSON): cpu_us_per_item_hop, by_kind (messages
+    per item), by_process, the marginal µs per visit and each process's fixed cost."""
+    from mdiexit.bench.overhead import OverheadBenchOptions, bench_overhead
+
+    bench_overhead(a.cluster, a.out, OverheadBenchOptions(duration_s=a.duration))
+    return 0
+
+
 def add_link_bench_commands(bsub: argparse._SubParsersAction,
                             cluster_arg: Callable[[argparse.ArgumentParser], None],
                             doc: Callable[[Callable], str]) -> None:
@@ -69,3 +80,9 @@ def add_link_bench_commands(bsub: argparse._SubParsersAction,
     bn.add_argument("--repeats", type=int, default=1,
                     help="runs per variant, taking turns; each figure is then the median (default 1)")
     bn.set_defaults(func=cmd_bench_network)
+    bo = bsub.add_parser("overhead", help="the runtime's own CPU per item per node visit, by run, process and message "
+                                          "kind", description=doc(cmd_bench_overhead))
+    cluster_arg(bo)
+    bo.add_argument("--out", type=Path, default=Path("docs/results/overhead.json"))
+    bo.add_argument("--duration", type=float, default=10.0, help="seconds of admission per run (default 10)")
+    bo.set_defaults(func=cmd_bench_overhead)

@@ -152,17 +152,21 @@ def emulation_check(summary: dict, before: tuple[int, int] | None, after: tuple[
     summary["emulation_warnings"] = warnings
 
 
+RECEIVED = "received_"  # a node's stats: messages received, by kind (received_data, received_state, ...)
+
+
 def runtime_figures(stats: Mapping[str, float]) -> dict[str, float | None]:
     """A node's runtime cost: the host CPU its runtime used (everything but the model's calls), and the share of
     its device's time charged for it under `cpu_slowdown` (None: not charged)."""
     charged = stats.get("runtime_charged_s", 0.0)
     return {"runtime_cpu_s": stats.get("runtime_cpu_s"),
-            "runtime_share": charged / max(stats.get("elapsed_s", 0.0), 1e-9) if charged else None}
+            "runtime_share": charged / max(stats.get("elapsed_s", 0.0), 1e-9) if charged else None,
+            "messages_received": {k[len(RECEIVED):]: int(v) for k, v in stats.items() if k.startswith(RECEIVED)}}
 
 
 def runtime_cpu_per_visit(final_stats: Mapping[str, Mapping[str, float]], admitted: int) -> float | None:
     """Microseconds of runtime CPU, over every process, per item per node visit: an admission at the source, or
     an item's DATA arriving at a node."""
     cpu = [s["runtime_cpu_s"] for s in final_stats.values() if "runtime_cpu_s" in s]
-    visits = admitted + sum(s.get("received_data", 0.0) for s in final_stats.values())
+    visits = admitted + sum(s.get(RECEIVED + "data", 0.0) for s in final_stats.values())
     return 1e6 * sum(cpu) / visits if cpu and visits else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -26,3 +27,12 @@ def local_nodes(per_node: list[dict] | int, **common) -> list[dict]:
     own = [{} for _ in range(per_node)] if isinstance(per_node, int) else per_node
     return [{"name": "source" if i == 0 else f"w{i}", "role": "source" if i == 0 else "worker", "port": port,
              **common, **fields} for i, (port, fields) in enumerate(zip(free_ports(len(own)), own, strict=True))]
+
+
+def on_free_ports(path: Path, out: Path) -> Path:
+    """A copy of a cluster file whose nodes listen on free loopback ports (the examples' fixed ports may be taken
+    on a shared machine)."""
+    from mdiexit.config import load_cluster, write_cluster
+
+    ports = iter(free_ports(len(load_cluster(path).nodes)))
+    return write_cluster(out, path, every_node=lambda n: {"port": next(ports)})

@@ -38,7 +38,7 @@ SUMMARY_FIELDS: dict[str, str] = {
                        "the busy joules of the tasks up to that exit",
     "per_node": "per node: utilization, tasks_run by task, backlog_s_mean, bytes_sent, task_ms, overrun_fraction, "
                 "runtime_cpu_s (host CPU of everything but the model), runtime_share (of the device's time, charged "
-                "under cpu_slowdown; null: not charged)",
+                "under cpu_slowdown; null: not charged), messages_received by kind",
     "runtime_cpu_us_per_item_hop": "host CPU of the runtime (every process, less the model's calls), in µs per "
                                    "item per node visit (an admission, or an item's DATA arriving)",
     "bad_messages": "malformed messages the nodes dropped",

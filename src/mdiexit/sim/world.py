@@ -30,6 +30,7 @@ import simpy
 from mdiexit.config import ClusterConfig, NodeConfig, link_between
 from mdiexit.emulation.device import DeviceModel
 from mdiexit.emulation.link import LinkPacer
+from mdiexit.emulation.overhead import MEASURED as RUNTIME_COST
 from mdiexit.package import Package
 from mdiexit.policies.modes import ModeRules
 from mdiexit.policies.offload import ServiceEstimator
@@ -70,6 +71,9 @@ class SimNode:
         self.busy_s = 0.0
         self.calls = 0
         self.state_to: dict[float, list[SimNode]] = {}  # STATE recipients, by path latency
+        self.visits = 0  # admissions here and DATA arrivals: what the runtime's own work is charged by
+        self.owed_s = 0.0  # `cpu_slowdown`: device seconds of runtime work, paid before the next batch
+        self.charged_s = 0.0
 
     # ---------------------------------------------------------------- links
     def send(self, nbytes: int, dst: SimNode, fn: Callable, *args) -> None:
@@ -86,8 +90,16 @@ class SimNode:
         dst = self.world.nodes[s.target]
         self.send(nbytes, dst, dst.on_data, self.name, self.core.backlog_s(self.world.env.now), it)
 
+    def charge(self, visits: int = 0, seconds: float = 0.0) -> None:
+        """The runtime's own work, as the device would pay it under `cpu_slowdown` (emulation/overhead.py)."""
+        self.visits += visits
+        owed = RUNTIME_COST.charge_s(self.cfg.cpu_slowdown, visits, seconds)
+        self.owed_s += owed
+        self.charged_s += owed
+
     def on_data(self, sender: str, backlog_s: float, item: WorkItem) -> None:
         t = self.world.env.now
+        self.charge(visits=1)
         self.core.on_report(sender, backlog_s, t, None)
         if self.is_source:
             self.world.source.sc.heard(sender, t)
@@ -109,6 +121,7 @@ class SimNode:
         departure = self.egress.departure(STATE_BYTES * count, t)
         for latency, recipients in self.state_to.items():
             self.world.at(departure - t + latency, self.world.deliver_state, self.name, backlog, service, recipients)
+        self.charge(seconds=self.world.heartbeat_s)
         sends, _ = self.core.retry_parked(t, self.world.give_up_s, self.egress.queued_bytes(t))
         for s in sends:
             self.send_item(s)
@@ -127,7 +140,8 @@ class SimNode:
         if not batch:
             return
         k = batch[0].task
-        seconds = self.times["task", k][len(batch)]
+        seconds = self.times["task", k][len(batch)] + self.owed_s
+        self.owed_s = 0.0
         for it in batch:
             if it.code is not None:  # features that crossed the network as a learned code
                 seconds += self.times["decode", k - 1][1]
@@ -185,7 +199,12 @@ class SimNode:
                          {k: min(t[b] / b for b in range(1, len(t))) for k, t in per_batch.items()})
         out.update(busy_s=self.busy_s, elapsed_s=elapsed_s, bad_messages=0.0, bytes_sent=float(self.egress.bytes_sent),
                    dropped_parked=float(self.core.dropped_parked), emulated_calls=float(self.calls), overruns=0.0)
+        out.update(runtime_cpu_s=RUNTIME_COST.per_visit_s * self.visits + RUNTIME_COST.per_second_s * elapsed_s,
+                   runtime_charged_s=self.charged_s, received_data=float(self.visits - self.admitted_here()))
         return out
+
+    def admitted_here(self) -> int:
+        return 0
 
 
 class SimSource(SimNode):
@@ -196,6 +215,7 @@ class SimSource(SimNode):
         self.sc = sc
         self.admitting = False
         self.arrived = 0
+        self.admitted = 0
         self.start = 0.0
 
     def result(self, node: str, f: Finished, expired: bool) -> None:
@@ -220,9 +240,14 @@ class SimSource(SimNode):
             self.release()
         self.world.at(1.0 / max(self.sc.admission.rate(), 1e-3), self.arrive)
 
+    def admitted_here(self) -> int:
+        return self.admitted
+
     def release(self) -> None:
         t = self.world.env.now
         items, _ = self.sc.release(t, self.core.backlog_s(t))
+        self.admitted += len(items)
+        self.charge(visits=len(items))
         for item in items:
             self.route(item)
 
