@@ -17,6 +17,17 @@ from mdiexit.data import Dataset, load_fashion_mnist, split_train_val
 TINY = Path(__file__).parent / "fixtures" / "tiny"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def profile_cache(tmp_path_factory) -> Path:
+    """The host profile every command keeps (emulation.device.profile_file) goes to a folder of this session's, not
+    the user's cache: the tests share it, as commands on one host do."""
+    import os
+
+    folder = tmp_path_factory.mktemp("cache")
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def fmnist() -> tuple[Dataset, Dataset]:
     return load_fashion_mnist()

@@ -7,10 +7,11 @@ import json
 import pytest
 
 from mdiexit.config import ConfigError, load_cluster
+from mdiexit.emulation.device import DEVICE_PROFILE_ENV, NO_PROFILE_FILE
 from mdiexit.engine import OrtEngine
 from mdiexit.package import load_package
 from mdiexit.runtime import device
-from mdiexit.runtime.device import DEVICE_PROFILE_ENV, calibrate, profile_host, read_profile, work_keys, write_profile
+from mdiexit.runtime.device import calibrate, profile_host, read_profile, work_keys, write_profile
 from tests.runtime.conftest import write_cluster
 
 
@@ -61,3 +62,29 @@ def test_a_device_profile_file_pins_the_emulated_devices(tmp_path, tiny_package,
     monkeypatch.setattr(device, "_host_profiles", {})
     with pytest.raises(ConfigError, match="--device-profile"):
         profile_host(pkg, cluster, threads=1)
+
+
+def test_without_a_device_profile_this_hosts_profile_is_kept_in_the_users_cache(tmp_path, tiny_package, monkeypatch):
+    """`run`, `simulate` and `plan` on one host emulate the same devices without --device-profile: the first
+    profile is kept in the cache under the host's name; `--device-profile none` profiles afresh and keeps nothing."""
+    cluster = load_cluster(write_cluster(tmp_path / "c.yaml", tiny_package, [30, 10]))
+    pkg = load_package(tiny_package)
+    monkeypatch.delenv(DEVICE_PROFILE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(device, "_host_profiles", {})
+    first = profile_host(pkg, cluster, threads=1)
+    kept = tmp_path / "cache" / "mdiexit" / "device-profile.json"
+    stored = json.loads(kept.read_text())
+    name = next(iter(stored))
+    assert len(stored) == 1 and name.startswith("[") and " ort " in name and pkg.version in name
+    for per_batch in stored[name].values():  # a later command takes the kept times: made 1000x slower, they show
+        for b in per_batch:
+            per_batch[b] *= 1000
+    kept.write_text(json.dumps(stored))
+    monkeypatch.setattr(device, "_host_profiles", {})
+    assert profile_host(pkg, cluster, threads=1) == {k: {b: 1000 * s for b, s in v.items()} for k, v in first.items()}
+    monkeypatch.setenv(DEVICE_PROFILE_ENV, NO_PROFILE_FILE)
+    monkeypatch.setattr(device, "_host_profiles", {})
+    fresh = profile_host(pkg, cluster, threads=1)
+    assert all(fresh[k][1] < 100 * first[k][1] for k in first)  # profiled again, not the kept times
+    assert json.loads(kept.read_text()) == stored  # and nothing kept

@@ -37,6 +37,6 @@ def finish_run(result, out: Path) -> int:
 def device_profile_arg(p: argparse.ArgumentParser) -> None:
     """--device-profile, on every command that takes a cluster (cli.main exports it to the profiler)."""
     p.add_argument("--device-profile", type=Path, default=None, metavar="FILE",
-                   help="emulated devices: take this host's task times from FILE, or profile the host once and store "
-                        "them there, so that every run naming FILE emulates the same devices, on any host "
-                        "(default: profile the host at each start, whose speed moves by several %%)")
+                   help="emulated devices: take the host's task times from FILE, or profile the host once and store "
+                        "them there, so that every run naming FILE emulates the same devices, on any host (default: "
+                        "this host's, profiled once and kept in ~/.cache/mdiexit; none: profile at every start)")

@@ -422,9 +422,10 @@ def _name_commands(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "device_profile", None) is not None:  # read where the host is profiled, here and in children
-        from mdiexit.emulation.device import DEVICE_PROFILE_ENV
+        from mdiexit.emulation.device import DEVICE_PROFILE_ENV, NO_PROFILE_FILE
 
-        os.environ[DEVICE_PROFILE_ENV] = str(args.device_profile.resolve())
+        given = args.device_profile
+        os.environ[DEVICE_PROFILE_ENV] = NO_PROFILE_FILE if str(given) == NO_PROFILE_FILE else str(given.resolve())
     try:
         return args.func(args)
     except user_errors() as e:

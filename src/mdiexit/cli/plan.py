@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -95,10 +94,11 @@ def cmd_plan(a: argparse.Namespace) -> int:
 def _time_note(times: str) -> str:
     if times != "profile":
         return "MACs at each node's rated speed"
-    from mdiexit.emulation.device import DEVICE_PROFILE_ENV
+    from mdiexit.emulation.device import profile_file
 
-    pinned = os.environ.get(DEVICE_PROFILE_ENV)
-    where = f"from the device profile {Path(pinned).name}" if pinned else "profiled on this host"
+    kept, host = profile_file()
+    where = ("profiled on this host" if kept is None else f"this host's, kept in {kept}" if host
+             else f"from the device profile {kept.name}")
     return f"{where} at batch 1 x each node's slowdown"
 
 

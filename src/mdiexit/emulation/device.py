@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,9 +32,39 @@ from mdiexit.util import isolated_s
 EMULATIONS = ("calibrated", "measured")
 PROFILE_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 DEVICE_PROFILE_ENV = "MDIEXIT_DEVICE_PROFILE"  # --device-profile: a JSON file of host profiles, reused where it has one
+NO_PROFILE_FILE = "none"  # --device-profile none: profile the host at every start, keep nothing
 LOCK_FILE = Path(tempfile.gettempdir()) / "mdiexit-profile.lock"  # nodes on one host profile one at a time
 
 Key = tuple[str, int]  # ("task" | "encode" | "decode", task index)
+
+
+def profile_file() -> tuple[Path | None, str]:
+    """Where the host's profiles are kept, and the prefix of their names there. --device-profile FILE: in FILE,
+    whatever the host (the devices it pins travel); else in this user's cache (XDG_CACHE_HOME or ~/.cache), under
+    this host's name (its CPU, core count and ONNX Runtime), so that `run`, `simulate` and `plan` on one host emulate
+    the same devices; --device-profile none: nowhere."""
+    pinned = os.environ.get(DEVICE_PROFILE_ENV)
+    if pinned == NO_PROFILE_FILE:
+        return None, ""
+    if pinned:
+        return Path(pinned), ""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mdiexit" / "device-profile.json"
+    return cache, f"{host_name()} "
+
+
+def host_name() -> str:
+    """This host's CPU model, core count and ONNX Runtime version: a cached profile is only this host's."""
+    import platform
+
+    import onnxruntime
+
+    model = platform.processor()
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"[{model or platform.machine()} x{os.cpu_count()} ort {onnxruntime.__version__}]"
 
 
 def profile_batches(max_batch: int) -> list[int]:

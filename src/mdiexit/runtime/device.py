@@ -4,10 +4,11 @@ handed to every node: ``profile_host``, ``HostProfiles``), the service-time esti
 task boundary, whether learned feature codes pay (`compress: auto`).
 
 A host's speed moves between profiles (this development machine's: by 14 % between two benches ten minutes apart),
-and every emulated device moves with it. ``--device-profile FILE`` (``DEVICE_PROFILE_ENV``) pins it: the first
-profile of a package, thread count and max_batch is stored in FILE and every later run, bench and simulation that
-names FILE, on this host or another, emulates the very same devices (a host too slow for them says so in
-``emulation_warnings``)."""
+and every emulated device moves with it. So the first profile of a package, thread count and max_batch is kept
+(``emulation.device.profile_file``): in this user's cache, under the host's name, so that every later run,
+simulation and plan on this host emulates the very same devices; or, with ``--device-profile FILE``
+(``DEVICE_PROFILE_ENV``), in FILE, which pins them on this host or another (a host too slow for them says so in
+``emulation_warnings``). ``--device-profile none`` profiles at every start."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mdiexit.config import ClusterConfig, ConfigError, NodeConfig
-from mdiexit.emulation.device import DEVICE_PROFILE_ENV, DeviceModel, Key, profile_batches
+from mdiexit.emulation.device import DeviceModel, Key, profile_batches, profile_file
 from mdiexit.engine import OrtEngine
 from mdiexit.package import Package
 from mdiexit.planner import Costs
@@ -110,17 +111,17 @@ def profile_host(pkg: Package, cluster: ClusterConfig, threads: int) -> Profile:
     by up to 3x between two runs, and nodes of one kind differed."""
     key = (str(pkg.root.resolve()), pkg.version, threads, cluster.max_batch)
     if key not in _host_profiles:
-        pinned = os.environ.get(DEVICE_PROFILE_ENV)
-        name = f"{pkg.version} threads={threads} max_batch={cluster.max_batch}"
+        kept, prefix = profile_file()
+        name = f"{prefix}{pkg.version} threads={threads} max_batch={cluster.max_batch}"
         held = frozenset(range(1, pkg.num_tasks + 1))
-        profile = _stored_profile(Path(pinned), name, work_keys(pkg, held), cluster.max_batch) if pinned else None
+        profile = _stored_profile(kept, name, work_keys(pkg, held), cluster.max_batch) if kept else None
         if profile is None:
             engine = OrtEngine(pkg, threads=threads, tasks=sorted(held))
             probe = dataclasses.replace(cluster.source, slowdown=2.0, threads=threads)  # any slowdown but 1 profiles
             profile = calibrate(engine, pkg, held, probe, dataclasses.replace(cluster, emulation="calibrated"),
                                 repeats=HOST_PROFILE_REPEATS).profiled_s
-            if pinned:
-                _store_profile(Path(pinned), name, profile)
+            if kept:
+                _store_profile(kept, name, profile)
         _host_profiles[key] = profile
     return _host_profiles[key]
 
@@ -145,7 +146,7 @@ def _store_profile(path: Path, name: str, profile: Profile) -> None:
     stored = json.loads(path.read_text()) if path.exists() else {}
     stored[name] = _encode_profile(profile)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: two commands may store at once
     tmp.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
     tmp.replace(path)
 
