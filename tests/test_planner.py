@@ -327,6 +327,9 @@ def test_plan_command_prints_the_limit_and_json(tmp_path):
     assert bad.returncode == 2 and "--add-kind" in bad.stderr and "Traceback" not in bad.stderr
     no_rate = subprocess.run([*run, "--objective", "energy"], capture_output=True, text=True, timeout=120)
     assert no_rate.returncode == 2 and "--rate" in no_rate.stderr and "Traceback" not in no_rate.stderr
+    no_power = subprocess.run([*run, "--objective", "energy", "--rate", "10"], capture_output=True, text=True,
+                              timeout=120)
+    assert no_power.returncode == 2 and "power" in no_power.stderr and "Traceback" not in no_power.stderr
 
 
 # ----------------------------------------------------------------------------------- the energy objective

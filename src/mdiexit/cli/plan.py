@@ -68,6 +68,9 @@ def cmd_plan(a: argparse.Namespace) -> int:
         raise UsageError(f"--add-kind: no node named {a.add_kind!r} in {a.cluster}")
     if a.objective == "energy" and a.rate is None:
         raise UsageError("--objective energy needs --rate: the items/s to carry for the fewest joules")
+    if a.objective == "energy" and all(n.power is None for n in cluster.nodes):
+        raise UsageError(f"--objective energy: no node of {a.cluster} has a power model; give each a `power:` "
+                         "preset or {idle_w, busy_w, j_per_mb} (see docs/guide/energy.md)")
     try:
         plan = plan_throughput(cluster, pkg, mode, mix, times, thresholds) if a.objective == "throughput" else \
             plan_energy(cluster, pkg, mode, mix, times, a.rate, thresholds)
