@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mdiexit.cli.common import RunDefault, device_profile_arg, finish_run
-from mdiexit.cli.model import floats, items_arg
+from mdiexit.cli.model import UsageError, floats, items_arg
 from mdiexit.policies.modes import ADMISSIONS, MODES
 
 SIM_TIMES = ("profile", "macs")  # the one list is mdiexit.sim.model.TIMES; this module must not import it (simpy)
@@ -47,8 +47,8 @@ def cmd_bench_energy(a: argparse.Namespace) -> int:
     o = EnergyBenchOptions(duration_s=a.duration, target_accuracy=a.target_accuracy, data_dir=a.data_dir)
     try:
         bench_energy(a.cluster, a.out, o)
-    except ValueError as e:
-        raise SystemExit(f"mdiexit: error: {e}") from None
+    except ValueError as e:  # no power model, or a rate past a limit
+        raise UsageError(str(e)) from None
     return 0
 
 
