@@ -20,6 +20,7 @@ KIND_STATE = b"S"
 KIND_CONTROL = b"C"
 KIND_JOIN = b"J"
 KIND_WELCOME = b"W"
+KIND_PART = b"P"  # source -> joiner: one part of the model package, after WELCOME
 KIND_MEMBER = b"M"
 KIND_HELLO = b"H"  # client -> source: what do you serve?
 KIND_INFO = b"I"  # source -> client: the served package's input, classes and version
@@ -158,15 +159,33 @@ class Join(Member, frozen=True, kw_only=True):
     KIND: ClassVar[bytes] = KIND_JOIN
 
 
+Sha256 = Annotated[str, msgspec.Meta(min_length=64, max_length=64)]
+
+
 class Welcome(msgspec.Struct, frozen=True, kw_only=True):
-    """WELCOME, from the source to a joiner: the cluster view (a cluster file) and the model package, as one
-    tar archive in the array frame, with its SHA-256 for the joiner to check."""
+    """WELCOME, from the source to a joiner: the cluster view (a cluster file), and the model package's size, SHA-256
+    and number of PARTs, which follow, paced so that they never crowd out the data (DESIGN §9)."""
 
     KIND: ClassVar[bytes] = KIND_WELCOME
 
     sender: Name
     cluster_yaml: Annotated[str, msgspec.Meta(max_length=1 << 20)]
-    package_sha256: Annotated[str, msgspec.Meta(min_length=64, max_length=64)]
+    package_sha256: Sha256
+    package_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)]
+    parts: Annotated[int, msgspec.Meta(ge=1, le=1 << 20)]
+    version: int = PROTOCOL_VERSION
+
+
+class Part(msgspec.Struct, frozen=True, kw_only=True):
+    """PART, from the source to a joiner: bytes ``offset``.. of the package archive named by its SHA-256, in the
+    array frame."""
+
+    KIND: ClassVar[bytes] = KIND_PART
+
+    sender: Name
+    package_sha256: Sha256
+    index: Annotated[int, msgspec.Meta(ge=0, le=1 << 20)]
+    offset: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)]
     arrays: Annotated[list[ArrayMeta], msgspec.Meta(min_length=1, max_length=1)]
     version: int = PROTOCOL_VERSION
 
@@ -230,16 +249,16 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
     version: int = PROTOCOL_VERSION
 
 
-Message = Data | Result | State | Control | Member | Join | Welcome | Hello | Info | Request | Reply
+Message = Data | Result | State | Control | Member | Join | Welcome | Part | Hello | Info | Request | Reply
 
 BY_KIND: dict[bytes, type] = {
     KIND_DATA: Data, KIND_RESULT: Result, KIND_STATE: State, KIND_CONTROL: Control, KIND_MEMBER: Member,
-    KIND_JOIN: Join, KIND_WELCOME: Welcome, KIND_HELLO: Hello, KIND_INFO: Info, KIND_REQUEST: Request,
-    KIND_REPLY: Reply,
+    KIND_JOIN: Join, KIND_WELCOME: Welcome, KIND_PART: Part, KIND_HELLO: Hello, KIND_INFO: Info,
+    KIND_REQUEST: Request, KIND_REPLY: Reply,
 }
 KIND_NAMES = {KIND_DATA: "DATA", KIND_RESULT: "RESULT", KIND_STATE: "STATE", KIND_CONTROL: "CONTROL",
-              KIND_MEMBER: "MEMBER", KIND_JOIN: "JOIN", KIND_WELCOME: "WELCOME", KIND_HELLO: "HELLO",
-              KIND_INFO: "INFO", KIND_REQUEST: "REQUEST", KIND_REPLY: "REPLY"}
+              KIND_MEMBER: "MEMBER", KIND_JOIN: "JOIN", KIND_WELCOME: "WELCOME", KIND_PART: "PART",
+              KIND_HELLO: "HELLO", KIND_INFO: "INFO", KIND_REQUEST: "REQUEST", KIND_REPLY: "REPLY"}
 # what may reach a node's cluster inbox; the client endpoint takes only HELLO and REQUEST
-CLUSTER_KINDS = (Data, Result, State, Control, Member, Join, Welcome)
+CLUSTER_KINDS = (Data, Result, State, Control, Member, Join, Welcome, Part)
 CLIENT_KINDS = (Hello, Request)

@@ -5,7 +5,8 @@
 
 The joiner listens on its own port and sends JOIN to the source. The source (which admits the joiner's key only
 if the operator allowed it) answers WELCOME: the cluster view as a cluster file, every member's public key in
-it, and the model package as one tar archive with its SHA-256, which the joiner checks before unpacking. The
+it, and the model package's size and SHA-256; the package follows as a tar archive in PARTs, paced so that they
+never crowd out the data (runtime/bulk.py), and the joiner checks the whole before unpacking. The
 source tells every node about the newcomer (MEMBER), and the joiner starts as an ordinary worker.
 """
 
@@ -24,10 +25,12 @@ import zmq
 
 from mdiexit.config import ClusterConfig, cluster_dict
 from mdiexit.protocol.codec import Limits, ProtocolError, decode, describe, encode
-from mdiexit.protocol.messages import Join, Member, Welcome
+from mdiexit.protocol.messages import Join, Member, Part, Welcome
+from mdiexit.runtime.bulk import PART_BYTES
 from mdiexit.security import Identity, NodeAuthenticator, make_client, make_server, read_public, read_secret
 
 log = logging.getLogger("mdiexit.join")
+PART_TIMEOUT_S = 30.0  # a joiner waits this long for the next part of the package before it gives up
 
 
 class JoinError(RuntimeError):
@@ -60,12 +63,20 @@ def cluster_view(cluster: ClusterConfig, public_keys: dict[str, bytes]) -> str:
 
 
 def welcome_frames(sender: str, cluster: ClusterConfig, public_keys: dict[str, bytes],
-                   archive: tuple[bytes, str]) -> list:
+                   archive: tuple[bytes, str], part_bytes: int = PART_BYTES) -> tuple[list, list[list]]:
+    """The WELCOME's frames, and each PART's: the package archive cut into ``part_bytes`` pieces (runtime.bulk
+    paces them)."""
     data, digest = archive
-    arr = np.frombuffer(data, np.uint8)
+    offsets = range(0, len(data), part_bytes)
     msg = Welcome(sender=sender, cluster_yaml=cluster_view(cluster, public_keys), package_sha256=digest,
-                  arrays=[describe("package", arr, "zstd")])
-    return encode(msg, [arr])
+                  package_bytes=len(data), parts=len(offsets))
+    parts = []
+    for index, offset in enumerate(offsets):
+        arr = np.frombuffer(data, np.uint8, count=min(part_bytes, len(data) - offset), offset=offset)
+        part = Part(sender=sender, package_sha256=digest, index=index, offset=offset,
+                    arrays=[describe("part", arr, "zstd")])
+        parts.append(encode(part, [arr]))
+    return encode(msg), parts
 
 
 def member_message(sender: str, join: Join, public_key: str | None) -> Member:
@@ -115,18 +126,55 @@ def join_cluster(source: str, join: Join, workdir: Path, key_file: Path | None, 
         ctx.term()
 
 
+class PackageParts:
+    """The package as its PARTs arrive after the WELCOME: complete once every part has come."""
+
+    def __init__(self, welcome: Welcome):
+        self.welcome = welcome
+        self.data = bytearray(welcome.package_bytes)
+        self.received: set[int] = set()
+
+    def add(self, part: Part, payload: bytes) -> bool:
+        """Take one part (False: not one of this package's, or out of its bounds: ignored). True when it fits."""
+        end = part.offset + len(payload)
+        if part.package_sha256 != self.welcome.package_sha256 or end > len(self.data) or \
+                part.index >= self.welcome.parts:
+            return False
+        self.data[part.offset:end] = payload
+        self.received.add(part.index)
+        return True
+
+    @property
+    def complete(self) -> bool:
+        return len(self.received) == self.welcome.parts
+
+
 def _receive_welcome(inbox: zmq.Socket, workdir: Path, timeout_s: float, source: str) -> Path:
     deadline = time.monotonic() + timeout_s
+    package: PackageParts | None = None
+    shown = 0.0
     while time.monotonic() < deadline:
         if not inbox.poll(200):
             continue
         try:
-            msg, arrays = decode(inbox.recv_multipart(copy=False), Limits(max_bytes=256 << 20))
+            msg, arrays = decode(inbox.recv_multipart(copy=False), Limits(max_bytes=64 << 20))
         except ProtocolError as e:
             log.warning("dropped a bad message while joining (%s)", e)
             continue
         if isinstance(msg, Welcome):
-            return unpack_welcome(msg, bytes(arrays[0]), workdir)
+            package = PackageParts(msg)
+            log.warning("welcomed by %s: receiving the model package (%.1f MB in %d parts)", source,
+                        msg.package_bytes / 1e6, msg.parts)
+        elif isinstance(msg, Part) and package is not None and package.add(msg, bytes(arrays[0])):
+            deadline = max(deadline, time.monotonic() + PART_TIMEOUT_S)  # a transfer in progress may take its time
+            if (share := len(package.received) / package.welcome.parts) >= shown + 0.25 or package.complete:
+                shown = share
+                log.warning("model package: %.0f %% received", 100 * share)
+            if package.complete:
+                return unpack_welcome(package.welcome, bytes(package.data), workdir)
+    if package is not None:
+        raise JoinError(f"the model package from {source} stopped arriving ({len(package.received)} of "
+                        f"{package.welcome.parts} parts); try again")
     raise JoinError(f"no answer from {source} within {timeout_s:.0f} s: is the source running, is the address "
                     "right, and did the operator allow this key (`mdiexit keys allow`)?")
 

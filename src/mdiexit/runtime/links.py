@@ -65,6 +65,11 @@ class Egress:
         with self.lock:
             return self.pacer.departure_of(position, queued_at, t)
 
+    def rate_bps(self, t: float) -> float | None:
+        """The egress's rate now, bit/s (None: unlimited)."""
+        with self.lock:
+            return self.pacer.rate_bps(t)
+
     def wait_s(self, t: float) -> float:
         """How long a message queued now waits for the bytes ahead of it."""
         with self.lock:

@@ -22,6 +22,7 @@ from mdiexit.ops.status import EVENTS_SHOWN, EventStatus, LinkStatus, NodeStatus
 from mdiexit.policies.gate import REJECT_WHY, STOPPING, AdmissionGate
 from mdiexit.protocol.messages import Control, Join, Result, State
 from mdiexit.runtime.arrivals import Arrivals, Offer
+from mdiexit.runtime.bulk import BulkSender
 from mdiexit.runtime.core import Finished, WorkItem
 from mdiexit.runtime.join import member_message, package_archive, welcome_frames
 from mdiexit.runtime.node import NodeProcess, encode, member_config, now
@@ -58,6 +59,7 @@ class SourceProcess(NodeProcess):
         self.membership = threading.RLock()  # the launcher's watcher, the receive and admit threads all change it
         self.phase = "starting"  # admitting | draining | done
         self._archive: tuple[bytes, str] | None = None  # the package as sent to joiners
+        self.bulk = BulkSender(self.egress, lambda peer, frames: self.links[peer].send(frames, now()))  # its parts
         self.wake = threading.Event()  # a result, an outcome or a client's request: the admit loop looks again
         self.intake = None  # the client endpoint while serving: its own refusals count as offered and rejected
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)  # the last results' latencies (s)
@@ -152,12 +154,18 @@ class SourceProcess(NodeProcess):
         t = now()
         return self.sc.max_backlog_s(self.core.backlog_s(t), t)
 
+    def close(self) -> None:
+        self.bulk.close()
+        super().close()
+
     def _welcome(self, name: str) -> None:
         if self._archive is None:
             self._archive = package_archive(self.cluster.package)
         keys = dict(self.identity.peers) if self.identity is not None else {}
         view = dataclasses.replace(self.cluster, mode=self.mode)  # the run's mode, which may override the file's
-        self.links[name].send(welcome_frames(self.name, view, keys, self._archive), now())
+        welcome, parts = welcome_frames(self.name, view, keys, self._archive)
+        self.links[name].send(welcome, now())
+        self.bulk.add(name, parts)  # paced behind the data
 
     # ---------------------------------------------------------------- failures and recovery (DESIGN §9)
     def node_down(self, name: str, kind: str, t: float) -> None:
