@@ -9,7 +9,7 @@ export MALLOC_TRIM_THRESHOLD_ := 4294967295
 # the emulated devices of the published figures: every bench that names this file emulates the same devices
 DEVICES := --device-profile docs/results/device-profile.json
 
-.PHONY: setup demo test test-fast docs site lint bench-engine bench-runtime bench-paper bench-energy bench-overhead bench-chaos bench-serve
+.PHONY: setup demo test test-fast docs site lint bench-engine bench-runtime bench-paper bench-energy bench-overhead bench-join bench-chaos bench-serve
 
 setup:
 	@scripts/setup.sh
@@ -50,6 +50,9 @@ bench-paper: setup
 
 bench-overhead: setup
 	$(BIN)/mdiexit bench overhead --cluster examples/edge4.yaml $(DEVICES) --out docs/results/overhead.json
+
+bench-join: setup
+	$(BIN)/mdiexit bench join --cluster examples/edge4.yaml $(DEVICES) --out docs/results/join.json
 
 bench-energy: setup
 	$(BIN)/mdiexit bench energy --cluster examples/edge4.yaml $(DEVICES) --out docs/results/energy.json

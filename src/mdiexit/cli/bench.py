@@ -1,5 +1,5 @@
 """The CLI of the benches that start the cluster as a user would, to measure the emulation, the links and the
-runtime's own cost: `bench calibration`, `bench network` and `bench overhead`."""
+runtime's own cost: `bench calibration`, `bench network`, `bench overhead` and `bench join`."""
 
 from __future__ import annotations
 
@@ -54,6 +54,15 @@ def cmd_bench_overhead(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_join(a: argparse.Namespace) -> int:
+    """A device joins the cluster while it runs at --rate: the rejected and lost items, and the latency of the items
+    admitted before the join, in the --window seconds after it (while the package travels) and after that."""
+    from mdiexit.bench.join import JoinBenchOptions, bench_join
+
+    bench_join(a.cluster, a.out, JoinBenchOptions(rate=a.rate, duration_s=a.duration, at_s=a.at))
+    return 0
+
+
 def add_link_bench_commands(bsub: argparse._SubParsersAction,
                             cluster_arg: Callable[[argparse.ArgumentParser], None],
                             doc: Callable[[Callable], str]) -> None:
@@ -86,3 +95,11 @@ def add_link_bench_commands(bsub: argparse._SubParsersAction,
     bo.add_argument("--out", type=Path, default=Path("docs/results/overhead.json"))
     bo.add_argument("--duration", type=float, default=10.0, help="seconds of admission per run (default 10)")
     bo.set_defaults(func=cmd_bench_overhead)
+    bj = bsub.add_parser("join", help="what a device joining a busy cluster costs the data", description=doc(
+        cmd_bench_join))
+    cluster_arg(bj)
+    bj.add_argument("--out", type=Path, default=Path("docs/results/join.json"))
+    bj.add_argument("--rate", type=float, default=600.0, help="items/s offered (default 600)")
+    bj.add_argument("--duration", type=float, default=30.0, help="seconds of admission (default 30)")
+    bj.add_argument("--at", type=float, default=9.0, help="when the device joins, s (default 9)")
+    bj.set_defaults(func=cmd_bench_join)
