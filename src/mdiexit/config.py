@@ -204,6 +204,13 @@ class ClusterConfig:
         egress bandwidth (shared by all its sends, as on a device's one uplink) and both ends' latencies."""
         return link_between(self.node(src), self.node(dst))
 
+    @property
+    def quiet_report_s(self) -> float:
+        """A node whose state has not moved since its last STATE reports at least this often instead of at every
+        heartbeat: within DESIGN §3.2's 100 ms, and well within its peers' staleness and the source's failure
+        detection."""
+        return min(MAX_HEARTBEAT_MS, 2 * self.heartbeat_ms, self.stale_after_ms / 2, self.dead_after_ms / 4) / 1000
+
     def offload_config(self) -> OffloadConfig:
         return OffloadConfig(hysteresis_s=self.hysteresis_ms / 1000.0, hop_limit=self.hop_limit,
                              stale_after_s=self.stale_after_ms / 1000.0)

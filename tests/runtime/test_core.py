@@ -131,3 +131,28 @@ def test_codes_pay_only_where_the_link_is_the_cost():
     assert codes_pay(100_000, 10_000, 1e6, 0.001, 0.001)  # 0.8 s of floats against 0.08 s + 2 ms
     assert not codes_pay(100_000, 10_000, 1e9, 0.001, 0.001)  # a fast link: coding costs more than it saves
     assert not codes_pay(100_000, 10_000, None, 0.0, 0.0)  # unlimited
+
+
+def test_a_still_node_reports_every_quiet_period_and_a_moving_one_at_every_heartbeat(pkg):
+    core = make_core(pkg)
+    assert core.state_due(0.0, quiet_s=0.1)  # the first heartbeat reports
+    assert not core.state_due(0.05, quiet_s=0.1)  # nothing moved: the next one stays quiet
+    assert core.state_due(0.1, quiet_s=0.1)  # but a still node still reports every quiet period
+    core.accept(item(1))  # work arrived: its queue and backlog moved
+    assert core.state_due(0.15, quiet_s=0.1)
+    assert not core.state_due(0.2, quiet_s=0.1)
+    core.estimator.update(1, 0.5)  # a service estimate moved
+    assert core.state_due(0.25, quiet_s=0.1)
+
+
+def test_the_quiet_period_keeps_within_the_design_and_the_peers_staleness():
+    from mdiexit.config import cluster_from_dict
+
+    def quiet(**fields) -> float:
+        return cluster_from_dict({"package": "p", "nodes": [{"name": "s", "role": "source", "port": 1}],
+                                  **fields}).quiet_report_s
+
+    assert quiet() == pytest.approx(0.1)  # heartbeat 50 ms: a still node reports every 100 ms (DESIGN §3.2)
+    assert quiet(heartbeat_ms=20) == pytest.approx(0.04)
+    assert quiet(heartbeat_ms=50, stale_after_ms=120) == pytest.approx(0.06)  # half the staleness
+    assert quiet(heartbeat_ms=50, dead_after_ms=200) == pytest.approx(0.05)

@@ -143,6 +143,8 @@ class NodeCore:
         self.busy_until = 0.0
         self.tasks_run: dict[int, int] = {}
         self.expired: list[WorkItem] = []  # dropped unrun: their deadline passed in the queue
+        self.reported: tuple = ()  # what the last STATE said (state_due)
+        self.reported_at = -math.inf
 
     # ---------------------------------------------------------------- state
     def backlog_s(self, now: float) -> float:
@@ -151,6 +153,17 @@ class NodeCore:
         # while its item waited
         queued_s = sum(n * self.estimator.get(task) for task, n in list(self.queued.items()) if n)
         return queued_s + max(0.0, self.busy_until - now)
+
+    def state_due(self, now: float, quiet_s: float) -> bool:
+        """Whether this heartbeat sends a STATE: whenever the node's backlog, queue or service estimates moved since
+        the last one; while they stay still, every ``quiet_s`` (an idle cluster's heartbeats were most of its
+        runtime's CPU, docs/bench/overhead.md)."""
+        state = (round(self.backlog_s(now), 4), len(self.queue), len(self.parked),
+                 tuple(self.estimator.snapshot().items()))
+        if state == self.reported and now - self.reported_at < quiet_s:
+            return False
+        self.reported, self.reported_at = state, now
+        return True
 
     def on_report(self, sender: str, backlog_s: float, now: float, service_s: dict[int, float] | None) -> None:
         view = self.neighbours.get(sender)

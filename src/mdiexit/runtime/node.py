@@ -462,8 +462,13 @@ class NodeProcess:
     def _heartbeat_loop(self) -> None:
         period = self.cluster.heartbeat_ms / 1000
         give_up_s = 5 * self.cluster.dead_after_ms / 1000
+        quiet_s = self.cluster.quiet_report_s
         while not self.stop.wait(period):
-            self.send_state()
+            t = now()
+            with self.lock:
+                due = self.core.state_due(t, quiet_s)
+            if due or self.leaving or t - self.progress_sent_at >= PROGRESS_PERIOD_S:
+                self.send_state()
             t = now()
             self.refresh_links(t)
             self.read_meter(t)

@@ -117,10 +117,12 @@ class SimNode:
         t = self.world.env.now
         backlog = self.core.backlog_s(t)
         service = self.core.estimator.snapshot()
-        count = sum(len(r) for r in self.state_to.values())
-        departure = self.egress.departure(STATE_BYTES * count, t)
-        for latency, recipients in self.state_to.items():
-            self.world.at(departure - t + latency, self.world.deliver_state, self.name, backlog, service, recipients)
+        if self.core.state_due(t, self.world.quiet_report_s):
+            count = sum(len(r) for r in self.state_to.values())
+            departure = self.egress.departure(STATE_BYTES * count, t)
+            for latency, recipients in self.state_to.items():
+                self.world.at(departure - t + latency, self.world.deliver_state, self.name, backlog, service,
+                              recipients)
         self.charge(seconds=self.world.heartbeat_s)
         sends, _ = self.core.retry_parked(t, self.world.give_up_s, self.egress.queued_bytes(t))
         for s in sends:
@@ -276,6 +278,7 @@ class World:
         self.cluster, self.pkg, self.rules, self.items = cluster, pkg, rules, items
         self.max_batch = cluster.max_batch
         self.heartbeat_s = cluster.heartbeat_ms / 1000
+        self.quiet_report_s = cluster.quiet_report_s
         self.give_up_s = 5 * cluster.dead_after_ms / 1000  # as runtime.node's heartbeat loop
         self.deadline_s = deadline_s
         self.events = 0
