@@ -386,8 +386,13 @@ def _folder_classes(pkg, cfg: dict) -> list[str] | None:
 
 
 def parse_items(spec: str) -> str | int:
-    """`all`, `test` or a positive count N (the first N items of the folder)."""
+    """`all`, `test`, a positive count N (the first N items of the folder), or `video:PATH_OR_URL`."""
     if spec in ("all", "test"):
+        return spec
+    if spec.startswith("video:"):
+        if len(spec) == len("video:"):
+            raise DataError("--items video:: name the video, e.g. video:cam.mp4, video:rtsp://HOST/stream or "
+                            "video:/dev/video0")
         return spec
     try:
         n = int(spec)

@@ -7,7 +7,7 @@ import sys
 
 # The optional packages, and the extra that brings each: a command that needs one says so in one line.
 EXTRA_OF = {"simpy": "sim", "scipy": "sim", "torch": "train", "onnx": "train", "onnxscript": "train",
-            "tqdm": "train", "PIL": "client", "matplotlib": "plot"}
+            "tqdm": "train", "PIL": "client", "matplotlib": "plot", "av": "video"}
 
 
 def missing_extra(e: ModuleNotFoundError, command: str) -> str | None:
@@ -35,7 +35,7 @@ _USER_ERRORS = (("mdiexit.config", "ConfigError"), ("mdiexit.data", "DataError")
                 ("mdiexit.security", "KeyFileError"), ("mdiexit.cli.model", "UsageError"),
                 ("mdiexit.models.spec", "ModelSpecError"), ("mdiexit.training.train", "TrainError"),
                 ("mdiexit.plot", "PlotError"), ("mdiexit.ops.services", "ServiceError"),
-                ("mdiexit.pilot.run", "PilotError"), ("mdiexit.energy", "PowerError"))
+                ("mdiexit.pilot.run", "PilotError"), ("mdiexit.energy", "PowerError"), ("mdiexit.video", "VideoError"))
 
 
 def user_errors() -> tuple[type[Exception], ...]:

@@ -42,7 +42,7 @@ def _run_opts(a: argparse.Namespace):
                  target_backlog_ms=a.target_backlog_ms, net=a.net, max_backlog_ms=a.max_backlog_ms,
                  max_wait_ms=a.max_wait_ms, metrics_port=a.metrics_port, metrics_addr=a.metrics_addr,
                  insecure=a.insecure, keys_dir=a.keys_dir, items=items_arg(a.items),
-                 self_profile=getattr(a, "self_profile", False))
+                 self_profile=getattr(a, "self_profile", False), fps=getattr(a, "fps", None))
     if a.thresholds is not None:
         given["thresholds"] = tuple(floats(a.thresholds, "--thresholds"))
     return RunOptions(**{k: v for k, v in given.items() if not isinstance(v, RunDefault)})
@@ -148,7 +148,10 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="the dataset's folder, or any image folder to stream with --items all|N")
     p.add_argument("--items", default="test",
                    help="test: the package's test split, cycled for --duration; all: every item of --data-dir in "
-                        "order, each once; N: the first N of them (default test)")
+                        "order, each once; N: the first N of them; video:FILE_OR_URL: a video file, rtsp:// stream "
+                        "or /dev/videoN, the newest frame at the admission rate, older ones skipped (default test)")
+    p.add_argument("--fps", type=float, default=None,
+                   help="with --items video:FILE: play the file at this frame rate instead of its own")
     p.add_argument("--quiet", action="store_true", help="no live view")
     p.add_argument("--net", default=RunDefault("net"), choices=["app", "namespaces"],
                    help="app: the nodes pace their links; namespaces: one network namespace per worker, "

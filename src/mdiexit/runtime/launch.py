@@ -46,6 +46,7 @@ from mdiexit.runtime.service import UNREAD_MIN_S, UNREAD_WAITS, ClientEndpoint
 from mdiexit.runtime.source import Admission, SourceProcess
 from mdiexit.security import Identity, allow_key, create_keys, load_identity
 from mdiexit.util import shown_path
+from mdiexit.video import VIDEO_PREFIX, VideoArrivals, VideoFrames
 
 log = logging.getLogger("mdiexit.launch")
 _SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="spawner")
@@ -199,7 +200,10 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     if opts.thresholds is not None and len(opts.thresholds) != pkg.num_tasks:
         raise ClusterError(f"--thresholds: {len(opts.thresholds)} values for the package's {pkg.num_tasks} exits; "
                            f"give {pkg.num_tasks}, the last 0")
-    stream = load_items(pkg, opts.items, opts.data_dir) if opts.serve is None else None
+    video = str(opts.items).startswith(VIDEO_PREFIX) and opts.serve is None
+    if video:
+        VideoFrames.check(str(opts.items)[len(VIDEO_PREFIX):])  # before any node starts
+    stream = load_items(pkg, opts.items, opts.data_dir) if opts.serve is None and not video else None
     if stream is not None and opts.items != "test" and len(stream) > opts.rate * opts.duration_s:
         log.warning("only about %d of the %d items fit in --duration %g s at --rate %g; raise --duration to stream "
                     "them all", int(opts.rate * opts.duration_s), len(stream), opts.duration_s, opts.rate)
@@ -267,6 +271,10 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         if opts.serve is not None:
             arrivals = endpoint = client_endpoint(source, cluster, pkg, identity)
             start, end = source.admit(arrivals, None, opts.serve)
+        elif video:  # the newest frame at the admission rate; older ones skipped (mdiexit.video)
+            frames = VideoFrames.open(str(opts.items)[len(VIDEO_PREFIX):], pkg.input_shape, opts.fps)
+            arrivals = VideoArrivals(frames, source.admission.rate, time.monotonic(), deadline_s)
+            start, end = source.admit(arrivals, opts.duration_s)
         else:
             arrivals = StreamArrivals(stream, source.admission.rate, time.monotonic(), cycle=opts.items == "test",
                                       deadline_s=deadline_s)  # items all | N: each item once, in order
@@ -292,6 +300,11 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
                        secure=identity is not None, **link_summary(source.link_reports, source.final_stats),
                        **run_energy(cluster_models(source.cluster.nodes), source.final_stats, summary["completed"],
                                     pkg.num_tasks))
+        if video:
+            frames.close()
+            summary.update(skipped=arrivals.skipped, accuracy=None)  # a camera's frames carry no labels
+            if frames.error:
+                summary["video_error"] = frames.error
         emulation_check(summary, ticks_before, ticks_after)
         for w in summary["emulation_warnings"]:
             log.warning("emulation: %s", w)

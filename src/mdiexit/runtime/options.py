@@ -28,7 +28,9 @@ class RunOptions:
     live: bool = True
     data_dir: Path | None = None
     limit_items: int | None = None  # cycle over the first N test items only
-    items: str | int = "test"  # test: the test split, cycled | all: every item of data_dir in order, once | N: first N
+    # test: the test split, cycled | all: every item of data_dir in order, once | N: the first N | video:PATH_OR_URL
+    items: str | int = "test"
+    fps: float | None = None  # a video file's frame rate, instead of its own
     admission: str = "fixed"  # fixed | rate | thresholds
     target_accuracy: float | None = None  # rate adaptation; default: final-exit validation accuracy - 1 point
     target_backlog_ms: float = 300.0
@@ -55,7 +57,8 @@ class RunOptions:
                   ("--target-accuracy", self.target_accuracy,
                    self.target_accuracy is None or 0 < self.target_accuracy <= 1, "a fraction in (0, 1]"),
                   ("--items", self.items, not isinstance(self.items, int) or self.items > 0,
-                   "test, all or a count > 0"),
+                   "test, all, a count > 0 or video:PATH"),
+                  ("--fps", self.fps, self.fps is None or self.fps > 0, "frames per second > 0"),
                   ("limit_items", self.limit_items, self.limit_items is None or self.limit_items > 0, "a count > 0")]
         for flag, value, ok, expected in checks:
             if not ok:

@@ -22,6 +22,8 @@ SUMMARY_FIELDS: dict[str, str] = {
     "failed": "admitted items that ended in an explicit failure (no node could run them)",
     "lost": "offered items that reached no outcome: always 0, else the run exits 1",
     "duplicates": "items delivered twice: always 0, else the run exits 1",
+    "skipped": "with --items video: frames never offered, because a newer one came first (freshness, not loss)",
+    "video_error": "with --items video: why the video stopped decoding before the run ended, if it did",
     "redispatched": "items sent again after a node was declared down",
     "redundant_results": "late results of re-dispatched items, dropped",
     "accuracy": "correct results over admitted items (null for a service's unlabelled requests)",

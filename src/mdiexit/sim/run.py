@@ -34,6 +34,9 @@ def simulate(cluster_path: Path, opts: RunOptions, seed: int = 0, times: str = "
     """Simulate ``cluster_path`` under ``opts`` (the options of `mdiexit run`; the ones about processes, keys and
     the live view do not apply). ``times``: profile (ONNX Runtime on this host, x slowdown) or macs."""
     wall0 = time.perf_counter()
+    if str(opts.items).startswith("video:"):
+        raise ClusterError("--items video: plays a video in `mdiexit run` only; the simulator streams the test "
+                           "split or an image folder (--items test|all|N)")
     cluster = load_cluster(cluster_path)
     mode = opts.mode or cluster.mode
     rules = rules_for(mode)

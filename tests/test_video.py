@@ -1,0 +1,73 @@
+"""A video as the source's stream: a real file written here with PyAV, decoded at its own frame rate, the newest
+frame offered at the admission rate and the older ones counted as skipped, never lost (mdiexit/video.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mdiexit.data import load_test_split
+from mdiexit.package import load_package
+from mdiexit.runtime.launch import run_cluster
+from mdiexit.runtime.options import RunOptions
+from tests.runtime.conftest import write_cluster
+
+av = pytest.importorskip("av")
+
+FPS = 30
+FRAMES = 60  # 2 s
+
+
+def write_video(path: Path, images: np.ndarray) -> Path:
+    """An MPEG-4 file of test items, each upscaled to 56 x 56 and repeated as RGB."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=FPS)
+        stream.width = stream.height = 56
+        stream.pix_fmt = "yuv420p"
+        for i in range(FRAMES):
+            grey = np.kron(images[i % len(images)][0], np.ones((2, 2), np.uint8))
+            frame = av.VideoFrame.from_ndarray(np.repeat(grey[:, :, None], 3, axis=2), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory, tiny_package) -> Path:
+    images = load_test_split(load_package(tiny_package)).images[:20]
+    return write_video(tmp_path_factory.mktemp("video") / "cam.mp4", images)
+
+
+def run(cluster: Path, video: Path, rate: float) -> dict:
+    opts = RunOptions(rate=rate, duration_s=5.0, warmup_s=0.5, live=False, items=f"video:{video}",
+                      drain_timeout_s=30)
+    return run_cluster(cluster, opts).summary
+
+
+def test_every_frame_is_classified_when_the_cluster_keeps_up(tmp_path, tiny_package, video):
+    cluster = write_cluster(tmp_path / "c.yaml", tiny_package, [2, 2])
+    s = run(cluster, video, rate=200)  # far above the video's 30 frames a second
+    assert s["lost"] == 0 and s["failed"] == 0 and s["accuracy"] is None  # a camera's frames carry no labels
+    assert s["completed"] == s["admitted"] == s["offered"]
+    assert s["offered"] + s["skipped"] == FRAMES  # each frame offered once, or skipped; the stream ended with it
+    assert s["skipped"] < FRAMES / 4
+
+
+def test_a_slow_admission_keeps_the_newest_frame_and_skips_the_rest(tmp_path, tiny_package, video):
+    cluster = write_cluster(tmp_path / "c.yaml", tiny_package, [2, 2])
+    s = run(cluster, video, rate=5)  # 5 of the 30 frames a second
+    assert s["lost"] == 0 and s["completed"] == s["admitted"] == s["offered"]
+    assert s["skipped"] > FRAMES / 2 and s["offered"] + s["skipped"] <= FRAMES
+
+
+def test_a_video_that_cannot_be_opened_is_one_line(tmp_path, tiny_package):
+    cluster = write_cluster(tmp_path / "c.yaml", tiny_package, [2, 2])
+    out = subprocess.run([sys.executable, "-m", "mdiexit.cli", "run", "--cluster", str(cluster), "--quiet",
+                          "--items", f"video:{tmp_path / 'nope.mp4'}", "--duration", "1", "--out",
+                          str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("mdiexit: error:") and "nope.mp4" in out.stderr
