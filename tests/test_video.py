@@ -3,6 +3,7 @@ frame offered at the admission rate and the older ones counted as skipped, never
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -42,19 +43,27 @@ def video(tmp_path_factory, tiny_package) -> Path:
     return write_video(tmp_path_factory.mktemp("video") / "cam.mp4", images)
 
 
-def run(cluster: Path, video: Path, rate: float) -> dict:
+def run(cluster: Path, video: Path, rate: float, sink: Path | None = None) -> dict:
     opts = RunOptions(rate=rate, duration_s=5.0, warmup_s=0.5, live=False, items=f"video:{video}",
-                      drain_timeout_s=30)
+                      drain_timeout_s=30, sink=f"jsonl:{sink}" if sink else None)
     return run_cluster(cluster, opts).summary
 
 
-def test_every_frame_is_classified_when_the_cluster_keeps_up(tmp_path, tiny_package, video):
+def test_every_frame_is_classified_when_the_cluster_keeps_up_and_each_result_reaches_the_sink(tmp_path, tiny_package,
+                                                                                               video):
     cluster = write_cluster(tmp_path / "c.yaml", tiny_package, [2, 2])
-    s = run(cluster, video, rate=200)  # far above the video's 30 frames a second
+    sink = tmp_path / "results.jsonl"
+    s = run(cluster, video, rate=200, sink=sink)  # far above the video's 30 frames a second
     assert s["lost"] == 0 and s["failed"] == 0 and s["accuracy"] is None  # a camera's frames carry no labels
     assert s["completed"] == s["admitted"] == s["offered"]
     assert s["offered"] + s["skipped"] == FRAMES  # each frame offered once, or skipped; the stream ended with it
     assert s["skipped"] < FRAMES / 4
+    lines = [json.loads(line) for line in sink.read_text().splitlines()]
+    classes = load_package(tiny_package).classes
+    assert len(lines) == s["offered"] and len({r["item"] for r in lines}) == len(lines)  # one line per frame
+    assert sorted(r["item"] for r in lines) == sorted(r["item"] for r in lines if 0 <= r["item"] < FRAMES)
+    assert all(r["outcome"] == "result" and r["name"] == classes[r["label"]] and r["latency_ms"] > 0
+               and 1 <= r["exit"] for r in lines)
 
 
 def test_a_slow_admission_keeps_the_newest_frame_and_skips_the_rest(tmp_path, tiny_package, video):
@@ -71,3 +80,12 @@ def test_a_video_that_cannot_be_opened_is_one_line(tmp_path, tiny_package):
                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("mdiexit: error:") and "nope.mp4" in out.stderr
+
+
+def test_a_sink_that_cannot_be_written_is_one_line(tmp_path, tiny_package):
+    cluster = write_cluster(tmp_path / "c.yaml", tiny_package, [2, 2])
+    for sink, says in (("mqtt://broker/topic", "jsonl:PATH"), (f"jsonl:{tmp_path / 'no' / 'r.jsonl'}", "create it")):
+        out = subprocess.run([sys.executable, "-m", "mdiexit.cli", "run", "--cluster", str(cluster), "--quiet",
+                              "--sink", sink, "--duration", "1", "--out", str(tmp_path / "out")],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and "Traceback" not in out.stderr and says in out.stderr, out.stderr[-500:]

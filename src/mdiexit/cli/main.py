@@ -42,7 +42,8 @@ def _run_opts(a: argparse.Namespace):
                  target_backlog_ms=a.target_backlog_ms, net=a.net, max_backlog_ms=a.max_backlog_ms,
                  max_wait_ms=a.max_wait_ms, metrics_port=a.metrics_port, metrics_addr=a.metrics_addr,
                  insecure=a.insecure, keys_dir=a.keys_dir, items=items_arg(a.items),
-                 self_profile=getattr(a, "self_profile", False), fps=getattr(a, "fps", None))
+                 self_profile=getattr(a, "self_profile", False), fps=getattr(a, "fps", None),
+                 sink=getattr(a, "sink", None))
     if a.thresholds is not None:
         given["thresholds"] = tuple(floats(a.thresholds, "--thresholds"))
     return RunOptions(**{k: v for k, v in given.items() if not isinstance(v, RunDefault)})
@@ -152,6 +153,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                         "or /dev/videoN, the newest frame at the admission rate, older ones skipped (default test)")
     p.add_argument("--fps", type=float, default=None,
                    help="with --items video:FILE: play the file at this frame rate instead of its own")
+    p.add_argument("--sink", default=None, metavar="jsonl:PATH",
+                   help="also append every item's outcome to PATH as it is settled, one JSON line each (label, "
+                        "class name, exit, confidence, latency), for the site's systems to read")
     p.add_argument("--quiet", action="store_true", help="no live view")
     p.add_argument("--net", default=RunDefault("net"), choices=["app", "namespaces"],
                    help="app: the nodes pace their links; namespaces: one network namespace per worker, "

@@ -26,7 +26,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     given = dict(mode=a.mode, rate=a.rate, live=not a.quiet, admission=a.admission, target_accuracy=a.target_accuracy,
                  target_backlog_ms=a.target_backlog_ms, max_backlog_ms=a.max_backlog_ms, max_wait_ms=a.max_wait_ms,
                  metrics_port=a.metrics_port, metrics_addr=a.metrics_addr, insecure=a.insecure, keys_dir=a.keys_dir,
-                 drain_timeout_s=a.drain_timeout, warmup_s=0.0, serve=stop)
+                 drain_timeout_s=a.drain_timeout, warmup_s=0.0, serve=stop, sink=a.sink)
     if a.thresholds is not None:
         given["thresholds"] = tuple(floats(a.thresholds, "--thresholds"))
     opts = RunOptions(**{k: v for k, v in given.items() if v is not None and not isinstance(v, RunDefault)})
@@ -116,6 +116,8 @@ def add_serve_commands(sub, cluster_arg, gate_args, security_args) -> None:
     s.add_argument("--drain-timeout", type=float, default=RunDefault("drain_timeout_s"),
                    help="on stop, seconds to finish what is in flight (default %(default)s)")
     s.add_argument("--quiet", action="store_true", help="no live view")
+    s.add_argument("--sink", default=None, metavar="jsonl:PATH",
+                   help="also append every request's outcome to PATH, one JSON line each")
     s.add_argument("--out", type=Path, default=Path("runs/serve"), help="folder for summary.json on stop")
     security_args(s)
     s.set_defaults(func=cmd_serve)

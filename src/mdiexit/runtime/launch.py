@@ -43,6 +43,7 @@ from mdiexit.runtime.options import ClusterError, RunOptions
 from mdiexit.runtime.report import RunResult
 from mdiexit.runtime.runpolicy import capacity_hint, make_admission, make_gate, planned_limits
 from mdiexit.runtime.service import UNREAD_MIN_S, UNREAD_WAITS, ClientEndpoint
+from mdiexit.runtime.sinks import JsonlSink, SinkedArrivals, check_sink
 from mdiexit.runtime.source import Admission, SourceProcess
 from mdiexit.security import Identity, allow_key, create_keys, load_identity
 from mdiexit.util import shown_path
@@ -203,6 +204,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     video = str(opts.items).startswith(VIDEO_PREFIX) and opts.serve is None
     if video:
         VideoFrames.check(str(opts.items)[len(VIDEO_PREFIX):])  # before any node starts
+    sink_path = check_sink(opts.sink) if opts.sink else None
     stream = load_items(pkg, opts.items, opts.data_dir) if opts.serve is None and not video else None
     if stream is not None and opts.items != "test" and len(stream) > opts.rate * opts.duration_s:
         log.warning("only about %d of the %d items fit in --duration %g s at --rate %g; raise --duration to stream "
@@ -270,18 +272,23 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         deadline_s = None if opts.deadline_ms is None else opts.deadline_ms / 1000
         if opts.serve is not None:
             arrivals = endpoint = client_endpoint(source, cluster, pkg, identity)
-            start, end = source.admit(arrivals, None, opts.serve)
         elif video:  # the newest frame at the admission rate; older ones skipped (mdiexit.video)
             frames = VideoFrames.open(str(opts.items)[len(VIDEO_PREFIX):], pkg.input_shape, opts.fps)
             arrivals = VideoArrivals(frames, source.admission.rate, time.monotonic(), deadline_s)
-            start, end = source.admit(arrivals, opts.duration_s)
         else:
             arrivals = StreamArrivals(stream, source.admission.rate, time.monotonic(), cycle=opts.items == "test",
                                       deadline_s=deadline_s)  # items all | N: each item once, in order
-            start, end = source.admit(arrivals, opts.duration_s)
+        sink = JsonlSink(sink_path, source.name, pkg.classes, pkg.version) if sink_path is not None else None
+        answering = arrivals if sink is None else SinkedArrivals(arrivals, sink)  # every outcome also to the sink
+        if opts.serve is not None:
+            start, end = source.admit(answering, None, opts.serve)
+        else:
+            start, end = source.admit(answering, opts.duration_s)
         ticks_after = host_cpu_ticks()
         source.phase = "draining"
-        source.drain(arrivals, opts.drain_timeout_s)
+        source.drain(answering, opts.drain_timeout_s)
+        if sink is not None:
+            sink.close()
         if endpoint is not None:
             endpoint.close()
             source.intake = None
