@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from mdiexit.cli.common import device_profile_arg
+from mdiexit.cli.common import bench_command, device_profile_arg
 
 
 def cmd_bench_network(a: argparse.Namespace) -> int:
@@ -89,17 +89,10 @@ def add_link_bench_commands(bsub: argparse._SubParsersAction,
     bn.add_argument("--repeats", type=int, default=1,
                     help="runs per variant, taking turns; each figure is then the median (default 1)")
     bn.set_defaults(func=cmd_bench_network)
-    bo = bsub.add_parser("overhead", help="the runtime's own CPU per item per node visit, by run, process and message "
-                                          "kind", description=doc(cmd_bench_overhead))
-    cluster_arg(bo)
-    bo.add_argument("--out", type=Path, default=Path("docs/results/overhead.json"))
-    bo.add_argument("--duration", type=float, default=10.0, help="seconds of admission per run (default 10)")
-    bo.set_defaults(func=cmd_bench_overhead)
-    bj = bsub.add_parser("join", help="what a device joining a busy cluster costs the data", description=doc(
-        cmd_bench_join))
-    cluster_arg(bj)
-    bj.add_argument("--out", type=Path, default=Path("docs/results/join.json"))
+    bench_command(bsub, "overhead", "the runtime's own CPU per item per node visit, by run, process and message kind",
+                  cmd_bench_overhead, doc, cluster_arg, "docs/results/overhead.json", 10.0,
+                  "seconds of admission per run")
+    bj = bench_command(bsub, "join", "what a device joining a busy cluster costs the data", cmd_bench_join, doc,
+                       cluster_arg, "docs/results/join.json", 30.0, "seconds of admission")
     bj.add_argument("--rate", type=float, default=600.0, help="items/s offered (default 600)")
-    bj.add_argument("--duration", type=float, default=30.0, help="seconds of admission (default 30)")
     bj.add_argument("--at", type=float, default=9.0, help="when the device joins, s (default 9)")
-    bj.set_defaults(func=cmd_bench_join)

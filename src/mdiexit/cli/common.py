@@ -22,6 +22,27 @@ class RunDefault:
         return f"{getattr(RunOptions(), self.field)}"
 
 
+def stream_timing_args(p: argparse.ArgumentParser, virtual: bool = False) -> None:
+    """--rate, --duration and --warmup of a run (`run`) or its simulation (``virtual``: `simulate`)."""
+    p.add_argument("--rate", type=float, default=RunDefault("rate"),
+                   help=f"items {'offered' if virtual else 'admitted'} per second (default %(default)s)")
+    p.add_argument("--duration", type=float, default=RunDefault("duration_s"),
+                   help=f"seconds of admission{', virtual' if virtual else ''} (default %(default)s)")
+    p.add_argument("--warmup", type=float, default=RunDefault("warmup_s"),
+                   help="seconds excluded from throughput (default %(default)s)")
+
+
+def bench_command(bsub, name: str, help: str, func, doc, cluster_arg, out: str, duration_s: float,
+                  duration_help: str) -> argparse.ArgumentParser:
+    """A bench's subcommand with the arguments every measured bench takes: --cluster, --out and --duration."""
+    p = bsub.add_parser(name, help=help, description=doc(func))
+    cluster_arg(p)
+    p.add_argument("--out", type=Path, default=Path(out))
+    p.add_argument("--duration", type=float, default=duration_s, help=f"{duration_help} (default {duration_s:g})")
+    p.set_defaults(func=func)
+    return p
+
+
 def finish_run(result, out: Path) -> int:
     from mdiexit.runtime.report import print_summary, write_results
 

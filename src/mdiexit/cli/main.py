@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mdiexit.bench.ratesearch import REFINE_STEPS, bracket_width
 from mdiexit.cli.bench import add_link_bench_commands
-from mdiexit.cli.common import DEFAULT_CLUSTER, RunDefault, device_profile_arg, finish_run
+from mdiexit.cli.common import DEFAULT_CLUSTER, RunDefault, device_profile_arg, finish_run, stream_timing_args
 from mdiexit.cli.errors import missing_extra, user_errors
 from mdiexit.cli.model import DEFAULT_PACKAGE, add_model_commands, floats, items_arg
 from mdiexit.cli.ops import add_ops_commands
@@ -124,12 +124,7 @@ def _security_args(p: argparse.ArgumentParser) -> None:
 def _run_args(p: argparse.ArgumentParser) -> None:
     _cluster_arg(p)
     p.add_argument("--mode", default=None, choices=list(MODES), help="override the cluster file's mode")
-    p.add_argument("--rate", type=float, default=RunDefault("rate"),
-                   help="items admitted per second (default %(default)s)")
-    p.add_argument("--duration", type=float, default=RunDefault("duration_s"),
-                   help="seconds of admission (default %(default)s)")
-    p.add_argument("--warmup", type=float, default=RunDefault("warmup_s"),
-                   help="seconds excluded from throughput (default %(default)s)")
+    stream_timing_args(p)
     p.add_argument("--deadline-ms", type=float, default=None,
                    help="each item's deadline: past it, an item is dropped unrun and counted expired; the summary "
                         "reports the accuracy within it")

@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from mdiexit.cli.common import RunDefault, device_profile_arg, finish_run
+from mdiexit.cli.common import RunDefault, bench_command, device_profile_arg, finish_run, stream_timing_args
 from mdiexit.cli.model import UsageError, floats, items_arg
 from mdiexit.policies.modes import ADMISSIONS, MODES
 
@@ -78,12 +78,7 @@ def add_sim_commands(sub: argparse._SubParsersAction, bsub: argparse._SubParsers
     s.add_argument("--mode", default=None, choices=list(MODES), help="override the cluster file's mode")
     s.add_argument("--admission", default=RunDefault("admission"), choices=ADMISSIONS,
                    help="fixed | rate | thresholds, as for `run` (default %(default)s)")
-    s.add_argument("--rate", type=float, default=RunDefault("rate"), help="items offered per second (default "
-                                                                          "%(default)s)")
-    s.add_argument("--duration", type=float, default=RunDefault("duration_s"),
-                   help="seconds of admission, virtual (default %(default)s)")
-    s.add_argument("--warmup", type=float, default=RunDefault("warmup_s"),
-                   help="seconds excluded from throughput (default %(default)s)")
+    stream_timing_args(s, virtual=True)
     s.add_argument("--drain-timeout", type=float, default=RunDefault("drain_timeout_s"),
                    help="virtual seconds to wait for the last results (default %(default)s)")
     s.add_argument("--deadline-ms", type=float, default=None, help="each item's deadline, as for `run`")
@@ -106,15 +101,12 @@ def add_sim_commands(sub: argparse._SubParsersAction, bsub: argparse._SubParsers
                                                                       "%(default)s)")
     s.set_defaults(func=cmd_simulate)
 
-    e = bsub.add_parser("energy", help="joules per item: mdi, ddi-exit, mdi-exit and energy-aware mdi-exit at the "
-                                       "same rates, simulated", description=doc(cmd_bench_energy))
-    cluster_arg(e)
-    e.add_argument("--out", type=Path, default=Path("docs/results/energy.json"))
-    e.add_argument("--duration", type=float, default=20.0, help="virtual seconds of admission per run (default 20)")
+    e = bench_command(bsub, "energy", "joules per item: mdi, ddi-exit, mdi-exit and energy-aware mdi-exit at the same "
+                      "rates, simulated", cmd_bench_energy, doc, cluster_arg, "docs/results/energy.json", 20.0,
+                      "virtual seconds of admission per run")
     e.add_argument("--target-accuracy", type=float, default=None,
                    help="default: the final exit's validation accuracy - 0.01")
     e.add_argument("--data-dir", type=Path, default=None)
-    e.set_defaults(func=cmd_bench_energy)
 
     b = bsub.add_parser("simulator", help="the simulator against the runtime, and at 10..1000 devices",
                         description=doc(cmd_bench_simulator))
