@@ -5,7 +5,8 @@ tailing the file:
     {"source": "source", "item": 41, "outcome": "result", "reason": "", "label": 3, "name": "Dress", "exit": 1,
      "confidence": 0.97, "latency_ms": 18.2, "at": 1796630400.12, "version": "mobilenetv2-ee-fashion-mnist@1a2b3c"}
 
-`item` is what the stream knows the offer by: a video's frame index, a dataset's item index, a client's request.
+`item` is what the stream knows the offer by: a video's frame index, a dataset's item index, a client's request id
+(with `client`, the client's connection identity in hex).
 A rejected or expired offer is a line too (its label -1, its reason said).
 """
 
@@ -44,7 +45,7 @@ class JsonlSink:
     def write(self, key: Any, outcome: str, reason: str, record: Record | None) -> None:
         done = record is not None and record.done_at is not None and outcome == "result"
         label = record.label if done else -1
-        line = {"source": self.source, "item": key if isinstance(key, int | str) else str(key), "outcome": outcome,
+        line = {"source": self.source, **_item(key), "outcome": outcome,
                 "reason": reason, "label": label,
                 "name": self.classes[label] if 0 <= label < len(self.classes) else None,
                 "exit": record.exit if done else None, "confidence": record.confidence if done else None,
@@ -55,6 +56,13 @@ class JsonlSink:
 
     def close(self) -> None:
         self.file.close()
+
+
+def _item(key: Any) -> dict:
+    """What the stream knows an offer by: a frame or item index; a service's request id and its client (hex)."""
+    if isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], bytes):
+        return {"item": key[1], "client": key[0].hex()}
+    return {"item": key if isinstance(key, int | str) else str(key)}
 
 
 class SinkedArrivals:
