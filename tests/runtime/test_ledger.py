@@ -53,3 +53,15 @@ def test_recent_latency_percentiles_follow_the_window():
     assert led.recent_latency_s(100) == pytest.approx(2.0)
     led.window(3.0, 1.5)  # forgets the results done before 1.5 s
     assert led.recent_latency_s(50) == pytest.approx(2.0)
+
+
+def test_the_window_counts_the_correct_results_it_holds():
+    """window() keeps a running count: results that leave the window leave the count too."""
+    led = Ledger()
+    for i in range(10):
+        led.admit(i, float(i), truth=i % 2)
+        led.complete(i, 0, 1, 0.9, "n", float(i) + 0.5, 0)  # label 0: correct for the even items
+    assert led.window(9.5, 100.0) == (10 / 100.0, 0.5)
+    assert led.window(9.5, 4.0) == (5 / 4.0, 2 / 5)  # results at 5.5 .. 9.5: items 6 and 8 correct
+    assert led.window(9.5, 1.5) == (2 / 1.5, 0.5)  # 8.5 (correct) and 9.5
+    assert led.recent_correct == 1

@@ -64,6 +64,7 @@ class Ledger:
     redispatched: int = 0
     unknown: int = 0
     recent: deque = field(default_factory=deque)  # (done_at, correct, latency_s) of the last completions
+    recent_correct: int = 0  # how many of them are correct (kept with the deque: window() is O(1) per result)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _sorted: np.ndarray = field(default_factory=lambda: np.zeros(0), init=False, repr=False)  # recent latencies
     _sorted_key: tuple | None = field(default=None, init=False, repr=False)  # the window they were sorted for
@@ -126,6 +127,7 @@ class Ledger:
             self.correct += label == r.truth
             self.exit_counts[exit_] += 1
             self.recent.append((t, label == r.truth, t - r.admitted_at))
+            self.recent_correct += label == r.truth
             return True
 
     def _expire(self, r: Record, t: float) -> None:
@@ -184,9 +186,9 @@ class Ledger:
         """(throughput per s, accuracy) of the results completed in the last `span_s` seconds."""
         with self.lock:
             while self.recent and self.recent[0][0] < t - span_s:
-                self.recent.popleft()
+                self.recent_correct -= self.recent.popleft()[1]
             n = len(self.recent)
-            correct = sum(c for _, c, _ in self.recent)
+            correct = self.recent_correct
         return n / span_s, (correct / n if n else float("nan"))
 
     def recent_latency_s(self, q: float = 95) -> float:
