@@ -72,9 +72,20 @@ def _report() -> dict:
         {"name": "source", "role": "source", "slowdown": 40.0, "bandwidth_mbps": 20.0, "latency_ms": 5.0,
          "power": "raspberry-pi-4"}]}, "target_accuracy": 0.925, "thresholds": [0.9, 0.0],
         "planner_limit_per_s": 948.0, "seconds_per_option": 40.0, "options": options,
-        "what_if": [{"what": "one more device like w1", "limit_per_s": 1239.8, "change": 0.31}]}
+        "what_if": [{"what": "one more device like w1", "limit_per_s": 1239.8, "change": 0.31}],
+        "energy_what_if": {"rate_per_s": 850.0, "measured_j": 0.03, "fewest_j": 0.026, "change": 0.026 / 0.03 - 1}}
     report["verdict"] = verdict(report)
     return report
+
+
+def test_the_verdict_names_the_energy_objectives_saving_when_it_is_worth_saying():
+    report = _report()
+    assert "`objective: energy` could spend as little as 0.026 J per item (-13% against the measured 0.030)" \
+        in report["verdict"]
+    report["energy_what_if"]["change"] = -0.01
+    assert "objective: energy" not in verdict(report)
+    report["energy_what_if"] = None
+    assert "objective: energy" not in verdict(report)
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium here (apt-get install -y chromium)")
