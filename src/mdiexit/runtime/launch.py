@@ -122,6 +122,17 @@ class LiveRun:
         self.procs[name] = _SPAWNER.submit(_child, cmd).result()
 
 
+def measured_window(ledger, arrivals, start: float, end: float, warmup_s: float) -> tuple[float, float]:
+    """The part of the run its throughput is measured over: after the warm-up, to the end of admission; for a
+    finite stream that ran out (a video file, --items all|N), to its last result, and from the start when it was
+    shorter than the warm-up."""
+    if not arrivals.done:
+        return start + warmup_s, end
+    last = max((r.done_at for r in ledger.records.values() if r.done_at is not None), default=end)
+    end = max(end, last)
+    return (start + warmup_s if end - start > 2 * warmup_s else start), end
+
+
 def run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | None = None,
                 spawn: bool = True, on_ready: Callable[[LiveRun], None] | None = None) -> RunResult:
     """Run the source here and, with `spawn`, every worker of the cluster file as a child process (without
@@ -298,7 +309,8 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         view_stop.set()
         watching.clear()
         source.shutdown_workers()
-        summary = summarize(source.ledger, pkg.num_tasks, (start + opts.warmup_s, end), source.final_stats,
+        summary = summarize(source.ledger, pkg.num_tasks, measured_window(source.ledger, arrivals, start, end,
+                                                                          opts.warmup_s), source.final_stats,
                             source.backlog_samples, deadline_s, source.gate, source.latencies,
                             partial(limit_from_stats, cluster, pkg, mode))
         failures = source.failure_summary()
