@@ -367,6 +367,7 @@ def test_the_energy_plan_counts_only_nodes_with_a_power_model(tmp_path):
     mix = pkg.profile.exit_mix(pkg.default_thresholds)
     plan = plan_energy(c, pkg, "mdi-exit", mix, times, 100)
     assert plan.joules_per_item == pytest.approx(2 / 100, rel=1e-6)  # all on the uncounted worker
+    assert plan.uncounted == ("w",) and plan.to_json()["uncounted"] == ["w"]
     bare = cluster([{"name": "src", "slowdown": 4}, {"name": "w", "slowdown": 2}])
     assert plan_energy(bare, pkg, "mdi-exit", mix, node_times(bare, Costs((0.001,) * 3)), 100).joules_per_item is None
 

@@ -154,9 +154,11 @@ class Plan:
     bottleneck: list[Binding]
     thresholds: tuple[float, ...] | None = None
     joules_per_item: float | None = None  # an energy plan's (plan_energy): at throughput_per_s, the rate asked for
+    uncounted: tuple[str, ...] = ()  # an energy plan's nodes without a power model: their work costs it nothing
 
     def to_json(self) -> dict:
         return {"throughput_per_s": self.throughput_per_s, "mode": self.mode, "joules_per_item": self.joules_per_item,
+                "uncounted": list(self.uncounted),
                 "thresholds": list(self.thresholds) if self.thresholds is not None else None,
                 "exit_fraction": list(self.exit_fraction), "reach": list(self.reach), "nodes": self.nodes,
                 "links": [{"from": a, "to": b, **v} for (a, b), v in self.links.items()],
@@ -416,6 +418,7 @@ def plan_energy(cluster: ClusterConfig, pkg: Package, mode: str, exit_fraction: 
     plan = report(problem, rate, x, [], index, mode, exit_fraction)
     plan.thresholds = tuple(thresholds) if thresholds is not None else None
     plan.joules_per_item = (sum(m.idle_w for m in models.values()) + extra_w) / rate if models else None
+    plan.uncounted = tuple(n.name for n in cluster.nodes if n.name not in models)
     return plan
 
 

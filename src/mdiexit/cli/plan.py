@@ -122,6 +122,9 @@ def print_plan(plan, growth=None, header: list[str] | None = None, file=sys.stdo
     else:
         print(f"fewest joules at {plan.throughput_per_s:g} items/s: {plan.joules_per_item:.4f} J/item "
               f"({plan.joules_per_item * plan.throughput_per_s:.1f} W for the counted nodes)", file=file)
+        if plan.uncounted:
+            print(f"  not counted (no power model: their work looks free, so the plan favours them): "
+                  f"{', '.join(plan.uncounted)}", file=file)
     k_tasks = len(plan.reach)
     print(f"  {'node':<16} {'compute':>7} {'egress':>7} {'sends Mb/s':>10}"
           + "".join(f"{'task ' + str(k) + '/s':>10}" for k in range(1, k_tasks + 1)), file=file)
