@@ -117,4 +117,6 @@ def test_a_site_of_separate_machines_rides_out_a_crash_and_a_leave(tiny_package,
     kinds = [(e["node"], e["kind"]) for e in summary["node_failures"]]
     assert {("w1", "joined"), ("w1", "silent"), ("w1", "back"), ("w2", "left")} <= set(kinds)
     assert kinds.index(("w1", "silent")) < kinds.index(("w1", "back"))  # noticed by its silence, then back
-    assert all(sum(summary["per_node"][w]["tasks_run"].values()) > 0 for w in WORKERS)  # the slow source offloads
+    tasks = {n: sum(summary["per_node"][n]["tasks_run"].values()) for n in ("source", *WORKERS)}
+    # the slow source offloads (to whichever workers the rule finds soonest: one may get most of it at 60 items/s)
+    assert sum(tasks[w] for w in WORKERS) > 5 * tasks["source"], tasks
