@@ -41,7 +41,7 @@ def test_options_run_on_the_site_their_names_promise(site):
 @pytest.mark.cluster
 def test_a_short_pilot_writes_the_report_a_manager_reads(site, tmp_path):
     out = tmp_path / "pilot"
-    run = subprocess.run([sys.executable, "-m", "mdiexit.cli", "pilot", "--cluster", str(site), "--minutes", "1.25",
+    run = subprocess.run([sys.executable, "-m", "mdiexit.cli", "pilot", "--cluster", str(site), "--minutes", "1.1",
                           "--out", str(out)], capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "[pilot" in run.stderr and "min left" in run.stderr  # progress all along
