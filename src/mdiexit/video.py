@@ -123,6 +123,8 @@ class VideoArrivals:
     """The source's arrivals from a video: the newest frame, at most at ``rate()`` frames a second. Frames the
     source never offered (a newer one came first) are ``skipped``; nobody waits on the answers."""
 
+    labelled = False  # a camera's frames carry no true label
+
     def __init__(self, frames: VideoFrames, rate: Callable[[], float], start: float, deadline_s: float | None = None):
         self.frames, self.rate, self.deadline_s = frames, rate, deadline_s
         self.next_t = start

@@ -44,6 +44,7 @@ def test_a_snapshot_reads_back_and_shows_what_is_wrong(tmp_path, monkeypatch):
     assert re.search(r"\nw1 +worker +DOWN .* p@2$", view)  # a node down, on another package version
     assert "STALE" in render(back, now=back.written_at + 60)
     assert "done (ended 60 s ago)" in render(_status(phase="done", written_at=0.0), now=60.0)
+    assert "12 frames skipped" in render(_status(skipped=12)) and "skipped" not in render(_status())
     with pytest.raises(StatusError, match="is `mdiexit run`, `source` or `serve` running"):
         read_status("source", 5551)
 

@@ -66,6 +66,7 @@ class SiteStatus(msgspec.Struct, frozen=True):
     nodes: list[NodeStatus]
     events: list[EventStatus]
     joules_per_item: float | None = None  # the counted nodes' joules so far per completed item (None: none counted)
+    skipped: int = 0  # a video stream's frames never offered: a newer one came first (freshness, not loss)
 
 
 def runtime_dirs() -> list[Path]:
@@ -132,6 +133,7 @@ def render(status: SiteStatus, now: float | None = None) -> str:
     run = f" for {status.run_s:.0f} s" if status.run_s is not None else ""
     acc = f"{status.accuracy:.3f}" if status.accuracy is not None else "-"
     energy = f" · {status.joules_per_item:.4f} J/item" if status.joules_per_item is not None else ""
+    energy += f" · {status.skipped} frames skipped" if status.skipped else ""
     lines = [f"site {status.cluster} · source {status.source} (pid {status.pid}) · {status.mode} · {phase}{run}",
              f"package {status.package}",
              f"throughput {status.throughput_per_s:.1f} items/s · admission {status.admission_rate_per_s:.1f}/s · "

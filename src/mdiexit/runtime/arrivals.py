@@ -40,6 +40,11 @@ class StreamArrivals:
         self.stream, self.rate, self.cycle, self.deadline_s = stream, rate, cycle, deadline_s
         self.next_t, self.i, self.done = start, 0, False
 
+    @property
+    def labelled(self) -> bool:
+        """Whether its items carry true labels (an image folder without class sub-folders does not)."""
+        return self.stream.labelled
+
     def take(self, t: float) -> list[Offer]:
         out = []
         images, labels = self.stream.images, self.stream.labels

@@ -289,6 +289,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         else:
             arrivals = StreamArrivals(stream, source.admission.rate, time.monotonic(), cycle=opts.items == "test",
                                       deadline_s=deadline_s)  # items all | N: each item once, in order
+        source.stream = arrivals
         sink = JsonlSink(sink_path, source.name, pkg.classes, pkg.version) if sink_path is not None else None
         answering = arrivals if sink is None else SinkedArrivals(arrivals, sink)  # every outcome also to the sink
         if opts.serve is not None:

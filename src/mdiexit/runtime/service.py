@@ -82,6 +82,7 @@ class ClientEndpoint:
     """The Arrivals of a service: offers come from clients, answers go back to them."""
 
     done = False  # a service never runs out of arrivals; it is stopped
+    labelled = False  # clients send inputs, not their true labels
 
     def __init__(self, ctx: zmq.Context, address: str, pkg: Package, identity: Identity | None,
                  wake: threading.Event):

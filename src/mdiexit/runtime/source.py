@@ -62,6 +62,7 @@ class SourceProcess(NodeProcess):
         self.bulk = BulkSender(self.egress, lambda peer, frames: self.links[peer].send(frames, now()))  # its parts
         self.wake = threading.Event()  # a result, an outcome or a client's request: the admit loop looks again
         self.intake = None  # the client endpoint while serving: its own refusals count as offered and rejected
+        self.stream = None  # the arrivals a run admits from (a video's skipped frames are shown)
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)  # the last results' latencies (s)
         self.latency_observers: list[Callable[[float], None]] = [self.latencies.append]  # and metrics
         # the site's status: each node's last few progress reports (time, busy_s and tasks so far), its package
@@ -384,9 +385,17 @@ class SourceProcess(NodeProcess):
             in_flight=len(led.in_flight),
             rejected=sum(self.gate.rejected.values()) + (sum(self.intake.refused.values()) if self.intake else 0),
             expired=led.expired + self.gate.expired, failed=led.failed,
-            accuracy=led.correct / led.completed if led.completed else None,
-            joules_per_item=self.joules_per_item(),
+            accuracy=led.correct / led.completed if led.completed and self.labelled() else None,
+            joules_per_item=self.joules_per_item(), skipped=self.skipped(),
             nodes=nodes, events=events)
+
+    def labelled(self) -> bool:
+        """Whether the stream's items carry true labels (a video's frames do not): else no accuracy is shown."""
+        return getattr(self.stream, "labelled", True)
+
+    def skipped(self) -> int:
+        """A video stream's skipped frames so far (0 for any other stream)."""
+        return getattr(self.stream, "skipped", 0)
 
     def joules_per_item(self) -> float | None:
         """The counted nodes' joules so far (each one's last progress report) per completed item."""
@@ -396,7 +405,7 @@ class SourceProcess(NodeProcess):
 
     def status_line(self, rate: float) -> str:
         led = self.ledger
-        acc = led.correct / max(1, led.completed)
+        acc_text = f"{led.correct / max(1, led.completed):.3f}" if self.labelled() else "-"
         hist = np.array([led.exit_counts.get(k, 0) for k in range(1, self.pkg.num_tasks + 1)], float)
         hist = hist / max(1, hist.sum())
         nodes = " ".join(f"{n}:DOWN" if n in self.down else f"{n}:{s.backlog_s * 1000:.0f}ms"
@@ -404,10 +413,11 @@ class SourceProcess(NodeProcess):
         own = self.core.backlog_s(now()) * 1000
         util = self.busy_s / max(1e-9, now() - self.started_at)
         return (f"[{self.mode}] {rate:6.1f} items/s  admitted {self.ledger.admitted}  done {self.ledger.completed}"
-                f"  acc {acc:.3f}  exits {' '.join(f'{h:.2f}' for h in hist)}  rate {self.admission.rate():.1f}/s"
+                f"  acc {acc_text}  exits {' '.join(f'{h:.2f}' for h in hist)}  rate {self.admission.rate():.1f}/s"
                 f"  backlog {self.name}:{own:.0f}ms({util:.0%}) {nodes}"
                 + (f"  redispatched {led.redispatched}" if led.redispatched else "")
                 + (f"  rejected {sum(self.gate.rejected.values())}" if self.gate.rejected else "")
                 + (f"  expired {led.expired + self.gate.expired}" if led.expired + self.gate.expired else "")
                 + (f"  {j:.4f} J/item" if (j := self.joules_per_item()) is not None else "")
+                + (f"  skipped {n}" if (n := self.skipped()) else "")
                 + f"  links {self.meter.status(now())}")
