@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mdiexit.config import ConfigError, cluster_from_dict
+from mdiexit.energyplan import plan_energy
 from mdiexit.planner import (
     Costs,
     NodeTimes,
@@ -16,7 +17,6 @@ from mdiexit.planner import (
     devices_needed,
     limit_from_stats,
     node_times,
-    plan_energy,
     plan_problem,
     plan_throughput,
     reach_of,

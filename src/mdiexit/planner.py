@@ -153,7 +153,7 @@ class Plan:
     links: dict[tuple[str, str], dict]  # (a, b) -> bytes/s, items/s, share of a's egress
     bottleneck: list[Binding]
     thresholds: tuple[float, ...] | None = None
-    joules_per_item: float | None = None  # an energy plan's (plan_energy): at throughput_per_s, the rate asked for
+    joules_per_item: float | None = None  # an energy plan's (mdiexit.energyplan) at throughput_per_s, the rate asked
     uncounted: tuple[str, ...] = ()  # an energy plan's nodes without a power model: their work costs it nothing
 
     def to_json(self) -> dict:
@@ -315,40 +315,6 @@ def solve(problem: Problem, tidy: bool = True) -> tuple[float, np.ndarray, list[
     return lam, x, sorted(binding, key=lambda b: -b.gain_per_percent), {"runs": m.runs, "flow0": m.flow0}
 
 
-@dataclass(frozen=True)
-class EnergyRates:
-    """What a node's work costs above its idle draw: watts while it computes, joules per byte it sends."""
-
-    extra_w: float
-    j_per_byte: float
-
-
-def solve_energy(problem: Problem, rate: float, watts: Mapping[str, EnergyRates]) -> tuple[float, np.ndarray, dict]:
-    """Carry exactly ``rate`` items/s for the fewest watts above idle. Returns (those watts, the solution vector,
-    the index of its variables). A node missing from ``watts`` costs nothing. Raises ValueError past the limit."""
-    from scipy.optimize import linprog
-
-    p, m = problem, program(problem)
-    cost = np.zeros(m.n_var)
-    zero = EnergyRates(0.0, 0.0)
-    for i, (n, k) in enumerate(m.runs):
-        cost[1 + i] = watts.get(n, zero).extra_w * p.runs[n, k]
-    for i, fl in enumerate(p.flows):
-        src, dst = watts.get(fl.src, zero), watts.get(fl.dst, zero)
-        cost[m.flow0 + i] = (src.j_per_byte * fl.nbytes + src.extra_w * fl.send_s + dst.extra_w * fl.recv_s
-                             + 1e-12 * (fl.nbytes + 1))  # ties: fewer bytes, fewer hops
-    bounds = [(rate, rate)] + [(0, None)] * (m.n_var - 1)
-    res = linprog(cost, A_ub=m.a_ub, b_ub=m.b_ub, A_eq=m.a_eq, b_eq=np.zeros(m.a_eq.shape[0]), bounds=bounds,
-                  method="highs")
-    if res.status == 2:
-        limit = solve(problem, tidy=False)[0]
-        raise ValueError(f"{rate:g} items/s is past this cluster's limit of {limit:.1f}/s in this mode: "
-                         "plan for a lower --rate")
-    if res.status != 0:
-        raise RuntimeError(f"linear program failed: {res.message}")
-    return float(res.fun), res.x, {"runs": m.runs, "flow0": m.flow0}
-
-
 def plan_problem(problem: Problem, mode: str, exit_fraction: Sequence[float], tidy: bool = True) -> Plan:
     """Solve ``problem`` and report the placement, the utilisations and the bottleneck."""
     lam, x, binding, index = solve(problem, tidy)
@@ -395,34 +361,14 @@ def plan_throughput(cluster: ClusterConfig, pkg: Package, mode: str, exit_fracti
                     tidy: bool = True) -> Plan:
     """The physical limit of ``cluster`` in ``mode`` at this exit mix (one fraction per exit). Raises ConfigError
     when the mode cannot reach a task from the source along the neighbour graph."""
-    exit_fraction = _mix_for(pkg, mode, exit_fraction)
-    plan = plan_problem(_package_problem(cluster, pkg, mode, exit_fraction, times), mode, exit_fraction, tidy)
+    exit_fraction = exit_mix_for(pkg, mode, exit_fraction)
+    plan = plan_problem(package_problem(cluster, pkg, mode, exit_fraction, times), mode, exit_fraction, tidy)
     plan.thresholds = tuple(thresholds) if thresholds is not None else None
     return plan
 
 
-def plan_energy(cluster: ClusterConfig, pkg: Package, mode: str, exit_fraction: Sequence[float],
-                times: Mapping[str, NodeTimes], rate: float, thresholds: Sequence[float] | None = None) -> Plan:
-    """The placement that carries ``rate`` items/s for the fewest joules, by each node's power model (the
-    cluster file's ``power:``; a node without one is not counted). Its ``joules_per_item``: the counted nodes'
-    idle draw plus the work's, per item. Raises ValueError past the cluster's limit."""
-    from mdiexit.energy import cluster_models
-
-    if not rate > 0:
-        raise ValueError(f"rate: expected items/s > 0, got {rate:g}")
-    exit_fraction = _mix_for(pkg, mode, exit_fraction)
-    problem = _package_problem(cluster, pkg, mode, exit_fraction, times)
-    models = {n: m for n, m in cluster_models(cluster.nodes).items() if m is not None}
-    watts = {n: EnergyRates(m.busy_w - m.idle_w, m.j_per_mb / 1e6) for n, m in models.items()}
-    extra_w, x, index = solve_energy(problem, rate, watts)
-    plan = report(problem, rate, x, [], index, mode, exit_fraction)
-    plan.thresholds = tuple(thresholds) if thresholds is not None else None
-    plan.joules_per_item = (sum(m.idle_w for m in models.values()) + extra_w) / rate if models else None
-    plan.uncounted = tuple(n.name for n in cluster.nodes if n.name not in models)
-    return plan
-
-
-def _mix_for(pkg: Package, mode: str, exit_fraction: Sequence[float]) -> Sequence[float]:
+def exit_mix_for(pkg: Package, mode: str, exit_fraction: Sequence[float]) -> Sequence[float]:
+    """The exit mix a mode runs at: ``exit_fraction``, checked, or every item at the last exit without exits."""
     if not rules_for(mode).exits:
         return [0.0] * (pkg.num_tasks - 1) + [1.0]
     if len(exit_fraction) != pkg.num_tasks:
@@ -430,8 +376,9 @@ def _mix_for(pkg: Package, mode: str, exit_fraction: Sequence[float]) -> Sequenc
     return exit_fraction
 
 
-def _package_problem(cluster: ClusterConfig, pkg: Package, mode: str, exit_fraction: Sequence[float],
-                     times: Mapping[str, NodeTimes]) -> Problem:
+def package_problem(cluster: ClusterConfig, pkg: Package, mode: str, exit_fraction: Sequence[float],
+                    times: Mapping[str, NodeTimes]) -> Problem:
+    """The program for ``pkg`` on ``cluster`` in ``mode``, checked that the mode reaches every task."""
     rules = rules_for(mode)
     cluster.check_tasks(pkg.num_tasks)
     if not rules.single_node:

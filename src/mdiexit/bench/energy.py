@@ -1,7 +1,7 @@
 """`mdiexit bench energy`: joules per item of mdi, ddi-exit, mdi-exit and energy-aware mdi-exit (`objective:
 energy`) on one cluster whose nodes have power models (edge4: its boards' presets), at the same rates and accuracy
 target, each beside the planner's floor: the fewest joules per item the power models allow at that rate
-(planner.plan_energy, at the profile's exit mix).
+(energyplan.plan_energy, at the profile's exit mix).
 
 Runs are simulated (mdiexit.sim: the runtime's own cores and policies in virtual time, the devices emulated from
 the device profile), so a sweep of rates takes a minute: the exit-mode thresholds are the cheapest that reach the
@@ -22,8 +22,9 @@ from pathlib import Path
 
 from mdiexit import util
 from mdiexit.config import load_cluster, write_cluster
+from mdiexit.energyplan import plan_energy
 from mdiexit.package import load_package
-from mdiexit.planner import node_times, plan_energy, plan_throughput
+from mdiexit.planner import node_times, plan_throughput
 from mdiexit.policies.modes import rules_for
 from mdiexit.runtime.device import planner_costs
 from mdiexit.runtime.options import RunOptions

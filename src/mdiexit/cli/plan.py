@@ -44,8 +44,9 @@ def cmd_plan(a: argparse.Namespace) -> int:
     times: each task's profiled time on this host at batch 1 times each node's slowdown, as the calibrated
     emulation makes them (--times profile), or MACs at the nodes' rated speed (--times macs)."""
     from mdiexit.config import load_cluster
+    from mdiexit.energyplan import plan_energy
     from mdiexit.package import load_package
-    from mdiexit.planner import costs_from_macs, devices_needed, node_times, plan_energy, plan_throughput
+    from mdiexit.planner import costs_from_macs, devices_needed, node_times, plan_throughput
     from mdiexit.policies.modes import rules_for
 
     cluster = load_cluster(a.cluster)

@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 
 from mdiexit.config import ClusterConfig, load_cluster, write_cluster
+from mdiexit.energyplan import plan_energy
 from mdiexit.package import load_package
-from mdiexit.planner import device_kind, limit_at_thresholds, node_times, plan_energy, with_copies
+from mdiexit.planner import device_kind, limit_at_thresholds, node_times, with_copies
 from mdiexit.policies.admission import FEASIBLE_UTILISATION
 from mdiexit.util import say, shown_path
 
@@ -149,7 +150,7 @@ def what_ifs(cluster: ClusterConfig, pkg, costs, thresholds: tuple[float, ...], 
 
 
 def energy_what_if(cluster: ClusterConfig, pkg, costs, thresholds: tuple[float, ...], measured: dict) -> dict | None:
-    """The planner's fewest joules per item (`objective: energy`, planner.plan_energy) at the rate the fixed-rate
+    """The planner's fewest joules per item (`objective: energy`, energyplan.plan_energy) at the rate the fixed-rate
     mdi-exit option carried, beside what it measured; None without power models."""
     if measured.get("joules_per_item") is None or all(n.power is None for n in cluster.nodes):
         return None
