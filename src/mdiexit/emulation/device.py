@@ -83,6 +83,8 @@ class DeviceModel:
     engine_cpu_s: float = 0.0  # host CPU seconds spent inside the model's and codecs' calls (by the calling thread)
     charged_s: float = 0.0  # device seconds charged for the runtime's own work, in all
     owed_s: float = 0.0  # charged, not yet paid: the next call lasts this much longer
+    cpu_start: tuple[float, float] = (0.0, 0.0)  # (process, engine) CPU seconds when the node started serving
+    cpu_mark: tuple[float, float] = (0.0, 0.0)  # the same at the last charge
 
     @classmethod
     def calibrate(cls, slowdown: float, work: dict[Key, Callable[[int], Callable[[], object]]], max_batch: int,
@@ -129,10 +131,26 @@ class DeviceModel:
         host = self.host_s(key, batch) if self.emulation == "calibrated" else None
         return self.slowdown * (host if host is not None else measured_s)
 
-    def charge_runtime(self, runtime_cpu_s: float) -> None:
-        """The node's runtime used ``runtime_cpu_s`` more host CPU: with a `cpu_slowdown`, the device owes that
-        times it, paid before its next call."""
-        if self.cpu_slowdown and runtime_cpu_s > 0:
+    def start_runtime_clock(self) -> None:
+        """The node starts serving: its runtime's CPU is counted from now (not its start-up and warm-up)."""
+        self.cpu_start = self.cpu_mark = (time.process_time(), self.engine_cpu_s)
+
+    def runtime_cpu_s(self, since: tuple[float, float] | None = None) -> float:
+        """Host CPU seconds the node's runtime used since ``since`` (default: it started serving): the whole
+        process's CPU less the model's calls' (ONNX Runtime's pool threads, with threads > 1, count as the
+        runtime's)."""
+        since = since or self.cpu_start
+        return (time.process_time() - since[0]) - (self.engine_cpu_s - since[1])
+
+    def charge_runtime(self, runtime_cpu_s: float | None = None) -> None:
+        """With a `cpu_slowdown`, the device owes the runtime's host CPU (``runtime_cpu_s``, default: what it used
+        since the last charge) times it, paid before its next task call."""
+        if not self.cpu_slowdown:
+            return
+        if runtime_cpu_s is None:
+            mark = (time.process_time(), self.engine_cpu_s)
+            runtime_cpu_s, self.cpu_mark = self.runtime_cpu_s(self.cpu_mark), mark
+        if runtime_cpu_s > 0:
             self.owed_s += runtime_cpu_s * self.cpu_slowdown
             self.charged_s += runtime_cpu_s * self.cpu_slowdown
 

@@ -88,7 +88,7 @@ class NodeProcess:
         self.engine = OrtEngine(pkg, threads=self.cfg.threads, tasks=sorted(self.held))
         self.device: DeviceModel = calibrate(self.engine, pkg, self.held, self.cfg, cluster, host_profile)
         self.device.cpu_slowdown = self.cfg.cpu_slowdown
-        self.cpu_start = self.cpu_mark = (time.process_time(), self.device.engine_cpu_s)  # (process, engine) CPU s
+        self.device.start_runtime_clock()
         self.received: Counter[str] = Counter()  # messages by kind (data, state, result, ...)
         self.limits = Limits()
         self.stop = threading.Event()
@@ -298,23 +298,10 @@ class NodeProcess:
             self.stop.set()
 
     # ---------------------------------------------------------------- compute
-    def runtime_cpu_s(self, since: tuple[float, float]) -> float:
-        """Host CPU seconds the node's runtime used since ``since`` (a (process, engine) CPU mark): the whole
-        process's CPU less what the model's calls used (ONNX Runtime's own pool threads, with threads > 1, count as
-        the runtime's)."""
-        return (time.process_time() - since[0]) - (self.device.engine_cpu_s - since[1])
-
-    def charge_runtime(self) -> None:
-        """`cpu_slowdown`: the device pays for the runtime's CPU since the last charge before its next call."""
-        if self.device.cpu_slowdown:
-            mark = (time.process_time(), self.device.engine_cpu_s)
-            self.device.charge_runtime(self.runtime_cpu_s(self.cpu_mark))
-            self.cpu_mark = mark
-
     def _compute_loop(self) -> None:
         """Only compute: exits, results and routing run on the finish thread (a device's cores overlap them)."""
         free_at: float | None = None  # when the device's last call ended (its timeline), if work was waiting then
-        self.cpu_start = self.cpu_mark = (time.process_time(), self.device.engine_cpu_s)  # after the warm-up
+        self.device.start_runtime_clock()  # after the warm-up
         while not self.stop.is_set():
             if self.leaving:
                 time.sleep(POLL_MS / 1000)
@@ -339,7 +326,7 @@ class NodeProcess:
                                                                 lambda c=codec, it=it: c.decode(it.code), free_at)
                     it.code, seconds = None, seconds + dec_s
             x = batch[0].x if len(batch) == 1 else np.concatenate([it.x for it in batch])
-            self.charge_runtime()
+            self.device.charge_runtime()  # `cpu_slowdown`: the runtime's CPU since the last call, paid now
             (features, logits), task_s, free_at = self.device.run_from(("task", k), len(batch),
                                                                        lambda k=k, x=x: self.engine.run(k, x), free_at)
             seconds += task_s
@@ -415,7 +402,7 @@ class NodeProcess:
                    estimation_bytes=float(self.meter.overhead_bytes))
         out.update({f"rejected_{r}": float(self.rejected[r]) for r in REJECT_REASONS})
         out.update(emulated_calls=float(dev.calls), overruns=float(dev.overruns))
-        out.update(runtime_cpu_s=self.runtime_cpu_s(self.cpu_start), engine_cpu_s=dev.engine_cpu_s - self.cpu_start[1],
+        out.update(runtime_cpu_s=dev.runtime_cpu_s(), engine_cpu_s=dev.engine_cpu_s - dev.cpu_start[1],
                    runtime_charged_s=dev.charged_s)
         out.update({f"received_{kind}": float(n) for kind, n in self.received.items()})
         if self.energy.meter is not None:
