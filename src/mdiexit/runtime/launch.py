@@ -221,7 +221,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         log.warning("only about %d of the %d items fit in --duration %g s at --rate %g; raise --duration to stream "
                     "them all", int(opts.rate * opts.duration_s), len(stream), opts.duration_s, opts.rate)
     if stream is not None and not stream.labelled:
-        log.warning("the items have no labels: accuracy counts them as wrong; items.csv has each item's label")
+        log.warning("the items have no labels: no accuracy is reported; items.csv has each item's label")
     if stream is not None and opts.limit_items:
         stream = stream.subset(list(range(min(opts.limit_items, len(stream)))))
     # the devices' costs for the planner: the host profile every emulated node takes
@@ -320,9 +320,11 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
                        secure=identity is not None, **link_summary(source.link_reports, source.final_stats),
                        **run_energy(cluster_models(source.cluster.nodes), source.final_stats, summary["completed"],
                                     pkg.num_tasks))
+        if not source.labelled():  # a camera's frames, an unlabelled folder: no true labels to count against
+            summary["accuracy"] = None
         if video:
             frames.close()
-            summary.update(skipped=arrivals.skipped, accuracy=None)  # a camera's frames carry no labels
+            summary["skipped"] = arrivals.skipped
             if frames.error:
                 summary["video_error"] = frames.error
         emulation_check(summary, ticks_before, ticks_after)

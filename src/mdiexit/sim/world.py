@@ -72,6 +72,7 @@ class SimNode:
         self.calls = 0
         self.state_to: dict[float, list[SimNode]] = {}  # STATE recipients, by path latency
         self.visits = 0  # admissions here and DATA arrivals: what the runtime's own work is charged by
+        self.received_data = 0
         self.owed_s = 0.0  # `cpu_slowdown`: device seconds of runtime work, paid before the next batch
         self.charged_s = 0.0
 
@@ -99,6 +100,7 @@ class SimNode:
 
     def on_data(self, sender: str, backlog_s: float, item: WorkItem) -> None:
         t = self.world.env.now
+        self.received_data += 1
         self.charge(visits=1)
         self.core.on_report(sender, backlog_s, t, None)
         if self.is_source:
@@ -202,11 +204,8 @@ class SimNode:
         out.update(busy_s=self.busy_s, elapsed_s=elapsed_s, bad_messages=0.0, bytes_sent=float(self.egress.bytes_sent),
                    dropped_parked=float(self.core.dropped_parked), emulated_calls=float(self.calls), overruns=0.0)
         out.update(runtime_cpu_s=RUNTIME_COST.per_visit_s * self.visits + RUNTIME_COST.per_second_s * elapsed_s,
-                   runtime_charged_s=self.charged_s, received_data=float(self.visits - self.admitted_here()))
+                   runtime_charged_s=self.charged_s, received_data=float(self.received_data))
         return out
-
-    def admitted_here(self) -> int:
-        return 0
 
 
 class SimSource(SimNode):
@@ -217,7 +216,6 @@ class SimSource(SimNode):
         self.sc = sc
         self.admitting = False
         self.arrived = 0
-        self.admitted = 0
         self.start = 0.0
 
     def result(self, node: str, f: Finished, expired: bool) -> None:
@@ -242,13 +240,9 @@ class SimSource(SimNode):
             self.release()
         self.world.at(1.0 / max(self.sc.admission.rate(), 1e-3), self.arrive)
 
-    def admitted_here(self) -> int:
-        return self.admitted
-
     def release(self) -> None:
         t = self.world.env.now
         items, _ = self.sc.release(t, self.core.backlog_s(t))
-        self.admitted += len(items)
         self.charge(visits=len(items))
         for item in items:
             self.route(item)
