@@ -53,7 +53,7 @@ def measure(cluster: Path, mode: str, rate: float, o: OverheadBenchOptions, labe
     for n in s["per_node"].values():
         for kind, count in n.get("messages_received", {}).items():
             kinds[kind] = kinds.get(kind, 0) + count
-    visits = s["admitted"] + kinds.get("data", 0)
+    visits = s["node_visits"]
     row = {"run": label, "mode": mode, "rate": rate, "throughput_per_s": s["throughput_per_s"],
            "admitted": s["admitted"], "lost": s["lost"], "visits": visits,
            "cpu_us_per_item_hop": s["runtime_cpu_us_per_item_hop"],

@@ -69,7 +69,8 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
         calls = st.get("emulated_calls", 0.0)
         summary["per_node"][name]["overrun_fraction"] = st.get("overruns", 0.0) / calls if calls else 0.0
         summary["per_node"][name].update(runtime_figures(st))
-    summary["runtime_cpu_us_per_item_hop"] = runtime_cpu_per_visit(final_stats, admitted)
+    summary["node_visits"] = node_visits(final_stats, admitted)
+    summary["runtime_cpu_us_per_item_hop"] = runtime_cpu_per_visit(final_stats, summary["node_visits"])
     for key, prefix in (("ideal_throughput_per_s", SINGLE), ("ideal_batched_throughput_per_s", LIMIT)):
         planned = physical_limit(final_stats, summary["exit_fraction"], prefix) if physical_limit else None
         summary[key] = planned if planned is not None else ideal_throughput(final_stats, summary["exit_fraction"],
@@ -164,9 +165,12 @@ def runtime_figures(stats: Mapping[str, float]) -> dict[str, float | None]:
             "messages_received": {k[len(RECEIVED):]: int(v) for k, v in stats.items() if k.startswith(RECEIVED)}}
 
 
-def runtime_cpu_per_visit(final_stats: Mapping[str, Mapping[str, float]], admitted: int) -> float | None:
-    """Microseconds of runtime CPU, over every process, per item per node visit: an admission at the source, or
-    an item's DATA arriving at a node."""
+def node_visits(final_stats: Mapping[str, Mapping[str, float]], admitted: int) -> int:
+    """Items at nodes: each admission at the source, and each item's DATA arriving at a node."""
+    return admitted + int(sum(s.get(RECEIVED + "data", 0.0) for s in final_stats.values()))
+
+
+def runtime_cpu_per_visit(final_stats: Mapping[str, Mapping[str, float]], visits: int) -> float | None:
+    """Microseconds of runtime CPU, over every process, per node visit."""
     cpu = [s["runtime_cpu_s"] for s in final_stats.values() if "runtime_cpu_s" in s]
-    visits = admitted + sum(s.get(RECEIVED + "data", 0.0) for s in final_stats.values())
     return 1e6 * sum(cpu) / visits if cpu and visits else None

@@ -41,8 +41,9 @@ SUMMARY_FIELDS: dict[str, str] = {
     "per_node": "per node: utilization, tasks_run by task, backlog_s_mean, bytes_sent, task_ms, overrun_fraction, "
                 "runtime_cpu_s (host CPU of everything but the model), runtime_share (of the device's time, charged "
                 "under cpu_slowdown; null: not charged), messages_received by kind",
+    "node_visits": "items at nodes: each admission at the source, and each item's DATA arriving at a node",
     "runtime_cpu_us_per_item_hop": "host CPU of the runtime (every process, less the model's calls), in µs per "
-                                   "item per node visit (an admission, or an item's DATA arriving)",
+                                   "node visit",
     "bad_messages": "malformed messages the nodes dropped",
     "unknown_results": "results for items the source did not know (dropped)",
     "rejected_messages": "well-formed messages the nodes refused, by reason",
