@@ -70,10 +70,12 @@ class SiteStatus(msgspec.Struct, frozen=True):
 
 
 def runtime_dirs() -> list[Path]:
-    """Where snapshots are written (the first that can be made) and looked for (all, freshest wins)."""
-    dirs = []
+    """Where snapshots are written (the first that can be made) and looked for (all, freshest wins). A folder named
+    by MDIEXIT_RUNTIME_DIR is the only one: a stale snapshot elsewhere, of a source that once had this name and
+    port, is not taken for a running one."""
     if os.environ.get("MDIEXIT_RUNTIME_DIR"):
-        dirs.append(Path(os.environ["MDIEXIT_RUNTIME_DIR"]))
+        return [Path(os.environ["MDIEXIT_RUNTIME_DIR"])]
+    dirs = []
     if os.environ.get("XDG_RUNTIME_DIR"):
         dirs.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "mdiexit")
     dirs += [Path("/run/mdiexit"), Path(tempfile.gettempdir()) / f"mdiexit-{os.getuid()}"]
