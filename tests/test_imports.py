@@ -63,3 +63,20 @@ def test_the_simulator_loads_no_zeromq():
     code = "import sys, mdiexit.sim.run; print('zmq' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_the_runtime_and_simulator_shells_hold_at_most_two_locks():
+    """Decisions live in cores owned by one thread each (runtime.loop): a lock in a shell is a decision that
+    escaped its core. Counted as constructions of Lock, RLock or Condition however they are imported."""
+    root = Path(mdiexit.__file__).parent
+    found = []
+    for path in sorted([*(root / "runtime").rglob("*.py"), *(root / "sim").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+                if name in ("Lock", "RLock", "Condition"):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}")
+            elif isinstance(node, ast.keyword) and node.arg == "default_factory" \
+                    and getattr(node.value, "attr", getattr(node.value, "id", "")) in ("Lock", "RLock", "Condition"):
+                found.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert len(found) <= 2, found

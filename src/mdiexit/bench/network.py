@@ -108,7 +108,8 @@ def _watch(series: list, stop: threading.Event, period_s: float = 0.1):
         start = live.source.run_start
         while not stop.is_set() and live.source.phase in ("starting", "admitting"):
             t = time.monotonic()
-            rates = [bw for bw, _, _ in live.source.meter.figures(t).values() if bw]
+            figures = live.source.loop.ask(lambda t=t: live.source.meter.figures(t))  # the loop owns the meter
+            rates = [bw for bw, _, _ in figures.values() if bw]
             series.append((t - start, statistics.median(rates) if rates else None))
             time.sleep(period_s)
     return watch

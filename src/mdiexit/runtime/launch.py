@@ -255,7 +255,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
                         continue  # a graceful leave: the source already knows
                     crashed.append(name)
                     log.warning("node %s exited unexpectedly with status %s; the run goes on", name, p.returncode)
-                    source.node_down(name, "crashed", time.monotonic())
+                    source.loop.post(partial(source.node_down, name, "crashed", time.monotonic()))
             time.sleep(0.1)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -310,10 +310,10 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         view_stop.set()
         watching.clear()
         source.shutdown_workers()
-        summary = summarize(source.ledger, pkg.num_tasks, measured_window(source.ledger, arrivals, start, end,
-                                                                          opts.warmup_s), source.final_stats,
-                            source.backlog_samples, deadline_s, source.gate, source.latencies,
-                            partial(limit_from_stats, cluster, pkg, mode))
+        summary = source.loop.ask(lambda: summarize(  # read on the loop, which owns the ledger
+            source.ledger, pkg.num_tasks, measured_window(source.ledger, arrivals, start, end, opts.warmup_s),
+            source.final_stats, source.backlog_samples, deadline_s, source.gate, source.latencies,
+            partial(limit_from_stats, cluster, pkg, mode)), timeout_s=None)
         failures = source.failure_summary()
         recoveries = [e["recovery_s"] for e in failures if e.get("recovery_s") is not None]
         summary.update(node_failures=failures, recovery_s=max(recoveries) if recoveries else None,
@@ -362,7 +362,8 @@ def client_endpoint(source: SourceProcess, cluster: ClusterConfig, pkg: Package,
                     identity: Identity | None) -> ClientEndpoint:
     src = cluster.source
     host = src.host if src.host in ("127.0.0.1", "localhost") else "*"
-    endpoint = ClientEndpoint(source.ctx, f"tcp://{host}:{src.client_port}", pkg, identity, source.wake)
+    endpoint = ClientEndpoint(source.ctx, f"tcp://{host}:{src.client_port}", pkg, identity,
+                              source.loop.wake)
     endpoint.max_unread_s = max(UNREAD_MIN_S, UNREAD_WAITS * source.gate.max_wait_s)
     source.intake = endpoint
     try:

@@ -1,5 +1,5 @@
 """The source's ledger (DESIGN §9): every admitted item, with its input, until its one outcome. Pure
-bookkeeping, time passed in; the source's shell holds the lock while its threads share it.
+bookkeeping, time passed in; one thread (the source's loop, runtime.loop) owns it.
 
 An admitted item ends in exactly one of: result, expired (its deadline passed first) or failed (with a
 reason); rejection happens before admission, at the gate (policies.gate). It is dispatched once per attempt;
@@ -11,7 +11,6 @@ False): the shell takes each outcome (``take_settled``) and the counters stay.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,18 +64,16 @@ class Ledger:
     unknown: int = 0
     recent: deque = field(default_factory=deque)  # (done_at, correct, latency_s) of the last completions
     recent_correct: int = 0  # how many of them are correct (kept with the deque: window() is O(1) per result)
-    lock: threading.Lock = field(default_factory=threading.Lock)
     _sorted: np.ndarray = field(default_factory=lambda: np.zeros(0), init=False, repr=False)  # recent latencies
     _sorted_key: tuple | None = field(default=None, init=False, repr=False)  # the window they were sorted for
 
     def admit(self, item_id: int, t: float, truth: int, x: np.ndarray | None = None,
               thresholds: tuple[float, ...] = (), version: int = 0, deadline: float | None = None,
               key: Any = None) -> None:
-        with self.lock:
-            r = Record(t, truth, x, thresholds, version, dispatched_at=t, deadline=deadline, key=key)
-            self.records[item_id] = r
-            self.in_flight[item_id] = r
-            self.admitted += 1
+        r = Record(t, truth, x, thresholds, version, dispatched_at=t, deadline=deadline, key=key)
+        self.records[item_id] = r
+        self.in_flight[item_id] = r
+        self.admitted += 1
 
     def _settle(self, item_id: int) -> None:
         del self.in_flight[item_id]
@@ -84,51 +81,48 @@ class Ledger:
 
     def take_settled(self) -> list[tuple[int, Record]]:
         """The items settled since the last call, with their records (dropped here unless keep_records)."""
-        with self.lock:
-            ids, self.settled_ids = self.settled_ids, deque()
-            out = [(i, self.records[i]) for i in ids if i in self.records]
-            if not self.keep_records:
-                for i in ids:
-                    self.records.pop(i, None)
-            return out
+        ids, self.settled_ids = self.settled_ids, deque()
+        out = [(i, self.records[i]) for i in ids if i in self.records]
+        if not self.keep_records:
+            for i in ids:
+                self.records.pop(i, None)
+        return out
 
     def expects(self, item_id: int) -> bool:
         """A result for this item would be legitimate: it was admitted (in flight, or redundant after a retry)."""
-        with self.lock:
-            r = self.records.get(item_id)
-            if r is None:  # ids run 0, 1, ...: a settled record may be gone already
-                return not self.keep_records and 0 <= item_id < self.admitted
-            return r.done_at is None or r.attempt > 0
+        r = self.records.get(item_id)
+        if r is None:  # ids run 0, 1, ...: a settled record may be gone already
+            return not self.keep_records and 0 <= item_id < self.admitted
+        return r.done_at is None or r.attempt > 0
 
     def complete(self, item_id: int, label: int, exit_: int, conf: float, node: str, t: float,
                  attempt: int = 0) -> bool:
         """Record a result; True when it is the item's outcome (delivered), False when dropped."""
-        with self.lock:
-            r = self.records.get(item_id)
-            if r is None:
-                if not self.keep_records and 0 <= item_id < self.admitted:
-                    self.redundant += 1  # a late result of an item settled (and forgotten) already
-                else:
-                    self.unknown += 1
-                return False
-            if r.done_at is not None or r.failed or r.expired:
-                if r.failed or r.expired or attempt != r.attempt or r.attempt > 0:  # no result was delivered
-                    self.redundant += 1
-                else:
-                    self.duplicates += 1
-                return False
-            if r.deadline is not None and t > r.deadline:
-                self._expire(r, t)  # too late to be of use
-                self._settle(item_id)
-                return False
-            r.done_at, r.label, r.exit, r.confidence, r.node, r.x = t, label, exit_, conf, node, None
+        r = self.records.get(item_id)
+        if r is None:
+            if not self.keep_records and 0 <= item_id < self.admitted:
+                self.redundant += 1  # a late result of an item settled (and forgotten) already
+            else:
+                self.unknown += 1
+            return False
+        if r.done_at is not None or r.failed or r.expired:
+            if r.failed or r.expired or attempt != r.attempt or r.attempt > 0:  # no result was delivered
+                self.redundant += 1
+            else:
+                self.duplicates += 1
+            return False
+        if r.deadline is not None and t > r.deadline:
+            self._expire(r, t)  # too late to be of use
             self._settle(item_id)
-            self.completed += 1
-            self.correct += label == r.truth
-            self.exit_counts[exit_] += 1
-            self.recent.append((t, label == r.truth, t - r.admitted_at))
-            self.recent_correct += label == r.truth
-            return True
+            return False
+        r.done_at, r.label, r.exit, r.confidence, r.node, r.x = t, label, exit_, conf, node, None
+        self._settle(item_id)
+        self.completed += 1
+        self.correct += label == r.truth
+        self.exit_counts[exit_] += 1
+        self.recent.append((t, label == r.truth, t - r.admitted_at))
+        self.recent_correct += label == r.truth
+        return True
 
     def _expire(self, r: Record, t: float) -> None:
         r.expired, r.x = True, None
@@ -136,71 +130,63 @@ class Ledger:
 
     def expire(self, item_id: int, t: float) -> bool:
         """Settle an in-flight item as expired (its deadline passed, or a node dropped it for that)."""
-        with self.lock:
-            r = self.in_flight.get(item_id)
-            if r is None:
-                return False
-            self._expire(r, t)
-            self._settle(item_id)
-            return True
+        r = self.in_flight.get(item_id)
+        if r is None:
+            return False
+        self._expire(r, t)
+        self._settle(item_id)
+        return True
 
     def past_deadline(self, t: float) -> list[int]:
-        with self.lock:
-            return [i for i, r in self.in_flight.items() if r.deadline is not None and r.deadline < t]
+        return [i for i, r in self.in_flight.items() if r.deadline is not None and r.deadline < t]
 
     def fail(self, item_id: int, why: str) -> bool:
-        with self.lock:
-            r = self.in_flight.get(item_id)
-            if r is None:
-                return False
-            r.failed, r.x = why, None
-            self._settle(item_id)
-            self.failed += 1
-            return True
+        r = self.in_flight.get(item_id)
+        if r is None:
+            return False
+        r.failed, r.x = why, None
+        self._settle(item_id)
+        self.failed += 1
+        return True
 
     def retry(self, item_id: int, t: float, why: str) -> Record | None:
         """A new attempt of an in-flight item, or None after failing it (too many attempts) or if it is done."""
-        with self.lock:
-            r = self.in_flight.get(item_id)
-            if r is None:
-                return None
-            if r.attempt + 1 >= MAX_ATTEMPTS:
-                r.failed, r.x = f"no result after {MAX_ATTEMPTS} attempts (last: {why})", None
-                self._settle(item_id)
-                self.failed += 1
-                return None
-            r.attempt += 1
-            r.dispatched_at = t
-            self.redispatched += 1
-            return r
+        r = self.in_flight.get(item_id)
+        if r is None:
+            return None
+        if r.attempt + 1 >= MAX_ATTEMPTS:
+            r.failed, r.x = f"no result after {MAX_ATTEMPTS} attempts (last: {why})", None
+            self._settle(item_id)
+            self.failed += 1
+            return None
+        r.attempt += 1
+        r.dispatched_at = t
+        self.redispatched += 1
+        return r
 
     def overdue(self, t: float, after_s: float) -> list[int]:
-        with self.lock:
-            return [i for i, r in self.in_flight.items() if t - r.dispatched_at > after_s]
+        return [i for i, r in self.in_flight.items() if t - r.dispatched_at > after_s]
 
     def in_flight_ids(self) -> list[int]:
-        with self.lock:
-            return list(self.in_flight)
+        return list(self.in_flight)
 
     def window(self, t: float, span_s: float) -> tuple[float, float]:
         """(throughput per s, accuracy) of the results completed in the last `span_s` seconds."""
-        with self.lock:
-            while self.recent and self.recent[0][0] < t - span_s:
-                self.recent_correct -= self.recent.popleft()[1]
-            n = len(self.recent)
-            correct = self.recent_correct
+        while self.recent and self.recent[0][0] < t - span_s:
+            self.recent_correct -= self.recent.popleft()[1]
+        n = len(self.recent)
+        correct = self.recent_correct
         return n / span_s, (correct / n if n else float("nan"))
 
     def recent_latency_s(self, q: float = 95) -> float:
         """The q-th percentile of the recent results' latencies (0 when there are none)."""
-        with self.lock:
-            if not self.recent:
-                return 0.0
-            key = (len(self.recent), self.recent[0][0], self.recent[-1][0])
-            if self._sorted_key != key:  # a control step asks several percentiles of one window: sort it once
-                self._sorted = np.sort(np.fromiter((x for _, _, x in self.recent), float, len(self.recent)))
-                self._sorted_key = key
-            return float(np.percentile(self._sorted, q))
+        if not self.recent:
+            return 0.0
+        key = (len(self.recent), self.recent[0][0], self.recent[-1][0])
+        if self._sorted_key != key:  # a control step asks several percentiles of one window: sort it once
+            self._sorted = np.sort(np.fromiter((x for _, _, x in self.recent), float, len(self.recent)))
+            self._sorted_key = key
+        return float(np.percentile(self._sorted, q))
 
     @property
     def settled(self) -> int:

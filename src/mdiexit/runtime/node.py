@@ -1,14 +1,17 @@
 """The process shell of one node: ZeroMQ sockets and threads around a NodeCore. The core decides where work
 runs; the shell moves bytes, checks who sent them, emulates the device and hands work back when leaving.
 
-Threads:
-- receive: one PULL socket (a CurveZMQ server unless insecure); decodes and validates every message, and checks
-  that its ``sender`` is the node whose key authenticated the connection (bad ones are counted, logged, dropped);
-- compute: takes batches from the core's queue, runs the engine, sleeps the emulated slowdown, then hands
-  finished items to the source and routes the rest;
-- one sender per outgoing link: paces bytes at the link's bandwidth and adds its latency (DESIGN §7);
-- heartbeat: a STATE every `heartbeat_ms` to every node it sends to or hears DATA from, and to the source; each
-  acknowledges the bytes received from its addressee, whose link estimates (runtime.linkmeter) come from these.
+Threads, and who owns what:
+- the loop (runtime.loop) owns the core, the link meter and every decision. It reads the one PULL socket (a
+  CurveZMQ server unless insecure), decodes and validates every message and checks that its ``sender`` is the node
+  whose key authenticated the connection (bad ones are counted, logged, dropped); it routes items, hands the
+  device its next batch, finishes computed ones, and every `heartbeat_ms` sends a STATE to every node it sends to
+  or hears DATA from, and to the source (each acknowledges the bytes received from its addressee, whose link
+  estimates, runtime.linkmeter, come from these);
+- compute: an executor. It runs the batches the loop hands it on the engine, sleeps the emulated slowdown, and
+  posts the outputs back to the loop;
+- encode (only where features cross a link as learned codes): the same, for the encoder's calls;
+- one sender per outgoing link: paces bytes at the link's bandwidth and adds its latency (DESIGN §7).
 Communication overlaps compute: sends are queued to the link threads, never done by the compute thread.
 """
 
@@ -19,6 +22,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +52,13 @@ from mdiexit.runtime.core import (
 from mdiexit.runtime.device import Profile, calibrate, compression_plan, seed_estimates
 from mdiexit.runtime.linkmeter import LinkMeter
 from mdiexit.runtime.links import Egress, Link, now
+from mdiexit.runtime.loop import Loop
 from mdiexit.runtime.options import ClusterError
 from mdiexit.security import CLIENTS, Identity, NodeAuthenticator, make_server
 
 log = logging.getLogger("mdiexit.node")
 POLL_MS = 20
+MAX_READS = 64  # messages read in one round of the loop before it looks at its timers and the device again
 PROGRESS_PERIOD_S = 1.0  # how often a heartbeat carries the node's progress and package, for the site's status
 
 
@@ -107,8 +113,10 @@ class NodeProcess:
         self.core = NodeCore(name, pkg, self.held, self.rules, cluster.offload_config(), estimator,
                              self._neighbour_views(), is_source=self.is_source,
                              energy=energy_weights(cluster, self.cfg))
-        self.lock = threading.Condition()  # around every call into the core; notified when it may have work
-        self.computed: queue.SimpleQueue = queue.SimpleQueue()  # (batch, features, logits, seconds) to finish
+        self.loop = Loop(now)  # the one thread that calls into the core
+        self.batches: queue.SimpleQueue = queue.SimpleQueue()  # (batch, continued) for the compute executor
+        self.encodes: queue.SimpleQueue = queue.SimpleQueue()  # (Send, time queued) for the encode executor
+        self.computing = False  # the compute executor holds a batch
         bandwidth = self.cfg.bandwidth_mbps * 1e6 if self.cfg.bandwidth_mbps is not None else None
         schedule = tuple((t_s, mbps * 1e6) for t_s, mbps in self.cfg.bandwidth_schedule or ())
         self.egress = Egress(bandwidth, schedule, pace_bandwidth)
@@ -157,8 +165,15 @@ class NodeProcess:
             from mdiexit.runtime.telemetry import LOOPBACK, Telemetry
 
             self.telemetry = Telemetry(self, self.metrics_port, self.metrics_addr or LOOPBACK)
-        for target, tname in ((self._receive_loop, "receive"), (self._compute_loop, "compute"),
-                              (self._finish_loop, "finish"), (self._heartbeat_loop, "heartbeat")):
+        self.loop.on_readable(self.inbox, self._read_inbox)
+        if self.monitor is not None:
+            self.loop.on_readable(self.monitor, self._read_monitor)
+        self.loop.at(now() + self.cluster.heartbeat_ms / 1000, self._heartbeat)
+        self.loop.after.append(self._feed_device)
+        executors = [(self._compute_loop, "compute")]
+        if any(self.core.compress_on.values()):
+            executors.append((self._encode_loop, "encode"))
+        for target, tname in ((partial(self.loop.run, self.stop), "loop"), *executors):
             t = threading.Thread(target=target, name=f"{self.name}-{tname}", daemon=True)
             t.start()
             self.threads.append(t)
@@ -180,8 +195,12 @@ class NodeProcess:
     # ---------------------------------------------------------------- compression
     def close(self) -> None:
         self.stop.set()
+        self.loop.wake()
+        self.batches.put(None)
+        self.encodes.put(None)
         for t in self.threads:
             t.join(timeout=2)
+        self.loop.close()
         if self.telemetry is not None:
             self.telemetry.close()
         for link in self.links.values():
@@ -196,19 +215,16 @@ class NodeProcess:
         self.ctx.term()
 
     # ---------------------------------------------------------------- receive
-    def _receive_loop(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.inbox, zmq.POLLIN)
-        if self.monitor is not None:
-            poller.register(self.monitor, zmq.POLLIN)
-        while not self.stop.is_set():
-            ready = dict(poller.poll(POLL_MS))
-            if self.monitor is not None and self.monitor in ready:
-                self.monitor.recv_multipart()  # a peer without a cluster key tried to connect
-                self.reject("unauthenticated", "a connection without a cluster key was refused")
-            if self.inbox not in ready:
-                continue
-            frames = self.inbox.recv_multipart(copy=False)
+    def _read_monitor(self, monitor: zmq.Socket) -> None:
+        monitor.recv_multipart()  # a peer without a cluster key tried to connect
+        self.reject("unauthenticated", "a connection without a cluster key was refused")
+
+    def _read_inbox(self, inbox: zmq.Socket) -> None:
+        for _ in range(MAX_READS):
+            try:
+                frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
             try:
                 msg, arrays = decode(frames, self.limits)
                 if not isinstance(msg, CLUSTER_KINDS):
@@ -280,10 +296,8 @@ class NodeProcess:
             self.auth.allow(node.name, node.public_key.encode())
         link = self._link(node)
         self.links = {**self.links, node.name: link}  # copied, not changed: other threads iterate the old one
-        view = self._view_of(node.name)
-        with self.lock:
-            self.core.compress_on = {**self.core.compress_on, node.name: set()}
-            self.core.neighbours = {**self.core.neighbours, node.name: view}
+        self.core.compress_on = {**self.core.compress_on, node.name: set()}
+        self.core.neighbours = {**self.core.neighbours, node.name: self._view_of(node.name)}
         log.warning("%s: %s joined the cluster", self.name, node.name)
 
     def on_state(self, msg: State) -> None:  # the source records these
@@ -298,26 +312,41 @@ class NodeProcess:
             self.stop.set()
 
     # ---------------------------------------------------------------- compute
+    def _feed_device(self, t: float, continued: bool = False) -> None:
+        """After each round of the loop: an idle device gets its next batch (``continued``: the device has just
+        finished one and the work was waiting, so the new call starts where the last ended, on its timeline)."""
+        if self.computing or self.leaving:
+            return None
+        batch = self.core.take_batch(self.cluster.max_batch, t)
+        for item in self.core.take_expired():
+            self.deliver_expired(item)
+        if batch:
+            self.computing = True
+            self.batches.put((batch, continued))
+        return None
+
+    def _computed(self, batch: list[WorkItem], features, logits, seconds: float) -> None:
+        """The compute executor finished ``batch``: the device takes its next one, then this one's exits are
+        decided and its items delivered or routed onward (the device computes meanwhile)."""
+        t = now()
+        self.busy_s += seconds
+        self.core.end_batch(t)
+        self.computing = False
+        self._feed_device(t, continued=True)
+        finished, onward = self.core.finish_batch(batch, features, logits, seconds, t)
+        for f in finished:
+            self.deliver(f)
+        for item in onward:
+            self.route(item, t)
+
     def _compute_loop(self) -> None:
-        """Only compute: exits, results and routing run on the finish thread (a device's cores overlap them)."""
+        """The compute executor: runs the batches the loop hands it, as the emulated device would."""
         free_at: float | None = None  # when the device's last call ended (its timeline), if work was waiting then
         self.device.start_runtime_clock()  # after the warm-up
-        while not self.stop.is_set():
-            if self.leaving:
-                time.sleep(POLL_MS / 1000)
-                continue
-            with self.lock:
-                batch = self.core.take_batch(self.cluster.max_batch, now())
-                if not batch and not self.core.expired:
-                    free_at = None  # idle: the next batch starts when it arrives, not when the last one ended
-                    self.lock.wait(POLL_MS / 1000)
-                    batch = self.core.take_batch(self.cluster.max_batch, now())
-                expired = self.core.take_expired()
-            for item in expired:
-                self.deliver_expired(item)
-            if not batch:
-                free_at = None
-                continue
+        while (job := self.batches.get()) is not None:
+            batch, continued = job
+            if not continued:
+                free_at = None  # the device was idle: this batch starts when it came, not when the last one ended
             seconds, k = 0.0, batch[0].task
             for it in batch:
                 if it.x is None:  # features that crossed the network as a learned code
@@ -329,25 +358,19 @@ class NodeProcess:
             self.device.charge_runtime()  # `cpu_slowdown`: the runtime's CPU since the last call, paid now
             (features, logits), task_s, free_at = self.device.run_from(("task", k), len(batch),
                                                                        lambda k=k, x=x: self.engine.run(k, x), free_at)
-            seconds += task_s
-            self.busy_s += seconds
-            with self.lock:
-                self.core.end_batch(now())
-            self.computed.put((batch, features, logits, seconds))
+            self.loop.post(partial(self._computed, batch, features, logits, seconds + task_s))
 
-    def _finish_loop(self) -> None:
-        while not self.stop.is_set():
-            try:
-                batch, features, logits, seconds = self.computed.get(timeout=POLL_MS / 1000)
-            except queue.Empty:
-                continue
-            with self.lock:
-                finished, onward = self.core.finish_batch(batch, features, logits, seconds, now())
-            for f in finished:
-                self.deliver(f)
-            t = now()
-            for item in onward:
-                self.route(item, t)
+    def _encode_loop(self) -> None:
+        """The encode executor: features leaving as learned codes are encoded as the emulated device would."""
+        while (job := self.encodes.get()) is not None:
+            s, _ = job
+            k = s.item.task - 1
+            arrays, seconds = self.device.run(("encode", k), 1, partial(self.engine.codec(k).encode, s.item.x))
+            self.loop.post(partial(self._send_encoded, s, arrays, seconds))
+
+    def _send_encoded(self, s: Send, arrays: dict[str, np.ndarray], seconds: float) -> None:
+        self.busy_s += seconds
+        self._send_arrays(s, arrays, now())
 
     def route(self, item: WorkItem, t: float, arrived: bool = False) -> None:
         """Route an item onward (``arrived``: it came in a DATA message, and is queued here if this node holds its
@@ -356,22 +379,21 @@ class NodeProcess:
             self.hand_back(item, t)
             return
         queued_bytes = self.egress.queued_bytes(t)  # one egress queue, shared by every link
-        with self.lock:
-            decision = (self.core.on_data if arrived else self.core.route)(item, t, queued_bytes)
-            self.lock.notify()
+        decision = (self.core.on_data if arrived else self.core.route)(item, t, queued_bytes)
         if isinstance(decision, Send):
             self.send_item(decision, t)
 
     def send_item(self, s: Send, t: float) -> None:
         it = s.item
         if it.x is None:
-            arrays = it.code  # forwarded as it came
+            self._send_arrays(s, it.code, t)  # forwarded as it came
         elif it.task - 1 in self.core.compress_on.get(s.target, ()):
-            codec = self.engine.codec(it.task - 1)
-            arrays, seconds = self.device.run(("encode", it.task - 1), 1, lambda: codec.encode(it.x))
-            self.busy_s += seconds
+            self.encodes.put((s, t))  # sent once the encode executor has its code
         else:
-            arrays = {"x": it.x}
+            self._send_arrays(s, {"x": it.x}, t)
+
+    def _send_arrays(self, s: Send, arrays: dict[str, np.ndarray], t: float) -> None:
+        it = s.item
         arrays = {n: np.ascontiguousarray(a) for n, a in arrays.items()}
         msg = it.to_data(self.name, self.core.backlog_s(t), arrays, self.cfg.wire_codec, t)
         self.links[s.target].send(encode(msg, list(arrays.values())), t)
@@ -436,9 +458,7 @@ class NodeProcess:
 
     def refresh_links(self, t: float) -> None:
         """Measured links: the offloading rule (and the model of a kernel-shaped egress) use the latest estimates."""
-        with self.lock:
-            rate = self.meter.apply(self.core.neighbours, t)
-        self.egress.model_rate(rate, t)
+        self.egress.model_rate(self.meter.apply(self.core.neighbours, t), t)
 
     def read_meter(self, t: float) -> None:
         try:
@@ -446,29 +466,25 @@ class NodeProcess:
         except (OSError, ValueError) as e:
             log.warning("%s: power meter unreadable (%s); energy from the power model from now on", self.name, e)
 
-    def _heartbeat_loop(self) -> None:
-        period = self.cluster.heartbeat_ms / 1000
+    def _heartbeat(self) -> None:
+        """Every `heartbeat_ms`: a STATE when one is due, the link estimates, the power meter, and the parked
+        items tried again."""
+        t = now()
+        self.loop.at(t + self.cluster.heartbeat_ms / 1000, self._heartbeat)
+        if self.core.state_due(t, self.cluster.quiet_report_s) or self.leaving \
+                or t - self.progress_sent_at >= PROGRESS_PERIOD_S:
+            self.send_state()
+        self.refresh_links(t)
+        self.read_meter(t)
+        if self.leaving:
+            return
         give_up_s = 5 * self.cluster.dead_after_ms / 1000
-        quiet_s = self.cluster.quiet_report_s
-        while not self.stop.wait(period):
-            t = now()
-            with self.lock:
-                due = self.core.state_due(t, quiet_s)
-            if due or self.leaving or t - self.progress_sent_at >= PROGRESS_PERIOD_S:
-                self.send_state()
-            t = now()
-            self.refresh_links(t)
-            self.read_meter(t)
-            if self.leaving:
-                continue
-            with self.lock:
-                sends, dropped = self.core.retry_parked(t, give_up_s, self.egress.queued_bytes(t))
-                self.lock.notify()
-            for item in dropped:  # nobody reachable holds its task: the source's ledger re-dispatches it or fails it
-                log.warning("%s: item %d waited %.1f s for a holder of task %d; dropped",
-                            self.name, item.item_id, t - item.parked_at, item.task)
-            for send in sends:
-                self.send_item(send, t)
+        sends, dropped = self.core.retry_parked(t, give_up_s, self.egress.queued_bytes(t))
+        for item in dropped:  # nobody reachable holds its task: the source's ledger re-dispatches it or fails it
+            log.warning("%s: item %d waited %.1f s for a holder of task %d; dropped",
+                        self.name, item.item_id, t - item.parked_at, item.task)
+        for send in sends:
+            self.send_item(send, t)
 
     # ---------------------------------------------------------------- graceful leave
     def hand_back(self, item: WorkItem, t: float) -> None:
@@ -476,27 +492,33 @@ class NodeProcess:
         self.send_item(Send(item, self.source_name), t)
 
     def leave(self, grace_s: float | None = None) -> None:
-        """SIGTERM: stop taking work, tell every peer, hand back what is held, then stop (nothing is lost)."""
+        """SIGTERM (on the loop): stop taking work, tell every peer, hand back what is held, then stop (nothing is
+        lost)."""
         self.leaving = True
         self.send_state()
         grace_s = grace_s if grace_s is not None else max(0.5, 3 * self.cluster.heartbeat_ms / 1000)
-        deadline = now() + grace_s
-        while now() < deadline:  # items already on their way here are handed back as they arrive
-            with self.lock:
-                items = self.core.take_all()
-            for item in items:
-                self.hand_back(item, now())
-            time.sleep(POLL_MS / 1000)
-        self.send_state(final=True)
-        self.stop.set()
+        self._hand_back_until(now() + grace_s)
+
+    def _hand_back_until(self, deadline: float) -> None:
+        """While leaving: items already on their way here are handed back as they arrive, until ``deadline``."""
+        t = now()
+        for item in self.core.take_all():
+            self.hand_back(item, t)
+        if t < deadline:
+            self.loop.at(t + POLL_MS / 1000, partial(self._hand_back_until, deadline))
+        else:
+            self.send_state(final=True)
+            self.stop.set()
 
     def serve_forever(self) -> None:
         """Run until a CONTROL shutdown arrives, or leave gracefully once `leave_requested` is set (workers)."""
         self.start()
+        leaving = False
         try:
             while not self.stop.wait(0.05):
-                if self.leave_requested.is_set():
-                    self.leave()
+                if self.leave_requested.is_set() and not leaving:
+                    leaving = True
+                    self.loop.post(self.leave)
             time.sleep(0.2)  # let the final STATE leave
         finally:
             self.close()

@@ -4,9 +4,10 @@ request's one outcome back.
 One ROUTER socket on the source's ``client_port``, a CurveZMQ server admitting only client keys
 (KEYS_DIR/clients/, ZAP domain ``clients``). Its thread owns the socket: it answers HELLO with INFO, checks
 every REQUEST (decodable, within the size limit, the served package's version, a uint8 array of the
-package's input shape) and hands good ones to the admit loop as offers. A bad request gets an ``error``
-REPLY naming the fix, to that client only; the service goes on for everyone else. Replies from other
-threads reach the socket's thread through an inproc PUSH/PULL pair, so the socket is never shared.
+package's input shape) and hands good ones to the source's loop as offers. A bad request gets an ``error``
+REPLY naming the fix, to that client only; the service goes on for everyone else. Replies come from the
+source's loop (runtime.loop), the one thread that answers, and reach the socket's thread through an inproc
+PUSH/PULL pair, so neither socket is shared.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -85,7 +87,7 @@ class ClientEndpoint:
     labelled = False  # clients send inputs, not their true labels
 
     def __init__(self, ctx: zmq.Context, address: str, pkg: Package, identity: Identity | None,
-                 wake: threading.Event):
+                 wake: Callable[[], None]):
         self.ctx, self.address, self.pkg, self.identity, self.wake = ctx, address, pkg, identity, wake
         self.input_shape = (1, *pkg.input_shape)
         self.input_bytes = int(np.prod(self.input_shape))
@@ -93,8 +95,7 @@ class ClientEndpoint:
         self.info = encode(Info(input_shape=list(pkg.input_shape), classes=list(pkg.classes), package=pkg.version))
         self.offers: queue.SimpleQueue[Offer] = queue.SimpleQueue()
         self.outbox_address = f"inproc://mdiexit-replies-{next(_ENDPOINTS)}"
-        self.push_lock = threading.Lock()
-        self.push: zmq.Socket | None = None
+        self.push: zmq.Socket | None = None  # the answering thread's (the source's loop)
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
         self.refused: Counter[str] = Counter()  # requests rejected here, before the gate, by reason (this thread)
@@ -156,7 +157,7 @@ class ClientEndpoint:
         self.shedding = overloaded  # read by the socket's thread at the next request: one attribute, no lock
 
     def next_at(self, t: float) -> float:
-        return t + POLL_MS / 1000  # a request wakes the admit loop sooner
+        return t + POLL_MS / 1000  # a request wakes the source's loop sooner
 
     def answer(self, key: Any, outcome: str, reason: str, record: Record | None) -> None:
         client, request_id = key
@@ -170,9 +171,8 @@ class ClientEndpoint:
         self._send(client, reply)
 
     def _send(self, client: bytes, reply: Reply) -> None:
-        with self.push_lock:
-            if self.push is not None and not self.push.closed:
-                self.push.send_multipart([client, reply.request_id.to_bytes(8, "big"), *encode(reply)])
+        if self.push is not None and not self.push.closed:
+            self.push.send_multipart([client, reply.request_id.to_bytes(8, "big"), *encode(reply)])
 
     # ---------------------------------------------------------------- the socket's thread
     def _loop(self) -> None:
@@ -239,7 +239,7 @@ class ClientEndpoint:
             self.open.add((client, msg.request_id))
             deadline_s = None if msg.deadline_ms is None else msg.deadline_ms / 1000
             self.offers.put(Offer(x, -1, (client, msg.request_id), deadline_s))
-            self.wake.set()
+            self.wake()
 
     def _refuse(self, client: bytes, request_id: int, why: str) -> None:
         self.refused[why] += 1

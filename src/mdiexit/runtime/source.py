@@ -3,7 +3,12 @@ admission gate, can run tasks itself, and keeps a ledger of every admitted item 
 §10). It watches every worker's heartbeats: a node silent for `dead_after_ms` (or whose process died) is down,
 and the items in flight are dispatched again; so is any item overdue. Admission decisions come from an
 `Admission` policy object. Every decision is the SourceCore's (runtime.sourcecore); this shell owns the threads,
-the sockets, the sleeping and the live view."""
+the sockets, the sleeping and the live view.
+
+Admitting and draining are phases of the node's loop (runtime.loop), which owns the source core as it owns the
+node core: after every round it offers what arrived, releases what the gate lets through and answers what settled.
+The launcher's thread starts a phase and waits for its end; the live view, the status snapshot and the metrics ask
+the loop for what they show."""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -25,6 +32,7 @@ from mdiexit.runtime.arrivals import Arrivals, Offer
 from mdiexit.runtime.bulk import BulkSender
 from mdiexit.runtime.core import Finished, WorkItem
 from mdiexit.runtime.join import member_message, package_archive, welcome_frames
+from mdiexit.runtime.loop import LoopTimeout
 from mdiexit.runtime.node import NodeProcess, encode, member_config, now
 from mdiexit.runtime.options import ClusterError
 from mdiexit.runtime.sourcecore import (
@@ -41,6 +49,22 @@ __all__ = ["Admission", "FixedAdmission", "SourceProcess"]
 log = logging.getLogger("mdiexit.source")
 LATENCY_SAMPLES = 100_000  # a service's summary reports the latencies of this many last results
 PROGRESS_SAMPLES = 4  # a node's utilisation and tasks/s in the status are taken over its last reports (~3 s)
+ADMIT_LOOK_S = 0.01  # while admitting, the loop looks at the arrivals at least this often
+DRAIN_LOOK_S = 0.02  # while draining, this often
+
+
+@dataclass
+class Phase:
+    """Admitting or draining, as the loop runs it; the launcher's thread waits on ``ended``."""
+
+    arrivals: Arrivals
+    until: float | None  # when it ends at the latest (None: when ``stop`` is set, or the arrivals end)
+    stop: threading.Event | None = None
+    draining: bool = False
+    start: float = 0.0
+    end: float = 0.0
+    last_step: float = 0.0  # the last control step
+    ended: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
 class SourceProcess(NodeProcess):
@@ -56,11 +80,11 @@ class SourceProcess(NodeProcess):
         self.final_stats: dict[str, dict[str, float]] = {}
         self.link_reports: dict[str, dict] = {}  # node -> peer -> its final link figures
         self.abort: str | None = None  # set (to a reason) when the run cannot go on
-        self.membership = threading.RLock()  # the launcher's watcher, the receive and admit threads all change it
         self.phase = "starting"  # admitting | draining | done
+        self.running: Phase | None = None  # the phase the loop runs
         self._archive: tuple[bytes, str] | None = None  # the package as sent to joiners
         self.bulk = BulkSender(self.egress, lambda peer, frames: self.links[peer].send(frames, now()))  # its parts
-        self.wake = threading.Event()  # a result, an outcome or a client's request: the admit loop looks again
+        self.loop.after += [self._tick, self.bulk.pump]
         self.intake = None  # the client endpoint while serving: its own refusals count as offered and rejected
         self.stream = None  # the arrivals a run admits from (a video's skipped frames are shown)
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)  # the last results' latencies (s)
@@ -124,7 +148,6 @@ class SourceProcess(NodeProcess):
             return
         self.sc.on_result(msg.item_id, msg.label, msg.exit, msg.confidence, msg.sender, now(), msg.attempt,
                           msg.expired)
-        self.wake.set()
 
     def _could_compute(self, sender: str, task: int) -> bool:
         try:
@@ -134,11 +157,9 @@ class SourceProcess(NodeProcess):
 
     def deliver(self, f: Finished) -> None:
         self.ledger.complete(f.item.item_id, f.label, f.exit, f.confidence, self.name, now(), f.item.attempt)
-        self.wake.set()
 
     def deliver_expired(self, item: WorkItem) -> None:
         self.ledger.expire(item.item_id, now())
-        self.wake.set()
 
     def on_state(self, msg: State) -> None:
         if msg.progress:
@@ -155,10 +176,6 @@ class SourceProcess(NodeProcess):
         t = now()
         return self.sc.max_backlog_s(self.core.backlog_s(t), t)
 
-    def close(self) -> None:
-        self.bulk.close()
-        super().close()
-
     def _welcome(self, name: str) -> None:
         if self._archive is None:
             self._archive = package_archive(self.cluster.package)
@@ -171,8 +188,7 @@ class SourceProcess(NodeProcess):
     # ---------------------------------------------------------------- failures and recovery (DESIGN §9)
     def node_down(self, name: str, kind: str, t: float) -> None:
         """`name` crashed, hung or left: nobody routes to it, and every item in flight is dispatched again."""
-        with self.membership:
-            retries = self.sc.node_down(name, kind, t)
+        retries = self.sc.node_down(name, kind, t)
         if retries is None:
             return
         self._taken_out(name, kind, len(retries))
@@ -188,9 +204,7 @@ class SourceProcess(NodeProcess):
 
     def supervise(self, t: float) -> None:
         """Declare silent nodes down, notice returning ones, re-dispatch overdue items, close recoveries."""
-        with self.membership:
-            sup = self.sc.supervise(t, self.core.backlog_s(t))
-        self._supervised(sup, t)
+        self._supervised(self.sc.supervise(t, self.core.backlog_s(t)), t)
 
     def _supervised(self, sup: Supervision, t: float) -> None:
         for name in sup.back:
@@ -218,25 +232,54 @@ class SourceProcess(NodeProcess):
     def admit(self, arrivals: Arrivals, duration_s: float | None = None,
               stop: threading.Event | None = None) -> tuple[float, float]:
         """Offer what ``arrivals`` bring to the gate and admit what it releases, for ``duration_s`` (None: until
-        ``stop``, or the arrivals end). Every offer gets its one answer. Returns the (start, end) times."""
-        start = last_step = now()
-        while not self.abort and not (stop is not None and stop.is_set()):
-            t = now()
-            if duration_s is not None and t >= start + duration_s:
-                break
-            if t - last_step >= CONTROL_PERIOD_S:
-                self.control_step(t, start)
-                last_step = t
-            for offer in arrivals.take(t):
-                self.offer(offer, t, arrivals)
-            self.release(t, arrivals)
-            arrivals.shed(self.sc.shedding(now()))
-            self.answer_settled(arrivals)
-            if arrivals.done and not self.gate.queue:
-                break
-            self.wake.wait(max(0.0, min(arrivals.next_at(t), t + 0.01) - now()))
-            self.wake.clear()
-        return start, now()
+        ``stop``, or the arrivals end). Every offer gets its one answer. Returns the (start, end) times. The loop
+        admits; this thread waits."""
+        phase = Phase(arrivals, None, stop)
+        self.loop.post(partial(self._begin, phase, duration_s))
+        self._wait(phase)
+        return phase.start, phase.end
+
+    def _begin(self, phase: Phase, duration_s: float | None) -> None:
+        phase.start = phase.last_step = now()
+        if duration_s is not None:
+            phase.until = phase.start + duration_s
+        self.running = phase
+
+    def _wait(self, phase: Phase) -> None:
+        while not phase.ended.wait(0.1):  # in slices: Ctrl-C reaches this thread
+            if phase.stop is not None and phase.stop.is_set():
+                self.loop.wake()
+
+    def _tick(self, t: float) -> float | None:
+        """After every round of the loop: the phase running looks again. Returns when it wants to next."""
+        phase = self.running
+        if phase is None:
+            return None
+        return self._drain_tick(phase, t) if phase.draining else self._admit_tick(phase, t)
+
+    def _end(self, phase: Phase, t: float) -> None:
+        phase.end = t
+        self.running = None
+        phase.ended.set()
+
+    def _admit_tick(self, phase: Phase, t: float) -> float | None:
+        arrivals = phase.arrivals
+        if self.abort or (phase.stop is not None and phase.stop.is_set()) or \
+                (phase.until is not None and t >= phase.until):
+            self._end(phase, t)
+            return None
+        if t - phase.last_step >= CONTROL_PERIOD_S:
+            self.control_step(t, phase.start)
+            phase.last_step = t
+        for offer in arrivals.take(t):
+            self.offer(offer, t, arrivals)
+        self.release(t, arrivals)
+        arrivals.shed(self.sc.shedding(t))
+        self.answer_settled(arrivals)
+        if arrivals.done and not self.gate.queue:
+            self._end(phase, now())
+            return None
+        return min(arrivals.next_at(t), t + ADMIT_LOOK_S)
 
     def offer(self, offer: Offer, t: float, arrivals: Arrivals) -> None:
         why = self.sc.offer(offer, t)
@@ -261,8 +304,7 @@ class SourceProcess(NodeProcess):
     def control_step(self, t: float, start: float) -> None:
         """One admission-control step (every CONTROL_PERIOD_S): the core supervises, feeds the largest backlog to
         the policy and logs a timeline row; the shell carries out what supervision decided."""
-        with self.membership:
-            sup = self.sc.control_step(t, start, self.core.backlog_s(t))
+        sup = self.sc.control_step(t, start, self.core.backlog_s(t))
         # the shell's own share, cumulative (differences between rows tell where the source's time went)
         self.timeline[-1].update(busy_s=self.busy_s, tasks_run=sum(self.core.tasks_run.values()),
                                  egress_bytes=self.egress.queued_bytes(t))
@@ -275,20 +317,29 @@ class SourceProcess(NodeProcess):
 
     def drain(self, arrivals: Arrivals, timeout_s: float) -> None:
         """Admit what still waits at the gate, and wait for every admitted item's outcome, still recovering
-        from failures meanwhile. Whatever is left at the timeout fails, with that reason: every offer is answered."""
-        self.refuse_untaken(arrivals)
-        deadline = now() + timeout_s
-        last = now()
-        while now() < deadline and not self.abort and (self.ledger.settled < self.ledger.admitted or self.gate.queue):
-            self.wake.wait(0.02)
-            self.wake.clear()
-            self.release(now(), arrivals)
-            self.answer_settled(arrivals)
-            if now() - last >= CONTROL_PERIOD_S:
-                last = now()
-                self.supervise(last)
-                self.ledger.window(last, WINDOW_SPAN_S)
-        why = self.abort or f"no result within the {timeout_s:g} s drain"
+        from failures meanwhile. Whatever is left at the timeout fails, with that reason: every offer is answered.
+        The loop drains; this thread waits."""
+        phase = Phase(arrivals, None, draining=True)
+        self.loop.post(partial(self._begin_drain, phase, timeout_s))
+        self._wait(phase)
+
+    def _begin_drain(self, phase: Phase, timeout_s: float) -> None:
+        self.refuse_untaken(phase.arrivals)
+        phase.start = phase.last_step = now()
+        phase.until = phase.start + timeout_s
+        self.running = phase
+
+    def _drain_tick(self, phase: Phase, t: float) -> float | None:
+        arrivals = phase.arrivals
+        self.release(t, arrivals)
+        self.answer_settled(arrivals)
+        if t - phase.last_step >= CONTROL_PERIOD_S:
+            phase.last_step = t
+            self.supervise(t)
+            self.ledger.window(t, WINDOW_SPAN_S)
+        if t < phase.until and not self.abort and (self.ledger.settled < self.ledger.admitted or self.gate.queue):
+            return t + DRAIN_LOOK_S
+        why = self.abort or f"no result within the {phase.until - phase.start:g} s drain"
         for p in self.gate.take_all():
             self.gate.rejected[STOPPING] += 1
             arrivals.answer(p.key.key, "rejected", f"{STOPPING}: {REJECT_WHY[STOPPING]}", None)
@@ -296,17 +347,25 @@ class SourceProcess(NodeProcess):
         for item_id in self.ledger.in_flight_ids():
             self.ledger.fail(item_id, why)
         self.answer_settled(arrivals)
+        self._end(phase, t)
+        return None
 
     def shutdown_workers(self, timeout_s: float = 3.0) -> None:
         """Shut down every worker (not only the source's neighbours, joiners too); collect the live ones' counters."""
         workers = [w.name for w in self.cluster.workers]
+        self.loop.ask(partial(self._send_shutdown, workers))
+        deadline = now() + timeout_s
+        while now() < deadline and any(w not in self.final_stats for w in workers if w not in self.down):
+            time.sleep(0.02)
+        self.loop.ask(self._own_final_stats)
+
+    def _send_shutdown(self, workers: list[str]) -> None:
         frames = encode(Control(sender=self.name, action="shutdown"))
         for w in workers:
             if w in self.links:
                 self.links[w].send(frames, now())
-        deadline = now() + timeout_s
-        while now() < deadline and any(w not in self.final_stats for w in workers if w not in self.down):
-            time.sleep(0.02)
+
+    def _own_final_stats(self) -> None:
         self.final_stats[self.name] = self.stats()
         self.link_reports[self.name] = self.meter.figures(now())
 
@@ -319,7 +378,10 @@ class SourceProcess(NodeProcess):
             done = self.ledger.completed
             rate = (done - last_done) / (t - last_t)
             last_done, last_t = done, t
-            line = self.status_line(rate)
+            try:
+                line = self.loop.ask(partial(self.status_line, rate), timeout_s=period_s)
+            except LoopTimeout:
+                continue
             if tty:
                 sys.stderr.write("\r\x1b[2K" + line)
             else:
@@ -338,8 +400,9 @@ class SourceProcess(NodeProcess):
             rate = (done - last_done) / max(t - last_t, 1e-9)
             last_done, last_t = done, t
             try:
-                self.status_path = write_status(self.site_status(cluster_file, rate, t), self.cfg.port)
-            except (RuntimeError, ValueError) as e:  # a dict changed while read: the next second's will do
+                snapshot = self.loop.ask(partial(self.site_status, cluster_file, rate, t), timeout_s=period_s)
+                self.status_path = write_status(snapshot, self.cfg.port)
+            except (LoopTimeout, OSError, ValueError) as e:  # the next second's will do
                 log.debug("status snapshot skipped: %s", e)
             if stopping:
                 return

@@ -1,10 +1,10 @@
 """Prometheus metrics of a node (DESIGN §10), over HTTP on ``metrics_port`` (cluster file) or --metrics-port.
 
-Every value is read from the node at scrape time (a collector), so the hot paths pay nothing, and the counts
-are the very counters the run summary reports. The one exception is the latency histogram, observed by the
-source as each item settles. The endpoint binds to loopback unless told otherwise: metrics carry no secrets,
-but nothing reachable from the network should be open by default (scrape through a local agent, or pass
---metrics-addr with care).
+Every value is read from the node at scrape time (a collector, asking the node's loop, which owns them), so the
+hot paths pay nothing, and the counts are the very counters the run summary reports. The one exception is the
+latency histogram, observed by the source as each item settles. The endpoint binds to loopback unless told
+otherwise: metrics carry no secrets, but nothing reachable from the network should be open by default (scrape
+through a local agent, or pass --metrics-addr with care).
 
 The metrics are listed once, in METRICS below (docs/reference/metrics.md is generated from it).
 """
@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from mdiexit.protocol.messages import REJECT_REASONS
 from mdiexit.runtime.links import now
+from mdiexit.runtime.loop import LoopTimeout
 
 if TYPE_CHECKING:
     from mdiexit.runtime.node import NodeProcess
@@ -74,11 +75,22 @@ def _counter(name: str, values: dict[str, float]) -> CounterMetricFamily:
     return c
 
 
+def _asked(node, families) -> list:
+    """The metric families, read on the node's loop (none if it does not answer: a node stopping)."""
+    try:
+        return node.loop.ask(lambda: list(families()), timeout_s=2.0)
+    except LoopTimeout:
+        return []
+
+
 class NodeCollector(Collector):
     def __init__(self, node: NodeProcess):
         self.node = node
 
     def collect(self):
+        return _asked(self.node, self._families)
+
+    def _families(self):
         n = self.node
         t = now()
         yield _gauge("mdiexit_backlog_seconds", n.core.backlog_s(t), {"node": n.name})
@@ -98,6 +110,9 @@ class SourceCollector(Collector):
         self.source = source
 
     def collect(self):
+        return _asked(self.source, self._families)
+
+    def _families(self):
         s = self.source
         led, gate = s.ledger, s.gate
         refused = sum(s.intake.refused.values()) if s.intake is not None else 0  # by the client endpoint itself

@@ -1,0 +1,155 @@
+"""The one thread that owns a process's cores (DESIGN §4). It polls the node's sockets, runs what other threads
+post to it, fires its timers, and after every round lets its hooks look again (hand the device its next batch,
+admit what arrived). Nothing else touches a core, the ledger or the link meter: the compute executor, the link
+senders, the client endpoint and the launcher post a call here (``post``) or ask for an answer (``ask``), and a
+byte on a pipe wakes the poll.
+
+    loop = Loop(time.monotonic)
+    loop.on_readable(inbox, handle_messages)      # handle_messages(inbox): receive what is there
+    loop.at(now + 0.05, heartbeat)                # a timer; heartbeat may set the next one
+    loop.after.append(dispatch)                   # dispatch(t) -> when it wants to run again, or None
+    threading.Thread(target=loop.run, args=(stop,)).start()
+    loop.post(lambda: node_down("w1"))            # from any thread
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import zmq
+
+log = logging.getLogger("mdiexit.loop")
+MAX_WAIT_S = 0.1  # the poll never sleeps longer: a stop set without a wake is seen within this
+T = TypeVar("T")
+
+
+class LoopTimeout(TimeoutError):
+    """The loop did not answer an ``ask`` in time (it is stopped, or stuck in a long call)."""
+
+
+class Loop:
+    def __init__(self, clock: Callable[[], float]):
+        self.clock = clock
+        self.posted: queue.SimpleQueue[Callable[[], Any]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.timers: list[tuple[float, int, Callable[[], Any]]] = []
+        self._order = itertools.count()  # ties between timers fire in the order they were set
+        self.readers: list[tuple[zmq.Socket, Callable[[zmq.Socket], Any]]] = []
+        self.after: list[Callable[[float], float | None]] = []
+        self.owner: int | None = None  # the thread running the loop
+        self.closed = False
+
+    # ---------------------------------------------------------------- from any thread
+    def wake(self) -> None:
+        if self.closed:
+            return
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is awake already
+
+    def post(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` on the loop's thread, soon (calls posted from one thread run in the order posted)."""
+        self.posted.put(fn)
+        self.wake()
+
+    def ask(self, fn: Callable[[], T], timeout_s: float | None = 5.0) -> T:
+        """Run ``fn`` on the loop's thread and return what it returns (or raise what it raised)."""
+        if threading.get_ident() == self.owner or self.owner is None:
+            return fn()  # the owner itself, or a loop not started yet (nothing else runs the core)
+        done = threading.Event()
+        box: list = []
+
+        def call() -> None:
+            try:
+                box.append((True, fn()))
+            except BaseException as e:  # handed to the asking thread, raised there
+                box.append((False, e))
+            done.set()
+
+        self.post(call)
+        if not done.wait(timeout_s):
+            raise LoopTimeout(f"the node's loop did not answer within {timeout_s} s")
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    # ---------------------------------------------------------------- on the loop's thread (or before it runs)
+    def at(self, t: float, fn: Callable[[], Any]) -> None:
+        heapq.heappush(self.timers, (t, next(self._order), fn))
+
+    def on_readable(self, sock: zmq.Socket, fn: Callable[[zmq.Socket], Any]) -> None:
+        self.readers.append((sock, fn))
+
+    def run(self, stop: threading.Event) -> None:
+        self.owner = threading.get_ident()
+        poller = zmq.Poller()
+        for sock, _ in self.readers:
+            poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_t = self.clock()
+        try:
+            while not stop.is_set():
+                wait_s = min(MAX_WAIT_S, max(0.0, next_t - self.clock()))
+                ready = dict(poller.poll(wait_s * 1000))
+                if self._wake_r in ready:
+                    self._drain_pipe()
+                self._run_posted()
+                for sock, fn in self.readers:
+                    if sock in ready:
+                        self._call(fn, sock)
+                next_t = self._fire_timers()
+                t = self.clock()
+                for hook in self.after:
+                    if (want := self._call(hook, t)) is not None:
+                        next_t = min(next_t, want)
+        finally:
+            self.owner = None  # from now on an ask runs in the asking thread: nothing else runs the core
+            self._run_posted()  # an ask still waiting gets its answer
+
+    def close(self) -> None:
+        """Once the loop's thread has ended: its wake pipe goes."""
+        if not self.closed:
+            self.closed = True
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _drain_pipe(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _run_posted(self) -> None:
+        while True:
+            try:
+                fn = self.posted.get_nowait()
+            except queue.Empty:
+                return
+            self._call(fn)
+
+    def _fire_timers(self) -> float:
+        """Run the timers that are due; returns when the next one is (or MAX_WAIT_S from now)."""
+        while self.timers and self.timers[0][0] <= self.clock():
+            _, _, fn = heapq.heappop(self.timers)
+            self._call(fn)
+        return self.timers[0][0] if self.timers else self.clock() + MAX_WAIT_S
+
+    @staticmethod
+    def _call(fn: Callable, *args):
+        try:
+            return fn(*args)
+        except Exception:  # one bad call must not stop the node: it is logged, and the loop goes on
+            log.exception("the node's loop: %s failed", getattr(fn, "__qualname__", fn))
+            return None
