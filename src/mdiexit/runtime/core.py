@@ -1,7 +1,7 @@
 """NodeCore: the pure step of one node (queue, backlog, exit and offload decisions, what it holds, whom it may
 send to, how many bytes an item costs on each link, when a parked item is given up). No sockets, no threads, no
-locks, no clock: every method takes `now`. The same core runs behind ZeroMQ (runtime.node, which holds the lock and
-wakes its compute thread) and in virtual time (mdiexit.sim)."""
+locks, no clock: every method takes `now`. The same core runs behind ZeroMQ (runtime.node, whose loop thread is the
+only one that calls it, runtime.loop) and in virtual time (mdiexit.sim)."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import os
 import queue
 import threading
@@ -101,7 +102,7 @@ class Loop:
         try:
             while not stop.is_set():
                 wait_s = min(MAX_WAIT_S, max(0.0, next_t - self.clock()))
-                ready = dict(poller.poll(wait_s * 1000))
+                ready = dict(poller.poll(math.ceil(wait_s * 1000)))  # whole ms (zmq truncates): never spins
                 if self._wake_r in ready:
                     self._drain_pipe()
                 self._run_posted()

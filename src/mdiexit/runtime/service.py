@@ -37,7 +37,7 @@ log = logging.getLogger("mdiexit.service")
 POLL_MS = 50
 MAX_CLIENT_MESSAGE = 64 << 20  # bytes: a longer message closes the connection (zmq), before any parsing
 MAX_QUEUED_REPLIES = 100_000
-# requests decoded but not yet offered to the gate: past this the admit loop cannot keep up with the requests
+# requests decoded but not yet offered to the gate: past this the source's loop cannot keep up with the requests
 # themselves, and the endpoint refuses at once (overloaded) rather than let them wait in socket buffers
 MAX_INTAKE = 1_000
 # a request is refused unread when it waited longer than this many times the gate's --max-wait-ms (and at least
@@ -125,7 +125,7 @@ class ClientEndpoint:
         self.pull.bind(self.outbox_address)
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.setsockopt(zmq.LINGER, 0)
-        self.push.setsockopt(zmq.SNDHWM, 0)  # answering never blocks the admit loop
+        self.push.setsockopt(zmq.SNDHWM, 0)  # answering never blocks the source's loop
         self.push.connect(self.outbox_address)
         self.thread = threading.Thread(target=self._loop, name="client-endpoint", daemon=True)
         self.thread.start()

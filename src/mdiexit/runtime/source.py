@@ -36,6 +36,7 @@ from mdiexit.runtime.loop import LoopTimeout
 from mdiexit.runtime.node import NodeProcess, encode, member_config, now
 from mdiexit.runtime.options import ClusterError
 from mdiexit.runtime.sourcecore import (
+    ADMIT_LOOK_S,
     CONTROL_PERIOD_S,
     WINDOW_SPAN_S,
     Admission,
@@ -49,7 +50,6 @@ __all__ = ["Admission", "FixedAdmission", "SourceProcess"]
 log = logging.getLogger("mdiexit.source")
 LATENCY_SAMPLES = 100_000  # a service's summary reports the latencies of this many last results
 PROGRESS_SAMPLES = 4  # a node's utilisation and tasks/s in the status are taken over its last reports (~3 s)
-ADMIT_LOOK_S = 0.01  # while admitting, the loop looks at the arrivals at least this often
 DRAIN_LOOK_S = 0.02  # while draining, this often
 
 

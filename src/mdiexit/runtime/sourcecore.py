@@ -16,6 +16,7 @@ from mdiexit.runtime.core import WorkItem
 from mdiexit.runtime.ledger import Ledger
 
 CONTROL_PERIOD_S = 0.1  # one admission-control step (and supervision) this often
+ADMIT_LOOK_S = 0.01  # while admitting, the source looks at its arrivals at least this often (runtime and simulator)
 WINDOW_SPAN_S = 2.0  # throughput and accuracy are measured over the last this many seconds
 # The in-flight window follows the best recent throughput, forgotten with this time constant. Sized on the current
 # throughput alone it spiralled down after any stall (a link that dropped, a node that failed) whenever the latency

@@ -2,11 +2,12 @@
 runtime.sourcecore.SourceCore) and policies. This module is the simulator's shell: where the runtime has threads,
 sockets and sleeps, it has events.
 
-- **Compute**: a compute and a finish thread per node. The compute thread takes a batch from its core
+- **Compute**: a compute executor and a finisher per node. The compute executor takes a batch from its core
   (``take_batch``) and is busy for its device's time at that batch size (slowdown x the profiled host time, as the
-  emulation makes it; plus decoding the items that came as codes). The finish thread applies the exit rule
-  (``finish_batch``) to the items' precomputed logits and routes what goes on, busy for the encode of each item
-  that leaves as a code, while the compute thread runs the next batch (runtime.node).
+  emulation makes it; plus decoding the items that came as codes). The finisher, the runtime's loop, applies the
+  exit rule (``finish_batch``) to the items' precomputed logits and routes what goes on, while the compute
+  executor runs the next batch (runtime.node). It is busy for the encode of each item that leaves as a code: in
+  the runtime an encode executor of its own, here the finisher's time (codes are rare, and on slow links only).
 - **Links**: one egress token bucket per node (emulation.link, as runtime.links), shared by all its sends, then
   the path's latency. DATA carries its payload (learned code or floats, as the core sized it) plus a header;
   RESULT and STATE their measured sizes. Every message carries its sender's backlog.
@@ -14,7 +15,7 @@ sockets and sleeps, it has events.
   that send it DATA and the source; the source to its neighbours and senders only (an O(nodes) broadcast per
   period would be the runtime's, and is the one thing not modelled). One event per node and latency per period.
 - **Source**: offers at the admission policy's rate, the gate, the control step every CONTROL_PERIOD_S and the
-  release on every arrival, result and 10 ms tick, as runtime.source's admit loop.
+  release on every arrival, result and 10 ms tick, as the runtime source's admitting phase (runtime.source).
 
 Not modelled: the host's own CPU contention, message decode/validation costs, failures and joins.
 """
@@ -47,14 +48,13 @@ from mdiexit.runtime.core import (
     neighbour_view,
 )
 from mdiexit.runtime.device import seed_estimates
-from mdiexit.runtime.sourcecore import CONTROL_PERIOD_S, SourceCore, Supervision
+from mdiexit.runtime.sourcecore import ADMIT_LOOK_S, CONTROL_PERIOD_S, SourceCore, Supervision
 from mdiexit.sim.model import Items, device_table
 
 # Wire sizes (bytes) of the headers of this protocol version, msgpack-encoded, as measured on typical messages.
 DATA_HEADER_BYTES = 270
 RESULT_BYTES = 190
 STATE_BYTES = 150
-TICK_S = 0.01  # the source's admit loop looks again at least this often (runtime.source.admit)
 CODED = {}  # marks an item whose next task input travels as a learned code (the simulator carries no arrays)
 
 
@@ -65,8 +65,8 @@ class SimNode:
         self.world, self.cfg, self.core, self.times = world, cfg, core, times
         self.name, self.is_source = cfg.name, is_source
         self.egress = LinkPacer(cfg.bandwidth_mbps * 1e6 if cfg.bandwidth_mbps is not None else None, 0.0)
-        self.busy = False  # the compute thread
-        self.computed: deque[tuple[list[WorkItem], float]] = deque()  # batches for the finish thread
+        self.busy = False  # the compute executor
+        self.computed: deque[tuple[list[WorkItem], float]] = deque()  # batches for the finisher
         self.finishing = False
         self.busy_s = 0.0
         self.calls = 0
@@ -134,7 +134,7 @@ class SimNode:
 
     # ---------------------------------------------------------------- compute
     def kick(self) -> None:
-        """The compute thread takes the next batch if it is idle (the runtime's notify)."""
+        """The compute executor takes the next batch if it is idle (the runtime loop's feed_device)."""
         if self.busy or not self.core.queue:
             return
         t = self.world.env.now
@@ -155,7 +155,7 @@ class SimNode:
         self.world.at(seconds, self.done, batch, seconds)
 
     def done(self, batch: list[WorkItem], seconds: float) -> None:
-        """The compute thread hands the batch to the finish thread and takes the next one (runtime.node)."""
+        """The compute executor hands the batch to the finisher and takes the next one (runtime.node)."""
         self.core.end_batch(self.world.env.now)
         self.busy_s += seconds
         self.busy = False
@@ -165,7 +165,7 @@ class SimNode:
         self.kick()
 
     def finish_next(self) -> None:
-        """The finish thread: exits, RESULTs, then routing, encoding on the way what leaves as a code; it takes
+        """The finisher: exits, RESULTs, then routing, encoding on the way what leaves as a code; it takes
         the next computed batch once its encodes are done."""
         if not self.computed:
             self.finishing = False
@@ -250,7 +250,7 @@ class SimSource(SimNode):
     def tick(self) -> None:
         self.release()
         self.sc.ledger.take_settled()  # nobody waits on an answer: keep the ledger's queue of them short
-        self.world.at(TICK_S, self.tick)
+        self.world.at(ADMIT_LOOK_S, self.tick)
 
     def control(self) -> None:
         t = self.world.env.now
