@@ -11,7 +11,19 @@ from mdiexit.config import NodeConfig
 from mdiexit.package import load_package
 from mdiexit.policies.modes import rules_for
 from mdiexit.policies.offload import NeighbourView, OffloadConfig, ServiceEstimator
-from mdiexit.runtime.core import NodeCore, Send, WorkItem, codes_pay, held_tasks, neighbour_view
+from mdiexit.runtime.core import (
+    Arrived,
+    Computed,
+    Leave,
+    NodeCore,
+    Route,
+    Send,
+    Tick,
+    WorkItem,
+    codes_pay,
+    held_tasks,
+    neighbour_view,
+)
 
 PACKAGE = Path(__file__).resolve().parents[2] / "models" / "mobilenetv2-fmnist"
 
@@ -21,13 +33,15 @@ def pkg():
     return load_package(PACKAGE)
 
 
-def make_core(pkg, held=(1, 2, 3, 4), neighbours=None, mode="mdi-exit", is_source=False, compress_on=None):
+def make_core(pkg, held=(1, 2, 3, 4), neighbours=None, mode="mdi-exit", is_source=False, compress_on=None,
+              max_batch=1):
     est = ServiceEstimator.from_package(pkg, 1e9)
     for k in range(1, pkg.num_tasks + 1):
         est.seed(k, 0.01)
     views = {name: NeighbourView(name, frozenset(tasks), latency_s=0.001)
              for name, tasks in (neighbours or {}).items()}
-    return NodeCore("n", pkg, frozenset(held), rules_for(mode), OffloadConfig(), est, views, is_source, compress_on)
+    return NodeCore("n", pkg, frozenset(held), rules_for(mode), OffloadConfig(), est, views, is_source, compress_on,
+                    max_batch=max_batch)
 
 
 def item(i: int, task: int = 1, deadline: float | None = None) -> WorkItem:
@@ -156,3 +170,75 @@ def test_the_quiet_period_keeps_within_the_design_and_the_peers_staleness():
     assert quiet(heartbeat_ms=20) == pytest.approx(0.04)
     assert quiet(heartbeat_ms=50, stale_after_ms=120) == pytest.approx(0.06)  # half the staleness
     assert quiet(heartbeat_ms=50, dead_after_ms=200) == pytest.approx(0.05)
+
+
+# ---------------------------------------------------------------- step(event, now) -> actions, as both shells see it
+def kinds(actions) -> list[str]:
+    return [type(a).__name__ for a in actions]
+
+
+def logits_exiting(pkg, exits: list[bool]) -> np.ndarray:
+    """Logits for a batch: certain (label 3) where the item exits, flat where it goes on."""
+    logits = np.zeros((len(exits), len(pkg.classes)), np.float32)
+    for i, e in enumerate(exits):
+        if e:
+            logits[i, 3] = 50.0
+    return logits
+
+
+def test_an_idle_device_gets_the_first_arrival_and_the_rest_wait_for_the_next_batch(pkg):
+    core = make_core(pkg, held=(1,), max_batch=4)
+    first = core.step(Arrived(item(0), 0), 0.0)
+    assert kinds(first) == ["Compute"] and [it.item_id for it in first[0].batch] == [0]
+    assert not first[0].continued  # the device was idle: this call starts now, not where a last one ended
+    for i in (1, 2, 3):
+        assert core.step(Arrived(item(i), 0), 0.001) == []  # the device is busy: queued
+    assert len(core.queue) == 3
+
+
+def test_a_computed_batch_hands_the_device_its_next_batch_before_its_own_results_and_routes(pkg):
+    core = make_core(pkg, held=(1,), neighbours={"m": (2, 3, 4)}, max_batch=2)
+    core.neighbours["m"].on_report(0.0, 0.0, {2: 0.01})
+    [compute] = core.step(Arrived(item(0), 0), 0.0)
+    for i in (1, 2):
+        core.step(Arrived(item(i), 0), 0.0)
+    actions = core.step(Computed(compute.batch, None, logits_exiting(pkg, [False]), 0.01, 0), 0.01)
+    assert kinds(actions) == ["Compute", "Send"]
+    assert actions[0].continued and [it.item_id for it in actions[0].batch] == [1, 2]
+    assert actions[1].target == "m" and actions[1].item.task == 2
+    actions = core.step(Computed(actions[0].batch, None, logits_exiting(pkg, [True, False]), 0.02, 0), 0.03)
+    assert kinds(actions) == ["Deliver", "Send"]  # nothing queued: no Compute; item 1 exits, item 2 goes on
+    assert actions[0].finished.item.item_id == 1 and actions[0].finished.exit == 1
+    assert not core.computing
+
+
+def test_items_past_their_deadline_expire_instead_of_being_computed(pkg):
+    core = make_core(pkg, held=(1,), max_batch=4)
+    [compute] = core.step(Arrived(item(0), 0), 0.0)
+    core.step(Arrived(item(1, deadline=0.005), 0), 0.0)
+    core.step(Arrived(item(2, deadline=5.0), 0), 0.0)
+    actions = core.step(Computed(compute.batch, None, logits_exiting(pkg, [True]), 0.01, 0), 0.01)
+    assert kinds(actions) == ["Expire", "Compute", "Deliver"]
+    assert actions[0].item.item_id == 1 and [it.item_id for it in actions[1].batch] == [2]
+
+
+def test_a_tick_reports_when_due_and_gives_up_parked_items(pkg):
+    core = make_core(pkg, held=(1,), neighbours={"m": (2,)})
+    assert kinds(core.step(Route(item(0, 2), 0), 0.0)) == []  # nobody fresh holds task 2: parked
+    assert kinds(core.step(Tick(0.1, 6.0, 0), 0.05)) == ["Report"]  # it moved since the last report
+    assert kinds(core.step(Tick(0.1, 6.0, 0), 0.1)) == []  # still, and within the quiet period
+    actions = core.step(Tick(0.1, 6.0, 0), 7.0)
+    assert kinds(actions) == ["Report", "GiveUp"] and actions[1].item.item_id == 0
+
+
+def test_a_leaving_node_computes_nothing_more_and_hands_back_all_it_holds_and_whatever_arrives(pkg):
+    core = make_core(pkg, held=(1, 2), max_batch=1)
+    [compute] = core.step(Arrived(item(0), 0), 0.0)
+    core.step(Arrived(item(1), 0), 0.0)
+    left = core.step(Leave(), 0.001)
+    assert kinds(left) == ["HandBack"] and left[0].item.item_id == 1
+    assert kinds(core.step(Arrived(item(2), 0), 0.002)) == ["HandBack"]
+    actions = core.step(Computed(compute.batch, None, logits_exiting(pkg, [False]), 0.01, 0), 0.01)
+    assert kinds(actions) == ["HandBack"] and actions[0].item.task == 2  # the running batch's item goes back
+    assert kinds(core.step(Tick(0.1, 6.0, 0), 0.05)) == ["Report"]  # a leaving node reports at every tick
+    assert kinds(core.step(Tick(0.1, 6.0, 0), 0.06)) == ["Report"]

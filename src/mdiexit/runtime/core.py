@@ -1,7 +1,18 @@
 """NodeCore: the pure step of one node (queue, backlog, exit and offload decisions, what it holds, whom it may
 send to, how many bytes an item costs on each link, when a parked item is given up). No sockets, no threads, no
 locks, no clock: every method takes `now`. The same core runs behind ZeroMQ (runtime.node, whose loop thread is the
-only one that calls it, runtime.loop) and in virtual time (mdiexit.sim)."""
+only one that calls it, runtime.loop) and in virtual time (mdiexit.sim).
+
+Its shells drive it through one door, ``NodeCore.step(event, now) -> actions``, in the style of h11:
+
+    events   Arrived (an item's DATA), Route (an item admitted or re-dispatched here), Computed (a batch's outputs),
+             Tick (a heartbeat), Leave (a graceful leave begins)
+    actions  Compute (hand the device this batch), Send (an item to a neighbour), Deliver (a finished item's
+             RESULT), Expire (dropped unrun: its deadline passed), Report (send a STATE), HandBack (return an item
+             to the source: this node is leaving), GiveUp (parked too long: the source's ledger re-dispatches it)
+
+After every event the core hands an idle device its next batch, so the order of a node's work (the device's next
+batch before the last one's exits, a leaving node's work handed back) is decided here once, for both shells."""
 
 from __future__ import annotations
 
@@ -75,6 +86,84 @@ class Send:
     target: str
 
 
+# ---------------------------------------------------------------- events a shell feeds NodeCore.step
+@dataclass
+class Arrived:
+    """An item came in a DATA message: queued here when this node holds its task, else routed on."""
+
+    item: WorkItem
+    queued_bytes: int  # what waits in the node's egress now
+
+
+@dataclass
+class Route:
+    """An item this node routes afresh: admitted, or dispatched again, at the source."""
+
+    item: WorkItem
+    queued_bytes: int
+
+
+@dataclass
+class Computed:
+    """The device computed ``batch`` (``features`` None where the shell carries no arrays: the simulator)."""
+
+    batch: list[WorkItem]
+    features: np.ndarray | None
+    logits: np.ndarray
+    seconds: float  # the device's time for it
+    queued_bytes: int
+
+
+@dataclass
+class Tick:
+    """A heartbeat: report if due, and route the parked items again."""
+
+    quiet_s: float  # a still node reports this often
+    give_up_s: float  # a parked item is given up after this long
+    queued_bytes: int
+
+
+@dataclass
+class Leave:
+    """A graceful leave begins: no more compute here; what is held, and what arrives from now on, is handed back."""
+
+
+# ---------------------------------------------------------------- actions NodeCore.step returns
+@dataclass
+class Compute:
+    batch: list[WorkItem]
+    continued: bool  # the device has just finished a batch and this one waited: it starts where that one ended
+
+
+@dataclass
+class Deliver:
+    finished: Finished
+
+
+@dataclass
+class Expire:
+    item: WorkItem
+
+
+@dataclass
+class Report:
+    pass
+
+
+@dataclass
+class HandBack:
+    item: WorkItem
+
+
+@dataclass
+class GiveUp:
+    item: WorkItem
+
+
+Event = Arrived | Route | Computed | Tick | Leave
+Action = Compute | Send | Deliver | Expire | Report | HandBack | GiveUp
+
+
 def held_tasks(node: NodeConfig, rules: ModeRules, num_tasks: int) -> frozenset[int]:
     """The tasks ``node`` runs in this mode (a DDI source runs none)."""
     if node.role == "source" and not rules.source_computes:
@@ -122,11 +211,12 @@ def codes_pay(raw_bytes: int, code_bytes: int, bandwidth_bps: float | None, enco
 
 
 class NodeCore:
-    """One node's decisions. Not thread-safe: a shell whose threads share it holds its own lock around each call."""
+    """One node's decisions. Not thread-safe: one thread owns it (runtime.loop)."""
 
     def __init__(self, name: str, pkg: Package, held: frozenset[int], rules: ModeRules, cfg: OffloadConfig,
                  estimator: ServiceEstimator, neighbours: dict[str, NeighbourView], is_source: bool = False,
-                 compress_on: dict[str, set[int]] | None = None, energy: EnergyWeights | None = None):
+                 compress_on: dict[str, set[int]] | None = None, energy: EnergyWeights | None = None,
+                 max_batch: int = 1):
         self.name, self.pkg, self.held, self.rules, self.cfg = name, pkg, held, rules, cfg
         self.energy = energy  # the energy objective's weights, None: the soonest finish
         self.estimator = estimator
@@ -145,6 +235,53 @@ class NodeCore:
         self.expired: list[WorkItem] = []  # dropped unrun: their deadline passed in the queue
         self.reported: tuple = ()  # what the last STATE said (state_due)
         self.reported_at = -math.inf
+        self.max_batch = max_batch
+        self.computing = False  # the device holds a batch (from Compute until its Computed)
+        self.leaving = False
+
+    # ---------------------------------------------------------------- the one door
+    def step(self, event: Event, now: float) -> list[Action]:
+        """Take one event; return what the shell must do, in order."""
+        actions: list[Action] = []
+        if isinstance(event, Arrived | Route):
+            if self.leaving:
+                actions.append(HandBack(event.item))
+            elif (s := (self.on_data if isinstance(event, Arrived) else self.route)(
+                    event.item, now, event.queued_bytes)) is not None:
+                actions.append(s)
+        elif isinstance(event, Computed):
+            self.end_batch(now)
+            self.computing = False
+            self._feed(now, actions, continued=True)  # the device's next batch first: it computes meanwhile
+            finished, onward = self.finish_batch(event.batch, event.features, event.logits, event.seconds, now)
+            actions += [Deliver(f) for f in finished]
+            for item in onward:
+                if self.leaving:
+                    actions.append(HandBack(item))
+                elif (s := self.route(item, now, event.queued_bytes)) is not None:
+                    actions.append(s)
+        elif isinstance(event, Tick):
+            if self.state_due(now, event.quiet_s) or self.leaving:  # a leaving node tells its peers every time
+                actions.append(Report())
+            if not self.leaving:
+                sends, dropped = self.retry_parked(now, event.give_up_s, event.queued_bytes)
+                actions += [GiveUp(item) for item in dropped]
+                actions += sends
+        elif isinstance(event, Leave):
+            self.leaving = True
+            actions += [HandBack(item) for item in self.take_all()]
+        self._feed(now, actions)
+        return actions
+
+    def _feed(self, now: float, actions: list[Action], continued: bool = False) -> None:
+        """An idle device (not leaving) takes its next batch; items past their deadline are dropped on the way."""
+        if self.computing or self.leaving or not self.queue:
+            return
+        batch = self.take_batch(self.max_batch, now)
+        actions += [Expire(item) for item in self.take_expired()]
+        if batch:
+            self.computing = True
+            actions.append(Compute(batch, continued))
 
     # ---------------------------------------------------------------- state
     def backlog_s(self, now: float) -> float:

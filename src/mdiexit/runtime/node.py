@@ -40,9 +40,21 @@ from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, 
 from mdiexit.protocol.messages import CLUSTER_KINDS, REJECT_REASONS, Control, Data, Join, Member, Result, State
 from mdiexit.protocol.stats import task_stats
 from mdiexit.runtime.core import (
+    Action,
+    Arrived,
+    Compute,
+    Computed,
+    Deliver,
+    Expire,
     Finished,
+    GiveUp,
+    HandBack,
+    Leave,
     NodeCore,
+    Report,
+    Route,
     Send,
+    Tick,
     WorkItem,
     energy_weights,
     held_tasks,
@@ -57,7 +69,6 @@ from mdiexit.runtime.options import ClusterError
 from mdiexit.security import CLIENTS, Identity, NodeAuthenticator, make_server
 
 log = logging.getLogger("mdiexit.node")
-POLL_MS = 20
 MAX_READS = 64  # messages read in one round of the loop before it looks at its timers and the device again
 PROGRESS_PERIOD_S = 1.0  # how often a heartbeat carries the node's progress and package, for the site's status
 
@@ -101,7 +112,6 @@ class NodeProcess:
         self.leave_requested = threading.Event()  # SIGTERM: a graceful leave
         self.bad_messages = 0
         self.rejected: Counter[str] = Counter()  # messages refused, by REJECT_REASONS
-        self.leaving = False
         self.busy_s = 0.0
         self.progress_sent_at = float("-inf")
         self.energy = EnergyCounter(find_meter(), PROGRESS_PERIOD_S)  # a Jetson's INA3221 rails, where readable
@@ -112,11 +122,10 @@ class NodeProcess:
         seed_estimates(estimator, self.device, self.held)
         self.core = NodeCore(name, pkg, self.held, self.rules, cluster.offload_config(), estimator,
                              self._neighbour_views(), is_source=self.is_source,
-                             energy=energy_weights(cluster, self.cfg))
+                             energy=energy_weights(cluster, self.cfg), max_batch=cluster.max_batch)
         self.loop = Loop(now)  # the one thread that calls into the core
         self.batches: queue.SimpleQueue = queue.SimpleQueue()  # (batch, continued) for the compute executor
         self.encodes: queue.SimpleQueue = queue.SimpleQueue()  # (Send, time queued) for the encode executor
-        self.computing = False  # the compute executor holds a batch
         bandwidth = self.cfg.bandwidth_mbps * 1e6 if self.cfg.bandwidth_mbps is not None else None
         schedule = tuple((t_s, mbps * 1e6) for t_s, mbps in self.cfg.bandwidth_schedule or ())
         self.egress = Egress(bandwidth, schedule, pace_bandwidth)
@@ -169,7 +178,6 @@ class NodeProcess:
         if self.monitor is not None:
             self.loop.on_readable(self.monitor, self._read_monitor)
         self.loop.at(now() + self.cluster.heartbeat_ms / 1000, self._heartbeat)
-        self.loop.after.append(self._feed_device)
         executors = [(self._compute_loop, "compute")]
         if any(self.core.compress_on.values()):
             executors.append((self._encode_loop, "encode"))
@@ -191,6 +199,29 @@ class NodeProcess:
     def run_elapsed_s(self, t: float) -> float | None:
         """Seconds since the run started, told to peers (the source's override); None: not the source's to say."""
         return None
+
+    @property
+    def leaving(self) -> bool:
+        return self.core.leaving
+
+    def execute(self, actions: list[Action], t: float) -> None:
+        """Carry out what the core decided, in its order."""
+        for a in actions:
+            if isinstance(a, Send):
+                self.send_item(a, t)
+            elif isinstance(a, Compute):
+                self.batches.put((a.batch, a.continued))
+            elif isinstance(a, Deliver):
+                self.deliver(a.finished)
+            elif isinstance(a, Expire):
+                self.deliver_expired(a.item)
+            elif isinstance(a, Report):
+                self.send_state()
+            elif isinstance(a, HandBack):
+                self.hand_back(a.item, t)
+            elif isinstance(a, GiveUp):  # nobody reachable holds its task: the source's ledger re-dispatches it
+                log.warning("%s: item %d waited %.1f s for a holder of task %d; dropped",
+                            self.name, a.item.item_id, t - a.item.parked_at, a.item.task)
 
     # ---------------------------------------------------------------- compression
     def close(self) -> None:
@@ -260,10 +291,7 @@ class NodeProcess:
         if isinstance(msg, Data):
             self.core.on_report(msg.sender, msg.backlog_s, t, None)
             item = WorkItem.from_data(msg, arrays, t)
-            if self.leaving:
-                self.hand_back(item, t)
-            else:
-                self.route(item, t, arrived=True)
+            self.execute(self.core.step(Arrived(item, self.egress.queued_bytes(t)), t), t)
         elif isinstance(msg, State):
             if msg.leaving:
                 self.core.on_leave(msg.sender)
@@ -312,32 +340,11 @@ class NodeProcess:
             self.stop.set()
 
     # ---------------------------------------------------------------- compute
-    def _feed_device(self, t: float, continued: bool = False) -> None:
-        """After each round of the loop: an idle device gets its next batch (``continued``: the device has just
-        finished one and the work was waiting, so the new call starts where the last ended, on its timeline)."""
-        if self.computing or self.leaving:
-            return None
-        batch = self.core.take_batch(self.cluster.max_batch, t)
-        for item in self.core.take_expired():
-            self.deliver_expired(item)
-        if batch:
-            self.computing = True
-            self.batches.put((batch, continued))
-        return None
-
     def _computed(self, batch: list[WorkItem], features, logits, seconds: float) -> None:
-        """The compute executor finished ``batch``: the device takes its next one, then this one's exits are
-        decided and its items delivered or routed onward (the device computes meanwhile)."""
+        """The compute executor finished ``batch`` (on the loop)."""
         t = now()
         self.busy_s += seconds
-        self.core.end_batch(t)
-        self.computing = False
-        self._feed_device(t, continued=True)
-        finished, onward = self.core.finish_batch(batch, features, logits, seconds, t)
-        for f in finished:
-            self.deliver(f)
-        for item in onward:
-            self.route(item, t)
+        self.execute(self.core.step(Computed(batch, features, logits, seconds, self.egress.queued_bytes(t)), t), t)
 
     def _compute_loop(self) -> None:
         """The compute executor: runs the batches the loop hands it, as the emulated device would."""
@@ -372,16 +379,9 @@ class NodeProcess:
         self.busy_s += seconds
         self._send_arrays(s, arrays, now())
 
-    def route(self, item: WorkItem, t: float, arrived: bool = False) -> None:
-        """Route an item onward (``arrived``: it came in a DATA message, and is queued here if this node holds its
-        task)."""
-        if self.leaving:
-            self.hand_back(item, t)
-            return
-        queued_bytes = self.egress.queued_bytes(t)  # one egress queue, shared by every link
-        decision = (self.core.on_data if arrived else self.core.route)(item, t, queued_bytes)
-        if isinstance(decision, Send):
-            self.send_item(decision, t)
+    def route(self, item: WorkItem, t: float) -> None:
+        """Route an item afresh (the source: admitted, or dispatched again)."""
+        self.execute(self.core.step(Route(item, self.egress.queued_bytes(t)), t), t)
 
     def send_item(self, s: Send, t: float) -> None:
         it = s.item
@@ -467,48 +467,35 @@ class NodeProcess:
             log.warning("%s: power meter unreadable (%s); energy from the power model from now on", self.name, e)
 
     def _heartbeat(self) -> None:
-        """Every `heartbeat_ms`: a STATE when one is due, the link estimates, the power meter, and the parked
-        items tried again."""
+        """Every `heartbeat_ms`: the core's tick (a STATE when one is due, the parked items tried again), the link
+        estimates, the power meter, and the progress the site's status reads once a second."""
         t = now()
         self.loop.at(t + self.cluster.heartbeat_ms / 1000, self._heartbeat)
-        if self.core.state_due(t, self.cluster.quiet_report_s) or self.leaving \
-                or t - self.progress_sent_at >= PROGRESS_PERIOD_S:
-            self.send_state()
+        actions = self.core.step(Tick(self.cluster.quiet_report_s, 5 * self.cluster.dead_after_ms / 1000,
+                                      self.egress.queued_bytes(t)), t)
+        if t - self.progress_sent_at >= PROGRESS_PERIOD_S and not any(isinstance(a, Report) for a in actions):
+            actions.insert(0, Report())
+        self.execute(actions, t)
         self.refresh_links(t)
         self.read_meter(t)
-        if self.leaving:
-            return
-        give_up_s = 5 * self.cluster.dead_after_ms / 1000
-        sends, dropped = self.core.retry_parked(t, give_up_s, self.egress.queued_bytes(t))
-        for item in dropped:  # nobody reachable holds its task: the source's ledger re-dispatches it or fails it
-            log.warning("%s: item %d waited %.1f s for a holder of task %d; dropped",
-                        self.name, item.item_id, t - item.parked_at, item.task)
-        for send in sends:
-            self.send_item(send, t)
 
     # ---------------------------------------------------------------- graceful leave
     def hand_back(self, item: WorkItem, t: float) -> None:
-        """A leaving node returns work to the source, which routes it anew."""
+        """A leaving node returns work to the source, which routes it anew (``Send``: the link and its codec)."""
         self.send_item(Send(item, self.source_name), t)
 
     def leave(self, grace_s: float | None = None) -> None:
-        """SIGTERM (on the loop): stop taking work, tell every peer, hand back what is held, then stop (nothing is
-        lost)."""
-        self.leaving = True
+        """SIGTERM (on the loop): stop taking work, tell every peer, hand back what is held and what still arrives
+        for ``grace_s``, then stop (nothing is lost)."""
+        t = now()
+        self.execute(self.core.step(Leave(), t), t)
         self.send_state()
         grace_s = grace_s if grace_s is not None else max(0.5, 3 * self.cluster.heartbeat_ms / 1000)
-        self._hand_back_until(now() + grace_s)
+        self.loop.at(t + grace_s, self._left)
 
-    def _hand_back_until(self, deadline: float) -> None:
-        """While leaving: items already on their way here are handed back as they arrive, until ``deadline``."""
-        t = now()
-        for item in self.core.take_all():
-            self.hand_back(item, t)
-        if t < deadline:
-            self.loop.at(t + POLL_MS / 1000, partial(self._hand_back_until, deadline))
-        else:
-            self.send_state(final=True)
-            self.stop.set()
+    def _left(self) -> None:
+        self.send_state(final=True)
+        self.stop.set()
 
     def serve_forever(self) -> None:
         """Run until a CONTROL shutdown arrives, or leave gracefully once `leave_requested` is set (workers)."""

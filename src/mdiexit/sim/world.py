@@ -2,12 +2,12 @@
 runtime.sourcecore.SourceCore) and policies. This module is the simulator's shell: where the runtime has threads,
 sockets and sleeps, it has events.
 
-- **Compute**: a compute executor and a finisher per node. The compute executor takes a batch from its core
-  (``take_batch``) and is busy for its device's time at that batch size (slowdown x the profiled host time, as the
-  emulation makes it; plus decoding the items that came as codes). The finisher, the runtime's loop, applies the
-  exit rule (``finish_batch``) to the items' precomputed logits and routes what goes on, while the compute
-  executor runs the next batch (runtime.node). It is busy for the encode of each item that leaves as a code: in
-  the runtime an encode executor of its own, here the finisher's time (codes are rare, and on slow links only).
+- **Compute**: the core's ``step`` (runtime.core) decides, as in the runtime's loop; this shell carries out its
+  actions. A Compute action keeps the node's compute executor busy for its device's time at that batch size
+  (slowdown x the profiled host time, as the emulation makes it; plus decoding the items that came as codes), then
+  the core takes the batch's precomputed logits (Computed) and hands the device its next batch before applying
+  the exit rule and routing what goes on. An item that leaves as a learned code waits for the node's encode
+  executor, one encode at a time (runtime.node).
 - **Links**: one egress token bucket per node (emulation.link, as runtime.links), shared by all its sends, then
   the path's latency. DATA carries its payload (learned code or floats, as the core sized it) plus a header;
   RESULT and STATE their measured sizes. Every message carries its sender's backlog.
@@ -22,7 +22,7 @@ Not modelled: the host's own CPU contention, message decode/validation costs, fa
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable
 
 import numpy as np
@@ -38,9 +38,18 @@ from mdiexit.policies.offload import ServiceEstimator
 from mdiexit.protocol.stats import task_stats
 from mdiexit.runtime.arrivals import Offer
 from mdiexit.runtime.core import (
+    Arrived,
+    Compute,
+    Computed,
+    Deliver,
+    Event,
+    Expire,
     Finished,
     NodeCore,
+    Report,
+    Route,
     Send,
+    Tick,
     WorkItem,
     codes_pay,
     energy_weights,
@@ -65,9 +74,7 @@ class SimNode:
         self.world, self.cfg, self.core, self.times = world, cfg, core, times
         self.name, self.is_source = cfg.name, is_source
         self.egress = LinkPacer(cfg.bandwidth_mbps * 1e6 if cfg.bandwidth_mbps is not None else None, 0.0)
-        self.busy = False  # the compute executor
-        self.computed: deque[tuple[list[WorkItem], float]] = deque()  # batches for the finisher
-        self.finishing = False
+        self.encode_free_at = 0.0  # when the encode executor is free
         self.busy_s = 0.0
         self.calls = 0
         self.state_to: dict[float, list[SimNode]] = {}  # STATE recipients, by path latency
@@ -105,44 +112,45 @@ class SimNode:
         self.core.on_report(sender, backlog_s, t, None)
         if self.is_source:
             self.world.source.sc.heard(sender, t)
-        self.route(item, arrived=True)
+        self.step(Arrived(item, self.egress.queued_bytes(t)))
 
-    def route(self, item: WorkItem, arrived: bool = False) -> None:
-        t = self.world.env.now
-        queued = self.egress.queued_bytes(t)
-        decision = (self.core.on_data if arrived else self.core.route)(item, t, queued)
-        if decision is not None:
-            self.send_item(decision)
-        self.kick()
+    def route(self, item: WorkItem) -> None:
+        self.step(Route(item, self.egress.queued_bytes(self.world.env.now)))
+
+    def step(self, event: Event) -> None:
+        """Feed the core one event and carry out its actions, as runtime.node's loop does."""
+        for a in self.core.step(event, self.world.env.now):
+            if isinstance(a, Send):
+                self.send_encoded(a)
+            elif isinstance(a, Compute):
+                self.compute(a.batch)
+            elif isinstance(a, Deliver):
+                self.deliver(a.finished)
+            elif isinstance(a, Expire):
+                self.deliver(Finished(a.item, 0, a.item.task, 0.0), expired=True)
+            elif isinstance(a, Report):
+                self.report()
+            # HandBack (a graceful leave) is not simulated; GiveUp is counted by the core
 
     def heartbeat(self) -> None:
         t = self.world.env.now
-        backlog = self.core.backlog_s(t)
-        service = self.core.estimator.snapshot()
-        if self.core.state_due(t, self.world.quiet_report_s):
-            count = sum(len(r) for r in self.state_to.values())
-            departure = self.egress.departure(STATE_BYTES * count, t)
-            for latency, recipients in self.state_to.items():
-                self.world.at(departure - t + latency, self.world.deliver_state, self.name, backlog, service,
-                              recipients)
+        self.step(Tick(self.world.quiet_report_s, self.world.give_up_s, self.egress.queued_bytes(t)))
         self.charge(seconds=self.world.heartbeat_s)
-        sends, _ = self.core.retry_parked(t, self.world.give_up_s, self.egress.queued_bytes(t))
-        for s in sends:
-            self.send_item(s)
-        self.kick()
         self.world.at(self.world.heartbeat_s, self.heartbeat)
 
-    # ---------------------------------------------------------------- compute
-    def kick(self) -> None:
-        """The compute executor takes the next batch if it is idle (the runtime loop's feed_device)."""
-        if self.busy or not self.core.queue:
-            return
+    def report(self) -> None:
+        """A STATE to every recipient, one event per path latency."""
         t = self.world.env.now
-        batch = self.core.take_batch(self.world.max_batch, t)
-        for item in self.core.take_expired():
-            self.deliver(Finished(item, 0, item.task, 0.0), expired=True)
-        if not batch:
-            return
+        backlog = self.core.backlog_s(t)
+        service = self.core.estimator.snapshot()
+        count = sum(len(r) for r in self.state_to.values())
+        departure = self.egress.departure(STATE_BYTES * count, t)
+        for latency, recipients in self.state_to.items():
+            self.world.at(departure - t + latency, self.world.deliver_state, self.name, backlog, service, recipients)
+
+    # ---------------------------------------------------------------- compute
+    def compute(self, batch: list[WorkItem]) -> None:
+        """The compute executor: busy for the device's time at this batch size, then the batch is computed."""
         k = batch[0].task
         seconds = self.times["task", k][len(batch)] + self.owed_s
         self.owed_s = 0.0
@@ -150,45 +158,26 @@ class SimNode:
             if it.code is not None:  # features that crossed the network as a learned code
                 seconds += self.times["decode", k - 1][1]
                 it.code = None
-        self.busy = True
         self.calls += 1
-        self.world.at(seconds, self.done, batch, seconds)
+        self.world.at(seconds, self.computed, batch, seconds)
 
-    def done(self, batch: list[WorkItem], seconds: float) -> None:
-        """The compute executor hands the batch to the finisher and takes the next one (runtime.node)."""
-        self.core.end_batch(self.world.env.now)
-        self.busy_s += seconds
-        self.busy = False
-        self.computed.append((batch, seconds))
-        if not self.finishing:
-            self.finish_next()
-        self.kick()
-
-    def finish_next(self) -> None:
-        """The finisher: exits, RESULTs, then routing, encoding on the way what leaves as a code; it takes
-        the next computed batch once its encodes are done."""
-        if not self.computed:
-            self.finishing = False
-            return
-        self.finishing = True
-        batch, seconds = self.computed.popleft()
+    def computed(self, batch: list[WorkItem], seconds: float) -> None:
         t = self.world.env.now
+        self.busy_s += seconds
         logits = self.world.items.logits[batch[0].task - 1][[self.world.stream_index(it.item_id) for it in batch]]
-        finished, onward = self.core.finish_batch(batch, None, logits, seconds, t)
-        for f in finished:
-            self.deliver(f)
-        queued = self.egress.queued_bytes(t)
-        encode_s = 0.0
-        for item in onward:
-            s = self.core.route(item, t, queued)
-            if s is None:
-                continue
-            if item.task - 1 in self.core.compress_on.get(s.target, ()):
-                encode_s += self.times["encode", item.task - 1][1]
-            self.world.at(encode_s, self.send_item, s)
+        self.step(Computed(batch, None, logits, seconds, self.egress.queued_bytes(t)))
+
+    def send_encoded(self, s: Send) -> None:
+        """Send, after the encode executor's time where the item leaves as a learned code (one encode at a time)."""
+        it = s.item
+        if it.code is not None or it.task - 1 not in self.core.compress_on.get(s.target, ()):
+            self.send_item(s)
+            return
+        t = self.world.env.now
+        encode_s = self.times["encode", it.task - 1][1]
+        self.encode_free_at = max(t, self.encode_free_at) + encode_s
         self.busy_s += encode_s
-        self.kick()
-        self.world.at(encode_s, self.finish_next)
+        self.world.at(self.encode_free_at - t, self.send_item, s)
 
     def deliver(self, f: Finished, expired: bool = False) -> None:
         src = self.world.source
@@ -293,7 +282,7 @@ class World:
             seed_estimates(estimator, DeviceModel(n.slowdown, profiled_s=profiles[n.threads]), held)
             core = NodeCore(n.name, pkg, held, rules, cfg, estimator, views, is_source=n.name == src_name,
                             compress_on=self._compress_on(n, held, nbs, by_name, tables[key], profiles),
-                            energy=energy_weights(cluster, n))
+                            energy=energy_weights(cluster, n), max_batch=self.max_batch)
             if n.name == src_name:
                 self.source = SimSource(self, n, core, tables[key], sc)
                 self.nodes[n.name] = self.source
