@@ -35,6 +35,14 @@ if ! command -v chromium >/dev/null && [[ $(id -u) -eq 0 ]] && command -v apt-ge
     echo "setup: chromium could not be installed; the browser test will be skipped" >&2
 fi
 
+# 2c. An MQTT broker for the test that receives a camera's results over MQTT (optional: without it that test is
+#     skipped; a site points --sink at its own broker)
+if ! command -v mosquitto >/dev/null && ! [[ -x /usr/sbin/mosquitto ]] && [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+  echo "setup: installing the Debian package mosquitto (the MQTT sink's test)" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; } ||
+    echo "setup: mosquitto could not be installed; the MQTT test will be skipped" >&2
+fi
+
 # 3. The virtual environment (torch pinned: an unpinned torch pulls a multi-GB CUDA build)
 STAMP=.venv/.installed
 if [[ ! -f $STAMP || pyproject.toml -nt $STAMP ]]; then

@@ -4,8 +4,12 @@ frame offered at the admission rate and the older ones counted as skipped, never
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,7 @@ from mdiexit.data import load_test_split
 from mdiexit.package import load_package
 from mdiexit.runtime.launch import run_cluster
 from mdiexit.runtime.options import RunOptions
+from mdiexit.runtime.ports import free_ports
 from tests.runtime.conftest import write_cluster
 
 av = pytest.importorskip("av")
@@ -43,9 +48,9 @@ def video(tmp_path_factory, tiny_package) -> Path:
     return write_video(tmp_path_factory.mktemp("video") / "cam.mp4", images)
 
 
-def run(cluster: Path, video: Path, rate: float, sink: Path | None = None, warmup_s: float = 0.5) -> dict:
+def run(cluster: Path, video: Path, rate: float, sink: Path | str | None = None, warmup_s: float = 0.5) -> dict:
     opts = RunOptions(rate=rate, duration_s=5.0, warmup_s=warmup_s, live=False, items=f"video:{video}",
-                      drain_timeout_s=30, sink=f"jsonl:{sink}" if sink else None)
+                      drain_timeout_s=30, sink=f"jsonl:{sink}" if isinstance(sink, Path) else sink)
     return run_cluster(cluster, opts).summary
 
 
@@ -85,8 +90,71 @@ def test_a_video_that_cannot_be_opened_is_one_line(tmp_path, tiny_package):
 
 def test_a_sink_that_cannot_be_written_is_one_line(tmp_path, tiny_package):
     cluster = write_cluster(tmp_path / "c.yaml", tiny_package, [2, 2])
-    for sink, says in (("mqtt://broker/topic", "jsonl:PATH"), (f"jsonl:{tmp_path / 'no' / 'r.jsonl'}", "create it")):
+    refused = free_ports(1)[0]  # nothing listens there
+    for sink, says in (("ftp://broker/topic", "jsonl:PATH"), (f"jsonl:{tmp_path / 'no' / 'r.jsonl'}", "create it"),
+                       (f"mqtt://127.0.0.1:{refused}/site/cam", "cannot reach the MQTT broker"),
+                       ("mqtt://127.0.0.1/site/#", "without wildcards"),
+                       ("mqtt://cam:secret@127.0.0.1/site/cam", "MDIEXIT_MQTT_PASSWORD")):
         out = subprocess.run([sys.executable, "-m", "mdiexit.cli", "run", "--cluster", str(cluster), "--quiet",
                               "--sink", sink, "--duration", "1", "--out", str(tmp_path / "out")],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and "Traceback" not in out.stderr and says in out.stderr, out.stderr[-500:]
+
+
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+
+
+def wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A real Mosquitto broker on a free loopback port, anonymous (loopback only)."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (scripts/setup.sh installs it as root)")
+    port = free_ports(1)[0]
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_for(listening, 10, "the broker")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_a_cameras_results_reach_an_mqtt_broker_once_per_frame(tmp_path, tiny_package, video, broker):
+    mqtt = pytest.importorskip("paho.mqtt.client")
+    got: list[dict] = []
+    subscribed = threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-subscriber")
+    sub.on_subscribe = lambda *_: subscribed.set()
+    sub.on_message = lambda _c, _u, m: got.append({**json.loads(m.payload), "topic": m.topic})
+    sub.connect("127.0.0.1", broker)
+    sub.subscribe("site/#", qos=1)
+    sub.loop_start()
+    try:
+        assert subscribed.wait(10)
+        cluster = write_cluster(tmp_path / "c.yaml", tiny_package, [2, 2])
+        s = run(cluster, video, rate=200, sink=f"mqtt://127.0.0.1:{broker}/site/cam1", warmup_s=2.0)
+        assert s["lost"] == 0 and s["completed"] == s["offered"] and s["offered"] + s["skipped"] == FRAMES
+        wait_for(lambda: len(got) >= s["offered"], 10, "every result on the topic")
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    frames = [m["item"] for m in got]
+    assert len(frames) == len(set(frames)) == s["offered"]  # each frame's result exactly once
+    assert set(frames) <= set(range(FRAMES))
+    classes = load_package(tiny_package).classes
+    assert all(m["topic"] == "site/cam1" and m["outcome"] == "result" and m["name"] == classes[m["label"]]
+               and m["exit"] >= 1 and m["latency_ms"] > 0 and m["version"] for m in got)

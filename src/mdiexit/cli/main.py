@@ -148,9 +148,11 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                         "or /dev/videoN, the newest frame at the admission rate, older ones skipped (default test)")
     p.add_argument("--fps", type=float, default=None,
                    help="with --items video:FILE: play the file at this frame rate instead of its own")
-    p.add_argument("--sink", default=None, metavar="jsonl:PATH",
-                   help="also append every item's outcome to PATH as it is settled, one JSON line each (label, "
-                        "class name, exit, confidence, latency), for the site's systems to read")
+    p.add_argument("--sink", default=None, metavar="SINK",
+                   help="also send every item's outcome, as it is settled, to the site's systems: one JSON object "
+                        "each (label, class name, exit, confidence, latency): jsonl:PATH appends a line to PATH; "
+                        "mqtt://[USER@]HOST[:PORT]/TOPIC publishes it at QoS 1 (mqtts:// for TLS; password from "
+                        "MDIEXIT_MQTT_PASSWORD, a private CA from MDIEXIT_MQTT_CA)")
     p.add_argument("--quiet", action="store_true", help="no live view")
     p.add_argument("--net", default=RunDefault("net"), choices=["app", "namespaces"],
                    help="app: the nodes pace their links; namespaces: one network namespace per worker, "

@@ -116,8 +116,9 @@ def add_serve_commands(sub, cluster_arg, gate_args, security_args) -> None:
     s.add_argument("--drain-timeout", type=float, default=RunDefault("drain_timeout_s"),
                    help="on stop, seconds to finish what is in flight (default %(default)s)")
     s.add_argument("--quiet", action="store_true", help="no live view")
-    s.add_argument("--sink", default=None, metavar="jsonl:PATH",
-                   help="also append every request's outcome to PATH, one JSON line each")
+    s.add_argument("--sink", default=None, metavar="SINK",
+                   help="also send every request's outcome to jsonl:PATH (a line each) or "
+                        "mqtt://[USER@]HOST[:PORT]/TOPIC (QoS 1; mqtts:// for TLS), as for `run`")
     s.add_argument("--out", type=Path, default=Path("runs/serve"), help="folder for summary.json on stop")
     security_args(s)
     s.set_defaults(func=cmd_serve)

@@ -43,7 +43,7 @@ from mdiexit.runtime.options import ClusterError, RunOptions
 from mdiexit.runtime.report import RunResult
 from mdiexit.runtime.runpolicy import capacity_hint, make_admission, make_gate, planned_limits
 from mdiexit.runtime.service import UNREAD_MIN_S, UNREAD_WAITS, ClientEndpoint
-from mdiexit.runtime.sinks import JsonlSink, SinkedArrivals, check_sink
+from mdiexit.runtime.sinks import SinkedArrivals, check_sink, open_sink
 from mdiexit.runtime.source import Admission, SourceProcess
 from mdiexit.security import Identity, allow_key, create_keys, load_identity
 from mdiexit.util import shown_path
@@ -215,7 +215,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     video = str(opts.items).startswith(VIDEO_PREFIX) and opts.serve is None
     if video:
         VideoFrames.check(str(opts.items)[len(VIDEO_PREFIX):])  # before any node starts
-    sink_path = check_sink(opts.sink) if opts.sink else None
+    sink_spec = check_sink(opts.sink) if opts.sink else None
     stream = load_items(pkg, opts.items, opts.data_dir) if opts.serve is None and not video else None
     if stream is not None and opts.items != "test" and len(stream) > opts.rate * opts.duration_s:
         log.warning("only about %d of the %d items fit in --duration %g s at --rate %g; raise --duration to stream "
@@ -232,6 +232,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     pace = netns is None  # in namespaces the kernel shapes the bandwidths
     profiles = HostProfiles() if opts.self_profile else \
         profile_nodes(cluster, pkg, [cluster.source.name, *(workers if spawn else [])])
+    sink = open_sink(sink_spec, cluster.source.name) if sink_spec is not None else None  # a broker: reached now
     procs = {w: spawn_worker(cluster_path, w, mode, (netns or {}).get(w), pace, keys_dir, profiles.file(w))
              for w in workers} if spawn else {}
     source = SourceProcess(cluster, cluster.source.name, pkg, mode=mode, admission=admission, gate=make_gate(opts),
@@ -290,8 +291,8 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
             arrivals = StreamArrivals(stream, source.admission.rate, time.monotonic(), cycle=opts.items == "test",
                                       deadline_s=deadline_s)  # items all | N: each item once, in order
         source.stream = arrivals
-        sink = JsonlSink(sink_path, source.name, pkg.classes, pkg.version) if sink_path is not None else None
-        answering = arrivals if sink is None else SinkedArrivals(arrivals, sink)  # every outcome also to the sink
+        answering = arrivals if sink is None else \
+            SinkedArrivals(arrivals, sink, source.name, pkg.classes, pkg.version)  # every outcome also to the sink
         if opts.serve is not None:
             start, end = source.admit(answering, None, opts.serve)
         else:
@@ -301,6 +302,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         source.drain(answering, opts.drain_timeout_s)
         if sink is not None:
             sink.close()
+            sink = None
         if endpoint is not None:
             endpoint.close()
             source.intake = None
@@ -333,6 +335,8 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     finally:
         view_stop.set()
         watching.clear()
+        if sink is not None:
+            sink.close()
         if status.is_alive():
             status.join(timeout=2.0)  # its last snapshot says the run is done
         if endpoint is not None:

@@ -31,7 +31,7 @@ class RunOptions:
     # test: the test split, cycled | all: every item of data_dir in order, once | N: the first N | video:PATH_OR_URL
     items: str | int = "test"
     fps: float | None = None  # a video file's frame rate, instead of its own
-    sink: str | None = None  # jsonl:PATH: every outcome also appended there (runtime/sinks.py)
+    sink: str | None = None  # jsonl:PATH or mqtt://HOST:PORT/TOPIC: every outcome also goes there (runtime/sinks.py)
     admission: str = "fixed"  # fixed | rate | thresholds
     target_accuracy: float | None = None  # rate adaptation; default: final-exit validation accuracy - 1 point
     target_backlog_ms: float = 300.0
