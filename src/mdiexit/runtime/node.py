@@ -323,7 +323,7 @@ class NodeProcess:
             self.identity.peers[node.name] = node.public_key.encode()
             self.auth.allow(node.name, node.public_key.encode())
         link = self._link(node)
-        self.links = {**self.links, node.name: link}  # copied, not changed: other threads iterate the old one
+        self.links[node.name] = link
         self.core.compress_on = {**self.core.compress_on, node.name: set()}
         self.core.neighbours = {**self.core.neighbours, node.name: self._view_of(node.name)}
         log.warning("%s: %s joined the cluster", self.name, node.name)
