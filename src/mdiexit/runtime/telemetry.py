@@ -12,6 +12,7 @@ The metrics are listed once, in METRICS below (docs/reference/metrics.md is gene
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
@@ -75,66 +76,56 @@ def _counter(name: str, values: dict[str, float]) -> CounterMetricFamily:
     return c
 
 
-def _asked(node, families) -> list:
-    """The metric families, read on the node's loop (none if it does not answer: a node stopping)."""
-    try:
-        return node.loop.ask(lambda: list(families()), timeout_s=2.0)
-    except LoopTimeout:
-        return []
+class LoopCollector(Collector):
+    """A node's metric families, read on the node's loop, which owns what they count (none if it does not answer:
+    a node stopping)."""
 
-
-class NodeCollector(Collector):
-    def __init__(self, node: NodeProcess):
-        self.node = node
+    def __init__(self, node: NodeProcess, families: Callable[[NodeProcess], Iterator]):
+        self.node, self.families = node, families
 
     def collect(self):
-        return _asked(self.node, self._families)
-
-    def _families(self):
-        n = self.node
-        t = now()
-        yield _gauge("mdiexit_backlog_seconds", n.core.backlog_s(t), {"node": n.name})
-        yield _gauge("mdiexit_queue_items", len(n.core.queue))
-        yield _counter("mdiexit_tasks", {str(k): v for k, v in sorted(n.core.tasks_run.items())})
-        yield _counter("mdiexit_busy_seconds", {"": n.busy_s})
-        yield _gauge("mdiexit_utilization_ratio", n.busy_s / max(t - n.started_at, 1e-9))
-        yield _counter("mdiexit_sent_bytes", {"": n.egress.bytes_sent})
-        yield _counter("mdiexit_bad_messages", {"": n.bad_messages})
-        yield _counter("mdiexit_rejected_messages", {r: n.rejected[r] for r in REJECT_REASONS})
-        if (joules := n.progress_report(t).get("joules")) is not None:
-            yield _counter("mdiexit_energy_joules", {"": joules})
+        try:
+            return self.node.loop.ask(lambda: list(self.families(self.node)), timeout_s=2.0)
+        except LoopTimeout:
+            return []
 
 
-class SourceCollector(Collector):
-    def __init__(self, source: SourceProcess):
-        self.source = source
+def node_families(n: NodeProcess) -> Iterator:
+    t = now()
+    yield _gauge("mdiexit_backlog_seconds", n.core.backlog_s(t), {"node": n.name})
+    yield _gauge("mdiexit_queue_items", len(n.core.queue))
+    yield _counter("mdiexit_tasks", {str(k): v for k, v in sorted(n.core.tasks_run.items())})
+    yield _counter("mdiexit_busy_seconds", {"": n.busy_s})
+    yield _gauge("mdiexit_utilization_ratio", n.busy_s / max(t - n.started_at, 1e-9))
+    yield _counter("mdiexit_sent_bytes", {"": n.egress.bytes_sent})
+    yield _counter("mdiexit_bad_messages", {"": n.bad_messages})
+    yield _counter("mdiexit_rejected_messages", {r: n.rejected[r] for r in REJECT_REASONS})
+    if (joules := n.progress_report(t).get("joules")) is not None:
+        yield _counter("mdiexit_energy_joules", {"": joules})
 
-    def collect(self):
-        return _asked(self.source, self._families)
 
-    def _families(self):
-        s = self.source
-        led, gate = s.ledger, s.gate
-        refused = sum(s.intake.refused.values()) if s.intake is not None else 0  # by the client endpoint itself
-        outcomes = {"result": led.completed, "rejected": sum(gate.rejected.values()) + refused,
-                    "expired": led.expired + gate.expired, "failed": led.failed}
-        yield _counter("mdiexit_items", outcomes)
-        yield _counter("mdiexit_offered_items", {"": gate.offered + refused})
-        by_exit = {str(k): led.exit_counts.get(k, 0) for k in range(1, s.pkg.num_tasks + 1)}
-        yield _counter("mdiexit_items_by_exit", by_exit)
-        yield _gauge("mdiexit_admission_rate_per_second", s.admission.rate())
-        yield _gauge("mdiexit_admission_queue_items", len(gate.queue))
-        yield _gauge("mdiexit_in_flight_items", len(led.in_flight))
-        up = GaugeMetricFamily("mdiexit_node_up", _help("mdiexit_node_up"), labels=["node"])
-        backlog = GaugeMetricFamily("mdiexit_reported_backlog_seconds", _help("mdiexit_reported_backlog_seconds"),
-                                    labels=["node"])
-        for name, st in sorted(s.reports.items()):
-            up.add_metric([name], 0.0 if name in s.down else 1.0)
-            backlog.add_metric([name], st.backlog_s)
-        yield up
-        yield backlog
-        if (j := s.joules_per_item()) is not None:
-            yield _gauge("mdiexit_joules_per_item", j)
+def source_families(s: SourceProcess) -> Iterator:
+    led, gate = s.ledger, s.gate
+    refused = sum(s.intake.refused.values()) if s.intake is not None else 0  # by the client endpoint itself
+    outcomes = {"result": led.completed, "rejected": sum(gate.rejected.values()) + refused,
+                "expired": led.expired + gate.expired, "failed": led.failed}
+    yield _counter("mdiexit_items", outcomes)
+    yield _counter("mdiexit_offered_items", {"": gate.offered + refused})
+    by_exit = {str(k): led.exit_counts.get(k, 0) for k in range(1, s.pkg.num_tasks + 1)}
+    yield _counter("mdiexit_items_by_exit", by_exit)
+    yield _gauge("mdiexit_admission_rate_per_second", s.admission.rate())
+    yield _gauge("mdiexit_admission_queue_items", len(gate.queue))
+    yield _gauge("mdiexit_in_flight_items", len(led.in_flight))
+    up = GaugeMetricFamily("mdiexit_node_up", _help("mdiexit_node_up"), labels=["node"])
+    backlog = GaugeMetricFamily("mdiexit_reported_backlog_seconds", _help("mdiexit_reported_backlog_seconds"),
+                                labels=["node"])
+    for name, st in sorted(s.reports.items()):
+        up.add_metric([name], 0.0 if name in s.down else 1.0)
+        backlog.add_metric([name], st.backlog_s)
+    yield up
+    yield backlog
+    if (j := s.joules_per_item()) is not None:
+        yield _gauge("mdiexit_joules_per_item", j)
 
 
 class Telemetry:
@@ -142,10 +133,10 @@ class Telemetry:
 
     def __init__(self, node: NodeProcess, port: int, addr: str = LOOPBACK):
         self.registry = CollectorRegistry()
-        self.registry.register(NodeCollector(node))
+        self.registry.register(LoopCollector(node, node_families))
         self.latency: Histogram | None = None
         if node.cfg.role == "source":  # a SourceProcess (told by its role: this module imports no shell)
-            self.registry.register(SourceCollector(node))
+            self.registry.register(LoopCollector(node, source_families))
             self.latency = Histogram("mdiexit_latency_seconds", _help("mdiexit_latency_seconds"),
                                      buckets=LATENCY_BUCKETS, registry=self.registry)
             node.latency_observers.append(self.latency.observe)
