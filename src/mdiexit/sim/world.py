@@ -36,26 +36,9 @@ from mdiexit.package import Package
 from mdiexit.policies.modes import ModeRules
 from mdiexit.policies.offload import ServiceEstimator
 from mdiexit.protocol.stats import task_stats
+from mdiexit.runtime import core as node_core  # its events and actions: node_core.Arrived, ...
 from mdiexit.runtime.arrivals import Offer
-from mdiexit.runtime.core import (
-    Arrived,
-    Compute,
-    Computed,
-    Deliver,
-    Event,
-    Expire,
-    Finished,
-    NodeCore,
-    Report,
-    Route,
-    Send,
-    Tick,
-    WorkItem,
-    codes_pay,
-    energy_weights,
-    held_tasks,
-    neighbour_view,
-)
+from mdiexit.runtime.core import Finished, NodeCore, WorkItem, codes_pay, energy_weights, held_tasks, neighbour_view
 from mdiexit.runtime.device import seed_estimates
 from mdiexit.runtime.sourcecore import ADMIT_LOOK_S, CONTROL_PERIOD_S, SourceCore, Supervision
 from mdiexit.sim.model import Items, device_table
@@ -89,7 +72,7 @@ class SimNode:
         arrival = self.egress.departure(nbytes, t) + link_between(self.cfg, dst.cfg)[1]
         self.world.at(arrival - t, fn, *args)
 
-    def send_item(self, s: Send) -> None:
+    def send_item(self, s: node_core.Send) -> None:
         it = s.item
         nbytes = DATA_HEADER_BYTES + self.core.payload_bytes(it)[s.target]
         if it.code is None and it.task - 1 in self.core.compress_on.get(s.target, ()):
@@ -112,29 +95,29 @@ class SimNode:
         self.core.on_report(sender, backlog_s, t, None)
         if self.is_source:
             self.world.source.sc.heard(sender, t)
-        self.step(Arrived(item, self.egress.queued_bytes(t)))
+        self.step(node_core.Arrived(item, self.egress.queued_bytes(t)))
 
     def route(self, item: WorkItem) -> None:
-        self.step(Route(item, self.egress.queued_bytes(self.world.env.now)))
+        self.step(node_core.Route(item, self.egress.queued_bytes(self.world.env.now)))
 
-    def step(self, event: Event) -> None:
+    def step(self, event: node_core.Event) -> None:
         """Feed the core one event and carry out its actions, as runtime.node's loop does."""
         for a in self.core.step(event, self.world.env.now):
-            if isinstance(a, Send):
+            if isinstance(a, node_core.Send):
                 self.send_encoded(a)
-            elif isinstance(a, Compute):
+            elif isinstance(a, node_core.Compute):
                 self.compute(a.batch)
-            elif isinstance(a, Deliver):
+            elif isinstance(a, node_core.Deliver):
                 self.deliver(a.finished)
-            elif isinstance(a, Expire):
+            elif isinstance(a, node_core.Expire):
                 self.deliver(Finished(a.item, 0, a.item.task, 0.0), expired=True)
-            elif isinstance(a, Report):
+            elif isinstance(a, node_core.Report):
                 self.report()
             # HandBack (a graceful leave) is not simulated; GiveUp is counted by the core
 
     def heartbeat(self) -> None:
         t = self.world.env.now
-        self.step(Tick(self.world.quiet_report_s, self.world.give_up_s, self.egress.queued_bytes(t)))
+        self.step(node_core.Tick(self.world.quiet_report_s, self.world.give_up_s, self.egress.queued_bytes(t)))
         self.charge(seconds=self.world.heartbeat_s)
         self.world.at(self.world.heartbeat_s, self.heartbeat)
 
@@ -165,9 +148,9 @@ class SimNode:
         t = self.world.env.now
         self.busy_s += seconds
         logits = self.world.items.logits[batch[0].task - 1][[self.world.stream_index(it.item_id) for it in batch]]
-        self.step(Computed(batch, None, logits, seconds, self.egress.queued_bytes(t)))
+        self.step(node_core.Computed(batch, None, logits, seconds, self.egress.queued_bytes(t)))
 
-    def send_encoded(self, s: Send) -> None:
+    def send_encoded(self, s: node_core.Send) -> None:
         """Send, after the encode executor's time where the item leaves as a learned code (one encode at a time)."""
         it = s.item
         if it.code is not None or it.task - 1 not in self.core.compress_on.get(s.target, ()):
