@@ -127,6 +127,7 @@ def edit(path, value):
     (edit(["nodes", 1, "bandwidth_mbps"], True), "nodes[1].bandwidth_mbps"),
     (edit(["nodes", 1, "latency_ms"], -1), "nodes[1].latency_ms"),
     (edit(["nodes", 1, "compress"], "maybe"), "nodes[1].compress: expected one of off, on, auto"),
+    (edit(["nodes", 1, "sink"], "jsonl:out.jsonl"), "nodes[1].sink: only the source settles outcomes"),
     (edit(["nodes", 1, "rated_gmacs"], 0), "nodes[1].rated_gmacs"),
     (edit(["nodes", 1, "host"], ""), "nodes[1].host"),
     (edit(["nodes", 1, "slowdwn"], 2), "nodes[1].slowdwn: unknown field"),

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mdiexit.config import cluster_dict, load_cluster
+from mdiexit.config import write_cluster as write_cluster_file
 from mdiexit.data import load_test_split
 from mdiexit.package import load_package
 from mdiexit.runtime.launch import run_cluster
@@ -145,8 +147,9 @@ def test_a_cameras_results_reach_an_mqtt_broker_once_per_frame(tmp_path, tiny_pa
     sub.loop_start()
     try:
         assert subscribed.wait(10)
-        cluster = write_cluster(tmp_path / "c.yaml", tiny_package, [2, 2])
-        s = run(cluster, video, rate=200, sink=f"mqtt://127.0.0.1:{broker}/site/cam1", warmup_s=2.0)
+        data = cluster_dict(load_cluster(write_cluster(tmp_path / "c.yaml", tiny_package, [2, 2])))
+        data["nodes"][0]["sink"] = f"mqtt://127.0.0.1:{broker}/site/cam1"  # in the file, as a site's service has it
+        s = run(write_cluster_file(tmp_path / "c.yaml", data), video, rate=200, warmup_s=2.0)
         assert s["lost"] == 0 and s["completed"] == s["offered"] and s["offered"] + s["skipped"] == FRAMES
         wait_for(lambda: len(got) >= s["offered"], 10, "every result on the topic")
     finally:

@@ -92,6 +92,8 @@ class NodeConfig:
     public_key: Annotated[str, Meta(min_length=40, max_length=40, description="a 40-character Z85 key")] | None = None
     client_port: Annotated[int, Meta(ge=1, le=65535)] | None = None  # the source: where clients connect (serve)
     metrics_port: Annotated[int, Meta(ge=1, le=65535)] | None = None  # Prometheus metrics over HTTP, on loopback
+    # the source: where every outcome also goes, jsonl:PATH or mqtt://[USER@]HOST[:PORT]/TOPIC (--sink overrides it)
+    sink: str | None = None
     # energy: a preset (raspberry-pi-4, raspberry-pi-5, jetson-nano, jetson-orin-nano) or {idle_w, busy_w, j_per_mb}
     power: str | dict[str, float] | None = None
 
@@ -99,6 +101,8 @@ class NodeConfig:
         power_model(self.power)  # a preset that does not exist, or figures that cannot be, name the fix now
         if self.client_port is not None and self.role != "source":
             raise ValueError("client_port: only the source serves clients; move it to the node with role source")
+        if self.sink is not None and self.role != "source":
+            raise ValueError("sink: only the source settles outcomes; move it to the node with role source")
         times = [t for t, _ in self.bandwidth_schedule or ()]
         for i in range(1, len(times)):
             if times[i] <= times[i - 1]:

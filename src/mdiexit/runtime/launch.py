@@ -215,7 +215,8 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     video = str(opts.items).startswith(VIDEO_PREFIX) and opts.serve is None
     if video:
         VideoFrames.check(str(opts.items)[len(VIDEO_PREFIX):])  # before any node starts
-    sink_spec = check_sink(opts.sink) if opts.sink else None
+    sink_spec = check_sink(opts.sink) if opts.sink else \
+        check_sink(cluster.source.sink, f"{shown_path(cluster_path)}: sink") if cluster.source.sink else None
     stream = load_items(pkg, opts.items, opts.data_dir) if opts.serve is None and not video else None
     if stream is not None and opts.items != "test" and len(stream) > opts.rate * opts.duration_s:
         log.warning("only about %d of the %d items fit in --duration %g s at --rate %g; raise --duration to stream "

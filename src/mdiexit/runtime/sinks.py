@@ -1,5 +1,5 @@
 """Where a site's systems read the results: every offer's one outcome, as it is settled, also goes to a sink
-(`--sink`), one JSON object each:
+(`--sink`, or `sink:` on the source's entry in the cluster file), one JSON object each:
 
     {"source": "source", "item": 41, "outcome": "result", "reason": "", "label": 3, "name": "Dress", "exit": 1,
      "confidence": 0.97, "latency_ms": 18.2, "at": 1796630400.12, "version": "mobilenetv2-ee-fashion-mnist@1a2b3c"}
@@ -50,38 +50,39 @@ class SinkSpec:
     user: str | None = None
     tls: bool = False
     text: str = ""  # as given, for messages
+    origin: str = "--sink"  # where it was given: the option, or the cluster file's source entry
 
 
-def check_sink(spec: str) -> SinkSpec:
-    """What ``spec`` names; a ConfigError naming the fix for anything else."""
+def check_sink(spec: str, origin: str = "--sink") -> SinkSpec:
+    """What ``spec`` names (given at ``origin``); a ConfigError naming the fix for anything else."""
     if spec.startswith(("mqtt://", "mqtts://")):
-        return _check_mqtt(spec)
+        return _check_mqtt(spec, origin)
     kind, _, where = spec.partition(":")
     if kind != "jsonl" or not where:
-        raise ConfigError(f"--sink {spec!r}: expected {SINK_FORMS}")
+        raise ConfigError(f"{origin} {spec!r}: expected {SINK_FORMS}")
     path = Path(where)
     if not path.parent.is_dir():
-        raise ConfigError(f"--sink {spec!r}: no folder {path.parent}; create it first")
-    return SinkSpec("jsonl", path=path, text=spec)
+        raise ConfigError(f"{origin} {spec!r}: no folder {path.parent}; create it first")
+    return SinkSpec("jsonl", path=path, text=spec, origin=origin)
 
 
-def _check_mqtt(spec: str) -> SinkSpec:
+def _check_mqtt(spec: str, origin: str) -> SinkSpec:
     scheme, _, rest = spec.partition("://")
     netloc, _, topic = rest.partition("/")  # by hand: a URL parser takes a topic's "#" for a fragment
     url = urlsplit(f"{scheme}://{netloc}")
     try:
         port = url.port or MQTT_PORTS[url.scheme]
     except ValueError:
-        raise ConfigError(f"--sink {spec!r}: the port is not a number; expected {SINK_FORMS}") from None
+        raise ConfigError(f"{origin} {spec!r}: the port is not a number; expected {SINK_FORMS}") from None
     if not url.hostname or not topic or any(c in topic for c in "+#"):
-        raise ConfigError(f"--sink {spec!r}: expected {SINK_FORMS}, a topic without wildcards")
+        raise ConfigError(f"{origin} {spec!r}: expected {SINK_FORMS}, a topic without wildcards")
     if url.password is not None:
-        raise ConfigError(f"--sink {spec!r}: no password in the address (it would show in the process list); "
-                          "set MDIEXIT_MQTT_PASSWORD")
+        raise ConfigError(f"{origin} {spec!r}: no password in the address (it would show in the process list and "
+                          "the files); set MDIEXIT_MQTT_PASSWORD")
     if importlib.util.find_spec("paho") is None:
-        raise ConfigError(f"--sink {spec!r}: MQTT needs paho-mqtt; install it with pip install 'mdiexit[mqtt]'")
+        raise ConfigError(f"{origin} {spec!r}: MQTT needs paho-mqtt; install it with pip install 'mdiexit[mqtt]'")
     return SinkSpec("mqtt", host=url.hostname, port=port, topic=topic, user=url.username,
-                    tls=url.scheme == "mqtts", text=spec)
+                    tls=url.scheme == "mqtts", text=spec, origin=origin)
 
 
 def result_message(source: str, classes: Sequence[str], version: str, key: Any, outcome: str, reason: str,
@@ -139,8 +140,8 @@ class MqttSink:
         try:
             self.client.connect(spec.host, spec.port, keepalive=30)
         except (OSError, ssl.SSLError) as e:
-            raise ConfigError(f"--sink {spec.text}: cannot reach the MQTT broker at {spec.host}:{spec.port} ({e}); "
-                              "start it, or fix the address") from None
+            raise ConfigError(f"{spec.origin} {spec.text!r}: cannot reach the MQTT broker at {spec.host}:{spec.port} "
+                              f"({e}); start it, or fix the address") from None
         self.client.loop_start()
         self.unacknowledged: deque = deque()  # what the broker has not acknowledged yet, oldest first
 
