@@ -28,6 +28,15 @@ def profile_cache(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def runtime_dir(tmp_path, monkeypatch) -> Path:
+    """Each test's sources write their status snapshots (ops/status.py) to a folder of its own: a snapshot another
+    test left, of a source that had the same name and port and another package, once made `mdiexit doctor` fail."""
+    folder = tmp_path / "run"
+    monkeypatch.setenv("MDIEXIT_RUNTIME_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def fmnist() -> tuple[Dataset, Dataset]:
     return load_fashion_mnist()
