@@ -8,20 +8,20 @@ before it was offered is *skipped*, counted, and neither lost nor rejected. A fi
 (or `fps`), as if a camera sent it, and the stream ends with it.
 
     frames = VideoFrames.open("cam.mp4", pkg.input_shape)
-    arrivals = VideoArrivals(frames, rate=lambda: 30.0, start=time.monotonic())
+    arrivals = VideoArrivals(frames, rate=lambda: 30.0, start=REAL_TIME.now())
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from mdiexit.clock import REAL_TIME, WallClock
 from mdiexit.inputs import to_input
 from mdiexit.runtime.arrivals import Offer
 from mdiexit.runtime.ledger import Record
@@ -47,7 +47,7 @@ class VideoFrames:
     """Decodes a video in a background thread at its own pace into a one-frame slot: the newest frame only."""
 
     def __init__(self, container: Any, input_shape: tuple[int, ...], fps: float | None, live: bool,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: WallClock = REAL_TIME):
         self.container, self.input_shape, self.fps, self.live, self.clock = container, input_shape, fps, live, clock
         self.lock = threading.Lock()  # the decoder thread fills the slot, the admit thread empties it
         self.newest: Frame | None = None
@@ -58,9 +58,10 @@ class VideoFrames:
         self.thread = threading.Thread(target=self._decode, name="video", daemon=True)
 
     @classmethod
-    def open(cls, source: str, input_shape: tuple[int, ...], fps: float | None = None) -> VideoFrames:
-        """Start decoding ``source`` now (a file plays from its first frame at its own rate)."""
-        frames = cls(_container(source), input_shape, fps, source.startswith(LIVE_PREFIXES))
+    def open(cls, source: str, input_shape: tuple[int, ...], fps: float | None = None,
+             clock: WallClock = REAL_TIME) -> VideoFrames:
+        """Start decoding ``source`` now (a file plays from its first frame at its own rate, on ``clock``)."""
+        frames = cls(_container(source), input_shape, fps, source.startswith(LIVE_PREFIXES), clock)
         frames.thread.start()
         return frames
 
@@ -81,14 +82,14 @@ class VideoFrames:
     def _decode(self) -> None:
         stream = self.container.streams.video[0]
         rate = self.fps or (float(stream.average_rate) if stream.average_rate else 25.0)
-        start = self.clock()
+        start = self.clock.now()
         try:
             for i, frame in enumerate(self.container.decode(stream)):
                 if self.ended:
                     break
                 at = float(frame.time) if frame.time is not None and not self.fps else i / rate
-                if not self.live and (wait := start + at - self.clock()) > 0:
-                    time.sleep(wait)  # a file plays at its own rate, as a camera would send it
+                if not self.live and (wait := start + at - self.clock.now()) > 0:
+                    self.clock.sleep(wait)  # a file plays at its own rate, as a camera would send it
                 x = to_input(frame.to_ndarray(format="rgb24"), self.input_shape)
                 with self.lock:
                     self.replaced += self.newest is not None

@@ -6,13 +6,13 @@ import threading
 
 import pytest
 
-from mdiexit.runtime.links import now
+from mdiexit.clock import REAL_TIME, WallClock
 from mdiexit.runtime.loop import Loop, LoopTimeout
 
 
 @pytest.fixture
 def running():
-    loop, stop = Loop(now), threading.Event()
+    loop, stop = Loop(REAL_TIME), threading.Event()
     thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
     thread.start()
     loop.ask(lambda: None)  # it is running
@@ -45,7 +45,7 @@ def test_timers_fire_in_time_order_and_a_failing_call_does_not_stop_the_loop(run
     done = threading.Event()
 
     def arm() -> None:
-        t = now()
+        t = REAL_TIME.now()
         running.at(t + 0.06, lambda: (fired.append("late"), done.set()))
         running.at(t + 0.02, lambda: 1 / 0)  # logged; the loop goes on
         running.at(t + 0.03, lambda: fired.append("early"))
@@ -71,7 +71,7 @@ def test_after_hooks_run_after_each_round_and_are_called_again_when_they_ask(run
 
 
 def test_an_ask_of_a_stopped_loop_times_out_instead_of_hanging():
-    loop, stop = Loop(now), threading.Event()
+    loop, stop = Loop(REAL_TIME), threading.Event()
     thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
     thread.start()
     loop.ask(lambda: None)
@@ -85,3 +85,28 @@ def test_an_ask_of_a_stopped_loop_times_out_instead_of_hanging():
     thread.join(timeout=5)
     assert loop.ask(lambda: "runs here once the loop is gone") == "runs here once the loop is gone"
     loop.close()
+
+
+def test_a_dilated_loops_timers_fire_in_its_own_time():
+    """A loop on a clock dilated 4 times fires a timer set 50 ms ahead of its clock no sooner than 200 ms of the
+    host's time later, and hands its hooks times on its own clock."""
+    import time
+
+    clock = WallClock(4.0)
+    loop, stop = Loop(clock), threading.Event()
+    fired: list[tuple[float, float]] = []
+    done = threading.Event()
+    wall0, t0 = time.monotonic(), clock.now()
+    loop.at(t0 + 0.05, lambda: (fired.append((time.monotonic() - wall0, clock.now() - t0)), done.set()))
+    thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert done.wait(5)
+        wall_s, clock_s = fired[0]
+        assert clock_s >= 0.05 and wall_s >= 0.2
+        assert clock_s == pytest.approx(wall_s / 4, abs=0.01)
+    finally:
+        stop.set()
+        loop.wake()
+        thread.join(timeout=5)
+        loop.close()

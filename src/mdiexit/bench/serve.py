@@ -7,7 +7,7 @@ capacity) is offered open-loop for ``duration_s`` from ``clients`` client proces
 connection. Per load: client-side results per second, p50/p95/p99 of the client-side latency of results, the
 share of requests rejected, expired or failed, and the service process's CPU per request. Every request is
 answered; none may be lost. With a dilation k the cluster runs k times slower and every figure is read back in
-its own time (runtime/dilation.py).
+its own time (mdiexit.clock).
 """
 
 from __future__ import annotations
@@ -26,13 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mdiexit.config import MAX_HEARTBEAT_MS, cluster_dict, load_cluster, write_cluster
+from mdiexit.config import cluster_dict, load_cluster, write_cluster
 from mdiexit.data import load_test_split
 from mdiexit.package import load_package
 from mdiexit.planner import limit_at_thresholds
 from mdiexit.runtime.device import planner_costs
-from mdiexit.runtime.dilation import dilate_cluster, dilate_options
-from mdiexit.runtime.options import RunOptions
 from mdiexit.runtime.ports import free_ports
 from mdiexit.security import create_client_key, create_keys
 from mdiexit.util import say, shown_path
@@ -151,7 +149,7 @@ def _cpu_s(pid: int) -> float:
 
 def bench_serve(cluster_path: Path, out: Path, duration_s: float = 20.0, loads: tuple[float, ...] = (0.5, 1, 2, 10),
                 clients: int = 4, dilation: float = 1.0, capacity: float | None = None) -> dict:
-    """`dilation` k: the cluster runs k times slower (runtime/dilation.py), so that the host (the clients, the
+    """`dilation` k: the cluster's clock runs k times slower (mdiexit.clock), so that the host (the clients, the
     service's own reading and answering) is not what limits it; every figure is read back in the cluster's own
     time. `duration_s` is wall time per load. `capacity`: the loads' unit, in results per second of the cluster's
     own time, instead of measuring it (e.g. the dilated run's, to offer an undilated run the same loads)."""
@@ -162,16 +160,9 @@ def bench_serve(cluster_path: Path, out: Path, duration_s: float = 20.0, loads: 
         work = Path(tmp)
         path = _service_cluster(cluster_path, work)
         heartbeat_ms = load_cluster(path).heartbeat_ms
-        if k != 1.0:
-            # a node reports at least every MAX_HEARTBEAT_MS of wall time: dilated, the period shortens in the
-            # cluster's own time (recorded in the result)
-            heartbeat_ms = min(heartbeat_ms, MAX_HEARTBEAT_MS / k)
-            path = dilate_cluster(write_cluster(path, path, heartbeat_ms=heartbeat_ms), k, work / "dilated.yaml")
-        times = dilate_options(RunOptions(), k)
         log = (work / "serve.log").open("w")
         proc = subprocess.Popen([sys.executable, "-m", "mdiexit.cli", "serve", "--cluster", str(path), "--quiet",
-                                 "--max-wait-ms", str(times.max_wait_ms), "--max-backlog-ms", str(times.max_backlog_ms),
-                                 "--target-backlog-ms", str(times.target_backlog_ms), "--out", str(work / "out")],
+                                 "--dilation", repr(k), "--out", str(work / "out")],
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             if capacity is None:

@@ -4,7 +4,7 @@ Validation - on edge4, camera4 and a partial mesh whose nodes hold only some tas
   mdi-exit (fixed thresholds): the rate search's sustained throughput (bench.ratesearch, the same criterion
   and probes for both drivers), and the p95 latency of a run at 0.8x the runtime's sustained rate (the same
   offered load for both). Reported as simulator / runtime ratios. The runtime runs time-dilated (`dilation`,
-  runtime/dilation.py), so that what the test host adds to each message counts less.
+  mdiexit.clock), so that what the test host adds to each message counts less.
 Scale - generated Wi-Fi meshes of 10, 100 and 1,000 devices, every mode: the throughput at the target accuracy
   (a simulated rate search at fixed thresholds; mdi-exit with its own rate adaptation, over the second half of
   the run) and the simulator's wall time.
@@ -13,6 +13,7 @@ Outputs in OUT: simulator.json and results.md.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -24,9 +25,10 @@ from mdiexit.bench.paper import search_mode, summary_row, test_accuracies
 from mdiexit.bench.ratesearch import Criterion
 from mdiexit.config import load_cluster, write_cluster
 from mdiexit.policies.modes import MODES
-from mdiexit.runtime.dilation import dilated_run
+from mdiexit.runtime.launch import run_cluster
 from mdiexit.runtime.options import RunOptions
 from mdiexit.runtime.ports import local_nodes, on_free_ports
+from mdiexit.runtime.report import RunResult
 from mdiexit.sim.run import simulate
 from mdiexit.topology import generate
 
@@ -42,7 +44,7 @@ class SimBenchOptions:
     probe_s: float = 12.0  # seconds of admission per rate-search probe (the first third is warm-up)
     adaptive_s: float = 10.0  # virtual seconds of each scale run with rate adaptation
     refine_steps: int = 2
-    # the runtime side runs this many times slower and is read back (runtime/dilation.py): at 1, a 2-core host
+    # the runtime side's clock runs this many times slower (mdiexit.clock): at 1, a 2-core host
     # running five node processes added 10-20 ms to every p95 that no device would (docs/bench/simulator.md, "Where the
     # undilated runtime's extra time went"); at 2 it is half as busy and its own time counts half
     dilation: float = 2.0
@@ -77,9 +79,12 @@ def partial_mesh(out: Path, package: Path) -> Path:
 
 
 def validation(clusters: dict[str, Path], modes: tuple[str, ...], accuracies: tuple[float, float], target: float,
-               o: SimBenchOptions, folder: Path) -> list[dict]:
+               o: SimBenchOptions) -> list[dict]:
     rows = []
-    runtime = dilated_run(o.dilation, folder)
+
+    def runtime(path: Path, opts: RunOptions) -> RunResult:
+        return run_cluster(path, dataclasses.replace(opts, dilation=o.dilation))
+
     for cname, path in clusters.items():
         for mode in modes:
             crit = Criterion(target, expected_accuracy=accuracies[1] if MODES[mode].exits else accuracies[0])
@@ -152,7 +157,7 @@ def bench_simulator(out: Path, o: SimBenchOptions) -> dict:
                         PARTIAL: partial_mesh(Path(d) / "partial.yaml", edge4.package)}
             clusters = {k: v for k, v in clusters.items() if o.clusters is None or k in o.clusters}
             modes = tuple(m for m in VALIDATION_MODES if o.modes is None or m in o.modes)
-            result["validation"] = validation(clusters, modes, (final_acc, default_acc), target, o, Path(d))
+            result["validation"] = validation(clusters, modes, (final_acc, default_acc), target, o)
         modes = tuple(m for m in MODES if o.modes is None or m in o.modes)
         result["scale"] = scale(edge4.package, Path(d), modes, (final_acc, default_acc), target, o)
     result["config"] = {"options": {k: str(v) for k, v in o.__dict__.items()}, "wall_s": time.time() - t0}

@@ -43,7 +43,7 @@ def _run_opts(a: argparse.Namespace):
                  max_wait_ms=a.max_wait_ms, metrics_port=a.metrics_port, metrics_addr=a.metrics_addr,
                  insecure=a.insecure, keys_dir=a.keys_dir, items=items_arg(a.items),
                  self_profile=getattr(a, "self_profile", False), fps=getattr(a, "fps", None),
-                 sink=getattr(a, "sink", None))
+                 sink=getattr(a, "sink", None), dilation=getattr(a, "dilation", RunDefault("dilation")))
     if a.thresholds is not None:
         given["thresholds"] = tuple(floats(a.thresholds, "--thresholds"))
     return RunOptions(**{k: v for k, v in given.items() if not isinstance(v, RunDefault)})
@@ -54,9 +54,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     it at --rate for --duration seconds with a live view, drain, and write the summary. A worker that crashes,
     hangs or leaves is declared down and its items are dispatched again. Exit status 1 if any item was lost or
     duplicated."""
-    from mdiexit.runtime.dilation import dilated_run
+    from mdiexit.runtime.launch import run_cluster
 
-    return finish_run(dilated_run(a.dilation, a.out)(a.cluster, _run_opts(a)), a.out)
+    return finish_run(run_cluster(a.cluster, _run_opts(a)), a.out)
 
 
 def cmd_source(a: argparse.Namespace) -> int:
@@ -79,7 +79,7 @@ def cmd_worker(a: argparse.Namespace) -> int:
         raise SystemExit("mdiexit: error: give --cluster F (a member of the cluster file) or --join tcp://SOURCE:PORT")
     return run_worker(a.cluster, a.name, a.mode, pace=not a.no_pace, insecure=a.insecure, keys_dir=a.keys_dir,
                       key_file=a.key, metrics_port=a.metrics_port, metrics_addr=a.metrics_addr,
-                      host_profile=a.host_profile)
+                      host_profile=a.host_profile, dilation=a.dilation)
 
 
 def cmd_keys(a: argparse.Namespace) -> int:
@@ -265,11 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a whole cluster on this machine and write DIR/summary.json",
                        description=_doc(cmd_run))
     _run_args(r)
-    r.add_argument("--dilation", type=float, default=1.0, metavar="K",
-                   help="time dilation: emulate every device and link K times slower (rates / K, times x K) and "
-                        "read the results back, so that a busy host's own time per message counts K times less; "
-                        "the run takes K times as long, and the live view shows the slowed-down figures "
-                        "(default 1: none)")
+    r.add_argument("--dilation", type=float, default=RunDefault("dilation"), metavar="K",
+                   help="time dilation: every node's clock runs K times slower than the host's, so every device, "
+                        "link, timer and heartbeat does too, and a busy host's own time per message counts K times "
+                        "less; options, the live view and the results stay in the cluster's own time, and the run "
+                        "takes K times as long (default %(default)s: none)")
     r.set_defaults(func=cmd_run)
 
     so = sub.add_parser("source", help="run only the source node (workers started elsewhere with `worker`)")
@@ -299,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--workdir", type=Path, default=None,
                    help="where the received cluster view and package go (default runs/join-NAME)")
     w.add_argument("--mode", default=None, choices=list(MODES), help="override the cluster file's mode")
+    w.add_argument("--dilation", type=float, default=1.0, metavar="K",
+                   help="this node's clock runs K times slower (the run's time dilation, `run --dilation`)")
     w.add_argument("--no-pace", action="store_true",
                    help="do not pace the links' bandwidth (the kernel shapes it, as in `run --net namespaces`)")
     w.add_argument("--key", type=Path, default=None,

@@ -26,7 +26,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     given = dict(mode=a.mode, rate=a.rate, live=not a.quiet, admission=a.admission, target_accuracy=a.target_accuracy,
                  target_backlog_ms=a.target_backlog_ms, max_backlog_ms=a.max_backlog_ms, max_wait_ms=a.max_wait_ms,
                  metrics_port=a.metrics_port, metrics_addr=a.metrics_addr, insecure=a.insecure, keys_dir=a.keys_dir,
-                 drain_timeout_s=a.drain_timeout, warmup_s=0.0, serve=stop, sink=a.sink)
+                 drain_timeout_s=a.drain_timeout, warmup_s=0.0, serve=stop, sink=a.sink, dilation=a.dilation)
     if a.thresholds is not None:
         given["thresholds"] = tuple(floats(a.thresholds, "--thresholds"))
     opts = RunOptions(**{k: v for k, v in given.items() if v is not None and not isinstance(v, RunDefault)})
@@ -116,6 +116,9 @@ def add_serve_commands(sub, cluster_arg, gate_args, security_args) -> None:
     s.add_argument("--drain-timeout", type=float, default=RunDefault("drain_timeout_s"),
                    help="on stop, seconds to finish what is in flight (default %(default)s)")
     s.add_argument("--quiet", action="store_true", help="no live view")
+    s.add_argument("--dilation", type=float, default=RunDefault("dilation"), metavar="K",
+                   help="every node's clock runs K times slower (an emulated cluster; figures stay in its own time; "
+                        "default %(default)s: none)")
     s.add_argument("--sink", default=None, metavar="SINK",
                    help="also send every request's outcome to jsonl:PATH (a line each) or "
                         "mqtt://[USER@]HOST[:PORT]/TOPIC (QoS 1; mqtts:// for TLS), as for `run`")
@@ -160,7 +163,8 @@ def add_bench_serve(bsub, cluster_arg) -> None:
     b.add_argument("--loads", default="0.5,1,2,10", help="offered loads as multiples of capacity")
     b.add_argument("--clients", type=int, default=4, help="client processes (default 4)")
     b.add_argument("--dilation", type=float, default=1.0, metavar="K",
-                   help="run the cluster K times slower and read the figures back in its own time (default 1)")
+                   help="run the cluster K times slower (`serve --dilation`) and offer its loads K times slower; "
+                        "every figure is read back in its own time (default 1)")
     b.add_argument("--capacity", type=float, default=None, metavar="PER_S",
                    help="the loads' unit in results/s, instead of measuring it (e.g. a dilated run's capacity)")
     b.add_argument("--out", type=Path, default=Path("docs/results/serve.json"))

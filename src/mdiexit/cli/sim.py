@@ -118,7 +118,7 @@ def add_sim_commands(sub: argparse._SubParsersAction, bsub: argparse._SubParsers
     b.add_argument("--refine-steps", type=int, default=None,
                    help="bisection steps of each rate search (default 2: the bench runs the runtime too)")
     b.add_argument("--dilation", type=float, default=None, metavar="K",
-                   help="run the runtime side K times slower and read it back (runtime/dilation.py), so that this "
+                   help="run the runtime side K times slower (its clock, mdiexit.clock), so that this "
                         "host's own per-message time counts K times less (default 2; 1: none)")
     b.add_argument("--sizes", default="10,100,1000", help="generated mesh sizes; empty: no scale part")
     b.add_argument("--modes", default=None, help="comma-separated subset of modes (default: all)")

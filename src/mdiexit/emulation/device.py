@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mdiexit.clock import REAL_TIME, WallClock
 from mdiexit.util import isolated_s
 
 EMULATIONS = ("calibrated", "measured")
@@ -85,6 +86,7 @@ class DeviceModel:
     owed_s: float = 0.0  # charged, not yet paid: the next call lasts this much longer
     cpu_start: tuple[float, float] = (0.0, 0.0)  # (process, engine) CPU seconds when the node started serving
     cpu_mark: tuple[float, float] = (0.0, 0.0)  # the same at the last charge
+    clock: WallClock = REAL_TIME  # budgets are in the cluster's time; dilated, each lasts k times as long here
 
     @classmethod
     def calibrate(cls, slowdown: float, work: dict[Key, Callable[[int], Callable[[], object]]], max_batch: int,
@@ -164,21 +166,23 @@ class DeviceModel:
         """`run`, on the device's own timeline: ``start`` (time.perf_counter) is when the device took the work up,
         the end of its previous call when the work was already waiting then (None: now). A host thread that woke
         late (the scheduler, the GIL, a sleep's overshoot) then does not lengthen the device's time: the call
-        lasts until ``start`` + its emulated time. Returns (result, emulated seconds, when the call ended)."""
+        lasts until ``start`` + its emulated time. Returns (result, emulated seconds in the cluster's time, when
+        the call ended on the host's perf_counter)."""
         t0, cpu0 = time.perf_counter(), time.thread_time()
         out = fn()
-        measured = time.perf_counter() - t0
+        measured = time.perf_counter() - t0  # the host's own seconds: a measurement, not the cluster's time
         self.engine_cpu_s += time.thread_time() - cpu0
         budget = self.budget_s(key, batch, measured)
         if key[0] == "task":  # a codec call is too short to judge: a time slice lost there exceeds its budget
             budget, self.owed_s = budget + self.owed_s, 0.0  # (task calls: the compute thread's, which charges)
             self.calls += 1
-            self.overruns += measured > budget * 1.0001 and self.slowdown > 1.0
+            wall_budget = self.clock.wall_s(budget)
+            self.overruns += measured > wall_budget * 1.0001 and self.clock.wall_s(self.slowdown) > 1.0
         begin = t0 if start is None else min(start, t0)
-        if (remaining := begin + budget - time.perf_counter()) > 0:
-            time.sleep(remaining)
-        seconds = max(budget, measured) if math.isfinite(budget) else measured
-        return out, seconds, max(begin + seconds, t0 + measured)
+        wall_s = max(self.clock.wall_s(budget), measured) if math.isfinite(budget) else measured
+        if (remaining := begin + wall_s - time.perf_counter()) > 0:
+            time.sleep(remaining)  # the device's time, told in the host's: the clock's factor is in wall_s
+        return out, wall_s / self.clock.wall_s(1.0), max(begin + wall_s, t0 + measured)
 
     @property
     def overrun_fraction(self) -> float:

@@ -32,10 +32,10 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import NamedTuple
 
+from mdiexit.clock import REAL_TIME, WallClock
 from mdiexit.config import ClusterConfig, load_cluster, write_cluster
 
 SUBNET = "10.77.0"
@@ -182,8 +182,9 @@ def namespaces_supported() -> tuple[bool, str]:
 class NamespaceNetwork(contextlib.AbstractContextManager):
     """Bridge + one namespace per worker, tbf-shaped; see the module docstring. Yields :class:`Namespaces`."""
 
-    def __init__(self, cluster: ClusterConfig, prefix: str | None = None):
+    def __init__(self, cluster: ClusterConfig, prefix: str | None = None, clock: WallClock = REAL_TIME):
         self.cluster = cluster
+        self.clock = clock  # dilated k times, every link is shaped k times slower
         self.prefix = prefix or default_prefix()
         self.bridge = f"{self.prefix}-br"
         workers = cluster.workers
@@ -238,7 +239,7 @@ class NamespaceNetwork(contextlib.AbstractContextManager):
         _ip("link", "set", self.bridge, "up")
         src = self.cluster.source
         if src.bandwidth_mbps is not None:
-            _tc("qdisc", "add", "dev", self.bridge, "root", *tbf_args(src.bandwidth_mbps))
+            _tc("qdisc", "add", "dev", self.bridge, "root", *self._tbf(src.bandwidth_mbps))
         nodes: dict[str, tuple[str | None, str]] = {src.name: (None, BRIDGE_ADDRESS)}
         for i, (name, ns, host_if, ns_if, bw) in enumerate(self.plan):
             addr = f"{SUBNET}.{i + 2}"
@@ -251,7 +252,7 @@ class NamespaceNetwork(contextlib.AbstractContextManager):
             _ip("-n", ns, "link", "set", ns_if, "up")
             _ip("-n", ns, "link", "set", "lo", "up")
             if bw is not None:
-                _tc("-n", ns, "qdisc", "add", "dev", ns_if, "root", *tbf_args(bw))
+                _tc("-n", ns, "qdisc", "add", "dev", ns_if, "root", *self._tbf(bw))
             nodes[name] = (ns, addr)
         hosts = {name: addr for name, (_, addr) in nodes.items()}
         self._tmp = tempfile.TemporaryDirectory(prefix=f"mdiexit-{self.prefix}-")
@@ -259,9 +260,12 @@ class NamespaceNetwork(contextlib.AbstractContextManager):
                              every_node=lambda n: {"host": hosts[n["name"]]})
         return Namespaces(nodes, load_cluster(path), path)
 
+    def _tbf(self, mbps: float) -> list[str]:
+        return tbf_args(mbps / self.clock.factor)  # a link of the cluster's, in the host's time
+
     # ------------------------------------------------------------------ schedules
     def start_schedules(self, origin: float) -> None:
-        """Follow every node's bandwidth schedule, its times counted from ``origin`` (time.monotonic())."""
+        """Follow every node's bandwidth schedule, its times counted from ``origin`` (on the run's clock)."""
         changes = sorted(((origin + t_s, ns, dev, mbps) for ns, dev, sched in self.schedules for t_s, mbps in sched),
                          key=lambda c: c[0])
         if changes and self._follower is None:
@@ -270,10 +274,10 @@ class NamespaceNetwork(contextlib.AbstractContextManager):
 
     def _follow(self, changes: list[tuple[float, str | None, str, float]]) -> None:
         for at, ns, dev, mbps in changes:
-            if self._stop.wait(max(0.0, at - time.monotonic())):
+            if self._stop.wait(self.clock.wall_s(max(0.0, at - self.clock.now()))):
                 return
             try:
-                _tc(*(("-n", ns) if ns else ()), "qdisc", "replace", "dev", dev, "root", *tbf_args(mbps))
+                _tc(*(("-n", ns) if ns else ()), "qdisc", "replace", "dev", dev, "root", *self._tbf(mbps))
             except NamespaceError as e:
                 log.warning("bandwidth schedule: %s", e)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import zmq
 
+from mdiexit.clock import WallClock
 from mdiexit.config import ClusterConfig, load_cluster
 from mdiexit.data import load_items
 from mdiexit.energy import cluster_models, run_energy
@@ -61,15 +62,19 @@ def _die_with_parent() -> None:
 
 
 def spawn_worker(cluster_path: Path, name: str, mode: str, netns: str | None = None,
-                 pace: bool = True, keys_dir: Path | None = None, host_profile: Path | None = None) -> subprocess.Popen:
+                 pace: bool = True, keys_dir: Path | None = None, host_profile: Path | None = None,
+                 dilation: float = 1.0) -> subprocess.Popen:
     """A worker process; with ``netns``, inside that network namespace (`ip netns exec`). ``keys_dir`` None:
-    insecure. ``host_profile``: this host's task times (profile_host), instead of profiling at start-up."""
+    insecure. ``host_profile``: this host's task times (profile_host), instead of profiling at start-up.
+    ``dilation``: its clock's factor (the run's)."""
     cmd = [sys.executable, "-m", "mdiexit.cli", "worker", "--cluster", str(cluster_path), "--name", name,
            "--mode", mode]
     cmd += ["--keys-dir", str(keys_dir)] if keys_dir is not None else ["--insecure"]
     cmd += ["--host-profile", str(host_profile)] if host_profile is not None else []
     if not pace:
         cmd.append("--no-pace")
+    if dilation != 1.0:
+        cmd += ["--dilation", repr(dilation)]
     if netns is not None:
         cmd = ["ip", "netns", "exec", netns, *cmd]  # ip execs the command: the child is python itself
     return _child(cmd)
@@ -157,7 +162,7 @@ def _run_in_namespaces(cluster_path: Path, opts: RunOptions, admission: Admissio
     if not ok:
         raise NamespaceError(why)
     cleanup_stale()  # leftovers of crashed earlier runs (owner process gone)
-    network = NamespaceNetwork(load_cluster(cluster_path))
+    network = NamespaceNetwork(load_cluster(cluster_path), clock=WallClock(opts.dilation))
 
     def ready(live: LiveRun) -> None:  # the run starts: tc follows the bandwidth schedules from now on
         network.start_schedules(live.source.run_start)
@@ -234,13 +239,14 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     profiles = HostProfiles() if opts.self_profile else \
         profile_nodes(cluster, pkg, [cluster.source.name, *(workers if spawn else [])])
     sink = open_sink(sink_spec, cluster.source.name) if sink_spec is not None else None  # a broker: reached now
-    procs = {w: spawn_worker(cluster_path, w, mode, (netns or {}).get(w), pace, keys_dir, profiles.file(w))
-             for w in workers} if spawn else {}
+    clock = WallClock(opts.dilation)  # every node's: the cluster's own time (mdiexit.clock)
+    procs = {w: spawn_worker(cluster_path, w, mode, (netns or {}).get(w), pace, keys_dir, profiles.file(w),
+                             opts.dilation) for w in workers} if spawn else {}
     source = SourceProcess(cluster, cluster.source.name, pkg, mode=mode, admission=admission, gate=make_gate(opts),
                            pace_bandwidth=pace, identity=identity,
                            allowed_dir=keys_dir / "allowed" if keys_dir is not None else None,
                            metrics_port=opts.metrics_port, metrics_addr=opts.metrics_addr,
-                           host_profile=profiles.of(cluster.source.name))
+                           host_profile=profiles.of(cluster.source.name), clock=clock)
     source.ledger.keep_records = opts.serve is None  # a service keeps counters, not a record of every item
     source.sc.capacity_hint = capacity_hint(opts, admission, limit_at)
     crashed: list[str] = []
@@ -257,8 +263,8 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
                         continue  # a graceful leave: the source already knows
                     crashed.append(name)
                     log.warning("node %s exited unexpectedly with status %s; the run goes on", name, p.returncode)
-                    source.loop.post(partial(source.node_down, name, "crashed", time.monotonic()))
-            time.sleep(0.1)
+                    source.loop.post(partial(source.node_down, name, "crashed", clock.now()))
+            clock.sleep(0.1)
 
     watcher = threading.Thread(target=watch, daemon=True)
     view_stop = threading.Event()
@@ -272,9 +278,10 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         if crash_during_start := [w for w in workers if procs.get(w) and procs[w].poll() is not None]:
             raise ClusterError(f"node(s) {', '.join(crash_during_start)} exited during start-up")
         source.wait_ready(workers, opts.ready_timeout_s)
-        source.run_start = time.monotonic()
+        source.run_start = clock.now()
         if on_ready is not None:
-            spawn_args = {"cluster_path": cluster_path, "mode": mode, "pace": pace, "keys_dir": keys_dir}
+            spawn_args = {"cluster_path": cluster_path, "mode": mode, "pace": pace, "keys_dir": keys_dir,
+                          "dilation": opts.dilation}
             live = LiveRun(source, procs, spawn_args, dict(netns or {}), profiles)
             threading.Thread(target=on_ready, args=(live,), name="on-ready", daemon=True).start()
         viewer = threading.Thread(target=source.live_view, args=(view_stop,), daemon=True)
@@ -286,10 +293,10 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         if opts.serve is not None:
             arrivals = endpoint = client_endpoint(source, cluster, pkg, identity)
         elif video:  # the newest frame at the admission rate; older ones skipped (mdiexit.video)
-            frames = VideoFrames.open(str(opts.items)[len(VIDEO_PREFIX):], pkg.input_shape, opts.fps)
-            arrivals = VideoArrivals(frames, source.admission.rate, time.monotonic(), deadline_s)
+            frames = VideoFrames.open(str(opts.items)[len(VIDEO_PREFIX):], pkg.input_shape, opts.fps, clock)
+            arrivals = VideoArrivals(frames, source.admission.rate, clock.now(), deadline_s)
         else:
-            arrivals = StreamArrivals(stream, source.admission.rate, time.monotonic(), cycle=opts.items == "test",
+            arrivals = StreamArrivals(stream, source.admission.rate, clock.now(), cycle=opts.items == "test",
                                       deadline_s=deadline_s)  # items all | N: each item once, in order
         source.stream = arrivals
         answering = arrivals if sink is None else \
@@ -348,7 +355,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         if ephemeral:
             shutil.rmtree(keys_dir, ignore_errors=True)  # the run's keys die with it
     summary = {"mode": mode, **summary, "crashed": sorted(set(crashed)), "duration_s": opts.duration_s,
-               "rate": opts.rate,
+               "rate": opts.rate, **({"dilation": opts.dilation} if opts.dilation != 1.0 else {}),
                "config": {"cluster": shown_path(cluster_path), "package": shown_path(cluster.package), "mode": mode,
                           "rate": opts.rate, "duration_s": opts.duration_s, "warmup_s": opts.warmup_s,
                           "nodes": [n.__dict__ for n in cluster.nodes], "net": opts.net,
@@ -357,7 +364,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
                           "max_backlog_ms": opts.max_backlog_ms, "max_wait_ms": opts.max_wait_ms,
                           "thresholds": list(admission.thresholds()[0]), "dead_after_ms": cluster.dead_after_ms,
                           "items": str(opts.items), "data_dir": None if opts.data_dir is None else str(opts.data_dir),
-                          "emulation": cluster.emulation}}
+                          "emulation": cluster.emulation, "dilation": opts.dilation}}
     if source.abort:
         summary["error"] = source.abort
     return RunResult(summary, source.ledger, source.timeline, stream.paths if stream is not None else None)
@@ -399,7 +406,7 @@ def _stop_all(procs: dict[str, subprocess.Popen], grace_s: float = 3.0) -> None:
 
 def run_worker(cluster_path: Path, name: str, mode: str | None, pace: bool = True, insecure: bool = False,
                keys_dir: Path | None = None, key_file: Path | None = None, metrics_port: int | None = None,
-               metrics_addr: str | None = None, host_profile: Path | None = None) -> int:
+               metrics_addr: str | None = None, host_profile: Path | None = None, dilation: float = 1.0) -> int:
     """One worker node, until the source sends shutdown. SIGTERM is a graceful leave (work is handed back);
     Ctrl-C stops at once. ``pace=False``: the links' bandwidths are shaped by the kernel, not paced here."""
     cluster: ClusterConfig = load_cluster(cluster_path)
@@ -422,7 +429,8 @@ def run_worker(cluster_path: Path, name: str, mode: str | None, pace: bool = Tru
     pkg = load_package(cluster.package, check_onnx=True)
     proc = NodeProcess(cluster, name, pkg, mode=mode, pace_bandwidth=pace, identity=identity,
                        metrics_port=metrics_port, metrics_addr=metrics_addr,
-                       host_profile=read_profile(host_profile) if host_profile is not None else None)
+                       host_profile=read_profile(host_profile) if host_profile is not None else None,
+                       clock=WallClock(dilation))
     signal.signal(signal.SIGTERM, lambda *_: proc.leave_requested.set())
     try:
         proc.serve_forever()

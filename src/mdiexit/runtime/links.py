@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
 
+from mdiexit.clock import WallClock
 from mdiexit.emulation.link import LinkPacer
 from mdiexit.security import Identity, make_client
-
-
-def now() -> float:
-    return time.monotonic()
-
 
 RECHECK_S = 0.05  # a message waiting for the egress re-reads its departure this often (the rate may change)
 
@@ -95,8 +90,10 @@ class Link:
     the bucket still counts the bytes, so ``queued_bytes`` estimates what the kernel holds."""
 
     def __init__(self, ctx: zmq.Context, src: str, dst: str, address: str, egress: Egress, latency_s: float,
-                 identity: Identity | None = None, on_send: Callable[[str, int, int, float], None] | None = None):
+                 clock: WallClock, identity: Identity | None = None,
+                 on_send: Callable[[str, int, int, float], None] | None = None):
         self.dst = dst
+        self.clock = clock
         self.on_send = on_send  # (peer, bytes, egress position after them, time): the link meter
         self.egress = egress
         self.latency_s = latency_s
@@ -130,6 +127,7 @@ class Link:
             out = self.q.get()
             if out is None:
                 return
+            now = self.clock.now
             departure = self.egress.departure_of(out.position, out.queued_at, now())
             if departure <= now():
                 # It left while this thread sent what was ahead of it. The bucket only knows how much has drained
@@ -138,10 +136,10 @@ class Link:
             while departure > (t := now()):  # re-read while waiting: the rate may change (a schedule)
                 if self.closing:
                     return
-                time.sleep(min(departure - t, RECHECK_S))
+                self.clock.sleep(min(departure - t, RECHECK_S))
                 departure = self.egress.departure_of(out.position, out.queued_at, now())
             if (delay := departure + self.latency_s - now()) > 0:  # it has left the egress: the latency remains
-                time.sleep(delay)
+                self.clock.sleep(delay)
             # a PUSH socket blocks while its peer is away (down, or not started yet): wait, but wake for close()
             while not self.sock.poll(100, zmq.POLLOUT):
                 if self.closing:

@@ -4,7 +4,7 @@ admit what arrived). Nothing else touches a core, the ledger or the link meter: 
 senders, the client endpoint and the launcher post a call here (``post``) or ask for an answer (``ask``), and a
 byte on a pipe wakes the poll.
 
-    loop = Loop(time.monotonic)
+    loop = Loop(WallClock(k))                     # the process's one clock (mdiexit.clock)
     loop.on_readable(inbox, handle_messages)      # handle_messages(inbox): receive what is there
     loop.at(now + 0.05, heartbeat)                # a timer; heartbeat may set the next one
     loop.after.append(dispatch)                   # dispatch(t) -> when it wants to run again, or None
@@ -26,8 +26,10 @@ from typing import Any, TypeVar
 
 import zmq
 
+from mdiexit.clock import Clock
+
 log = logging.getLogger("mdiexit.loop")
-MAX_WAIT_S = 0.1  # the poll never sleeps longer: a stop set without a wake is seen within this
+MAX_WAIT_S = 0.1  # host seconds the poll sleeps at most: a stop set without a wake is seen within this
 T = TypeVar("T")
 
 
@@ -36,7 +38,7 @@ class LoopTimeout(TimeoutError):
 
 
 class Loop:
-    def __init__(self, clock: Callable[[], float]):
+    def __init__(self, clock: Clock):
         self.clock = clock
         self.posted: queue.SimpleQueue[Callable[[], Any]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
@@ -98,10 +100,10 @@ class Loop:
         for sock, _ in self.readers:
             poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        next_t = self.clock()
+        next_t = self.clock.now()
         try:
             while not stop.is_set():
-                wait_s = min(MAX_WAIT_S, max(0.0, next_t - self.clock()))
+                wait_s = min(MAX_WAIT_S, self.clock.wall_s(max(0.0, next_t - self.clock.now())))
                 ready = dict(poller.poll(math.ceil(wait_s * 1000)))  # whole ms (zmq truncates): never spins
                 if self._wake_r in ready:
                     self._drain_pipe()
@@ -110,7 +112,7 @@ class Loop:
                     if sock in ready:
                         self._call(fn, sock)
                 next_t = self._fire_timers()
-                t = self.clock()
+                t = self.clock.now()
                 for hook in self.after:
                     if (want := self._call(hook, t)) is not None:
                         next_t = min(next_t, want)
@@ -142,10 +144,10 @@ class Loop:
 
     def _fire_timers(self) -> float:
         """Run the timers that are due; returns when the next one is (or MAX_WAIT_S from now)."""
-        while self.timers and self.timers[0][0] <= self.clock():
+        while self.timers and self.timers[0][0] <= self.clock.now():
             _, _, fn = heapq.heappop(self.timers)
             self._call(fn)
-        return self.timers[0][0] if self.timers else self.clock() + MAX_WAIT_S
+        return self.timers[0][0] if self.timers else self.clock.now() + MAX_WAIT_S
 
     @staticmethod
     def _call(fn: Callable, *args):

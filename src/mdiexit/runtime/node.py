@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from mdiexit.clock import REAL_TIME, WallClock
 from mdiexit.config import ClusterConfig, NodeConfig
 from mdiexit.emulation.device import DeviceModel
 from mdiexit.energy import node_joules, power_model
@@ -63,7 +63,7 @@ from mdiexit.runtime.core import (
 )
 from mdiexit.runtime.device import Profile, calibrate, compression_plan, seed_estimates
 from mdiexit.runtime.linkmeter import LinkMeter
-from mdiexit.runtime.links import Egress, Link, now
+from mdiexit.runtime.links import Egress, Link
 from mdiexit.runtime.loop import Loop
 from mdiexit.runtime.options import ClusterError
 from mdiexit.security import CLIENTS, Identity, NodeAuthenticator, make_server
@@ -89,8 +89,9 @@ class NodeProcess:
     def __init__(self, cluster: ClusterConfig, name: str, pkg: Package, mode: str | None = None,
                  pace_bandwidth: bool = True, identity: Identity | None = None, allowed_dir: Path | None = None,
                  metrics_port: int | None = None, metrics_addr: str | None = None,
-                 host_profile: Profile | None = None):
+                 host_profile: Profile | None = None, clock: WallClock = REAL_TIME):
         self.cluster, self.pkg = cluster, pkg
+        self.clock = clock  # every time this node reads or waits for (mdiexit.clock): dilated with a factor
         self.package_version = pkg.version
         self.identity = identity  # None: insecure (no CurveZMQ), asked for with --insecure
         self.allowed_dir = allowed_dir  # the source: keys an operator allowed to join (`mdiexit keys allow`)
@@ -105,6 +106,7 @@ class NodeProcess:
         self.engine = OrtEngine(pkg, threads=self.cfg.threads, tasks=sorted(self.held))
         self.device: DeviceModel = calibrate(self.engine, pkg, self.held, self.cfg, cluster, host_profile)
         self.device.cpu_slowdown = self.cfg.cpu_slowdown
+        self.device.clock = clock
         self.device.start_runtime_clock()
         self.received: Counter[str] = Counter()  # messages by kind (data, state, result, ...)
         self.limits = Limits()
@@ -116,14 +118,14 @@ class NodeProcess:
         self.progress_sent_at = float("-inf")
         self.energy = EnergyCounter(find_meter(), PROGRESS_PERIOD_S)  # a Jetson's INA3221 rails, where readable
         self.power = power_model(self.cfg.power)  # where there is no meter (None: not counted)
-        self.started_at = now()
+        self.started_at = self.clock.now()
         self.ctx = zmq.Context()
         estimator = ServiceEstimator.from_package(pkg, self.cfg.rated_macs_per_s)
         seed_estimates(estimator, self.device, self.held)
         self.core = NodeCore(name, pkg, self.held, self.rules, cluster.offload_config(), estimator,
                              self._neighbour_views(), is_source=self.is_source,
                              energy=energy_weights(cluster, self.cfg), max_batch=cluster.max_batch)
-        self.loop = Loop(now)  # the one thread that calls into the core
+        self.loop = Loop(clock)  # the one thread that calls into the core
         self.batches: queue.SimpleQueue = queue.SimpleQueue()  # (batch, continued) for the compute executor
         self.encodes: queue.SimpleQueue = queue.SimpleQueue()  # (Send, time queued) for the encode executor
         bandwidth = self.cfg.bandwidth_mbps * 1e6 if self.cfg.bandwidth_mbps is not None else None
@@ -177,7 +179,7 @@ class NodeProcess:
         self.loop.on_readable(self.inbox, self._read_inbox)
         if self.monitor is not None:
             self.loop.on_readable(self.monitor, self._read_monitor)
-        self.loop.at(now() + self.cluster.heartbeat_ms / 1000, self._heartbeat)
+        self.loop.at(self.clock.now() + self.cluster.heartbeat_ms / 1000, self._heartbeat)
         executors = [(self._compute_loop, "compute")]
         if any(self.core.compress_on.values()):
             executors.append((self._encode_loop, "encode"))
@@ -189,7 +191,8 @@ class NodeProcess:
     def _link(self, node: NodeConfig) -> Link:
         bw, lat = self.cluster.link(self.name, node.name)
         self.meter.add_peer(node.name, bw, lat)  # the configured figures seed its estimates
-        return Link(self.ctx, self.name, node.name, node.address, self.egress, lat, self.identity, self.meter.on_send)
+        return Link(self.ctx, self.name, node.name, node.address, self.egress, lat, self.clock, self.identity,
+                    self.meter.on_send)
 
     def start_run(self, origin: float) -> None:
         """The run started at ``origin`` (this node's clock): emulated link schedules count from it."""
@@ -266,7 +269,7 @@ class NodeProcess:
                 log.warning("%s: dropped a bad message (%s)", self.name, e)
                 continue
             if self.authentic(msg, frames[0]):
-                self.meter.on_receive(msg.sender, sum(len(f) for f in frames), now())
+                self.meter.on_receive(msg.sender, sum(len(f) for f in frames), self.clock.now())
                 self.handle(msg, arrays)
 
     def reject(self, reason: str, why: str) -> None:
@@ -286,7 +289,7 @@ class NodeProcess:
         return True
 
     def handle(self, msg, arrays: list[np.ndarray]) -> None:
-        t = now()
+        t = self.clock.now()
         self.received[type(msg).__name__.lower()] += 1
         if isinstance(msg, Data):
             self.core.on_report(msg.sender, msg.backlog_s, t, None)
@@ -342,7 +345,7 @@ class NodeProcess:
     # ---------------------------------------------------------------- compute
     def _computed(self, batch: list[WorkItem], features, logits, seconds: float) -> None:
         """The compute executor finished ``batch`` (on the loop)."""
-        t = now()
+        t = self.clock.now()
         self.busy_s += seconds
         self.execute(self.core.step(Computed(batch, features, logits, seconds, self.egress.queued_bytes(t)), t), t)
 
@@ -377,7 +380,7 @@ class NodeProcess:
 
     def _send_encoded(self, s: Send, arrays: dict[str, np.ndarray], seconds: float) -> None:
         self.busy_s += seconds
-        self._send_arrays(s, arrays, now())
+        self._send_arrays(s, arrays, self.clock.now())
 
     def route(self, item: WorkItem, t: float) -> None:
         """Route an item afresh (the source: admitted, or dispatched again)."""
@@ -399,18 +402,18 @@ class NodeProcess:
         self.links[s.target].send(encode(msg, list(arrays.values())), t)
 
     def deliver(self, f: Finished) -> None:
-        it = f.item
+        it, t = f.item, self.clock.now()
         msg = Result(item_id=it.item_id, attempt=it.attempt, label=f.label, exit=f.exit,
-                     confidence=min(1.0, f.confidence), sender=self.name, backlog_s=self.core.backlog_s(now()),
+                     confidence=min(1.0, f.confidence), sender=self.name, backlog_s=self.core.backlog_s(t),
                      admitted_at=it.admitted_at, timings=it.timings)
-        self.links[self.source_name].send(encode(msg), now())
+        self.links[self.source_name].send(encode(msg), t)
 
     def deliver_expired(self, item: WorkItem) -> None:
         """Tell the source an item was dropped unrun: its deadline passed here."""
         msg = Result(item_id=item.item_id, attempt=item.attempt, label=0, exit=item.task, confidence=0.0,
-                     sender=self.name, backlog_s=self.core.backlog_s(now()), admitted_at=item.admitted_at,
+                     sender=self.name, backlog_s=self.core.backlog_s(self.clock.now()), admitted_at=item.admitted_at,
                      expired=True)
-        self.links[self.source_name].send(encode(msg), now())
+        self.links[self.source_name].send(encode(msg), self.clock.now())
 
     # ---------------------------------------------------------------- heartbeat
     def stats(self) -> dict[str, float]:
@@ -419,7 +422,8 @@ class NodeProcess:
         out = task_stats(self.core.tasks_run, {k: dev.slowdown * dev.host_s(("task", k), 1) for k in limit}, limit,
                          {k: {b: dev.slowdown * s for b, s in dev.profiled_s.get(("task", k), {}).items()}
                           for k in self.held})
-        out.update(busy_s=self.busy_s, elapsed_s=now() - self.started_at, bad_messages=float(self.bad_messages),
+        out.update(busy_s=self.busy_s, elapsed_s=self.clock.now() - self.started_at,
+                   bad_messages=float(self.bad_messages),
                    bytes_sent=float(self.egress.bytes_sent), dropped_parked=float(self.core.dropped_parked),
                    estimation_bytes=float(self.meter.overhead_bytes))
         out.update({f"rejected_{r}": float(self.rejected[r]) for r in REJECT_REASONS})
@@ -442,7 +446,7 @@ class NodeProcess:
         return out
 
     def send_state(self, final: bool = False) -> None:
-        t = now()
+        t = self.clock.now()
         links = self.links
         progress = final or t - self.progress_sent_at >= PROGRESS_PERIOD_S
         if progress:
@@ -469,7 +473,7 @@ class NodeProcess:
     def _heartbeat(self) -> None:
         """Every `heartbeat_ms`: the core's tick (a STATE when one is due, the parked items tried again), the link
         estimates, the power meter, and the progress the site's status reads once a second."""
-        t = now()
+        t = self.clock.now()
         self.loop.at(t + self.cluster.heartbeat_ms / 1000, self._heartbeat)
         actions = self.core.step(Tick(self.cluster.quiet_report_s, 5 * self.cluster.dead_after_ms / 1000,
                                       self.egress.queued_bytes(t)), t)
@@ -487,7 +491,7 @@ class NodeProcess:
     def leave(self, grace_s: float | None = None) -> None:
         """SIGTERM (on the loop): stop taking work, tell every peer, hand back what is held and what still arrives
         for ``grace_s``, then stop (nothing is lost)."""
-        t = now()
+        t = self.clock.now()
         self.execute(self.core.step(Leave(), t), t)
         self.send_state()
         grace_s = grace_s if grace_s is not None else max(0.5, 3 * self.cluster.heartbeat_ms / 1000)
@@ -506,6 +510,6 @@ class NodeProcess:
                 if self.leave_requested.is_set() and not leaving:
                     leaving = True
                     self.loop.post(self.leave)
-            time.sleep(0.2)  # let the final STATE leave
+            self.clock.sleep(0.2)  # let the final STATE leave
         finally:
             self.close()

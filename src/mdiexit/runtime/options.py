@@ -43,6 +43,9 @@ class RunOptions:
     metrics_port: int | None = None  # the source's Prometheus endpoint (default: its metrics_port in the file)
     metrics_addr: str | None = None  # default loopback
     self_profile: bool = False  # each node profiles itself at start-up instead of taking the host profile
+    # time dilation: every node's clock runs this many times slower (mdiexit.clock); every figure, option and
+    # output stays in the cluster's own time
+    dilation: float = 1.0
 
     def __post_init__(self) -> None:
         """Refuse what no run can mean, naming the flag: a rate, a duration or an item count of zero or less."""
@@ -59,6 +62,7 @@ class RunOptions:
                    self.target_accuracy is None or 0 < self.target_accuracy <= 1, "a fraction in (0, 1]"),
                   ("--items", self.items, not isinstance(self.items, int) or self.items > 0,
                    "test, all, a count > 0 or video:PATH"),
+                  ("--dilation", self.dilation, self.dilation >= 1, "a factor >= 1 (1 = none)"),
                   ("--fps", self.fps, self.fps is None or self.fps > 0, "frames per second > 0"),
                   ("limit_items", self.limit_items, self.limit_items is None or self.limit_items > 0, "a count > 0")]
         for flag, value, ok, expected in checks:

@@ -65,7 +65,8 @@ SUMMARY_FIELDS: dict[str, str] = {
     "crashed": "nodes whose process exited during the run",
     "duration_s": "seconds of admission",
     "rate": "the admitted rate asked for (items/s)",
-    "dilation": "the time dilation the run was emulated at; every figure is read back in the cluster's own time",
+    "dilation": "the time dilation the run was emulated at (every node's clock K times slower); every figure "
+                "is in the cluster's own time",
     "simulated": "simulator runs only: wall_s, setup_s, events, virtual_s",
     "config": "the run's settings: cluster, package, mode, rate, nodes, admission, thresholds, ...",
     "error": "why the run stopped early, where it did",

@@ -33,7 +33,7 @@ from mdiexit.runtime.bulk import BulkSender
 from mdiexit.runtime.core import Finished, WorkItem
 from mdiexit.runtime.join import member_message, package_archive, welcome_frames
 from mdiexit.runtime.loop import LoopTimeout
-from mdiexit.runtime.node import NodeProcess, encode, member_config, now
+from mdiexit.runtime.node import NodeProcess, encode, member_config
 from mdiexit.runtime.options import ClusterError
 from mdiexit.runtime.sourcecore import (
     ADMIT_LOOK_S,
@@ -72,7 +72,7 @@ class SourceProcess(NodeProcess):
         super().__init__(*args, **kw)
         self.sc = SourceCore(self.name, self.rules, self.pkg.num_tasks, admission, gate or AdmissionGate(),
                              len(self.cluster.nodes) * self.cluster.max_batch, self.cluster.dead_after_ms / 1000)
-        self.sc.run_start = now()
+        self.sc.run_start = self.clock.now()
         # the core's state, shared by reference (the launcher, the telemetry and the tests read it here)
         self.admission, self.gate, self.ledger = admission, self.sc.gate, self.sc.ledger
         self.reports, self.backlog_samples, self.timeline = self.sc.reports, self.sc.backlog_samples, self.sc.timeline
@@ -83,7 +83,8 @@ class SourceProcess(NodeProcess):
         self.phase = "starting"  # admitting | draining | done
         self.running: Phase | None = None  # the phase the loop runs
         self._archive: tuple[bytes, str] | None = None  # the package as sent to joiners
-        self.bulk = BulkSender(self.egress, lambda peer, frames: self.links[peer].send(frames, now()))  # its parts
+        # the package's parts, to joiners
+        self.bulk = BulkSender(self.egress, lambda peer, frames: self.links[peer].send(frames, self.clock.now()))
         self.loop.after += [self._tick, self.bulk.pump]
         self.intake = None  # the client endpoint while serving: its own refusals count as offered and rejected
         self.stream = None  # the arrivals a run admits from (a video's skipped frames are shown)
@@ -110,7 +111,7 @@ class SourceProcess(NodeProcess):
     # ---------------------------------------------------------------- results and state
     def handle(self, msg, arrays) -> None:
         if not isinstance(msg, Join):  # a joiner is alive once it reports as a worker
-            self.sc.heard(msg.sender, now())
+            self.sc.heard(msg.sender, self.clock.now())
         super().handle(msg, arrays)
 
     def on_join(self, msg: Join) -> None:
@@ -134,8 +135,8 @@ class SourceProcess(NodeProcess):
         frames = encode(member)
         for peer, link in self.links.items():
             if peer != node.name:
-                link.send(frames, now())
-        self.events.append({"node": node.name, "kind": "joined", "at_s": now() - self.run_start})
+                link.send(frames, self.clock.now())
+        self.events.append({"node": node.name, "kind": "joined", "at_s": self.clock.now() - self.run_start})
 
     def on_result(self, msg: Result) -> None:
         """Accepted only for an admitted item, from a node holding the task it exited at (DESIGN §6)."""
@@ -146,7 +147,7 @@ class SourceProcess(NodeProcess):
             self.reject("unexpected_result", f"RESULT for item {msg.item_id} at exit {msg.exit} from "
                                              f"{msg.sender!r}, which does not hold task {msg.exit}")
             return
-        self.sc.on_result(msg.item_id, msg.label, msg.exit, msg.confidence, msg.sender, now(), msg.attempt,
+        self.sc.on_result(msg.item_id, msg.label, msg.exit, msg.confidence, msg.sender, self.clock.now(), msg.attempt,
                           msg.expired)
 
     def _could_compute(self, sender: str, task: int) -> bool:
@@ -156,24 +157,25 @@ class SourceProcess(NodeProcess):
             return False
 
     def deliver(self, f: Finished) -> None:
-        self.ledger.complete(f.item.item_id, f.label, f.exit, f.confidence, self.name, now(), f.item.attempt)
+        self.ledger.complete(f.item.item_id, f.label, f.exit, f.confidence, self.name, self.clock.now(), f.item.attempt)
 
     def deliver_expired(self, item: WorkItem) -> None:
-        self.ledger.expire(item.item_id, now())
+        self.ledger.expire(item.item_id, self.clock.now())
 
     def on_state(self, msg: State) -> None:
         if msg.progress:
-            self.progress.setdefault(msg.sender, deque(maxlen=PROGRESS_SAMPLES)).append((now(), dict(msg.progress)))
+            samples = self.progress.setdefault(msg.sender, deque(maxlen=PROGRESS_SAMPLES))
+            samples.append((self.clock.now(), dict(msg.progress)))
             self.package_of[msg.sender] = msg.package
         if msg.stats:
             self.final_stats[msg.sender] = dict(msg.stats)
         if msg.links:
             self.link_reports[msg.sender] = dict(msg.links)
-        if self.sc.on_state(msg.sender, msg.backlog_s, msg.leaving, now()):
-            self.node_down(msg.sender, "left", now())
+        if self.sc.on_state(msg.sender, msg.backlog_s, msg.leaving, self.clock.now()):
+            self.node_down(msg.sender, "left", self.clock.now())
 
     def max_backlog_s(self) -> float:
-        t = now()
+        t = self.clock.now()
         return self.sc.max_backlog_s(self.core.backlog_s(t), t)
 
     def _welcome(self, name: str) -> None:
@@ -182,7 +184,7 @@ class SourceProcess(NodeProcess):
         keys = dict(self.identity.peers) if self.identity is not None else {}
         view = dataclasses.replace(self.cluster, mode=self.mode)  # the run's mode, which may override the file's
         welcome, parts = welcome_frames(self.name, view, keys, self._archive)
-        self.links[name].send(welcome, now())
+        self.links[name].send(welcome, self.clock.now())
         self.bulk.add(name, parts)  # paced behind the data
 
     # ---------------------------------------------------------------- failures and recovery (DESIGN §9)
@@ -218,12 +220,12 @@ class SourceProcess(NodeProcess):
 
     # ---------------------------------------------------------------- the run
     def wait_ready(self, workers: list[str], timeout: float) -> None:
-        deadline = now() + timeout
-        while now() < deadline and not self.abort:
+        deadline = self.clock.now() + timeout
+        while self.clock.now() < deadline and not self.abort:
             missing = [w for w in workers if w not in self.reports]
             if not missing:
                 return
-            time.sleep(0.05)
+            self.clock.sleep(0.05)
         if self.abort:
             raise ClusterError(self.abort)
         missing = [w for w in workers if w not in self.reports]
@@ -240,7 +242,7 @@ class SourceProcess(NodeProcess):
         return phase.start, phase.end
 
     def _begin(self, phase: Phase, duration_s: float | None) -> None:
-        phase.start = phase.last_step = now()
+        phase.start = phase.last_step = self.clock.now()
         if duration_s is not None:
             phase.until = phase.start + duration_s
         self.running = phase
@@ -277,7 +279,7 @@ class SourceProcess(NodeProcess):
         arrivals.shed(self.sc.shedding(t))
         self.answer_settled(arrivals)
         if arrivals.done and not self.gate.queue:
-            self._end(phase, now())
+            self._end(phase, self.clock.now())
             return None
         return min(arrivals.next_at(t), t + ADMIT_LOOK_S)
 
@@ -325,7 +327,7 @@ class SourceProcess(NodeProcess):
 
     def _begin_drain(self, phase: Phase, timeout_s: float) -> None:
         self.refuse_untaken(phase.arrivals)
-        phase.start = phase.last_step = now()
+        phase.start = phase.last_step = self.clock.now()
         phase.until = phase.start + timeout_s
         self.running = phase
 
@@ -354,27 +356,27 @@ class SourceProcess(NodeProcess):
         """Shut down every worker (not only the source's neighbours, joiners too); collect the live ones' counters."""
         workers = [w.name for w in self.cluster.workers]
         self.loop.ask(partial(self._send_shutdown, workers))
-        deadline = now() + timeout_s
-        while now() < deadline and any(w not in self.final_stats for w in workers if w not in self.down):
-            time.sleep(0.02)
+        deadline = self.clock.now() + timeout_s
+        while self.clock.now() < deadline and any(w not in self.final_stats for w in workers if w not in self.down):
+            self.clock.sleep(0.02)
         self.loop.ask(self._own_final_stats)
 
     def _send_shutdown(self, workers: list[str]) -> None:
         frames = encode(Control(sender=self.name, action="shutdown"))
         for w in workers:
             if w in self.links:
-                self.links[w].send(frames, now())
+                self.links[w].send(frames, self.clock.now())
 
     def _own_final_stats(self) -> None:
         self.final_stats[self.name] = self.stats()
-        self.link_reports[self.name] = self.meter.figures(now())
+        self.link_reports[self.name] = self.meter.figures(self.clock.now())
 
     # ---------------------------------------------------------------- live view
     def live_view(self, stop: threading.Event, period_s: float = 1.0) -> None:
-        last_done, last_t = 0, now()
+        last_done, last_t = 0, self.clock.now()
         tty = sys.stderr.isatty()
         while not stop.wait(period_s):
-            t = now()
+            t = self.clock.now()
             done = self.ledger.completed
             rate = (done - last_done) / (t - last_t)
             last_done, last_t = done, t
@@ -392,10 +394,10 @@ class SourceProcess(NodeProcess):
 
     def publish_status(self, stop: threading.Event, cluster_file: str, period_s: float = 1.0) -> None:
         """Write the site's status snapshot (ops/status.py) every `period_s` until `stop`, and once more at the end."""
-        last_done, last_t = self.ledger.completed, now()
+        last_done, last_t = self.ledger.completed, self.clock.now()
         while True:
             stopping = stop.wait(period_s)
-            t = now()
+            t = self.clock.now()
             done = self.ledger.completed
             rate = (done - last_done) / max(t - last_t, 1e-9)
             last_done, last_t = done, t
@@ -473,8 +475,8 @@ class SourceProcess(NodeProcess):
         hist = hist / max(1, hist.sum())
         nodes = " ".join(f"{n}:DOWN" if n in self.down else f"{n}:{s.backlog_s * 1000:.0f}ms"
                          for n, s in sorted(self.reports.items()))
-        own = self.core.backlog_s(now()) * 1000
-        util = self.busy_s / max(1e-9, now() - self.started_at)
+        own = self.core.backlog_s(self.clock.now()) * 1000
+        util = self.busy_s / max(1e-9, self.clock.now() - self.started_at)
         return (f"[{self.mode}] {rate:6.1f} items/s  admitted {self.ledger.admitted}  done {self.ledger.completed}"
                 f"  acc {acc_text}  exits {' '.join(f'{h:.2f}' for h in hist)}  rate {self.admission.rate():.1f}/s"
                 f"  backlog {self.name}:{own:.0f}ms({util:.0%}) {nodes}"
@@ -483,4 +485,4 @@ class SourceProcess(NodeProcess):
                 + (f"  expired {led.expired + self.gate.expired}" if led.expired + self.gate.expired else "")
                 + (f"  {j:.4f} J/item" if (j := self.joules_per_item()) is not None else "")
                 + (f"  skipped {n}" if (n := self.skipped()) else "")
-                + f"  links {self.meter.status(now())}")
+                + f"  links {self.meter.status(self.clock.now())}")

@@ -20,7 +20,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from mdiexit.protocol.messages import REJECT_REASONS
-from mdiexit.runtime.links import now
 from mdiexit.runtime.loop import LoopTimeout
 
 if TYPE_CHECKING:
@@ -91,7 +90,7 @@ class LoopCollector(Collector):
 
 
 def node_families(n: NodeProcess) -> Iterator:
-    t = now()
+    t = n.clock.now()
     yield _gauge("mdiexit_backlog_seconds", n.core.backlog_s(t), {"node": n.name})
     yield _gauge("mdiexit_queue_items", len(n.core.queue))
     yield _counter("mdiexit_tasks", {str(k): v for k, v in sorted(n.core.tasks_run.items())})
