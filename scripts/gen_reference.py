@@ -143,7 +143,8 @@ def metrics_page() -> str:
 
 
 def outputs_page() -> str:
-    from mdiexit.runtime.report import ITEM_COLUMNS, SUMMARY_FIELDS
+    from mdiexit.runtime.report import ITEM_COLUMNS
+    from mdiexit.runtime.summary import SUMMARY_FIELDS
 
     def table(fields: dict[str, str], what: str) -> str:
         return "\n".join([f"| {what} | what it holds |", "|---|---|",
@@ -151,7 +152,10 @@ def outputs_page() -> str:
 
     return ("# Run outputs\n\n"
             "`mdiexit run`, `source` and `simulate` write these into `--out DIR`, and print the summary.\n\n"
-            "## summary.json\n\n" + table(SUMMARY_FIELDS, "field") +
+            "## summary.json\n\nOne JSON object, checked against `RunSummary` "
+            "(`src/mdiexit/runtime/summary.py`), the one definition of every field below, for a run and a "
+            "simulation alike; a field that applies to some runs only is left out of the others.\n\n"
+            + table(SUMMARY_FIELDS, "field") +
             "\n## items.csv\n\nOne row per admitted item.\n\n" + table(ITEM_COLUMNS, "column") +
             "\n## timeline.csv\n\nOne row per control step of the source (the admission policy's view); "
             "`mdiexit plot DIR` draws it.\n")

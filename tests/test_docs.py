@@ -9,7 +9,8 @@ from pathlib import Path
 from mdiexit.cli import build_parser, subcommands
 from mdiexit.cli.errors import EXIT_CODES
 from mdiexit.config import ClusterConfig, NodeConfig
-from mdiexit.runtime.report import ITEM_COLUMNS, SUMMARY_FIELDS
+from mdiexit.runtime.report import ITEM_COLUMNS
+from mdiexit.runtime.summary import SUMMARY_FIELDS
 from mdiexit.runtime.telemetry import METRICS
 
 ROOT = Path(__file__).resolve().parent.parent

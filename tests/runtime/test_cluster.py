@@ -11,7 +11,7 @@ from mdiexit.exitprofile import outcome
 from mdiexit.package import load_package
 from mdiexit.policies.modes import MODES, no_exit_thresholds
 from mdiexit.runtime.launch import RunOptions, run_cluster
-from mdiexit.runtime.report import SUMMARY_FIELDS
+from mdiexit.runtime.summary import SUMMARY_FIELDS
 
 pytestmark = pytest.mark.cluster
 

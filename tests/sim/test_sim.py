@@ -17,7 +17,8 @@ from mdiexit.exitprofile import outcome
 from mdiexit.package import load_package
 from mdiexit.policies.modes import MODES, no_exit_thresholds
 from mdiexit.runtime.options import RunOptions
-from mdiexit.runtime.report import SUMMARY_FIELDS, write_results
+from mdiexit.runtime.report import write_results
+from mdiexit.runtime.summary import SUMMARY_FIELDS
 from mdiexit.sim.run import simulate
 
 PACKAGE = Path(__file__).resolve().parents[2] / "models" / "mobilenetv2-fmnist"

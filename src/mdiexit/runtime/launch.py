@@ -46,6 +46,7 @@ from mdiexit.runtime.runpolicy import capacity_hint, make_admission, make_gate, 
 from mdiexit.runtime.service import UNREAD_MIN_S, UNREAD_WAITS, ClientEndpoint
 from mdiexit.runtime.sinks import SinkedArrivals, check_sink, open_sink
 from mdiexit.runtime.source import Admission, SourceProcess
+from mdiexit.runtime.summary import run_config, run_summary
 from mdiexit.security import Identity, allow_key, create_keys, load_identity
 from mdiexit.util import shown_path
 from mdiexit.video import VIDEO_PREFIX, VideoArrivals, VideoFrames
@@ -354,19 +355,9 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         profiles.remove()
         if ephemeral:
             shutil.rmtree(keys_dir, ignore_errors=True)  # the run's keys die with it
-    summary = {"mode": mode, **summary, "crashed": sorted(set(crashed)), "duration_s": opts.duration_s,
-               "rate": opts.rate, **({"dilation": opts.dilation} if opts.dilation != 1.0 else {}),
-               "config": {"cluster": shown_path(cluster_path), "package": shown_path(cluster.package), "mode": mode,
-                          "rate": opts.rate, "duration_s": opts.duration_s, "warmup_s": opts.warmup_s,
-                          "nodes": [n.__dict__ for n in cluster.nodes], "net": opts.net,
-                          "admission": opts.admission, "target_accuracy": getattr(admission, "target_accuracy", None),
-                          "target_backlog_ms": opts.target_backlog_ms, "deadline_ms": opts.deadline_ms,
-                          "max_backlog_ms": opts.max_backlog_ms, "max_wait_ms": opts.max_wait_ms,
-                          "thresholds": list(admission.thresholds()[0]), "dead_after_ms": cluster.dead_after_ms,
-                          "items": str(opts.items), "data_dir": None if opts.data_dir is None else str(opts.data_dir),
-                          "emulation": cluster.emulation, "dilation": opts.dilation}}
-    if source.abort:
-        summary["error"] = source.abort
+    config = run_config(cluster_path, cluster, opts, mode, admission, opts.net, cluster.emulation)
+    summary = run_summary(mode, summary, opts, config, crashed=sorted(set(crashed)),
+                          **({"error": source.abort} if source.abort else {}))
     return RunResult(summary, source.ledger, source.timeline, stream.paths if stream is not None else None)
 
 

@@ -9,69 +9,6 @@ from pathlib import Path
 
 from mdiexit.runtime.ledger import Ledger
 
-# What summary.json holds: every key a run or a simulation may write, documented here once (docs/reference/outputs.md
-# is generated from it; a test checks that real summaries write nothing else).
-SUMMARY_FIELDS: dict[str, str] = {
-    "mode": "the mode the cluster ran in (local, ddi, ddi-exit, mdi, mdi-static, mdi-exit)",
-    "offered": "items offered to the source (the stream's, or the clients' requests)",
-    "rejected": "offered items refused at admission, with a reason",
-    "rejected_reasons": "rejections by reason (for example overloaded)",
-    "admitted": "items admitted into the cluster",
-    "completed": "admitted items that ended in a result",
-    "expired": "items dropped unrun past their deadline (at the gate or in the cluster)",
-    "failed": "admitted items that ended in an explicit failure (no node could run them)",
-    "lost": "offered items that reached no outcome: always 0, else the run exits 1",
-    "duplicates": "items delivered twice: always 0, else the run exits 1",
-    "skipped": "with --items video: frames never offered, because a newer one came first (freshness, not loss)",
-    "video_error": "with --items video: why the video stopped decoding before the run ended, if it did",
-    "redispatched": "items sent again after a node was declared down",
-    "redundant_results": "late results of re-dispatched items, dropped",
-    "accuracy": "correct results over admitted items (null for a service's unlabelled requests)",
-    "throughput_per_s": "results per second over the measured window (after warm-up)",
-    "latency_ms": "admission-to-result latency percentiles: p50, p95, p99",
-    "exit_fraction": "the share of results that left at each exit",
-    "bytes_per_item": "bytes sent on every link, over admitted items",
-    "joules": "energy of the nodes that have a power model (idle, busy and network), in joules; null when none has",
-    "joules_per_item": "joules over completed items",
-    "energy_per_node_j": "each counted node's joules",
-    "energy_uncounted_nodes": "nodes without a power model (`power` in the cluster file), left out of the joules",
-    "energy_measured_nodes": "nodes whose joules their own power meter measured (a Jetson's INA3221 rails)",
-    "joules_per_exit": "what an item leaving at each exit costs: the shared idle and network joules per item plus "
-                       "the busy joules of the tasks up to that exit",
-    "per_node": "per node: utilization, tasks_run by task, backlog_s_mean, bytes_sent, task_ms, overrun_fraction, "
-                "runtime_cpu_s (host CPU of everything but the model), runtime_share (of the device's time, charged "
-                "under cpu_slowdown; null: not charged), messages_received by kind",
-    "node_visits": "items at nodes: each admission at the source, and each item's DATA arriving at a node",
-    "runtime_cpu_us_per_item_hop": "host CPU of the runtime (every process, less the model's calls), in µs per "
-                                   "node visit",
-    "bad_messages": "malformed messages the nodes dropped",
-    "unknown_results": "results for items the source did not know (dropped)",
-    "rejected_messages": "well-formed messages the nodes refused, by reason",
-    "ideal_throughput_per_s": "the physical limit at this exit mix, one item at a time (the planner's, where it has "
-                              "one)",
-    "ideal_batched_throughput_per_s": "the same limit with each task at its best batch size",
-    "efficiency": "throughput over ideal_throughput_per_s",
-    "efficiency_batched": "throughput over ideal_batched_throughput_per_s",
-    "failure_reasons": "why failed items failed",
-    "deadline_ms": "the items' deadline, where one was set",
-    "accuracy_within_deadline": "correct results within the deadline, over offered items",
-    "node_failures": "each node declared down: node, kind, at_s, in_flight, recovery_s",
-    "recovery_s": "the longest time until a failure's items in flight had all settled",
-    "secure": "whether every link was authenticated and encrypted (CurveZMQ)",
-    "links": "per node and peer: estimated_mbps, latency_ms, bytes_sent at the end of the run",
-    "estimation_overhead": "bytes that measuring the links added, and their fraction of all bytes sent",
-    "host_cpu_utilization": "the host's CPU use over the run (emulation only)",
-    "emulation_warnings": "where the emulation could not stay faithful (a busy host, devices overrunning)",
-    "crashed": "nodes whose process exited during the run",
-    "duration_s": "seconds of admission",
-    "rate": "the admitted rate asked for (items/s)",
-    "dilation": "the time dilation the run was emulated at (every node's clock K times slower); every figure "
-                "is in the cluster's own time",
-    "simulated": "simulator runs only: wall_s, setup_s, events, virtual_s",
-    "config": "the run's settings: cluster, package, mode, rate, nodes, admission, thresholds, ...",
-    "error": "why the run stopped early, where it did",
-}
-
 # items.csv: one row per admitted item.
 ITEM_COLUMNS: dict[str, str] = {
     "item_id": "the item's id in this run",

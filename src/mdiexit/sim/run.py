@@ -20,9 +20,9 @@ from mdiexit.runtime.options import ClusterError, RunOptions
 from mdiexit.runtime.report import RunResult
 from mdiexit.runtime.runpolicy import capacity_hint, make_admission, make_gate, planned_limits
 from mdiexit.runtime.sourcecore import Admission, SourceCore
+from mdiexit.runtime.summary import run_config, run_summary
 from mdiexit.sim.model import host_times, load_items_logits
 from mdiexit.sim.world import World
-from mdiexit.util import shown_path
 
 log = logging.getLogger("mdiexit.sim")
 READY_HEARTBEATS = 2  # admission starts once every node has reported this many times (runtime: wait_ready)
@@ -86,17 +86,9 @@ def simulate(cluster_path: Path, opts: RunOptions, seed: int = 0, times: str = "
     summary.update(node_failures=sc.failure_summary(), recovery_s=None, secure=False, emulation_warnings=[],
                    **run_energy(cluster_models(cluster.nodes), final_stats, summary["completed"], pkg.num_tasks))
     wall_s = time.perf_counter() - wall0
-    summary = {"mode": mode, **summary, "crashed": [], "duration_s": opts.duration_s, "rate": opts.rate,
-               "simulated": {"wall_s": wall_s, "setup_s": setup_s, "events": world.events, "virtual_s": env.now,
-                             "seed": seed, "times": times},
-               "config": {"cluster": shown_path(cluster_path), "package": shown_path(cluster.package), "mode": mode,
-                          "rate": opts.rate, "duration_s": opts.duration_s, "warmup_s": opts.warmup_s,
-                          "nodes": [n.__dict__ for n in cluster.nodes], "net": "simulated",
-                          "admission": opts.admission, "target_accuracy": getattr(admission, "target_accuracy", None),
-                          "target_backlog_ms": opts.target_backlog_ms, "deadline_ms": opts.deadline_ms,
-                          "max_backlog_ms": opts.max_backlog_ms, "max_wait_ms": opts.max_wait_ms,
-                          "thresholds": list(admission.thresholds()[0]), "dead_after_ms": cluster.dead_after_ms,
-                          "items": str(opts.items), "data_dir": None if opts.data_dir is None else str(opts.data_dir),
-                          "emulation": "simulated"}}
+    config = run_config(cluster_path, cluster, opts, mode, admission, "simulated", "simulated")
+    summary = run_summary(mode, summary, opts, config, crashed=[], simulated={
+        "wall_s": wall_s, "setup_s": setup_s, "events": world.events, "virtual_s": env.now, "seed": seed,
+        "times": times})
     log.info("simulated %.1f s in %.1f s of wall time (%d events)", env.now, wall_s, world.events)
     return RunResult(summary, sc.ledger, sc.timeline, items.paths)
