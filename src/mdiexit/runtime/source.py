@@ -40,9 +40,21 @@ from mdiexit.runtime.sourcecore import (
     CONTROL_PERIOD_S,
     WINDOW_SPAN_S,
     Admission,
+    Back,
+    ControlStep,
+    Dispatch,
+    ExpiredWaiting,
     FixedAdmission,
+    Offered,
+    PeerDown,
+    Refuse,
+    Release,
+    ResultIn,
     SourceCore,
-    Supervision,
+    SourceEvent,
+    StateIn,
+    Supervise,
+    TakeOut,
 )
 
 __all__ = ["Admission", "FixedAdmission", "SourceProcess"]
@@ -147,8 +159,8 @@ class SourceProcess(NodeProcess):
             self.reject("unexpected_result", f"RESULT for item {msg.item_id} at exit {msg.exit} from "
                                              f"{msg.sender!r}, which does not hold task {msg.exit}")
             return
-        self.sc.on_result(msg.item_id, msg.label, msg.exit, msg.confidence, msg.sender, self.clock.now(), msg.attempt,
-                          msg.expired)
+        self.source_step(ResultIn(msg.item_id, msg.label, msg.exit, msg.confidence, msg.sender, msg.attempt,
+                                  msg.expired), self.clock.now())
 
     def _could_compute(self, sender: str, task: int) -> bool:
         try:
@@ -171,8 +183,7 @@ class SourceProcess(NodeProcess):
             self.final_stats[msg.sender] = dict(msg.stats)
         if msg.links:
             self.link_reports[msg.sender] = dict(msg.links)
-        if self.sc.on_state(msg.sender, msg.backlog_s, msg.leaving, self.clock.now()):
-            self.node_down(msg.sender, "left", self.clock.now())
+        self.source_step(StateIn(msg.sender, msg.backlog_s, msg.leaving), self.clock.now())
 
     def max_backlog_s(self) -> float:
         t = self.clock.now()
@@ -190,30 +201,26 @@ class SourceProcess(NodeProcess):
     # ---------------------------------------------------------------- failures and recovery (DESIGN §9)
     def node_down(self, name: str, kind: str, t: float) -> None:
         """`name` crashed, hung or left: nobody routes to it, and every item in flight is dispatched again."""
-        retries = self.sc.node_down(name, kind, t)
-        if retries is None:
-            return
-        self._taken_out(name, kind, len(retries))
-        self._dispatch(retries, t)
+        self.source_step(PeerDown(name, kind), t)
 
-    def _taken_out(self, name: str, kind: str, in_flight: int) -> None:
-        self.core.on_leave(name)
-        log.warning("%s: node %s is down (%s); re-dispatching %d items in flight", self.name, name, kind, in_flight)
-
-    def _dispatch(self, items: list[WorkItem], t: float) -> None:
-        for item in items:
-            self.route(item, t)
-
-    def supervise(self, t: float) -> None:
-        """Declare silent nodes down, notice returning ones, re-dispatch overdue items, close recoveries."""
-        self._supervised(self.sc.supervise(t, self.core.backlog_s(t)), t)
-
-    def _supervised(self, sup: Supervision, t: float) -> None:
-        for name in sup.back:
-            log.warning("%s: node %s is back", self.name, name)
-        for name, in_flight in sup.down:
-            self._taken_out(name, "silent", in_flight)
-        self._dispatch(sup.retries, t)
+    def source_step(self, event: SourceEvent, t: float, arrivals: Arrivals | None = None) -> None:
+        """Hand ``event`` to the source core and carry out what it decided (the simulator's SimSource carries out
+        the same actions); ``arrivals`` answer the offers it refused."""
+        for action in self.sc.step(event, t):
+            match action:
+                case Dispatch(item):
+                    self.route(item, t)
+                case Refuse(offer, why):
+                    arrivals.answer(offer.key, "rejected", f"{why}: {REJECT_WHY[why]}", None)
+                case ExpiredWaiting(pending):
+                    arrivals.answer(pending.key.key, "expired", "its deadline passed while it waited for admission",
+                                    None)
+                case TakeOut(name, kind, in_flight):
+                    self.core.on_leave(name)
+                    log.warning("%s: node %s is down (%s); re-dispatching %d items in flight", self.name, name,
+                                kind, in_flight)
+                case Back(name):
+                    log.warning("%s: node %s is back", self.name, name)
 
     def failure_summary(self) -> list[dict]:
         return self.sc.failure_summary()
@@ -284,16 +291,11 @@ class SourceProcess(NodeProcess):
         return min(arrivals.next_at(t), t + ADMIT_LOOK_S)
 
     def offer(self, offer: Offer, t: float, arrivals: Arrivals) -> None:
-        why = self.sc.offer(offer, t)
-        if why is not None:
-            arrivals.answer(offer.key, "rejected", f"{why}: {REJECT_WHY[why]}", None)
+        self.source_step(Offered(offer), t, arrivals)
 
     def release(self, t: float, arrivals: Arrivals) -> None:
         """Admit what the gate lets through now; answer what expired waiting."""
-        items, expired = self.sc.release(t, self.core.backlog_s(t))
-        for p in expired:
-            arrivals.answer(p.key.key, "expired", "its deadline passed while it waited for admission", None)
-        self._dispatch(items, t)
+        self.source_step(Release(self.core.backlog_s(t)), t, arrivals)
 
     def answer_settled(self, arrivals: Arrivals) -> None:
         for _, r in self.ledger.take_settled():
@@ -306,11 +308,10 @@ class SourceProcess(NodeProcess):
     def control_step(self, t: float, start: float) -> None:
         """One admission-control step (every CONTROL_PERIOD_S): the core supervises, feeds the largest backlog to
         the policy and logs a timeline row; the shell carries out what supervision decided."""
-        sup = self.sc.control_step(t, start, self.core.backlog_s(t))
+        self.source_step(ControlStep(start, self.core.backlog_s(t)), t)
         # the shell's own share, cumulative (differences between rows tell where the source's time went)
         self.timeline[-1].update(busy_s=self.busy_s, tasks_run=sum(self.core.tasks_run.values()),
                                  egress_bytes=self.egress.queued_bytes(t))
-        self._supervised(sup, t)
 
     def refuse_untaken(self, arrivals: Arrivals) -> None:
         for offer in arrivals.stop_taking():  # arrived, never offered: refused, and counted as offered
@@ -337,7 +338,7 @@ class SourceProcess(NodeProcess):
         self.answer_settled(arrivals)
         if t - phase.last_step >= CONTROL_PERIOD_S:
             phase.last_step = t
-            self.supervise(t)
+            self.source_step(Supervise(self.core.backlog_s(t)), t)
             self.ledger.window(t, WINDOW_SPAN_S)
         if t < phase.until and not self.abort and (self.ledger.settled < self.ledger.admitted or self.gate.queue):
             return t + DRAIN_LOOK_S

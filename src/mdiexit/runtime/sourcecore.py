@@ -65,6 +65,111 @@ class Supervision:
     retries: list[WorkItem] = field(default_factory=list)
 
 
+# ---------------------------------------------------------------- what happens to the source (events)
+@dataclass(frozen=True)
+class Offered:
+    """An item arrived from the stream or a client."""
+
+    offer: Offer
+
+
+@dataclass(frozen=True)
+class Release:
+    """The gate may let items through now (its tokens refilled, something settled, a backlog shrank)."""
+
+    own_backlog_s: float
+
+
+@dataclass(frozen=True)
+class ControlStep:
+    """One admission-control step (every CONTROL_PERIOD_S while admitting), with supervision."""
+
+    start: float  # when admission started
+    own_backlog_s: float
+
+
+@dataclass(frozen=True)
+class Supervise:
+    """Supervision alone (while draining, or before admission starts)."""
+
+    own_backlog_s: float
+
+
+@dataclass(frozen=True)
+class ResultIn:
+    """A node's RESULT for an admitted item (checked by the shell: in flight, from a node holding its exit)."""
+
+    item_id: int
+    label: int
+    exit: int
+    confidence: float
+    node: str
+    attempt: int = 0
+    expired: bool = False
+
+
+@dataclass(frozen=True)
+class StateIn:
+    """A node's STATE: its backlog, and whether it is leaving."""
+
+    sender: str
+    backlog_s: float
+    leaving: bool = False
+
+
+@dataclass(frozen=True)
+class PeerDown:
+    """A node's process died (the launcher saw it exit)."""
+
+    name: str
+    kind: str
+
+
+SourceEvent = Offered | Release | ControlStep | Supervise | ResultIn | StateIn | PeerDown
+
+
+# ---------------------------------------------------------------- what the source's shell must do (actions)
+@dataclass(frozen=True)
+class Dispatch:
+    """Route this item into the cluster (an admission, or a retry of one in flight)."""
+
+    item: WorkItem
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """Answer this offer: rejected at the gate, for ``why`` (policies.gate.REJECT_WHY)."""
+
+    offer: Offer
+    why: str
+
+
+@dataclass(frozen=True)
+class ExpiredWaiting:
+    """Answer this offer: its deadline passed while it waited at the gate."""
+
+    pending: Pending
+
+
+@dataclass(frozen=True)
+class TakeOut:
+    """Route nothing more to this node: it is down (``in_flight`` items were dispatched again)."""
+
+    name: str
+    kind: str
+    in_flight: int
+
+
+@dataclass(frozen=True)
+class Back:
+    """A node that was down reports again: routing may use it."""
+
+    name: str
+
+
+SourceAction = Dispatch | Refuse | ExpiredWaiting | TakeOut | Back
+
+
 class SourceCore:
     def __init__(self, name: str, rules: ModeRules, num_tasks: int, admission: Admission, gate: AdmissionGate,
                  min_window: int, dead_after_s: float):
@@ -88,6 +193,44 @@ class SourceCore:
         self.peak_throughput = (0.0, 0.0)  # (items/s, when): the best recent throughput, for the window
         self.capacity_hint = 0.0  # items/s the window may count on before it is measured (runpolicy.capacity_hint)
         self._max_reported = (-math.inf, 0.0)  # (when computed, the largest reported backlog of the live nodes)
+
+    # ---------------------------------------------------------------- the one entry point
+    def step(self, event: SourceEvent, now: float) -> list[SourceAction]:
+        """What ``event`` at ``now`` makes the source do. The runtime's source shell and the simulator's execute
+        the same actions, so the order of the source's work is decided here once."""
+        match event:
+            case Offered(offer):
+                why = self.offer(offer, now)
+                return [] if why is None else [Refuse(offer, why)]
+            case Release(own_backlog_s):
+                items, expired = self.release(now, own_backlog_s)
+                return [*(ExpiredWaiting(p) for p in expired), *(Dispatch(item) for item in items)]
+            case ControlStep(start, own_backlog_s):
+                return self._supervised(self.control_step(now, start, own_backlog_s))
+            case Supervise(own_backlog_s):
+                return self._supervised(self.supervise(now, own_backlog_s))
+            case ResultIn(item_id, label, exit_, confidence, node, attempt, expired):
+                self.on_result(item_id, label, exit_, confidence, node, now, attempt, expired)
+                return []
+            case StateIn(sender, backlog_s, leaving):
+                self.heard(sender, now)
+                if self.on_state(sender, backlog_s, leaving, now):
+                    return self._down(sender, "left", now)
+                return []
+            case PeerDown(name, kind):
+                return self._down(name, kind, now)
+        raise TypeError(f"not a source event: {event!r}")
+
+    def _down(self, name: str, kind: str, now: float) -> list[SourceAction]:
+        retries = self.node_down(name, kind, now)
+        if retries is None:
+            return []
+        return [TakeOut(name, kind, len(retries)), *(Dispatch(item) for item in retries)]
+
+    @staticmethod
+    def _supervised(sup: Supervision) -> list[SourceAction]:
+        return [*(Back(name) for name in sup.back), *(TakeOut(name, "silent", n) for name, n in sup.down),
+                *(Dispatch(item) for item in sup.retries)]
 
     # ---------------------------------------------------------------- what arrives
     def heard(self, sender: str, t: float) -> None:

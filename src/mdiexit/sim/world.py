@@ -37,10 +37,11 @@ from mdiexit.policies.modes import ModeRules
 from mdiexit.policies.offload import ServiceEstimator
 from mdiexit.protocol.stats import task_stats
 from mdiexit.runtime import core as node_core  # its events and actions: node_core.Arrived, ...
+from mdiexit.runtime import sourcecore  # its events and actions: sourcecore.Offered, sourcecore.Dispatch, ...
 from mdiexit.runtime.arrivals import Offer
 from mdiexit.runtime.core import Finished, NodeCore, WorkItem, codes_pay, energy_weights, held_tasks, neighbour_view
 from mdiexit.runtime.device import seed_estimates
-from mdiexit.runtime.sourcecore import ADMIT_LOOK_S, CONTROL_PERIOD_S, SourceCore, Supervision
+from mdiexit.runtime.sourcecore import ADMIT_LOOK_S, CONTROL_PERIOD_S, SourceCore
 from mdiexit.sim.model import Items, device_table
 
 # Wire sizes (bytes) of the headers of this protocol version, msgpack-encoded, as measured on typical messages.
@@ -192,7 +193,7 @@ class SimSource(SimNode):
 
     def result(self, node: str, f: Finished, expired: bool) -> None:
         it = f.item
-        self.sc.on_result(it.item_id, f.label, f.exit, f.confidence, node, self.world.env.now, it.attempt, expired)
+        self.source_step(sourcecore.ResultIn(it.item_id, f.label, f.exit, f.confidence, node, it.attempt, expired))
         self.release()
 
     def on_result(self, sender: str, backlog_s: float, f: Finished, expired: bool) -> None:
@@ -204,20 +205,18 @@ class SimSource(SimNode):
     def arrive(self) -> None:
         if not self.admitting:
             return
-        t = self.world.env.now
         k = self.arrived % len(self.world.items)
         self.arrived += 1
         offer = Offer(None, int(self.world.items.labels[k]), k, self.world.deadline_s)
-        if self.sc.offer(offer, t) is None:
+        if not self.source_step(sourcecore.Offered(offer)):  # queued at the gate (not refused)
             self.release()
         self.world.at(1.0 / max(self.sc.admission.rate(), 1e-3), self.arrive)
 
     def release(self) -> None:
         t = self.world.env.now
-        items, _ = self.sc.release(t, self.core.backlog_s(t))
-        self.charge(visits=len(items))
-        for item in items:
-            self.route(item)
+        actions = self.sc.step(sourcecore.Release(self.core.backlog_s(t)), t)
+        self.charge(visits=sum(isinstance(a, sourcecore.Dispatch) for a in actions))  # admissions cost first
+        self.carry_out(actions)
 
     def tick(self) -> None:
         self.release()
@@ -226,13 +225,25 @@ class SimSource(SimNode):
 
     def control(self) -> None:
         t = self.world.env.now
-        sup: Supervision = self.sc.control_step(t, self.start, self.core.backlog_s(t)) if self.admitting else \
-            self.sc.supervise(t, self.core.backlog_s(t))
-        for name, _ in sup.down:
-            self.core.on_leave(name)
-        for item in sup.retries:
-            self.route(item)
+        backlog_s = self.core.backlog_s(t)
+        step = sourcecore.ControlStep(self.start, backlog_s) if self.admitting else sourcecore.Supervise(backlog_s)
+        self.source_step(step)
         self.world.at(CONTROL_PERIOD_S, self.control)
+
+    def source_step(self, event: sourcecore.SourceEvent) -> list[sourcecore.SourceAction]:
+        """Hand ``event`` to the source core and carry out what it decided, as the runtime's source shell does
+        (runtime.source.SourceProcess.source_step)."""
+        return self.carry_out(self.sc.step(event, self.world.env.now))
+
+    def carry_out(self, actions: list[sourcecore.SourceAction]) -> list[sourcecore.SourceAction]:
+        """Nobody waits on an answer here: a refusal, or an offer that expired at the gate, is the gate's count."""
+        for action in actions:
+            match action:
+                case sourcecore.Dispatch(item):
+                    self.route(item)
+                case sourcecore.TakeOut(name):
+                    self.core.on_leave(name)
+        return actions
 
 
 class World:
@@ -319,5 +330,4 @@ class World:
         for r in recipients:
             r.core.on_report(sender, backlog_s, t, service)
             if r is self.source:
-                self.source.sc.heard(sender, t)
-                self.source.sc.on_state(sender, backlog_s, False, t)
+                self.source.source_step(sourcecore.StateIn(sender, backlog_s))
