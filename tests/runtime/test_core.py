@@ -11,19 +11,8 @@ from mdiexit.config import NodeConfig
 from mdiexit.package import load_package
 from mdiexit.policies.modes import rules_for
 from mdiexit.policies.offload import NeighbourView, OffloadConfig, ServiceEstimator
-from mdiexit.runtime.core import (
-    Arrived,
-    Computed,
-    Leave,
-    NodeCore,
-    Route,
-    Send,
-    Tick,
-    WorkItem,
-    codes_pay,
-    held_tasks,
-    neighbour_view,
-)
+from mdiexit.runtime.core import NodeCore, codes_pay, held_tasks, neighbour_view
+from mdiexit.runtime.events import Arrived, Computed, Leave, Route, Send, Tick, WorkItem
 
 PACKAGE = Path(__file__).resolve().parents[2] / "models" / "mobilenetv2-fmnist"
 

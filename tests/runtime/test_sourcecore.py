@@ -11,24 +11,21 @@ import pytest
 from mdiexit.policies.gate import AdmissionGate
 from mdiexit.policies.modes import rules_for
 from mdiexit.runtime.arrivals import Offer
-from mdiexit.runtime.sourcecore import (
-    CONTROL_PERIOD_S,
-    WINDOW_MEMORY_S,
+from mdiexit.runtime.events import (
     Back,
     ControlStep,
     Dispatch,
     ExpiredWaiting,
-    FixedAdmission,
     Offered,
     PeerDown,
     Refuse,
     Release,
     ResultIn,
-    SourceCore,
     StateIn,
     Supervise,
     TakeOut,
 )
+from mdiexit.runtime.sourcecore import CONTROL_PERIOD_S, WINDOW_MEMORY_S, FixedAdmission, SourceCore
 
 THRESHOLDS = (0.9, 0.8, 0.7, 0.0)
 

@@ -3,7 +3,8 @@ send to, how many bytes an item costs on each link, when a parked item is given 
 locks, no clock: every method takes `now`. The same core runs behind ZeroMQ (runtime.node, whose loop thread is the
 only one that calls it, runtime.loop) and in virtual time (mdiexit.sim).
 
-Its shells drive it through one door, ``NodeCore.step(event, now) -> actions``, in the style of h11:
+Its shells drive it through one door, ``NodeCore.step(event, now) -> actions``, in the style of h11 (the events
+and actions are in runtime.events):
 
     events   Arrived (an item's DATA), Route (an item admitted or re-dispatched here), Computed (a batch's outputs),
              Tick (a heartbeat), Leave (a graceful leave begins)
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,140 +28,24 @@ from mdiexit.package import Package
 from mdiexit.policies.exit import exit_decisions
 from mdiexit.policies.modes import ModeRules
 from mdiexit.policies.offload import EnergyWeights, NeighbourView, OffloadConfig, ServiceEstimator, choose_target
-from mdiexit.protocol.codec import describe
-from mdiexit.protocol.messages import Data
-
-
-@dataclass
-class WorkItem:
-    item_id: int
-    task: int  # next task to run, 1-based
-    x: np.ndarray | None  # that task's input, with a leading batch dimension of 1 (None while still encoded)
-    admitted_at: float
-    thresholds: tuple[float, ...]
-    thresholds_version: int = 0
-    hops: int = 0
-    timings: list[tuple[str, int, float]] = field(default_factory=list)
-    code: dict[str, np.ndarray] | None = None  # the learned code of x, as received (decoded before compute)
-    attempt: int = 0  # the source's dispatch number (DESIGN §9): results of other attempts are told apart
-    parked_at: float | None = None  # when no available node could take it
-    deadline: float | None = None  # in this node's clock; it travels as the budget left (clocks differ)
-
-    @classmethod
-    def from_data(cls, msg: Data, arrays: list[np.ndarray], now: float) -> WorkItem:
-        """The item a DATA message carries: its task input `x`, or the learned code of it (decoded later)."""
-        coded = [m.name for m in msg.arrays] != ["x"]
-        return cls(msg.item_id, msg.task, None if coded else arrays[0], msg.admitted_at, tuple(msg.thresholds),
-                   msg.thresholds_version, msg.hops, [tuple(x) for x in msg.timings],
-                   code={m.name: a for m, a in zip(msg.arrays, arrays, strict=True)} if coded else None,
-                   attempt=msg.attempt, deadline=None if msg.budget_s is None else now + msg.budget_s)
-
-    def to_data(self, sender: str, backlog_s: float, arrays: dict[str, np.ndarray], wire_codec: str,
-                now: float) -> Data:
-        """The DATA message that carries this item one hop on, with `arrays` (x, or its code) as frames."""
-        return Data(item_id=self.item_id, attempt=self.attempt, task=self.task, hops=self.hops + 1,
-                    admitted_at=self.admitted_at, thresholds_version=self.thresholds_version,
-                    thresholds=list(self.thresholds), sender=sender, backlog_s=backlog_s, timings=self.timings,
-                    arrays=[describe(n, a, wire_codec) for n, a in arrays.items()],
-                    budget_s=None if self.deadline is None else max(0.0, self.deadline - now))
-
-    @property
-    def nbytes(self) -> int:
-        if self.x is not None:
-            return int(self.x.nbytes)
-        return sum(int(a.nbytes) for a in (self.code or {}).values())
-
-
-@dataclass
-class Finished:
-    item: WorkItem
-    label: int
-    exit: int
-    confidence: float
-
-
-@dataclass
-class Send:
-    item: WorkItem
-    target: str
-
-
-# ---------------------------------------------------------------- events a shell feeds NodeCore.step
-@dataclass
-class Arrived:
-    """An item came in a DATA message: queued here when this node holds its task, else routed on."""
-
-    item: WorkItem
-    queued_bytes: int  # what waits in the node's egress now
-
-
-@dataclass
-class Route:
-    """An item this node routes afresh: admitted, or dispatched again, at the source."""
-
-    item: WorkItem
-    queued_bytes: int
-
-
-@dataclass
-class Computed:
-    """The device computed ``batch`` (``features`` None where the shell carries no arrays: the simulator)."""
-
-    batch: list[WorkItem]
-    features: np.ndarray | None
-    logits: np.ndarray
-    seconds: float  # the device's time for it
-    queued_bytes: int
-
-
-@dataclass
-class Tick:
-    """A heartbeat: report if due, and route the parked items again."""
-
-    quiet_s: float  # a still node reports this often
-    give_up_s: float  # a parked item is given up after this long
-    queued_bytes: int
-
-
-@dataclass
-class Leave:
-    """A graceful leave begins: no more compute here; what is held, and what arrives from now on, is handed back."""
-
-
-# ---------------------------------------------------------------- actions NodeCore.step returns
-@dataclass
-class Compute:
-    batch: list[WorkItem]
-    continued: bool  # the device has just finished a batch and this one waited: it starts where that one ended
-
-
-@dataclass
-class Deliver:
-    finished: Finished
-
-
-@dataclass
-class Expire:
-    item: WorkItem
-
-
-@dataclass
-class Report:
-    pass
-
-
-@dataclass
-class HandBack:
-    item: WorkItem
-
-
-@dataclass
-class GiveUp:
-    item: WorkItem
-
-
-Event = Arrived | Route | Computed | Tick | Leave
-Action = Compute | Send | Deliver | Expire | Report | HandBack | GiveUp
+from mdiexit.runtime.events import (
+    Action,
+    Arrived,
+    Compute,
+    Computed,
+    Deliver,
+    Event,
+    Expire,
+    Finished,
+    GiveUp,
+    HandBack,
+    Leave,
+    Report,
+    Route,
+    Send,
+    Tick,
+    WorkItem,
+)
 
 
 def held_tasks(node: NodeConfig, rules: ModeRules, num_tasks: int) -> frozenset[int]:

@@ -39,7 +39,9 @@ from mdiexit.policies.offload import NeighbourView, ServiceEstimator
 from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, encode
 from mdiexit.protocol.messages import CLUSTER_KINDS, REJECT_REASONS, Control, Data, Join, Member, Result, State
 from mdiexit.protocol.stats import task_stats
-from mdiexit.runtime.core import (
+from mdiexit.runtime.core import NodeCore, energy_weights, held_tasks, neighbour_view, peers_of
+from mdiexit.runtime.device import Profile, calibrate, compression_plan, seed_estimates
+from mdiexit.runtime.events import (
     Action,
     Arrived,
     Compute,
@@ -50,18 +52,12 @@ from mdiexit.runtime.core import (
     GiveUp,
     HandBack,
     Leave,
-    NodeCore,
     Report,
     Route,
     Send,
     Tick,
     WorkItem,
-    energy_weights,
-    held_tasks,
-    neighbour_view,
-    peers_of,
 )
-from mdiexit.runtime.device import Profile, calibrate, compression_plan, seed_estimates
 from mdiexit.runtime.linkmeter import LinkMeter
 from mdiexit.runtime.links import Egress, Link
 from mdiexit.runtime.loop import Loop

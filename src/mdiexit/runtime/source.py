@@ -30,7 +30,23 @@ from mdiexit.policies.gate import REJECT_WHY, STOPPING, AdmissionGate
 from mdiexit.protocol.messages import Control, Join, Result, State
 from mdiexit.runtime.arrivals import Arrivals, Offer
 from mdiexit.runtime.bulk import BulkSender
-from mdiexit.runtime.core import Finished, WorkItem
+from mdiexit.runtime.events import (
+    Back,
+    ControlStep,
+    Dispatch,
+    ExpiredWaiting,
+    Finished,
+    Offered,
+    PeerDown,
+    Refuse,
+    Release,
+    ResultIn,
+    SourceEvent,
+    StateIn,
+    Supervise,
+    TakeOut,
+    WorkItem,
+)
 from mdiexit.runtime.join import member_message, package_archive, welcome_frames
 from mdiexit.runtime.loop import LoopTimeout
 from mdiexit.runtime.node import NodeProcess, encode, member_config
@@ -40,21 +56,8 @@ from mdiexit.runtime.sourcecore import (
     CONTROL_PERIOD_S,
     WINDOW_SPAN_S,
     Admission,
-    Back,
-    ControlStep,
-    Dispatch,
-    ExpiredWaiting,
     FixedAdmission,
-    Offered,
-    PeerDown,
-    Refuse,
-    Release,
-    ResultIn,
     SourceCore,
-    SourceEvent,
-    StateIn,
-    Supervise,
-    TakeOut,
 )
 
 __all__ = ["Admission", "FixedAdmission", "SourceProcess"]

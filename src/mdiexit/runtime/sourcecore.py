@@ -1,7 +1,9 @@
 """SourceCore: the source's decisions without a clock, a thread or a socket (DESIGN §4). It holds the admission
 gate, the admission policy, the ledger, what the nodes last reported and who is down; every method takes `now`.
-The shell (runtime.source: sockets, threads, sleeping, the live view) and the simulator (mdiexit.sim, virtual
-time) drive the same core: they route the work items it hands out and tell it what arrived."""
+The shell (runtime.source: sockets, threads, the live view) and the simulator (mdiexit.sim, virtual time) drive
+the same core through one door, ``SourceCore.step(event, now) -> actions`` (the vocabulary: runtime.events): an
+offer, a release, a control step, supervision, a RESULT, a STATE or a peer that died goes in; items to dispatch,
+offers to refuse or expire, nodes to take out or back come out, and both shells carry them out alike."""
 
 from __future__ import annotations
 
@@ -12,7 +14,23 @@ from typing import Protocol
 from mdiexit.policies.gate import AdmissionGate, Pending
 from mdiexit.policies.modes import ModeRules, no_exit_thresholds
 from mdiexit.runtime.arrivals import Offer
-from mdiexit.runtime.core import WorkItem
+from mdiexit.runtime.events import (
+    Back,
+    ControlStep,
+    Dispatch,
+    ExpiredWaiting,
+    Offered,
+    PeerDown,
+    Refuse,
+    Release,
+    ResultIn,
+    SourceAction,
+    SourceEvent,
+    StateIn,
+    Supervise,
+    TakeOut,
+    WorkItem,
+)
 from mdiexit.runtime.ledger import Ledger
 
 CONTROL_PERIOD_S = 0.1  # one admission-control step (and supervision) this often
@@ -63,111 +81,6 @@ class Supervision:
     down: list[tuple[str, int]] = field(default_factory=list)  # (node, items in flight when it went down)
     back: list[str] = field(default_factory=list)
     retries: list[WorkItem] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------- what happens to the source (events)
-@dataclass(frozen=True)
-class Offered:
-    """An item arrived from the stream or a client."""
-
-    offer: Offer
-
-
-@dataclass(frozen=True)
-class Release:
-    """The gate may let items through now (its tokens refilled, something settled, a backlog shrank)."""
-
-    own_backlog_s: float
-
-
-@dataclass(frozen=True)
-class ControlStep:
-    """One admission-control step (every CONTROL_PERIOD_S while admitting), with supervision."""
-
-    start: float  # when admission started
-    own_backlog_s: float
-
-
-@dataclass(frozen=True)
-class Supervise:
-    """Supervision alone (while draining, or before admission starts)."""
-
-    own_backlog_s: float
-
-
-@dataclass(frozen=True)
-class ResultIn:
-    """A node's RESULT for an admitted item (checked by the shell: in flight, from a node holding its exit)."""
-
-    item_id: int
-    label: int
-    exit: int
-    confidence: float
-    node: str
-    attempt: int = 0
-    expired: bool = False
-
-
-@dataclass(frozen=True)
-class StateIn:
-    """A node's STATE: its backlog, and whether it is leaving."""
-
-    sender: str
-    backlog_s: float
-    leaving: bool = False
-
-
-@dataclass(frozen=True)
-class PeerDown:
-    """A node's process died (the launcher saw it exit)."""
-
-    name: str
-    kind: str
-
-
-SourceEvent = Offered | Release | ControlStep | Supervise | ResultIn | StateIn | PeerDown
-
-
-# ---------------------------------------------------------------- what the source's shell must do (actions)
-@dataclass(frozen=True)
-class Dispatch:
-    """Route this item into the cluster (an admission, or a retry of one in flight)."""
-
-    item: WorkItem
-
-
-@dataclass(frozen=True)
-class Refuse:
-    """Answer this offer: rejected at the gate, for ``why`` (policies.gate.REJECT_WHY)."""
-
-    offer: Offer
-    why: str
-
-
-@dataclass(frozen=True)
-class ExpiredWaiting:
-    """Answer this offer: its deadline passed while it waited at the gate."""
-
-    pending: Pending
-
-
-@dataclass(frozen=True)
-class TakeOut:
-    """Route nothing more to this node: it is down (``in_flight`` items were dispatched again)."""
-
-    name: str
-    kind: str
-    in_flight: int
-
-
-@dataclass(frozen=True)
-class Back:
-    """A node that was down reports again: routing may use it."""
-
-    name: str
-
-
-SourceAction = Dispatch | Refuse | ExpiredWaiting | TakeOut | Back
 
 
 class SourceCore:

@@ -36,11 +36,11 @@ from mdiexit.package import Package
 from mdiexit.policies.modes import ModeRules
 from mdiexit.policies.offload import ServiceEstimator
 from mdiexit.protocol.stats import task_stats
-from mdiexit.runtime import core as node_core  # its events and actions: node_core.Arrived, ...
-from mdiexit.runtime import sourcecore  # its events and actions: sourcecore.Offered, sourcecore.Dispatch, ...
+from mdiexit.runtime import events  # the cores' events and actions: events.Arrived, events.Dispatch, ...
 from mdiexit.runtime.arrivals import Offer
-from mdiexit.runtime.core import Finished, NodeCore, WorkItem, codes_pay, energy_weights, held_tasks, neighbour_view
+from mdiexit.runtime.core import NodeCore, codes_pay, energy_weights, held_tasks, neighbour_view
 from mdiexit.runtime.device import seed_estimates
+from mdiexit.runtime.events import Finished, WorkItem
 from mdiexit.runtime.sourcecore import ADMIT_LOOK_S, CONTROL_PERIOD_S, SourceCore
 from mdiexit.sim.model import Items, device_table
 
@@ -73,7 +73,7 @@ class SimNode:
         arrival = self.egress.departure(nbytes, t) + link_between(self.cfg, dst.cfg)[1]
         self.world.at(arrival - t, fn, *args)
 
-    def send_item(self, s: node_core.Send) -> None:
+    def send_item(self, s: events.Send) -> None:
         it = s.item
         nbytes = DATA_HEADER_BYTES + self.core.payload_bytes(it)[s.target]
         if it.code is None and it.task - 1 in self.core.compress_on.get(s.target, ()):
@@ -96,29 +96,29 @@ class SimNode:
         self.core.on_report(sender, backlog_s, t, None)
         if self.is_source:
             self.world.source.sc.heard(sender, t)
-        self.step(node_core.Arrived(item, self.egress.queued_bytes(t)))
+        self.step(events.Arrived(item, self.egress.queued_bytes(t)))
 
     def route(self, item: WorkItem) -> None:
-        self.step(node_core.Route(item, self.egress.queued_bytes(self.world.env.now)))
+        self.step(events.Route(item, self.egress.queued_bytes(self.world.env.now)))
 
-    def step(self, event: node_core.Event) -> None:
+    def step(self, event: events.Event) -> None:
         """Feed the core one event and carry out its actions, as runtime.node's loop does."""
         for a in self.core.step(event, self.world.env.now):
-            if isinstance(a, node_core.Send):
+            if isinstance(a, events.Send):
                 self.send_encoded(a)
-            elif isinstance(a, node_core.Compute):
+            elif isinstance(a, events.Compute):
                 self.compute(a.batch)
-            elif isinstance(a, node_core.Deliver):
+            elif isinstance(a, events.Deliver):
                 self.deliver(a.finished)
-            elif isinstance(a, node_core.Expire):
+            elif isinstance(a, events.Expire):
                 self.deliver(Finished(a.item, 0, a.item.task, 0.0), expired=True)
-            elif isinstance(a, node_core.Report):
+            elif isinstance(a, events.Report):
                 self.report()
             # HandBack (a graceful leave) is not simulated; GiveUp is counted by the core
 
     def heartbeat(self) -> None:
         t = self.world.env.now
-        self.step(node_core.Tick(self.world.quiet_report_s, self.world.give_up_s, self.egress.queued_bytes(t)))
+        self.step(events.Tick(self.world.quiet_report_s, self.world.give_up_s, self.egress.queued_bytes(t)))
         self.charge(seconds=self.world.heartbeat_s)
         self.world.at(self.world.heartbeat_s, self.heartbeat)
 
@@ -149,9 +149,9 @@ class SimNode:
         t = self.world.env.now
         self.busy_s += seconds
         logits = self.world.items.logits[batch[0].task - 1][[self.world.stream_index(it.item_id) for it in batch]]
-        self.step(node_core.Computed(batch, None, logits, seconds, self.egress.queued_bytes(t)))
+        self.step(events.Computed(batch, None, logits, seconds, self.egress.queued_bytes(t)))
 
-    def send_encoded(self, s: node_core.Send) -> None:
+    def send_encoded(self, s: events.Send) -> None:
         """Send, after the encode executor's time where the item leaves as a learned code (one encode at a time)."""
         it = s.item
         if it.code is not None or it.task - 1 not in self.core.compress_on.get(s.target, ()):
@@ -193,7 +193,7 @@ class SimSource(SimNode):
 
     def result(self, node: str, f: Finished, expired: bool) -> None:
         it = f.item
-        self.source_step(sourcecore.ResultIn(it.item_id, f.label, f.exit, f.confidence, node, it.attempt, expired))
+        self.source_step(events.ResultIn(it.item_id, f.label, f.exit, f.confidence, node, it.attempt, expired))
         self.release()
 
     def on_result(self, sender: str, backlog_s: float, f: Finished, expired: bool) -> None:
@@ -208,14 +208,14 @@ class SimSource(SimNode):
         k = self.arrived % len(self.world.items)
         self.arrived += 1
         offer = Offer(None, int(self.world.items.labels[k]), k, self.world.deadline_s)
-        if not self.source_step(sourcecore.Offered(offer)):  # queued at the gate (not refused)
+        if not self.source_step(events.Offered(offer)):  # queued at the gate (not refused)
             self.release()
         self.world.at(1.0 / max(self.sc.admission.rate(), 1e-3), self.arrive)
 
     def release(self) -> None:
         t = self.world.env.now
-        actions = self.sc.step(sourcecore.Release(self.core.backlog_s(t)), t)
-        self.charge(visits=sum(isinstance(a, sourcecore.Dispatch) for a in actions))  # admissions cost first
+        actions = self.sc.step(events.Release(self.core.backlog_s(t)), t)
+        self.charge(visits=sum(isinstance(a, events.Dispatch) for a in actions))  # admissions cost first
         self.carry_out(actions)
 
     def tick(self) -> None:
@@ -226,22 +226,22 @@ class SimSource(SimNode):
     def control(self) -> None:
         t = self.world.env.now
         backlog_s = self.core.backlog_s(t)
-        step = sourcecore.ControlStep(self.start, backlog_s) if self.admitting else sourcecore.Supervise(backlog_s)
+        step = events.ControlStep(self.start, backlog_s) if self.admitting else events.Supervise(backlog_s)
         self.source_step(step)
         self.world.at(CONTROL_PERIOD_S, self.control)
 
-    def source_step(self, event: sourcecore.SourceEvent) -> list[sourcecore.SourceAction]:
+    def source_step(self, event: events.SourceEvent) -> list[events.SourceAction]:
         """Hand ``event`` to the source core and carry out what it decided, as the runtime's source shell does
         (runtime.source.SourceProcess.source_step)."""
         return self.carry_out(self.sc.step(event, self.world.env.now))
 
-    def carry_out(self, actions: list[sourcecore.SourceAction]) -> list[sourcecore.SourceAction]:
+    def carry_out(self, actions: list[events.SourceAction]) -> list[events.SourceAction]:
         """Nobody waits on an answer here: a refusal, or an offer that expired at the gate, is the gate's count."""
         for action in actions:
             match action:
-                case sourcecore.Dispatch(item):
+                case events.Dispatch(item):
                     self.route(item)
-                case sourcecore.TakeOut(name):
+                case events.TakeOut(name):
                     self.core.on_leave(name)
         return actions
 
@@ -330,4 +330,4 @@ class World:
         for r in recipients:
             r.core.on_report(sender, backlog_s, t, service)
             if r is self.source:
-                self.source.source_step(sourcecore.StateIn(sender, backlog_s))
+                self.source.source_step(events.StateIn(sender, backlog_s))
