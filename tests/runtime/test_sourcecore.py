@@ -12,13 +12,12 @@ from mdiexit.policies.gate import AdmissionGate
 from mdiexit.policies.modes import rules_for
 from mdiexit.runtime.arrivals import Offer
 from mdiexit.runtime.events import (
+    Answer,
     Back,
     ControlStep,
     Dispatch,
-    ExpiredWaiting,
     Offered,
     PeerDown,
-    Refuse,
     Release,
     ResultIn,
     StateIn,
@@ -153,10 +152,10 @@ def test_an_offer_is_queued_or_refused_and_a_release_dispatches_in_admission_ord
     actions = sc.step(Release(0.0), 0.0)
     assert [type(a) for a in actions] == [Dispatch] and actions[0].item.item_id == 0
     actions = sc.step(Release(10.0), 0.6)  # a backlog held item 1 past its deadline: answered, never dispatched
-    assert [type(a) for a in actions] == [ExpiredWaiting] and actions[0].pending.key.key == 1
+    assert actions == [Answer(1, "expired", "its deadline passed while it waited for admission")]
     for k in range(2, 40):  # far more than the gate may hold at 100/s: refused with a reason
         actions = sc.step(Offered(Offer(None, 0, k, None)), 0.6)
-    assert actions == [Refuse(Offer(None, 0, 39, None), "overloaded")]
+    assert [(a.key, a.outcome) for a in actions] == [(39, "rejected")] and actions[0].reason.startswith("overloaded")
 
 
 def test_a_leaving_node_is_taken_out_and_its_items_dispatched_again():

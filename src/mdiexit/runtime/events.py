@@ -7,16 +7,16 @@ runtime.sourcecore), in the style of h11's events. Plain data: no decisions, soc
             actions Compute, Send, Deliver (a RESULT), Expire, Report (a STATE), HandBack (leaving), GiveUp (parked
                     too long)
     source  events  Offered, Release, ControlStep, Supervise, ResultIn, StateIn, PeerDown
-            actions Dispatch, Refuse, ExpiredWaiting, TakeOut, Back
+            actions Dispatch, Answer, TakeOut, Back
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
-from mdiexit.policies.gate import Pending
 from mdiexit.protocol.codec import describe
 from mdiexit.protocol.messages import Data
 from mdiexit.runtime.arrivals import Offer
@@ -154,38 +154,33 @@ Event = Arrived | Route | Computed | Tick | Leave
 Action = Compute | Send | Deliver | Expire | Report | HandBack | GiveUp
 
 
-# ---------------------------------------------------------------- what happens to the source (events)
-@dataclass(frozen=True)
-class Offered:
+# -------------------------------------------------------- what happens to the source (events: tuples, matched by class)
+class Offered(NamedTuple):
     """An item arrived from the stream or a client."""
 
     offer: Offer
 
 
-@dataclass(frozen=True)
-class Release:
+class Release(NamedTuple):
     """The gate may let items through now (its tokens refilled, something settled, a backlog shrank)."""
 
     own_backlog_s: float
 
 
-@dataclass(frozen=True)
-class ControlStep:
+class ControlStep(NamedTuple):
     """One admission-control step (every CONTROL_PERIOD_S while admitting), with supervision."""
 
     start: float  # when admission started
     own_backlog_s: float
 
 
-@dataclass(frozen=True)
-class Supervise:
+class Supervise(NamedTuple):
     """Supervision alone (while draining, or before admission starts)."""
 
     own_backlog_s: float
 
 
-@dataclass(frozen=True)
-class ResultIn:
+class ResultIn(NamedTuple):
     """A node's RESULT for an admitted item (checked by the shell: in flight, from a node holding its exit)."""
 
     item_id: int
@@ -197,8 +192,7 @@ class ResultIn:
     expired: bool = False
 
 
-@dataclass(frozen=True)
-class StateIn:
+class StateIn(NamedTuple):
     """A node's STATE: its backlog, and whether it is leaving."""
 
     sender: str
@@ -206,8 +200,7 @@ class StateIn:
     leaving: bool = False
 
 
-@dataclass(frozen=True)
-class PeerDown:
+class PeerDown(NamedTuple):
     """A node's process died (the launcher saw it exit)."""
 
     name: str
@@ -226,18 +219,13 @@ class Dispatch:
 
 
 @dataclass(frozen=True)
-class Refuse:
-    """Answer this offer: rejected at the gate, for ``why`` (policies.gate.REJECT_WHY)."""
+class Answer:
+    """Answer an offer that will never be admitted with its one outcome: rejected at the gate, or expired while it
+    waited there (DESIGN §10)."""
 
-    offer: Offer
-    why: str
-
-
-@dataclass(frozen=True)
-class ExpiredWaiting:
-    """Answer this offer: its deadline passed while it waited at the gate."""
-
-    pending: Pending
+    key: object  # the offer's key, as its arrivals know it
+    outcome: str  # rejected | expired
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -256,4 +244,4 @@ class Back:
     name: str
 
 
-SourceAction = Dispatch | Refuse | ExpiredWaiting | TakeOut | Back
+SourceAction = Dispatch | Answer | TakeOut | Back

@@ -39,25 +39,9 @@ from mdiexit.policies.offload import NeighbourView, ServiceEstimator
 from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, encode
 from mdiexit.protocol.messages import CLUSTER_KINDS, REJECT_REASONS, Control, Data, Join, Member, Result, State
 from mdiexit.protocol.stats import task_stats
+from mdiexit.runtime import events  # the node core's events and actions: events.Arrived, events.Compute, ...
 from mdiexit.runtime.core import NodeCore, energy_weights, held_tasks, neighbour_view, peers_of
 from mdiexit.runtime.device import Profile, calibrate, compression_plan, seed_estimates
-from mdiexit.runtime.events import (
-    Action,
-    Arrived,
-    Compute,
-    Computed,
-    Deliver,
-    Expire,
-    Finished,
-    GiveUp,
-    HandBack,
-    Leave,
-    Report,
-    Route,
-    Send,
-    Tick,
-    WorkItem,
-)
 from mdiexit.runtime.linkmeter import LinkMeter
 from mdiexit.runtime.links import Egress, Link
 from mdiexit.runtime.loop import Loop
@@ -203,22 +187,22 @@ class NodeProcess:
     def leaving(self) -> bool:
         return self.core.leaving
 
-    def execute(self, actions: list[Action], t: float) -> None:
+    def execute(self, actions: list[events.Action], t: float) -> None:
         """Carry out what the core decided, in its order."""
         for a in actions:
-            if isinstance(a, Send):
+            if isinstance(a, events.Send):
                 self.send_item(a, t)
-            elif isinstance(a, Compute):
+            elif isinstance(a, events.Compute):
                 self.batches.put((a.batch, a.continued))
-            elif isinstance(a, Deliver):
+            elif isinstance(a, events.Deliver):
                 self.deliver(a.finished)
-            elif isinstance(a, Expire):
+            elif isinstance(a, events.Expire):
                 self.deliver_expired(a.item)
-            elif isinstance(a, Report):
+            elif isinstance(a, events.Report):
                 self.send_state()
-            elif isinstance(a, HandBack):
+            elif isinstance(a, events.HandBack):
                 self.hand_back(a.item, t)
-            elif isinstance(a, GiveUp):  # nobody reachable holds its task: the source's ledger re-dispatches it
+            elif isinstance(a, events.GiveUp):  # nobody reachable holds its task: the source's ledger re-dispatches it
                 log.warning("%s: item %d waited %.1f s for a holder of task %d; dropped",
                             self.name, a.item.item_id, t - a.item.parked_at, a.item.task)
 
@@ -289,8 +273,8 @@ class NodeProcess:
         self.received[type(msg).__name__.lower()] += 1
         if isinstance(msg, Data):
             self.core.on_report(msg.sender, msg.backlog_s, t, None)
-            item = WorkItem.from_data(msg, arrays, t)
-            self.execute(self.core.step(Arrived(item, self.egress.queued_bytes(t)), t), t)
+            item = events.WorkItem.from_data(msg, arrays, t)
+            self.execute(self.core.step(events.Arrived(item, self.egress.queued_bytes(t)), t), t)
         elif isinstance(msg, State):
             if msg.leaving:
                 self.core.on_leave(msg.sender)
@@ -339,11 +323,12 @@ class NodeProcess:
             self.stop.set()
 
     # ---------------------------------------------------------------- compute
-    def _computed(self, batch: list[WorkItem], features, logits, seconds: float) -> None:
+    def _computed(self, batch: list[events.WorkItem], features, logits, seconds: float) -> None:
         """The compute executor finished ``batch`` (on the loop)."""
         t = self.clock.now()
         self.busy_s += seconds
-        self.execute(self.core.step(Computed(batch, features, logits, seconds, self.egress.queued_bytes(t)), t), t)
+        computed = events.Computed(batch, features, logits, seconds, self.egress.queued_bytes(t))
+        self.execute(self.core.step(computed, t), t)
 
     def _compute_loop(self) -> None:
         """The compute executor: runs the batches the loop hands it, as the emulated device would."""
@@ -374,15 +359,15 @@ class NodeProcess:
             arrays, seconds = self.device.run(("encode", k), 1, partial(self.engine.codec(k).encode, s.item.x))
             self.loop.post(partial(self._send_encoded, s, arrays, seconds))
 
-    def _send_encoded(self, s: Send, arrays: dict[str, np.ndarray], seconds: float) -> None:
+    def _send_encoded(self, s: events.Send, arrays: dict[str, np.ndarray], seconds: float) -> None:
         self.busy_s += seconds
         self._send_arrays(s, arrays, self.clock.now())
 
-    def route(self, item: WorkItem, t: float) -> None:
+    def route(self, item: events.WorkItem, t: float) -> None:
         """Route an item afresh (the source: admitted, or dispatched again)."""
-        self.execute(self.core.step(Route(item, self.egress.queued_bytes(t)), t), t)
+        self.execute(self.core.step(events.Route(item, self.egress.queued_bytes(t)), t), t)
 
-    def send_item(self, s: Send, t: float) -> None:
+    def send_item(self, s: events.Send, t: float) -> None:
         it = s.item
         if it.x is None:
             self._send_arrays(s, it.code, t)  # forwarded as it came
@@ -391,20 +376,20 @@ class NodeProcess:
         else:
             self._send_arrays(s, {"x": it.x}, t)
 
-    def _send_arrays(self, s: Send, arrays: dict[str, np.ndarray], t: float) -> None:
+    def _send_arrays(self, s: events.Send, arrays: dict[str, np.ndarray], t: float) -> None:
         it = s.item
         arrays = {n: np.ascontiguousarray(a) for n, a in arrays.items()}
         msg = it.to_data(self.name, self.core.backlog_s(t), arrays, self.cfg.wire_codec, t)
         self.links[s.target].send(encode(msg, list(arrays.values())), t)
 
-    def deliver(self, f: Finished) -> None:
+    def deliver(self, f: events.Finished) -> None:
         it, t = f.item, self.clock.now()
         msg = Result(item_id=it.item_id, attempt=it.attempt, label=f.label, exit=f.exit,
                      confidence=min(1.0, f.confidence), sender=self.name, backlog_s=self.core.backlog_s(t),
                      admitted_at=it.admitted_at, timings=it.timings)
         self.links[self.source_name].send(encode(msg), t)
 
-    def deliver_expired(self, item: WorkItem) -> None:
+    def deliver_expired(self, item: events.WorkItem) -> None:
         """Tell the source an item was dropped unrun: its deadline passed here."""
         msg = Result(item_id=item.item_id, attempt=item.attempt, label=0, exit=item.task, confidence=0.0,
                      sender=self.name, backlog_s=self.core.backlog_s(self.clock.now()), admitted_at=item.admitted_at,
@@ -471,24 +456,24 @@ class NodeProcess:
         estimates, the power meter, and the progress the site's status reads once a second."""
         t = self.clock.now()
         self.loop.at(t + self.cluster.heartbeat_ms / 1000, self._heartbeat)
-        actions = self.core.step(Tick(self.cluster.quiet_report_s, 5 * self.cluster.dead_after_ms / 1000,
+        actions = self.core.step(events.Tick(self.cluster.quiet_report_s, 5 * self.cluster.dead_after_ms / 1000,
                                       self.egress.queued_bytes(t)), t)
-        if t - self.progress_sent_at >= PROGRESS_PERIOD_S and not any(isinstance(a, Report) for a in actions):
-            actions.insert(0, Report())
+        if t - self.progress_sent_at >= PROGRESS_PERIOD_S and not any(isinstance(a, events.Report) for a in actions):
+            actions.insert(0, events.Report())
         self.execute(actions, t)
         self.refresh_links(t)
         self.read_meter(t)
 
     # ---------------------------------------------------------------- graceful leave
-    def hand_back(self, item: WorkItem, t: float) -> None:
+    def hand_back(self, item: events.WorkItem, t: float) -> None:
         """A leaving node returns work to the source, which routes it anew (``Send``: the link and its codec)."""
-        self.send_item(Send(item, self.source_name), t)
+        self.send_item(events.Send(item, self.source_name), t)
 
     def leave(self, grace_s: float | None = None) -> None:
         """SIGTERM (on the loop): stop taking work, tell every peer, hand back what is held and what still arrives
         for ``grace_s``, then stop (nothing is lost)."""
         t = self.clock.now()
-        self.execute(self.core.step(Leave(), t), t)
+        self.execute(self.core.step(events.Leave(), t), t)
         self.send_state()
         grace_s = grace_s if grace_s is not None else max(0.5, 3 * self.cluster.heartbeat_ms / 1000)
         self.loop.at(t + grace_s, self._left)

@@ -31,14 +31,13 @@ from mdiexit.protocol.messages import Control, Join, Result, State
 from mdiexit.runtime.arrivals import Arrivals, Offer
 from mdiexit.runtime.bulk import BulkSender
 from mdiexit.runtime.events import (
+    Answer,
     Back,
     ControlStep,
     Dispatch,
-    ExpiredWaiting,
     Finished,
     Offered,
     PeerDown,
-    Refuse,
     Release,
     ResultIn,
     SourceEvent,
@@ -213,11 +212,8 @@ class SourceProcess(NodeProcess):
             match action:
                 case Dispatch(item):
                     self.route(item, t)
-                case Refuse(offer, why):
-                    arrivals.answer(offer.key, "rejected", f"{why}: {REJECT_WHY[why]}", None)
-                case ExpiredWaiting(pending):
-                    arrivals.answer(pending.key.key, "expired", "its deadline passed while it waited for admission",
-                                    None)
+                case Answer(key, outcome, reason):
+                    arrivals.answer(key, outcome, reason, None)
                 case TakeOut(name, kind, in_flight):
                     self.core.on_leave(name)
                     log.warning("%s: node %s is down (%s); re-dispatching %d items in flight", self.name, name,

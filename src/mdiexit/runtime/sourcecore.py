@@ -3,7 +3,8 @@ gate, the admission policy, the ledger, what the nodes last reported and who is 
 The shell (runtime.source: sockets, threads, the live view) and the simulator (mdiexit.sim, virtual time) drive
 the same core through one door, ``SourceCore.step(event, now) -> actions`` (the vocabulary: runtime.events): an
 offer, a release, a control step, supervision, a RESULT, a STATE or a peer that died goes in; items to dispatch,
-offers to refuse or expire, nodes to take out or back come out, and both shells carry them out alike."""
+offers to answer (rejected, or expired waiting), nodes to take out or back come out, and both shells carry them
+out alike."""
 
 from __future__ import annotations
 
@@ -11,17 +12,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from mdiexit.policies.gate import AdmissionGate, Pending
+from mdiexit.policies.gate import REJECT_WHY, AdmissionGate, Pending
 from mdiexit.policies.modes import ModeRules, no_exit_thresholds
 from mdiexit.runtime.arrivals import Offer
 from mdiexit.runtime.events import (
+    Answer,
     Back,
     ControlStep,
     Dispatch,
-    ExpiredWaiting,
     Offered,
     PeerDown,
-    Refuse,
     Release,
     ResultIn,
     SourceAction,
@@ -40,6 +40,7 @@ WINDOW_SPAN_S = 2.0  # throughput and accuracy are measured over the last this m
 # throughput alone it spiralled down after any stall (a link that dropped, a node that failed) whenever the latency
 # then exceeded the window's L: fewer in flight, fewer done, a smaller window, and so on, down to its minimum.
 WINDOW_MEMORY_S = 10.0
+EXPIRED_WAITING = "its deadline passed while it waited for admission"
 BACKLOG_REFRESH_S = 0.005  # the largest reported backlog is recomputed at most this often (O(nodes) each time)
 
 
@@ -114,10 +115,11 @@ class SourceCore:
         match event:
             case Offered(offer):
                 why = self.offer(offer, now)
-                return [] if why is None else [Refuse(offer, why)]
+                return [] if why is None else [Answer(offer.key, "rejected", f"{why}: {REJECT_WHY[why]}")]
             case Release(own_backlog_s):
                 items, expired = self.release(now, own_backlog_s)
-                return [*(ExpiredWaiting(p) for p in expired), *(Dispatch(item) for item in items)]
+                return [*(Answer(p.key.key, "expired", EXPIRED_WAITING) for p in expired),
+                        *(Dispatch(item) for item in items)]
             case ControlStep(start, own_backlog_s):
                 return self._supervised(self.control_step(now, start, own_backlog_s))
             case Supervise(own_backlog_s):
