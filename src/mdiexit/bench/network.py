@@ -107,8 +107,8 @@ def _watch(series: list, stop: threading.Event, period_s: float = 0.1):
     def watch(live: LiveRun) -> None:
         start = live.source.run_start
         while not stop.is_set() and live.source.phase in ("starting", "admitting"):
-            t = time.monotonic()
-            figures = live.source.loop.ask(lambda t=t: live.source.meter.figures(t))  # the loop owns the meter
+            t = live.source.clock.now()
+            figures = live.source.loop.ask(lambda t=t: live.source.node.meter.figures(t))  # the loop owns the meter
             rates = [bw for bw, _, _ in figures.values() if bw]
             series.append((t - start, statistics.median(rates) if rates else None))
             time.sleep(period_s)

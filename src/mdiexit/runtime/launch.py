@@ -114,7 +114,7 @@ class LiveRun:
         """A new device joins with the source's address alone: a fresh key, allowed by the operator (here),
         then `mdiexit worker --join`. ``device``: slowdown, tasks, bandwidth_mbps, latency_ms, threads."""
         keys_dir = self.spawn_args["keys_dir"]
-        src = self.source.cfg
+        src = self.source.node.cfg
         cmd = [sys.executable, "-m", "mdiexit.cli", "worker", "--join", src.address, "--name", name,
                "--port", str(port), "--workdir", tempfile.mkdtemp(prefix=f"mdiexit-join-{name}-")]
         if keys_dir is None:
@@ -329,7 +329,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         recoveries = [e["recovery_s"] for e in failures if e.get("recovery_s") is not None]
         summary.update(node_failures=failures, recovery_s=max(recoveries) if recoveries else None,
                        secure=identity is not None, **link_summary(source.link_reports, source.final_stats),
-                       **run_energy(cluster_models(source.cluster.nodes), source.final_stats, summary["completed"],
+                       **run_energy(cluster_models(source.node.cluster.nodes), source.final_stats, summary["completed"],
                                     pkg.num_tasks))
         if not source.labelled():  # a camera's frames, an unlabelled folder: no true labels to count against
             summary["accuracy"] = None
@@ -365,7 +365,7 @@ def client_endpoint(source: SourceProcess, cluster: ClusterConfig, pkg: Package,
                     identity: Identity | None) -> ClientEndpoint:
     src = cluster.source
     host = src.host if src.host in ("127.0.0.1", "localhost") else "*"
-    endpoint = ClientEndpoint(source.ctx, f"tcp://{host}:{src.client_port}", pkg, identity,
+    endpoint = ClientEndpoint(source.node.ctx, f"tcp://{host}:{src.client_port}", pkg, identity,
                               source.loop.wake)
     endpoint.max_unread_s = max(UNREAD_MIN_S, UNREAD_WAITS * source.gate.max_wait_s)
     source.intake = endpoint

@@ -23,6 +23,7 @@ import threading
 from collections import Counter
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import zmq
@@ -64,13 +65,16 @@ _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_
 
 
 class NodeProcess:
-    """A worker (or, subclassed, the source) running in this OS process."""
+    """A node running in this OS process: its sockets, loop, executors and core. Its role says what it does with
+    what only the source handles: a worker's (WorkerRole), or the source's (runtime.source.SourceProcess)."""
 
     def __init__(self, cluster: ClusterConfig, name: str, pkg: Package, mode: str | None = None,
                  pace_bandwidth: bool = True, identity: Identity | None = None, allowed_dir: Path | None = None,
                  metrics_port: int | None = None, metrics_addr: str | None = None,
-                 host_profile: Profile | None = None, clock: WallClock = REAL_TIME):
+                 host_profile: Profile | None = None, clock: WallClock = REAL_TIME, role: Role | None = None):
         self.cluster, self.pkg = cluster, pkg
+        # what this node does with what only the source handles: a worker's, unless it is the source
+        self.role: Role = role if role is not None else WorkerRole(self)
         self.clock = clock  # every time this node reads or waits for (mdiexit.clock): dilated with a factor
         self.package_version = pkg.version
         self.identity = identity  # None: insecure (no CurveZMQ), asked for with --insecure
@@ -179,10 +183,6 @@ class NodeProcess:
         self.run_origin = origin
         self.egress.start_schedule(origin)
 
-    def run_elapsed_s(self, t: float) -> float | None:
-        """Seconds since the run started, told to peers (the source's override); None: not the source's to say."""
-        return None
-
     @property
     def leaving(self) -> bool:
         return self.core.leaving
@@ -195,9 +195,9 @@ class NodeProcess:
             elif isinstance(a, events.Compute):
                 self.batches.put((a.batch, a.continued))
             elif isinstance(a, events.Deliver):
-                self.deliver(a.finished)
+                self.role.deliver(a.finished)
             elif isinstance(a, events.Expire):
-                self.deliver_expired(a.item)
+                self.role.deliver_expired(a.item)
             elif isinstance(a, events.Report):
                 self.send_state()
             elif isinstance(a, events.HandBack):
@@ -271,6 +271,8 @@ class NodeProcess:
     def handle(self, msg, arrays: list[np.ndarray]) -> None:
         t = self.clock.now()
         self.received[type(msg).__name__.lower()] += 1
+        if not isinstance(msg, Join):  # a joiner is alive once it reports as a worker
+            self.role.heard(msg.sender, t)
         if isinstance(msg, Data):
             self.core.on_report(msg.sender, msg.backlog_s, t, None)
             item = events.WorkItem.from_data(msg, arrays, t)
@@ -283,19 +285,16 @@ class NodeProcess:
             self.meter.on_state(msg, t)
             if msg.run_s is not None and self.run_origin is None and msg.sender == self.source_name:
                 self.start_run(t - msg.run_s)
-            self.on_state(msg)
+            self.role.on_state(msg)
         elif isinstance(msg, Result):
             self.core.on_report(msg.sender, msg.backlog_s, t, None)
-            self.on_result(msg)
+            self.role.on_result(msg)
         elif isinstance(msg, Control):
             self.on_control(msg)
         elif isinstance(msg, Join):
-            self.on_join(msg)
+            self.role.on_join(msg)
         elif type(msg) is Member and msg.name != self.name:
             self.add_member(member_config(msg))
-
-    def on_join(self, msg: Join) -> None:
-        self.reject("impersonation", f"JOIN from {msg.sender!r} sent to a worker")
 
     def add_member(self, node: NodeConfig) -> None:
         """A device joined: it becomes a neighbour both ways, with a link, a view and (secure) its key allowed."""
@@ -310,12 +309,6 @@ class NodeProcess:
         self.core.compress_on = {**self.core.compress_on, node.name: set()}
         self.core.neighbours = {**self.core.neighbours, node.name: self._view_of(node.name)}
         log.warning("%s: %s joined the cluster", self.name, node.name)
-
-    def on_state(self, msg: State) -> None:  # the source records these
-        pass
-
-    def on_result(self, msg: Result) -> None:
-        self.reject("unexpected_result", f"RESULT for item {msg.item_id} sent to a worker")
 
     def on_control(self, msg: Control) -> None:
         if msg.action == "shutdown":
@@ -382,20 +375,6 @@ class NodeProcess:
         msg = it.to_data(self.name, self.core.backlog_s(t), arrays, self.cfg.wire_codec, t)
         self.links[s.target].send(encode(msg, list(arrays.values())), t)
 
-    def deliver(self, f: events.Finished) -> None:
-        it, t = f.item, self.clock.now()
-        msg = Result(item_id=it.item_id, attempt=it.attempt, label=f.label, exit=f.exit,
-                     confidence=min(1.0, f.confidence), sender=self.name, backlog_s=self.core.backlog_s(t),
-                     admitted_at=it.admitted_at, timings=it.timings)
-        self.links[self.source_name].send(encode(msg), t)
-
-    def deliver_expired(self, item: events.WorkItem) -> None:
-        """Tell the source an item was dropped unrun: its deadline passed here."""
-        msg = Result(item_id=item.item_id, attempt=item.attempt, label=0, exit=item.task, confidence=0.0,
-                     sender=self.name, backlog_s=self.core.backlog_s(self.clock.now()), admitted_at=item.admitted_at,
-                     expired=True)
-        self.links[self.source_name].send(encode(msg), self.clock.now())
-
     # ---------------------------------------------------------------- heartbeat
     def stats(self) -> dict[str, float]:
         dev = self.device
@@ -434,7 +413,7 @@ class NodeProcess:
             self.progress_sent_at = t
         msg = State(sender=self.name, backlog_s=self.core.backlog_s(t), queue_len=len(self.core.queue),
                     service_s=self.core.estimator.snapshot(), sent_at=t + self.egress.wait_s(t), leaving=self.leaving,
-                    stats=self.stats() if final else {}, run_s=self.run_elapsed_s(t),
+                    stats=self.stats() if final else {}, run_s=self.role.run_elapsed_s(t),
                     links=self.meter.figures(t) if final else {},
                     progress=self.progress_report(t) if progress else {},
                     package=self.package_version if progress else None)
@@ -494,3 +473,53 @@ class NodeProcess:
             self.clock.sleep(0.2)  # let the final STATE leave
         finally:
             self.close()
+
+
+class Role(Protocol):
+    """What a node does with what only the source handles: a worker's (WorkerRole) or the source's
+    (runtime.source.SourceProcess, which composes a node with a SourceCore). The node calls its role on its loop."""
+
+    def heard(self, sender: str, t: float) -> None: ...
+    def on_join(self, msg: Join) -> None: ...
+    def on_result(self, msg: Result) -> None: ...
+    def on_state(self, msg: State) -> None: ...
+    def deliver(self, f: events.Finished) -> None: ...
+    def deliver_expired(self, item: events.WorkItem) -> None: ...
+    def run_elapsed_s(self, t: float) -> float | None: ...
+
+
+class WorkerRole:
+    """A worker's: its results go to the source; a JOIN or a RESULT sent to it is refused; it keeps no time of
+    the run."""
+
+    def __init__(self, node: NodeProcess):
+        self.node = node
+
+    def heard(self, sender: str, t: float) -> None:
+        pass
+
+    def on_join(self, msg: Join) -> None:
+        self.node.reject("impersonation", f"JOIN from {msg.sender!r} sent to a worker")
+
+    def on_result(self, msg: Result) -> None:
+        self.node.reject("unexpected_result", f"RESULT for item {msg.item_id} sent to a worker")
+
+    def on_state(self, msg: State) -> None:
+        pass
+
+    def run_elapsed_s(self, t: float) -> float | None:
+        return None
+
+    def deliver(self, f: events.Finished) -> None:
+        it, node, t = f.item, self.node, self.node.clock.now()
+        msg = Result(item_id=it.item_id, attempt=it.attempt, label=f.label, exit=f.exit,
+                     confidence=min(1.0, f.confidence), sender=node.name, backlog_s=node.core.backlog_s(t),
+                     admitted_at=it.admitted_at, timings=it.timings)
+        node.links[node.source_name].send(encode(msg), t)
+
+    def deliver_expired(self, item: events.WorkItem) -> None:
+        """Tell the source an item was dropped unrun: its deadline passed here."""
+        node, t = self.node, self.node.clock.now()
+        msg = Result(item_id=item.item_id, attempt=item.attempt, label=0, exit=item.task, confidence=0.0,
+                     sender=node.name, backlog_s=node.core.backlog_s(t), admitted_at=item.admitted_at, expired=True)
+        node.links[node.source_name].send(encode(msg), t)

@@ -2,8 +2,10 @@
 admission gate, can run tasks itself, and keeps a ledger of every admitted item until its one outcome (DESIGN §9,
 §10). It watches every worker's heartbeats: a node silent for `dead_after_ms` (or whose process died) is down,
 and the items in flight are dispatched again; so is any item overdue. Admission decisions come from an
-`Admission` policy object. Every decision is the SourceCore's (runtime.sourcecore); this shell owns the threads,
-the sockets, the sleeping and the live view.
+`Admission` policy object. Every decision is the SourceCore's (runtime.sourcecore). The source is a node shell
+(runtime.node.NodeProcess: sockets, loop, executors) composed with that core: it is the node's role, which gets
+what only the source handles (results, STATEs, joins, its own finished items), and it owns the phases of the run
+and the live view.
 
 Admitting and draining are phases of the node's loop (runtime.loop), which owns the source core as it owns the
 node core: after every round it offers what arrived, releases what the gate lets through and answers what settled.
@@ -25,7 +27,9 @@ from functools import partial
 
 import numpy as np
 
+from mdiexit.config import ClusterConfig
 from mdiexit.ops.status import EVENTS_SHOWN, EventStatus, LinkStatus, NodeStatus, SiteStatus, write_status
+from mdiexit.package import Package
 from mdiexit.policies.gate import REJECT_WHY, STOPPING, AdmissionGate
 from mdiexit.protocol.messages import Control, Join, Result, State
 from mdiexit.runtime.arrivals import Arrivals, Offer
@@ -81,11 +85,16 @@ class Phase:
     ended: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
-class SourceProcess(NodeProcess):
-    def __init__(self, *args, admission: Admission, gate: AdmissionGate | None = None, **kw):
-        super().__init__(*args, **kw)
-        self.sc = SourceCore(self.name, self.rules, self.pkg.num_tasks, admission, gate or AdmissionGate(),
-                             len(self.cluster.nodes) * self.cluster.max_batch, self.cluster.dead_after_ms / 1000)
+class SourceProcess:
+    """The source: a node shell (runtime.node.NodeProcess, whose role this is) and a SourceCore. The node's loop
+    runs both; what only the source handles (results, STATEs, joins, its own finished items) comes here."""
+
+    def __init__(self, cluster: ClusterConfig, name: str, pkg: Package, *, admission: Admission,
+                 gate: AdmissionGate | None = None, **node_options):
+        self.node = NodeProcess(cluster, name, pkg, role=self, **node_options)
+        self.loop, self.clock, self.name = self.node.loop, self.node.clock, name  # the node's, for good
+        self.sc = SourceCore(name, self.node.rules, pkg.num_tasks, admission, gate or AdmissionGate(),
+                             len(cluster.nodes) * cluster.max_batch, cluster.dead_after_ms / 1000)
         self.sc.run_start = self.clock.now()
         # the core's state, shared by reference (the launcher, the telemetry and the tests read it here)
         self.admission, self.gate, self.ledger = admission, self.sc.gate, self.sc.ledger
@@ -97,8 +106,8 @@ class SourceProcess(NodeProcess):
         self.phase = "starting"  # admitting | draining | done
         self.running: Phase | None = None  # the phase the loop runs
         self._archive: tuple[bytes, str] | None = None  # the package as sent to joiners
-        # the package's parts, to joiners
-        self.bulk = BulkSender(self.egress, lambda peer, frames: self.links[peer].send(frames, self.clock.now()))
+        links = self.node.links  # the package's parts, to joiners
+        self.bulk = BulkSender(self.node.egress, lambda peer, frames: links[peer].send(frames, self.clock.now()))
         self.loop.after += [self._tick, self.bulk.pump]
         self.intake = None  # the client endpoint while serving: its own refusals count as offered and rejected
         self.stream = None  # the arrivals a run admits from (a video's skipped frames are shown)
@@ -106,7 +115,7 @@ class SourceProcess(NodeProcess):
         self.latency_observers: list[Callable[[float], None]] = [self.latencies.append]  # and metrics
         # the site's status: each node's last few progress reports (time, busy_s and tasks so far), its package
         self.progress: dict[str, deque[tuple[float, dict[str, float]]]] = {}
-        self.package_of: dict[str, str | None] = {self.name: self.package_version}
+        self.package_of: dict[str, str | None] = {self.name: self.node.package_version}
         self.status_path = None
 
     @property
@@ -117,37 +126,42 @@ class SourceProcess(NodeProcess):
     def run_start(self, t: float) -> None:
         """When admission starts: the origin of every event's at_s (the core's), and of the node's run clock."""
         self.sc.run_start = t
-        self.start_run(t)
+        self.node.start_run(t)
 
     def run_elapsed_s(self, t: float) -> float | None:
         return None if self.phase == "starting" else t - self.run_start
 
-    # ---------------------------------------------------------------- results and state
-    def handle(self, msg, arrays) -> None:
-        if not isinstance(msg, Join):  # a joiner is alive once it reports as a worker
-            self.sc.heard(msg.sender, self.clock.now())
-        super().handle(msg, arrays)
+    # ---------------------------------------------------------------- the node's
+    def start(self) -> None:
+        self.node.start()
+
+    def close(self) -> None:
+        self.node.close()
+
+    # ---------------------------------------------------------------- its role: results, state, joins
+    def heard(self, sender: str, t: float) -> None:
+        self.sc.heard(sender, t)
 
     def on_join(self, msg: Join) -> None:
         """Let a new device in: its key was allowed (ZAP checked it), its name is new. It gets the cluster view
         and the package; every node learns it as a neighbour."""
         if msg.sender != msg.name:
-            self.reject("impersonation", f"JOIN for {msg.name!r} from {msg.sender!r}")
+            self.node.reject("impersonation", f"JOIN for {msg.name!r} from {msg.sender!r}")
             return
-        if msg.name in self.down and msg.name in self.links:  # a joiner that failed, back again
+        if msg.name in self.down and msg.name in self.node.links:  # a joiner that failed, back again
             self._welcome(msg.name)
             return
-        if any(n.name == msg.name for n in self.cluster.nodes):
+        if any(n.name == msg.name for n in self.node.cluster.nodes):
             log.warning("%s: %s asked to join, but a member has that name; a member restarts with the cluster "
                         "file (`mdiexit worker --cluster F --name N`)", self.name, msg.name)
             return
-        key = self.auth.key_of(msg.name) if self.auth is not None else None
+        key = self.node.auth.key_of(msg.name) if self.node.auth is not None else None
         member = member_message(self.name, msg, key.decode() if key else None)
         node = member_config(member)
-        self.add_member(node)
+        self.node.add_member(node)
         self._welcome(node.name)
         frames = encode(member)
-        for peer, link in self.links.items():
+        for peer, link in self.node.links.items():
             if peer != node.name:
                 link.send(frames, self.clock.now())
         self.events.append({"node": node.name, "kind": "joined", "at_s": self.clock.now() - self.run_start})
@@ -155,18 +169,18 @@ class SourceProcess(NodeProcess):
     def on_result(self, msg: Result) -> None:
         """Accepted only for an admitted item, from a node holding the task it exited at (DESIGN §6)."""
         if not self.ledger.expects(msg.item_id):
-            self.reject("unexpected_result", f"RESULT for item {msg.item_id}, which is not in flight")
+            self.node.reject("unexpected_result", f"RESULT for item {msg.item_id}, which is not in flight")
             return
         if not self._could_compute(msg.sender, msg.exit):
-            self.reject("unexpected_result", f"RESULT for item {msg.item_id} at exit {msg.exit} from "
-                                             f"{msg.sender!r}, which does not hold task {msg.exit}")
+            self.node.reject("unexpected_result", f"RESULT for item {msg.item_id} at exit {msg.exit} from "
+                                                  f"{msg.sender!r}, which does not hold task {msg.exit}")
             return
         self.source_step(ResultIn(msg.item_id, msg.label, msg.exit, msg.confidence, msg.sender, msg.attempt,
                                   msg.expired), self.clock.now())
 
     def _could_compute(self, sender: str, task: int) -> bool:
         try:
-            return self.cluster.node(sender).holds(task)  # per result: no set built
+            return self.node.cluster.node(sender).holds(task)  # per result: no set built
         except KeyError:
             return False
 
@@ -189,15 +203,15 @@ class SourceProcess(NodeProcess):
 
     def max_backlog_s(self) -> float:
         t = self.clock.now()
-        return self.sc.max_backlog_s(self.core.backlog_s(t), t)
+        return self.sc.max_backlog_s(self.node.core.backlog_s(t), t)
 
     def _welcome(self, name: str) -> None:
         if self._archive is None:
-            self._archive = package_archive(self.cluster.package)
-        keys = dict(self.identity.peers) if self.identity is not None else {}
-        view = dataclasses.replace(self.cluster, mode=self.mode)  # the run's mode, which may override the file's
+            self._archive = package_archive(self.node.cluster.package)
+        keys = dict(self.node.identity.peers) if self.node.identity is not None else {}
+        view = dataclasses.replace(self.node.cluster, mode=self.node.mode)  # the run's mode, maybe not the file's
         welcome, parts = welcome_frames(self.name, view, keys, self._archive)
-        self.links[name].send(welcome, self.clock.now())
+        self.node.links[name].send(welcome, self.clock.now())
         self.bulk.add(name, parts)  # paced behind the data
 
     # ---------------------------------------------------------------- failures and recovery (DESIGN §9)
@@ -211,11 +225,11 @@ class SourceProcess(NodeProcess):
         for action in self.sc.step(event, t):
             match action:
                 case Dispatch(item):
-                    self.route(item, t)
+                    self.node.route(item, t)
                 case Answer(key, outcome, reason):
                     arrivals.answer(key, outcome, reason, None)
                 case TakeOut(name, kind, in_flight):
-                    self.core.on_leave(name)
+                    self.node.core.on_leave(name)
                     log.warning("%s: node %s is down (%s); re-dispatching %d items in flight", self.name, name,
                                 kind, in_flight)
                 case Back(name):
@@ -294,7 +308,7 @@ class SourceProcess(NodeProcess):
 
     def release(self, t: float, arrivals: Arrivals) -> None:
         """Admit what the gate lets through now; answer what expired waiting."""
-        self.source_step(Release(self.core.backlog_s(t)), t, arrivals)
+        self.source_step(Release(self.node.core.backlog_s(t)), t, arrivals)
 
     def answer_settled(self, arrivals: Arrivals) -> None:
         for _, r in self.ledger.take_settled():
@@ -307,10 +321,10 @@ class SourceProcess(NodeProcess):
     def control_step(self, t: float, start: float) -> None:
         """One admission-control step (every CONTROL_PERIOD_S): the core supervises, feeds the largest backlog to
         the policy and logs a timeline row; the shell carries out what supervision decided."""
-        self.source_step(ControlStep(start, self.core.backlog_s(t)), t)
+        self.source_step(ControlStep(start, self.node.core.backlog_s(t)), t)
         # the shell's own share, cumulative (differences between rows tell where the source's time went)
-        self.timeline[-1].update(busy_s=self.busy_s, tasks_run=sum(self.core.tasks_run.values()),
-                                 egress_bytes=self.egress.queued_bytes(t))
+        self.timeline[-1].update(busy_s=self.node.busy_s, tasks_run=sum(self.node.core.tasks_run.values()),
+                                 egress_bytes=self.node.egress.queued_bytes(t))
 
     def refuse_untaken(self, arrivals: Arrivals) -> None:
         for offer in arrivals.stop_taking():  # arrived, never offered: refused, and counted as offered
@@ -337,7 +351,7 @@ class SourceProcess(NodeProcess):
         self.answer_settled(arrivals)
         if t - phase.last_step >= CONTROL_PERIOD_S:
             phase.last_step = t
-            self.source_step(Supervise(self.core.backlog_s(t)), t)
+            self.source_step(Supervise(self.node.core.backlog_s(t)), t)
             self.ledger.window(t, WINDOW_SPAN_S)
         if t < phase.until and not self.abort and (self.ledger.settled < self.ledger.admitted or self.gate.queue):
             return t + DRAIN_LOOK_S
@@ -354,7 +368,7 @@ class SourceProcess(NodeProcess):
 
     def shutdown_workers(self, timeout_s: float = 3.0) -> None:
         """Shut down every worker (not only the source's neighbours, joiners too); collect the live ones' counters."""
-        workers = [w.name for w in self.cluster.workers]
+        workers = [w.name for w in self.node.cluster.workers]
         self.loop.ask(partial(self._send_shutdown, workers))
         deadline = self.clock.now() + timeout_s
         while self.clock.now() < deadline and any(w not in self.final_stats for w in workers if w not in self.down):
@@ -364,12 +378,12 @@ class SourceProcess(NodeProcess):
     def _send_shutdown(self, workers: list[str]) -> None:
         frames = encode(Control(sender=self.name, action="shutdown"))
         for w in workers:
-            if w in self.links:
-                self.links[w].send(frames, self.clock.now())
+            if w in self.node.links:
+                self.node.links[w].send(frames, self.clock.now())
 
     def _own_final_stats(self) -> None:
-        self.final_stats[self.name] = self.stats()
-        self.link_reports[self.name] = self.meter.figures(self.clock.now())
+        self.final_stats[self.name] = self.node.stats()
+        self.link_reports[self.name] = self.node.meter.figures(self.clock.now())
 
     # ---------------------------------------------------------------- live view
     def live_view(self, stop: threading.Event, period_s: float = 1.0) -> None:
@@ -403,7 +417,7 @@ class SourceProcess(NodeProcess):
             last_done, last_t = done, t
             try:
                 snapshot = self.loop.ask(partial(self.site_status, cluster_file, rate, t), timeout_s=period_s)
-                self.status_path = write_status(snapshot, self.cfg.port)
+                self.status_path = write_status(snapshot, self.node.cfg.port)
             except (LoopTimeout, OSError, ValueError) as e:  # the next second's will do
                 log.debug("status snapshot skipped: %s", e)
             if stopping:
@@ -414,11 +428,11 @@ class SourceProcess(NodeProcess):
         run_s = self.run_elapsed_s(t)
         failures = self.failure_summary()
         gone = {e["node"]: e["kind"] for e in failures}  # each node's last event: left, crashed, ...
-        links = self.meter.figures(t)
-        own = self.progress_report(t)
+        links = self.node.meter.figures(t)
+        own = self.node.progress_report(t)
         self.progress.setdefault(self.name, deque(maxlen=PROGRESS_SAMPLES)).append((t, own))
         nodes = []
-        for node in list(self.cluster.nodes):
+        for node in list(self.node.cluster.nodes):
             name = node.name
             samples = list(self.progress.get(name, ()))
             util = tasks = watts = None
@@ -430,7 +444,7 @@ class SourceProcess(NodeProcess):
                     watts = (b["joules"] - a["joules"]) / max(t1 - t0, 1e-9)
             report = self.reports.get(name)
             if name == self.name:
-                state, backlog = "up", self.core.backlog_s(t)
+                state, backlog = "up", self.node.core.backlog_s(t)
             else:
                 state = ("left" if gone.get(name) == "left" else "down") if name in self.down else (
                     "waiting" if report is None else "leaving" if report.leaving else "up")
@@ -444,8 +458,8 @@ class SourceProcess(NodeProcess):
         events = [EventStatus(node=e["node"], kind=e["kind"], at_s=e["at_s"], recovery_s=e.get("recovery_s"))
                   for e in failures[-EVENTS_SHOWN:]]
         return SiteStatus(
-            cluster=cluster_file, source=self.name, mode=self.mode, phase=self.phase, pid=os.getpid(),
-            written_at=time.time(), run_s=run_s, package=self.package_version, throughput_per_s=rate,
+            cluster=cluster_file, source=self.name, mode=self.node.mode, phase=self.phase, pid=os.getpid(),
+            written_at=time.time(), run_s=run_s, package=self.node.package_version, throughput_per_s=rate,
             admission_rate_per_s=self.admission.rate(), admitted=led.admitted, completed=led.completed,
             in_flight=len(led.in_flight),
             rejected=sum(self.gate.rejected.values()) + (sum(self.intake.refused.values()) if self.intake else 0),
@@ -471,13 +485,13 @@ class SourceProcess(NodeProcess):
     def status_line(self, rate: float) -> str:
         led = self.ledger
         acc_text = f"{led.correct / max(1, led.completed):.3f}" if self.labelled() else "-"
-        hist = np.array([led.exit_counts.get(k, 0) for k in range(1, self.pkg.num_tasks + 1)], float)
+        hist = np.array([led.exit_counts.get(k, 0) for k in range(1, self.node.pkg.num_tasks + 1)], float)
         hist = hist / max(1, hist.sum())
         nodes = " ".join(f"{n}:DOWN" if n in self.down else f"{n}:{s.backlog_s * 1000:.0f}ms"
                          for n, s in sorted(self.reports.items()))
-        own = self.core.backlog_s(self.clock.now()) * 1000
-        util = self.busy_s / max(1e-9, self.clock.now() - self.started_at)
-        return (f"[{self.mode}] {rate:6.1f} items/s  admitted {self.ledger.admitted}  done {self.ledger.completed}"
+        own = self.node.core.backlog_s(self.clock.now()) * 1000
+        util = self.node.busy_s / max(1e-9, self.clock.now() - self.node.started_at)
+        return (f"[{self.node.mode}] {rate:6.1f} items/s  admitted {self.ledger.admitted}  done {self.ledger.completed}"
                 f"  acc {acc_text}  exits {' '.join(f'{h:.2f}' for h in hist)}  rate {self.admission.rate():.1f}/s"
                 f"  backlog {self.name}:{own:.0f}ms({util:.0%}) {nodes}"
                 + (f"  redispatched {led.redispatched}" if led.redispatched else "")
@@ -485,4 +499,4 @@ class SourceProcess(NodeProcess):
                 + (f"  expired {led.expired + self.gate.expired}" if led.expired + self.gate.expired else "")
                 + (f"  {j:.4f} J/item" if (j := self.joules_per_item()) is not None else "")
                 + (f"  skipped {n}" if (n := self.skipped()) else "")
-                + f"  links {self.meter.status(self.clock.now())}")
+                + f"  links {self.node.meter.status(self.clock.now())}")

@@ -110,7 +110,7 @@ def source_families(s: SourceProcess) -> Iterator:
                 "expired": led.expired + gate.expired, "failed": led.failed}
     yield _counter("mdiexit_items", outcomes)
     yield _counter("mdiexit_offered_items", {"": gate.offered + refused})
-    by_exit = {str(k): led.exit_counts.get(k, 0) for k in range(1, s.pkg.num_tasks + 1)}
+    by_exit = {str(k): led.exit_counts.get(k, 0) for k in range(1, s.node.pkg.num_tasks + 1)}
     yield _counter("mdiexit_items_by_exit", by_exit)
     yield _gauge("mdiexit_admission_rate_per_second", s.admission.rate())
     yield _gauge("mdiexit_admission_queue_items", len(gate.queue))
@@ -134,11 +134,11 @@ class Telemetry:
         self.registry = CollectorRegistry()
         self.registry.register(LoopCollector(node, node_families))
         self.latency: Histogram | None = None
-        if node.cfg.role == "source":  # a SourceProcess (told by its role: this module imports no shell)
-            self.registry.register(LoopCollector(node, source_families))
+        if node.cfg.role == "source":  # its role is the SourceProcess (told by its config: no shell imported)
+            self.registry.register(LoopCollector(node, lambda n: source_families(n.role)))
             self.latency = Histogram("mdiexit_latency_seconds", _help("mdiexit_latency_seconds"),
                                      buckets=LATENCY_BUCKETS, registry=self.registry)
-            node.latency_observers.append(self.latency.observe)
+            node.role.latency_observers.append(self.latency.observe)
         if addr not in (LOOPBACK, "localhost", "::1"):
             log.warning("metrics of %s are served on %s:%d, beyond this machine, unauthenticated", node.name,
                         addr, port)
