@@ -35,14 +35,13 @@ from mdiexit.data import load_items
 from mdiexit.energy import cluster_models, run_energy
 from mdiexit.package import Package, load_package
 from mdiexit.planner import limit_from_stats
-from mdiexit.policies.modes import rules_for
 from mdiexit.runtime.arrivals import StreamArrivals
 from mdiexit.runtime.device import HostProfiles, planner_costs, profile_nodes, read_profile
 from mdiexit.runtime.metrics import emulation_check, host_cpu_ticks, link_summary, summarize
 from mdiexit.runtime.node import NodeProcess
 from mdiexit.runtime.options import ClusterError, RunOptions
 from mdiexit.runtime.report import RunResult
-from mdiexit.runtime.runpolicy import capacity_hint, make_admission, make_gate, planned_limits
+from mdiexit.runtime.runpolicy import capacity_hint, make_admission, make_gate, planned_limits, preflight
 from mdiexit.runtime.service import UNREAD_MIN_S, UNREAD_WAITS, ClientEndpoint
 from mdiexit.runtime.sinks import SinkedArrivals, check_sink, open_sink
 from mdiexit.runtime.source import Admission, SourceProcess
@@ -203,21 +202,13 @@ def node_identity(cluster: ClusterConfig, name: str, keys_dir: Path | None,
 def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | None, spawn: bool,
                  netns: dict[str, str | None] | None = None,
                  on_ready: Callable[[LiveRun], None] | None = None) -> RunResult:
-    cluster = load_cluster(cluster_path)
-    mode = opts.mode or cluster.mode
-    rules = rules_for(mode)
-    pkg = load_package(cluster.package, check_onnx=True)
-    cluster.check_tasks(pkg.num_tasks)
-    if not rules.single_node:
-        cluster.check_reachable(pkg.num_tasks, rules.source_computes, rules.offload_later)
+    run = preflight(cluster_path, opts, check_onnx=True)
+    cluster, mode, rules, pkg = run.cluster, run.mode, run.rules, run.pkg
     if opts.serve is not None and cluster.source.client_port is None:
         raise ClusterError(f"{cluster_path}: the source has no client_port; add `client_port: PORT` to its entry")
     keys_dir = cluster_keys(cluster, opts, ephemeral_ok=spawn and opts.serve is None)
     ephemeral = keys_dir is not None and keys_dir != (opts.keys_dir or cluster.keys_dir)
     identity = node_identity(cluster, cluster.source.name, keys_dir)
-    if opts.thresholds is not None and len(opts.thresholds) != pkg.num_tasks:
-        raise ClusterError(f"--thresholds: {len(opts.thresholds)} values for the package's {pkg.num_tasks} exits; "
-                           f"give {pkg.num_tasks}, the last 0")
     video = str(opts.items).startswith(VIDEO_PREFIX) and opts.serve is None
     if video:
         VideoFrames.check(str(opts.items)[len(VIDEO_PREFIX):])  # before any node starts

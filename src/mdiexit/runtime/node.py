@@ -23,7 +23,6 @@ import threading
 from collections import Counter
 from functools import partial
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import zmq
@@ -47,6 +46,7 @@ from mdiexit.runtime.linkmeter import LinkMeter
 from mdiexit.runtime.links import Egress, Link
 from mdiexit.runtime.loop import Loop
 from mdiexit.runtime.options import ClusterError
+from mdiexit.runtime.role import Role, WorkerRole
 from mdiexit.security import CLIENTS, Identity, NodeAuthenticator, make_server
 
 log = logging.getLogger("mdiexit.node")
@@ -206,7 +206,7 @@ class NodeProcess:
                 log.warning("%s: item %d waited %.1f s for a holder of task %d; dropped",
                             self.name, a.item.item_id, t - a.item.parked_at, a.item.task)
 
-    # ---------------------------------------------------------------- compression
+    # ---------------------------------------------------------------- stop
     def close(self) -> None:
         self.stop.set()
         self.loop.wake()
@@ -473,53 +473,3 @@ class NodeProcess:
             self.clock.sleep(0.2)  # let the final STATE leave
         finally:
             self.close()
-
-
-class Role(Protocol):
-    """What a node does with what only the source handles: a worker's (WorkerRole) or the source's
-    (runtime.source.SourceProcess, which composes a node with a SourceCore). The node calls its role on its loop."""
-
-    def heard(self, sender: str, t: float) -> None: ...
-    def on_join(self, msg: Join) -> None: ...
-    def on_result(self, msg: Result) -> None: ...
-    def on_state(self, msg: State) -> None: ...
-    def deliver(self, f: events.Finished) -> None: ...
-    def deliver_expired(self, item: events.WorkItem) -> None: ...
-    def run_elapsed_s(self, t: float) -> float | None: ...
-
-
-class WorkerRole:
-    """A worker's: its results go to the source; a JOIN or a RESULT sent to it is refused; it keeps no time of
-    the run."""
-
-    def __init__(self, node: NodeProcess):
-        self.node = node
-
-    def heard(self, sender: str, t: float) -> None:
-        pass
-
-    def on_join(self, msg: Join) -> None:
-        self.node.reject("impersonation", f"JOIN from {msg.sender!r} sent to a worker")
-
-    def on_result(self, msg: Result) -> None:
-        self.node.reject("unexpected_result", f"RESULT for item {msg.item_id} sent to a worker")
-
-    def on_state(self, msg: State) -> None:
-        pass
-
-    def run_elapsed_s(self, t: float) -> float | None:
-        return None
-
-    def deliver(self, f: events.Finished) -> None:
-        it, node, t = f.item, self.node, self.node.clock.now()
-        msg = Result(item_id=it.item_id, attempt=it.attempt, label=f.label, exit=f.exit,
-                     confidence=min(1.0, f.confidence), sender=node.name, backlog_s=node.core.backlog_s(t),
-                     admitted_at=it.admitted_at, timings=it.timings)
-        node.links[node.source_name].send(encode(msg), t)
-
-    def deliver_expired(self, item: events.WorkItem) -> None:
-        """Tell the source an item was dropped unrun: its deadline passed here."""
-        node, t = self.node, self.node.clock.now()
-        msg = Result(item_id=item.item_id, attempt=item.attempt, label=0, exit=item.task, confidence=0.0,
-                     sender=node.name, backlog_s=node.core.backlog_s(t), admitted_at=item.admitted_at, expired=True)
-        node.links[node.source_name].send(encode(msg), t)

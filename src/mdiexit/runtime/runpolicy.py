@@ -1,15 +1,17 @@
-"""A run's admission policy and gate, from its options (DESIGN §3.3, §10): what `run`, `serve` and the simulator
-hand the source core, so that both executors build them one way."""
+"""What a run is, from its cluster file and options, for `run`, `serve` and the simulator alike: the checks before
+anything starts (preflight), and the admission policy and gate the source core gets (DESIGN §3.3, §10), so that
+both executors prepare a run one way."""
 
 from __future__ import annotations
 
 import functools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from pathlib import Path
 
-from mdiexit.config import ClusterConfig
-from mdiexit.package import Package
+from mdiexit.config import ClusterConfig, load_cluster
+from mdiexit.package import Package, load_package
 from mdiexit.planner import Costs, limit_at_thresholds
 from mdiexit.policies.admission import (
     DEADLINE_SHARE_OF_BACKLOG,
@@ -20,13 +22,37 @@ from mdiexit.policies.admission import (
     feasible_ceiling,
 )
 from mdiexit.policies.gate import AdmissionGate
-from mdiexit.policies.modes import no_exit_thresholds, rules_for
+from mdiexit.policies.modes import ModeRules, no_exit_thresholds, rules_for
+from mdiexit.runtime.options import ClusterError, RunOptions
 from mdiexit.runtime.sourcecore import Admission, FixedAdmission
 
-if TYPE_CHECKING:
-    from mdiexit.runtime.options import RunOptions
-
 log = logging.getLogger("mdiexit.launch")
+
+
+@dataclass
+class Preflight:
+    """A run that passed its checks: its cluster, mode, the mode's rules and the package."""
+
+    cluster: ClusterConfig
+    mode: str
+    rules: ModeRules
+    pkg: Package
+
+
+def preflight(cluster_path: Path, opts: RunOptions, check_onnx: bool = False) -> Preflight:
+    """Load the cluster file and its package and refuse, naming the fix, what no run of them can do: a task no
+    node holds, a task no path reaches, thresholds that do not match the package's exits."""
+    cluster = load_cluster(cluster_path)
+    mode = opts.mode or cluster.mode
+    rules = rules_for(mode)
+    pkg = load_package(cluster.package, check_onnx=check_onnx)
+    cluster.check_tasks(pkg.num_tasks)
+    if not rules.single_node:
+        cluster.check_reachable(pkg.num_tasks, rules.source_computes, rules.offload_later)
+    if opts.thresholds is not None and len(opts.thresholds) != pkg.num_tasks:
+        raise ClusterError(f"--thresholds: {len(opts.thresholds)} values for the package's {pkg.num_tasks} exits; "
+                           f"give {pkg.num_tasks}, the last 0")
+    return Preflight(cluster, mode, rules, pkg)
 
 
 def make_admission(pkg: Package, mode: str, opts: RunOptions,

@@ -9,16 +9,13 @@ import time
 from functools import partial
 from pathlib import Path
 
-from mdiexit.config import load_cluster
 from mdiexit.energy import cluster_models, run_energy
-from mdiexit.package import load_package
 from mdiexit.planner import costs_from_macs, limit_from_stats
-from mdiexit.policies.modes import rules_for
 from mdiexit.runtime.device import planner_costs
 from mdiexit.runtime.metrics import summarize
 from mdiexit.runtime.options import ClusterError, RunOptions
 from mdiexit.runtime.report import RunResult
-from mdiexit.runtime.runpolicy import capacity_hint, make_admission, make_gate, planned_limits
+from mdiexit.runtime.runpolicy import capacity_hint, make_admission, make_gate, planned_limits, preflight
 from mdiexit.runtime.sourcecore import Admission, SourceCore
 from mdiexit.runtime.summary import run_config, run_summary
 from mdiexit.sim.model import host_times, load_items_logits
@@ -37,16 +34,8 @@ def simulate(cluster_path: Path, opts: RunOptions, seed: int = 0, times: str = "
     if str(opts.items).startswith("video:"):
         raise ClusterError("--items video: plays a video in `mdiexit run` only; the simulator streams the test "
                            "split or an image folder (--items test|all|N)")
-    cluster = load_cluster(cluster_path)
-    mode = opts.mode or cluster.mode
-    rules = rules_for(mode)
-    pkg = load_package(cluster.package)
-    cluster.check_tasks(pkg.num_tasks)
-    if not rules.single_node:
-        cluster.check_reachable(pkg.num_tasks, rules.source_computes, rules.offload_later)
-    if opts.thresholds is not None and len(opts.thresholds) != pkg.num_tasks:
-        raise ClusterError(f"--thresholds: {len(opts.thresholds)} values for the package's {pkg.num_tasks} exits; "
-                           f"give {pkg.num_tasks}, the last 0")
+    run = preflight(cluster_path, opts)
+    cluster, mode, rules, pkg = run.cluster, run.mode, run.rules, run.pkg
     items = load_items_logits(pkg, opts.items, opts.data_dir, opts.limit_items)
     # the planner's costs: the same device times as the simulation's
     costs = (lambda: costs_from_macs(pkg)) if times == "macs" else partial(planner_costs, pkg, cluster)
