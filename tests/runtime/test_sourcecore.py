@@ -10,20 +10,8 @@ import pytest
 
 from mdiexit.policies.gate import AdmissionGate
 from mdiexit.policies.modes import rules_for
+from mdiexit.runtime import events
 from mdiexit.runtime.arrivals import Offer
-from mdiexit.runtime.events import (
-    Answer,
-    Back,
-    ControlStep,
-    Dispatch,
-    Offered,
-    PeerDown,
-    Release,
-    ResultIn,
-    StateIn,
-    Supervise,
-    TakeOut,
-)
 from mdiexit.runtime.sourcecore import CONTROL_PERIOD_S, WINDOW_MEMORY_S, FixedAdmission, SourceCore
 
 THRESHOLDS = (0.9, 0.8, 0.7, 0.0)
@@ -147,38 +135,39 @@ def test_the_window_remembers_the_recent_peak_so_a_stall_does_not_shrink_it_for_
 # ---------------------------------------------------------------- step(event, now) -> actions, as the shells see it
 def test_an_offer_is_queued_or_refused_and_a_release_dispatches_in_admission_order():
     sc = make(rate=100.0, max_wait_s=0.05)
-    assert sc.step(Offered(Offer(None, 1, 0, None)), 0.0) == []  # queued at the gate
-    assert sc.step(Offered(Offer(None, 2, 1, 0.5)), 0.0) == []  # with a deadline of 0.5 s
-    actions = sc.step(Release(0.0), 0.0)
-    assert [type(a) for a in actions] == [Dispatch] and actions[0].item.item_id == 0
-    actions = sc.step(Release(10.0), 0.6)  # a backlog held item 1 past its deadline: answered, never dispatched
-    assert actions == [Answer(1, "expired", "its deadline passed while it waited for admission")]
+    assert sc.step(events.Offered(Offer(None, 1, 0, None)), 0.0) == []  # queued at the gate
+    assert sc.step(events.Offered(Offer(None, 2, 1, 0.5)), 0.0) == []  # with a deadline of 0.5 s
+    actions = sc.step(events.Release(0.0), 0.0)
+    assert [type(a) for a in actions] == [events.Dispatch] and actions[0].item.item_id == 0
+    actions = sc.step(events.Release(10.0), 0.6)  # a backlog held item 1 past its deadline: answered, never dispatched
+    assert actions == [events.Answer(1, "expired", "its deadline passed while it waited for admission")]
     for k in range(2, 40):  # far more than the gate may hold at 100/s: refused with a reason
-        actions = sc.step(Offered(Offer(None, 0, k, None)), 0.6)
+        actions = sc.step(events.Offered(Offer(None, 0, k, None)), 0.6)
     assert [(a.key, a.outcome) for a in actions] == [(39, "rejected")] and actions[0].reason.startswith("overloaded")
 
 
 def test_a_leaving_node_is_taken_out_and_its_items_dispatched_again():
     sc = make(rate=1000.0)
     for k in range(3):
-        sc.step(Offered(Offer(None, k, k, None)), 0.0)
-    sent = [a.item.item_id for t in (0.0, 0.01) for a in sc.step(Release(0.0), t)]
+        sc.step(events.Offered(Offer(None, k, k, None)), 0.0)
+    sent = [a.item.item_id for t in (0.0, 0.01) for a in sc.step(events.Release(0.0), t)]
     assert sent == [0, 1, 2]
-    assert sc.step(StateIn("w1", 0.2), 0.02) == []
-    actions = sc.step(StateIn("w1", 0.0, leaving=True), 0.03)
-    assert actions[0] == TakeOut("w1", "left", 3)
+    assert sc.step(events.StateIn("w1", 0.2), 0.02) == []
+    actions = sc.step(events.StateIn("w1", 0.0, leaving=True), 0.03)
+    assert actions[0] == events.TakeOut("w1", "left", 3)
     assert [(a.item.item_id, a.item.attempt) for a in actions[1:]] == [(0, 1), (1, 1), (2, 1)]
-    assert sc.step(PeerDown("w1", "crashed"), 0.04) == []  # down once
+    assert sc.step(events.PeerDown("w1", "crashed"), 0.04) == []  # down once
 
 
 def test_a_control_step_hands_back_what_supervision_decided():
     sc = make(rate=1000.0)
-    sc.step(StateIn("w1", 0.0), 0.0)
-    sc.step(Offered(Offer(None, 0, 0, None)), 0.0)
-    (dispatched,) = sc.step(Release(0.0), 0.0)
-    actions = sc.step(ControlStep(0.0, 0.0), 1.5)  # w1 silent for longer than dead_after_s
-    assert actions == [TakeOut("w1", "silent", 1), Dispatch(dataclasses.replace(dispatched.item, attempt=1))]
+    sc.step(events.StateIn("w1", 0.0), 0.0)
+    sc.step(events.Offered(Offer(None, 0, 0, None)), 0.0)
+    (dispatched,) = sc.step(events.Release(0.0), 0.0)
+    actions = sc.step(events.ControlStep(0.0, 0.0), 1.5)  # w1 silent for longer than dead_after_s
+    retry = dataclasses.replace(dispatched.item, attempt=1)
+    assert actions == [events.TakeOut("w1", "silent", 1), events.Dispatch(retry)]
     assert sc.timeline[-1]["t_s"] == 1.5
-    sc.step(StateIn("w1", 0.0), 2.0)
-    assert sc.step(Supervise(0.0), 2.1) == [Back("w1")]
-    assert sc.step(ResultIn(0, 3, 4, 0.9, "w1", attempt=1), 2.2) == [] and sc.ledger.completed == 1
+    sc.step(events.StateIn("w1", 0.0), 2.0)
+    assert sc.step(events.Supervise(0.0), 2.1) == [events.Back("w1")]
+    assert sc.step(events.ResultIn(0, 3, 4, 0.9, "w1", attempt=1), 2.2) == [] and sc.ledger.completed == 1
