@@ -73,8 +73,8 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
         tasks = [int(t) for t in a.tasks.split(",")] if a.tasks else None
         return run_joiner(a.join, a.name, a.workdir or Path("runs") / f"join-{a.name}", a.key, a.source_key,
-                          a.insecure, host=a.host, port=a.port, tasks=tasks, threads=a.threads, slowdown=a.slowdown,
-                          bandwidth_mbps=a.bandwidth_mbps, latency_ms=a.latency_ms)
+                          a.insecure, a.dilation, host=a.host, port=a.port, tasks=tasks, threads=a.threads,
+                          slowdown=a.slowdown, bandwidth_mbps=a.bandwidth_mbps, latency_ms=a.latency_ms)
     if a.cluster is None:
         raise SystemExit("mdiexit: error: give --cluster F (a member of the cluster file) or --join tcp://SOURCE:PORT")
     return run_worker(a.cluster, a.name, a.mode, pace=not a.no_pace, insecure=a.insecure, keys_dir=a.keys_dir,

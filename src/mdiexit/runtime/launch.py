@@ -124,6 +124,8 @@ class LiveRun:
             cmd += ["--key", str(keys_dir / f"{name}.key_secret"), "--source-key", str(keys_dir / f"{src.name}.key")]
         for k, v in device.items():
             cmd += [f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, list | tuple) else str(v)]
+        if (dilation := self.spawn_args.get("dilation", 1.0)) != 1.0:
+            cmd += ["--dilation", repr(dilation)]  # on the run's clock, as every other node
         self.procs[name] = _SPAWNER.submit(_child, cmd).result()
 
 
@@ -422,7 +424,7 @@ def run_worker(cluster_path: Path, name: str, mode: str | None, pace: bool = Tru
 
 
 def run_joiner(source: str, name: str, workdir: Path, key_file: Path | None, source_key: str | None,
-               insecure: bool = False, **device) -> int:
+               insecure: bool = False, dilation: float = 1.0, **device) -> int:
     """A device that is not in the cluster file joins the running cluster at `source` (DESIGN §9), then works
     as an ordinary worker. ``device``: host, port, tasks, threads, slowdown, bandwidth_mbps, latency_ms."""
     from mdiexit.protocol.messages import Join
@@ -435,4 +437,4 @@ def run_joiner(source: str, name: str, workdir: Path, key_file: Path | None, sou
     join = Join(sender=name, name=name, **{k: v for k, v in device.items() if v is not None})
     cluster_path = join_cluster(source, join, workdir, None if insecure else key_file, source_key)
     log.warning("%s: joined; cluster view and package in %s", name, workdir)
-    return run_worker(cluster_path, name, None, insecure=insecure, key_file=key_file)
+    return run_worker(cluster_path, name, None, insecure=insecure, key_file=key_file, dilation=dilation)
