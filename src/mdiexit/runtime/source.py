@@ -185,10 +185,13 @@ class SourceProcess:
             return False
 
     def deliver(self, f: Finished) -> None:
-        self.ledger.complete(f.item.item_id, f.label, f.exit, f.confidence, self.name, self.clock.now(), f.item.attempt)
+        """An item finished here, at the source: its result, as a worker's RESULT would bring it."""
+        it = f.item
+        self.source_step(ResultIn(it.item_id, f.label, f.exit, f.confidence, self.name, it.attempt), self.clock.now())
 
     def deliver_expired(self, item: WorkItem) -> None:
-        self.ledger.expire(item.item_id, self.clock.now())
+        self.source_step(ResultIn(item.item_id, 0, item.task, 0.0, self.name, item.attempt, expired=True),
+                         self.clock.now())
 
     def on_state(self, msg: State) -> None:
         if msg.progress:
