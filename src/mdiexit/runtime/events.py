@@ -181,7 +181,8 @@ class Supervise(NamedTuple):
 
 
 class ResultIn(NamedTuple):
-    """A node's RESULT for an admitted item (checked by the shell: in flight, from a node holding its exit)."""
+    """A result for an admitted item: a node's RESULT (the shell checked it is in flight and from a node holding its
+    exit), or an item the source finished or dropped itself."""
 
     item_id: int
     label: int
