@@ -16,7 +16,7 @@ import zmq
 from mdiexit.config import load_cluster
 from mdiexit.package import load_package
 from mdiexit.protocol.codec import describe, encode
-from mdiexit.protocol.messages import Control, Data, Result, State
+from mdiexit.protocol.messages import Control, Data, Join, Result, State
 from mdiexit.runtime.launch import LiveRun, RunOptions, run_cluster
 from mdiexit.security import create_keys, read_public, read_secret
 from tests.runtime.conftest import write_cluster
@@ -70,7 +70,10 @@ def test_outsiders_and_impostors_are_refused(tmp_path, tiny_package):
                                 (stranger_pub, stranger_sec, server)))  # a key the cluster does not know
         w1 = cluster.node("w1")
         impostor = [encode(Control(sender="source", action="shutdown")),  # w2's key, claiming to be the source
-                    encode(Control(sender="w2", action="shutdown"))]  # honest sender, but not the source
+                    encode(Control(sender="w2", action="shutdown")),  # honest sender, but not the source
+                    # honest, but only the source takes these: a worker's role refuses them
+                    encode(Result(item_id=0, label=1, exit=1, confidence=0.9, sender="w2", admitted_at=0.0)),
+                    encode(Join(sender="w2", name="w2", host="127.0.0.1", port=6000))]
         socks.append(attack(ctx, w1.address, impostor, (w2_pub, w2_sec, read_public(keys / "w1.key"))))
         wait_for(lambda: live.source.phase == "done", timeout=120, what="the end of the run")
 
@@ -80,9 +83,10 @@ def test_outsiders_and_impostors_are_refused(tmp_path, tiny_package):
         sock.close(0)
     assert s["secure"] and s["crashed"] == []
     assert s["completed"] == s["admitted"] and s["lost"] == 0 and s["duplicates"] == 0
-    assert s["unknown_results"] == 0 and s["rejected_messages"]["unexpected_result"] == 0  # nothing forged got in
+    assert s["unknown_results"] == 0  # nothing forged got in
+    assert s["rejected_messages"]["unexpected_result"] == 1  # w2's RESULT, sent to w1
     assert s["rejected_messages"]["unauthenticated"] >= len(cluster.nodes)
-    assert s["rejected_messages"]["impersonation"] == 2
+    assert s["rejected_messages"]["impersonation"] == 3  # two CONTROLs not from the source, and w2's JOIN to w1
     assert set(s["per_node"]) == {"source", "w1", "w2"}  # every node ran to the end and reported
 
 
