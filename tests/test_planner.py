@@ -13,15 +13,13 @@ from mdiexit.planner import (
     Costs,
     NodeTimes,
     build_problem,
-    default_template,
-    devices_needed,
     limit_from_stats,
     node_times,
     plan_problem,
     plan_throughput,
     reach_of,
-    with_copies,
 )
+from mdiexit.sizing import default_template, devices_needed, with_copies
 
 
 def cluster(nodes: list[dict], neighbours: dict | None = None, mode: str = "mdi-exit"):

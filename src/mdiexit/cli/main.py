@@ -7,8 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from mdiexit.bench.ratesearch import REFINE_STEPS, bracket_width
-from mdiexit.cli.bench import add_link_bench_commands
+from mdiexit.cli.bench import add_bench_commands
 from mdiexit.cli.common import DEFAULT_CLUSTER, RunDefault, device_profile_arg, finish_run, stream_timing_args
 from mdiexit.cli.errors import missing_extra, user_errors
 from mdiexit.cli.model import DEFAULT_PACKAGE, add_model_commands, floats, items_arg
@@ -24,13 +23,6 @@ def cmd_profile(a: argparse.Namespace) -> int:
     from mdiexit.profile_report import print_profile
 
     print_profile(load_package(a.package))
-    return 0
-
-
-def cmd_bench_engine(a: argparse.Namespace) -> int:
-    from mdiexit.bench.engine import bench_engine
-
-    bench_engine(a.package, repeats=a.repeats, threads=a.threads, checkpoint=a.checkpoint)
     return 0
 
 
@@ -193,52 +185,6 @@ def cmd_plot(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_paper(a: argparse.Namespace) -> int:
-    """Experiment 1: highest sustainable throughput at the target accuracy (rate search; mdi-exit also with rate
-    adaptation). Experiment 2: accuracy within a 1 s deadline at fixed rates from 0.5x to 3x mdi's capacity."""
-    from mdiexit.bench.paper import PaperOptions, bench_paper
-
-    o = PaperOptions(probe_s=a.probe_s, adaptive_s=a.adaptive_s, exp2_s=a.exp2_s, data_dir=a.data_dir,
-                     modes=tuple(a.modes.split(",")) if a.modes else None,
-                     experiments=tuple(int(x) for x in a.experiments.split(",")), refine_steps=a.refine_steps,
-                     keep_runs=a.keep_runs, mdi_capacity=a.mdi_capacity)
-    bench_paper(a.cluster, a.out, o)
-    return 0
-
-
-def cmd_bench_admission(a: argparse.Namespace) -> int:
-    from mdiexit.bench.admission import bench_admission
-
-    bench_admission(a.cluster, a.out, duration_s=a.duration, target_accuracy=a.target_accuracy)
-    return 0
-
-
-def cmd_bench_compression(a: argparse.Namespace) -> int:
-    from mdiexit.bench.compression import bench_compression
-
-    bench_compression(a.cluster, a.bandwidth, a.duration, a.target_accuracy, a.out)
-    return 0
-
-
-def cmd_bench_chaos(a: argparse.Namespace) -> int:
-    """mdi-exit with rate adaptation for --duration seconds while a seeded schedule kills (kill -9), hangs
-    (SIGSTOP) and gracefully removes (SIGTERM) workers, each back --down seconds later. Writes chaos.json (lost,
-    duplicates, re-dispatched, throughput before/during/after each event, recovery times), chaos.png and the
-    run's summary; exit status 1 if any item was lost or duplicated."""
-    from mdiexit.bench.chaos import bench_chaos
-
-    r = bench_chaos(a.cluster, a.out, a.duration, a.period, a.down, a.seed, a.target_accuracy)
-    return 1 if r["lost"] or r["duplicates"] else 0
-
-
-def cmd_bench_runtime(a: argparse.Namespace) -> int:
-    from mdiexit.bench.runtime import bench_runtime
-
-    bench_runtime(a.cluster, repeats=a.repeats, duration_s=a.duration, slowdown=a.slowdown, out=a.out,
-                  security_rate=a.security_rate)
-    return 0
-
-
 def _doc(cmd) -> str:
     """A command's description in its help: its docstring."""
     return " ".join(cmd.__doc__.split())
@@ -341,69 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = b.add_subparsers(dest="bench", required=True, metavar="BENCH")
     add_bench_serve(bsub, _cluster_arg)
     add_sim_commands(sub, bsub, _cluster_arg, _doc)  # simulate, bench simulator
-    be = bsub.add_parser("engine", help="per-task latency at batch 1 and 32, ONNX Runtime vs torch")
-    be.add_argument("package", type=Path, nargs="?", default=DEFAULT_PACKAGE)
-    be.add_argument("--checkpoint", type=Path, default=None, help="model.pt for the torch backend")
-    be.add_argument("--repeats", type=int, default=50)
-    be.add_argument("--threads", type=int, default=1)
-    be.set_defaults(func=cmd_bench_engine)
-    br = bsub.add_parser("runtime", help="per-hop overhead (plain and CurveZMQ) vs task time, the cost of "
-                                         "CurveZMQ on the cluster, and mdi-exit scaling on 1/2/4 workers")
-    _cluster_arg(br)
-    br.add_argument("--repeats", type=int, default=200)
-    br.add_argument("--duration", type=float, default=12.0, help="seconds per scaling run")
-    br.add_argument("--slowdown", type=float, default=None, help="worker slowdown (default: the workers' median)")
-    br.add_argument("--security-rate", type=float, default=1000.0,
-                    help="fixed items/s offered in the CurveZMQ-vs-insecure runs, above the cluster's capacity "
-                         "(default 1000)")
-    _json_out_arg(br)
-    br.set_defaults(func=cmd_bench_runtime)
-    ba = bsub.add_parser("admission", help="rate and threshold adaptation against fixed-rate baselines")
-    _cluster_arg(ba)
-    ba.add_argument("--out", type=Path, default=Path("docs/results/admission"))
-    ba.add_argument("--duration", type=float, default=60.0, help="seconds of the rate-adaptation run")
-    ba.add_argument("--target-accuracy", type=float, default=None,
-                    help="default: the final exit's test accuracy - 0.01")
-    ba.set_defaults(func=cmd_bench_admission)
-    bc = bsub.add_parser("compression", help="mdi-exit with learned codes vs lz4 vs zstd vs raw features on slow links")
-    _cluster_arg(bc)
-    bc.add_argument("--bandwidth", type=float, default=10.0, help="Mbit/s of every node's egress (default 10)")
-    bc.add_argument("--duration", type=float, default=30.0, help="seconds per run (the second half is measured)")
-    bc.add_argument("--target-accuracy", type=float, default=None)
-    _json_out_arg(bc)
-    bc.set_defaults(func=cmd_bench_compression)
-    bx = bsub.add_parser("chaos", help="mdi-exit while workers crash, hang, leave and come back",
-                         description=_doc(cmd_bench_chaos))
-    _cluster_arg(bx)
-    bx.add_argument("--out", type=Path, default=Path("docs/results/chaos"), help="folder for chaos.json and chaos.png")
-    bx.add_argument("--duration", type=float, default=140.0, help="seconds of admission (default 140)")
-    bx.add_argument("--period", type=float, default=20.0, help="seconds between events (default 20)")
-    bx.add_argument("--down", type=float, default=10.0, help="seconds until the node is back (default 10)")
-    bx.add_argument("--seed", type=int, default=0, help="seed of the schedule (which node each event hits)")
-    bx.add_argument("--target-accuracy", type=float, default=None)
-    bx.set_defaults(func=cmd_bench_chaos)
-    add_link_bench_commands(bsub, _cluster_arg, _doc)  # bench calibration, bench network
-    bp = bsub.add_parser("paper", help="both headline experiments for every mode: paper.json, PNG plots, table",
-                         description=_doc(cmd_bench_paper))
-    _cluster_arg(bp)
-    bp.add_argument("--out", type=Path, default=Path("docs/results"))
-    bp.add_argument("--probe-s", type=float, default=12.0,
-                    help="seconds per rate-search probe, the first third warm-up (default 12)")
-    bp.add_argument("--adaptive-s", type=float, default=40.0, help="seconds of the rate-adaptation run")
-    bp.add_argument("--exp2-s", type=float, default=10.0, help="seconds per experiment-2 run")
-    bp.add_argument("--data-dir", type=Path, default=None)
-    bp.add_argument("--modes", default=None, help="comma-separated subset of modes (default: all)")
-    bp.add_argument("--experiments", default="1,2",
-                    help="which experiments to run (default: 1,2; experiment 2 alone still searches mdi's capacity, "
-                         "its unit, unless --mdi-capacity gives it)")
-    bp.add_argument("--mdi-capacity", type=float, default=None, metavar="ITEMS_PER_S",
-                    help="experiment 2's unit, instead of measuring it: its rates are 0.5x..3x this")
-    bp.add_argument("--keep-runs", type=Path, default=None, metavar="DIR",
-                    help="keep every run's summary.json, items.csv and timeline.csv in DIR/NAME (default: none)")
-    bp.add_argument("--refine-steps", type=int, default=REFINE_STEPS,
-                    help=f"bisection steps of each rate search after the doubling (default {REFINE_STEPS}: a "
-                         f"{bracket_width(REFINE_STEPS) * 100:.1f} %% bracket)")
-    bp.set_defaults(func=cmd_bench_paper)
+    add_bench_commands(bsub, _cluster_arg, _json_out_arg, _doc)  # engine, runtime, ..., paper
     _name_commands(p)
     return p
 

@@ -46,8 +46,9 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from mdiexit.config import load_cluster
     from mdiexit.energyplan import plan_energy
     from mdiexit.package import load_package
-    from mdiexit.planner import costs_from_macs, devices_needed, node_times, plan_throughput
+    from mdiexit.planner import costs_from_macs, node_times, plan_throughput
     from mdiexit.policies.modes import rules_for
+    from mdiexit.sizing import devices_needed
 
     cluster = load_cluster(a.cluster)
     pkg = load_package(cluster.package)
@@ -186,7 +187,7 @@ def cmd_cluster_generate(a: argparse.Namespace) -> int:
 
 def add_plan_commands(sub: argparse._SubParsersAction, cluster_arg: Callable[[argparse.ArgumentParser], None],
                       doc: Callable[[Callable], str]) -> None:
-    from mdiexit.planner import MAX_DEVICES
+    from mdiexit.sizing import MAX_DEVICES
     from mdiexit.topology import TOPOLOGIES
 
     p = sub.add_parser("plan", help="a cluster's limit (items/s), its bottleneck, and the devices a rate needs",

@@ -25,8 +25,9 @@ from pathlib import Path
 from mdiexit.config import ClusterConfig, load_cluster, write_cluster
 from mdiexit.energyplan import plan_energy
 from mdiexit.package import load_package
-from mdiexit.planner import device_kind, limit_at_thresholds, node_times, with_copies
+from mdiexit.planner import limit_at_thresholds, node_times
 from mdiexit.policies.admission import FEASIBLE_UTILISATION
+from mdiexit.sizing import device_kind, with_copies
 from mdiexit.util import say, shown_path
 
 OPTIONS = ("local", "fastest", "ddi-exit", "mdi-exit-fixed", "mdi-exit")

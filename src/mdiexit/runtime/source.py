@@ -204,10 +204,6 @@ class SourceProcess:
             self.link_reports[msg.sender] = dict(msg.links)
         self.source_step(StateIn(msg.sender, msg.backlog_s, msg.leaving), self.clock.now())
 
-    def max_backlog_s(self) -> float:
-        t = self.clock.now()
-        return self.sc.max_backlog_s(self.node.core.backlog_s(t), t)
-
     def _welcome(self, name: str) -> None:
         if self._archive is None:
             self._archive = package_archive(self.node.cluster.package)

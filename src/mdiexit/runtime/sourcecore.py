@@ -68,7 +68,7 @@ class FixedAdmission:
 
 
 @dataclass
-class Report:
+class NodeReport:
     """A node's last STATE, as the source keeps it."""
 
     backlog_s: float
@@ -90,7 +90,7 @@ class SourceCore:
         self.name, self.rules = name, rules
         self.admission, self.gate = admission, gate
         self.ledger = Ledger()
-        self.reports: dict[str, Report] = {}
+        self.reports: dict[str, NodeReport] = {}
         self.backlog_samples: dict[str, list[float]] = {}
         self.timeline: list[dict] = []
         self.no_exits = tuple(no_exit_thresholds(num_tasks))
@@ -153,7 +153,7 @@ class SourceCore:
 
     def on_state(self, sender: str, backlog_s: float, leaving: bool, t: float) -> bool:
         """Record a STATE. True when the sender is leaving (the shell calls ``node_down``)."""
-        self.reports[sender] = Report(backlog_s, leaving)
+        self.reports[sender] = NodeReport(backlog_s, leaving)
         self.backlog_samples.setdefault(sender, []).append(backlog_s)
         return leaving
 
