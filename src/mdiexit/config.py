@@ -50,6 +50,7 @@ from mdiexit.policies.offload import OffloadConfig
 from mdiexit.protocol.codec import CODECS
 
 ROLES = ("source", "worker")
+SOURCE_ONLY = ("client_port", "sink", "weight", "target_accuracy", "deadline_ms", "stream", "fps")  # a source's fields
 COMPRESS = ("off", "on", "auto")
 LINK_FIGURES = ("measured", "configured")  # links: online estimates (seeded by the file) | the file's figures
 OBJECTIVES = ("throughput", "energy")  # the offloading rule: the soonest finish | the fewest joules within a slack
@@ -72,7 +73,9 @@ class NodeConfig:
 
     name: Name  # unique in the file; names the node in logs, results and the summary
     port: Annotated[int, Meta(ge=1, le=65535)]  # where the node listens for the other nodes
-    role: one_of(ROLES) = "worker"  # exactly one node is the source: it holds the data and collects the results
+    # a source admits its own stream and collects its items' results; a site may have several (cameras). The first
+    # source listed also runs the cluster: membership, joins, shutdown, the client endpoint
+    role: one_of(ROLES) = "worker"
     host: Host = "127.0.0.1"  # the address the other nodes reach this node at
     tasks: tuple[Annotated[int, Meta(ge=1)], ...] | None = None  # 1-based task indices; None = all tasks
     threads: Annotated[int, Meta(ge=1, le=256)] = 1  # ONNX Runtime threads of this node's engine
@@ -94,15 +97,21 @@ class NodeConfig:
     metrics_port: Annotated[int, Meta(ge=1, le=65535)] | None = None  # Prometheus metrics over HTTP, on loopback
     # the source: where every outcome also goes, jsonl:PATH or mqtt://[USER@]HOST[:PORT]/TOPIC (--sink overrides it)
     sink: str | None = None
+    # a source: its share of the workers under contention (weighted fair queueing on every node), its accuracy
+    # floor and latency target (else the run's --target-accuracy and --deadline-ms), its items and their rate
+    weight: Positive = 1.0
+    target_accuracy: Annotated[float, Meta(gt=0, le=1)] | None = None
+    deadline_ms: Positive | None = None
+    stream: Annotated[str, Meta(min_length=1)] | None = None  # test | all | N | folder:PATH | video:PATH; else --items
+    fps: Positive | None = None  # a video stream's frame rate (else the file's)
     # energy: a preset (raspberry-pi-4, raspberry-pi-5, jetson-nano, jetson-orin-nano) or {idle_w, busy_w, j_per_mb}
     power: str | dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         power_model(self.power)  # a preset that does not exist, or figures that cannot be, name the fix now
-        if self.client_port is not None and self.role != "source":
-            raise ValueError("client_port: only the source serves clients; move it to the node with role source")
-        if self.sink is not None and self.role != "source":
-            raise ValueError("sink: only the source settles outcomes; move it to the node with role source")
+        for key in SOURCE_ONLY:
+            if self.role != "source" and getattr(self, key) != NodeConfig.__dataclass_fields__[key].default:
+                raise ValueError(f"{key}: only a source has one; move it to a node with role source")
         times = [t for t, _ in self.bandwidth_schedule or ()]
         for i in range(1, len(times)):
             if times[i] <= times[i - 1]:
@@ -169,7 +178,17 @@ class ClusterConfig:
 
     @property
     def source(self) -> NodeConfig:
+        """The first source: it also runs the cluster (membership, joins, shutdown, the client endpoint)."""
         return next(n for n in self.nodes if n.role == "source")
+
+    @property
+    def sources(self) -> tuple[NodeConfig, ...]:
+        return tuple(n for n in self.nodes if n.role == "source")
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each source's weight: its share of contended capacity (policies.fairqueue)."""
+        return {n.name: n.weight for n in self.sources}
 
     @property
     def workers(self) -> tuple[NodeConfig, ...]:
@@ -233,9 +252,12 @@ class ClusterConfig:
             raise ConfigError(f"nodes: no node holds task(s) {missing}")
 
     def check_reachable(self, num_tasks: int, source_computes: bool = True, offload_later: bool = True) -> None:
-        """Every task must be reachable from the source along the neighbour graph, for a mode whose source
-        computes (or not) and whose workers pass items on (or not, as in DDI). The error names the task."""
-        src = self.source.name
+        """Every task must be reachable from every source along the neighbour graph, for a mode whose sources
+        compute (or not) and whose workers pass items on (or not, as in DDI). The error names the task."""
+        for src in self.sources:
+            self._check_reachable_from(src.name, num_tasks, source_computes, offload_later)
+
+    def _check_reachable_from(self, src: str, num_tasks: int, source_computes: bool, offload_later: bool) -> None:
 
         def holds(node: str, task: int) -> bool:
             n = self.node(node)
@@ -318,10 +340,9 @@ def _check_unique(nodes: tuple[NodeConfig, ...]) -> None:
                 raise ConfigError(f"nodes[{i}].{field_name}: {n.host}:{port} is already used by "
                                   f"nodes[{addrs[n.host, port]}]")
             addrs[n.host, port] = i
-    sources = [i for i, n in enumerate(nodes) if n.role == "source"]
-    if len(sources) != 1:
-        raise ConfigError(f"nodes: expected exactly one node with role 'source', got {len(sources)}"
-                          + (f" (nodes{sources})" if sources else ""))
+    if not any(n.role == "source" for n in nodes):
+        raise ConfigError("nodes: expected at least one node with role 'source' (it holds the data and collects "
+                          "the results), got none")
 
 
 def _neighbours(raw: Mapping | None, nodes: tuple[NodeConfig, ...]) -> dict[str, tuple[str, ...]]:

@@ -231,3 +231,22 @@ def test_a_leaving_node_computes_nothing_more_and_hands_back_all_it_holds_and_wh
     assert kinds(actions) == ["HandBack"] and actions[0].item.task == 2  # the running batch's item goes back
     assert kinds(core.step(Tick(0.1, 6.0, 0), 0.05)) == ["Report"]  # a leaving node reports at every tick
     assert kinds(core.step(Tick(0.1, 6.0, 0), 0.06)) == ["Report"]
+
+
+def test_sources_share_a_node_by_weight_and_see_their_own_backlog(pkg):
+    est = ServiceEstimator.from_package(pkg, 1e9)
+    for k in range(1, pkg.num_tasks + 1):
+        est.seed(k, 0.01)
+    core = NodeCore("n", pkg, frozenset({1, 2, 3, 4}), rules_for("mdi-exit"), OffloadConfig(), est, {},
+                    weights={"cam1": 1.0, "cam2": 3.0})
+    for i in range(40):
+        for src in ("cam1", "cam2"):
+            core.accept(WorkItem(i, 2, None, 0.0, (0.9, 0.9, 0.9, 0.0), source=src))
+    backlogs = core.source_backlogs_s(0.0)
+    # cam2 is served three times as fast: its 40 items wait behind a third as many of cam1's
+    assert backlogs["cam2"] == pytest.approx(0.4 + 0.4 / 3)
+    assert backlogs["cam1"] == pytest.approx(0.4 + 0.4)
+    assert core.backlog_of("cam2", 0.0) == backlogs["cam2"] and core.backlog_s(0.0) == pytest.approx(0.8)
+    taken = [core.take_batch(1, 0.0)[0].source for _ in range(40)]
+    assert taken.count("cam2") == 30 and taken.count("cam1") == 10
+    assert make_core(pkg).source_backlogs_s(0.0) is None  # one source: its backlog is the node's

@@ -80,11 +80,12 @@ class Data(msgspec.Struct, frozen=True, kw_only=True):
     arrays: Annotated[list[ArrayMeta], msgspec.Meta(max_length=MAX_TASKS)] = []
     timings: Annotated[list[Timing], msgspec.Meta(max_length=MAX_TIMINGS)] = []
     budget_s: Seconds | None = None  # seconds left before the item's deadline when sent (None: no deadline)
+    source: Name | None = None  # the source that admitted it, where its RESULT goes (None: the cluster's first)
     version: int = PROTOCOL_VERSION
 
 
 class Result(msgspec.Struct, frozen=True, kw_only=True):
-    """RESULT: the final answer for one item, sent to the source."""
+    """RESULT: the final answer for one item, sent to the source that admitted it."""
 
     KIND: ClassVar[bytes] = KIND_RESULT
 
@@ -121,6 +122,8 @@ class State(msgspec.Struct, frozen=True, kw_only=True):
     # about once a second, for the site's status: busy_s and tasks so far, and the package version the node runs
     progress: Annotated[dict[Name, Seconds], msgspec.Meta(max_length=MAX_TASKS)] = {}
     package: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    # several sources: each one's backlog here under fair queueing, what its admission steers by
+    source_backlogs: Annotated[dict[Name, Seconds], msgspec.Meta(max_length=MAX_PEERS)] = {}
     version: int = PROTOCOL_VERSION
 
 

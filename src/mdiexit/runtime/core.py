@@ -18,7 +18,8 @@ batch before the last one's exits, a leaving node's work handed back) is decided
 from __future__ import annotations
 
 import math
-from collections import Counter, deque
+from collections import Counter
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from mdiexit.config import ClusterConfig, NodeConfig, link_between
 from mdiexit.energy import power_model
 from mdiexit.package import Package
 from mdiexit.policies.exit import exit_decisions
+from mdiexit.policies.fairqueue import FairQueue, fair_wait_s
 from mdiexit.policies.modes import ModeRules
 from mdiexit.policies.offload import EnergyWeights, NeighbourView, OffloadConfig, ServiceEstimator, choose_target
 from mdiexit.runtime.events import (
@@ -57,12 +59,12 @@ def held_tasks(node: NodeConfig, rules: ModeRules, num_tasks: int) -> frozenset[
 
 def peers_of(cluster: ClusterConfig, name: str, rules: ModeRules) -> list[str]:
     """Everyone ``name`` sends to: its neighbours (DATA), the nodes that send it DATA (so that reports flow both
-    ways along each edge, DESIGN §9) and the source (results); the source reaches every worker."""
+    ways along each edge, DESIGN §9) and every source (its items' results); a source reaches every node."""
     if rules.single_node:
         return []
-    is_source = cluster.source.name == name
+    is_source = cluster.node(name).role == "source"
     peers = [*cluster.neighbours_of(name), *cluster.senders_to(name)]
-    peers += [w.name for w in cluster.workers] if is_source else [cluster.source.name]
+    peers += [n.name for n in cluster.nodes] if is_source else [s.name for s in cluster.sources]
     return list(dict.fromkeys(p for p in peers if p != name))
 
 
@@ -100,7 +102,7 @@ class NodeCore:
     def __init__(self, name: str, pkg: Package, held: frozenset[int], rules: ModeRules, cfg: OffloadConfig,
                  estimator: ServiceEstimator, neighbours: dict[str, NeighbourView], is_source: bool = False,
                  compress_on: dict[str, set[int]] | None = None, energy: EnergyWeights | None = None,
-                 max_batch: int = 1):
+                 max_batch: int = 1, weights: Mapping[str, float] | None = None):
         self.name, self.pkg, self.held, self.rules, self.cfg = name, pkg, held, rules, cfg
         self.energy = energy  # the energy objective's weights, None: the soonest finish
         self.estimator = estimator
@@ -111,7 +113,9 @@ class NodeCore:
         self.raw_bytes = {1: int(np.prod(pkg.input_shape))} | {t.index + 1: t.feature_bytes for t in pkg.tasks[:-1]}
         self.code_bytes = {c.after_task: c.code_bytes for c in pkg.compression}
         self.dropped_parked = 0  # parked items given up (nobody reachable held their task)
-        self.queue: deque[WorkItem] = deque()
+        # one flow per source, served by its weight (policies.fairqueue); with one source, a FIFO queue
+        self.queue: FairQueue[WorkItem] = FairQueue(weights)
+        self.queued_by: dict[str, Counter[int]] = {}  # queued items per source, per task
         self.parked: list[WorkItem] = []  # items no available node can take yet
         self.queued: Counter[int] = Counter()  # queued items per task
         self.busy_until = 0.0
@@ -174,6 +178,21 @@ class NodeCore:
         # while its item waited
         queued_s = sum(n * self.estimator.get(task) for task, n in list(self.queued.items()) if n)
         return queued_s + max(0.0, self.busy_until - now)
+
+    def source_backlogs_s(self, now: float) -> dict[str, float] | None:
+        """Each source's backlog here under fair queueing: what a new item of that source would wait for (its
+        admission's signal). None while only one source has items here: the backlog says it all."""
+        if len(self.queue.weights) < 2:
+            return None
+        est = self.estimator.get
+        queued_s = {src: sum(n * est(task) for task, n in c.items() if n) for src, c in self.queued_by.items()}
+        running_s = max(0.0, self.busy_until - now)
+        return {src: running_s + fair_wait_s(queued_s, self.queue.weights, src) for src in self.queue.weights}
+
+    def backlog_of(self, source: str, now: float) -> float:
+        """The backlog ``source``'s admission sees here: its own under fair queueing, or the whole."""
+        per_source = self.source_backlogs_s(now)
+        return self.backlog_s(now) if per_source is None else per_source.get(source, self.backlog_s(now))
 
     def state_due(self, now: float, quiet_s: float) -> bool:
         """Whether this heartbeat sends a STATE: whenever the node's backlog, queue or service estimates moved since
@@ -251,8 +270,16 @@ class NodeCore:
         return d.target
 
     def _enqueue(self, item: WorkItem) -> None:
-        self.queue.append(item)
+        self.queue.append(item.source, item)
         self.queued[item.task] += 1
+        by_task = self.queued_by.get(item.source)
+        if by_task is None:
+            by_task = self.queued_by[item.source] = Counter()
+        by_task[item.task] += 1
+
+    def _dequeued(self, item: WorkItem, n: int = 1) -> None:
+        self.queued[item.task] -= n
+        self.queued_by[item.source][item.task] -= n
 
     def accept(self, item: WorkItem) -> None:
         """An item arrived for a task this node must run (it was sent here)."""
@@ -281,33 +308,37 @@ class NodeCore:
         self.queue.clear()
         self.parked = []
         self.queued.clear()
+        self.queued_by.clear()
         return items
 
     # ---------------------------------------------------------------- compute
     def take_batch(self, max_batch: int, now: float) -> list[WorkItem]:
-        """Pop up to `max_batch` queued items that need the same task as the head ([] when none; never waits),
-        looking past items that need other tasks (they keep their order): a queue where tasks alternate still
-        fills its batches. Items past their deadline are dropped on the way (``take_expired``): no compute is spent
-        on them.
+        """Pop up to `max_batch` queued items of the source served next (policies.fairqueue) that need the same
+        task as its head ([] when none; never waits), looking past items that need other tasks (they keep their
+        order): a queue where tasks alternate still fills its batches. Items past their deadline are dropped on the
+        way (``take_expired``): no compute is spent on them.
 
         Batching never delays an item: it takes only what is already queued."""
         batch: list[WorkItem] = []
-        skipped: list[WorkItem] = []
-        while self.queue and len(batch) < max_batch:
-            item = self.queue.popleft()
-            if item.deadline is not None and item.deadline < now:
-                self.queued[item.task] -= 1
-                self.expired.append(item)
-            elif not batch or item.task == batch[0].task:
-                batch.append(item)
-            else:
-                skipped.append(item)
-        self.queue.extendleft(reversed(skipped))
-        if not batch:
-            return []
-        task = batch[0].task
-        est = self.estimator.get(task) * len(batch)
-        self.queued[task] -= len(batch)
+        while not batch:  # a flow whose every item expired yields none: the next flow's turn
+            flow = self.queue.next_flow()
+            if flow is None:
+                return []
+            queue = self.queue.flows[flow]
+            skipped: list[WorkItem] = []
+            while queue and len(batch) < max_batch:
+                item = queue.popleft()
+                if item.deadline is not None and item.deadline < now:
+                    self._dequeued(item)
+                    self.expired.append(item)
+                elif not batch or item.task == batch[0].task:
+                    batch.append(item)
+                else:
+                    skipped.append(item)
+            queue.extendleft(reversed(skipped))
+        est = self.estimator.get(batch[0].task) * len(batch)
+        self._dequeued(batch[0], len(batch))
+        self.queue.charge(flow, est)
         self.busy_until = now + est
         return batch
 

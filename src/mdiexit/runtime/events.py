@@ -36,6 +36,7 @@ class WorkItem:
     attempt: int = 0  # the source's dispatch number (DESIGN §9): results of other attempts are told apart
     parked_at: float | None = None  # when no available node could take it
     deadline: float | None = None  # in this node's clock; it travels as the budget left (clocks differ)
+    source: str = ""  # the source that admitted it: its flow in every queue, where its result goes
 
     @classmethod
     def from_data(cls, msg: Data, arrays: list[np.ndarray], now: float) -> WorkItem:
@@ -44,7 +45,8 @@ class WorkItem:
         return cls(msg.item_id, msg.task, None if coded else arrays[0], msg.admitted_at, tuple(msg.thresholds),
                    msg.thresholds_version, msg.hops, [tuple(x) for x in msg.timings],
                    code={m.name: a for m, a in zip(msg.arrays, arrays, strict=True)} if coded else None,
-                   attempt=msg.attempt, deadline=None if msg.budget_s is None else now + msg.budget_s)
+                   attempt=msg.attempt, deadline=None if msg.budget_s is None else now + msg.budget_s,
+                   source=msg.source or "")
 
     def to_data(self, sender: str, backlog_s: float, arrays: dict[str, np.ndarray], wire_codec: str,
                 now: float) -> Data:
@@ -53,7 +55,8 @@ class WorkItem:
                     admitted_at=self.admitted_at, thresholds_version=self.thresholds_version,
                     thresholds=list(self.thresholds), sender=sender, backlog_s=backlog_s, timings=self.timings,
                     arrays=[describe(n, a, wire_codec) for n, a in arrays.items()],
-                    budget_s=None if self.deadline is None else max(0.0, self.deadline - now))
+                    budget_s=None if self.deadline is None else max(0.0, self.deadline - now),
+                    source=self.source or None)
 
     @property
     def nbytes(self) -> int:

@@ -108,7 +108,8 @@ class NodeProcess:
         seed_estimates(estimator, self.device, self.held)
         self.core = NodeCore(name, pkg, self.held, self.rules, cluster.offload_config(), estimator,
                              self._neighbour_views(), is_source=self.is_source,
-                             energy=energy_weights(cluster, self.cfg), max_batch=cluster.max_batch)
+                             energy=energy_weights(cluster, self.cfg), max_batch=cluster.max_batch,
+                             weights=cluster.weights)
         self.loop = Loop(clock)  # the one thread that calls into the core
         self.batches: queue.SimpleQueue = queue.SimpleQueue()  # (batch, continued) for the compute executor
         self.encodes: queue.SimpleQueue = queue.SimpleQueue()  # (Send, time queued) for the encode executor
@@ -195,9 +196,15 @@ class NodeProcess:
             elif isinstance(a, events.Compute):
                 self.batches.put((a.batch, a.continued))
             elif isinstance(a, events.Deliver):
-                self.role.deliver(a.finished)
+                if a.finished.item.source == self.name:
+                    self.role.deliver(a.finished)
+                else:
+                    self.send_result(a.finished)
             elif isinstance(a, events.Expire):
-                self.role.deliver_expired(a.item)
+                if a.item.source == self.name:
+                    self.role.deliver_expired(a.item)
+                else:
+                    self.send_expired(a.item)
             elif isinstance(a, events.Report):
                 self.send_state()
             elif isinstance(a, events.HandBack):
@@ -205,6 +212,21 @@ class NodeProcess:
             elif isinstance(a, events.GiveUp):  # nobody reachable holds its task: the source's ledger re-dispatches it
                 log.warning("%s: item %d waited %.1f s for a holder of task %d; dropped",
                             self.name, a.item.item_id, t - a.item.parked_at, a.item.task)
+
+    def send_result(self, f: events.Finished) -> None:
+        """A RESULT to the source that admitted the item."""
+        it, t = f.item, self.clock.now()
+        msg = Result(item_id=it.item_id, attempt=it.attempt, label=f.label, exit=f.exit,
+                     confidence=min(1.0, f.confidence), sender=self.name, backlog_s=self.core.backlog_s(t),
+                     admitted_at=it.admitted_at, timings=it.timings)
+        self.links[it.source or self.source_name].send(encode(msg), t)
+
+    def send_expired(self, item: events.WorkItem) -> None:
+        """Tell the item's source it was dropped unrun: its deadline passed here."""
+        t = self.clock.now()
+        msg = Result(item_id=item.item_id, attempt=item.attempt, label=0, exit=item.task, confidence=0.0,
+                     sender=self.name, backlog_s=self.core.backlog_s(t), admitted_at=item.admitted_at, expired=True)
+        self.links[item.source or self.source_name].send(encode(msg), t)
 
     # ---------------------------------------------------------------- stop
     def close(self) -> None:
@@ -416,7 +438,8 @@ class NodeProcess:
                     stats=self.stats() if final else {}, run_s=self.role.run_elapsed_s(t),
                     links=self.meter.figures(t) if final else {},
                     progress=self.progress_report(t) if progress else {},
-                    package=self.package_version if progress else None)
+                    package=self.package_version if progress else None,
+                    source_backlogs=self.core.source_backlogs_s(t) or {})
         for peer, frames in self.meter.state_frames(msg, list(links)).items():
             links[peer].send(frames, t)
 

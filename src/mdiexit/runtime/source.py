@@ -202,7 +202,11 @@ class SourceProcess:
             self.final_stats[msg.sender] = dict(msg.stats)
         if msg.links:
             self.link_reports[msg.sender] = dict(msg.links)
-        self.source_step(StateIn(msg.sender, msg.backlog_s, msg.leaving), self.clock.now())
+        backlog_s = msg.source_backlogs.get(self.name, msg.backlog_s)  # its share's, with several sources
+        self.source_step(StateIn(msg.sender, backlog_s, msg.leaving), self.clock.now())
+
+    def own_backlog_s(self, t: float) -> float:
+        return self.node.core.backlog_of(self.name, t)
 
     def _welcome(self, name: str) -> None:
         if self._archive is None:
@@ -307,7 +311,7 @@ class SourceProcess:
 
     def release(self, t: float, arrivals: Arrivals) -> None:
         """Admit what the gate lets through now; answer what expired waiting."""
-        self.source_step(Release(self.node.core.backlog_s(t)), t, arrivals)
+        self.source_step(Release(self.own_backlog_s(t)), t, arrivals)
 
     def answer_settled(self, arrivals: Arrivals) -> None:
         for _, r in self.ledger.take_settled():
@@ -320,7 +324,7 @@ class SourceProcess:
     def control_step(self, t: float, start: float) -> None:
         """One admission-control step (every CONTROL_PERIOD_S): the core supervises, feeds the largest backlog to
         the policy and logs a timeline row; the shell carries out what supervision decided."""
-        self.source_step(ControlStep(start, self.node.core.backlog_s(t)), t)
+        self.source_step(ControlStep(start, self.own_backlog_s(t)), t)
         # the shell's own share, cumulative (differences between rows tell where the source's time went)
         self.timeline[-1].update(busy_s=self.node.busy_s, tasks_run=sum(self.node.core.tasks_run.values()),
                                  egress_bytes=self.node.egress.queued_bytes(t))
@@ -350,7 +354,7 @@ class SourceProcess:
         self.answer_settled(arrivals)
         if t - phase.last_step >= CONTROL_PERIOD_S:
             phase.last_step = t
-            self.source_step(Supervise(self.node.core.backlog_s(t)), t)
+            self.source_step(Supervise(self.own_backlog_s(t)), t)
             self.ledger.window(t, WINDOW_SPAN_S)
         if t < phase.until and not self.abort and (self.ledger.settled < self.ledger.admitted or self.gate.queue):
             return t + DRAIN_LOOK_S

@@ -192,7 +192,7 @@ class SourceCore:
             thresholds, version = self.admission.thresholds() if self.rules.exits else (self.no_exits, 0)
             i, self.next_id = self.next_id, self.next_id + 1
             self.ledger.admit(i, t, o.truth, o.x, thresholds, version, p.deadline, o.key)
-            items.append(WorkItem(i, 1, o.x, t, thresholds, version, deadline=p.deadline))
+            items.append(WorkItem(i, 1, o.x, t, thresholds, version, deadline=p.deadline, source=self.name))
         return items, expired
 
     def control_step(self, t: float, start: float, own_backlog_s: float) -> Supervision:
@@ -246,7 +246,8 @@ class SourceCore:
         r = self.ledger.retry(item_id, t, why)
         if r is None:
             return None
-        return WorkItem(item_id, 1, r.x, r.admitted_at, r.thresholds, r.thresholds_version, attempt=r.attempt)
+        return WorkItem(item_id, 1, r.x, r.admitted_at, r.thresholds, r.thresholds_version, attempt=r.attempt,
+                        source=self.name)
 
     def supervise(self, t: float, own_backlog_s: float) -> Supervision:
         """Declare silent nodes down, notice returning ones, re-dispatch overdue items, expire those past their
