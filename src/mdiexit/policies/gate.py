@@ -69,6 +69,16 @@ class AdmissionGate:
     expired: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
 
+    @classmethod
+    def combined(cls, gates: list[AdmissionGate]) -> AdmissionGate:
+        """The site's gate counters (offered, rejected, expired) over every source's gate, for a summary."""
+        total = cls()
+        for g in gates:
+            total.offered += g.offered
+            total.expired += g.expired
+            total.rejected.update(g.rejected)
+        return total
+
     def __post_init__(self) -> None:
         if self.max_backlog_s <= 0 or self.max_wait_s < 0 or self.max_items < 1:
             raise ValueError("need max_backlog_s > 0, max_wait_s >= 0 and max_items >= 1")

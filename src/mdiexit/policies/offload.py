@@ -50,6 +50,8 @@ class NeighbourView:
     queued_bytes: int = 0
     service_s: dict[int, float] = field(default_factory=dict)
     extra_w: float | None = None  # m's watts above idle while it computes (its power model), None: unknown
+    # several sources: m's backlog for each one's items under its fair queueing (policies.fairqueue), as last reported
+    source_backlogs: dict[str, float] = field(default_factory=dict)
 
     def is_fresh(self, now: float, stale_after_s: float) -> bool:
         """True when the last report is no older than ``stale_after_s``."""
@@ -61,8 +63,9 @@ class NeighbourView:
         wire = 0.0 if bw is None or math.isinf(bw) else (self.queued_bytes + nbytes) * 8.0 / bw
         return wire + self.latency_s
 
-    def finish_estimate(self, task: int, bytes_to_send: int) -> float | None:
-        """finish_m for ``task``, or None when m does not hold it or has no usable estimate."""
+    def finish_estimate(self, task: int, bytes_to_send: int, source: str | None = None) -> float | None:
+        """finish_m for ``task`` of an item of ``source`` (its fair-share backlog, where m reports one), or None
+        when m does not hold it or has no usable estimate."""
         if task not in self.holds_tasks:
             return None
         s = self.service_s.get(task)
@@ -71,12 +74,16 @@ class NeighbourView:
         bw = self.bandwidth_bps
         if bw is not None and not bw > 0:
             return None
-        return self.backlog_s + self.sent_since_report_s + self.transfer_s(bytes_to_send) + s
+        backlog = self.source_backlogs.get(source, self.backlog_s) if self.source_backlogs else self.backlog_s
+        return backlog + self.sent_since_report_s + self.transfer_s(bytes_to_send) + s
 
     # --- bookkeeping helpers for the driver (runtime or simulator)
-    def on_report(self, backlog_s: float, at: float, service_s: Mapping[int, float] | None = None) -> None:
+    def on_report(self, backlog_s: float, at: float, service_s: Mapping[int, float] | None = None,
+                  source_backlogs: Mapping[str, float] | None = None) -> None:
         """A STATE (or any message) from m arrived: take its backlog and forget what was sent before."""
         self.backlog_s = backlog_s
+        if source_backlogs is not None:
+            self.source_backlogs = dict(source_backlogs)
         self.reported_at = at
         self.sent_since_report_s = 0.0
         if service_s is not None:
@@ -132,7 +139,8 @@ SELF = ""  # key of the local estimate in Decision.estimates
 
 def choose_target(task: int, bytes_to_send: int | Mapping[str, int], own_backlog_s: float, own_service_s: float | None,
                   neighbours: Iterable[NeighbourView], hops: int, now: float,
-                  cfg: OffloadConfig | None = None, energy: EnergyWeights | None = None) -> Decision:
+                  cfg: OffloadConfig | None = None, energy: EnergyWeights | None = None,
+                  source: str | None = None) -> Decision:
     """Pick where ``task`` runs for one item (DESIGN §3.2).
 
     Args:
@@ -146,6 +154,8 @@ def choose_target(task: int, bytes_to_send: int | Mapping[str, int], own_backlog
         now: the current time, in the same clock as ``NeighbourView.reported_at``.
         cfg: policy parameters (defaults if None).
         energy: the energy objective's weights at this node, or None for the soonest finish.
+        source: the item's source, where several share the cluster: each neighbour's backlog is the one that
+            source's items see under fair queueing (``own_backlog_s`` should be too).
     """
     cfg = cfg or OffloadConfig()
     holds = own_service_s is not None
@@ -162,7 +172,7 @@ def choose_target(task: int, bytes_to_send: int | Mapping[str, int], own_backlog
         if not m.is_fresh(now, cfg.stale_after_s):
             continue
         nbytes = bytes_to_send if isinstance(bytes_to_send, int) else bytes_to_send[m.name]
-        est = m.finish_estimate(task, nbytes)
+        est = m.finish_estimate(task, nbytes, source)
         if est is None:
             continue
         estimates[m.name] = est

@@ -205,10 +205,11 @@ class NodeCore:
         self.reported, self.reported_at = state, now
         return True
 
-    def on_report(self, sender: str, backlog_s: float, now: float, service_s: dict[int, float] | None) -> None:
+    def on_report(self, sender: str, backlog_s: float, now: float, service_s: dict[int, float] | None,
+                  source_backlogs: dict[str, float] | None = None) -> None:
         view = self.neighbours.get(sender)
         if view is not None:
-            view.on_report(backlog_s, now, service_s)
+            view.on_report(backlog_s, now, service_s, source_backlogs)
 
     def on_leave(self, sender: str) -> None:
         """``sender`` leaves the cluster: it is unavailable at once (until it reports again)."""
@@ -261,8 +262,10 @@ class NodeCore:
         for view in self.neighbours.values():
             view.queued_bytes = queued_bytes
         own = self.estimator.get(item.task) if holds else None
-        d = choose_target(item.task, nbytes, self.backlog_s(now), own, self.neighbours.values(), item.hops, now,
-                          self.cfg, self.energy)
+        shared = len(self.queue.weights) > 1  # several sources: each item sees its source's fair-share backlogs
+        d = choose_target(item.task, nbytes, self.backlog_of(item.source, now) if shared else self.backlog_s(now),
+                          own, self.neighbours.values(), item.hops, now, self.cfg, self.energy,
+                          item.source if shared else None)
         if d.local:
             return None
         if d.no_holder:

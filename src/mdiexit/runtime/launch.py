@@ -31,24 +31,23 @@ import zmq
 
 from mdiexit.clock import WallClock
 from mdiexit.config import ClusterConfig, load_cluster
-from mdiexit.data import load_items
 from mdiexit.energy import cluster_models, run_energy
 from mdiexit.package import Package, load_package
 from mdiexit.planner import limit_from_stats
-from mdiexit.runtime.arrivals import StreamArrivals
+from mdiexit.policies.gate import AdmissionGate
 from mdiexit.runtime.device import HostProfiles, planner_costs, profile_nodes, read_profile
-from mdiexit.runtime.metrics import emulation_check, host_cpu_ticks, link_summary, summarize
+from mdiexit.runtime.feed import Feed
+from mdiexit.runtime.ledger import Ledger
+from mdiexit.runtime.metrics import emulation_check, fairness, host_cpu_ticks, link_summary, summarize
 from mdiexit.runtime.node import NodeProcess
 from mdiexit.runtime.options import ClusterError, RunOptions
 from mdiexit.runtime.report import RunResult
 from mdiexit.runtime.runpolicy import capacity_hint, make_admission, make_gate, planned_limits, preflight
 from mdiexit.runtime.service import UNREAD_MIN_S, UNREAD_WAITS, ClientEndpoint
-from mdiexit.runtime.sinks import SinkedArrivals, check_sink, open_sink
 from mdiexit.runtime.source import Admission, SourceProcess
 from mdiexit.runtime.summary import run_config, run_summary
 from mdiexit.security import Identity, allow_key, create_keys, load_identity
 from mdiexit.util import shown_path
-from mdiexit.video import VIDEO_PREFIX, VideoArrivals, VideoFrames
 
 log = logging.getLogger("mdiexit.launch")
 _SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="spawner")
@@ -129,17 +128,6 @@ class LiveRun:
         self.procs[name] = _SPAWNER.submit(_child, cmd).result()
 
 
-def measured_window(ledger, arrivals, start: float, end: float, warmup_s: float) -> tuple[float, float]:
-    """The part of the run its throughput is measured over: after the warm-up, to the end of admission; for a
-    finite stream that ran out (a video file, --items all|N), to its last result, and from the start when it was
-    shorter than the warm-up."""
-    if not arrivals.done:
-        return start + warmup_s, end
-    last = max((r.done_at for r in ledger.records.values() if r.done_at is not None), default=end)
-    end = max(end, last)
-    return (start + warmup_s if end - start > 2 * warmup_s else start), end
-
-
 def run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | None = None,
                 spawn: bool = True, on_ready: Callable[[LiveRun], None] | None = None) -> RunResult:
     """Run the source here and, with `spawn`, every worker of the cluster file as a child process (without
@@ -210,39 +198,31 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         raise ClusterError(f"{cluster_path}: the source has no client_port; add `client_port: PORT` to its entry")
     keys_dir = cluster_keys(cluster, opts, ephemeral_ok=spawn and opts.serve is None)
     ephemeral = keys_dir is not None and keys_dir != (opts.keys_dir or cluster.keys_dir)
-    identity = node_identity(cluster, cluster.source.name, keys_dir)
-    video = str(opts.items).startswith(VIDEO_PREFIX) and opts.serve is None
-    if video:
-        VideoFrames.check(str(opts.items)[len(VIDEO_PREFIX):])  # before any node starts
-    sink_spec = check_sink(opts.sink) if opts.sink else \
-        check_sink(cluster.source.sink, f"{shown_path(cluster_path)}: sink") if cluster.source.sink else None
-    stream = load_items(pkg, opts.items, opts.data_dir) if opts.serve is None and not video else None
-    if stream is not None and opts.items != "test" and len(stream) > opts.rate * opts.duration_s:
-        log.warning("only about %d of the %d items fit in --duration %g s at --rate %g; raise --duration to stream "
-                    "them all", int(opts.rate * opts.duration_s), len(stream), opts.duration_s, opts.rate)
-    if stream is not None and not stream.labelled:
-        log.warning("the items have no labels: no accuracy is reported; items.csv has each item's label")
-    if stream is not None and opts.limit_items:
-        stream = stream.subset(list(range(min(opts.limit_items, len(stream)))))
+    # one feed per source (a camera, a dataset): checked before any node starts
+    feeds = [Feed.prepare(cluster, cluster_path, n, opts, pkg) for n in cluster.sources]
+    first, others = feeds[0], feeds[1:]  # the first source also runs the cluster
     # the devices' costs for the planner: the host profile every emulated node takes
     limit_at = planned_limits(cluster, pkg, mode, partial(planner_costs, pkg, cluster))
-    if admission is None:
-        admission = make_admission(pkg, mode, opts, limit_at)
     workers = [] if rules.single_node else [w.name for w in cluster.workers]
     pace = netns is None  # in namespaces the kernel shapes the bandwidths
     profiles = HostProfiles() if opts.self_profile else \
-        profile_nodes(cluster, pkg, [cluster.source.name, *(workers if spawn else [])])
-    sink = open_sink(sink_spec, cluster.source.name) if sink_spec is not None else None  # a broker: reached now
+        profile_nodes(cluster, pkg, [*(f.name for f in feeds), *(workers if spawn else [])])
+    for f in feeds:
+        f.open_sink()  # a broker: reached now
     clock = WallClock(opts.dilation)  # every node's: the cluster's own time (mdiexit.clock)
     procs = {w: spawn_worker(cluster_path, w, mode, (netns or {}).get(w), pace, keys_dir, profiles.file(w),
                              opts.dilation) for w in workers} if spawn else {}
-    source = SourceProcess(cluster, cluster.source.name, pkg, mode=mode, admission=admission, gate=make_gate(opts),
-                           pace_bandwidth=pace, identity=identity,
-                           allowed_dir=keys_dir / "allowed" if keys_dir is not None else None,
-                           metrics_port=opts.metrics_port, metrics_addr=opts.metrics_addr,
-                           host_profile=profiles.of(cluster.source.name), clock=clock)
-    source.ledger.keep_records = opts.serve is None  # a service keeps counters, not a record of every item
-    source.sc.capacity_hint = capacity_hint(opts, admission, limit_at)
+    for f in feeds:
+        policy = admission if f is first and admission is not None else make_admission(pkg, mode, f.opts, limit_at)
+        f.proc = SourceProcess(cluster, f.name, pkg, mode=mode, admission=policy, gate=make_gate(opts),
+                               pace_bandwidth=pace, identity=node_identity(cluster, f.name, keys_dir),
+                               allowed_dir=keys_dir / "allowed" if keys_dir is not None else None,
+                               metrics_port=opts.metrics_port if f is first else None,
+                               metrics_addr=opts.metrics_addr, host_profile=profiles.of(f.name), clock=clock)
+        f.proc.ledger.keep_records = opts.serve is None  # a service keeps counters, not a record of every item
+        f.proc.sc.capacity_hint = capacity_hint(f.opts, policy, limit_at)
+    source = first.proc
+    admission = source.admission
     crashed: list[str] = []
     watching = threading.Event()
     watching.set()
@@ -254,10 +234,11 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
                 if p.poll() is not None and seen.get(name) is not p:
                     seen[name] = p
                     if p.returncode == 0:
-                        continue  # a graceful leave: the source already knows
+                        continue  # a graceful leave: the sources already know
                     crashed.append(name)
                     log.warning("node %s exited unexpectedly with status %s; the run goes on", name, p.returncode)
-                    source.loop.post(partial(source.node_down, name, "crashed", clock.now()))
+                    for f in feeds:
+                        f.proc.loop.post(partial(f.proc.node_down, name, "crashed", clock.now()))
             clock.sleep(0.1)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -265,93 +246,116 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     status = threading.Thread(target=source.publish_status, args=(view_stop, shown_path(cluster_path)), name="status",
                               daemon=True)  # for `mdiexit status`
     endpoint: ClientEndpoint | None = None
+    streaming: list[threading.Thread] = []
     try:
-        source.start()
+        for f in feeds:
+            f.proc.start()
         status.start()
         watcher.start()
         if crash_during_start := [w for w in workers if procs.get(w) and procs[w].poll() is not None]:
             raise ClusterError(f"node(s) {', '.join(crash_during_start)} exited during start-up")
-        source.wait_ready(workers, opts.ready_timeout_s)
-        source.run_start = clock.now()
+        for f in feeds:
+            f.proc.wait_ready(workers, opts.ready_timeout_s)
+        start_at = clock.now()
+        for f in feeds:
+            f.proc.run_start = start_at
         if on_ready is not None:
             spawn_args = {"cluster_path": cluster_path, "mode": mode, "pace": pace, "keys_dir": keys_dir,
                           "dilation": opts.dilation}
             live = LiveRun(source, procs, spawn_args, dict(netns or {}), profiles)
             threading.Thread(target=on_ready, args=(live,), name="on-ready", daemon=True).start()
-        viewer = threading.Thread(target=source.live_view, args=(view_stop,), daemon=True)
+        viewer = threading.Thread(target=source.live_view, args=(view_stop, [f.proc for f in others]), daemon=True)
         if opts.live:
             viewer.start()
-        source.phase = "admitting"
         ticks_before = host_cpu_ticks()
-        deadline_s = None if opts.deadline_ms is None else opts.deadline_ms / 1000
         if opts.serve is not None:
-            arrivals = endpoint = client_endpoint(source, cluster, pkg, identity)
-        elif video:  # the newest frame at the admission rate; older ones skipped (mdiexit.video)
-            frames = VideoFrames.open(str(opts.items)[len(VIDEO_PREFIX):], pkg.input_shape, opts.fps, clock)
-            arrivals = VideoArrivals(frames, source.admission.rate, clock.now(), deadline_s)
-        else:
-            arrivals = StreamArrivals(stream, source.admission.rate, clock.now(), cycle=opts.items == "test",
-                                      deadline_s=deadline_s)  # items all | N: each item once, in order
-        source.stream = arrivals
-        answering = arrivals if sink is None else \
-            SinkedArrivals(arrivals, sink, source.name, pkg.classes, pkg.version)  # every outcome also to the sink
-        if opts.serve is not None:
-            start, end = source.admit(answering, None, opts.serve)
-        else:
-            start, end = source.admit(answering, opts.duration_s)
+            endpoint = client_endpoint(source, cluster, pkg, first.proc.node.identity)
+        for f in feeds:
+            f.proc.phase = "admitting"
+            f.open(clock, pkg, endpoint if f is first else None)
+        duration_s = None if opts.serve is not None else opts.duration_s
+        streaming = [threading.Thread(target=f.run, args=(duration_s,), name=f"feed-{f.name}", daemon=True)
+                     for f in others]  # the other sources admit and drain beside the first
+        for t in streaming:
+            t.start()
+        first.admit(duration_s)
         ticks_after = host_cpu_ticks()
-        source.phase = "draining"
-        source.drain(answering, opts.drain_timeout_s)
-        if sink is not None:
-            sink.close()
-            sink = None
+        first.drain()
+        for t in streaming:
+            t.join()
         if endpoint is not None:
             endpoint.close()
             source.intake = None
             for why, n in endpoint.refused.items():  # the endpoint's own refusals join the gate's counts
                 source.gate.count_rejected(why, n)
-        source.phase = "done"
+        for f in feeds:
+            f.proc.phase = "done"
         view_stop.set()
         watching.clear()
         source.shutdown_workers()
-        summary = source.loop.ask(lambda: summarize(  # read on the loop, which owns the ledger
-            source.ledger, pkg.num_tasks, measured_window(source.ledger, arrivals, start, end, opts.warmup_s),
-            source.final_stats, source.backlog_samples, deadline_s, source.gate, source.latencies,
-            partial(limit_from_stats, cluster, pkg, mode)), timeout_s=None)
+        for f in others:  # the other sources' own counters, beside the workers'
+            source.final_stats[f.name], source.link_reports[f.name] = f.proc.loop.ask(f.proc.own_final_stats)
+        summary = site_summary(feeds, source, cluster, pkg, mode)
         failures = source.failure_summary()
         recoveries = [e["recovery_s"] for e in failures if e.get("recovery_s") is not None]
         summary.update(node_failures=failures, recovery_s=max(recoveries) if recoveries else None,
-                       secure=identity is not None, **link_summary(source.link_reports, source.final_stats),
+                       secure=keys_dir is not None, **link_summary(source.link_reports, source.final_stats),
                        **run_energy(cluster_models(source.node.cluster.nodes), source.final_stats, summary["completed"],
                                     pkg.num_tasks))
-        if not source.labelled():  # a camera's frames, an unlabelled folder: no true labels to count against
-            summary["accuracy"] = None
-        if video:
-            frames.close()
-            summary["skipped"] = arrivals.skipped
-            if frames.error:
-                summary["video_error"] = frames.error
         emulation_check(summary, ticks_before, ticks_after)
         for w in summary["emulation_warnings"]:
             log.warning("emulation: %s", w)
     finally:
         view_stop.set()
         watching.clear()
-        if sink is not None:
-            sink.close()
+        for f in feeds:
+            f.close()
         if status.is_alive():
             status.join(timeout=2.0)  # its last snapshot says the run is done
         if endpoint is not None:
             endpoint.close()
-        source.close()
+        for f in feeds:
+            if f.proc is not None:
+                f.proc.close()
         _stop_all(procs)
         profiles.remove()
         if ephemeral:
             shutil.rmtree(keys_dir, ignore_errors=True)  # the run's keys die with it
-    config = run_config(cluster_path, cluster, opts, mode, admission, opts.net, cluster.emulation)
+    config = run_config(cluster_path, cluster, first.opts, mode, admission, opts.net, cluster.emulation)
+    errors = [f"{f.name}: {f.proc.abort}" if len(feeds) > 1 else f.proc.abort for f in feeds if f.proc.abort]
     summary = run_summary(mode, summary, opts, config, crashed=sorted(set(crashed)),
-                          **({"error": source.abort} if source.abort else {}))
-    return RunResult(summary, source.ledger, source.timeline, stream.paths if stream is not None else None)
+                          **({"error": "; ".join(errors)} if errors else {}))
+    return RunResult(summary, source.ledger, source.timeline, first.stream.paths if first.stream is not None else None,
+                     ledgers={f.name: f.proc.ledger for f in feeds},
+                     source_paths={f.name: f.stream.paths if f.stream is not None else None for f in feeds})
+
+
+def site_summary(feeds: list[Feed], source: SourceProcess, cluster: ClusterConfig, pkg: Package, mode: str) -> dict:
+    """The run's figures over every source (read on each source's loop, which owns its ledger), with each
+    source's part and the fairness between them."""
+    parts = {f.name: f.proc.loop.ask(f.part, timeout_s=None) for f in feeds}
+    if len(feeds) == 1:
+        ledger, gate, latencies = source.ledger, source.gate, source.latencies
+    else:  # every source has drained: their ledgers take only late, redundant results now
+        ledger = Ledger.combined({f.name: f.proc.ledger for f in feeds})
+        gate = AdmissionGate.combined([f.proc.gate for f in feeds])
+        latencies = [x for f in feeds for x in f.proc.latencies]
+    windows = [f.window() for f in feeds]
+    window = (min(w[0] for w in windows), max(w[1] for w in windows))
+    deadline_s = None if feeds[0].opts.deadline_ms is None else feeds[0].opts.deadline_ms / 1000
+    summary = source.loop.ask(lambda: summarize(
+        ledger, pkg.num_tasks, window, source.final_stats, source.backlog_samples, deadline_s, gate, latencies,
+        partial(limit_from_stats, cluster, pkg, mode)), timeout_s=None)
+    if not any(f.proc.labelled() for f in feeds):  # a camera's frames, an unlabelled folder: no labels to count
+        summary["accuracy"] = None
+    skipped = sum(f.skipped for f in feeds)
+    if skipped or any(f.video is not None for f in feeds):
+        summary["skipped"] = skipped
+    if errors := [f.frames.error for f in feeds if f.frames is not None and f.frames.error]:
+        summary["video_error"] = "; ".join(errors)
+    summary["sources"] = parts
+    summary["fairness_jain"] = fairness(parts)
+    return summary
 
 
 def client_endpoint(source: SourceProcess, cluster: ClusterConfig, pkg: Package,

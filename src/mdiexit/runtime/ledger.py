@@ -192,3 +192,17 @@ class Ledger:
     def settled(self) -> int:
         """Items with an outcome (result, expired or failed)."""
         return self.completed + self.failed + self.expired
+
+    @classmethod
+    def combined(cls, ledgers: dict[str, Ledger]) -> Ledger:
+        """The site's ledger: every source's records, keyed (source, item id), and their counters summed. For
+        reading only (a summary), never for admitting into."""
+        total = cls(keep_records=all(led.keep_records for led in ledgers.values()))
+        for source, led in ledgers.items():
+            total.records.update(((source, i), r) for i, r in led.records.items())
+            total.exit_counts.update(led.exit_counts)
+            for counter in ("admitted", "completed", "failed", "expired", "correct", "duplicates", "redundant",
+                            "redispatched", "unknown"):
+                setattr(total, counter, getattr(total, counter) + getattr(led, counter))
+        return total
+

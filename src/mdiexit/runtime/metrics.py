@@ -89,6 +89,35 @@ def summarize(ledger: Ledger, num_exits: int, window: tuple[float, float], final
     return summary
 
 
+def source_part(weight: float, stream: str, ledger: Ledger, gate: AdmissionGate, window: tuple[float, float],
+                num_exits: int, labelled: bool, skipped: int, target_accuracy: float | None, adapted: bool,
+                latencies: Iterable[float] = ()) -> dict:
+    """One source's part of a run (summary.json's ``sources``, runtime.summary.SourcePart). ``adapted``: its
+    admission set the rate of an endless stream, so it always had more to send than it was given."""
+    s = summarize(ledger, num_exits, window, {}, {}, None, gate, latencies)
+    held_back = s["offered"] - s["admitted"] + skipped
+    return {"weight": weight, "stream": stream, "offered": s["offered"], "admitted": s["admitted"],
+            "skipped": skipped, "rejected": s["rejected"], "completed": s["completed"], "expired": s["expired"],
+            "failed": s["failed"], "lost": s["lost"], "throughput_per_s": s["throughput_per_s"],
+            "accuracy": s["accuracy"] if labelled else None, "target_accuracy": target_accuracy,
+            "latency_ms": {q: s["latency_ms"][q] for q in ("p50", "p95")}, "exit_fraction": s["exit_fraction"],
+            "backlogged": adapted or held_back > 0.01 * max(1, s["offered"] + skipped)}
+
+
+def jain_index(values: Iterable[float]) -> float | None:
+    """Jain's fairness index: 1 when all values are equal, 1/n when one has everything (None: none, or all 0)."""
+    x = np.asarray(list(values), float)
+    if not len(x) or not np.any(x):
+        return None
+    return float(x.sum() ** 2 / (len(x) * (x ** 2).sum()))
+
+
+def fairness(parts: Mapping[str, Mapping]) -> float | None:
+    """Jain's index of throughput / weight over the sources that were backlogged (None: fewer than two were)."""
+    shares = [p["throughput_per_s"] / p["weight"] for p in parts.values() if p["backlogged"]]
+    return jain_index(shares) if len(shares) >= 2 else None
+
+
 def link_summary(link_reports: dict[str, dict], final_stats: dict[str, dict[str, float]]) -> dict:
     """Per node and peer, the link estimates at the end of the run, and the bytes that measuring them added."""
     links = {node: {peer: {"estimated_mbps": bps / 1e6 if bps else None, "latency_ms": lat * 1000,

@@ -303,7 +303,7 @@ class NodeProcess:
             if msg.leaving:
                 self.core.on_leave(msg.sender)
             else:
-                self.core.on_report(msg.sender, msg.backlog_s, t, dict(msg.service_s))
+                self.core.on_report(msg.sender, msg.backlog_s, t, dict(msg.service_s), msg.source_backlogs or None)
             self.meter.on_state(msg, t)
             if msg.run_s is not None and self.run_origin is None and msg.sender == self.source_name:
                 self.start_run(t - msg.run_s)

@@ -11,7 +11,8 @@ from mdiexit.runtime.ledger import Ledger
 
 # items.csv: one row per admitted item.
 ITEM_COLUMNS: dict[str, str] = {
-    "item_id": "the item's id in this run",
+    "source": "the source that admitted it (a site may have several)",
+    "item_id": "the item's id at that source",
     "truth": "its true label (-1 where the item carries none, as a service's requests)",
     "label": "the label the cluster gave it",
     "exit": "the exit it left the model at",
@@ -32,6 +33,8 @@ class RunResult:
     ledger: Ledger  # per-item records, keyed by item id; a record's key is its stream index
     timeline: list[dict]  # one row per admission-control step
     paths: list[str] | None = None  # the file behind each stream item (image folders)
+    ledgers: dict[str, Ledger] | None = None  # every source's ledger, by source (None: only ``ledger``'s)
+    source_paths: dict[str, list[str] | None] | None = None  # every source's ``paths``
 
 
 
@@ -42,13 +45,15 @@ def write_results(result: RunResult, out: Path) -> Path:
     path.write_text(json.dumps(result.summary, indent=1, default=str))
     with (out / "items.csv").open("w") as f:
         f.write(",".join(ITEM_COLUMNS) + "\n")
-        paths = result.paths or []
-        for i, r in sorted(result.ledger.records.items()):
-            lat = "" if r.done_at is None else f"{(r.done_at - r.admitted_at) * 1000:.2f}"
-            k = r.key  # the stream item (a cycled stream repeats; rejected offers leave gaps in the item ids)
-            file = paths[k].replace('"', '""') if paths else ""
-            f.write(f"{i},{r.truth},{r.label},{r.exit},{r.confidence:.5f},{lat},{r.node},{r.attempt + 1},"
-                    f"\"{r.failed}\",{k},\"{file}\",{r.outcome}\n")
+        ledgers = result.ledgers or {_first_source(result.summary): result.ledger}
+        for source, ledger in ledgers.items():
+            paths = (result.source_paths or {}).get(source, result.paths) or []
+            for i, r in sorted(ledger.records.items()):
+                lat = "" if r.done_at is None else f"{(r.done_at - r.admitted_at) * 1000:.2f}"
+                k = r.key  # the stream item (a cycled stream repeats; rejected offers leave gaps in the item ids)
+                file = paths[k].replace('"', '""') if paths else ""
+                f.write(f"{source},{i},{r.truth},{r.label},{r.exit},{r.confidence:.5f},{lat},{r.node},"
+                        f"{r.attempt + 1},\"{r.failed}\",{k},\"{file}\",{r.outcome}\n")
     if result.timeline:
         cols = list(result.timeline[0])
         with (out / "timeline.csv").open("w") as f:
@@ -56,6 +61,10 @@ def write_results(result: RunResult, out: Path) -> Path:
             for row in result.timeline:
                 f.write(",".join(_cell(row[c]) for c in cols) + "\n")
     return path
+
+
+def _first_source(summary: dict) -> str:
+    return next((n["name"] for n in summary.get("config", {}).get("nodes", []) if n.get("role") == "source"), "")
 
 
 def _cell(v) -> str:

@@ -376,7 +376,7 @@ class SourceProcess:
         deadline = self.clock.now() + timeout_s
         while self.clock.now() < deadline and any(w not in self.final_stats for w in workers if w not in self.down):
             self.clock.sleep(0.02)
-        self.loop.ask(self._own_final_stats)
+        self.final_stats[self.name], self.link_reports[self.name] = self.loop.ask(self.own_final_stats)
 
     def _send_shutdown(self, workers: list[str]) -> None:
         frames = encode(Control(sender=self.name, action="shutdown"))
@@ -384,21 +384,27 @@ class SourceProcess:
             if w in self.node.links:
                 self.node.links[w].send(frames, self.clock.now())
 
-    def _own_final_stats(self) -> None:
-        self.final_stats[self.name] = self.node.stats()
-        self.link_reports[self.name] = self.node.meter.figures(self.clock.now())
+    def own_final_stats(self) -> tuple[dict[str, float], dict]:
+        """This node's counters and link figures at the end of the run (on its loop)."""
+        return self.node.stats(), self.node.meter.figures(self.clock.now())
 
     # ---------------------------------------------------------------- live view
-    def live_view(self, stop: threading.Event, period_s: float = 1.0) -> None:
-        last_done, last_t = 0, self.clock.now()
+    def live_view(self, stop: threading.Event, others: list[SourceProcess] = (), period_s: float = 1.0) -> None:
+        """A status line a second on stderr; with other sources, each one's throughput, rate and accuracy too."""
+        sources = [self, *others]
+        last_done, last_t = [s.ledger.completed for s in sources], self.clock.now()
         tty = sys.stderr.isatty()
         while not stop.wait(period_s):
             t = self.clock.now()
-            done = self.ledger.completed
-            rate = (done - last_done) / (t - last_t)
+            done = [s.ledger.completed for s in sources]
+            rates = [(d - d0) / (t - last_t) for d, d0 in zip(done, last_done, strict=True)]
             last_done, last_t = done, t
             try:
-                line = self.loop.ask(partial(self.status_line, rate), timeout_s=period_s)
+                line = self.loop.ask(partial(self.status_line, sum(rates)), timeout_s=period_s)
+                if others:
+                    line += "  sources " + " ".join(
+                        s.loop.ask(partial(s.source_line, r), timeout_s=period_s) for s, r in zip(sources, rates,
+                                                                                                  strict=True))
             except LoopTimeout:
                 continue
             if tty:
@@ -484,6 +490,13 @@ class SourceProcess:
         joules = [samples[-1][1]["joules"] for samples in list(self.progress.values())
                   if samples and "joules" in samples[-1][1]]
         return sum(joules) / self.ledger.completed if joules and self.ledger.completed else None
+
+    def source_line(self, rate: float) -> str:
+        """This source's part of the live view: its throughput, admission rate and accuracy."""
+        led = self.ledger
+        acc = f" acc {led.correct / led.completed:.3f}" if led.completed and self.labelled() else ""
+        skipped = f" skipped {n}" if (n := self.skipped()) else ""
+        return f"{self.name}:{rate:.0f}/s(rate {self.admission.rate():.0f}{acc}{skipped})"
 
     def status_line(self, rate: float) -> str:
         led = self.ledger

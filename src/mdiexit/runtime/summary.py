@@ -49,6 +49,27 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 Count = Annotated[int, Meta(ge=0)]
 
 
+class SourcePart(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One source's part of a run (``sources`` in summary.json): what it offered and what became of it."""
+
+    weight: float  # its share of contended capacity
+    stream: str  # what it admitted from (test, all, N, video:PATH, or clients)
+    offered: Count
+    admitted: Count
+    skipped: Count  # a video's frames never offered, a newer one having come first
+    rejected: Count
+    completed: Count
+    expired: Count
+    failed: Count
+    lost: int
+    throughput_per_s: float
+    accuracy: float | None  # null: its items carry no labels (a camera)
+    target_accuracy: float | None  # its floor, where it had one
+    latency_ms: dict[str, float]  # p50, p95
+    exit_fraction: list[float]
+    backlogged: bool  # it had more to send than it was given (counted in fairness_jain)
+
+
 class RunSummary(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """What summary.json holds. A field that is UNSET is left out (it applies to some runs only)."""
 
@@ -95,6 +116,12 @@ class RunSummary(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     deadline_ms: Annotated[float | UnsetType, _doc("the items' deadline, where one was set")] = UNSET
     accuracy_within_deadline: Annotated[float | UnsetType, _doc(
         "correct results within the deadline, over offered items")] = UNSET
+    sources: Annotated[dict[str, SourcePart] | UnsetType, _doc(
+        "per source: weight, stream, offered, admitted, skipped, rejected, completed, expired, failed, lost, "
+        "throughput_per_s, accuracy, target_accuracy, latency_ms (p50, p95), exit_fraction, backlogged")] = UNSET
+    fairness_jain: Annotated[float | None | UnsetType, _doc(
+        "Jain's index of throughput / weight over the backlogged sources: 1 is a share exactly by weight (null: "
+        "fewer than two were backlogged)")] = UNSET
     node_failures: Annotated[list[dict[str, Any]], _doc(
         "each node declared down: node, kind, at_s, in_flight, recovery_s")]
     recovery_s: Annotated[float | None, _doc(

@@ -1,0 +1,172 @@
+"""One source's feed in a run: what it admits (a dataset, an image folder or a video), its admission policy,
+floor and deadline, where its outcomes also go (its sink), and its part of the summary. A site of several
+cameras runs one feed per source, each with its own SourceProcess; the launcher (runtime.launch) starts them
+and the first source also runs the cluster."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mdiexit.clock import WallClock
+from mdiexit.config import ClusterConfig, ConfigError, NodeConfig
+from mdiexit.data import Dataset, load_items
+from mdiexit.package import Package
+from mdiexit.runtime.arrivals import StreamArrivals
+from mdiexit.runtime.metrics import source_part
+from mdiexit.runtime.options import RunOptions
+from mdiexit.runtime.sinks import SinkedArrivals, SinkSpec, check_sink, open_sink
+from mdiexit.runtime.source import SourceProcess
+from mdiexit.util import shown_path
+from mdiexit.video import VIDEO_PREFIX, VideoArrivals, VideoFrames
+
+log = logging.getLogger("mdiexit.feed")
+FOLDER_PREFIX = "folder:"
+STREAM_FORMS = "test, all, a count N, folder:PATH or video:PATH (a file, rtsp://... or /dev/videoN)"
+
+
+def source_options(opts: RunOptions, node: NodeConfig, first: bool, total_weight: float) -> RunOptions:
+    """The run's options as ``node`` (a source) runs them: its own stream, frame rate, floor and deadline where its
+    entry in the cluster file has them, and its weight's share of ``--rate`` (the site's rate, or where rate
+    adaptation starts: sources that start in proportion to their weights settle there sooner). ``--sink``
+    overrides the first source's sink only."""
+    items: str | int = opts.items
+    data_dir = opts.data_dir
+    if node.stream is not None:
+        items, data_dir = stream_items(node.stream, opts.data_dir)
+    return dataclasses.replace(
+        opts, items=items, data_dir=data_dir, fps=node.fps or opts.fps, rate=opts.rate * node.weight / total_weight,
+        target_accuracy=node.target_accuracy if node.target_accuracy is not None else opts.target_accuracy,
+        deadline_ms=node.deadline_ms if node.deadline_ms is not None else opts.deadline_ms,
+        sink=(opts.sink if first and opts.sink else node.sink))
+
+
+def stream_items(stream: str, data_dir: Path | None) -> tuple[str | int, Path | None]:
+    """A cluster file's ``stream`` as (items, data_dir), as ``--items`` and ``--data-dir`` would give them."""
+    if stream in ("test", "all") or stream.startswith(VIDEO_PREFIX):
+        return stream, data_dir
+    if stream.startswith(FOLDER_PREFIX) and stream[len(FOLDER_PREFIX):]:
+        return "all", Path(stream[len(FOLDER_PREFIX):]).expanduser()
+    if stream.isdigit() and int(stream) > 0:
+        return int(stream), data_dir
+    raise ConfigError(f"stream {stream!r}: expected {STREAM_FORMS}")
+
+
+@dataclass
+class Feed:
+    """A source's feed: prepared before any node starts (so that a bad stream or sink stops the run at once),
+    opened when the run starts."""
+
+    node: NodeConfig
+    opts: RunOptions  # source_options: this source's stream, floor, deadline and sink
+    stream: Dataset | None  # a dataset or folder (None: a video, or clients)
+    video: str | None  # a video's path or URL
+    sink_spec: SinkSpec | None
+    proc: SourceProcess | None = None
+    arrivals: object = None
+    answering: object = None  # the arrivals, with every answer also sent to the sink
+    frames: VideoFrames | None = None
+    sink: object = None
+    start: float = 0.0
+    end: float = 0.0
+
+    @classmethod
+    def prepare(cls, cluster: ClusterConfig, cluster_path: Path, node: NodeConfig, opts: RunOptions,
+                pkg: Package) -> Feed:
+        first = node.name == cluster.source.name
+        try:
+            opts = source_options(opts, node, first, sum(cluster.weights.values()))
+        except ConfigError as e:
+            raise ConfigError(f"{shown_path(cluster_path)}: nodes.{node.name}.{e}") from None
+        serving = opts.serve is not None and first  # the first source serves clients; the others stream
+        video = str(opts.items)[len(VIDEO_PREFIX):] if str(opts.items).startswith(VIDEO_PREFIX) else None
+        if serving:
+            video = None
+        if video is not None:
+            VideoFrames.check(video)  # before any node starts
+        where = "--sink" if first and opts.sink and opts.sink != node.sink else \
+            f"{shown_path(cluster_path)}: nodes.{node.name}.sink"
+        sink_spec = check_sink(opts.sink, where) if opts.sink else None
+        stream = load_items(pkg, opts.items, opts.data_dir) if not serving and video is None else None
+        if stream is not None:
+            if opts.items != "test" and len(stream) > opts.rate * opts.duration_s:
+                log.warning("%s: only about %d of the %d items fit in --duration %g s at --rate %g; raise "
+                            "--duration to stream them all", node.name, int(opts.rate * opts.duration_s),
+                            len(stream), opts.duration_s, opts.rate)
+            if not stream.labelled:
+                log.warning("%s: the items have no labels: no accuracy is reported; items.csv has each item's "
+                            "label", node.name)
+            if opts.limit_items:
+                stream = stream.subset(list(range(min(opts.limit_items, len(stream)))))
+        return cls(node, opts, stream, video, sink_spec)
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    def open_sink(self) -> None:
+        """Reach the sink's broker now, before the run starts (a broker that is not there stops it)."""
+        if self.sink_spec is not None:
+            self.sink = open_sink(self.sink_spec, self.name)
+
+    def open(self, clock: WallClock, pkg: Package, arrivals=None) -> None:
+        """What the source admits from, from now (``arrivals``: clients, given by the launcher)."""
+        source = self.proc
+        deadline_s = None if self.opts.deadline_ms is None else self.opts.deadline_ms / 1000
+        if arrivals is None and self.video is not None:  # the newest frame at the admission rate (mdiexit.video)
+            self.frames = VideoFrames.open(self.video, pkg.input_shape, self.opts.fps, clock)
+            arrivals = VideoArrivals(self.frames, source.admission.rate, clock.now(), deadline_s)
+        elif arrivals is None:  # items all | N: each item once, in order
+            arrivals = StreamArrivals(self.stream, source.admission.rate, clock.now(),
+                                      cycle=self.opts.items == "test", deadline_s=deadline_s)
+        self.arrivals = source.stream = arrivals
+        self.answering = arrivals if self.sink is None else \
+            SinkedArrivals(arrivals, self.sink, self.name, pkg.classes, pkg.version)
+
+    def run(self, duration_s: float | None) -> None:
+        """Admit for ``duration_s`` (None: until the service stops), then drain: every offer gets its answer."""
+        self.admit(duration_s)
+        self.drain()
+
+    def admit(self, duration_s: float | None) -> None:
+        self.start, self.end = self.proc.admit(self.answering, duration_s, self.opts.serve)
+
+    def drain(self) -> None:
+        self.proc.phase = "draining"
+        self.proc.drain(self.answering, self.opts.drain_timeout_s)
+        self.close_sink()
+
+    def close_sink(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+            self.sink = None
+
+    def close(self) -> None:
+        self.close_sink()
+        if self.frames is not None:
+            self.frames.close()
+
+    def window(self) -> tuple[float, float]:
+        """The part of the run its throughput is measured over: after the warm-up, to the end of admission; for a
+        finite stream that ran out (a video file, --items all|N), to its last result, and from the start when it
+        was shorter than the warm-up."""
+        start, end, warmup_s = self.start, self.end, self.opts.warmup_s
+        if not self.arrivals.done:
+            return start + warmup_s, end
+        last = max((r.done_at for r in self.proc.ledger.records.values() if r.done_at is not None), default=end)
+        end = max(end, last)
+        return (start + warmup_s if end - start > 2 * warmup_s else start), end
+
+    @property
+    def skipped(self) -> int:
+        return self.proc.skipped()
+
+    def part(self) -> dict:
+        """This source's part of the summary (``sources`` in summary.json)."""
+        src = self.proc
+        endless = self.opts.items == "test" and self.video is None and self.opts.serve is None
+        return source_part(self.node.weight, str(self.opts.items), src.ledger, src.gate, self.window(),
+                           src.node.pkg.num_tasks, src.labelled(), self.skipped, self.opts.target_accuracy,
+                           adapted=endless and self.opts.admission != "fixed", latencies=src.latencies)
