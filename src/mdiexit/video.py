@@ -28,7 +28,6 @@ from mdiexit.runtime.ledger import Record
 
 log = logging.getLogger("mdiexit.video")
 
-VIDEO_PREFIX = "video:"
 LIVE_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "/dev/video")
 
 

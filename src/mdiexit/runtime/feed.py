@@ -5,7 +5,6 @@ and the first source also runs the cluster."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,42 +15,13 @@ from mdiexit.data import Dataset, load_items
 from mdiexit.package import Package
 from mdiexit.runtime.arrivals import StreamArrivals
 from mdiexit.runtime.metrics import source_part
-from mdiexit.runtime.options import RunOptions
+from mdiexit.runtime.options import VIDEO_PREFIX, RunOptions, source_options
 from mdiexit.runtime.sinks import SinkedArrivals, SinkSpec, check_sink, open_sink
 from mdiexit.runtime.source import SourceProcess
 from mdiexit.util import shown_path
-from mdiexit.video import VIDEO_PREFIX, VideoArrivals, VideoFrames
+from mdiexit.video import VideoArrivals, VideoFrames
 
 log = logging.getLogger("mdiexit.feed")
-FOLDER_PREFIX = "folder:"
-STREAM_FORMS = "test, all, a count N, folder:PATH or video:PATH (a file, rtsp://... or /dev/videoN)"
-
-
-def source_options(opts: RunOptions, node: NodeConfig, first: bool, total_weight: float) -> RunOptions:
-    """The run's options as ``node`` (a source) runs them: its own stream, frame rate, floor and deadline where its
-    entry in the cluster file has them, and its weight's share of ``--rate`` (the site's rate, or where rate
-    adaptation starts: sources that start in proportion to their weights settle there sooner). ``--sink``
-    overrides the first source's sink only."""
-    items: str | int = opts.items
-    data_dir = opts.data_dir
-    if node.stream is not None:
-        items, data_dir = stream_items(node.stream, opts.data_dir)
-    return dataclasses.replace(
-        opts, items=items, data_dir=data_dir, fps=node.fps or opts.fps, rate=opts.rate * node.weight / total_weight,
-        target_accuracy=node.target_accuracy if node.target_accuracy is not None else opts.target_accuracy,
-        deadline_ms=node.deadline_ms if node.deadline_ms is not None else opts.deadline_ms,
-        sink=(opts.sink if first and opts.sink else node.sink))
-
-
-def stream_items(stream: str, data_dir: Path | None) -> tuple[str | int, Path | None]:
-    """A cluster file's ``stream`` as (items, data_dir), as ``--items`` and ``--data-dir`` would give them."""
-    if stream in ("test", "all") or stream.startswith(VIDEO_PREFIX):
-        return stream, data_dir
-    if stream.startswith(FOLDER_PREFIX) and stream[len(FOLDER_PREFIX):]:
-        return "all", Path(stream[len(FOLDER_PREFIX):]).expanduser()
-    if stream.isdigit() and int(stream) > 0:
-        return int(stream), data_dir
-    raise ConfigError(f"stream {stream!r}: expected {STREAM_FORMS}")
 
 
 @dataclass

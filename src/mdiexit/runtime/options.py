@@ -3,11 +3,16 @@ No sockets, no processes: the simulator reads these without loading the runtime'
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from mdiexit.config import ConfigError
+from mdiexit.config import ConfigError, NodeConfig
+
+VIDEO_PREFIX = "video:"  # a stream that plays a video (mdiexit.video)
+FOLDER_PREFIX = "folder:"
+STREAM_FORMS = "test, all, a count N, folder:PATH or video:PATH (a file, rtsp://... or /dev/videoN)"
 
 
 class ClusterError(RuntimeError):
@@ -68,3 +73,30 @@ class RunOptions:
         for flag, value, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"{flag}: expected {expected}, got {value!r}")
+
+
+def source_options(opts: RunOptions, node: NodeConfig, first: bool, total_weight: float) -> RunOptions:
+    """The run's options as ``node`` (a source) runs them: its own stream, frame rate, floor and deadline where its
+    entry in the cluster file has them, and its weight's share of ``--rate`` (the site's rate, or where rate
+    adaptation starts: sources that start in proportion to their weights settle there sooner). ``--sink``
+    overrides the first source's sink only."""
+    items: str | int = opts.items
+    data_dir = opts.data_dir
+    if node.stream is not None:
+        items, data_dir = stream_items(node.stream, opts.data_dir)
+    return dataclasses.replace(
+        opts, items=items, data_dir=data_dir, fps=node.fps or opts.fps, rate=opts.rate * node.weight / total_weight,
+        target_accuracy=node.target_accuracy if node.target_accuracy is not None else opts.target_accuracy,
+        deadline_ms=node.deadline_ms if node.deadline_ms is not None else opts.deadline_ms,
+        sink=(opts.sink if first and opts.sink else node.sink))
+
+
+def stream_items(stream: str, data_dir: Path | None) -> tuple[str | int, Path | None]:
+    """A cluster file's ``stream`` as (items, data_dir), as ``--items`` and ``--data-dir`` would give them."""
+    if stream in ("test", "all") or stream.startswith(VIDEO_PREFIX):
+        return stream, data_dir
+    if stream.startswith(FOLDER_PREFIX) and stream[len(FOLDER_PREFIX):]:
+        return "all", Path(stream[len(FOLDER_PREFIX):]).expanduser()
+    if stream.isdigit() and int(stream) > 0:
+        return int(stream), data_dir
+    raise ConfigError(f"stream {stream!r}: expected {STREAM_FORMS}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import simpy
@@ -95,7 +96,7 @@ class SimNode:
         self.charge(visits=1)
         self.core.on_report(sender, backlog_s, t, None)
         if self.is_source:
-            self.world.source.sc.heard(sender, t)
+            self.sc.heard(sender, t)
         self.step(events.Arrived(item, self.egress.queued_bytes(t)))
 
     def route(self, item: WorkItem) -> None:
@@ -126,11 +127,13 @@ class SimNode:
         """A STATE to every recipient, one event per path latency."""
         t = self.world.env.now
         backlog = self.core.backlog_s(t)
+        per_source = self.core.source_backlogs_s(t)
         service = self.core.estimator.snapshot()
         count = sum(len(r) for r in self.state_to.values())
         departure = self.egress.departure(STATE_BYTES * count, t)
         for latency, recipients in self.state_to.items():
-            self.world.at(departure - t + latency, self.world.deliver_state, self.name, backlog, service, recipients)
+            self.world.at(departure - t + latency, self.world.deliver_state, self.name, backlog, service, recipients,
+                          per_source)
 
     # ---------------------------------------------------------------- compute
     def compute(self, batch: list[WorkItem]) -> None:
@@ -148,7 +151,7 @@ class SimNode:
     def computed(self, batch: list[WorkItem], seconds: float) -> None:
         t = self.world.env.now
         self.busy_s += seconds
-        logits = self.world.items.logits[batch[0].task - 1][[self.world.stream_index(it.item_id) for it in batch]]
+        logits = self.world.logits(batch[0].task, batch)
         self.step(events.Computed(batch, None, logits, seconds, self.egress.queued_bytes(t)))
 
     def send_encoded(self, s: events.Send) -> None:
@@ -164,7 +167,7 @@ class SimNode:
         self.world.at(self.encode_free_at - t, self.send_item, s)
 
     def deliver(self, f: Finished, expired: bool = False) -> None:
-        src = self.world.source
+        src = self.world.nodes[f.item.source]  # the source that admitted it
         if self is src:
             src.result(self.name, f, expired)
         else:
@@ -184,9 +187,11 @@ class SimNode:
 class SimSource(SimNode):
     """The source's shell: arrivals, the admit loop's releases and control steps, results into the ledger."""
 
-    def __init__(self, world: World, cfg: NodeConfig, core: NodeCore, times: dict, sc: SourceCore):
+    def __init__(self, world: World, cfg: NodeConfig, core: NodeCore, times: dict, sc: SourceCore, items: Items,
+                 deadline_s: float | None):
         super().__init__(world, cfg, core, times, is_source=True)
         self.sc = sc
+        self.items, self.deadline_s = items, deadline_s  # its stream
         self.admitting = False
         self.arrived = 0
         self.start = 0.0
@@ -205,16 +210,16 @@ class SimSource(SimNode):
     def arrive(self) -> None:
         if not self.admitting:
             return
-        k = self.arrived % len(self.world.items)
+        k = self.arrived % len(self.items)
         self.arrived += 1
-        offer = Offer(None, int(self.world.items.labels[k]), k, self.world.deadline_s)
+        offer = Offer(None, int(self.items.labels[k]), k, self.deadline_s)
         if not self.source_step(events.Offered(offer)):  # queued at the gate (not refused)
             self.release()
         self.world.at(1.0 / max(self.sc.admission.rate(), 1e-3), self.arrive)
 
     def release(self) -> None:
         t = self.world.env.now
-        actions = self.sc.step(events.Release(self.core.backlog_s(t)), t)
+        actions = self.sc.step(events.Release(self.core.backlog_of(self.name, t)), t)
         self.charge(visits=sum(isinstance(a, events.Dispatch) for a in actions))  # admissions cost first
         self.carry_out(actions)
 
@@ -225,10 +230,14 @@ class SimSource(SimNode):
 
     def control(self) -> None:
         t = self.world.env.now
-        backlog_s = self.core.backlog_s(t)
+        backlog_s = self.core.backlog_of(self.name, t)
         step = events.ControlStep(self.start, backlog_s) if self.admitting else events.Supervise(backlog_s)
         self.source_step(step)
         self.world.at(CONTROL_PERIOD_S, self.control)
+
+    def batch_logits(self, task: int, item_ids: list[int]) -> np.ndarray:
+        records = self.sc.ledger.records  # a record's key is its item's place in the stream
+        return self.items.logits[task - 1][[records[i].key for i in item_ids]]
 
     def source_step(self, event: events.SourceEvent) -> list[events.SourceAction]:
         """Hand ``event`` to the source core and carry out what it decided, as the runtime's source shell does
@@ -246,24 +255,32 @@ class SimSource(SimNode):
         return actions
 
 
+@dataclass
+class SimFeed:
+    """One source's part of a simulated run: its core, its stream and its items' deadline."""
+
+    sc: SourceCore
+    items: Items
+    deadline_s: float | None = None
+
+
 class World:
     """Every node of ``cluster`` in one SimPy environment."""
 
-    def __init__(self, cluster: ClusterConfig, pkg: Package, rules: ModeRules, sc: SourceCore, items: Items,
-                 profiles: dict[int, dict], seed: int = 0, deadline_s: float | None = None):
+    def __init__(self, cluster: ClusterConfig, pkg: Package, rules: ModeRules, feeds: dict[str, SimFeed],
+                 profiles: dict[int, dict], seed: int = 0):
         self.env = simpy.Environment()
-        self.cluster, self.pkg, self.rules, self.items = cluster, pkg, rules, items
+        self.cluster, self.pkg, self.rules = cluster, pkg, rules
         self.max_batch = cluster.max_batch
         self.heartbeat_s = cluster.heartbeat_ms / 1000
         self.quiet_report_s = cluster.quiet_report_s
         self.give_up_s = 5 * cluster.dead_after_ms / 1000  # as runtime.node's heartbeat loop
-        self.deadline_s = deadline_s
         self.events = 0
         by_name = {n.name: n for n in cluster.nodes}
-        src_name = cluster.source.name
-        nodes = [n for n in cluster.nodes if not rules.single_node or n.name == src_name]
+        nodes = [n for n in cluster.nodes if not rules.single_node or n.name in feeds]
         tables: dict[tuple[float, int], dict] = {}
         self.nodes: dict[str, SimNode] = {}
+        self.sources: dict[str, SimSource] = {}
         cfg = cluster.offload_config()
         for n in nodes:
             key = (n.slowdown, n.threads)
@@ -274,12 +291,13 @@ class World:
             views = {m: neighbour_view(n, by_name[m], rules, pkg.num_tasks) for m in nbs}
             estimator = ServiceEstimator.from_package(pkg, n.rated_macs_per_s)
             seed_estimates(estimator, DeviceModel(n.slowdown, profiled_s=profiles[n.threads]), held)
-            core = NodeCore(n.name, pkg, held, rules, cfg, estimator, views, is_source=n.name == src_name,
+            core = NodeCore(n.name, pkg, held, rules, cfg, estimator, views, is_source=n.name in feeds,
                             compress_on=self._compress_on(n, held, nbs, by_name, tables[key], profiles),
-                            energy=energy_weights(cluster, n), max_batch=self.max_batch)
-            if n.name == src_name:
-                self.source = SimSource(self, n, core, tables[key], sc)
-                self.nodes[n.name] = self.source
+                            energy=energy_weights(cluster, n), max_batch=self.max_batch, weights=cluster.weights)
+            if n.name in feeds:
+                feed = feeds[n.name]
+                self.sources[n.name] = self.nodes[n.name] = SimSource(self, n, core, tables[key], feed.sc, feed.items,
+                                                                      feed.deadline_s)
             else:
                 self.nodes[n.name] = SimNode(self, n, core, tables[key], False)
         senders: dict[str, set[str]] = defaultdict(set)
@@ -287,7 +305,7 @@ class World:
             for b in nbs:
                 senders[b].add(a)
         for name, node in self.nodes.items():
-            to = set(cluster.neighbours_of(name)) | senders[name] | {src_name}
+            to = set(cluster.neighbours_of(name)) | senders[name] | set(self.sources)
             to.discard(name)
             for m in sorted(to):
                 if m in self.nodes:
@@ -321,13 +339,17 @@ class World:
         ev = self.env.timeout(max(0.0, delay))
         ev.callbacks.append(lambda _e: fn(*args))
 
-    def stream_index(self, item_id: int) -> int:
-        return self.source.sc.ledger.records[item_id].key
+    def logits(self, task: int, batch: list[WorkItem]) -> np.ndarray:
+        """Each item's precomputed logits at ``task``'s exit, from its own source's stream."""
+        first = batch[0].source
+        if all(it.source == first for it in batch):
+            return self.sources[first].batch_logits(task, [it.item_id for it in batch])
+        return np.concatenate([self.sources[it.source].batch_logits(task, [it.item_id]) for it in batch])
 
-    def deliver_state(self, sender: str, backlog_s: float, service: dict[int, float],
-                      recipients: list[SimNode]) -> None:
+    def deliver_state(self, sender: str, backlog_s: float, service: dict[int, float], recipients: list[SimNode],
+                      per_source: dict[str, float] | None = None) -> None:
         t = self.env.now
         for r in recipients:
-            r.core.on_report(sender, backlog_s, t, service)
-            if r is self.source:
-                self.source.source_step(events.StateIn(sender, backlog_s))
+            r.core.on_report(sender, backlog_s, t, service, per_source)
+            if isinstance(r, SimSource):
+                r.source_step(events.StateIn(sender, per_source.get(r.name, backlog_s) if per_source else backlog_s))
