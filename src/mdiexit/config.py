@@ -50,6 +50,7 @@ from mdiexit.policies.offload import OffloadConfig
 from mdiexit.protocol.codec import CODECS
 
 ROLES = ("source", "worker")
+STREAM_FORMS = "test, all, a count N, folder:PATH or video:PATH (a file, rtsp://... or /dev/videoN)"
 SOURCE_ONLY = ("client_port", "sink", "weight", "target_accuracy", "deadline_ms", "stream", "fps")  # a source's fields
 COMPRESS = ("off", "on", "auto")
 LINK_FIGURES = ("measured", "configured")  # links: online estimates (seeded by the file) | the file's figures
@@ -112,6 +113,8 @@ class NodeConfig:
         for key in SOURCE_ONLY:
             if self.role != "source" and getattr(self, key) != NodeConfig.__dataclass_fields__[key].default:
                 raise ValueError(f"{key}: only a source has one; move it to a node with role source")
+        if self.stream is not None and not _stream_ok(self.stream):
+            raise ValueError(f"stream: expected {STREAM_FORMS}, got {self.stream!r}")
         times = [t for t, _ in self.bandwidth_schedule or ()]
         for i in range(1, len(times)):
             if times[i] <= times[i - 1]:
@@ -142,6 +145,12 @@ class NodeConfig:
     def held_tasks(self, num_tasks: int) -> frozenset[int]:
         """The tasks this node holds, for a model with ``num_tasks`` tasks."""
         return frozenset(range(1, num_tasks + 1)) if self.tasks is None else frozenset(self.tasks)
+
+
+def _stream_ok(stream: str) -> bool:
+    kind, _, where = stream.partition(":")
+    return stream in ("test", "all") or (stream.isdigit() and int(stream) > 0) or (kind in ("folder", "video")
+                                                                                   and bool(where))
 
 
 def link_between(a: NodeConfig, b: NodeConfig) -> tuple[float | None, float]:

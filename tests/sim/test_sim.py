@@ -167,3 +167,29 @@ def test_cpu_slowdown_charges_the_runtimes_work_to_the_simulated_devices(tmp_pat
     assert all(0 < n["runtime_share"] < 1 for n in charged["per_node"].values())
     assert charged["throughput_per_s"] < free["throughput_per_s"]
     assert charged["lost"] == free["lost"] == 0
+
+
+def cameras(tmp_path, weights: tuple[float, ...]) -> Path:
+    """Two worker nodes shared by sources cam0, cam1, ... of these weights."""
+    spec = [(f"cam{i}", "source", 80, {"weight": w}) for i, w in enumerate(weights)]
+    spec += [("w1", "worker", 20, {}), ("w2", "worker", 40, {})]
+    return write_cluster(tmp_path / "cams.yaml", package=PACKAGE, mode="mdi-exit", nodes=[
+        {"name": n, "role": r, "port": 6100 + i, "slowdown": f, "bandwidth_mbps": 50, "latency_ms": 2, **extra}
+        for i, (n, r, f, extra) in enumerate(spec)])
+
+
+def test_backlogged_sources_share_the_cluster_by_weight(tmp_path, reference):
+    result = sim(cameras(tmp_path, (1, 1, 2)), "mdi-exit", rate=100, duration=20.0, admission="rate")
+    s = result.summary
+    parts = s["sources"]
+    assert set(parts) == {"cam0", "cam1", "cam2"} and all(p["backlogged"] and p["lost"] == 0 for p in parts.values())
+    per_weight = [p["throughput_per_s"] / p["weight"] for p in parts.values()]
+    assert max(per_weight) < 1.15 * min(per_weight)  # cam2 gets about twice cam0's or cam1's
+    assert s["fairness_jain"] > 0.98
+    assert s["completed"] == sum(p["completed"] for p in parts.values()) and s["lost"] == 0
+    for source, ledger in result.ledgers.items():  # every result went to the source that admitted the item
+        assert ledger.completed == parts[source]["completed"] > 0
+    _, _, labels = reference
+    for ledger in result.ledgers.values():  # each item classified as in a single process, from its own stream
+        assert all(r.label == labels[r.exit - 1, r.key] for r in ledger.records.values() if r.key < ITEMS)
+

@@ -8,11 +8,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from mdiexit.config import ConfigError, NodeConfig
+from mdiexit.config import STREAM_FORMS, ConfigError, NodeConfig
 
 VIDEO_PREFIX = "video:"  # a stream that plays a video (mdiexit.video)
 FOLDER_PREFIX = "folder:"
-STREAM_FORMS = "test, all, a count N, folder:PATH or video:PATH (a file, rtsp://... or /dev/videoN)"
 
 
 class ClusterError(RuntimeError):
