@@ -32,7 +32,7 @@ def test_each_source_admits_its_own_stream_and_gets_its_own_results(tmp_path, ti
     assert parts["cam1"]["weight"] == 1 and parts["cam2"]["weight"] == 3
     assert parts["cam2"]["stream"] == "40" and parts["cam2"]["offered"] == 40  # its own stream, each item once
     assert parts["cam2"]["target_accuracy"] == 0.5 and parts["cam1"]["stream"] == "test"
-    for name, p in parts.items():
+    for p in parts.values():
         assert p["lost"] == 0 and p["completed"] == p["admitted"] == p["offered"] > 0
     assert s["completed"] == sum(p["completed"] for p in parts.values())
     write_results(result, tmp_path / "out")
