@@ -161,3 +161,13 @@ def test_a_cameras_results_reach_an_mqtt_broker_once_per_frame(tmp_path, tiny_pa
     classes = load_package(tiny_package).classes
     assert all(m["topic"] == "site/cam1" and m["outcome"] == "result" and m["name"] == classes[m["label"]]
                and m["exit"] >= 1 and m["latency_ms"] > 0 and m["version"] for m in got)
+
+
+def test_a_source_plays_the_video_its_cluster_file_names(tmp_path, tiny_package, video):
+    data = cluster_dict(load_cluster(write_cluster(tmp_path / "c.yaml", tiny_package, [2, 2])))
+    data["nodes"][0]["stream"] = f"video:{video}"  # the camera's own stream, whatever --items says
+    opts = RunOptions(rate=200, duration_s=5.0, warmup_s=2.0, live=False, items="all", drain_timeout_s=30)
+    s = run_cluster(write_cluster_file(tmp_path / "c.yaml", data), opts).summary
+    assert s["lost"] == 0 and s["completed"] == s["offered"] and s["offered"] + s["skipped"] == FRAMES
+    assert s["sources"]["source"]["stream"] == f"video:{video}" and s["sources"]["source"]["accuracy"] is None
+    assert s["sources"]["source"]["skipped"] == s["skipped"] < FRAMES / 4

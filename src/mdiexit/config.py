@@ -98,13 +98,14 @@ class NodeConfig:
     metrics_port: Annotated[int, Meta(ge=1, le=65535)] | None = None  # Prometheus metrics over HTTP, on loopback
     # the source: where every outcome also goes, jsonl:PATH or mqtt://[USER@]HOST[:PORT]/TOPIC (--sink overrides it)
     sink: str | None = None
-    # a source: its share of the workers under contention (weighted fair queueing on every node), its accuracy
-    # floor and latency target (else the run's --target-accuracy and --deadline-ms), its items and their rate
+    # a source: its share of contended compute (weighted fair queueing on every node) and of --rate
     weight: Positive = 1.0
+    # a source: its accuracy floor under rate adaptation (else --target-accuracy)
     target_accuracy: Annotated[float, Meta(gt=0, le=1)] | None = None
-    deadline_ms: Positive | None = None
-    stream: Annotated[str, Meta(min_length=1)] | None = None  # test | all | N | folder:PATH | video:PATH; else --items
-    fps: Positive | None = None  # a video stream's frame rate (else the file's)
+    deadline_ms: Positive | None = None  # a source: its items' deadline (else --deadline-ms)
+    # a source: what it admits, test | all | N | folder:PATH | video:PATH (a file, rtsp://..., /dev/videoN)
+    stream: Annotated[str, Meta(min_length=1)] | None = None
+    fps: Positive | None = None  # a source: its video's frame rate (else the file's; --fps)
     # energy: a preset (raspberry-pi-4, raspberry-pi-5, jetson-nano, jetson-orin-nano) or {idle_w, busy_w, j_per_mb}
     power: str | dict[str, float] | None = None
 

@@ -1,5 +1,6 @@
 """The `mdiexit bench` command group: the engine, the runtime, admission, compression, chaos, the emulation and
-the links (calibration, network, overhead, join) and the headline experiments (paper). `bench serve` and `bench
+the links (calibration, network, overhead, join), several sources (multisource) and the headline experiments
+(paper). `bench serve` and `bench
 simulator` live beside their commands (cli/serve.py, cli/sim.py). Each bench imports its module when it runs."""
 
 from __future__ import annotations
@@ -54,6 +55,18 @@ def cmd_bench_overhead(a: argparse.Namespace) -> int:
     from mdiexit.bench.overhead import OverheadBenchOptions, bench_overhead
 
     bench_overhead(a.cluster, a.out, OverheadBenchOptions(duration_s=a.duration))
+    return 0
+
+
+def cmd_bench_multisource(a: argparse.Namespace) -> int:
+    """Several cameras sharing one cluster: every source under rate adaptation (shares against weights, Jain's index,
+    accuracy against each floor), the same devices with one source (the total without sharing), one source switched
+    off from --idle-from to --idle-to s (how long re-sharing takes), and the simulator beside the runtime. Writes
+    --out/multisource.json and multisource.png."""
+    from mdiexit.bench.multisource import MultisourceBenchOptions, bench_multisource
+
+    bench_multisource(a.cluster, a.out, MultisourceBenchOptions(
+        duration_s=a.duration, rate=a.rate, idle_source=a.idle_source, idle_from_s=a.idle_from, idle_to_s=a.idle_to))
     return 0
 
 
@@ -165,6 +178,19 @@ def add_bench_commands(bsub: argparse._SubParsersAction, cluster_arg: Callable[[
     bx.add_argument("--target-accuracy", type=float, default=None)
     bx.set_defaults(func=cmd_bench_chaos)
     add_link_bench_commands(bsub, cluster_arg, doc)  # bench calibration, network, overhead, join
+    bm = bsub.add_parser("multisource", description=doc(cmd_bench_multisource),
+                         help="several cameras sharing one cluster: shares by weight, re-sharing when one goes idle, "
+                              "the simulator beside")
+    bm.add_argument("--cluster", type=Path, default=Path("examples/cameras3.yaml"),
+                    help="a cluster file with several sources (default examples/cameras3.yaml)")
+    bm.add_argument("--out", type=Path, default=Path("docs/results"), help="folder for multisource.json and .png")
+    bm.add_argument("--duration", type=float, default=40.0, help="seconds of admission per run (default 40)")
+    bm.add_argument("--rate", type=float, default=300.0,
+                    help="where rate adaptation starts, the site's total items/s (default 300)")
+    bm.add_argument("--idle-source", default=None, help="the source switched off (default: the second)")
+    bm.add_argument("--idle-from", type=float, default=20.0, help="when it is switched off, s (default 20)")
+    bm.add_argument("--idle-to", type=float, default=40.0, help="when it is back, s (default 40)")
+    bm.set_defaults(func=cmd_bench_multisource)
     bp = bsub.add_parser("paper", help="both headline experiments for every mode: paper.json, PNG plots, table",
                          description=doc(cmd_bench_paper))
     cluster_arg(bp)

@@ -94,6 +94,7 @@ class LiveRun:
     spawn_args: dict  # what spawn_worker needs besides the name, namespace and host profile
     netns: dict[str, str | None]
     profiles: HostProfiles = field(default_factory=HostProfiles)
+    sources: dict[str, SourceProcess] = field(default_factory=dict)  # every source, the first included
 
     def signal(self, name: str, sig: int) -> None:
         self.procs[name].send_signal(sig)
@@ -262,7 +263,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         if on_ready is not None:
             spawn_args = {"cluster_path": cluster_path, "mode": mode, "pace": pace, "keys_dir": keys_dir,
                           "dilation": opts.dilation}
-            live = LiveRun(source, procs, spawn_args, dict(netns or {}), profiles)
+            live = LiveRun(source, procs, spawn_args, dict(netns or {}), profiles, {f.name: f.proc for f in feeds})
             threading.Thread(target=on_ready, args=(live,), name="on-ready", daemon=True).start()
         viewer = threading.Thread(target=source.live_view, args=(view_stop, [f.proc for f in others]), daemon=True)
         if opts.live:

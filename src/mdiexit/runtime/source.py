@@ -117,6 +117,7 @@ class SourceProcess:
         self.progress: dict[str, deque[tuple[float, dict[str, float]]]] = {}
         self.package_of: dict[str, str | None] = {self.name: self.node.package_version}
         self.status_path = None
+        self.paused_until = -float("inf")  # a paused source takes no arrivals until then (a camera switched off)
 
     @property
     def run_start(self) -> float:
@@ -296,7 +297,8 @@ class SourceProcess:
         if t - phase.last_step >= CONTROL_PERIOD_S:
             self.control_step(t, phase.start)
             phase.last_step = t
-        for offer in arrivals.take(t):
+        paused = t < self.paused_until
+        for offer in () if paused else arrivals.take(t):
             self.offer(offer, t, arrivals)
         self.release(t, arrivals)
         arrivals.shed(self.sc.shedding(t))
@@ -304,7 +306,11 @@ class SourceProcess:
         if arrivals.done and not self.gate.queue:
             self._end(phase, self.clock.now())
             return None
-        return min(arrivals.next_at(t), t + ADMIT_LOOK_S)
+        return min(self.paused_until if paused else arrivals.next_at(t), t + ADMIT_LOOK_S)
+
+    def pause(self, seconds: float) -> None:
+        """Take no arrivals for ``seconds`` (a camera switched off; what arrives meanwhile waits where it is)."""
+        self.loop.post(lambda: setattr(self, "paused_until", self.clock.now() + seconds))
 
     def offer(self, offer: Offer, t: float, arrivals: Arrivals) -> None:
         self.source_step(Offered(offer), t, arrivals)
