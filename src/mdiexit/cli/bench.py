@@ -183,6 +183,7 @@ def add_bench_commands(bsub: argparse._SubParsersAction, cluster_arg: Callable[[
                               "the simulator beside")
     bm.add_argument("--cluster", type=Path, default=Path("examples/cameras3.yaml"),
                     help="a cluster file with several sources (default examples/cameras3.yaml)")
+    device_profile_arg(bm)
     bm.add_argument("--out", type=Path, default=Path("docs/results"), help="folder for multisource.json and .png")
     bm.add_argument("--duration", type=float, default=40.0, help="seconds of admission per run (default 40)")
     bm.add_argument("--rate", type=float, default=300.0,
