@@ -139,7 +139,9 @@ def metrics_page() -> str:
     return ("# Prometheus metrics\n\n"
             "A node serves these over HTTP on its `metrics_port` (cluster file) or `--metrics-port`, bound to "
             "127.0.0.1 unless `--metrics-addr` says otherwise. Values are read at scrape time. `deploy/` holds a "
-            "Grafana dashboard and a Prometheus scrape config for them.\n\n" + "\n".join(rows) + "\n")
+            "Grafana dashboard and a Prometheus scrape config for them. Every series a source serves also carries a "
+            "`source` label, its name: a site may have several sources, each serving its own endpoint.\n\n"
+            + "\n".join(rows) + "\n")
 
 
 def outputs_page() -> str:

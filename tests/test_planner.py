@@ -397,3 +397,16 @@ def test_a_runs_ideal_counts_the_link_that_binds(tmp_path):
     real = {**stats, "w": {"tasks_run_2": 10.0}}  # an uncalibrated (real) device: no limit
     assert limit_from_stats(c, pkg, "mdi", real, [0.0, 1.0]) is None
     assert limit_from_stats(c, pkg, "mdi", {"src": stats["src"]}, [0.0, 1.0]) is None  # a node's stats missing
+
+
+def test_several_sources_enter_at_their_weights_and_a_slow_uplink_binds_its_own_share():
+    """Two cameras holding no task, one worker: each camera's raw items cross its own uplink. At weights 1 and 3
+    the second camera carries three quarters of the items, so its uplink binds first."""
+    c = cluster([{"name": "cam1", "tasks": [], "bandwidth_mbps": 1.0, "weight": 1},
+                 {"name": "cam2", "role": "source", "tasks": [], "bandwidth_mbps": 1.0, "weight": 3},
+                 {"name": "w"}])
+    times = {"cam1": NodeTimes({}), "cam2": NodeTimes({}), "w": NodeTimes({1: 1e-5, 2: 1e-5})}
+    plan = solve(c, "mdi-exit", (1.0, 0.5), times, raw=1000)
+    assert plan.throughput_per_s == pytest.approx(1e6 / 8 / 1000 / 0.75, rel=1e-6)  # cam2's uplink, at 3/4
+    assert plan.sources == pytest.approx({"cam1": plan.throughput_per_s / 4, "cam2": plan.throughput_per_s * 3 / 4})
+    assert [(b.kind, b.node) for b in plan.bottleneck] == [("egress", "cam2")]

@@ -123,7 +123,7 @@ class Flow:
 class Problem:
     """The linear program's data: who may run what at what cost, how items may move, and the resources."""
 
-    source: str
+    entry: Mapping[str, float]  # source -> its share of the items (its weight's; one source: all)
     reach: tuple[float, ...]
     runs: Mapping[tuple[str, int], float]  # (node, task) -> seconds per item
     flows: tuple[Flow, ...]
@@ -153,11 +153,12 @@ class Plan:
     thresholds: tuple[float, ...] | None = None
     joules_per_item: float | None = None  # an energy plan's (mdiexit.energyplan) at throughput_per_s, the rate asked
     uncounted: tuple[str, ...] = ()  # an energy plan's nodes without a power model: their work costs it nothing
+    sources: dict[str, float] = dataclasses.field(default_factory=dict)  # each source's items/s, at its weight's share
 
     def to_json(self) -> dict:
         return {"throughput_per_s": self.throughput_per_s, "mode": self.mode, "joules_per_item": self.joules_per_item,
                 "uncounted": list(self.uncounted),
-                "thresholds": list(self.thresholds) if self.thresholds is not None else None,
+                "thresholds": list(self.thresholds) if self.thresholds is not None else None, "sources": self.sources,
                 "exit_fraction": list(self.exit_fraction), "reach": list(self.reach), "nodes": self.nodes,
                 "links": [{"from": a, "to": b, **v} for (a, b), v in self.links.items()],
                 "bottleneck": [dataclasses.asdict(b) for b in self.bottleneck]}
@@ -169,10 +170,11 @@ def build_problem(cluster: ClusterConfig, mode: str, reach: Sequence[float], tim
     ``code_bytes[j]`` as the learned code (where the package has one)."""
     rules = rules_for(mode)
     k_tasks = len(reach)
-    src = cluster.source.name
+    weights = cluster.weights
+    sources = set(weights)
     runs: dict[tuple[str, int], float] = {}
     for n in cluster.nodes:
-        if (n.role == "source" and not rules.source_computes) or (rules.single_node and n.name != src):
+        if (n.role == "source" and not rules.source_computes) or (rules.single_node and n.name not in sources):
             continue
         for k in sorted(n.held_tasks(k_tasks)):
             t = times[n.name].task_s.get(k)
@@ -183,21 +185,22 @@ def build_problem(cluster: ClusterConfig, mode: str, reach: Sequence[float], tim
     for a, nbs in ([] if rules.single_node else cluster.neighbours.items()):
         for b in nbs:
             for j in range(k_tasks):
-                if (b, j + 1) not in runs or not _may_send(rules, a, src, j, runs):
+                if (b, j + 1) not in runs or not _may_send(rules, a, sources, j, runs):
                     continue
                 flows.extend(_forms(cluster.node(a), a, b, j, raw_bytes if j == 0 else feature_bytes[j - 1],
                                     code_bytes.get(j), times))
-    return Problem(src, tuple(float(r) for r in reach), runs, tuple(flows),
+    total = sum(weights.values())
+    return Problem({s: w / total for s, w in weights.items()}, tuple(float(r) for r in reach), runs, tuple(flows),
                    {n.name: 1.0 for n in cluster.nodes},
                    {n.name: None if n.bandwidth_mbps is None else n.bandwidth_mbps * 1e6 / 8 for n in cluster.nodes})
 
 
-def _may_send(rules, a: str, src: str, boundary: int, runs: Mapping[tuple[str, int], float]) -> bool:
+def _may_send(rules, a: str, sources: set[str], boundary: int, runs: Mapping[tuple[str, int], float]) -> bool:
     """Whether the mode lets node ``a`` send an item needing task ``boundary + 1``."""
-    if not rules.offload_later:  # DDI: only the source's raw items move, and the receiver runs all their tasks
-        return boundary == 0 and a == src
-    if boundary == 0 and rules.source_runs_first and (src, 1) in runs:
-        return False  # classic MDI: the source runs task 1 itself, so raw inputs never leave it
+    if not rules.offload_later:  # DDI: only the sources' raw items move, and the receiver runs all their tasks
+        return boundary == 0 and a in sources
+    if boundary == 0 and rules.source_runs_first and a in sources and (a, 1) in runs:
+        return False  # classic MDI: a source runs task 1 itself, so raw inputs never leave it
     return True
 
 
@@ -241,7 +244,8 @@ def program(p: Problem) -> Program:
     def add_eq(state: tuple[str, int], var: int, coef: float) -> None:
         eq.append((states.setdefault(state, len(states)), var, coef))
 
-    add_eq((p.source, 1), 0, 1.0)
+    for source, share in p.entry.items():  # each source admits its share of λ
+        add_eq((source, 1), 0, share)
     for (n, k), var in run_var.items():
         add_eq((n, k), var, -1.0)
         if k < len(p.reach):
@@ -351,7 +355,8 @@ def report(problem: Problem, lam: float, x: np.ndarray, binding: list[Binding], 
     for n, d in nodes.items():
         if problem.egress_bytes_s[n] is not None:
             d["egress_utilization"] = d["bytes_per_s"] / problem.egress_bytes_s[n]
-    return Plan(lam, mode, tuple(float(f) for f in exit_fraction), problem.reach, nodes, links, binding)
+    return Plan(lam, mode, tuple(float(f) for f in exit_fraction), problem.reach, nodes, links, binding,
+                sources={s: lam * share for s, share in problem.entry.items()})
 
 
 def plan_throughput(cluster: ClusterConfig, pkg: Package, mode: str, exit_fraction: Sequence[float],

@@ -155,12 +155,13 @@ def test_a_service_answers_files_many_clients_and_bad_requests(tmp_path, tiny_pa
         if proc.poll() is None:
             summary = stop_service(proc, tmp_path)
     assert summary["lost"] == 0 and summary["failed"] == 0
-    assert metrics[("mdiexit_items_total", (("outcome", "result"),))] == summary["completed"]
-    assert metrics[("mdiexit_offered_items_total", ())] == summary["offered"]
+    src = ("source", "source")  # a source's series name it: a site may have several
+    assert metrics[("mdiexit_items_total", (("outcome", "result"), src))] == summary["completed"]
+    assert metrics[("mdiexit_offered_items_total", (src,))] == summary["offered"]
     assert sum(v for (name, _), v in metrics.items() if name == "mdiexit_items_by_exit_total") == summary["completed"]
-    assert metrics[("mdiexit_latency_seconds_count", ())] == summary["completed"]
+    assert metrics[("mdiexit_latency_seconds_count", (src,))] == summary["completed"]
     assert 0 < metrics[("mdiexit_energy_joules_total", ())] <= summary["energy_per_node_j"]["source"]
-    assert metrics[("mdiexit_joules_per_item", ())] > 0  # the service's energy so far, per completed request
+    assert metrics[("mdiexit_joules_per_item", (src,))] > 0  # the service's energy so far, per completed request
     assert summary["completed"] == 40 + len(bad) + 50 * 4
     dashboard = (Path(__file__).parents[2] / "deploy" / "grafana-dashboard.json").read_text()
     served = {name for name, _ in metrics}

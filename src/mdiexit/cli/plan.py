@@ -121,6 +121,9 @@ def print_plan(plan, growth=None, header: list[str] | None = None, file=sys.stdo
         print(line, file=file)
     if plan.joules_per_item is None:
         print(f"limit: {plan.throughput_per_s:.1f} items/s", file=file)
+        if len(plan.sources) > 1:  # every source backlogged, each at its weight's share
+            print("  by source (at their weights): " + ", ".join(f"{n} {v:.1f}" for n, v in plan.sources.items()),
+                  file=file)
     else:
         print(f"fewest joules at {plan.throughput_per_s:g} items/s: {plan.joules_per_item:.4f} J/item "
               f"({plan.joules_per_item * plan.throughput_per_s:.1f} W for the counted nodes)", file=file)

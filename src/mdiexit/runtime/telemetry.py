@@ -6,7 +6,8 @@ latency histogram, observed by the source as each item settles. The endpoint bin
 otherwise: metrics carry no secrets, but nothing reachable from the network should be open by default (scrape
 through a local agent, or pass --metrics-addr with care).
 
-The metrics are listed once, in METRICS below (docs/reference/metrics.md is generated from it).
+The metrics are listed once, in METRICS below (docs/reference/metrics.md is generated from it). A source's series
+carry a ``source`` label (a site may have several sources, each serving its own endpoint).
 """
 
 from __future__ import annotations
@@ -67,11 +68,13 @@ def _gauge(name: str, value: float, labels: dict[str, str] | None = None) -> Gau
     return g
 
 
-def _counter(name: str, values: dict[str, float]) -> CounterMetricFamily:
+def _counter(name: str, values: dict[str, float], fixed: dict[str, str] | None = None) -> CounterMetricFamily:
+    """``values`` by METRICS' label (one value, keyed "", where it has none); ``fixed``: labels every series has."""
     by = METRICS[name][1]
-    c = CounterMetricFamily(name, _help(name), labels=[by] if by else [])
+    fixed = fixed or {}
+    c = CounterMetricFamily(name, _help(name), labels=[*fixed, *([by] if by else [])])
     for label, v in values.items():
-        c.add_metric([label] if by else [], v)
+        c.add_metric([*fixed.values(), *([label] if by else [])], v)
     return c
 
 
@@ -104,27 +107,28 @@ def node_families(n: NodeProcess) -> Iterator:
 
 
 def source_families(s: SourceProcess) -> Iterator:
-    led, gate = s.ledger, s.gate
+    """The source's families; each series carries a ``source`` label (a site may have several sources)."""
+    led, gate, src = s.ledger, s.gate, {"source": s.name}
     refused = sum(s.intake.refused.values()) if s.intake is not None else 0  # by the client endpoint itself
     outcomes = {"result": led.completed, "rejected": sum(gate.rejected.values()) + refused,
                 "expired": led.expired + gate.expired, "failed": led.failed}
-    yield _counter("mdiexit_items", outcomes)
-    yield _counter("mdiexit_offered_items", {"": gate.offered + refused})
+    yield _counter("mdiexit_items", outcomes, src)
+    yield _counter("mdiexit_offered_items", {"": gate.offered + refused}, src)
     by_exit = {str(k): led.exit_counts.get(k, 0) for k in range(1, s.node.pkg.num_tasks + 1)}
-    yield _counter("mdiexit_items_by_exit", by_exit)
-    yield _gauge("mdiexit_admission_rate_per_second", s.admission.rate())
-    yield _gauge("mdiexit_admission_queue_items", len(gate.queue))
-    yield _gauge("mdiexit_in_flight_items", len(led.in_flight))
-    up = GaugeMetricFamily("mdiexit_node_up", _help("mdiexit_node_up"), labels=["node"])
+    yield _counter("mdiexit_items_by_exit", by_exit, src)
+    yield _gauge("mdiexit_admission_rate_per_second", s.admission.rate(), src)
+    yield _gauge("mdiexit_admission_queue_items", len(gate.queue), src)
+    yield _gauge("mdiexit_in_flight_items", len(led.in_flight), src)
+    up = GaugeMetricFamily("mdiexit_node_up", _help("mdiexit_node_up"), labels=["source", "node"])
     backlog = GaugeMetricFamily("mdiexit_reported_backlog_seconds", _help("mdiexit_reported_backlog_seconds"),
-                                labels=["node"])
+                                labels=["source", "node"])
     for name, st in sorted(s.reports.items()):
-        up.add_metric([name], 0.0 if name in s.down else 1.0)
-        backlog.add_metric([name], st.backlog_s)
+        up.add_metric([s.name, name], 0.0 if name in s.down else 1.0)
+        backlog.add_metric([s.name, name], st.backlog_s)
     yield up
     yield backlog
     if (j := s.joules_per_item()) is not None:
-        yield _gauge("mdiexit_joules_per_item", j)
+        yield _gauge("mdiexit_joules_per_item", j, src)
 
 
 class Telemetry:
@@ -136,9 +140,9 @@ class Telemetry:
         self.latency: Histogram | None = None
         if node.cfg.role == "source":  # its role is the SourceProcess (told by its config: no shell imported)
             self.registry.register(LoopCollector(node, lambda n: source_families(n.role)))
-            self.latency = Histogram("mdiexit_latency_seconds", _help("mdiexit_latency_seconds"),
+            self.latency = Histogram("mdiexit_latency_seconds", _help("mdiexit_latency_seconds"), ["source"],
                                      buckets=LATENCY_BUCKETS, registry=self.registry)
-            node.role.latency_observers.append(self.latency.observe)
+            node.role.latency_observers.append(self.latency.labels(source=node.name).observe)
         if addr not in (LOOPBACK, "localhost", "::1"):
             log.warning("metrics of %s are served on %s:%d, beyond this machine, unauthenticated", node.name,
                         addr, port)
