@@ -140,16 +140,17 @@ class Client:
     @classmethod
     def from_cluster(cls, cluster_file: str | Path, *, connect: str | None = None, key_file: str | Path | None = None,
                      insecure: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
-                     retry_overloaded: bool = False) -> Client:
-        """A client of the cluster file's source: its host and ``client_port``, its key, and the client key
-        KEYS_DIR/clients/client.key_secret (or ``key_file``)."""
+                     retry_overloaded: bool = False, source: str | None = None) -> Client:
+        """A client of a source of the cluster file (``source``, or the first one with a ``client_port``): its host
+        and ``client_port``, its key, and the client key KEYS_DIR/clients/client.key_secret (or ``key_file``)."""
         from mdiexit.config import ConfigError, load_cluster
 
         cluster = load_cluster(Path(cluster_file))
-        src = cluster.source
+        src = _served_source(cluster, source, cluster_file)
         if connect is None and src.client_port is None:
-            raise ConfigError(f"{cluster_file}: the source has no client_port; add `client_port: PORT` to its entry "
-                              "(and start `mdiexit serve`), or give the service's address (--connect tcp://HOST:PORT)")
+            raise ConfigError(f"{cluster_file}: the source {src.name} has no client_port; add `client_port: PORT` to "
+                              "its entry (and start `mdiexit serve`), or give the service's address (--connect "
+                              "tcp://HOST:PORT)")
         address = connect or f"tcp://{src.host}:{src.client_port}"
         if insecure:
             return cls(address, insecure=True, timeout_s=timeout_s, retry_overloaded=retry_overloaded)
@@ -351,3 +352,17 @@ def _secure(sock: zmq.Socket, server_key: str | bytes | Path | None, key_file: s
         server = check_key_text(server_key, "server_key")
     public, secret = read_secret(Path(key_file))
     sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server, public, secret
+
+
+def _served_source(cluster, name: str | None, cluster_file):
+    """The source a client feeds: the one named, or the first with a client_port (else the first)."""
+    from mdiexit.config import ConfigError
+
+    if name is not None:
+        found = next((n for n in cluster.sources if n.name == name), None)
+        if found is None:
+            raise ConfigError(f"{cluster_file}: no source named {name!r}; its sources are "
+                              f"{', '.join(n.name for n in cluster.sources)}")
+        return found
+    return next((n for n in cluster.sources if n.client_port is not None), cluster.source)
+

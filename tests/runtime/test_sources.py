@@ -7,13 +7,20 @@ import csv
 import json
 import subprocess
 import sys
+import threading
 from collections import Counter
 
-from mdiexit.config import write_cluster
+import pytest
+
+from mdiexit.client import Client
+from mdiexit.config import ConfigError, cluster_dict, load_cluster, write_cluster
+from mdiexit.data import load_test_split
+from mdiexit.package import load_package
 from mdiexit.runtime.launch import run_cluster
-from mdiexit.runtime.options import RunOptions
-from mdiexit.runtime.ports import local_nodes
+from mdiexit.runtime.options import ClusterError, RunOptions
+from mdiexit.runtime.ports import free_ports, local_nodes
 from mdiexit.runtime.report import write_results
+from mdiexit.security import create_client_key, create_keys
 
 
 def two_cameras(tmp_path, package, **cam2) -> tuple:
@@ -53,3 +60,56 @@ def test_a_bad_stream_in_the_cluster_file_is_one_line(tmp_path, tiny_package):
                          timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "nodes[2].stream: expected test, all" in out.stderr and "'camera-7'" in out.stderr
+
+
+def test_clients_name_the_source_they_feed(tmp_path, tiny_package):
+    keys = tmp_path / "keys"
+    create_keys(["cam1", "w1", "cam2"], keys)
+    create_client_key(keys)
+    ports = free_ports(2)
+    path, _ = two_cameras(tmp_path, tiny_package, client_port=ports[1])
+    data = cluster_dict(load_cluster(path))
+    data["nodes"][0]["client_port"], data["keys_dir"] = ports[0], str(keys)
+    path = write_cluster(path, data)
+    images = load_test_split(load_package(tiny_package)).images[:6]
+    stop = threading.Event()
+    done: dict = {}
+    service = threading.Thread(target=lambda: done.update(result=run_cluster(path, RunOptions(
+        serve=stop, live=False, drain_timeout_s=30, warmup_s=0.0))), daemon=True)
+    service.start()
+    try:
+        counts = {"cam1": 2, "cam2": 4}
+        for source, n in counts.items():
+            with Client.from_cluster(path, source=source, timeout_s=60) as client:
+                assert [client.classify(images[k]).exit >= 1 for k in range(n)] == [True] * n
+    finally:
+        stop.set()
+        service.join(timeout=120)
+    parts = done["result"].summary["sources"]
+    assert {n: (p["offered"], p["completed"], p["lost"]) for n, p in parts.items()} == \
+        {n: (k, k, 0) for n, k in counts.items()}
+    with pytest.raises(ConfigError, match="no source named 'cam3'; its sources are cam1, cam2"):
+        Client.from_cluster(path, source="cam3")
+
+
+def test_each_source_may_run_in_its_own_process(tmp_path, tiny_package):
+    """`mdiexit source --name cam2` on one machine, the cluster (cam1 and the workers) on another: cam2 streams
+    its items through the shared workers and reports its own part."""
+    keys = tmp_path / "keys"
+    create_keys(["cam1", "w1", "cam2"], keys)
+    path, _ = two_cameras(tmp_path, tiny_package, stream="30")
+    data = cluster_dict(load_cluster(path))
+    data["keys_dir"] = str(keys)
+    path = write_cluster(path, data)
+    done: dict = {}
+    site = threading.Thread(target=lambda: done.update(site=run_cluster(path, RunOptions(
+        rate=20, duration_s=6.0, live=False, sources=("cam1",)))), daemon=True)
+    site.start()
+    cam2 = run_cluster(path, RunOptions(rate=40, duration_s=3.0, live=False, sources=("cam2",)), spawn=False)
+    site.join(timeout=120)
+    assert set(cam2.summary["sources"]) == {"cam2"} and set(done["site"].summary["sources"]) == {"cam1"}
+    part = cam2.summary["sources"]["cam2"]
+    assert part["offered"] == part["completed"] == 30 and part["lost"] == 0  # its whole stream
+    assert done["site"].summary["lost"] == 0
+    with pytest.raises(ClusterError, match="--name cam9: not a source"):
+        run_cluster(path, RunOptions(sources=("cam9",)), spawn=False)

@@ -35,7 +35,8 @@ def _run_opts(a: argparse.Namespace):
                  max_wait_ms=a.max_wait_ms, metrics_port=a.metrics_port, metrics_addr=a.metrics_addr,
                  insecure=a.insecure, keys_dir=a.keys_dir, items=items_arg(a.items),
                  self_profile=getattr(a, "self_profile", False), fps=getattr(a, "fps", None),
-                 sink=getattr(a, "sink", None), dilation=getattr(a, "dilation", RunDefault("dilation")))
+                 sink=getattr(a, "sink", None), dilation=getattr(a, "dilation", RunDefault("dilation")),
+                 sources=tuple(a.name.split(",")) if getattr(a, "name", None) else None)
     if a.thresholds is not None:
         given["thresholds"] = tuple(floats(a.thresholds, "--thresholds"))
     return RunOptions(**{k: v for k, v in given.items() if not isinstance(v, RunDefault)})
@@ -218,8 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "takes K times as long (default %(default)s: none)")
     r.set_defaults(func=cmd_run)
 
-    so = sub.add_parser("source", help="run only the source node (workers started elsewhere with `worker`)")
+    so = sub.add_parser("source", help="run only the sources (workers started elsewhere with `worker`)",
+                        description="Run the cluster file's sources here, and no worker: the workers run elsewhere "
+                                    "(`mdiexit worker`). A site of several cameras on their own machines runs one "
+                                    "`mdiexit source --name CAM` on each; the cluster's first source shuts the "
+                                    "workers down at the end, so start it last or give it the longest --duration.")
     _run_args(so)
+    so.add_argument("--name", default=None, metavar="SOURCE[,SOURCE...]",
+                    help="run only these sources here (default: every source of the file)")
     so.set_defaults(func=cmd_source)
 
     add_serve_commands(sub, _cluster_arg, gate_args, _security_args)

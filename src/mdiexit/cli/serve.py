@@ -45,7 +45,7 @@ def cmd_classify(a: argparse.Namespace) -> int:
     if not files:
         raise SystemExit("mdiexit: error: no image files in the paths given")
     client = Client.from_cluster(a.cluster, connect=a.connect, key_file=a.key, insecure=a.insecure,
-                                 timeout_s=a.timeout, retry_overloaded=not a.no_retry)
+                                 timeout_s=a.timeout, retry_overloaded=not a.no_retry, source=a.source)
     failed = 0
     with client:
         futures = []
@@ -132,6 +132,8 @@ def add_serve_commands(sub, cluster_arg, gate_args, security_args) -> None:
     cluster_arg(c)
     c.add_argument("--connect", default=None, metavar="tcp://HOST:PORT",
                    help="the service's address (default: the cluster file's source host and client_port)")
+    c.add_argument("--source", default=None, metavar="NAME",
+                   help="the source to feed, where the site has several (default: the first with a client_port)")
     c.add_argument("--key", type=Path, default=None,
                    help="this client's secret key (default KEYS_DIR/clients/client.key_secret)")
     c.add_argument("--insecure", action="store_true", help="the service runs with --insecure")

@@ -9,13 +9,16 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import zmq
+
 from mdiexit.clock import WallClock
 from mdiexit.config import ClusterConfig, ConfigError, NodeConfig
 from mdiexit.data import Dataset, load_items
 from mdiexit.package import Package
 from mdiexit.runtime.arrivals import StreamArrivals
 from mdiexit.runtime.metrics import source_part
-from mdiexit.runtime.options import VIDEO_PREFIX, RunOptions, source_options
+from mdiexit.runtime.options import VIDEO_PREFIX, ClusterError, RunOptions, source_options
+from mdiexit.runtime.service import UNREAD_MIN_S, UNREAD_WAITS, ClientEndpoint
 from mdiexit.runtime.sinks import SinkedArrivals, SinkSpec, check_sink, open_sink
 from mdiexit.runtime.source import SourceProcess
 from mdiexit.util import shown_path
@@ -38,6 +41,7 @@ class Feed:
     arrivals: object = None
     answering: object = None  # the arrivals, with every answer also sent to the sink
     frames: VideoFrames | None = None
+    endpoint: ClientEndpoint | None = None  # where it serves clients
     sink: object = None
     start: float = 0.0
     end: float = 0.0
@@ -50,7 +54,7 @@ class Feed:
             opts = source_options(opts, node, first, sum(cluster.weights.values()))
         except ConfigError as e:
             raise ConfigError(f"{shown_path(cluster_path)}: nodes.{node.name}.{e}") from None
-        serving = opts.serve is not None and first  # the first source serves clients; the others stream
+        serving = opts.serve is not None and node.client_port is not None  # a source with no client port streams
         video = str(opts.items)[len(VIDEO_PREFIX):] if str(opts.items).startswith(VIDEO_PREFIX) else None
         if serving:
             video = None
@@ -73,6 +77,11 @@ class Feed:
         return cls(node, opts, stream, video, sink_spec)
 
     @property
+    def serving(self) -> bool:
+        """Whether it serves clients (`mdiexit serve`, and it has a client_port) rather than stream."""
+        return self.opts.serve is not None and self.node.client_port is not None
+
+    @property
     def name(self) -> str:
         return self.node.name
 
@@ -81,14 +90,16 @@ class Feed:
         if self.sink_spec is not None:
             self.sink = open_sink(self.sink_spec, self.name)
 
-    def open(self, clock: WallClock, pkg: Package, arrivals=None) -> None:
-        """What the source admits from, from now (``arrivals``: clients, given by the launcher)."""
+    def open(self, clock: WallClock, pkg: Package) -> None:
+        """What the source admits from, from now: its clients, its video or its dataset."""
         source = self.proc
         deadline_s = None if self.opts.deadline_ms is None else self.opts.deadline_ms / 1000
-        if arrivals is None and self.video is not None:  # the newest frame at the admission rate (mdiexit.video)
+        if self.serving:
+            arrivals = self.endpoint = client_endpoint(source, self.node, pkg)
+        elif self.video is not None:  # the newest frame at the admission rate (mdiexit.video)
             self.frames = VideoFrames.open(self.video, pkg.input_shape, self.opts.fps, clock)
             arrivals = VideoArrivals(self.frames, source.admission.rate, clock.now(), deadline_s)
-        elif arrivals is None:  # items all | N: each item once, in order
+        else:  # items all | N: each item once, in order
             arrivals = StreamArrivals(self.stream, source.admission.rate, clock.now(),
                                       cycle=self.opts.items == "test", deadline_s=deadline_s)
         self.arrivals = source.stream = arrivals
@@ -101,12 +112,19 @@ class Feed:
         self.drain()
 
     def admit(self, duration_s: float | None) -> None:
+        """Admit for ``duration_s``, or until the service stops (None)."""
         self.start, self.end = self.proc.admit(self.answering, duration_s, self.opts.serve)
 
     def drain(self) -> None:
         self.proc.phase = "draining"
         self.proc.drain(self.answering, self.opts.drain_timeout_s)
         self.close_sink()
+        if self.endpoint is not None:
+            self.endpoint.close()
+            self.proc.intake = None
+            for why, n in self.endpoint.refused.items():  # the endpoint's own refusals join the gate's counts
+                self.proc.gate.count_rejected(why, n)
+            self.endpoint = None
 
     def close_sink(self) -> None:
         if self.sink is not None:
@@ -117,6 +135,8 @@ class Feed:
         self.close_sink()
         if self.frames is not None:
             self.frames.close()
+        if self.endpoint is not None:
+            self.endpoint.close()
 
     def window(self) -> tuple[float, float]:
         """The part of the run its throughput is measured over: after the warm-up, to the end of admission; for a
@@ -136,7 +156,26 @@ class Feed:
     def part(self) -> dict:
         """This source's part of the summary (``sources`` in summary.json)."""
         src = self.proc
-        endless = self.opts.items == "test" and self.video is None and self.opts.serve is None
+        endless = self.opts.items == "test" and self.video is None and not self.serving
         return source_part(self.node.weight, str(self.opts.items), src.ledger, src.gate, self.window(),
                            src.node.pkg.num_tasks, src.labelled(), self.skipped, self.opts.target_accuracy,
                            adapted=endless and self.opts.admission != "fixed", latencies=src.latencies)
+
+
+def client_endpoint(source: SourceProcess, node: NodeConfig, pkg: Package) -> ClientEndpoint:
+    """``source``'s client endpoint, on ``node``'s client_port, behind its key (clients' keys: KEYS_DIR/clients/)."""
+    identity = source.node.identity
+    host = node.host if node.host in ("127.0.0.1", "localhost") else "*"
+    endpoint = ClientEndpoint(source.node.ctx, f"tcp://{host}:{node.client_port}", pkg, identity, source.loop.wake)
+    endpoint.max_unread_s = max(UNREAD_MIN_S, UNREAD_WAITS * source.gate.max_wait_s)
+    source.intake = endpoint
+    try:
+        endpoint.start()
+    except zmq.ZMQError as e:
+        endpoint.close()
+        raise ClusterError(f"cannot serve clients on {host}:{node.client_port} ({e}); free the port or change "
+                           f"{node.name}'s client_port") from None
+    log.warning("%s serves clients on tcp://%s:%d (%s); Ctrl-C stops", node.name, node.host, node.client_port,
+                "insecure" if identity is None else "CurveZMQ, client keys in KEYS_DIR/clients/")
+    return endpoint
+

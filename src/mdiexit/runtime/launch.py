@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import zmq
-
 from mdiexit.clock import WallClock
 from mdiexit.config import ClusterConfig, load_cluster
 from mdiexit.energy import cluster_models, run_energy
@@ -43,7 +41,6 @@ from mdiexit.runtime.node import NodeProcess
 from mdiexit.runtime.options import ClusterError, RunOptions
 from mdiexit.runtime.report import RunResult
 from mdiexit.runtime.runpolicy import capacity_hint, make_admission, make_gate, planned_limits, preflight
-from mdiexit.runtime.service import UNREAD_MIN_S, UNREAD_WAITS, ClientEndpoint
 from mdiexit.runtime.source import Admission, SourceProcess
 from mdiexit.runtime.summary import run_config, run_summary
 from mdiexit.security import Identity, allow_key, create_keys, load_identity
@@ -195,13 +192,15 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
                  on_ready: Callable[[LiveRun], None] | None = None) -> RunResult:
     run = preflight(cluster_path, opts, check_onnx=True)
     cluster, mode, rules, pkg = run.cluster, run.mode, run.rules, run.pkg
-    if opts.serve is not None and cluster.source.client_port is None:
-        raise ClusterError(f"{cluster_path}: the source has no client_port; add `client_port: PORT` to its entry")
+    if opts.serve is not None and all(n.client_port is None for n in cluster.sources):
+        raise ClusterError(f"{cluster_path}: no source has a client_port; add `client_port: PORT` to the entry of "
+                           "the source that serves clients")
     keys_dir = cluster_keys(cluster, opts, ephemeral_ok=spawn and opts.serve is None)
     ephemeral = keys_dir is not None and keys_dir != (opts.keys_dir or cluster.keys_dir)
     # one feed per source (a camera, a dataset): checked before any node starts
-    feeds = [Feed.prepare(cluster, cluster_path, n, opts, pkg) for n in cluster.sources]
-    first, others = feeds[0], feeds[1:]  # the first source also runs the cluster
+    feeds = [Feed.prepare(cluster, cluster_path, n, opts, pkg) for n in local_sources(cluster, cluster_path, opts)]
+    first, others = feeds[0], feeds[1:]  # this process's first source: its live view, status and metrics
+    coordinator = first.name == cluster.source.name  # the cluster's first source also shuts the workers down
     # the devices' costs for the planner: the host profile every emulated node takes
     limit_at = planned_limits(cluster, pkg, mode, partial(planner_costs, pkg, cluster))
     workers = [] if rules.single_node else [w.name for w in cluster.workers]
@@ -246,7 +245,6 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     view_stop = threading.Event()
     status = threading.Thread(target=source.publish_status, args=(view_stop, shown_path(cluster_path)), name="status",
                               daemon=True)  # for `mdiexit status`
-    endpoint: ClientEndpoint | None = None
     streaming: list[threading.Thread] = []
     try:
         for f in feeds:
@@ -269,11 +267,9 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         if opts.live:
             viewer.start()
         ticks_before = host_cpu_ticks()
-        if opts.serve is not None:
-            endpoint = client_endpoint(source, cluster, pkg, first.proc.node.identity)
         for f in feeds:
             f.proc.phase = "admitting"
-            f.open(clock, pkg, endpoint if f is first else None)
+            f.open(clock, pkg)  # clients, where it serves them: from now on
         duration_s = None if opts.serve is not None else opts.duration_s
         streaming = [threading.Thread(target=f.run, args=(duration_s,), name=f"feed-{f.name}", daemon=True)
                      for f in others]  # the other sources admit and drain beside the first
@@ -284,16 +280,12 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
         first.drain()
         for t in streaming:
             t.join()
-        if endpoint is not None:
-            endpoint.close()
-            source.intake = None
-            for why, n in endpoint.refused.items():  # the endpoint's own refusals join the gate's counts
-                source.gate.count_rejected(why, n)
         for f in feeds:
             f.proc.phase = "done"
         view_stop.set()
         watching.clear()
-        source.shutdown_workers()
+        if coordinator:
+            source.shutdown_workers()
         for f in others:  # the other sources' own counters, beside the workers'
             source.final_stats[f.name], source.link_reports[f.name] = f.proc.loop.ask(f.proc.own_final_stats)
         summary = site_summary(feeds, source, cluster, pkg, mode)
@@ -313,8 +305,6 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
             f.close()
         if status.is_alive():
             status.join(timeout=2.0)  # its last snapshot says the run is done
-        if endpoint is not None:
-            endpoint.close()
         for f in feeds:
             if f.proc is not None:
                 f.proc.close()
@@ -329,6 +319,17 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
     return RunResult(summary, source.ledger, source.timeline, first.stream.paths if first.stream is not None else None,
                      ledgers={f.name: f.proc.ledger for f in feeds},
                      source_paths={f.name: f.stream.paths if f.stream is not None else None for f in feeds})
+
+
+def local_sources(cluster: ClusterConfig, cluster_path: Path, opts: RunOptions) -> list:
+    """The sources this process runs: every one, or those ``opts.sources`` names (each on its own machine)."""
+    if opts.sources is None:
+        return list(cluster.sources)
+    names = {n.name for n in cluster.sources}
+    if unknown := [s for s in opts.sources if s not in names]:
+        raise ClusterError(f"--name {', '.join(unknown)}: not a source of {shown_path(cluster_path)}; its sources "
+                           f"are {', '.join(n.name for n in cluster.sources)}")
+    return [n for n in cluster.sources if n.name in opts.sources]
 
 
 def site_summary(feeds: list[Feed], source: SourceProcess, cluster: ClusterConfig, pkg: Package, mode: str) -> dict:
@@ -357,25 +358,6 @@ def site_summary(feeds: list[Feed], source: SourceProcess, cluster: ClusterConfi
     summary["sources"] = parts
     summary["fairness_jain"] = fairness(parts)
     return summary
-
-
-def client_endpoint(source: SourceProcess, cluster: ClusterConfig, pkg: Package,
-                    identity: Identity | None) -> ClientEndpoint:
-    src = cluster.source
-    host = src.host if src.host in ("127.0.0.1", "localhost") else "*"
-    endpoint = ClientEndpoint(source.node.ctx, f"tcp://{host}:{src.client_port}", pkg, identity,
-                              source.loop.wake)
-    endpoint.max_unread_s = max(UNREAD_MIN_S, UNREAD_WAITS * source.gate.max_wait_s)
-    source.intake = endpoint
-    try:
-        endpoint.start()
-    except zmq.ZMQError as e:
-        endpoint.close()
-        raise ClusterError(f"cannot serve clients on {host}:{src.client_port} ({e}); free the port or change "
-                           "client_port") from None
-    log.warning("serving clients on tcp://%s:%d (%s); Ctrl-C stops", src.host, src.client_port,
-                "insecure" if identity is None else "CurveZMQ, client keys in KEYS_DIR/clients/")
-    return endpoint
 
 
 def _stop_all(procs: dict[str, subprocess.Popen], grace_s: float = 3.0) -> None:

@@ -50,6 +50,7 @@ class RunOptions:
     # time dilation: every node's clock runs this many times slower (mdiexit.clock); every figure, option and
     # output stays in the cluster's own time
     dilation: float = 1.0
+    sources: tuple[str, ...] | None = None  # the sources this process runs (`mdiexit source --name`); None: all
 
     def __post_init__(self) -> None:
         """Refuse what no run can mean, naming the flag: a rate, a duration or an item count of zero or less."""
