@@ -248,7 +248,9 @@ class NodeProcess:
             self.inbox.close()
         if self.auth is not None:
             self.auth.stop()
-        self.ctx.term()
+        # any socket still open (a sender thread that did not stop in time) is closed, unflushed: term() would
+        # wait for it for ever, and a worker would outlive its run; the closed ones flush within their linger
+        self.ctx.destroy(linger=0)
 
     # ---------------------------------------------------------------- receive
     def _read_monitor(self, monitor: zmq.Socket) -> None:
