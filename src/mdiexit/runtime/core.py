@@ -181,7 +181,7 @@ class NodeCore:
 
     def source_backlogs_s(self, now: float) -> dict[str, float] | None:
         """Each source's backlog here under fair queueing: what a new item of that source would wait for (its
-        admission's signal). None while only one source has items here: the backlog says it all."""
+        admission's signal). None in a cluster of one source: its backlog is the node's."""
         if len(self.queue.weights) < 2:
             return None
         est = self.estimator.get
@@ -263,9 +263,8 @@ class NodeCore:
             view.queued_bytes = queued_bytes
         own = self.estimator.get(item.task) if holds else None
         shared = len(self.queue.weights) > 1  # several sources: each item sees its source's fair-share backlogs
-        d = choose_target(item.task, nbytes, self.backlog_of(item.source, now) if shared else self.backlog_s(now),
-                          own, self.neighbours.values(), item.hops, now, self.cfg, self.energy,
-                          item.source if shared else None)
+        d = choose_target(item.task, nbytes, self.backlog_of(item.source, now), own, self.neighbours.values(),
+                          item.hops, now, self.cfg, self.energy, item.source if shared else None)
         if d.local:
             return None
         if d.no_holder:

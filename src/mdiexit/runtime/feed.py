@@ -15,11 +15,11 @@ from mdiexit.clock import WallClock
 from mdiexit.config import ClusterConfig, ConfigError, NodeConfig
 from mdiexit.data import Dataset, load_items
 from mdiexit.package import Package
-from mdiexit.runtime.arrivals import StreamArrivals
+from mdiexit.runtime.arrivals import Arrivals, StreamArrivals
 from mdiexit.runtime.metrics import source_part
 from mdiexit.runtime.options import VIDEO_PREFIX, ClusterError, RunOptions, source_options
 from mdiexit.runtime.service import UNREAD_MIN_S, UNREAD_WAITS, ClientEndpoint
-from mdiexit.runtime.sinks import SinkedArrivals, SinkSpec, check_sink, open_sink
+from mdiexit.runtime.sinks import Sink, SinkedArrivals, SinkSpec, check_sink, open_sink
 from mdiexit.runtime.source import SourceProcess
 from mdiexit.util import shown_path
 from mdiexit.video import VideoArrivals, VideoFrames
@@ -38,11 +38,11 @@ class Feed:
     video: str | None  # a video's path or URL
     sink_spec: SinkSpec | None
     proc: SourceProcess | None = None
-    arrivals: object = None
-    answering: object = None  # the arrivals, with every answer also sent to the sink
+    arrivals: Arrivals | None = None
+    answering: Arrivals | None = None  # the arrivals, with every answer also sent to the sink
     frames: VideoFrames | None = None
     endpoint: ClientEndpoint | None = None  # where it serves clients
-    sink: object = None
+    sink: Sink | None = None
     start: float = 0.0
     end: float = 0.0
 
@@ -54,10 +54,9 @@ class Feed:
             opts = source_options(opts, node, first, sum(cluster.weights.values()))
         except ConfigError as e:
             raise ConfigError(f"{shown_path(cluster_path)}: nodes.{node.name}.{e}") from None
-        serving = opts.serve is not None and node.client_port is not None  # a source with no client port streams
-        video = str(opts.items)[len(VIDEO_PREFIX):] if str(opts.items).startswith(VIDEO_PREFIX) else None
-        if serving:
-            video = None
+        serving = _serves(opts, node)
+        video = str(opts.items)[len(VIDEO_PREFIX):] if str(opts.items).startswith(VIDEO_PREFIX) and not serving \
+            else None
         if video is not None:
             VideoFrames.check(video)  # before any node starts
         where = "--sink" if first and opts.sink and opts.sink != node.sink else \
@@ -78,8 +77,7 @@ class Feed:
 
     @property
     def serving(self) -> bool:
-        """Whether it serves clients (`mdiexit serve`, and it has a client_port) rather than stream."""
-        return self.opts.serve is not None and self.node.client_port is not None
+        return _serves(self.opts, self.node)
 
     @property
     def name(self) -> str:
@@ -157,9 +155,15 @@ class Feed:
         """This source's part of the summary (``sources`` in summary.json)."""
         src = self.proc
         endless = self.opts.items == "test" and self.video is None and not self.serving
-        return source_part(self.node.weight, str(self.opts.items), src.ledger, src.gate, self.window(),
+        stream = "clients" if self.serving else str(self.opts.items)
+        return source_part(self.node.weight, stream, src.ledger, src.gate, self.window(),
                            src.node.pkg.num_tasks, src.labelled(), self.skipped, self.opts.target_accuracy,
                            adapted=endless and self.opts.admission != "fixed", latencies=src.latencies)
+
+
+def _serves(opts: RunOptions, node: NodeConfig) -> bool:
+    """Whether a source serves clients (`mdiexit serve`, and it has a client_port) rather than stream."""
+    return opts.serve is not None and node.client_port is not None
 
 
 def client_endpoint(source: SourceProcess, node: NodeConfig, pkg: Package) -> ClientEndpoint:
