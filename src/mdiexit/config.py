@@ -105,7 +105,8 @@ class NodeConfig:
     deadline_ms: Positive | None = None  # a source: its items' deadline (else --deadline-ms)
     # a source: what it admits, test | all | N | folder:PATH | video:PATH (a file, rtsp://..., /dev/videoN)
     stream: Annotated[str, Meta(min_length=1)] | None = None
-    fps: Positive | None = None  # a source: its video's frame rate (else the file's; --fps)
+    # a source: its video's frame rate (else the file's; --fps); of any other stream, the items a second it offers
+    fps: Positive | None = None
     # energy: a preset (raspberry-pi-4, raspberry-pi-5, jetson-nano, jetson-orin-nano) or {idle_w, busy_w, j_per_mb}
     power: str | dict[str, float] | None = None
 

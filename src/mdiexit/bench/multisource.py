@@ -6,6 +6,9 @@ runtime and one of the simulator, on the same file:
   weight, and each source's accuracy against its floor;
 - **one source**: the same devices with only the first source admitting (the others turned into workers), at the
   same admission: the total the cluster carries without sharing, against the shares run's total;
+- **overload**: fixed admission at the package's thresholds, every source offering the same rate (its `fps`), all
+  together ``overload`` times the shares run's total, beside one source offering that total alone: the shares come
+  from the nodes' fair queueing and each source's gate, not from what they offer;
 - **idle**: as shares, for ``idle_to_s`` + ``duration_s`` / 2 seconds, with one source switched off from
   ``idle_from_s`` to ``idle_to_s`` (it takes no arrivals): how long the others take to fill its share, and it to
   take its share back once it returns (each to 90 % of the level it settles at);
@@ -44,6 +47,7 @@ class MultisourceBenchOptions:
     idle_from_s: float = 20.0
     idle_to_s: float = 40.0
     warmup_s: float = 5.0
+    overload: float = 2.0  # the overload run offers this many times the shares run's total
 
 
 def say(msg: str) -> None:
@@ -123,6 +127,16 @@ def bench_multisource(cluster_path: Path, out: Path, o: MultisourceBenchOptions)
         report["one_source"] = {"throughput_per_s": single["throughput_per_s"], "accuracy": single["accuracy"],
                                 "lost": single["lost"],
                                 "shared_over_one": shared.summary["throughput_per_s"] / single["throughput_per_s"]}
+        offered = o.overload * shared.summary["throughput_per_s"]
+        say(f"overload: each source offers {offered / len(names):.0f}/s, {o.overload:g}x the cluster's total")
+        fixed = replace(opts, admission="fixed")
+        each = {n: offered / len(names) for n in names}
+        over = run_cluster(_with_fps(path, work / "over.yaml", each), fixed).summary
+        alone = run_cluster(_with_fps(_one_source(path, work / "one.yaml"), work / "over1.yaml", {names[0]: offered}),
+                            fixed).summary
+        report["overload"] = {**shares(over), "offered_per_s": offered, "one_source_per_s": alone["throughput_per_s"],
+                              "shared_over_one": over["throughput_per_s"] / alone["throughput_per_s"],
+                              "rejected": {n: p["rejected"] for n, p in over["sources"].items()}}
         length = o.idle_to_s + o.duration_s / 2
         say(f"idle: {idle} switched off from {o.idle_from_s:g} s to {o.idle_to_s:g} s of {length:g} s")
         began: dict[str, float] = {}
@@ -145,13 +159,20 @@ def bench_multisource(cluster_path: Path, out: Path, o: MultisourceBenchOptions)
         for n, p in report["simulator"]["sources"].items()}
     (out / "multisource.json").write_text(json.dumps(report, indent=1) + "\n")
     _plot(report, out / "multisource.png")
-    s = report["shares"]
+    s, v = report["shares"], report["overload"]
+    say(f"overloaded: Jain {v['fairness_jain']:.3f}, per weight within {100 * v['max_deviation_from_mean']:.1f} %, "
+        f"total {v['shared_over_one']:.3f} of one source's")
     say(f"Jain {s['fairness_jain']:.3f}, per weight within {100 * s['max_deviation_from_mean']:.1f} % of the mean; "
         f"total {s['throughput_per_s']:.0f}/s = {report['one_source']['shared_over_one']:.3f} of one source's; "
         f"re-shared in {report['idle']['reshare_s']} s, taken back in {report['idle']['take_back_s']} s; "
         f"simulator/runtime {', '.join(f'{v:.3f}' for v in report['simulator']['over_runtime'].values())}. "
         f"Wrote {out / 'multisource.json'}")
     return report
+
+
+def _with_fps(path: Path, out: Path, fps: dict[str, float]) -> Path:
+    """The cluster file with these sources offering these items a second."""
+    return write_cluster(out, path, every_node=lambda n: {"fps": fps[n["name"]]} if n["name"] in fps else {})
 
 
 def _one_source(path: Path, out: Path) -> Path:
@@ -178,8 +199,9 @@ def _plot(report: dict, path: Path) -> None:
     x = np.arange(len(names))
     total_w = sum(p["weight"] for p in report["shares"]["sources"].values())
     total = sum(p["throughput_per_s"] for p in report["shares"]["sources"].values())
-    ax1.bar(x - 0.2, [report["shares"]["sources"][n]["throughput_per_s"] for n in names], 0.4, label="runtime")
-    ax1.bar(x + 0.2, [report["simulator"]["sources"][n]["throughput_per_s"] for n in names], 0.4, label="simulator")
+    for i, (key, label) in enumerate((("shares", "runtime"), ("simulator", "simulator"),
+                                      ("overload", "overloaded, equal offers"))):
+        ax1.bar(x + (i - 1) * 0.27, [report[key]["sources"][n]["throughput_per_s"] for n in names], 0.27, label=label)
     ax1.scatter(x, [total * report["shares"]["sources"][n]["weight"] / total_w for n in names], color="k",
                 marker="_", s=400, zorder=3, label="weight's share")
     ax1.set_xticks(x, names)

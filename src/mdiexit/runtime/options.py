@@ -77,15 +77,17 @@ class RunOptions:
 
 def source_options(opts: RunOptions, node: NodeConfig, first: bool, total_weight: float) -> RunOptions:
     """The run's options as ``node`` (a source) runs them: its own stream, frame rate, floor and deadline where its
-    entry in the cluster file has them, and its weight's share of ``--rate`` (the site's rate, or where rate
-    adaptation starts: sources that start in proportion to their weights settle there sooner). ``--sink``
-    overrides the first source's sink only."""
+    entry in the cluster file has them, and its rate: a dataset's `fps` (the items a second it offers, as a camera
+    would), else its weight's share of ``--rate`` (the site's rate, or where rate adaptation starts: sources that
+    start in proportion to their weights settle there sooner). ``--sink`` overrides the first source's sink only."""
     items: str | int = opts.items
     data_dir = opts.data_dir
     if node.stream is not None:
         items, data_dir = stream_items(node.stream, opts.data_dir)
+    video = str(items).startswith(VIDEO_PREFIX)
+    rate = node.fps if node.fps is not None and not video else opts.rate * node.weight / total_weight
     return dataclasses.replace(
-        opts, items=items, data_dir=data_dir, fps=node.fps or opts.fps, rate=opts.rate * node.weight / total_weight,
+        opts, items=items, data_dir=data_dir, fps=node.fps or opts.fps, rate=rate,
         target_accuracy=node.target_accuracy if node.target_accuracy is not None else opts.target_accuracy,
         deadline_ms=node.deadline_ms if node.deadline_ms is not None else opts.deadline_ms,
         sink=(opts.sink if first and opts.sink else node.sink))
