@@ -48,6 +48,7 @@ class MultisourceBenchOptions:
     idle_to_s: float = 40.0
     warmup_s: float = 5.0
     overload: float = 2.0  # the overload run offers this many times the shares run's total
+    repeats: int = 3  # shares runs: each figure of "shares" is the median over them
 
 
 def say(msg: str) -> None:
@@ -67,6 +68,21 @@ def shares(summary: dict) -> dict:
             "fairness_jain": summary["fairness_jain"],
             "max_deviation_from_mean": max(abs(v / mean - 1) for v in per_weight.values()) if mean else None,
             "throughput_per_s": summary["throughput_per_s"], "lost": summary["lost"]}
+
+
+def median_run(runs: list[dict]) -> dict:
+    """Each figure of the shares runs as its median over them (the runs themselves are kept beside it)."""
+    def med(values) -> float | None:
+        values = [v for v in values if v is not None]
+        return float(np.median(values)) if values else None
+
+    sources = {n: {**p, **{k: med(r["sources"][n][k] for r in runs)
+                           for k in ("throughput_per_s", "per_weight", "accuracy", "latency_p95_ms")},
+                   "lost": max(r["sources"][n]["lost"] for r in runs)}
+               for n, p in runs[0]["sources"].items()}
+    return {"sources": sources, **{k: med(r[k] for r in runs)
+                                   for k in ("fairness_jain", "max_deviation_from_mean", "throughput_per_s")},
+            "lost": max(r["lost"] for r in runs), "runs": len(runs)}
 
 
 def series(result: RunResult, start: float, length_s: float) -> dict[str, list[float]]:
@@ -119,15 +135,19 @@ def bench_multisource(cluster_path: Path, out: Path, o: MultisourceBenchOptions)
     with tempfile.TemporaryDirectory(prefix="mdiexit-multisource-") as d:
         work = Path(d)
         path = on_free_ports(cluster_path, work / "cluster.yaml")
-        say(f"shares: {cluster_path}, {len(names)} sources under rate adaptation for {o.duration_s:g} s")
-        shared = run_cluster(path, opts)
-        report = {"cluster": str(cluster_path), "options": asdict(o), "shares": shares(shared.summary)}
+        runs = []
+        for i in range(o.repeats):
+            say(f"shares {i + 1}/{o.repeats}: {cluster_path}, {len(names)} sources under rate adaptation for "
+                f"{o.duration_s:g} s")
+            runs.append(shares(run_cluster(path, opts).summary))
+        report = {"cluster": str(cluster_path), "options": asdict(o), "shares": median_run(runs), "share_runs": runs}
+        total = report["shares"]["throughput_per_s"]
         say("one source: the same devices, the others as workers")
         single = run_cluster(_one_source(path, work / "one.yaml"), opts).summary
         report["one_source"] = {"throughput_per_s": single["throughput_per_s"], "accuracy": single["accuracy"],
                                 "lost": single["lost"],
-                                "shared_over_one": shared.summary["throughput_per_s"] / single["throughput_per_s"]}
-        offered = o.overload * shared.summary["throughput_per_s"]
+                                "shared_over_one": total / single["throughput_per_s"]}
+        offered = o.overload * total
         say(f"overload: each source offers {offered / len(names):.0f}/s, {o.overload:g}x the cluster's total")
         fixed = replace(opts, admission="fixed")
         each = {n: offered / len(names) for n in names}

@@ -65,8 +65,12 @@ def cmd_bench_multisource(a: argparse.Namespace) -> int:
     --out/multisource.json and multisource.png."""
     from mdiexit.bench.multisource import MultisourceBenchOptions, bench_multisource
 
+    if a.repeats < 1:
+        raise SystemExit("mdiexit: error: --repeats: expected at least 1")
+
     bench_multisource(a.cluster, a.out, MultisourceBenchOptions(
-        duration_s=a.duration, rate=a.rate, idle_source=a.idle_source, idle_from_s=a.idle_from, idle_to_s=a.idle_to))
+        duration_s=a.duration, rate=a.rate, idle_source=a.idle_source, idle_from_s=a.idle_from, idle_to_s=a.idle_to,
+        repeats=a.repeats))
     return 0
 
 
@@ -188,6 +192,8 @@ def add_bench_commands(bsub: argparse._SubParsersAction, cluster_arg: Callable[[
     bm.add_argument("--duration", type=float, default=40.0, help="seconds of admission per run (default 40)")
     bm.add_argument("--rate", type=float, default=300.0,
                     help="where rate adaptation starts, the site's total items/s (default 300)")
+    bm.add_argument("--repeats", type=int, default=3, help="runs of the shares scenario; each figure is their median "
+                                                           "(default 3)")
     bm.add_argument("--idle-source", default=None, help="the source switched off (default: the second)")
     bm.add_argument("--idle-from", type=float, default=20.0, help="when it is switched off, s (default 20)")
     bm.add_argument("--idle-to", type=float, default=40.0, help="when it is back, s (default 40)")
