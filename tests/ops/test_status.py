@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from mdiexit.config import write_cluster
-from mdiexit.ops.status import NodeStatus, SiteStatus, StatusError, read_status, render, write_status
+from mdiexit.ops.status import (
+    NodeStatus,
+    SiteStatus,
+    SourceStatus,
+    StatusError,
+    read_status,
+    render,
+    write_status,
+)
 from mdiexit.runtime.ports import local_nodes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,6 +55,12 @@ def test_a_snapshot_reads_back_and_shows_what_is_wrong(tmp_path, monkeypatch):
     assert "12 frames skipped" in render(_status(skipped=12)) and "skipped" not in render(_status())
     with pytest.raises(StatusError, match="is `mdiexit run`, `source` or `serve` running"):
         read_status("source", 5551)
+    cams = _status(sources=[SourceStatus("cam-a", 1.0, 80.0, 20, 19, 0.95), SourceStatus("cam-c", 2.0, 160.0, 40, 38,
+                                                                                         None, skipped=7)])
+    write_status(cams, 5550)
+    assert read_status("source", 5550)[0].sources == cams.sources  # each source's own counts, read back
+    assert re.search(r"\n  cam-c +2 +160.0/s +40 +38 +- +7$", render(cams), re.M)
+    assert "sources:" not in view  # one source: its counts are the site's line
 
 
 def test_no_running_source_is_one_line(tiny_package, tmp_path):

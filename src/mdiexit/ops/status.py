@@ -45,6 +45,18 @@ class EventStatus(msgspec.Struct, frozen=True):
     recovery_s: float | None = None
 
 
+class SourceStatus(msgspec.Struct, frozen=True):
+    """One source of a site of several (its own counts; the site's line sums them)."""
+
+    name: str
+    weight: float
+    admission_rate_per_s: float
+    admitted: int
+    completed: int
+    accuracy: float | None
+    skipped: int = 0
+
+
 class SiteStatus(msgspec.Struct, frozen=True):
     cluster: str
     source: str
@@ -67,6 +79,7 @@ class SiteStatus(msgspec.Struct, frozen=True):
     events: list[EventStatus]
     joules_per_item: float | None = None  # the counted nodes' joules so far per completed item (None: none counted)
     skipped: int = 0  # a video stream's frames never offered: a newer one came first (freshness, not loss)
+    sources: list[SourceStatus] = []  # a site of several sources run by this process: each one's own counts
 
 
 def runtime_dirs() -> list[Path]:
@@ -152,6 +165,13 @@ def render(status: SiteStatus, now: float | None = None) -> str:
                      _num(n.watts, "{:.1f} W"), link, "same" if n.package == status.package else (n.package or "-")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if len(status.sources) > 1:
+        lines += ["", "sources:"]
+        table = [("source", "weight", "admission", "admitted", "completed", "accuracy", "skipped")]
+        table += [(s.name, f"{s.weight:g}", f"{s.admission_rate_per_s:.1f}/s", str(s.admitted), str(s.completed),
+                   _num(s.accuracy, "{:.3f}"), str(s.skipped)) for s in status.sources]
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
     if status.events:
         lines += ["", "last failures and joins:"]
         for e in status.events[-EVENTS_SHOWN:]:

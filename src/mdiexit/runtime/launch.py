@@ -243,8 +243,8 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
 
     watcher = threading.Thread(target=watch, daemon=True)
     view_stop = threading.Event()
-    status = threading.Thread(target=source.publish_status, args=(view_stop, shown_path(cluster_path)), name="status",
-                              daemon=True)  # for `mdiexit status`
+    status = threading.Thread(target=source.publish_status, name="status", daemon=True,  # for `mdiexit status`
+                              args=(view_stop, shown_path(cluster_path), [f.proc for f in others]))
     streaming: list[threading.Thread] = []
     try:
         for f in feeds:

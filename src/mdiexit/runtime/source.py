@@ -25,10 +25,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+import msgspec
 import numpy as np
 
 from mdiexit.config import ClusterConfig
-from mdiexit.ops.status import EVENTS_SHOWN, EventStatus, LinkStatus, NodeStatus, SiteStatus, write_status
+from mdiexit.ops.status import (
+    EVENTS_SHOWN,
+    EventStatus,
+    LinkStatus,
+    NodeStatus,
+    SiteStatus,
+    SourceStatus,
+    write_status,
+)
 from mdiexit.package import Package
 from mdiexit.policies.gate import REJECT_WHY, STOPPING, AdmissionGate
 from mdiexit.protocol.messages import Control, Join, Result, State
@@ -117,6 +126,7 @@ class SourceProcess:
         self.progress: dict[str, deque[tuple[float, dict[str, float]]]] = {}
         self.package_of: dict[str, str | None] = {self.name: self.node.package_version}
         self.status_path = None
+        self.node_backlog_s: dict[str, float] = {}  # each node's last reported backlog, all sources' items
         self.paused_until = -float("inf")  # a paused source takes no arrivals until then (a camera switched off)
 
     @property
@@ -203,6 +213,7 @@ class SourceProcess:
             self.final_stats[msg.sender] = dict(msg.stats)
         if msg.links:
             self.link_reports[msg.sender] = dict(msg.links)
+        self.node_backlog_s[msg.sender] = msg.backlog_s  # the node's whole backlog, for the status and the live view
         backlog_s = msg.source_backlogs.get(self.name, msg.backlog_s)  # its share's, with several sources
         self.source_step(StateIn(msg.sender, backlog_s, msg.leaving), self.clock.now())
 
@@ -421,8 +432,10 @@ class SourceProcess:
         if tty:
             sys.stderr.write("\n")
 
-    def publish_status(self, stop: threading.Event, cluster_file: str, period_s: float = 1.0) -> None:
-        """Write the site's status snapshot (ops/status.py) every `period_s` until `stop`, and once more at the end."""
+    def publish_status(self, stop: threading.Event, cluster_file: str, others: list[SourceProcess] = (),
+                       period_s: float = 1.0) -> None:
+        """Write the site's status snapshot (ops/status.py) every `period_s` until `stop`, and once more at the end;
+        with ``others`` (the other sources this process runs), each source's own counts too (read on its loop)."""
         last_done, last_t = self.ledger.completed, self.clock.now()
         while True:
             stopping = stop.wait(period_s)
@@ -432,6 +445,9 @@ class SourceProcess:
             last_done, last_t = done, t
             try:
                 snapshot = self.loop.ask(partial(self.site_status, cluster_file, rate, t), timeout_s=period_s)
+                if others:
+                    snapshot = msgspec.structs.replace(snapshot, sources=[
+                        s.loop.ask(s.source_status, timeout_s=period_s) for s in (self, *others)])
                 self.status_path = write_status(snapshot, self.node.cfg.port)
             except (LoopTimeout, OSError, ValueError) as e:  # the next second's will do
                 log.debug("status snapshot skipped: %s", e)
@@ -463,7 +479,7 @@ class SourceProcess:
             else:
                 state = ("left" if gone.get(name) == "left" else "down") if name in self.down else (
                     "waiting" if report is None else "leaving" if report.leaving else "up")
-                backlog = None if report is None else report.backlog_s
+                backlog = self.node_backlog_s.get(name)
             fig = links.get(name)
             nodes.append(NodeStatus(
                 name=name, role=node.role, state=state,
@@ -482,6 +498,14 @@ class SourceProcess:
             accuracy=led.correct / led.completed if led.completed and self.labelled() else None,
             joules_per_item=self.joules_per_item(), skipped=self.skipped(),
             nodes=nodes, events=events)
+
+    def source_status(self) -> SourceStatus:
+        """This source's own counts, for the site's status (on its loop)."""
+        led = self.ledger
+        return SourceStatus(name=self.name, weight=self.node.cfg.weight, admission_rate_per_s=self.admission.rate(),
+                            admitted=led.admitted, completed=led.completed,
+                            accuracy=led.correct / led.completed if led.completed and self.labelled() else None,
+                            skipped=self.skipped())
 
     def labelled(self) -> bool:
         """Whether the stream's items carry true labels (a video's frames do not): else no accuracy is shown."""
@@ -509,8 +533,8 @@ class SourceProcess:
         acc_text = f"{led.correct / max(1, led.completed):.3f}" if self.labelled() else "-"
         hist = np.array([led.exit_counts.get(k, 0) for k in range(1, self.node.pkg.num_tasks + 1)], float)
         hist = hist / max(1, hist.sum())
-        nodes = " ".join(f"{n}:DOWN" if n in self.down else f"{n}:{s.backlog_s * 1000:.0f}ms"
-                         for n, s in sorted(self.reports.items()))
+        backlogs = {n: self.node_backlog_s.get(n, r.backlog_s) for n, r in self.reports.items()}
+        nodes = " ".join(f"{n}:DOWN" if n in self.down else f"{n}:{b * 1000:.0f}ms" for n, b in sorted(backlogs.items()))
         own = self.node.core.backlog_s(self.clock.now()) * 1000
         util = self.node.busy_s / max(1e-9, self.clock.now() - self.node.started_at)
         return (f"[{self.node.mode}] {rate:6.1f} items/s  admitted {self.ledger.admitted}  done {self.ledger.completed}"
