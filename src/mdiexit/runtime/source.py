@@ -534,7 +534,8 @@ class SourceProcess:
         hist = np.array([led.exit_counts.get(k, 0) for k in range(1, self.node.pkg.num_tasks + 1)], float)
         hist = hist / max(1, hist.sum())
         backlogs = {n: self.node_backlog_s.get(n, r.backlog_s) for n, r in self.reports.items()}
-        nodes = " ".join(f"{n}:DOWN" if n in self.down else f"{n}:{b * 1000:.0f}ms" for n, b in sorted(backlogs.items()))
+        nodes = " ".join(f"{n}:DOWN" if n in self.down else f"{n}:{b * 1000:.0f}ms"
+                         for n, b in sorted(backlogs.items()))
         own = self.node.core.backlog_s(self.clock.now()) * 1000
         util = self.node.busy_s / max(1e-9, self.clock.now() - self.node.started_at)
         return (f"[{self.node.mode}] {rate:6.1f} items/s  admitted {self.ledger.admitted}  done {self.ledger.completed}"
