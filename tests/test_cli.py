@@ -77,7 +77,7 @@ def test_bench_simulator_help_states_the_options_defaults():
     (["run", "--rate", "-5"], "--rate: expected a number > 0"),
     (["run", "--duration", "0"], "--duration: expected a number of seconds > 0"),
     (["simulate", "--deadline-ms", "-1"], "--deadline-ms: expected a number of milliseconds > 0"),
-    (["classify", "--cluster", "examples/edge4.yaml", "x.png"], "the source has no client_port"),
+    (["classify", "--cluster", "examples/edge4.yaml", "x.png"], "the source 'source' has no client_port"),
 ])
 def test_a_meaningless_option_or_a_cluster_without_its_service_is_one_line_not_a_run(args, says, tmp_path):
     (tmp_path / "x.png").write_bytes(b"not an image")

@@ -148,7 +148,7 @@ class Client:
         cluster = load_cluster(Path(cluster_file))
         src = _served_source(cluster, source, cluster_file)
         if connect is None and src.client_port is None:
-            raise ConfigError(f"{cluster_file}: the source {src.name} has no client_port; add `client_port: PORT` to "
+            raise ConfigError(f"{cluster_file}: the source {src.name!r} has no client_port; add `client_port: PORT` to "
                               "its entry (and start `mdiexit serve`), or give the service's address (--connect "
                               "tcp://HOST:PORT)")
         address = connect or f"tcp://{src.host}:{src.client_port}"
