@@ -60,7 +60,12 @@ def cmd_status(a: argparse.Namespace) -> int:
         source, port = "", 0
     else:
         cluster = load_cluster(a.cluster)
-        source, port = cluster.source.name, cluster.source.port
+        node = next((n for n in cluster.sources if n.name == a.source), None) if a.source else cluster.source
+        if node is None:
+            print(f"mdiexit: error: --source {a.source!r}: not a source of {a.cluster}; its sources are "
+                  f"{', '.join(n.name for n in cluster.sources)}", file=sys.stderr)
+            return 2
+        source, port = node.name, node.port
     while True:
         try:
             status, _ = read_status(source, port, a.file)
@@ -129,6 +134,9 @@ def add_ops_commands(sub) -> None:
     st.add_argument("--cluster", type=Path, default=DEFAULT_CLUSTER, help="cluster file (default %(default)s)")
     st.add_argument("--file", type=Path, default=None, help="read this snapshot file instead (from the source's "
                                                             "runtime folder)")
+    st.add_argument("--source", default=None, metavar="NAME",
+                    help="the source whose process to read, on a site whose sources run on their own machines "
+                         "(`mdiexit source --name`; default: the file's first source)")
     st.add_argument("--json", action="store_true", help="one snapshot as JSON")
     st.add_argument("--watch", type=float, nargs="?", const=1.0, default=None, metavar="SECONDS",
                     help="refresh every SECONDS (default 1) until Ctrl-C")

@@ -150,7 +150,11 @@ def _run_in_namespaces(cluster_path: Path, opts: RunOptions, admission: Admissio
     if not ok:
         raise NamespaceError(why)
     cleanup_stale()  # leftovers of crashed earlier runs (owner process gone)
-    network = NamespaceNetwork(load_cluster(cluster_path), clock=WallClock(opts.dilation))
+    cluster = load_cluster(cluster_path)
+    if len(cluster.sources) > 1:  # the bridge is the one source's uplink
+        raise NamespaceError(f"--net namespaces: {shown_path(cluster_path)} has {len(cluster.sources)} sources, and "
+                             "the namespaces emulate one (its uplink is the bridge); run it with --net app")
+    network = NamespaceNetwork(cluster, clock=WallClock(opts.dilation))
 
     def ready(live: LiveRun) -> None:  # the run starts: tc follows the bandwidth schedules from now on
         network.start_schedules(live.source.run_start)
