@@ -154,11 +154,10 @@ class Feed:
     def part(self) -> dict:
         """This source's part of the summary (``sources`` in summary.json)."""
         src = self.proc
-        endless = self.opts.items == "test" and self.video is None and not self.serving
         stream = "clients" if self.serving else str(self.opts.items)
         return source_part(self.node.weight, stream, src.ledger, src.gate, self.window(),
                            src.node.pkg.num_tasks, src.labelled(), self.skipped, self.opts.target_accuracy,
-                           adapted=endless and self.opts.admission != "fixed", latencies=src.latencies)
+                           adapted=self.opts.adapts_endless() and not self.serving, latencies=src.latencies)
 
 
 def _serves(opts: RunOptions, node: NodeConfig) -> bool:

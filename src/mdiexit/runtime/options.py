@@ -52,6 +52,11 @@ class RunOptions:
     dilation: float = 1.0
     sources: tuple[str, ...] | None = None  # the sources this process runs (`mdiexit source --name`); None: all
 
+    def adapts_endless(self) -> bool:
+        """Whether admission sets the rate of an endless stream (the test split, cycled): such a source always has
+        more to send than it is given."""
+        return self.items == "test" and self.admission != "fixed"
+
     def __post_init__(self) -> None:
         """Refuse what no run can mean, naming the flag: a rate, a duration or an item count of zero or less."""
         checks = [("--rate", self.rate, self.rate > 0, "a number > 0 (items per second)"),

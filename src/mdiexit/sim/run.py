@@ -93,7 +93,7 @@ def simulate(cluster_path: Path, opts: RunOptions, seed: int = 0, times: str = "
     summary["sources"] = {
         n.name: source_part(n.weight, str(per_source[n.name].items), feeds[n.name].sc.ledger, feeds[n.name].sc.gate,
                             window, pkg.num_tasks, True, 0, per_source[n.name].target_accuracy,
-                            adapted=per_source[n.name].items == "test" and opts.admission != "fixed")
+                            adapted=per_source[n.name].adapts_endless())
         for n in cluster.sources}
     summary["fairness_jain"] = fairness(summary["sources"])
     summary.update(node_failures=first.failure_summary(), recovery_s=None, secure=False, emulation_warnings=[],
