@@ -163,6 +163,7 @@ def test_a_cameras_results_reach_an_mqtt_broker_once_per_frame(tmp_path, tiny_pa
                and m["exit"] >= 1 and m["latency_ms"] > 0 and m["version"] for m in got)
 
 
+@pytest.mark.cluster
 def test_a_source_plays_the_video_its_cluster_file_names(tmp_path, tiny_package, video):
     data = cluster_dict(load_cluster(write_cluster(tmp_path / "c.yaml", tiny_package, [2, 2])))
     data["nodes"][0]["stream"] = f"video:{video}"  # the camera's own stream, whatever --items says

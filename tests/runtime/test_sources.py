@@ -22,6 +22,8 @@ from mdiexit.runtime.ports import free_ports, local_nodes
 from mdiexit.runtime.report import write_results
 from mdiexit.security import create_client_key, create_keys
 
+pytestmark = pytest.mark.cluster
+
 
 def two_cameras(tmp_path, package, **cam2) -> tuple:
     nodes = local_nodes([{"slowdown": 20}, {"slowdown": 10}, {"slowdown": 20}], bandwidth_mbps=50, latency_ms=1)
