@@ -42,6 +42,7 @@ from mdiexit.runtime.options import ClusterError, RunOptions
 from mdiexit.runtime.report import RunResult
 from mdiexit.runtime.runpolicy import capacity_hint, make_admission, make_gate, planned_limits, preflight
 from mdiexit.runtime.source import Admission, SourceProcess
+from mdiexit.runtime.sourceview import live_view, publish_status
 from mdiexit.runtime.summary import run_config, run_summary
 from mdiexit.security import Identity, allow_key, create_keys, load_identity
 from mdiexit.util import shown_path
@@ -247,8 +248,9 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
 
     watcher = threading.Thread(target=watch, daemon=True)
     view_stop = threading.Event()
-    status = threading.Thread(target=source.publish_status, name="status", daemon=True,  # for `mdiexit status`
-                              args=(view_stop, shown_path(cluster_path), [f.proc for f in others]))
+    local = [f.proc for f in feeds]  # this process's sources, the first first
+    status = threading.Thread(target=publish_status, name="status", daemon=True,  # for `mdiexit status`
+                              args=(local, view_stop, shown_path(cluster_path)))
     streaming: list[threading.Thread] = []
     try:
         for f in feeds:
@@ -267,7 +269,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
                           "dilation": opts.dilation}
             live = LiveRun(source, procs, spawn_args, dict(netns or {}), profiles, {f.name: f.proc for f in feeds})
             threading.Thread(target=on_ready, args=(live,), name="on-ready", daemon=True).start()
-        viewer = threading.Thread(target=source.live_view, args=(view_stop, [f.proc for f in others]), daemon=True)
+        viewer = threading.Thread(target=live_view, args=(local, view_stop), daemon=True)
         if opts.live:
             viewer.start()
         ticks_before = host_cpu_ticks()

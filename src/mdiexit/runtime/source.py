@@ -4,8 +4,8 @@ admission gate, can run tasks itself, and keeps a ledger of every admitted item 
 and the items in flight are dispatched again; so is any item overdue. Admission decisions come from an
 `Admission` policy object. Every decision is the SourceCore's (runtime.sourcecore). The source is a node shell
 (runtime.node.NodeProcess: sockets, loop, executors) composed with that core: it is the node's role, which gets
-what only the source handles (results, STATEs, joins, its own finished items), and it owns the phases of the run
-and the live view.
+what only the source handles (results, STATEs, joins, its own finished items), and it owns the phases of the run.
+What the live view and the status snapshot show of it is runtime.sourceview.
 
 Admitting and draining are phases of the node's loop (runtime.loop), which owns the source core as it owns the
 node core: after every round it offers what arrived, releases what the gate lets through and answers what settled.
@@ -16,28 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-import msgspec
-import numpy as np
-
 from mdiexit.config import ClusterConfig
-from mdiexit.ops.status import (
-    EVENTS_SHOWN,
-    EventStatus,
-    LinkStatus,
-    NodeStatus,
-    SiteStatus,
-    SourceStatus,
-    write_status,
-)
 from mdiexit.package import Package
 from mdiexit.policies.gate import REJECT_WHY, STOPPING, AdmissionGate
 from mdiexit.protocol.messages import Control, Join, Result, State
@@ -60,7 +45,6 @@ from mdiexit.runtime.events import (
     WorkItem,
 )
 from mdiexit.runtime.join import member_message, package_archive, welcome_frames
-from mdiexit.runtime.loop import LoopTimeout
 from mdiexit.runtime.node import NodeProcess, encode, member_config
 from mdiexit.runtime.options import ClusterError
 from mdiexit.runtime.sourcecore import (
@@ -405,108 +389,7 @@ class SourceProcess:
         """This node's counters and link figures at the end of the run (on its loop)."""
         return self.node.stats(), self.node.meter.figures(self.clock.now())
 
-    # ---------------------------------------------------------------- live view
-    def live_view(self, stop: threading.Event, others: list[SourceProcess] = (), period_s: float = 1.0) -> None:
-        """A status line a second on stderr; with other sources, each one's throughput, rate and accuracy too."""
-        sources = [self, *others]
-        last_done, last_t = [s.ledger.completed for s in sources], self.clock.now()
-        tty = sys.stderr.isatty()
-        while not stop.wait(period_s):
-            t = self.clock.now()
-            done = [s.ledger.completed for s in sources]
-            rates = [(d - d0) / (t - last_t) for d, d0 in zip(done, last_done, strict=True)]
-            last_done, last_t = done, t
-            try:
-                line = self.loop.ask(partial(self.status_line, sum(rates)), timeout_s=period_s)
-                if others:
-                    line += "  sources " + " ".join(
-                        s.loop.ask(partial(s.source_line, r), timeout_s=period_s) for s, r in zip(sources, rates,
-                                                                                                  strict=True))
-            except LoopTimeout:
-                continue
-            if tty:
-                sys.stderr.write("\r\x1b[2K" + line)
-            else:
-                sys.stderr.write(line + "\n")
-            sys.stderr.flush()
-        if tty:
-            sys.stderr.write("\n")
-
-    def publish_status(self, stop: threading.Event, cluster_file: str, others: list[SourceProcess] = (),
-                       period_s: float = 1.0) -> None:
-        """Write the site's status snapshot (ops/status.py) every `period_s` until `stop`, and once more at the end;
-        with ``others`` (the other sources this process runs), each source's own counts too (read on its loop)."""
-        last_done, last_t = self.ledger.completed, self.clock.now()
-        while True:
-            stopping = stop.wait(period_s)
-            t = self.clock.now()
-            done = self.ledger.completed
-            rate = (done - last_done) / max(t - last_t, 1e-9)
-            last_done, last_t = done, t
-            try:
-                snapshot = self.loop.ask(partial(self.site_status, cluster_file, rate, t), timeout_s=period_s)
-                if others:
-                    snapshot = msgspec.structs.replace(snapshot, sources=[
-                        s.loop.ask(s.source_status, timeout_s=period_s) for s in (self, *others)])
-                self.status_path = write_status(snapshot, self.node.cfg.port)
-            except (LoopTimeout, OSError, ValueError) as e:  # the next second's will do
-                log.debug("status snapshot skipped: %s", e)
-            if stopping:
-                return
-
-    def site_status(self, cluster_file: str, rate: float, t: float) -> SiteStatus:
-        led = self.ledger
-        run_s = self.run_elapsed_s(t)
-        failures = self.failure_summary()
-        gone = {e["node"]: e["kind"] for e in failures}  # each node's last event: left, crashed, ...
-        links = self.node.meter.figures(t)
-        own = self.node.progress_report(t)
-        self.progress.setdefault(self.name, deque(maxlen=PROGRESS_SAMPLES)).append((t, own))
-        nodes = []
-        for node in list(self.node.cluster.nodes):
-            name = node.name
-            samples = list(self.progress.get(name, ()))
-            util = tasks = watts = None
-            if len(samples) >= 2:
-                (t0, a), (t1, b) = samples[0], samples[-1]
-                util = (b["busy_s"] - a["busy_s"]) / max(t1 - t0, 1e-9)
-                tasks = (b["tasks"] - a["tasks"]) / max(t1 - t0, 1e-9)
-                if "joules" in a and "joules" in b:
-                    watts = (b["joules"] - a["joules"]) / max(t1 - t0, 1e-9)
-            report = self.reports.get(name)
-            if name == self.name:
-                state, backlog = "up", self.node.core.backlog_s(t)
-            else:
-                state = ("left" if gone.get(name) == "left" else "down") if name in self.down else (
-                    "waiting" if report is None else "leaving" if report.leaving else "up")
-                backlog = self.node_backlog_s.get(name)
-            fig = links.get(name)
-            nodes.append(NodeStatus(
-                name=name, role=node.role, state=state,
-                package=self.package_of.get(name), backlog_ms=None if backlog is None else 1000 * backlog,
-                utilization=util, tasks_per_s=tasks, watts=watts,
-                link=None if fig is None else LinkStatus(fig[0] / 1e6 if fig[0] else None, 1000 * fig[1])))
-        events = [EventStatus(node=e["node"], kind=e["kind"], at_s=e["at_s"], recovery_s=e.get("recovery_s"))
-                  for e in failures[-EVENTS_SHOWN:]]
-        return SiteStatus(
-            cluster=cluster_file, source=self.name, mode=self.node.mode, phase=self.phase, pid=os.getpid(),
-            written_at=time.time(), run_s=run_s, package=self.node.package_version, throughput_per_s=rate,
-            admission_rate_per_s=self.admission.rate(), admitted=led.admitted, completed=led.completed,
-            in_flight=len(led.in_flight),
-            rejected=sum(self.gate.rejected.values()) + (sum(self.intake.refused.values()) if self.intake else 0),
-            expired=led.expired + self.gate.expired, failed=led.failed,
-            accuracy=led.correct / led.completed if led.completed and self.labelled() else None,
-            joules_per_item=self.joules_per_item(), skipped=self.skipped(),
-            nodes=nodes, events=events)
-
-    def source_status(self) -> SourceStatus:
-        """This source's own counts, for the site's status (on its loop)."""
-        led = self.ledger
-        return SourceStatus(name=self.name, weight=self.node.cfg.weight, admission_rate_per_s=self.admission.rate(),
-                            admitted=led.admitted, completed=led.completed,
-                            accuracy=led.correct / led.completed if led.completed and self.labelled() else None,
-                            skipped=self.skipped())
-
+    # ---------------------------------------------------------------- what its views show (runtime.sourceview)
     def labelled(self) -> bool:
         """Whether the stream's items carry true labels (a video's frames do not): else no accuracy is shown."""
         return getattr(self.stream, "labelled", True)
@@ -515,35 +398,13 @@ class SourceProcess:
         """A video stream's skipped frames so far (0 for any other stream)."""
         return getattr(self.stream, "skipped", 0)
 
+    def accuracy(self) -> float | None:
+        """Of the results so far, against their labels (None: no labelled result yet)."""
+        led = self.ledger
+        return led.correct / led.completed if led.completed and self.labelled() else None
+
     def joules_per_item(self) -> float | None:
         """The counted nodes' joules so far (each one's last progress report) per completed item."""
         joules = [samples[-1][1]["joules"] for samples in list(self.progress.values())
                   if samples and "joules" in samples[-1][1]]
         return sum(joules) / self.ledger.completed if joules and self.ledger.completed else None
-
-    def source_line(self, rate: float) -> str:
-        """This source's part of the live view: its throughput, admission rate and accuracy."""
-        led = self.ledger
-        acc = f" acc {led.correct / led.completed:.3f}" if led.completed and self.labelled() else ""
-        skipped = f" skipped {n}" if (n := self.skipped()) else ""
-        return f"{self.name}:{rate:.0f}/s(rate {self.admission.rate():.0f}{acc}{skipped})"
-
-    def status_line(self, rate: float) -> str:
-        led = self.ledger
-        acc_text = f"{led.correct / max(1, led.completed):.3f}" if self.labelled() else "-"
-        hist = np.array([led.exit_counts.get(k, 0) for k in range(1, self.node.pkg.num_tasks + 1)], float)
-        hist = hist / max(1, hist.sum())
-        backlogs = {n: self.node_backlog_s.get(n, r.backlog_s) for n, r in self.reports.items()}
-        nodes = " ".join(f"{n}:DOWN" if n in self.down else f"{n}:{b * 1000:.0f}ms"
-                         for n, b in sorted(backlogs.items()))
-        own = self.node.core.backlog_s(self.clock.now()) * 1000
-        util = self.node.busy_s / max(1e-9, self.clock.now() - self.node.started_at)
-        return (f"[{self.node.mode}] {rate:6.1f} items/s  admitted {self.ledger.admitted}  done {self.ledger.completed}"
-                f"  acc {acc_text}  exits {' '.join(f'{h:.2f}' for h in hist)}  rate {self.admission.rate():.1f}/s"
-                f"  backlog {self.name}:{own:.0f}ms({util:.0%}) {nodes}"
-                + (f"  redispatched {led.redispatched}" if led.redispatched else "")
-                + (f"  rejected {sum(self.gate.rejected.values())}" if self.gate.rejected else "")
-                + (f"  expired {led.expired + self.gate.expired}" if led.expired + self.gate.expired else "")
-                + (f"  {j:.4f} J/item" if (j := self.joules_per_item()) is not None else "")
-                + (f"  skipped {n}" if (n := self.skipped()) else "")
-                + f"  links {self.node.meter.status(self.clock.now())}")
