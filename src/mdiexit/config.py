@@ -51,6 +51,8 @@ from mdiexit.protocol.codec import CODECS
 
 ROLES = ("source", "worker")
 STREAM_FORMS = "test, all, a count N, folder:PATH or video:PATH (a file, rtsp://... or /dev/videoN)"
+VIDEO_PREFIX = "video:"  # a stream that plays a video (mdiexit.video)
+FOLDER_PREFIX = "folder:"  # a stream of an image folder's files
 SOURCE_ONLY = ("client_port", "sink", "weight", "target_accuracy", "deadline_ms", "stream", "fps")  # a source's fields
 COMPRESS = ("off", "on", "auto")
 LINK_FIGURES = ("measured", "configured")  # links: online estimates (seeded by the file) | the file's figures
@@ -115,8 +117,8 @@ class NodeConfig:
         for key in SOURCE_ONLY:
             if self.role != "source" and getattr(self, key) != NodeConfig.__dataclass_fields__[key].default:
                 raise ValueError(f"{key}: only a source has one; move it to a node with role source")
-        if self.stream is not None and not _stream_ok(self.stream):
-            raise ValueError(f"stream: expected {STREAM_FORMS}, got {self.stream!r}")
+        if self.stream is not None:
+            stream_items(self.stream, None)  # a form it does not name says so now
         times = [t for t, _ in self.bandwidth_schedule or ()]
         for i in range(1, len(times)):
             if times[i] <= times[i - 1]:
@@ -149,10 +151,16 @@ class NodeConfig:
         return frozenset(range(1, num_tasks + 1)) if self.tasks is None else frozenset(self.tasks)
 
 
-def _stream_ok(stream: str) -> bool:
-    kind, _, where = stream.partition(":")
-    return stream in ("test", "all") or (stream.isdigit() and int(stream) > 0) or (kind in ("folder", "video")
-                                                                                   and bool(where))
+def stream_items(stream: str, data_dir: Path | None) -> tuple[str | int, Path | None]:
+    """A source's ``stream`` as (items, data_dir), as ``--items`` and ``--data-dir`` would give them."""
+    where = stream.partition(":")[2]
+    if stream in ("test", "all") or (stream.startswith(VIDEO_PREFIX) and where):
+        return stream, data_dir
+    if stream.startswith(FOLDER_PREFIX) and where:
+        return "all", Path(where).expanduser()
+    if stream.isdigit() and int(stream) > 0:
+        return int(stream), data_dir
+    raise ValueError(f"stream: expected {STREAM_FORMS}, got {stream!r}")
 
 
 def link_between(a: NodeConfig, b: NodeConfig) -> tuple[float | None, float]:

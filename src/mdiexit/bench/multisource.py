@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mdiexit import util
-from mdiexit.config import cluster_dict, load_cluster, write_cluster
+from mdiexit.config import SOURCE_ONLY, cluster_dict, load_cluster, write_cluster
 from mdiexit.runtime.launch import run_cluster
 from mdiexit.runtime.options import RunOptions
 from mdiexit.runtime.ports import on_free_ports
@@ -199,11 +199,10 @@ def _one_source(path: Path, out: Path) -> Path:
     """The same devices with only the first source: the others hold their devices as workers."""
     d = cluster_dict(load_cluster(path))
     first = next(n["name"] for n in d["nodes"] if n["role"] == "source")
-    source_only = ("weight", "target_accuracy", "deadline_ms", "stream", "fps", "sink", "client_port")
     for n in d["nodes"]:
         if n["role"] == "source" and n["name"] != first:
             n["role"] = "worker"
-            for key in source_only:
+            for key in SOURCE_ONLY:
                 n.pop(key, None)
     return write_cluster(out, d)
 

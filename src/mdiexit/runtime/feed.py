@@ -12,12 +12,12 @@ from pathlib import Path
 import zmq
 
 from mdiexit.clock import WallClock
-from mdiexit.config import ClusterConfig, ConfigError, NodeConfig
+from mdiexit.config import VIDEO_PREFIX, ClusterConfig, NodeConfig
 from mdiexit.data import Dataset, load_items
 from mdiexit.package import Package
 from mdiexit.runtime.arrivals import Arrivals, StreamArrivals
 from mdiexit.runtime.metrics import source_part
-from mdiexit.runtime.options import VIDEO_PREFIX, ClusterError, RunOptions, source_options
+from mdiexit.runtime.options import ClusterError, RunOptions, source_options
 from mdiexit.runtime.service import UNREAD_MIN_S, UNREAD_WAITS, ClientEndpoint
 from mdiexit.runtime.sinks import Sink, SinkedArrivals, SinkSpec, check_sink, open_sink
 from mdiexit.runtime.source import SourceProcess
@@ -50,10 +50,7 @@ class Feed:
     def prepare(cls, cluster: ClusterConfig, cluster_path: Path, node: NodeConfig, opts: RunOptions,
                 pkg: Package) -> Feed:
         first = node.name == cluster.source.name
-        try:
-            opts = source_options(opts, node, first, sum(cluster.weights.values()))
-        except ConfigError as e:
-            raise ConfigError(f"{shown_path(cluster_path)}: nodes.{node.name}.{e}") from None
+        opts = source_options(opts, node, first, sum(cluster.weights.values()))  # its stream was checked at load
         serving = _serves(opts, node)
         video = str(opts.items)[len(VIDEO_PREFIX):] if str(opts.items).startswith(VIDEO_PREFIX) and not serving \
             else None

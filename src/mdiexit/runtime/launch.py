@@ -342,18 +342,16 @@ def site_summary(feeds: list[Feed], source: SourceProcess, cluster: ClusterConfi
     """The run's figures over every source (read on each source's loop, which owns its ledger), with each
     source's part and the fairness between them."""
     parts = {f.name: f.proc.loop.ask(f.part, timeout_s=None) for f in feeds}
-    if len(feeds) == 1:
-        ledger, gate, latencies = source.ledger, source.gate, source.latencies
-    else:  # every source has drained: their ledgers take only late, redundant results now
-        ledger = Ledger.combined({f.name: f.proc.ledger for f in feeds})
-        gate = AdmissionGate.combined([f.proc.gate for f in feeds])
-        latencies = [x for f in feeds for x in f.proc.latencies]
+    # the site's counts over every source; each has drained, so its ledger takes only late, redundant results now
+    gate = AdmissionGate.combined([f.proc.gate for f in feeds])
+    latencies = [x for f in feeds for x in f.proc.latencies]
     windows = [f.window() for f in feeds]
     window = (min(w[0] for w in windows), max(w[1] for w in windows))
     deadline_s = None if feeds[0].opts.deadline_ms is None else feeds[0].opts.deadline_ms / 1000
     summary = source.loop.ask(lambda: summarize(
-        ledger, pkg.num_tasks, window, source.final_stats, source.backlog_samples, deadline_s, gate, latencies,
-        partial(limit_from_stats, cluster, pkg, mode)), timeout_s=None)
+        Ledger.combined({f.name: f.proc.ledger for f in feeds}), pkg.num_tasks, window, source.final_stats,
+        source.backlog_samples, deadline_s, gate, latencies, partial(limit_from_stats, cluster, pkg, mode)),
+        timeout_s=None)
     if not any(f.proc.labelled() for f in feeds):  # a camera's frames, an unlabelled folder: no labels to count
         summary["accuracy"] = None
     skipped = sum(f.skipped for f in feeds)

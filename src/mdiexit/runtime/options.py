@@ -8,10 +8,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from mdiexit.config import STREAM_FORMS, ConfigError, NodeConfig
-
-VIDEO_PREFIX = "video:"  # a stream that plays a video (mdiexit.video)
-FOLDER_PREFIX = "folder:"
+from mdiexit.config import VIDEO_PREFIX, ConfigError, NodeConfig, stream_items
 
 
 class ClusterError(RuntimeError):
@@ -96,14 +93,3 @@ def source_options(opts: RunOptions, node: NodeConfig, first: bool, total_weight
         target_accuracy=node.target_accuracy if node.target_accuracy is not None else opts.target_accuracy,
         deadline_ms=node.deadline_ms if node.deadline_ms is not None else opts.deadline_ms,
         sink=(opts.sink if first and opts.sink else node.sink))
-
-
-def stream_items(stream: str, data_dir: Path | None) -> tuple[str | int, Path | None]:
-    """A cluster file's ``stream`` as (items, data_dir), as ``--items`` and ``--data-dir`` would give them."""
-    if stream in ("test", "all") or stream.startswith(VIDEO_PREFIX):
-        return stream, data_dir
-    if stream.startswith(FOLDER_PREFIX) and stream[len(FOLDER_PREFIX):]:
-        return "all", Path(stream[len(FOLDER_PREFIX):]).expanduser()
-    if stream.isdigit() and int(stream) > 0:
-        return int(stream), data_dir
-    raise ConfigError(f"stream {stream!r}: expected {STREAM_FORMS}")

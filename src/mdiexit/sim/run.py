@@ -9,13 +9,14 @@ import time
 from functools import partial
 from pathlib import Path
 
+from mdiexit.config import VIDEO_PREFIX
 from mdiexit.energy import cluster_models, run_energy
 from mdiexit.planner import costs_from_macs, limit_from_stats
 from mdiexit.policies.gate import AdmissionGate
 from mdiexit.runtime.device import planner_costs
 from mdiexit.runtime.ledger import Ledger
 from mdiexit.runtime.metrics import fairness, source_part, summarize
-from mdiexit.runtime.options import VIDEO_PREFIX, ClusterError, RunOptions, source_options
+from mdiexit.runtime.options import ClusterError, RunOptions, source_options
 from mdiexit.runtime.report import RunResult
 from mdiexit.runtime.runpolicy import capacity_hint, make_admission, make_gate, planned_limits, preflight
 from mdiexit.runtime.sourcecore import Admission, SourceCore
@@ -84,9 +85,8 @@ def simulate(cluster_path: Path, opts: RunOptions, seed: int = 0, times: str = "
     final_stats = {name: node.stats(env.now) for name, node in world.nodes.items()}
     window = (start + opts.warmup_s, end)
     first = feeds[cluster.source.name].sc
-    several = len(feeds) > 1
-    ledger = Ledger.combined({n: f.sc.ledger for n, f in feeds.items()}) if several else first.ledger
-    gate = AdmissionGate.combined([f.sc.gate for f in feeds.values()]) if several else first.gate
+    ledger = Ledger.combined({n: f.sc.ledger for n, f in feeds.items()})  # the site's counts over every source
+    gate = AdmissionGate.combined([f.sc.gate for f in feeds.values()])
     deadline_s = feeds[cluster.source.name].deadline_s
     summary = summarize(ledger, pkg.num_tasks, window, final_stats, first.backlog_samples, deadline_s, gate, (),
                         partial(limit_from_stats, cluster, pkg, mode))
