@@ -108,3 +108,19 @@ def shown_path(path: str | Path) -> str:
         return str(p.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(p)
+
+
+class SignalFlag:
+    """A flag a signal handler sets and a loop polls. threading.Event.set takes a lock: a second signal that arrives
+    while the handler of the first holds it runs the handler again on the same thread, which waits on that lock
+    for ever (a worker that outlived its run did)."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+

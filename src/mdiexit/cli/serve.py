@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import threading
 from pathlib import Path
 
 from mdiexit.cli.common import RunDefault, finish_run
@@ -19,8 +18,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
     once (overloaded, or its deadline would pass), never dropped. On stop, what is in flight is finished (up to
     --drain-timeout s), every request is answered, and DIR/summary.json is written."""
     from mdiexit.runtime.launch import RunOptions, run_cluster
+    from mdiexit.util import SignalFlag
 
-    stop = threading.Event()
+    stop = SignalFlag()  # set in the signal handler: no lock taken there
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     given = dict(mode=a.mode, rate=a.rate, live=not a.quiet, admission=a.admission, target_accuracy=a.target_accuracy,

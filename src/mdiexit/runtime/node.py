@@ -48,6 +48,7 @@ from mdiexit.runtime.loop import Loop
 from mdiexit.runtime.options import ClusterError
 from mdiexit.runtime.role import Role, WorkerRole
 from mdiexit.security import CLIENTS, Identity, NodeAuthenticator, make_server
+from mdiexit.util import SignalFlag
 
 log = logging.getLogger("mdiexit.node")
 MAX_READS = 64  # messages read in one round of the loop before it looks at its timers and the device again
@@ -95,7 +96,7 @@ class NodeProcess:
         self.received: Counter[str] = Counter()  # messages by kind (data, state, result, ...)
         self.limits = Limits()
         self.stop = threading.Event()
-        self.leave_requested = threading.Event()  # SIGTERM: a graceful leave
+        self.leave_requested = SignalFlag()  # SIGTERM: a graceful leave (set in the signal handler)
         self.bad_messages = 0
         self.rejected: Counter[str] = Counter()  # messages refused, by REJECT_REASONS
         self.busy_s = 0.0

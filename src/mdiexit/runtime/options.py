@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mdiexit.config import VIDEO_PREFIX, ConfigError, NodeConfig, stream_items
+from mdiexit.util import SignalFlag
 
 
 class ClusterError(RuntimeError):
@@ -40,7 +41,7 @@ class RunOptions:
     net: str = "app"  # app: links paced in the application | namespaces: kernel-shaped (root, Linux; DESIGN §7)
     insecure: bool = False  # no CurveZMQ: anyone who reaches a port can talk to the cluster (debugging only)
     keys_dir: Path | None = None  # overrides the cluster file's keys_dir
-    serve: threading.Event | None = None  # serve clients (`mdiexit serve`) until this is set, instead of a stream
+    serve: threading.Event | SignalFlag | None = None  # serve clients (`mdiexit serve`) until it is set, not a stream
     metrics_port: int | None = None  # the source's Prometheus endpoint (default: its metrics_port in the file)
     metrics_addr: str | None = None  # default loopback
     self_profile: bool = False  # each node profiles itself at start-up instead of taking the host profile
