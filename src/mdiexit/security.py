@@ -150,21 +150,59 @@ def create_client_key(keys_dir: Path, name: str = "client", overwrite: bool = Fa
     return keys_dir / CLIENTS / f"{name}.key_secret"
 
 
+OPERATORS = "operators"  # KEYS_DIR/operators/NAME.key: who may roll a package out (besides the source's own key)
+OPERATOR_PREFIX = "operator:"  # an operator key's User-Id: never a node's name
+
+
+def is_operator(sender: str) -> bool:
+    return sender.startswith(OPERATOR_PREFIX)
+
+
+def run_keys_dir(source: str, port: int, create: bool = False) -> Path | None:
+    """Where a one-machine run on a cluster file without keys keeps its ephemeral keys: this user's runtime folder
+    (ops.status.runtime_dirs), in a folder of mode 700, so that this user's `mdiexit rollout` finds the source's key
+    and nobody else can read it. ``create``: the first folder that can be made (a stale one is emptied); else the
+    one that exists (None: no run of this source is keyed here)."""
+    from mdiexit.ops.status import runtime_dirs
+
+    name = f"keys-{source}-{port}"
+    for folder in runtime_dirs():
+        path = folder / name
+        if not create:
+            if path.is_dir():
+                return path
+            continue
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(path, 0o700)
+            return path
+        except OSError:
+            continue
+    if create:
+        raise KeyFileError(f"no runtime folder could be made for the run's keys (tried "
+                           f"{', '.join(str(d) for d in runtime_dirs())}); set MDIEXIT_RUNTIME_DIR")
+    return None
+
+
 class NodeAuthenticator(ThreadAuthenticator):
     """A ZAP handler admitting only known node keys. A message's ``User-Id`` becomes the sending node's name.
     Keys can be added while running (a member that joined), and the source also admits the keys an operator
     allowed in ``allowed_dir`` (NAME.key files, read when an unknown key knocks). On the client endpoint
     (zap_domain CLIENT_DOMAIN) only client keys, from ``clients_dir``, are admitted: a client can never talk
-    to a node's cluster inbox, nor a node key to the client endpoint's request path."""
+    to a node's cluster inbox, nor a node key to the client endpoint's request path. Operator keys, from
+    ``operators_dir`` (the source's only), are admitted to the cluster inbox as ``operator:NAME``: the node lets
+    them send a ROLLOUT and its PARTs, nothing else."""
 
     def __init__(self, ctx: zmq.Context, keys: dict[str, bytes], allowed_dir: Path | None = None,
-                 clients_dir: Path | None = None):
+                 clients_dir: Path | None = None, operators_dir: Path | None = None):
         super().__init__(ctx)
         self._names: dict[bytes, str] = {}
         self._clients: dict[bytes, str] = {}
         self._lock = threading.Lock()
         self.allowed_dir = allowed_dir
         self.clients_dir = clients_dir
+        self.operators_dir = operators_dir
         for name, key in keys.items():
             self.allow(name, key)
 
@@ -192,6 +230,8 @@ class NodeAuthenticator(ThreadAuthenticator):
             if key in known:
                 return True
         found = self._read_keys(self.clients_dir if domain == CLIENT_DOMAIN else self.allowed_dir)
+        if domain != CLIENT_DOMAIN:  # an operator's key: named apart, so that it can never pass for a node
+            found.update({k: OPERATOR_PREFIX + name for k, name in self._read_keys(self.operators_dir).items()})
         with self._lock:
             for k, name in found.items():
                 known.setdefault(k, name)

@@ -23,7 +23,7 @@ def test_the_package_arrives_in_parts_in_any_order_and_unpacks_checked(tmp_path,
     welcome_msg, parts = welcome_frames("source", cluster, {}, archive, part_bytes=4096)
     welcome, _ = decode(welcome_msg)
     assert isinstance(welcome, Welcome) and welcome.parts == len(parts) == -(-len(archive[0]) // 4096)
-    package = PackageParts(welcome)
+    package = PackageParts(welcome.package_sha256, welcome.package_bytes, welcome.parts)
     decoded = [decode(frames) for frames in parts]
     random.Random(0).shuffle(decoded)
     for msg, arrays in decoded:
@@ -38,7 +38,7 @@ def test_a_stray_or_damaged_part_is_refused(tmp_path, tiny_package):
     cluster = load_cluster(write_cluster(tmp_path / "c.yaml", tiny_package, [10, 10]))
     welcome_msg, parts = welcome_frames("source", cluster, {}, package_archive(tiny_package), part_bytes=4096)
     welcome, _ = decode(welcome_msg)
-    package = PackageParts(welcome)
+    package = PackageParts(welcome.package_sha256, welcome.package_bytes, welcome.parts)
     part, arrays = decode(parts[0])
     other = Part(sender="source", package_sha256="0" * 64, index=0, offset=0, arrays=part.arrays)
     assert not package.add(other, bytes(arrays[0]))  # another package's

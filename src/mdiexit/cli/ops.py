@@ -96,6 +96,46 @@ def cmd_pilot(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollout(a: argparse.Namespace) -> int:
+    """Roll a new package version out on the running site (`mdiexit run` or `mdiexit serve`), in stages, with
+    automatic rollback. The source receives the package, loads it, ships it to every node (paced behind the data),
+    then runs a growing share of the items (--steps) on it, each step for --step-s, while the gates hold: its labels
+    agree with the old version's on a shadow sample (--shadow, --min-agreement), its exit mix stays near the old
+    one's (--max-exit-shift), its p95 latency stays under --max-p95-ms, and no item on it fails. A failed gate rolls
+    back at once. Exit 0 when the new version serves every item, 1 when it was rolled back (the reason is printed),
+    2 when it was refused."""
+    from mdiexit.config import load_cluster
+    from mdiexit.ops.rollout import RolloutError, find_keys, rollout
+
+    cluster = load_cluster(a.cluster)
+    source = next((n for n in cluster.sources if n.name == a.source), None) if a.source else cluster.source
+    if source is None:
+        print(f"mdiexit: error: --source {a.source!r}: not a source of {a.cluster}", file=sys.stderr)
+        return 2
+    steps = sorted(set(a.steps))
+    bad = ["--steps: shares in (0, 1], the last 1 (for example 0.05,0.25,1)"] if not steps or steps[-1] != 1.0 or \
+        steps[0] <= 0 else []
+    bad += [f"{flag}: a share in [0, 1], got {v:g}" for flag, v in (("--shadow", a.shadow), ("--min-agreement",
+            a.min_agreement), ("--max-exit-shift", a.max_exit_shift)) if not 0 <= v <= 1]
+    bad += [f"{flag}: must be above 0" for flag, v in (("--step-s", a.step_s), ("--max-p95-ms", a.max_p95_ms))
+            if v is not None and not v > 0]
+    if bad:
+        print(f"mdiexit: error: {bad[0]}", file=sys.stderr)
+        return 2
+    request = {"steps": steps, "step_s": a.step_s, "shadow": a.shadow, "min_agreement": a.min_agreement,
+               "max_exit_shift": a.max_exit_shift, "max_p95_ms": a.max_p95_ms}
+    try:
+        keys = find_keys(cluster, source, a.key, a.keys_dir, a.insecure)
+        outcome, last = rollout(source, a.package, request, keys, a.reply_host)
+    except RolloutError as e:
+        print(f"mdiexit: error: {e}", file=sys.stderr)
+        return 2
+    if outcome == "refused":
+        print(f"mdiexit: error: the source refused the roll-out: {last.text}", file=sys.stderr)
+        return 2
+    return 0 if outcome == "completed" else 1
+
+
 def add_ops_commands(sub) -> None:
     s = sub.add_parser("install-service", help="write a systemd unit for this device's node (worker, source, serve)",
                        description=" ".join(cmd_install_service.__doc__.split()))
@@ -128,6 +168,30 @@ def add_ops_commands(sub) -> None:
                          "point)")
     pl.add_argument("--out", type=Path, required=True, help="folder for report.html, report.json and the runs")
     pl.set_defaults(func=cmd_pilot)
+
+    ro = sub.add_parser("rollout", help="roll a new package version out on the running site, with automatic rollback",
+                        description=" ".join(cmd_rollout.__doc__.split()))
+    ro.add_argument("--cluster", type=Path, default=DEFAULT_CLUSTER, help="cluster file (default %(default)s)")
+    ro.add_argument("--package", type=Path, required=True, help="the new package's folder")
+    ro.add_argument("--steps", type=lambda v: [float(x) for x in v.split(",") if x], default=[0.05, 0.25, 1.0],
+                    help="shares of the items on the new version, step by step (default 0.05,0.25,1)")
+    ro.add_argument("--step-s", type=float, default=20.0, help="seconds each step holds (default 20)")
+    ro.add_argument("--shadow", type=float, default=0.05,
+                    help="share of items that also run on the other version, to compare labels (default 0.05; 0: "
+                         "no agreement gate)")
+    ro.add_argument("--min-agreement", type=float, default=0.95,
+                    help="the least share of shadow-compared labels that must agree (default 0.95)")
+    ro.add_argument("--max-exit-shift", type=float, default=0.25,
+                    help="the largest total variation between the versions' exit mixes (default 0.25)")
+    ro.add_argument("--max-p95-ms", type=float, default=None, help="the new version's p95 latency bound (default none)")
+    ro.add_argument("--source", default=None, metavar="NAME", help="the source to roll out at (default: the first)")
+    ro.add_argument("--key", type=Path, default=None,
+                    help="the operator's secret key (default: the one in KEYS_DIR/operators/, else the source's)")
+    ro.add_argument("--keys-dir", type=Path, default=None, help="the site's keys folder (default: the file's)")
+    ro.add_argument("--reply-host", default=None,
+                    help="this machine's address as the source reaches it (default: found from the route)")
+    ro.add_argument("--insecure", action="store_true", help="the site runs with --insecure")
+    ro.set_defaults(func=cmd_rollout)
 
     st = sub.add_parser("status", help="the whole site, as its running source sees it",
                         description=" ".join(cmd_status.__doc__.split()))

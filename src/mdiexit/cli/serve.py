@@ -84,6 +84,15 @@ def cmd_keys_client(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_operator(a: argparse.Namespace) -> int:
+    from mdiexit.security import OPERATORS, create_keys
+
+    create_keys([a.name], a.keys_dir / OPERATORS, a.force)
+    secret = a.keys_dir / OPERATORS / f"{a.name}.key_secret"
+    print(f"operator {a.name}: secret key {secret} (mode 600); the source admits it for `mdiexit rollout` from now on")
+    return 0
+
+
 def cmd_bench_serve(a: argparse.Namespace) -> int:
     """Start a service on the cluster, measure its capacity, then offer 0.5x, 1x, 2x and 10x of it from client
     processes: client-side results per second, p50/p95/p99 latency, the rejection rate and the service's CPU per
@@ -155,6 +164,13 @@ def add_keys_client(ksub) -> None:
     kc.add_argument("--name", default="client", help="the client's name (default client)")
     kc.add_argument("--force", action="store_true", help="replace an existing key")
     kc.set_defaults(func=cmd_keys_client)
+    ko = ksub.add_parser("operator", help="create an operator key (KEYS_DIR/operators/NAME): may run `mdiexit rollout`",
+                         description="Write KEYS_DIR/operators/NAME.key and NAME.key_secret (mode 600). The source "
+                                     "accepts a roll-out from every key in that folder; revoke one by deleting it.")
+    ko.add_argument("--keys-dir", type=Path, required=True, help="the source's keys folder")
+    ko.add_argument("--name", default="operator", help="the operator's name (default operator)")
+    ko.add_argument("--force", action="store_true", help="replace an existing key")
+    ko.set_defaults(func=cmd_keys_operator)
 
 
 def add_bench_serve(bsub, cluster_arg) -> None:

@@ -25,6 +25,7 @@ from mdiexit.protocol.messages import (
     ArrayMeta,
     Data,
     Message,
+    Part,
 )
 
 if TYPE_CHECKING:
@@ -278,6 +279,10 @@ def check_arrays(msg: Message, arrays: Sequence[np.ndarray], package: Package, b
     Its thresholds must have one entry per task. RESULT's exit must name a task. Raises ProtocolError.
     """
     k_max = package.num_tasks
+    if isinstance(msg, Part):  # a package archive's bytes: one uint8 array, checked whole against its SHA-256
+        if len(arrays) != 1 or arrays[0].dtype != np.uint8 or arrays[0].ndim != 1:
+            raise ProtocolError("PART: expected one uint8 array of the archive's bytes")
+        return
     if not isinstance(msg, Data):
         exit_ = getattr(msg, "exit", None)
         if exit_ is not None and not 1 <= exit_ <= k_max:

@@ -26,6 +26,9 @@ KIND_HELLO = b"H"  # client -> source: what do you serve?
 KIND_INFO = b"I"  # source -> client: the served package's input, classes and version
 KIND_REQUEST = b"Q"  # client -> source: classify one input
 KIND_REPLY = b"A"  # source -> client: the request's one outcome
+KIND_ROLLOUT = b"O"  # operator -> source: roll a new package version out (its PARTs follow)
+KIND_SHIP = b"V"  # source (or a peer relaying) -> node: a package version to hold beside the current one
+KIND_PROGRESS = b"G"  # source -> operator: where the roll-out stands
 
 # why a well-formed message was refused: no cluster key, a sender other than the key's node (or CONTROL not from
 # the source), a RESULT for no item in flight or from a node that does not hold its exit's task
@@ -38,6 +41,7 @@ MAX_NDIM = 8
 MAX_PEERS = 256  # per-link entries of a STATE
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME)]
+PackageVersion = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]  # NAME@HASH (package.Package.version)
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 TaskIndex = Annotated[int, msgspec.Meta(ge=1, le=MAX_TASKS)]
 Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=1e9)]  # durations: finite, non-negative
@@ -81,6 +85,7 @@ class Data(msgspec.Struct, frozen=True, kw_only=True):
     timings: Annotated[list[Timing], msgspec.Meta(max_length=MAX_TIMINGS)] = []
     budget_s: Seconds | None = None  # seconds left before the item's deadline when sent (None: no deadline)
     source: Name | None = None  # the source that admitted it, where its RESULT goes (None: the cluster's first)
+    package: PackageVersion | None = None  # the package version its every task runs (None: the node's first)
     version: int = PROTOCOL_VERSION
 
 
@@ -124,16 +129,21 @@ class State(msgspec.Struct, frozen=True, kw_only=True):
     package: Annotated[str, msgspec.Meta(max_length=256)] | None = None
     # several sources: each one's backlog here under fair queueing, what its admission steers by
     source_backlogs: Annotated[dict[Name, Seconds], msgspec.Meta(max_length=MAX_PEERS)] = {}
+    # with the progress: every package version the node holds loaded, and why the last one shipped failed to load
+    packages: Annotated[list[PackageVersion], msgspec.Meta(max_length=8)] = []
+    package_error: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
     version: int = PROTOCOL_VERSION
 
 
 class Control(msgspec.Struct, frozen=True, kw_only=True):
-    """CONTROL, accepted only from the source: shutdown. (Thresholds travel with each item, not here.)"""
+    """CONTROL, accepted only from the source: shutdown, or unload ``package`` (a version no item runs any more).
+    (Thresholds travel with each item, not here.)"""
 
     KIND: ClassVar[bytes] = KIND_CONTROL
 
     sender: Name
-    action: Literal["shutdown"]
+    action: Literal["shutdown", "unload"]
+    package: PackageVersion | None = None
     version: int = PROTOCOL_VERSION
 
 
@@ -190,6 +200,65 @@ class Part(msgspec.Struct, frozen=True, kw_only=True):
     index: Annotated[int, msgspec.Meta(ge=0, le=1 << 20)]
     offset: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)]
     arrays: Annotated[list[ArrayMeta], msgspec.Meta(min_length=1, max_length=1)]
+    version: int = PROTOCOL_VERSION
+
+
+# ---------------------------------------------------------------- roll-outs (docs/guide/rollout.md)
+class Ship(msgspec.Struct, frozen=True, kw_only=True):
+    """SHIP, to a node: hold package ``package`` beside the current one. Its archive follows in PARTs named by its
+    SHA-256; once the node holds it, it passes it on to each of ``relay_to`` (peers it reaches faster than the
+    source does)."""
+
+    KIND: ClassVar[bytes] = KIND_SHIP
+
+    sender: Name
+    package: PackageVersion
+    package_sha256: Sha256
+    package_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)]
+    parts: Annotated[int, msgspec.Meta(ge=1, le=1 << 20)]
+    relay_to: Annotated[list[Name], msgspec.Meta(max_length=MAX_PEERS)] = []
+    version: int = PROTOCOL_VERSION
+
+
+Fraction = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
+
+
+class Rollout(msgspec.Struct, frozen=True, kw_only=True):
+    """ROLLOUT, from an operator (the source's key, or one in KEYS_DIR/operators/) to the source: serve the package
+    whose archive follows in PARTs, on a growing share of the items (``steps``, each held ``step_s`` while the
+    gates hold); PROGRESS goes back to ``reply_host``:``reply_port`` (a CurveZMQ server with the operator's key)."""
+
+    KIND: ClassVar[bytes] = KIND_ROLLOUT
+
+    sender: Name
+    package_sha256: Sha256
+    package_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)]
+    parts: Annotated[int, msgspec.Meta(ge=1, le=1 << 20)]
+    steps: Annotated[list[Fraction], msgspec.Meta(min_length=1, max_length=32)]
+    step_s: Annotated[float, msgspec.Meta(gt=0.0, le=86400.0)]
+    shadow: Unit = 0.05
+    min_agreement: Unit = 0.95
+    max_exit_shift: Unit = 0.25
+    max_p95_ms: Annotated[float, msgspec.Meta(gt=0.0, le=1e9)] | None = None
+    reply_host: Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
+    reply_port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+    version: int = PROTOCOL_VERSION
+
+
+class Progress(msgspec.Struct, frozen=True, kw_only=True):
+    """PROGRESS, from the source to the operator of a roll-out: its phase (receiving, shipping, step, completed,
+    rolled_back, refused), the share of items on the new version, the gates' figures, and a line for a person."""
+
+    KIND: ClassVar[bytes] = KIND_PROGRESS
+
+    sender: Name
+    phase: Literal["receiving", "shipping", "step", "completed", "rolled_back", "refused"]
+    package: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    fraction: Unit = 0.0
+    agreement: Unit | None = None
+    compared: Count = 0
+    items_on_new: Count = 0
+    text: Annotated[str, msgspec.Meta(max_length=4096)] = ""
     version: int = PROTOCOL_VERSION
 
 
@@ -252,16 +321,18 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
     version: int = PROTOCOL_VERSION
 
 
-Message = Data | Result | State | Control | Member | Join | Welcome | Part | Hello | Info | Request | Reply
+Message = (Data | Result | State | Control | Member | Join | Welcome | Part | Hello | Info | Request | Reply | Ship
+           | Rollout | Progress)
 
 BY_KIND: dict[bytes, type] = {
     KIND_DATA: Data, KIND_RESULT: Result, KIND_STATE: State, KIND_CONTROL: Control, KIND_MEMBER: Member,
     KIND_JOIN: Join, KIND_WELCOME: Welcome, KIND_PART: Part, KIND_HELLO: Hello, KIND_INFO: Info,
-    KIND_REQUEST: Request, KIND_REPLY: Reply,
+    KIND_REQUEST: Request, KIND_REPLY: Reply, KIND_SHIP: Ship, KIND_ROLLOUT: Rollout, KIND_PROGRESS: Progress,
 }
 KIND_NAMES = {KIND_DATA: "DATA", KIND_RESULT: "RESULT", KIND_STATE: "STATE", KIND_CONTROL: "CONTROL",
               KIND_MEMBER: "MEMBER", KIND_JOIN: "JOIN", KIND_WELCOME: "WELCOME", KIND_PART: "PART",
-              KIND_HELLO: "HELLO", KIND_INFO: "INFO", KIND_REQUEST: "REQUEST", KIND_REPLY: "REPLY"}
+              KIND_HELLO: "HELLO", KIND_INFO: "INFO", KIND_REQUEST: "REQUEST", KIND_REPLY: "REPLY",
+              KIND_SHIP: "SHIP", KIND_ROLLOUT: "ROLLOUT", KIND_PROGRESS: "PROGRESS"}
 # what may reach a node's cluster inbox; the client endpoint takes only HELLO and REQUEST
-CLUSTER_KINDS = (Data, Result, State, Control, Member, Join, Welcome, Part)
+CLUSTER_KINDS = (Data, Result, State, Control, Member, Join, Welcome, Part, Ship, Rollout)
 CLIENT_KINDS = (Hello, Request)

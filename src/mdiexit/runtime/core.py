@@ -8,9 +8,10 @@ and actions are in runtime.events):
 
     events   Arrived (an item's DATA), Route (an item admitted or re-dispatched here), Computed (a batch's outputs),
              Tick (a heartbeat), Leave (a graceful leave begins)
-    actions  Compute (hand the device this batch), Send (an item to a neighbour), Deliver (a finished item's
-             RESULT), Expire (dropped unrun: its deadline passed), Report (send a STATE), HandBack (return an item
-             to the source: this node is leaving), GiveUp (parked too long: the source's ledger re-dispatches it)
+    actions  Compute (hand the device this batch: one task, one package version), Send (an item to a neighbour),
+             Deliver (a finished item's RESULT), Expire (dropped unrun: its deadline passed), Report (send a STATE),
+             HandBack (return an item to the source: this node is leaving), GiveUp (parked too long: the source's
+             ledger re-dispatches it)
 
 After every event the core hands an idle device its next batch, so the order of a node's work (the device's next
 batch before the last one's exits, a leaving node's work handed back) is decided here once, for both shells."""
@@ -112,6 +113,11 @@ class NodeCore:
         # bytes on the wire of a task's input: raw (task 1's uint8 input, later float32 features), and as a code
         self.raw_bytes = {1: int(np.prod(pkg.input_shape))} | {t.index + 1: t.feature_bytes for t in pkg.tasks[:-1]}
         self.code_bytes = {c.after_task: c.code_bytes for c in pkg.compression}
+        # the package versions held here (runtime.versions): an item runs on the one it names ("": the first)
+        self.first = pkg.version
+        self.pkgs: dict[str, Package] = {pkg.version: pkg}
+        self.peer_packages: dict[str, frozenset[str]] = {}  # what each neighbour last said it holds
+        self.lacking: dict[str, frozenset[str]] = {}  # version -> the neighbours that do not hold it
         self.dropped_parked = 0  # parked items given up (nobody reachable held their task)
         # one flow per source, served by its weight (policies.fairqueue); with one source, a FIFO queue
         self.queue: FairQueue[WorkItem] = FairQueue(weights)
@@ -232,10 +238,33 @@ class NodeCore:
 
     def on_data(self, item: WorkItem, now: float, queued_bytes: int) -> Send | None:
         """An item arrived: queued here when this node holds its next task, else routed on (or parked)."""
-        if item.task in self.held:
+        if item.task in self.held and self.holds_version(item):
             self.accept(item)
             return None
         return self.route(item, now, queued_bytes)
+
+    def holds_version(self, item: WorkItem) -> bool:
+        return (item.package or self.first) in self.pkgs
+
+    # ---------------------------------------------------------------- package versions (runtime.versions)
+    def add_version(self, pkg: Package) -> None:
+        self.pkgs[pkg.version] = pkg
+
+    def remove_version(self, version: str) -> None:
+        """Unload ``version`` (the source retired it: no item runs on it any more). The last one stays."""
+        if version in self.pkgs and len(self.pkgs) > 1:
+            del self.pkgs[version]
+            if version == self.first:
+                self.first = next(iter(self.pkgs))
+
+    def on_packages(self, sender: str, versions: list[str]) -> None:
+        """A neighbour's STATE said which versions it holds: items of another version are not sent there."""
+        if sender not in self.neighbours or self.peer_packages.get(sender) == frozenset(versions):
+            return
+        self.peer_packages[sender] = frozenset(versions)
+        known = set(self.pkgs).union(*self.peer_packages.values())
+        self.lacking = {v: lack for v in known
+                        if (lack := frozenset(p for p, held in self.peer_packages.items() if v not in held))}
 
     def route(self, item: WorkItem, now: float, queued_bytes: int) -> Send | None:
         """Decide where `item` runs its next task. Returns Send, or None after queueing it here (or parking it).
@@ -253,7 +282,7 @@ class NodeCore:
         return Send(item, decision)
 
     def _decide(self, item: WorkItem, now: float, nbytes: dict[str, int], queued_bytes: int) -> str | None:
-        holds = item.task in self.held
+        holds = item.task in self.held and self.holds_version(item)
         first_hop = self.is_source and item.task == 1 and item.hops == 0
         if holds and first_hop and self.rules.source_runs_first:
             return None
@@ -263,7 +292,10 @@ class NodeCore:
             view.queued_bytes = queued_bytes
         own = self.estimator.get(item.task) if holds else None
         shared = len(self.queue.weights) > 1  # several sources: each item sees its source's fair-share backlogs
-        d = choose_target(item.task, nbytes, self.backlog_of(item.source, now), own, self.neighbours.values(),
+        views = self.neighbours.values()
+        if self.lacking and (lack := self.lacking.get(item.package or self.first)):
+            views = [v for v in views if v.name not in lack]  # a roll-out: only holders of its version
+        d = choose_target(item.task, nbytes, self.backlog_of(item.source, now), own, views,
                           item.hops, now, self.cfg, self.energy, item.source if shared else None)
         if d.local:
             return None
@@ -333,7 +365,7 @@ class NodeCore:
                 if item.deadline is not None and item.deadline < now:
                     self._dequeued(item)
                     self.expired.append(item)
-                elif not batch or item.task == batch[0].task:
+                elif not batch or (item.task == batch[0].task and item.package == batch[0].package):
                     batch.append(item)
                 else:
                     skipped.append(item)
@@ -353,8 +385,9 @@ class NodeCore:
         """Apply the exit rule to a computed batch. Returns (finished items, items needing the next task).
         ``features`` None: the driver does not carry them (the simulator, where only their size matters)."""
         task = batch[0].task
-        spec = self.pkg.task(task)
-        last = task == self.pkg.num_tasks
+        pkg = self.pkgs.get(batch[0].package or self.first, self.pkg)
+        spec = pkg.task(task)
+        last = task == pkg.num_tasks
         per_item = seconds / len(batch)
         self.estimator.update(task, per_item)
         self.tasks_run[task] = self.tasks_run.get(task, 0) + len(batch)

@@ -7,7 +7,7 @@ runtime.sourcecore), in the style of h11's events. Plain data: no decisions, soc
             actions Compute, Send, Deliver (a RESULT), Expire, Report (a STATE), HandBack (leaving), GiveUp (parked
                     too long)
     source  events  Offered, Release, ControlStep, Supervise, ResultIn, StateIn, PeerDown
-            actions Dispatch, Answer, TakeOut, Back
+            actions Dispatch, Answer, TakeOut, Back, Retire (a package version no item runs any more)
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class WorkItem:
     parked_at: float | None = None  # when no available node could take it
     deadline: float | None = None  # in this node's clock; it travels as the budget left (clocks differ)
     source: str = ""  # the source that admitted it: its flow in every queue, where its result goes
+    package: str = ""  # the package version its every task runs ("": the node's first, runtime.versions)
 
     @classmethod
     def from_data(cls, msg: Data, arrays: list[np.ndarray], now: float) -> WorkItem:
@@ -46,7 +47,7 @@ class WorkItem:
                    msg.thresholds_version, msg.hops, [tuple(x) for x in msg.timings],
                    code={m.name: a for m, a in zip(msg.arrays, arrays, strict=True)} if coded else None,
                    attempt=msg.attempt, deadline=None if msg.budget_s is None else now + msg.budget_s,
-                   source=msg.source or "")
+                   source=msg.source or "", package=msg.package or "")
 
     def to_data(self, sender: str, backlog_s: float, arrays: dict[str, np.ndarray], wire_codec: str,
                 now: float) -> Data:
@@ -56,7 +57,7 @@ class WorkItem:
                     thresholds=list(self.thresholds), sender=sender, backlog_s=backlog_s, timings=self.timings,
                     arrays=[describe(n, a, wire_codec) for n, a in arrays.items()],
                     budget_s=None if self.deadline is None else max(0.0, self.deadline - now),
-                    source=self.source or None)
+                    source=self.source or None, package=self.package or None)
 
     @property
     def nbytes(self) -> int:
@@ -197,11 +198,14 @@ class ResultIn(NamedTuple):
 
 
 class StateIn(NamedTuple):
-    """A node's STATE: its backlog, and whether it is leaving."""
+    """A node's STATE: its backlog, whether it is leaving, and (about once a second) the package versions it holds
+    and why the last one shipped to it did not load."""
 
     sender: str
     backlog_s: float
     leaving: bool = False
+    packages: tuple[str, ...] = ()
+    package_error: str | None = None
 
 
 class PeerDown(NamedTuple):
@@ -248,4 +252,11 @@ class Back:
     name: str
 
 
-SourceAction = Dispatch | Answer | TakeOut | Back
+@dataclass(frozen=True)
+class Retire:
+    """A roll-out ended and no item in flight runs on ``package`` any more: every node may unload it."""
+
+    package: str
+
+
+SourceAction = Dispatch | Answer | TakeOut | Back | Retire

@@ -64,19 +64,24 @@ def cluster_view(cluster: ClusterConfig, public_keys: dict[str, bytes]) -> str:
 
 def welcome_frames(sender: str, cluster: ClusterConfig, public_keys: dict[str, bytes],
                    archive: tuple[bytes, str], part_bytes: int = PART_BYTES) -> tuple[list, list[list]]:
-    """The WELCOME's frames, and each PART's: the package archive cut into ``part_bytes`` pieces (runtime.bulk
-    paces them)."""
+    """The WELCOME's frames, and each PART's (runtime.bulk paces them)."""
     data, digest = archive
-    offsets = range(0, len(data), part_bytes)
+    parts = part_frames(sender, archive, part_bytes)
     msg = Welcome(sender=sender, cluster_yaml=cluster_view(cluster, public_keys), package_sha256=digest,
-                  package_bytes=len(data), parts=len(offsets))
+                  package_bytes=len(data), parts=len(parts))
+    return encode(msg), parts
+
+
+def part_frames(sender: str, archive: tuple[bytes, str], part_bytes: int = PART_BYTES) -> list[list]:
+    """A package archive cut into ``part_bytes`` pieces: each PART's frames."""
+    data, digest = archive
     parts = []
-    for index, offset in enumerate(offsets):
+    for index, offset in enumerate(range(0, len(data), part_bytes)):
         arr = np.frombuffer(data, np.uint8, count=min(part_bytes, len(data) - offset), offset=offset)
         part = Part(sender=sender, package_sha256=digest, index=index, offset=offset,
                     arrays=[describe("part", arr, "zstd")])
         parts.append(encode(part, [arr]))
-    return encode(msg), parts
+    return parts
 
 
 def member_message(sender: str, join: Join, public_key: str | None) -> Member:
@@ -127,18 +132,18 @@ def join_cluster(source: str, join: Join, workdir: Path, key_file: Path | None, 
 
 
 class PackageParts:
-    """The package as its PARTs arrive after the WELCOME: complete once every part has come."""
+    """A package archive as its PARTs arrive (after a WELCOME, a SHIP or a ROLLOUT): complete once every part has
+    come."""
 
-    def __init__(self, welcome: Welcome):
-        self.welcome = welcome
-        self.data = bytearray(welcome.package_bytes)
+    def __init__(self, sha256: str, nbytes: int, parts: int):
+        self.sha256, self.parts = sha256, parts
+        self.data = bytearray(nbytes)
         self.received: set[int] = set()
 
     def add(self, part: Part, payload: bytes) -> bool:
         """Take one part (False: not one of this package's, or out of its bounds: ignored). True when it fits."""
         end = part.offset + len(payload)
-        if part.package_sha256 != self.welcome.package_sha256 or end > len(self.data) or \
-                part.index >= self.welcome.parts:
+        if part.package_sha256 != self.sha256 or end > len(self.data) or part.index >= self.parts:
             return False
         self.data[part.offset:end] = payload
         self.received.add(part.index)
@@ -146,12 +151,13 @@ class PackageParts:
 
     @property
     def complete(self) -> bool:
-        return len(self.received) == self.welcome.parts
+        return len(self.received) == self.parts
 
 
 def _receive_welcome(inbox: zmq.Socket, workdir: Path, timeout_s: float, source: str) -> Path:
     deadline = time.monotonic() + timeout_s
     package: PackageParts | None = None
+    welcome: Welcome | None = None
     shown = 0.0
     while time.monotonic() < deadline:
         if not inbox.poll(200):
@@ -162,35 +168,42 @@ def _receive_welcome(inbox: zmq.Socket, workdir: Path, timeout_s: float, source:
             log.warning("dropped a bad message while joining (%s)", e)
             continue
         if isinstance(msg, Welcome):
-            package = PackageParts(msg)
+            welcome, package = msg, PackageParts(msg.package_sha256, msg.package_bytes, msg.parts)
             log.warning("welcomed by %s: receiving the model package (%.1f MB in %d parts)", source,
                         msg.package_bytes / 1e6, msg.parts)
         elif isinstance(msg, Part) and package is not None and package.add(msg, bytes(arrays[0])):
             deadline = max(deadline, time.monotonic() + PART_TIMEOUT_S)  # a transfer in progress may take its time
-            if (share := len(package.received) / package.welcome.parts) >= shown + 0.25 or package.complete:
+            if (share := len(package.received) / package.parts) >= shown + 0.25 or package.complete:
                 shown = share
                 log.warning("model package: %.0f %% received", 100 * share)
             if package.complete:
-                return unpack_welcome(package.welcome, bytes(package.data), workdir)
+                return unpack_welcome(welcome, bytes(package.data), workdir)
     if package is not None:
         raise JoinError(f"the model package from {source} stopped arriving ({len(package.received)} of "
-                        f"{package.welcome.parts} parts); try again")
+                        f"{package.parts} parts); try again")
     raise JoinError(f"no answer from {source} within {timeout_s:.0f} s: is the source running, is the address "
                     "right, and did the operator allow this key (`mdiexit keys allow`)?")
 
 
 def unpack_welcome(msg: Welcome, archive: bytes, workdir: Path) -> Path:
-    digest = hashlib.sha256(archive).hexdigest()
-    if digest != msg.package_sha256:
-        raise JoinError(f"the model package arrived corrupted (SHA-256 {digest[:12]}, expected "
-                        f"{msg.package_sha256[:12]}); try again")
-    folder = workdir / "package"
-    folder.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        for member in tar.getmembers():
-            if not member.isfile() or "/" in member.name or member.name.startswith("."):
-                raise JoinError(f"the package archive holds an unexpected entry {member.name!r}")
-        tar.extractall(folder, filter="data")
+    unpack_archive(archive, msg.package_sha256, workdir / "package")
     path = workdir / "cluster.yaml"
     path.write_text(msg.cluster_yaml)
     return path
+
+
+def unpack_archive(archive: bytes, sha256: str, folder: Path) -> None:
+    """Check a package archive against its SHA-256 and unpack it into ``folder`` (JoinError: what went wrong)."""
+    digest = hashlib.sha256(archive).hexdigest()
+    if digest != sha256:
+        raise JoinError(f"the model package arrived corrupted (SHA-256 {digest[:12]}, expected {sha256[:12]}); "
+                        "try again")
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            for member in tar.getmembers():
+                if not member.isfile() or "/" in member.name or member.name.startswith("."):
+                    raise JoinError(f"the package archive holds an unexpected entry {member.name!r}")
+            tar.extractall(folder, filter="data")
+    except tarfile.TarError as e:
+        raise JoinError(f"the package archive is not a tar archive ({e})") from None

@@ -44,7 +44,7 @@ from mdiexit.runtime.runpolicy import capacity_hint, make_admission, make_gate, 
 from mdiexit.runtime.source import Admission, SourceProcess
 from mdiexit.runtime.sourceview import live_view, publish_status
 from mdiexit.runtime.summary import run_config, run_summary
-from mdiexit.security import Identity, allow_key, create_keys, load_identity
+from mdiexit.security import Identity, allow_key, create_keys, load_identity, run_keys_dir
 from mdiexit.util import shown_path
 
 log = logging.getLogger("mdiexit.launch")
@@ -170,8 +170,9 @@ def _run_in_namespaces(cluster_path: Path, opts: RunOptions, admission: Admissio
 
 
 def cluster_keys(cluster: ClusterConfig, opts: RunOptions, ephemeral_ok: bool) -> Path | None:
-    """The keys folder of this run: --keys-dir, the cluster file's, or (one machine, no keys configured) a
-    temporary folder of ephemeral keys. None when insecure."""
+    """The keys folder of this run: --keys-dir, the cluster file's, or (one machine, no keys configured) a folder
+    of ephemeral keys in this user's runtime folder (mode 700: `mdiexit rollout` of this user finds the source's key
+    there, and no other user can). None when insecure."""
     if opts.insecure:
         log.warning("running INSECURE (--insecure): links are neither authenticated nor encrypted")
         return None
@@ -180,8 +181,8 @@ def cluster_keys(cluster: ClusterConfig, opts: RunOptions, ephemeral_ok: bool) -
         if not ephemeral_ok:
             raise ClusterError("no keys for this cluster: create them with `mdiexit keys --cluster F --out DIR` "
                                "and set keys_dir (or pass --keys-dir), or pass --insecure")
-        keys_dir = Path(tempfile.mkdtemp(prefix="mdiexit-keys-"))
-        create_keys([n.name for n in cluster.nodes], keys_dir)
+        keys_dir = run_keys_dir(cluster.source.name, cluster.source.port, create=True)
+        create_keys([n.name for n in cluster.nodes], keys_dir, overwrite=True)
     return keys_dir
 
 
@@ -361,6 +362,9 @@ def site_summary(feeds: list[Feed], source: SourceProcess, cluster: ClusterConfi
         summary["video_error"] = "; ".join(errors)
     summary["sources"] = parts
     summary["fairness_jain"] = fairness(parts)
+    rollouts = [r for f in feeds for r in f.proc.loop.ask(f.proc.rollout_records, timeout_s=None)]
+    if rollouts:
+        summary["rollouts"] = rollouts
     return summary
 
 

@@ -38,6 +38,7 @@ class Record:
     deadline: float | None = None  # absolute, in the source's clock
     expired: bool = False
     key: Any = None  # whoever offered the item: to answer it
+    package: str = ""  # the package version it runs on (NAME@HASH)
 
     @property
     def outcome(self) -> str:
@@ -69,8 +70,8 @@ class Ledger:
 
     def admit(self, item_id: int, t: float, truth: int, x: np.ndarray | None = None,
               thresholds: tuple[float, ...] = (), version: int = 0, deadline: float | None = None,
-              key: Any = None) -> None:
-        r = Record(t, truth, x, thresholds, version, dispatched_at=t, deadline=deadline, key=key)
+              key: Any = None, package: str = "") -> None:
+        r = Record(t, truth, x, thresholds, version, dispatched_at=t, deadline=deadline, key=key, package=package)
         self.records[item_id] = r
         self.in_flight[item_id] = r
         self.admitted += 1

@@ -24,6 +24,7 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import zmq
 
@@ -33,21 +34,36 @@ from mdiexit.emulation.device import DeviceModel
 from mdiexit.energy import node_joules, power_model
 from mdiexit.engine import OrtEngine
 from mdiexit.meters import EnergyCounter, find_meter
-from mdiexit.package import Package
+from mdiexit.package import Package, PackageError
 from mdiexit.policies.modes import rules_for
 from mdiexit.policies.offload import NeighbourView, ServiceEstimator
 from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, encode
-from mdiexit.protocol.messages import CLUSTER_KINDS, REJECT_REASONS, Control, Data, Join, Member, Result, State
+from mdiexit.protocol.messages import (
+    CLUSTER_KINDS,
+    REJECT_REASONS,
+    Control,
+    Data,
+    Join,
+    Member,
+    Part,
+    Result,
+    Rollout,
+    Ship,
+    State,
+)
 from mdiexit.protocol.stats import task_stats
 from mdiexit.runtime import events  # the node core's events and actions: events.Arrived, events.Compute, ...
+from mdiexit.runtime.bulk import BulkSender
 from mdiexit.runtime.core import NodeCore, energy_weights, held_tasks, neighbour_view, peers_of
 from mdiexit.runtime.device import Profile, calibrate, compression_plan, seed_estimates
+from mdiexit.runtime.join import part_frames
 from mdiexit.runtime.linkmeter import LinkMeter
 from mdiexit.runtime.links import Egress, Link
 from mdiexit.runtime.loop import Loop
 from mdiexit.runtime.options import ClusterError
 from mdiexit.runtime.role import Role, WorkerRole
-from mdiexit.security import CLIENTS, Identity, NodeAuthenticator, make_server
+from mdiexit.runtime.versions import Shipments, Version, load_version
+from mdiexit.security import CLIENTS, OPERATORS, Identity, NodeAuthenticator, is_operator, make_server
 from mdiexit.util import SignalFlag
 
 log = logging.getLogger("mdiexit.node")
@@ -89,6 +105,10 @@ class NodeProcess:
         self.held = held_tasks(self.cfg, self.rules, pkg.num_tasks)
         self.source_name = cluster.source.name
         self.engine = OrtEngine(pkg, threads=self.cfg.threads, tasks=sorted(self.held))
+        # the package versions held (runtime.versions): the first, and during a roll-out the one shipped here
+        self.versions: dict[str, Version] = {pkg.version: Version(pkg, self.engine)}
+        self.shipments = Shipments(name)
+        self.package_error: str | None = None  # why the last version shipped here did not load
         self.device: DeviceModel = calibrate(self.engine, pkg, self.held, self.cfg, cluster, host_profile)
         self.device.cpu_slowdown = self.cfg.cpu_slowdown
         self.device.clock = clock
@@ -117,6 +137,8 @@ class NodeProcess:
         bandwidth = self.cfg.bandwidth_mbps * 1e6 if self.cfg.bandwidth_mbps is not None else None
         schedule = tuple((t_s, mbps * 1e6) for t_s, mbps in self.cfg.bandwidth_schedule or ())
         self.egress = Egress(bandwidth, schedule, pace_bandwidth)
+        # packages to joiners and to nodes during a roll-out: in parts, paced behind the data (runtime.bulk)
+        self.bulk = BulkSender(self.egress, lambda peer, frames: self.links[peer].send(frames, self.clock.now()))
         self.meter = LinkMeter(measured=cluster.links == "measured")
         self.run_origin: float | None = None  # when the run started, on this node's clock (link schedules)
         self.links: dict[str, Link] = {}
@@ -144,8 +166,9 @@ class NodeProcess:
         self.inbox.setsockopt(zmq.LINGER, 0)
         self.inbox.setsockopt(zmq.RCVHWM, 0)
         if self.identity is not None:
-            clients = self.allowed_dir.parent / CLIENTS if self.allowed_dir is not None else None
-            self.auth = NodeAuthenticator(self.ctx, self.identity.peers, self.allowed_dir, clients)
+            keys = self.allowed_dir.parent if self.allowed_dir is not None else None
+            self.auth = NodeAuthenticator(self.ctx, self.identity.peers, self.allowed_dir,
+                                          keys / CLIENTS if keys else None, keys / OPERATORS if keys else None)
             self.auth.begin()
             make_server(self.inbox, self.identity)
             self.monitor = self.inbox.get_monitor_socket(_HANDSHAKE_FAILED)
@@ -163,6 +186,7 @@ class NodeProcess:
 
             self.telemetry = Telemetry(self, self.metrics_port, self.metrics_addr or LOOPBACK)
         self.loop.on_readable(self.inbox, self._read_inbox)
+        self.loop.after.append(self.bulk.pump)
         if self.monitor is not None:
             self.loop.on_readable(self.monitor, self._read_monitor)
         self.loop.at(self.clock.now() + self.cluster.heartbeat_ms / 1000, self._heartbeat)
@@ -240,6 +264,7 @@ class NodeProcess:
         self.loop.close()
         if self.telemetry is not None:
             self.telemetry.close()
+        self.shipments.remove()
         for link in self.links.values():
             link.close()
         if self.monitor is not None:
@@ -268,7 +293,7 @@ class NodeProcess:
                 msg, arrays = decode(frames, self.limits)
                 if not isinstance(msg, CLUSTER_KINDS):
                     raise ProtocolError(f"{type(msg).__name__.upper()} belongs on the client endpoint")
-                check_arrays(msg, arrays, self.pkg)
+                check_arrays(msg, arrays, self._package_of(msg))
             except ProtocolError as e:
                 self.bad_messages += 1
                 log.warning("%s: dropped a bad message (%s)", self.name, e)
@@ -276,6 +301,11 @@ class NodeProcess:
             if self.authentic(msg, frames[0]):
                 self.meter.on_receive(msg.sender, sum(len(f) for f in frames), self.clock.now())
                 self.handle(msg, arrays)
+
+    def _package_of(self, msg) -> Package:
+        """The package a message is checked against: its item's version where held here, else the first."""
+        version = self.versions.get(msg.package) if isinstance(msg, Data) and msg.package else None
+        return version.pkg if version is not None else self.pkg
 
     def reject(self, reason: str, why: str) -> None:
         self.rejected[reason] += 1
@@ -290,6 +320,9 @@ class NodeProcess:
                 return False
         if type(msg) in (Control, Member) and msg.sender != self.source_name:  # a JOIN is a Member's subclass
             self.reject("impersonation", f"{type(msg).__name__.upper()} from {msg.sender!r}, not the source")
+            return False
+        if is_operator(msg.sender) and not isinstance(msg, Rollout | Part):
+            self.reject("impersonation", f"{type(msg).__name__.upper()} from operator {msg.sender!r}")
             return False
         return True
 
@@ -307,6 +340,8 @@ class NodeProcess:
                 self.core.on_leave(msg.sender)
             else:
                 self.core.on_report(msg.sender, msg.backlog_s, t, dict(msg.service_s), msg.source_backlogs or None)
+            if msg.packages:
+                self.core.on_packages(msg.sender, msg.packages)
             self.meter.on_state(msg, t)
             if msg.run_s is not None and self.run_origin is None and msg.sender == self.source_name:
                 self.start_run(t - msg.run_s)
@@ -316,6 +351,12 @@ class NodeProcess:
             self.role.on_result(msg)
         elif isinstance(msg, Control):
             self.on_control(msg)
+        elif isinstance(msg, Ship):
+            self.on_ship(msg)
+        elif isinstance(msg, Part):
+            self.on_part(msg, bytes(arrays[0]))
+        elif isinstance(msg, Rollout):
+            self.role.on_rollout(msg)
         elif isinstance(msg, Join):
             self.role.on_join(msg)
         elif type(msg) is Member and msg.name != self.name:
@@ -339,6 +380,75 @@ class NodeProcess:
         if msg.action == "shutdown":
             self.send_state(final=True)
             self.stop.set()
+        elif msg.action == "unload" and msg.package is not None:
+            self.unload(msg.package)
+
+    # ---------------------------------------------------------------- package versions (runtime.versions)
+    def on_ship(self, msg: Ship) -> None:
+        """A version to hold: its PARTs follow (a version held already is only passed on)."""
+        if msg.package in self.versions:
+            return
+        self.shipments.begin(msg)
+
+    def on_part(self, msg: Part, payload: bytes) -> None:
+        got = self.shipments.add(msg, payload)
+        if got is None:
+            self.role.on_part(msg, payload)  # the source: a roll-out's package, from its operator
+            return
+        ship, archive = got
+        try:
+            folder = self.shipments.unpack(ship, archive)
+        except PackageError as e:
+            self._load_failed(ship.package, str(e))
+            return
+        self.install(folder, partial(self._installed, ship, archive))
+
+    def install(self, folder: Path, then) -> None:
+        """Load the package in ``folder`` off the loop; ``then(version or None, error)`` runs on the loop."""
+        def load() -> None:
+            try:
+                version = load_version(folder, self.pkg, self.cfg, self.held, self.cluster)
+            except (PackageError, OSError, ValueError, RuntimeError) as e:  # ONNX Runtime raises RuntimeError kinds
+                self.loop.post(partial(then, None, f"{type(e).__name__}: {e}"))
+            else:
+                self.loop.post(partial(then, version, None))
+        threading.Thread(target=load, name=f"{self.name}-load", daemon=True).start()
+
+    def _installed(self, ship: Ship, archive: bytes, version: Version | None, error: str | None) -> None:
+        if version is None:
+            self._load_failed(ship.package, error)
+            return
+        self.add_version(version)
+        for peer in ship.relay_to:  # peers this node reaches faster than the source does
+            if peer in self.links:
+                relay = msgspec.structs.replace(ship, sender=self.name, relay_to=[])
+                self.links[peer].send(encode(relay), self.clock.now())
+                self.bulk.add(peer, part_frames(self.name, (archive, ship.package_sha256)))
+
+    def add_version(self, version: Version) -> None:
+        """Hold ``version`` beside the others; the next heartbeat tells every peer."""
+        self.device.profiled_s.update(version.profile)
+        self.versions[version.pkg.version] = version
+        self.core.add_version(version.pkg)
+        self.package_error = None
+        self.progress_sent_at = float("-inf")
+        log.warning("%s: holds package %s beside %s", self.name, version.pkg.version, self.package_version)
+
+    def _load_failed(self, package: str, error: str) -> None:
+        self.package_error = f"{package}: {error}"
+        self.progress_sent_at = float("-inf")
+        log.warning("%s: could not load package %s (%s)", self.name, package, error)
+
+    def unload(self, package: str) -> None:
+        """No item runs on ``package`` any more (the source retired it): free it. The last version stays."""
+        if package not in self.versions or len(self.versions) < 2:
+            return
+        self.core.remove_version(package)
+        del self.versions[package]
+        self.pkg = self.versions[self.core.first].pkg
+        self.package_version = self.core.first
+        self.progress_sent_at = float("-inf")
+        log.warning("%s: unloaded package %s; serving %s", self.name, package, self.package_version)
 
     # ---------------------------------------------------------------- compute
     def _computed(self, batch: list[events.WorkItem], features, logits, seconds: float) -> None:
@@ -357,24 +467,30 @@ class NodeProcess:
             if not continued:
                 free_at = None  # the device was idle: this batch starts when it came, not when the last one ended
             seconds, k = 0.0, batch[0].task
+            ver = self.version_of(batch[0])
             for it in batch:
                 if it.x is None:  # features that crossed the network as a learned code
-                    codec = self.engine.codec(k - 1)
-                    it.x, dec_s, free_at = self.device.run_from(("decode", k - 1), 1,
+                    codec = ver.engine.codec(k - 1)
+                    it.x, dec_s, free_at = self.device.run_from(ver.key("decode", k - 1), 1,
                                                                 lambda c=codec, it=it: c.decode(it.code), free_at)
                     it.code, seconds = None, seconds + dec_s
             x = batch[0].x if len(batch) == 1 else np.concatenate([it.x for it in batch])
             self.device.charge_runtime()  # `cpu_slowdown`: the runtime's CPU since the last call, paid now
-            (features, logits), task_s, free_at = self.device.run_from(("task", k), len(batch),
-                                                                       lambda k=k, x=x: self.engine.run(k, x), free_at)
+            (features, logits), task_s, free_at = self.device.run_from(
+                ver.key("task", k), len(batch), lambda k=k, x=x, e=ver.engine: e.run(k, x), free_at)
             self.loop.post(partial(self._computed, batch, features, logits, seconds + task_s))
+
+    def version_of(self, item: events.WorkItem) -> Version:
+        """The version ``item`` runs on (the core routes an item only to nodes holding its version)."""
+        return self.versions[item.package or self.core.first]
 
     def _encode_loop(self) -> None:
         """The encode executor: features leaving as learned codes are encoded as the emulated device would."""
         while (job := self.encodes.get()) is not None:
             s, _ = job
             k = s.item.task - 1
-            arrays, seconds = self.device.run(("encode", k), 1, partial(self.engine.codec(k).encode, s.item.x))
+            ver = self.version_of(s.item)
+            arrays, seconds = self.device.run(ver.key("encode", k), 1, partial(ver.engine.codec(k).encode, s.item.x))
             self.loop.post(partial(self._send_encoded, s, arrays, seconds))
 
     def _send_encoded(self, s: events.Send, arrays: dict[str, np.ndarray], seconds: float) -> None:
@@ -389,10 +505,15 @@ class NodeProcess:
         it = s.item
         if it.x is None:
             self._send_arrays(s, it.code, t)  # forwarded as it came
-        elif it.task - 1 in self.core.compress_on.get(s.target, ()):
+        elif it.task - 1 in self.core.compress_on.get(s.target, ()) and self.has_codec(it):
             self.encodes.put((s, t))  # sent once the encode executor has its code
         else:
             self._send_arrays(s, {"x": it.x}, t)
+
+    def has_codec(self, item: events.WorkItem) -> bool:
+        """Whether the item's version has a learned code for its features (another version's may not)."""
+        version = self.versions.get(item.package or self.core.first)
+        return version is not None and version.engine.codec(item.task - 1) is not None
 
     def _send_arrays(self, s: events.Send, arrays: dict[str, np.ndarray], t: float) -> None:
         it = s.item
@@ -442,7 +563,9 @@ class NodeProcess:
                     links=self.meter.figures(t) if final else {},
                     progress=self.progress_report(t) if progress else {},
                     package=self.package_version if progress else None,
-                    source_backlogs=self.core.source_backlogs_s(t) or {})
+                    source_backlogs=self.core.source_backlogs_s(t) or {},
+                    packages=list(self.versions) if progress else [],
+                    package_error=self.package_error if progress else None)
         for peer, frames in self.meter.state_frames(msg, list(links)).items():
             links[peer].send(frames, t)
 

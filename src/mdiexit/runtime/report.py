@@ -24,6 +24,7 @@ ITEM_COLUMNS: dict[str, str] = {
     "stream_index": "its position in the stream (a cycled stream repeats)",
     "path": "the file it came from (image folders)",
     "outcome": "its one outcome: result, expired or failed",
+    "version": "the package version it ran on, every task of it (NAME@HASH; a roll-out runs two)",
 }
 
 
@@ -53,7 +54,7 @@ def write_results(result: RunResult, out: Path) -> Path:
                 k = r.key  # the stream item (a cycled stream repeats; rejected offers leave gaps in the item ids)
                 file = paths[k].replace('"', '""') if paths else ""
                 f.write(f"{source},{i},{r.truth},{r.label},{r.exit},{r.confidence:.5f},{lat},{r.node},"
-                        f"{r.attempt + 1},\"{r.failed}\",{k},\"{file}\",{r.outcome}\n")
+                        f"{r.attempt + 1},\"{r.failed}\",{k},\"{file}\",{r.outcome},{r.package}\n")
     if result.timeline:
         cols = list(result.timeline[0])
         with (out / "timeline.csv").open("w") as f:

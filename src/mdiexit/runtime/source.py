@@ -25,9 +25,9 @@ from functools import partial
 from mdiexit.config import ClusterConfig
 from mdiexit.package import Package
 from mdiexit.policies.gate import REJECT_WHY, STOPPING, AdmissionGate
-from mdiexit.protocol.messages import Control, Join, Result, State
+from mdiexit.protocol.messages import Control, Join, Part, Result, Rollout, State
 from mdiexit.runtime.arrivals import Arrivals, Offer
-from mdiexit.runtime.bulk import BulkSender
+from mdiexit.runtime.deploy import Deployer
 from mdiexit.runtime.events import (
     Answer,
     Back,
@@ -38,6 +38,7 @@ from mdiexit.runtime.events import (
     PeerDown,
     Release,
     ResultIn,
+    Retire,
     SourceEvent,
     StateIn,
     Supervise,
@@ -87,7 +88,7 @@ class SourceProcess:
         self.node = NodeProcess(cluster, name, pkg, role=self, **node_options)
         self.loop, self.clock, self.name = self.node.loop, self.node.clock, name  # the node's, for good
         self.sc = SourceCore(name, self.node.rules, pkg.num_tasks, admission, gate or AdmissionGate(),
-                             len(cluster.nodes) * cluster.max_batch, cluster.dead_after_ms / 1000)
+                             len(cluster.nodes) * cluster.max_batch, cluster.dead_after_ms / 1000, pkg.version)
         self.sc.run_start = self.clock.now()
         # the core's state, shared by reference (the launcher, the telemetry and the tests read it here)
         self.admission, self.gate, self.ledger = admission, self.sc.gate, self.sc.ledger
@@ -99,9 +100,8 @@ class SourceProcess:
         self.phase = "starting"  # admitting | draining | done
         self.running: Phase | None = None  # the phase the loop runs
         self._archive: tuple[bytes, str] | None = None  # the package as sent to joiners
-        links = self.node.links  # the package's parts, to joiners
-        self.bulk = BulkSender(self.node.egress, lambda peer, frames: links[peer].send(frames, self.clock.now()))
-        self.loop.after += [self._tick, self.bulk.pump]
+        self.deployer = Deployer(self)  # roll-outs of new package versions (runtime.deploy)
+        self.loop.after.append(self._tick)
         self.intake = None  # the client endpoint while serving: its own refusals count as offered and rejected
         self.stream = None  # the arrivals a run admits from (a video's skipped frames are shown)
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)  # the last results' latencies (s)
@@ -163,7 +163,7 @@ class SourceProcess:
 
     def on_result(self, msg: Result) -> None:
         """Accepted only for an admitted item, from a node holding the task it exited at (DESIGN §6)."""
-        if not self.ledger.expects(msg.item_id):
+        if not self.sc.expects(msg.item_id):
             self.node.reject("unexpected_result", f"RESULT for item {msg.item_id}, which is not in flight")
             return
         if not self._could_compute(msg.sender, msg.exit):
@@ -199,7 +199,14 @@ class SourceProcess:
             self.link_reports[msg.sender] = dict(msg.links)
         self.node_backlog_s[msg.sender] = msg.backlog_s  # the node's whole backlog, for the status and the live view
         backlog_s = msg.source_backlogs.get(self.name, msg.backlog_s)  # its share's, with several sources
-        self.source_step(StateIn(msg.sender, backlog_s, msg.leaving), self.clock.now())
+        self.source_step(StateIn(msg.sender, backlog_s, msg.leaving, tuple(msg.packages), msg.package_error),
+                         self.clock.now())
+
+    def on_rollout(self, msg: Rollout) -> None:
+        self.deployer.on_rollout(msg)
+
+    def on_part(self, msg: Part, payload: bytes) -> None:
+        self.deployer.on_part(msg, payload)
 
     def own_backlog_s(self, t: float) -> float:
         return self.node.core.backlog_of(self.name, t)
@@ -211,7 +218,7 @@ class SourceProcess:
         view = dataclasses.replace(self.node.cluster, mode=self.node.mode)  # the run's mode, maybe not the file's
         welcome, parts = welcome_frames(self.name, view, keys, self._archive)
         self.node.links[name].send(welcome, self.clock.now())
-        self.bulk.add(name, parts)  # paced behind the data
+        self.node.bulk.add(name, parts)  # paced behind the data
 
     # ---------------------------------------------------------------- failures and recovery (DESIGN §9)
     def node_down(self, name: str, kind: str, t: float) -> None:
@@ -233,9 +240,15 @@ class SourceProcess:
                                 kind, in_flight)
                 case Back(name):
                     log.warning("%s: node %s is back", self.name, name)
+                case Retire(package):
+                    self.deployer.retire(package)
 
     def failure_summary(self) -> list[dict]:
         return self.sc.failure_summary()
+
+    def rollout_records(self) -> list[dict]:
+        """Every roll-out this source ran, for the summary (on its loop)."""
+        return [r.record(self.run_start) for r in self.sc.rollouts]
 
     # ---------------------------------------------------------------- the run
     def wait_ready(self, workers: list[str], timeout: float) -> None:
@@ -326,6 +339,7 @@ class SourceProcess:
         """One admission-control step (every CONTROL_PERIOD_S): the core supervises, feeds the largest backlog to
         the policy and logs a timeline row; the shell carries out what supervision decided."""
         self.source_step(ControlStep(start, self.own_backlog_s(t)), t)
+        self.deployer.tick(t)
         # the shell's own share, cumulative (differences between rows tell where the source's time went)
         self.timeline[-1].update(busy_s=self.node.busy_s, tasks_run=sum(self.node.core.tasks_run.values()),
                                  egress_bytes=self.node.egress.queued_bytes(t))
@@ -356,6 +370,7 @@ class SourceProcess:
         if t - phase.last_step >= CONTROL_PERIOD_S:
             phase.last_step = t
             self.source_step(Supervise(self.own_backlog_s(t)), t)
+            self.deployer.tick(t)
             self.ledger.window(t, WINDOW_SPAN_S)
         if t < phase.until and not self.abort and (self.ledger.settled < self.ledger.admitted or self.gate.queue):
             return t + DRAIN_LOOK_S

@@ -24,6 +24,7 @@ from mdiexit.runtime.events import (
     PeerDown,
     Release,
     ResultIn,
+    Retire,
     SourceAction,
     SourceEvent,
     StateIn,
@@ -32,6 +33,7 @@ from mdiexit.runtime.events import (
     WorkItem,
 )
 from mdiexit.runtime.ledger import Ledger
+from mdiexit.runtime.rollout import SHADOW_BASE, RolloutCore, RolloutPlan
 
 CONTROL_PERIOD_S = 0.1  # one admission-control step (and supervision) this often
 ADMIT_LOOK_S = 0.01  # while admitting, the source looks at its arrivals at least this often (runtime and simulator)
@@ -86,8 +88,12 @@ class Supervision:
 
 class SourceCore:
     def __init__(self, name: str, rules: ModeRules, num_tasks: int, admission: Admission, gate: AdmissionGate,
-                 min_window: int, dead_after_s: float):
+                 min_window: int, dead_after_s: float, package: str = ""):
         self.name, self.rules = name, rules
+        self.package = package  # the package version admitted items run on, outside a roll-out's steps
+        self.rollout: RolloutCore | None = None  # the last roll-out (runtime.rollout)
+        self.rollouts: list[RolloutCore] = []  # every one, for the summary
+        self.retired: set[str] = set()  # versions unloaded
         self.admission, self.gate = admission, gate
         self.ledger = Ledger()
         self.reports: dict[str, NodeReport] = {}
@@ -121,14 +127,20 @@ class SourceCore:
                 return [*(Answer(p.key.key, "expired", EXPIRED_WAITING) for p in expired),
                         *(Dispatch(item) for item in items)]
             case ControlStep(start, own_backlog_s):
-                return self._supervised(self.control_step(now, start, own_backlog_s))
+                return self._supervised(self.control_step(now, start, own_backlog_s)) + self._rollout_step(now)
             case Supervise(own_backlog_s):
-                return self._supervised(self.supervise(now, own_backlog_s))
+                return self._supervised(self.supervise(now, own_backlog_s)) + self._rollout_step(now)
             case ResultIn(item_id, label, exit_, confidence, node, attempt, expired):
+                if item_id >= SHADOW_BASE:
+                    if self.rollout is not None:
+                        self.rollout.on_twin(item_id, None if expired else label)
+                    return []
                 self.on_result(item_id, label, exit_, confidence, node, now, attempt, expired)
                 return []
-            case StateIn(sender, backlog_s, leaving):
+            case StateIn(sender, backlog_s, leaving, packages, package_error):
                 self.heard(sender, now)
+                if packages and self.rollout is not None:
+                    self.rollout.on_packages(sender, list(packages), package_error, now)
                 if self.on_state(sender, backlog_s, leaving, now):
                     return self._down(sender, "left", now)
                 return []
@@ -160,10 +172,50 @@ class SourceCore:
     def on_result(self, item_id: int, label: int, exit_: int, confidence: float, node: str, t: float,
                   attempt: int = 0, expired: bool = False) -> None:
         if expired:
-            self.ledger.expire(item_id, t)
+            settled = self.ledger.expire(item_id, t)
         else:
-            self.ledger.complete(item_id, label, exit_, confidence, node, t, attempt)
+            settled = self.ledger.complete(item_id, label, exit_, confidence, node, t, attempt)
+        if settled and self.rollout is not None:
+            r = self.ledger.records.get(item_id)
+            if r is not None:
+                label = r.label if r.done_at else None
+                self.rollout.on_result(item_id, r.package, r.exit, t - r.admitted_at, label)
 
+    def expects(self, item_id: int) -> bool:
+        """A RESULT for this id would be legitimate: an admitted item's, or a roll-out's shadow copy's."""
+        if item_id >= SHADOW_BASE:
+            return self.rollout is not None and self.rollout.expects(item_id)
+        return self.ledger.expects(item_id)
+
+    # ---------------------------------------------------------------- roll-outs (runtime.rollout)
+    def start_rollout(self, plan: RolloutPlan, package: str, t: float) -> str | None:
+        """Begin rolling ``plan.new`` out (its shipping is the shell's); or why not."""
+        if self.rollout is not None and not self.rollout.done:
+            return f"a roll-out of {self.rollout.plan.new} is in progress"
+        if plan.new == self.package:
+            return f"{plan.new} is the version served already"
+        self.rollout = RolloutCore(plan, package, t)
+        self.rollouts.append(self.rollout)
+        return None
+
+    def _rollout_step(self, t: float) -> list[SourceAction]:
+        """The roll-out's control step: its gates and steps; once it ended, the version no item runs any more is
+        retired when its last item in flight is done."""
+        ro = self.rollout
+        if ro is None:
+            return []
+        if not ro.done:
+            live = [self.name, *(n for n in self.reports if n not in self.down)]
+            ro.tick(t, live)
+            if ro.done:
+                self.package = ro.current
+        retired = ro.retired
+        if retired is None or retired in self.retired:
+            return []
+        if any(r.package == retired for r in self.ledger.in_flight.values()):
+            return []
+        self.retired.add(retired)
+        return [Retire(retired)]
     def max_backlog_s(self, own_backlog_s: float, t: float) -> float:
         """The largest backlog in the cluster: this node's, or the last one a live node reported."""
         at, reported = self._max_reported
@@ -187,12 +239,18 @@ class SourceCore:
         released, expired = self.gate.release(t, self.admission.rate(), self.max_backlog_s(own_backlog_s, t),
                                               len(self.ledger.in_flight), self.window)
         items = []
+        ro = self.rollout
         for p in released:
             o: Offer = p.key
             thresholds, version = self.admission.thresholds() if self.rules.exits else (self.no_exits, 0)
             i, self.next_id = self.next_id, self.next_id + 1
-            self.ledger.admit(i, t, o.truth, o.x, thresholds, version, p.deadline, o.key)
-            items.append(WorkItem(i, 1, o.x, t, thresholds, version, deadline=p.deadline, source=self.name))
+            # the version it runs on; it travels with the item once a roll-out began ("": the nodes' first)
+            package, twin = ro.version_for() if ro is not None else (self.package, None)
+            self.ledger.admit(i, t, o.truth, o.x, thresholds, version, p.deadline, o.key, package)
+            items.append(WorkItem(i, 1, o.x, t, thresholds, version, deadline=p.deadline, source=self.name,
+                                  package=package if ro is not None else ""))
+            if twin is not None:  # its shadow copy: the other version's label, for the roll-out's agreement
+                items.append(WorkItem(ro.twin_id(i), 1, o.x, t, thresholds, version, source=self.name, package=twin))
         return items, expired
 
     def control_step(self, t: float, start: float, own_backlog_s: float) -> Supervision:
@@ -245,9 +303,12 @@ class SourceCore:
     def retry(self, item_id: int, t: float, why: str) -> WorkItem | None:
         r = self.ledger.retry(item_id, t, why)
         if r is None:
+            failed = self.ledger.records.get(item_id)
+            if self.rollout is not None and failed is not None and failed.failed:
+                self.rollout.on_failed(failed.package, failed.failed, t)
             return None
         return WorkItem(item_id, 1, r.x, r.admitted_at, r.thresholds, r.thresholds_version, attempt=r.attempt,
-                        source=self.name)
+                        source=self.name, package=r.package if self.rollout is not None else "")
 
     def supervise(self, t: float, own_backlog_s: float) -> Supervision:
         """Declare silent nodes down, notice returning ones, re-dispatch overdue items, expire those past their

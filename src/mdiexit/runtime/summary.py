@@ -70,6 +70,23 @@ class SourcePart(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     backlogged: bool  # it had more to send than it was given (counted in fairness_jain)
 
 
+class RolloutRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One roll-out of a new package version (``rollouts`` in summary.json; docs/guide/rollout.md)."""
+
+    package: str  # as the operator named it
+    version: str  # NAME@HASH of the new version
+    from_version: str  # the version it was to replace
+    outcome: str  # completed | rolled_back | in_progress (the run ended first)
+    reason: str  # why it was rolled back ("" otherwise)
+    started_at_s: float  # from the run's start
+    ended_at_s: float | None
+    agreement: float | None  # the share of shadow-compared items whose labels agreed (null: none compared)
+    compared: Count
+    items_on_new: Count  # admitted items that ran on the new version during its steps
+    steps: list[float]
+    step_s: float
+
+
 class RunSummary(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """What summary.json holds. A field that is UNSET is left out (it applies to some runs only)."""
 
@@ -122,6 +139,10 @@ class RunSummary(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     fairness_jain: Annotated[float | None | UnsetType, _doc(
         "Jain's index of throughput / weight over the backlogged sources: 1 is a share exactly by weight (null: "
         "fewer than two were backlogged)")] = UNSET
+    rollouts: Annotated[list[RolloutRecord] | UnsetType, _doc(
+        "each roll-out of a new package version (`mdiexit rollout`): package, version, from_version, outcome "
+        "(completed, rolled_back), reason, started_at_s, ended_at_s, agreement, compared, items_on_new, steps, "
+        "step_s")] = UNSET
     node_failures: Annotated[list[dict[str, Any]], _doc(
         "each node declared down: node, kind, at_s, in_flight, recovery_s")]
     recovery_s: Annotated[float | None, _doc(

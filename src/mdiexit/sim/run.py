@@ -52,7 +52,7 @@ def simulate(cluster_path: Path, opts: RunOptions, seed: int = 0, times: str = "
         policy = admission if admission is not None and name == cluster.source.name else \
             make_admission(pkg, mode, o, limit_at)
         sc = SourceCore(name, rules, pkg.num_tasks, policy, make_gate(opts), len(cluster.nodes) * cluster.max_batch,
-                        cluster.dead_after_ms / 1000)
+                        cluster.dead_after_ms / 1000, pkg.version)
         sc.capacity_hint = capacity_hint(o, policy, limit_at)
         feeds[name] = SimFeed(sc, load_items_logits(pkg, o.items, o.data_dir, o.limit_items),
                               None if o.deadline_ms is None else o.deadline_ms / 1000)

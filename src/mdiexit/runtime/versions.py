@@ -1,0 +1,98 @@
+"""The package versions a node holds (docs/guide/rollout.md): the one it started with and, during a roll-out, the
+one shipped to it. Each item names its version (DATA.package), and every task, exit threshold and feature code it
+meets is that version's.
+
+A version arrives as a SHIP and its PARTs (from the source, or relayed by a peer that holds it already); the node
+checks the archive's SHA-256, unpacks it into its own folder and loads it off its loop (ONNX Runtime sessions and
+the device's profile of them take a while), then reports it in its STATE. The loaded version is profiled under keys
+tagged with its name, so the emulated device charges each version's own times."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mdiexit.config import ClusterConfig, NodeConfig
+from mdiexit.engine import OrtEngine
+from mdiexit.package import Package, PackageError, load_package
+from mdiexit.protocol.messages import Ship
+from mdiexit.runtime.device import calibrate
+from mdiexit.runtime.join import JoinError, PackageParts, unpack_archive
+
+
+@dataclass
+class Version:
+    """One package version, loaded: its package, its engine, and the tag of its device-model keys (() for the
+    version the node started with, whose keys are the plain ones)."""
+
+    pkg: Package
+    engine: OrtEngine
+    tag: tuple[str, ...] = ()
+    profile: dict = field(default_factory=dict)  # its device-model keys' profiled host seconds, to merge
+
+    def key(self, kind: str, k: int) -> tuple:
+        return (kind, k, *self.tag)
+
+
+def incompatible(new: Package, old: Package) -> str | None:
+    """Why ``new`` cannot serve beside ``old`` in this cluster (None: it can). Nodes hold tasks by index, and
+    clients send the one input shape: the split and the input must match."""
+    if new.num_tasks != old.num_tasks:
+        return f"it has {new.num_tasks} tasks, the served package {old.num_tasks} (the nodes hold tasks by index)"
+    if tuple(new.input_shape) != tuple(old.input_shape):
+        return f"its input is {list(new.input_shape)}, the served package's {list(old.input_shape)}"
+    if len(new.classes) != len(old.classes):
+        return f"it has {len(new.classes)} classes, the served package {len(old.classes)}"
+    return None
+
+
+def load_version(folder: Path, old: Package, cfg: NodeConfig, held: frozenset[int], cluster: ClusterConfig) -> Version:
+    """Load the package unpacked in ``folder`` for the tasks ``held``, profiled as this node's device (its keys
+    tagged with its version, to merge into the device model on the loop). Raises PackageError with the reason."""
+    pkg = load_package(folder, check_onnx=True)
+    if (why := incompatible(pkg, old)) is not None:
+        raise PackageError(why)
+    engine = OrtEngine(pkg, threads=cfg.threads, tasks=sorted(held))
+    model = calibrate(engine, pkg, held, cfg, cluster)
+    version = Version(pkg, engine, (pkg.version,))
+    version.profile = {version.key(kind, k): per_batch for (kind, k), per_batch in model.profiled_s.items()}
+    return version
+
+
+@dataclass
+class Shipments:
+    """The versions on their way to this node, by SHA-256, and the folder they are unpacked in."""
+
+    name: str
+    folder: Path | None = None
+    receiving: dict[str, tuple[Ship, PackageParts]] = field(default_factory=dict)
+
+    def begin(self, ship: Ship) -> None:
+        if ship.package_sha256 not in self.receiving:
+            self.receiving[ship.package_sha256] = (ship, PackageParts(ship.package_sha256, ship.package_bytes,
+                                                                      ship.parts))
+
+    def add(self, part, payload: bytes) -> tuple[Ship, bytes] | None:
+        """Take one PART; the SHIP and the whole archive once its last part came (None: not yet, or not ours)."""
+        entry = self.receiving.get(part.package_sha256)
+        if entry is None or not entry[1].add(part, payload) or not entry[1].complete:
+            return None
+        del self.receiving[part.package_sha256]
+        return entry[0], bytes(entry[1].data)
+
+    def unpack(self, ship: Ship, archive: bytes) -> Path:
+        """The archive, checked and unpacked in a folder of its own (PackageError: why not)."""
+        if self.folder is None:
+            self.folder = Path(tempfile.mkdtemp(prefix=f"mdiexit-{self.name}-versions-"))
+        target = self.folder / ship.package_sha256[:16]
+        try:
+            unpack_archive(archive, ship.package_sha256, target)
+        except JoinError as e:
+            raise PackageError(str(e)) from None
+        return target
+
+    def remove(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
