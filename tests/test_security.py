@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 
 import pytest
 import zmq
+from zmq.utils import z85
 
-from mdiexit.security import KeyFileError, check_key_text, create_keys, load_identity
+from mdiexit.cli.main import main
+from mdiexit.security import (
+    CLIENT_DOMAIN,
+    KeyFileError,
+    NodeAuthenticator,
+    check_key_text,
+    create_keys,
+    load_identity,
+    read_public,
+    run_keys_dir,
+)
 
 NODES = ["source", "w1", "w2"]
 
@@ -86,3 +98,28 @@ def test_cli_keys_and_a_worker_without_keys(tmp_path, tiny_package):
     assert out.returncode != 0
     assert "mdiexit: error: node w1: no keys" in out.stderr and "--insecure" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_operator_keys_are_named_apart_and_only_on_the_cluster_inbox(tmp_path, monkeypatch):
+    """An operator's key (KEYS_DIR/operators/) is admitted to the source's cluster inbox as ``operator:NAME`` (never
+    a node's name), not on the client endpoint; a stranger's nowhere. A keyless run's keys live in a folder only
+    this user can read, where `mdiexit rollout` finds them."""
+    keys_dir = tmp_path / "keys"
+    create_keys(["source"], keys_dir)
+    assert main(["keys", "operator", "--keys-dir", str(keys_dir), "--name", "alice"]) == 0
+    create_keys(["stranger"], tmp_path / "other")
+    alice = read_public(keys_dir / "operators" / "alice.key")
+    stranger = read_public(tmp_path / "other" / "stranger.key")
+    ctx = zmq.Context()
+    try:
+        auth = NodeAuthenticator(ctx, {"source": read_public(keys_dir / "source.key")}, keys_dir / "allowed",
+                                 keys_dir / "clients", keys_dir / "operators")
+        assert auth.callback("*", alice) and not auth.callback(CLIENT_DOMAIN, alice)
+        assert auth.curve_user_id(z85.decode(alice)) == "operator:alice"
+        assert not auth.callback("*", stranger)
+    finally:
+        ctx.term()
+    monkeypatch.setenv("MDIEXIT_RUNTIME_DIR", str(tmp_path / "run"))
+    assert run_keys_dir("source", 5550) is None  # no run keyed here
+    made = run_keys_dir("source", 5550, create=True)
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700 and run_keys_dir("source", 5550) == made

@@ -47,6 +47,7 @@ class Prediction:
     exit: int  # the exit (task) it left the model at, 1-based
     confidence: float
     latency_ms: float  # at the source, from admission to result
+    package: str = ""  # the package version that answered (two during a roll-out)
 
 
 class ServiceError(Exception):
@@ -281,7 +282,7 @@ class Client:
         if fut.done():
             return
         if msg.outcome == "result":
-            fut.set_result(Prediction(msg.label, msg.name, msg.exit, msg.confidence, msg.latency_ms))
+            fut.set_result(Prediction(msg.label, msg.name, msg.exit, msg.confidence, msg.latency_ms, msg.package))
         else:
             fut.set_exception(_ERRORS[msg.outcome](msg.outcome, msg.reason))
 

@@ -61,7 +61,7 @@ def cmd_classify(a: argparse.Namespace) -> int:
                     raise fut
                 p = fut.result()
                 row.update(label=p.label, name=p.name, exit=p.exit, confidence=round(p.confidence, 5),
-                           latency_ms=round(p.latency_ms, 2))
+                           latency_ms=round(p.latency_ms, 2), package=p.package)
             except (ServiceError, InputError, TimeoutError) as e:
                 failed += 1
                 row.update(error=str(e), outcome=getattr(e, "outcome", "error"))

@@ -109,6 +109,7 @@ def rollout(source: NodeConfig, package: Path, request: dict, keys: OperatorKeys
     push.setsockopt(zmq.SNDHWM, 0)
     push.setsockopt(zmq.LINGER, 2000)
     inbox.setsockopt(zmq.LINGER, 0)
+    refused = push.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
     try:
         sender = "operator"  # an insecure cluster: nobody is authenticated
         if keys is not None:
@@ -129,8 +130,10 @@ def rollout(source: NodeConfig, package: Path, request: dict, keys: OperatorKeys
             push.send_multipart(frames)
         print(f"rolling {pkg.version} out at {source.name} ({source.address}): {len(archive[0]) / 1e6:.1f} MB",
               file=out, flush=True)
-        return follow(inbox, out)
+        return follow(inbox, refused, out)
     finally:
+        push.disable_monitor()
+        refused.close(linger=0)
         push.close()
         inbox.close()
         if auth is not None:
@@ -138,11 +141,18 @@ def rollout(source: NodeConfig, package: Path, request: dict, keys: OperatorKeys
         ctx.term()
 
 
-def follow(inbox: zmq.Socket, out) -> tuple[str, Progress | None]:
+def follow(inbox: zmq.Socket, refused: zmq.Socket, out) -> tuple[str, Progress | None]:
     """Print the source's PROGRESS until the roll-out ends."""
     heard = time.monotonic()
+    poller = zmq.Poller()
+    poller.register(inbox, zmq.POLLIN)
+    poller.register(refused, zmq.POLLIN)
     while time.monotonic() - heard < SILENCE_S:
-        if not inbox.poll(500):
+        ready = dict(poller.poll(500))
+        if refused in ready:
+            raise RolloutError("the source refused this key: a roll-out needs the source's own key or one in its "
+                               "KEYS_DIR/operators/ (`mdiexit keys operator`)")
+        if inbox not in ready:
             continue
         try:
             msg, _ = decode(inbox.recv_multipart(copy=False), Limits(max_bytes=1 << 20))

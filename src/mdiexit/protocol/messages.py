@@ -318,6 +318,7 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
     exit: Annotated[int, msgspec.Meta(ge=0, le=MAX_TASKS)] = 0
     confidence: Unit = 0.0
     latency_ms: Seconds = 0.0  # from admission at the source to the result there
+    package: Annotated[str, msgspec.Meta(max_length=256)] = ""  # the package version that answered (NAME@HASH)
     version: int = PROTOCOL_VERSION
 
 

@@ -166,7 +166,8 @@ def client_endpoint(source: SourceProcess, node: NodeConfig, pkg: Package) -> Cl
     """``source``'s client endpoint, on ``node``'s client_port, behind its key (clients' keys: KEYS_DIR/clients/)."""
     identity = source.node.identity
     host = node.host if node.host in ("127.0.0.1", "localhost") else "*"
-    endpoint = ClientEndpoint(source.node.ctx, f"tcp://{host}:{node.client_port}", pkg, identity, source.loop.wake)
+    endpoint = ClientEndpoint(source.node.ctx, f"tcp://{host}:{node.client_port}", pkg, identity, source.loop.wake,
+                              source.node.package, lambda: source.sc.package)
     endpoint.max_unread_s = max(UNREAD_MIN_S, UNREAD_WAITS * source.gate.max_wait_s)
     source.intake = endpoint
     try:

@@ -58,6 +58,7 @@ class Ledger:
     expired: int = 0
     correct: int = 0  # completed with the true label
     exit_counts: Counter = field(default_factory=Counter)
+    by_package: Counter = field(default_factory=Counter)  # results by the package version that answered
     settled_ids: deque = field(default_factory=deque)  # items settled since the shell last took them
     duplicates: int = 0  # the same attempt's result twice: never delivered
     redundant: int = 0  # a result of another attempt after the item's outcome: dropped
@@ -121,6 +122,7 @@ class Ledger:
         self.completed += 1
         self.correct += label == r.truth
         self.exit_counts[exit_] += 1
+        self.by_package[r.package] += 1
         self.recent.append((t, label == r.truth, t - r.admitted_at))
         self.recent_correct += label == r.truth
         return True
@@ -202,6 +204,7 @@ class Ledger:
         for source, led in ledgers.items():
             total.records.update(((source, i), r) for i, r in led.records.items())
             total.exit_counts.update(led.exit_counts)
+            total.by_package.update(led.by_package)
             for counter in ("admitted", "completed", "failed", "expired", "correct", "duplicates", "redundant",
                             "redispatched", "unknown"):
                 setattr(total, counter, getattr(total, counter) + getattr(led, counter))

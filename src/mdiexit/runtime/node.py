@@ -109,6 +109,7 @@ class NodeProcess:
         self.versions: dict[str, Version] = {pkg.version: Version(pkg, self.engine)}
         self.shipments = Shipments(name)
         self.package_error: str | None = None  # why the last version shipped here did not load
+        self.retired: dict[str, Package] = {}  # versions unloaded (a client may still name one)
         self.device: DeviceModel = calibrate(self.engine, pkg, self.held, self.cfg, cluster, host_profile)
         self.device.cpu_slowdown = self.cfg.cpu_slowdown
         self.device.clock = clock
@@ -444,7 +445,7 @@ class NodeProcess:
         if package not in self.versions or len(self.versions) < 2:
             return
         self.core.remove_version(package)
-        del self.versions[package]
+        self.retired[package] = self.versions.pop(package).pkg
         self.pkg = self.versions[self.core.first].pkg
         self.package_version = self.core.first
         self.progress_sent_at = float("-inf")
@@ -479,6 +480,11 @@ class NodeProcess:
             (features, logits), task_s, free_at = self.device.run_from(
                 ver.key("task", k), len(batch), lambda k=k, x=x, e=ver.engine: e.run(k, x), free_at)
             self.loop.post(partial(self._computed, batch, features, logits, seconds + task_s))
+
+    def package(self, version: str) -> Package | None:
+        """The package of ``version``, held or retired (None: never served here). Any thread may ask."""
+        held = self.versions.get(version)
+        return held.pkg if held is not None else self.retired.get(version)
 
     def version_of(self, item: events.WorkItem) -> Version:
         """The version ``item`` runs on (the core routes an item only to nodes holding its version)."""

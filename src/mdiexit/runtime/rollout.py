@@ -94,14 +94,14 @@ class RolloutCore:
             return self.current, None
         self.acc_new += self.fraction
         version = self.plan.old
-        if self.acc_new >= 1.0:
+        if self.acc_new >= 1.0 - 1e-9:  # (a tenth added ten times is 0.999...)
             self.acc_new -= 1.0
             version = self.plan.new
             self.items_on_new += 1
         twin = None
         if self.plan.shadow > 0:
             self.acc_shadow += self.plan.shadow
-            if self.acc_shadow >= 1.0:
+            if self.acc_shadow >= 1.0 - 1e-9:
                 self.acc_shadow -= 1.0
                 twin = self.plan.old if version == self.plan.new else self.plan.new
         return version, twin

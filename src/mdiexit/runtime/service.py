@@ -87,12 +87,15 @@ class ClientEndpoint:
     labelled = False  # clients send inputs, not their true labels
 
     def __init__(self, ctx: zmq.Context, address: str, pkg: Package, identity: Identity | None,
-                 wake: Callable[[], None]):
+                 wake: Callable[[], None], versions: Callable[[str], Package | None] | None = None,
+                 current: Callable[[], str] | None = None):
         self.ctx, self.address, self.pkg, self.identity, self.wake = ctx, address, pkg, identity, wake
+        # a roll-out serves two versions (runtime.rollout): a request may name either, or one retired since
+        self.versions = versions or (lambda v: pkg if v == pkg.version else None)
+        self.current = current or (lambda: pkg.version)  # the version INFO names
         self.input_shape = (1, *pkg.input_shape)
         self.input_bytes = int(np.prod(self.input_shape))
         self.limits = Limits(max_bytes=max(1 << 20, 4 * self.input_bytes), max_arrays=1)
-        self.info = encode(Info(input_shape=list(pkg.input_shape), classes=list(pkg.classes), package=pkg.version))
         self.offers: queue.SimpleQueue[Offer] = queue.SimpleQueue()
         self.outbox_address = f"inproc://mdiexit-replies-{next(_ENDPOINTS)}"
         self.push: zmq.Socket | None = None  # the answering thread's (the source's loop)
@@ -162,10 +165,11 @@ class ClientEndpoint:
     def answer(self, key: Any, outcome: str, reason: str, record: Record | None) -> None:
         client, request_id = key
         if outcome == "result" and record is not None:
+            classes = (self.versions(record.package) or self.pkg).classes
             reply = Reply(request_id=request_id, outcome="result", label=record.label,
-                          name=self.pkg.classes[record.label] if 0 <= record.label < len(self.pkg.classes) else "",
+                          name=classes[record.label] if 0 <= record.label < len(classes) else "",
                           exit=record.exit, confidence=min(1.0, max(0.0, record.confidence)),
-                          latency_ms=max(0.0, (record.done_at - record.admitted_at) * 1000))
+                          latency_ms=max(0.0, (record.done_at - record.admitted_at) * 1000), package=record.package)
         else:
             reply = Reply(request_id=request_id, outcome=outcome, reason=reason)
         self._send(client, reply)
@@ -218,12 +222,14 @@ class ClientEndpoint:
             self._error(client, request_id_of(frames[1]), f"bad request ({e})")
             return
         if isinstance(msg, Hello):
-            self.router.send_multipart([client, *self.info])
+            pkg = self.pkg
+            self.router.send_multipart([client, *encode(Info(input_shape=list(pkg.input_shape),
+                                                             classes=list(pkg.classes), package=self.current()))])
         elif not isinstance(msg, Request):
             self._error(client, 0, f"{type(msg).__name__.upper()} is not a client message; send HELLO or REQUEST")
-        elif msg.package is not None and msg.package != self.pkg.version:
+        elif msg.package is not None and self.versions(msg.package) is None:
             self._error(client, msg.request_id, f"package {msg.package!r} is not served here (serving "
-                                                f"{self.pkg.version}); reconnect to get the current one")
+                                                f"{self.current()}); reconnect to get the current one")
         else:
             x = arrays[0]
             if x.dtype != np.uint8 or x.shape != self.input_shape:

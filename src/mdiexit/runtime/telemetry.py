@@ -47,6 +47,9 @@ METRICS: dict[str, tuple[str, str, str, str]] = {
                       "offered items by outcome: result, rejected, expired, failed"),
     "mdiexit_offered_items": ("counter", "", "source", "items offered to the service"),
     "mdiexit_items_by_exit": ("counter", "exit", "source", "results by the exit they left the model at"),
+    "mdiexit_items_by_version": ("counter", "version", "source", "results by the package version that answered"),
+    "mdiexit_rollout_share_ratio": ("gauge", "", "source", "the share of admitted items on a roll-out's new "
+                                    "version (`mdiexit rollout`; 1 once one completed, 0 with none)"),
     "mdiexit_admission_rate_per_second": ("gauge", "", "source", "the admission policy's rate"),
     "mdiexit_admission_queue_items": ("gauge", "", "source", "requests waiting at the admission gate"),
     "mdiexit_in_flight_items": ("gauge", "", "source", "admitted items not yet settled"),
@@ -116,6 +119,8 @@ def source_families(s: SourceProcess) -> Iterator:
     yield _counter("mdiexit_offered_items", {"": gate.offered + refused}, src)
     by_exit = {str(k): led.exit_counts.get(k, 0) for k in range(1, s.node.pkg.num_tasks + 1)}
     yield _counter("mdiexit_items_by_exit", by_exit, src)
+    yield _counter("mdiexit_items_by_version", dict(led.by_package), src)
+    yield _gauge("mdiexit_rollout_share_ratio", s.sc.rollout.fraction if s.sc.rollout is not None else 0.0, src)
     yield _gauge("mdiexit_admission_rate_per_second", s.admission.rate(), src)
     yield _gauge("mdiexit_admission_queue_items", len(gate.queue), src)
     yield _gauge("mdiexit_in_flight_items", len(led.in_flight), src)
