@@ -9,7 +9,7 @@ export MALLOC_TRIM_THRESHOLD_ := 4294967295
 # the emulated devices of the published figures: every bench that names this file emulates the same devices
 DEVICES := --device-profile docs/results/device-profile.json
 
-.PHONY: setup demo test test-fast docs site lint bench-engine bench-runtime bench-paper bench-energy bench-overhead bench-join bench-chaos bench-serve bench-multisource
+.PHONY: setup demo test test-fast docs site lint bench-engine bench-runtime bench-paper bench-energy bench-overhead bench-join bench-chaos bench-serve bench-multisource bench-rollout
 
 setup:
 	@scripts/setup.sh
@@ -53,6 +53,9 @@ bench-overhead: setup
 
 bench-join: setup
 	$(BIN)/mdiexit bench join --cluster examples/edge4.yaml $(DEVICES) --out docs/results/join.json
+
+bench-rollout: setup
+	$(BIN)/mdiexit bench rollout --cluster examples/edge4.yaml $(DEVICES) --out docs/results
 
 bench-multisource: setup
 	$(BIN)/mdiexit bench multisource --cluster examples/cameras3.yaml $(DEVICES) --out docs/results

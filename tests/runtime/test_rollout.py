@@ -58,17 +58,19 @@ def test_a_node_that_cannot_load_the_version_rolls_it_back_with_its_reason():
     assert ro.retired == NEW and ro.current == OLD and ro.version_for() == (OLD, None)
 
 
-def compare(ro: RolloutCore, n: int, agree: int) -> None:
-    """``n`` items with their shadow copies, of which ``agree`` answer alike (results in either order)."""
+def compare(ro: RolloutCore, n: int, agree: int, exits: tuple[int, int] = (4, 4)) -> None:
+    """``n`` items on the old version with their shadow copies on the new, of which ``agree`` answer alike, at
+    ``exits`` (old, new); results in either order."""
     for k in range(n):
-        tid = ro.twin_id(k)
+        tid = ro.twin_id(k, NEW)
         label = 3
+        copy = (label if k < agree else label + 1, exits[1])
         if k % 2:
-            ro.on_twin(tid, label if k < agree else label + 1)
-            ro.on_result(k, OLD, 4, 0.1, label)
+            ro.on_twin(tid, *copy)
+            ro.on_result(k, OLD, exits[0], 0.1, label)
         else:
-            ro.on_result(k, OLD, 4, 0.1, label)
-            ro.on_twin(tid, label if k < agree else label + 1)
+            ro.on_result(k, OLD, exits[0], 0.1, label)
+            ro.on_twin(tid, *copy)
 
 
 def test_disagreeing_labels_roll_back_once_enough_are_compared():
@@ -83,10 +85,10 @@ def test_disagreeing_labels_roll_back_once_enough_are_compared():
 
 def test_an_expired_shadow_copy_is_not_compared():
     ro = stepping(RolloutCore(plan(), "new", 0.0))
-    tid = ro.twin_id(7)
+    tid = ro.twin_id(7, NEW)
     ro.on_twin(tid, None)
     ro.on_result(7, OLD, 4, 0.1, 2)
-    assert ro.compared == 0 and not ro.labels and not ro.expects(tid)
+    assert ro.compared == 0 and not ro.pairs and not ro.expects(tid)
 
 
 def test_agreeing_steps_complete_after_each_holds_its_time():
@@ -101,11 +103,13 @@ def test_agreeing_steps_complete_after_each_holds_its_time():
     assert ro.version_for() == (NEW, None)
 
 
-def test_the_exit_mix_and_p95_gates():
-    ro = stepping(RolloutCore(plan(shadow=0.0, max_exit_shift=0.2), "new", 0.0))
-    for k in range(MIN_COMPARED):
-        ro.on_result(k, OLD, 1, 0.1, 0)
-        ro.on_result(100 + k, NEW, 4, 0.1, 0)
+def test_the_exit_mix_is_compared_on_the_same_items_and_p95_on_the_new_versions():
+    same = stepping(RolloutCore(plan(max_exit_shift=0.2), "new", 0.0))
+    compare(same, 2 * MIN_COMPARED, agree=2 * MIN_COMPARED, exits=(2, 2))
+    same.tick(2.0, ["w1"])
+    assert same.phase == "step" and exit_shift(same.figures.exits_new, same.figures.exits_old) == 0.0
+    ro = stepping(RolloutCore(plan(max_exit_shift=0.2), "new", 0.0))
+    compare(ro, MIN_COMPARED, agree=MIN_COMPARED, exits=(1, 4))  # the same labels, every item exiting later
     assert exit_shift(ro.figures.exits_new, ro.figures.exits_old) == 1.0
     ro.tick(2.0, ["w1"])
     assert ro.phase == "rolled_back" and "exit mix" in ro.reason

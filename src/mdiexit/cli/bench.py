@@ -74,6 +74,19 @@ def cmd_bench_multisource(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_rollout(a: argparse.Namespace) -> int:
+    """A roll-out while the site serves at --rate: at --at s the operator rolls out a broken version of --package
+    (every exit answers another class; the same shapes and speed), which must be rolled back, then, in a run of its
+    own, the same model re-released, which must complete; a third run has a device join. Per run: the outcome and
+    reason, rejected and lost items, the share answered by the new version, and per second the share admitted on it,
+    the results and their p95. Writes --out/rollout.json and rollout.png."""
+    from mdiexit.bench.rollout import RolloutBenchOptions, bench_rollout
+
+    bench_rollout(a.cluster, a.package, a.out, RolloutBenchOptions(
+        rate=a.rate, duration_s=a.duration, at_s=a.at, step_s=a.step_s))
+    return 0
+
+
 def cmd_bench_join(a: argparse.Namespace) -> int:
     """A device joins the cluster while it runs at --rate: the rejected and lost items, and the latency of the items
     admitted before the join, in the --window seconds after it (while the package travels) and after that."""
@@ -182,6 +195,17 @@ def add_bench_commands(bsub: argparse._SubParsersAction, cluster_arg: Callable[[
     bx.add_argument("--target-accuracy", type=float, default=None)
     bx.set_defaults(func=cmd_bench_chaos)
     add_link_bench_commands(bsub, cluster_arg, doc)  # bench calibration, network, overhead, join
+    br = bsub.add_parser("rollout", description=doc(cmd_bench_rollout),
+                         help="roll a broken and a good version out while the site serves; a device joins")
+    cluster_arg(br)
+    br.add_argument("--package", type=Path, default=Path("models/mobilenetv2-fmnist"),
+                    help="the served package, whose versions are rolled out (default %(default)s)")
+    br.add_argument("--out", type=Path, default=Path("docs/results"), help="folder for rollout.json and .png")
+    br.add_argument("--rate", type=float, default=150.0, help="items/s offered (default 150)")
+    br.add_argument("--duration", type=float, default=70.0, help="seconds of admission per run (default 70)")
+    br.add_argument("--at", type=float, default=10.0, help="when the roll-out starts, s (default 10)")
+    br.add_argument("--step-s", type=float, default=10.0, help="seconds each step holds (default 10)")
+    br.set_defaults(func=cmd_bench_rollout)
     bm = bsub.add_parser("multisource", description=doc(cmd_bench_multisource),
                          help="several cameras sharing one cluster: shares by weight, re-sharing when one goes idle, "
                               "the simulator beside")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,8 +97,10 @@ def reply_host_for(source_host: str) -> str:
 
 
 def rollout(source: NodeConfig, package: Path, request: dict, keys: OperatorKeys | None,
-            reply_host: str | None = None, out=sys.stdout) -> tuple[str, Progress | None]:
-    """Ask the source for a roll-out of ``package`` and follow it. Returns (its outcome, the last PROGRESS)."""
+            reply_host: str | None = None, out=sys.stdout,
+            on_progress: Callable[[Progress], None] | None = None) -> tuple[str, Progress | None]:
+    """Ask the source for a roll-out of ``package`` and follow it (each PROGRESS printed, and handed to
+    ``on_progress``). Returns (its outcome, the last PROGRESS)."""
     try:
         pkg = load_package(package, check_onnx=True)
     except PackageError as e:
@@ -130,7 +133,7 @@ def rollout(source: NodeConfig, package: Path, request: dict, keys: OperatorKeys
             push.send_multipart(frames)
         print(f"rolling {pkg.version} out at {source.name} ({source.address}): {len(archive[0]) / 1e6:.1f} MB",
               file=out, flush=True)
-        return follow(inbox, refused, out)
+        return follow(inbox, refused, out, on_progress)
     finally:
         push.disable_monitor()
         refused.close(linger=0)
@@ -141,7 +144,8 @@ def rollout(source: NodeConfig, package: Path, request: dict, keys: OperatorKeys
         ctx.term()
 
 
-def follow(inbox: zmq.Socket, refused: zmq.Socket, out) -> tuple[str, Progress | None]:
+def follow(inbox: zmq.Socket, refused: zmq.Socket, out,
+           on_progress: Callable[[Progress], None] | None = None) -> tuple[str, Progress | None]:
     """Print the source's PROGRESS until the roll-out ends."""
     heard = time.monotonic()
     poller = zmq.Poller()
@@ -162,6 +166,8 @@ def follow(inbox: zmq.Socket, refused: zmq.Socket, out) -> tuple[str, Progress |
             continue
         heard = time.monotonic()
         print(f"  [{msg.phase}] {msg.text}", file=out, flush=True)
+        if on_progress is not None:
+            on_progress(msg)
         if msg.phase in OUTCOMES:
             return msg.phase, msg
     raise RolloutError(f"no word from the source for {SILENCE_S:g} s: is it still running? (`mdiexit status`)")

@@ -78,15 +78,15 @@ class Deployer:
             self.reply.close()
             self.reply = None
 
-    def tell(self, phase: str, text: str) -> None:
-        """A PROGRESS to the operator (dropped when it stopped listening)."""
+    def tell(self, phase: str, text: str, routine: bool = False) -> None:
+        """A PROGRESS to the operator (dropped when it stopped listening); logged here too, the ``routine`` ones
+        (each second's) at info level."""
         src = self.source
         ro = src.sc.rollout
         figures = {} if ro is None or phase in ("receiving", "refused") else {
             "package": ro.plan.new, "fraction": ro.fraction, "agreement": ro.agreement, "compared": ro.compared,
             "items_on_new": ro.items_on_new}
-        (log.info if phase in ("step", "shipping") and not text.startswith("step") else log.warning)(
-            "%s: roll-out: %s", src.name, text)
+        (log.info if routine else log.warning)("%s: roll-out: %s", src.name, text)
         if self.reply is not None:
             try:
                 self.reply.send_multipart(encode(Progress(sender=src.name, phase=phase, text=text, **figures)),
@@ -186,7 +186,7 @@ class Deployer:
             agreement = "" if ro.agreement is None else f", agreement {ro.agreement:.3f} over {ro.compared}"
             waiting = f", waiting for {', '.join(self.targets())}" if ro.phase == "shipping" else ""
             self.tell(ro.phase, f"{ro.phase}: {100 * ro.fraction:g} % on {ro.plan.new}, {ro.items_on_new} items on "
-                                f"it so far{agreement}{waiting}")
+                                f"it so far{agreement}{waiting}", routine=True)
 
     def retire(self, package: str) -> None:
         """No item runs on ``package`` any more: every node unloads it, and so does the source."""

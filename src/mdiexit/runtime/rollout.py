@@ -42,11 +42,21 @@ class RolloutPlan:
 
 @dataclass
 class StepFigures:
-    """What the gates judge, over the current step."""
+    """What the gates judge, over the current step: the exits of the compared pairs on either version, and the
+    latencies of the items on the new one."""
 
     exits_new: Counter = field(default_factory=Counter)
     exits_old: Counter = field(default_factory=Counter)
     latencies_new: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Pair:
+    """An item and its shadow copy on the other version: each one's (label, exit), once it answered."""
+
+    copy_version: str
+    own: tuple[int, int] | None = None
+    copy: tuple[int, int] | None = None
 
 
 class RolloutCore:
@@ -62,7 +72,7 @@ class RolloutCore:
         self.acc_new = 0.0  # Bresenham accumulators: an exact share without randomness
         self.acc_shadow = 0.0
         self.twins: dict[int, int] = {}  # shadow copy id -> its item's id
-        self.labels: dict[int, tuple[int | None, int | None]] = {}  # item id -> (its label, its copy's label)
+        self.pairs: dict[int, Pair] = {}  # item id -> its answer and its shadow copy's, as they come
         self.next_twin = SHADOW_BASE
         self.compared = 0
         self.agreed = 0
@@ -106,11 +116,11 @@ class RolloutCore:
                 twin = self.plan.old if version == self.plan.new else self.plan.new
         return version, twin
 
-    def twin_id(self, item_id: int) -> int:
-        """An id for the shadow copy of ``item_id``."""
+    def twin_id(self, item_id: int, version: str) -> int:
+        """An id for the shadow copy of ``item_id``, which runs on ``version``."""
         tid, self.next_twin = self.next_twin, self.next_twin + 1
         self.twins[tid] = item_id
-        self.labels[item_id] = (None, None)
+        self.pairs[item_id] = Pair(version)
         return tid
 
     def expects(self, item_id: int) -> bool:
@@ -119,33 +129,37 @@ class RolloutCore:
     # ---------------------------------------------------------------- what comes back
     def on_result(self, item_id: int, version: str, exit_: int, latency_s: float, label: int | None) -> None:
         """An admitted item's outcome (label None: it expired or failed)."""
-        if self.phase == "step" and label is not None:
-            if version == self.plan.new:
-                self.figures.exits_new[exit_] += 1
-                self.figures.latencies_new.append(latency_s)
-            else:
-                self.figures.exits_old[exit_] += 1
-        if item_id in self.labels:
-            self._compare(item_id, label, copy=False)
+        if self.phase == "step" and label is not None and version == self.plan.new:
+            self.figures.latencies_new.append(latency_s)
+        if item_id in self.pairs:
+            self._compare(item_id, None if label is None else (label, exit_), copy=False)
 
-    def on_twin(self, twin_id: int, label: int | None) -> None:
+    def on_twin(self, twin_id: int, label: int | None, exit_: int = 0) -> None:
         """A shadow copy's result (label None: it expired)."""
         item_id = self.twins.pop(twin_id, None)
-        if item_id is not None and item_id in self.labels:
-            self._compare(item_id, label, copy=True)
+        if item_id is not None and item_id in self.pairs:
+            self._compare(item_id, None if label is None else (label, exit_), copy=True)
 
-    def _compare(self, item_id: int, label: int | None, copy: bool) -> None:
-        own, twin = self.labels[item_id]
-        own, twin = (own, label) if copy else (label, twin)
-        if label is None:  # no answer to compare: forget the pair
-            del self.labels[item_id]
-        elif own is not None and twin is not None:
-            del self.labels[item_id]
-            if self.phase == "step":
-                self.compared += 1
-                self.agreed += own == twin
+    def _compare(self, item_id: int, answer: tuple[int, int] | None, copy: bool) -> None:
+        """One side of a pair answered (label, exit): once both have, the versions are compared on the same input:
+        their labels, and their exits (an exit mix compared on the same items has no sampling noise between them)."""
+        pair = self.pairs[item_id]
+        if answer is None:  # no answer to compare: forget the pair
+            del self.pairs[item_id]
+            return
+        if copy:
+            pair.copy = answer
         else:
-            self.labels[item_id] = (own, twin)
+            pair.own = answer
+        if pair.own is None or pair.copy is None:
+            return
+        del self.pairs[item_id]
+        if self.phase == "step":
+            self.compared += 1
+            self.agreed += pair.own[0] == pair.copy[0]
+            new, old = (pair.own, pair.copy) if pair.copy_version == self.plan.old else (pair.copy, pair.own)
+            self.figures.exits_new[new[1]] += 1
+            self.figures.exits_old[old[1]] += 1
 
     def on_packages(self, node: str, versions: list[str], error: str | None, now: float) -> None:
         """A node's STATE: the versions it holds, and why the last one shipped did not load."""
@@ -187,12 +201,11 @@ class RolloutCore:
         if self.compared >= MIN_COMPARED and self.agreement < p.min_agreement:
             return (f"agreement {self.agreement:.3f} with the old version's labels over {self.compared} items is below "
                     f"--min-agreement {p.min_agreement:g}")
-        new_n, old_n = sum(f.exits_new.values()), sum(f.exits_old.values())
-        if new_n >= MIN_COMPARED and old_n >= MIN_COMPARED:
+        if sum(f.exits_new.values()) >= MIN_COMPARED:
             shift = exit_shift(f.exits_new, f.exits_old)
             if shift > p.max_exit_shift:
-                return f"its exit mix moved by {shift:.2f} (total variation) from the old version's, over " \
-                       f"--max-exit-shift {p.max_exit_shift:g}"
+                return f"its exit mix moved by {shift:.2f} (total variation, on the same items) from the old " \
+                       f"version's, over --max-exit-shift {p.max_exit_shift:g}"
         if p.max_p95_s is not None and len(f.latencies_new) >= MIN_COMPARED:
             p95 = float(np.percentile(f.latencies_new, 95))
             if p95 > p.max_p95_s:
@@ -213,7 +226,7 @@ class RolloutCore:
         if self.phase in ("completed", "rolled_back"):
             return
         self.phase, self.reason, self.ended_at = "rolled_back", why, now
-        self.labels.clear()
+        self.pairs.clear()
         self.news.append(f"rolled back: {why}")
 
     @property

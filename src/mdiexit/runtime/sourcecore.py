@@ -133,7 +133,7 @@ class SourceCore:
             case ResultIn(item_id, label, exit_, confidence, node, attempt, expired):
                 if item_id >= SHADOW_BASE:
                     if self.rollout is not None:
-                        self.rollout.on_twin(item_id, None if expired else label)
+                        self.rollout.on_twin(item_id, None if expired else label, exit_)
                     return []
                 self.on_result(item_id, label, exit_, confidence, node, now, attempt, expired)
                 return []
@@ -250,7 +250,8 @@ class SourceCore:
             items.append(WorkItem(i, 1, o.x, t, thresholds, version, deadline=p.deadline, source=self.name,
                                   package=package if ro is not None else ""))
             if twin is not None:  # its shadow copy: the other version's label, for the roll-out's agreement
-                items.append(WorkItem(ro.twin_id(i), 1, o.x, t, thresholds, version, source=self.name, package=twin))
+                items.append(WorkItem(ro.twin_id(i, twin), 1, o.x, t, thresholds, version, source=self.name,
+                                      package=twin))
         return items, expired
 
     def control_step(self, t: float, start: float, own_backlog_s: float) -> Supervision:
