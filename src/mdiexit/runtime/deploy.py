@@ -37,6 +37,7 @@ class Deployer:
         self.reply: zmq.Socket | None = None  # to the operator (a PUSH to its reply address)
         self.archive: tuple[bytes, str] | None = None  # the new version's, to ship
         self.shipped: dict[str, float] = {}  # node -> when it was last shipped the new version
+        self.unloads: dict[str, float] = {}  # node -> when it was last told to unload a retired version
         self.told_at = float("-inf")
 
     # ---------------------------------------------------------------- the operator
@@ -147,8 +148,8 @@ class Deployer:
         """Ship the new version to every live node still without it (not shipped to within RESHIP_AFTER_S): from the
         source, or through the node with the fastest uplink, which relays it to the others, where that is faster."""
         ro = self.source.sc.rollout
-        if ro is None or ro.done or self.archive is None:
-            return
+        if ro is None or ro.phase == "rolled_back" or self.archive is None:
+            return  # (once completed, a node that joins or restarts still gets it)
         due = [n for n in self.targets() if t - self.shipped.get(n, float("-inf")) > RESHIP_AFTER_S]
         if not due:
             return
@@ -179,6 +180,7 @@ class Deployer:
         if ro is None:
             return
         self.ship(t)
+        self.unload_stale(t)
         for line in ro.news:
             self.tell(ro.phase if ro.done else "step", line)
         ro.news.clear()
@@ -189,12 +191,30 @@ class Deployer:
                                 f"it so far{agreement}{waiting}", routine=True)
 
     def retire(self, package: str) -> None:
-        """No item runs on ``package`` any more: every node unloads it, and so does the source."""
+        """No item runs on ``package`` any more: every node unloads it, and so does the source. After a completed
+        roll-out a joiner is welcomed with the new version."""
         src = self.source
-        frames = encode(Control(sender=src.name, action="unload", package=package))
         t = src.clock.now()
-        for name, link in src.node.links.items():
+        for name in src.node.links:
             if name not in src.down:
-                link.send(frames, t)
+                self._unload(name, package, t)
         src.node.unload(package)
-        self.archive = None
+        if package == src.sc.rollout.plan.new:
+            self.archive = None
+        else:
+            src.welcome_archive = self.archive
+
+    def _unload(self, node: str, package: str, t: float) -> None:
+        self.unloads[node] = t
+        self.source.node.links[node].send(encode(Control(sender=self.source.name, action="unload", package=package)), t)
+
+    def unload_stale(self, t: float) -> None:
+        """A node that restarted with a version retired since (its cluster file's) unloads it once it holds the
+        current one."""
+        src = self.source
+        for node, held in src.packages_of.items():
+            stale = [v for v in held if v in src.sc.retired]
+            if stale and src.sc.package in held and node in src.node.links and \
+                    t - self.unloads.get(node, float("-inf")) > RESHIP_AFTER_S:
+                for v in stale:
+                    self._unload(node, v, t)

@@ -99,7 +99,8 @@ class SourceProcess:
         self.abort: str | None = None  # set (to a reason) when the run cannot go on
         self.phase = "starting"  # admitting | draining | done
         self.running: Phase | None = None  # the phase the loop runs
-        self._archive: tuple[bytes, str] | None = None  # the package as sent to joiners
+        self.welcome_archive: tuple[bytes, str] | None = None  # the package as sent to joiners (the served version's)
+        self.packages_of: dict[str, tuple[str, ...]] = {}  # the package versions each node last said it holds
         self.deployer = Deployer(self)  # roll-outs of new package versions (runtime.deploy)
         self.loop.after.append(self._tick)
         self.intake = None  # the client endpoint while serving: its own refusals count as offered and rejected
@@ -193,6 +194,7 @@ class SourceProcess:
             samples = self.progress.setdefault(msg.sender, deque(maxlen=PROGRESS_SAMPLES))
             samples.append((self.clock.now(), dict(msg.progress)))
             self.package_of[msg.sender] = msg.package
+            self.packages_of[msg.sender] = tuple(msg.packages)
         if msg.stats:
             self.final_stats[msg.sender] = dict(msg.stats)
         if msg.links:
@@ -212,11 +214,11 @@ class SourceProcess:
         return self.node.core.backlog_of(self.name, t)
 
     def _welcome(self, name: str) -> None:
-        if self._archive is None:
-            self._archive = package_archive(self.node.cluster.package)
+        if self.welcome_archive is None:
+            self.welcome_archive = package_archive(self.node.cluster.package)
         keys = dict(self.node.identity.peers) if self.node.identity is not None else {}
         view = dataclasses.replace(self.node.cluster, mode=self.node.mode)  # the run's mode, maybe not the file's
-        welcome, parts = welcome_frames(self.name, view, keys, self._archive)
+        welcome, parts = welcome_frames(self.name, view, keys, self.welcome_archive)
         self.node.links[name].send(welcome, self.clock.now())
         self.node.bulk.add(name, parts)  # paced behind the data
 
