@@ -406,9 +406,11 @@ class NodeProcess:
 
     def install(self, folder: Path, then) -> None:
         """Load the package in ``folder`` off the loop; ``then(version or None, error)`` runs on the loop."""
+        served, profile = self.versions[self.core.first], dict(self.device.profiled_s)
+
         def load() -> None:
             try:
-                version = load_version(folder, self.pkg, self.cfg, self.held, self.cluster)
+                version = load_version(folder, served, profile, self.cfg, self.held, self.cluster)
             except (PackageError, OSError, ValueError, RuntimeError) as e:  # ONNX Runtime raises RuntimeError kinds
                 self.loop.post(partial(then, None, f"{type(e).__name__}: {e}"))
             else:

@@ -48,16 +48,26 @@ def incompatible(new: Package, old: Package) -> str | None:
     return None
 
 
-def load_version(folder: Path, old: Package, cfg: NodeConfig, held: frozenset[int], cluster: ClusterConfig) -> Version:
-    """Load the package unpacked in ``folder`` for the tasks ``held``, profiled as this node's device (its keys
-    tagged with its version, to merge into the device model on the loop). Raises PackageError with the reason."""
+def load_version(folder: Path, old: Version, old_profile: dict, cfg: NodeConfig, held: frozenset[int],
+                 cluster: ClusterConfig) -> Version:
+    """Load the package unpacked in ``folder`` for the tasks ``held``, and its emulated device's times (its keys
+    tagged with its version, merged into the device model on the loop). Raises PackageError with the reason.
+
+    The host is busy serving while a version loads, so its times are not taken as they are measured: the new and
+    the served version are profiled side by side, now, and the new one's times are the served one's profile
+    (``old_profile``: pinned, or taken on a quiet host) scaled by their ratio. A re-released model then runs at
+    the very same emulated speed; profiled alone under load, it ran 1.6 times slower (docs/bench/rollout.md)."""
     pkg = load_package(folder, check_onnx=True)
-    if (why := incompatible(pkg, old)) is not None:
+    if (why := incompatible(pkg, old.pkg)) is not None:
         raise PackageError(why)
     engine = OrtEngine(pkg, threads=cfg.threads, tasks=sorted(held))
-    model = calibrate(engine, pkg, held, cfg, cluster)
+    measured = calibrate(engine, pkg, held, cfg, cluster).profiled_s
+    beside = calibrate(old.engine, old.pkg, held, cfg, cluster).profiled_s if measured else {}
     version = Version(pkg, engine, (pkg.version,))
-    version.profile = {version.key(kind, k): per_batch for (kind, k), per_batch in model.profiled_s.items()}
+    for (kind, k), per_batch in measured.items():
+        ref, kept = beside.get((kind, k), {}), old_profile.get(old.key(kind, k), {})
+        version.profile[version.key(kind, k)] = {
+            b: kept[b] * s / ref[b] if b in kept and ref.get(b) else s for b, s in per_batch.items()}
     return version
 
 
