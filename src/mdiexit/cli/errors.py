@@ -23,9 +23,10 @@ def missing_extra(e: ModuleNotFoundError, command: str) -> str | None:
 EXIT_CODES: dict[int, str] = {
     0: "done: for a run, every offered item reached exactly one outcome",
     1: "a run lost or duplicated an item, or stopped early with an error (said in summary.json and on stderr); "
-       "`doctor` found a failing check; `status` found no snapshot of a running source",
+       "`doctor` found a failing check; `status` found no snapshot of a running source; `rollout` was rolled back "
+       "(the reason is its last line)",
     2: "a user error, said in one `mdiexit: error: ...` line naming the fix: a bad flag, file, dataset, package, "
-       "key, or a missing optional package (the line names the extra to install)",
+       "key, or a missing optional package (the line names the extra to install); a roll-out the source refused",
     130: "interrupted (Ctrl-C)",
 }
 
