@@ -105,7 +105,7 @@ def cmd_rollout(a: argparse.Namespace) -> int:
     back at once. Exit 0 when the new version serves every item, 1 when it was rolled back (the reason is printed),
     2 when it was refused."""
     from mdiexit.config import load_cluster
-    from mdiexit.ops.rollout import RolloutError, find_keys, rollout
+    from mdiexit.ops.rollout import RolloutError, check_package, find_keys, rollout
 
     cluster = load_cluster(a.cluster)
     source = next((n for n in cluster.sources if n.name == a.source), None) if a.source else cluster.source
@@ -125,6 +125,7 @@ def cmd_rollout(a: argparse.Namespace) -> int:
     request = {"steps": steps, "step_s": a.step_s, "shadow": a.shadow, "min_agreement": a.min_agreement,
                "max_exit_shift": a.max_exit_shift, "max_p95_ms": a.max_p95_ms}
     try:
+        check_package(a.package)
         keys = find_keys(cluster, source, a.key, a.keys_dir, a.insecure)
         outcome, last = rollout(source, a.package, request, keys, a.reply_host)
     except RolloutError as e:

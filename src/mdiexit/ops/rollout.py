@@ -19,7 +19,7 @@ from pathlib import Path
 import zmq
 
 from mdiexit.config import ClusterConfig, NodeConfig
-from mdiexit.package import PackageError, load_package
+from mdiexit.package import Package, PackageError, load_package
 from mdiexit.protocol.codec import Limits, ProtocolError, decode, encode
 from mdiexit.protocol.messages import Progress, Rollout
 from mdiexit.runtime.join import package_archive, part_frames
@@ -96,15 +96,20 @@ def reply_host_for(source_host: str) -> str:
             return "127.0.0.1"
 
 
+def check_package(package: Path) -> Package:
+    """The package to roll out, checked here first (RolloutError: why it cannot be)."""
+    try:
+        return load_package(package, check_onnx=True)
+    except PackageError as e:
+        raise RolloutError(f"--package {package}: {e}") from None
+
+
 def rollout(source: NodeConfig, package: Path, request: dict, keys: OperatorKeys | None,
             reply_host: str | None = None, out=sys.stdout,
             on_progress: Callable[[Progress], None] | None = None) -> tuple[str, Progress | None]:
     """Ask the source for a roll-out of ``package`` and follow it (each PROGRESS printed, and handed to
     ``on_progress``). Returns (its outcome, the last PROGRESS)."""
-    try:
-        pkg = load_package(package, check_onnx=True)
-    except PackageError as e:
-        raise RolloutError(f"--package {package}: {e}") from None
+    pkg = check_package(package)
     archive = package_archive(package)
     ctx = zmq.Context()
     auth = None
