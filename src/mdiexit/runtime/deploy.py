@@ -110,12 +110,12 @@ class Deployer:
         ship = Ship(sender=self.source.name, package="incoming", package_sha256=request.package_sha256,
                     package_bytes=request.package_bytes, parts=request.parts)
         try:
-            folder = node.shipments.unpack(ship, archive)
+            folder = node.versions.shipments.unpack(ship, archive)
         except Exception as e:  # noqa: BLE001 - any reason is the operator's to read
             self.tell("refused", f"the package is not usable: {e}")
             return
         self.tell("receiving", "received; checking and loading it here first")
-        node.install(folder, lambda version, error: self._loaded(request, archive, version, error))
+        node.versions.install(folder, lambda version, error: self._loaded(request, archive, version, error))
 
     def _loaded(self, request: Rollout, archive: bytes, version: Version | None, error: str | None) -> None:
         src = self.source
@@ -130,8 +130,8 @@ class Deployer:
         if (why := src.sc.start_rollout(plan, version.pkg.name, t)) is not None:
             self.tell("refused", why)
             return
-        src.node.add_version(version)
-        src.sc.rollout.on_packages(src.name, list(src.node.versions), None, t)
+        src.node.versions.add(version)
+        src.sc.rollout.on_packages(src.name, list(src.node.versions.loaded), None, t)
         self.archive = (archive, request.package_sha256)
         self.shipped.clear()
         self.ship(t)
@@ -198,7 +198,7 @@ class Deployer:
         for name in src.node.links:
             if name not in src.down:
                 self._unload(name, package, t)
-        src.node.unload(package)
+        src.node.versions.unload(package)
         if package == src.sc.rollout.plan.new:
             self.archive = None
         else:

@@ -167,7 +167,7 @@ def client_endpoint(source: SourceProcess, node: NodeConfig, pkg: Package) -> Cl
     identity = source.node.identity
     host = node.host if node.host in ("127.0.0.1", "localhost") else "*"
     endpoint = ClientEndpoint(source.node.ctx, f"tcp://{host}:{node.client_port}", pkg, identity, source.loop.wake,
-                              source.node.package, lambda: source.sc.package)
+                              source.node.versions.package, lambda: source.sc.package)
     endpoint.max_unread_s = max(UNREAD_MIN_S, UNREAD_WAITS * source.gate.max_wait_s)
     source.intake = endpoint
     try:

@@ -24,7 +24,6 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
-import msgspec
 import numpy as np
 import zmq
 
@@ -34,7 +33,7 @@ from mdiexit.emulation.device import DeviceModel
 from mdiexit.energy import node_joules, power_model
 from mdiexit.engine import OrtEngine
 from mdiexit.meters import EnergyCounter, find_meter
-from mdiexit.package import Package, PackageError
+from mdiexit.package import Package
 from mdiexit.policies.modes import rules_for
 from mdiexit.policies.offload import NeighbourView, ServiceEstimator
 from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, encode
@@ -56,13 +55,12 @@ from mdiexit.runtime import events  # the node core's events and actions: events
 from mdiexit.runtime.bulk import BulkSender
 from mdiexit.runtime.core import NodeCore, energy_weights, held_tasks, neighbour_view, peers_of
 from mdiexit.runtime.device import Profile, calibrate, compression_plan, seed_estimates
-from mdiexit.runtime.join import part_frames
 from mdiexit.runtime.linkmeter import LinkMeter
 from mdiexit.runtime.links import Egress, Link
 from mdiexit.runtime.loop import Loop
 from mdiexit.runtime.options import ClusterError
 from mdiexit.runtime.role import Role, WorkerRole
-from mdiexit.runtime.versions import Shipments, Version, load_version
+from mdiexit.runtime.versions import HeldVersions, Version
 from mdiexit.security import CLIENTS, OPERATORS, Identity, NodeAuthenticator, is_operator, make_server
 from mdiexit.util import SignalFlag
 
@@ -106,10 +104,7 @@ class NodeProcess:
         self.source_name = cluster.source.name
         self.engine = OrtEngine(pkg, threads=self.cfg.threads, tasks=sorted(self.held))
         # the package versions held (runtime.versions): the first, and during a roll-out the one shipped here
-        self.versions: dict[str, Version] = {pkg.version: Version(pkg, self.engine)}
-        self.shipments = Shipments(name)
-        self.package_error: str | None = None  # why the last version shipped here did not load
-        self.retired: dict[str, Package] = {}  # versions unloaded (a client may still name one)
+        self.versions = HeldVersions(self, Version(pkg, self.engine))
         self.device: DeviceModel = calibrate(self.engine, pkg, self.held, self.cfg, cluster, host_profile)
         self.device.cpu_slowdown = self.cfg.cpu_slowdown
         self.device.clock = clock
@@ -265,7 +260,7 @@ class NodeProcess:
         self.loop.close()
         if self.telemetry is not None:
             self.telemetry.close()
-        self.shipments.remove()
+        self.versions.remove()
         for link in self.links.values():
             link.close()
         if self.monitor is not None:
@@ -305,7 +300,7 @@ class NodeProcess:
 
     def _package_of(self, msg) -> Package:
         """The package a message is checked against: its item's version where held here, else the first."""
-        version = self.versions.get(msg.package) if isinstance(msg, Data) and msg.package else None
+        version = self.versions.loaded.get(msg.package) if isinstance(msg, Data) and msg.package else None
         return version.pkg if version is not None else self.pkg
 
     def reject(self, reason: str, why: str) -> None:
@@ -353,9 +348,9 @@ class NodeProcess:
         elif isinstance(msg, Control):
             self.on_control(msg)
         elif isinstance(msg, Ship):
-            self.on_ship(msg)
+            self.versions.on_ship(msg)
         elif isinstance(msg, Part):
-            self.on_part(msg, bytes(arrays[0]))
+            self.versions.on_part(msg, bytes(arrays[0]))
         elif isinstance(msg, Rollout):
             self.role.on_rollout(msg)
         elif isinstance(msg, Join):
@@ -382,76 +377,7 @@ class NodeProcess:
             self.send_state(final=True)
             self.stop.set()
         elif msg.action == "unload" and msg.package is not None:
-            self.unload(msg.package)
-
-    # ---------------------------------------------------------------- package versions (runtime.versions)
-    def on_ship(self, msg: Ship) -> None:
-        """A version to hold: its PARTs follow (a version held already is only passed on)."""
-        if msg.package in self.versions:
-            return
-        self.shipments.begin(msg)
-
-    def on_part(self, msg: Part, payload: bytes) -> None:
-        got = self.shipments.add(msg, payload)
-        if got is None:
-            self.role.on_part(msg, payload)  # the source: a roll-out's package, from its operator
-            return
-        ship, archive = got
-        try:
-            folder = self.shipments.unpack(ship, archive)
-        except PackageError as e:
-            self._load_failed(ship.package, str(e))
-            return
-        self.install(folder, partial(self._installed, ship, archive))
-
-    def install(self, folder: Path, then) -> None:
-        """Load the package in ``folder`` off the loop; ``then(version or None, error)`` runs on the loop."""
-        served, profile = self.versions[self.core.first], dict(self.device.profiled_s)
-
-        def load() -> None:
-            try:
-                version = load_version(folder, served, profile, self.cfg, self.held, self.cluster)
-            except (PackageError, OSError, ValueError, RuntimeError) as e:  # ONNX Runtime raises RuntimeError kinds
-                self.loop.post(partial(then, None, f"{type(e).__name__}: {e}"))
-            else:
-                self.loop.post(partial(then, version, None))
-        threading.Thread(target=load, name=f"{self.name}-load", daemon=True).start()
-
-    def _installed(self, ship: Ship, archive: bytes, version: Version | None, error: str | None) -> None:
-        if version is None:
-            self._load_failed(ship.package, error)
-            return
-        self.add_version(version)
-        for peer in ship.relay_to:  # peers this node reaches faster than the source does
-            if peer in self.links:
-                relay = msgspec.structs.replace(ship, sender=self.name, relay_to=[])
-                self.links[peer].send(encode(relay), self.clock.now())
-                self.bulk.add(peer, part_frames(self.name, (archive, ship.package_sha256)))
-
-    def add_version(self, version: Version) -> None:
-        """Hold ``version`` beside the others; the next heartbeat tells every peer."""
-        self.device.profiled_s.update(version.profile)
-        self.versions[version.pkg.version] = version
-        self.core.add_version(version.pkg)
-        self.package_error = None
-        self.progress_sent_at = float("-inf")
-        log.warning("%s: holds package %s beside %s", self.name, version.pkg.version, self.package_version)
-
-    def _load_failed(self, package: str, error: str) -> None:
-        self.package_error = f"{package}: {error}"
-        self.progress_sent_at = float("-inf")
-        log.warning("%s: could not load package %s (%s)", self.name, package, error)
-
-    def unload(self, package: str) -> None:
-        """No item runs on ``package`` any more (the source retired it): free it. The last version stays."""
-        if package not in self.versions or len(self.versions) < 2:
-            return
-        self.core.remove_version(package)
-        self.retired[package] = self.versions.pop(package).pkg
-        self.pkg = self.versions[self.core.first].pkg
-        self.package_version = self.core.first
-        self.progress_sent_at = float("-inf")
-        log.warning("%s: unloaded package %s; serving %s", self.name, package, self.package_version)
+            self.versions.unload(msg.package)
 
     # ---------------------------------------------------------------- compute
     def _computed(self, batch: list[events.WorkItem], features, logits, seconds: float) -> None:
@@ -470,7 +396,7 @@ class NodeProcess:
             if not continued:
                 free_at = None  # the device was idle: this batch starts when it came, not when the last one ended
             seconds, k = 0.0, batch[0].task
-            ver = self.version_of(batch[0])
+            ver = self.versions.of(batch[0])
             for it in batch:
                 if it.x is None:  # features that crossed the network as a learned code
                     codec = ver.engine.codec(k - 1)
@@ -483,21 +409,12 @@ class NodeProcess:
                 ver.key("task", k), len(batch), lambda k=k, x=x, e=ver.engine: e.run(k, x), free_at)
             self.loop.post(partial(self._computed, batch, features, logits, seconds + task_s))
 
-    def package(self, version: str) -> Package | None:
-        """The package of ``version``, held or retired (None: never served here). Any thread may ask."""
-        held = self.versions.get(version)
-        return held.pkg if held is not None else self.retired.get(version)
-
-    def version_of(self, item: events.WorkItem) -> Version:
-        """The version ``item`` runs on (the core routes an item only to nodes holding its version)."""
-        return self.versions[item.package or self.core.first]
-
     def _encode_loop(self) -> None:
         """The encode executor: features leaving as learned codes are encoded as the emulated device would."""
         while (job := self.encodes.get()) is not None:
             s, _ = job
             k = s.item.task - 1
-            ver = self.version_of(s.item)
+            ver = self.versions.of(s.item)
             arrays, seconds = self.device.run(ver.key("encode", k), 1, partial(ver.engine.codec(k).encode, s.item.x))
             self.loop.post(partial(self._send_encoded, s, arrays, seconds))
 
@@ -513,15 +430,10 @@ class NodeProcess:
         it = s.item
         if it.x is None:
             self._send_arrays(s, it.code, t)  # forwarded as it came
-        elif it.task - 1 in self.core.compress_on.get(s.target, ()) and self.has_codec(it):
+        elif it.task - 1 in self.core.compress_on.get(s.target, ()) and self.versions.has_codec(it):
             self.encodes.put((s, t))  # sent once the encode executor has its code
         else:
             self._send_arrays(s, {"x": it.x}, t)
-
-    def has_codec(self, item: events.WorkItem) -> bool:
-        """Whether the item's version has a learned code for its features (another version's may not)."""
-        version = self.versions.get(item.package or self.core.first)
-        return version is not None and version.engine.codec(item.task - 1) is not None
 
     def _send_arrays(self, s: events.Send, arrays: dict[str, np.ndarray], t: float) -> None:
         it = s.item
@@ -572,8 +484,8 @@ class NodeProcess:
                     progress=self.progress_report(t) if progress else {},
                     package=self.package_version if progress else None,
                     source_backlogs=self.core.source_backlogs_s(t) or {},
-                    packages=list(self.versions) if progress else [],
-                    package_error=self.package_error if progress else None)
+                    packages=list(self.versions.loaded) if progress else [],
+                    package_error=self.versions.error if progress else None)
         for peer, frames in self.meter.state_frames(msg, list(links)).items():
             links[peer].send(frames, t)
 

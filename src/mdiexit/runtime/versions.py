@@ -9,17 +9,31 @@ tagged with its name, so the emulated device charges each version's own times.""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
 
 from mdiexit.config import ClusterConfig, NodeConfig
 from mdiexit.engine import OrtEngine
 from mdiexit.package import Package, PackageError, load_package
-from mdiexit.protocol.messages import Ship
+from mdiexit.protocol.codec import encode
+from mdiexit.protocol.messages import Part, Ship
 from mdiexit.runtime.device import calibrate
-from mdiexit.runtime.join import JoinError, PackageParts, unpack_archive
+from mdiexit.runtime.events import WorkItem
+from mdiexit.runtime.join import JoinError, PackageParts, part_frames, unpack_archive
+
+if TYPE_CHECKING:
+    from mdiexit.runtime.node import NodeProcess
+
+log = logging.getLogger("mdiexit.node")
 
 
 @dataclass
@@ -106,3 +120,105 @@ class Shipments:
     def remove(self) -> None:
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class HeldVersions:
+    """A node's package versions (on its loop, which owns them; the compute thread reads ``of``): the loaded ones,
+    those on their way here, and those retired since."""
+
+    def __init__(self, node: NodeProcess, first: Version):
+        self.node = node
+        self.loaded: dict[str, Version] = {first.pkg.version: first}
+        self.shipments = Shipments(node.name)
+        self.error: str | None = None  # why the last version shipped here did not load
+        self.retired: dict[str, Package] = {}  # versions unloaded (a client may still name one)
+
+    def of(self, item: WorkItem) -> Version:
+        """The version ``item`` runs on (the core routes an item only to nodes holding its version)."""
+        return self.loaded[item.package or self.node.core.first]
+
+    def package(self, version: str) -> Package | None:
+        """The package of ``version``, held or retired (None: never served here). Any thread may ask."""
+        held = self.loaded.get(version)
+        return held.pkg if held is not None else self.retired.get(version)
+
+    def has_codec(self, item: WorkItem) -> bool:
+        """Whether the item's version has a learned code for its features (another version's may not)."""
+        version = self.loaded.get(item.package or self.node.core.first)
+        return version is not None and version.engine.codec(item.task - 1) is not None
+
+    # ---------------------------------------------------------------- arriving
+    def on_ship(self, msg: Ship) -> None:
+        """A version to hold: its PARTs follow (one held already is ignored)."""
+        if msg.package not in self.loaded:
+            self.shipments.begin(msg)
+
+    def on_part(self, msg: Part, payload: bytes) -> None:
+        got = self.shipments.add(msg, payload)
+        if got is None:
+            self.node.role.on_part(msg, payload)  # the source: a roll-out's package, from its operator
+            return
+        ship, archive = got
+        try:
+            folder = self.shipments.unpack(ship, archive)
+        except PackageError as e:
+            self.failed(ship.package, str(e))
+            return
+        self.install(folder, partial(self._installed, ship, archive))
+
+    def install(self, folder: Path, then: Callable[[Version | None, str | None], None]) -> None:
+        """Load the package in ``folder`` off the loop; ``then(version or None, error)`` runs on the loop."""
+        node = self.node
+        served, profile = self.loaded[node.core.first], dict(node.device.profiled_s)
+
+        def load() -> None:
+            try:
+                version = load_version(folder, served, profile, node.cfg, node.held, node.cluster)
+            except (PackageError, OSError, ValueError, RuntimeError) as e:  # ONNX Runtime raises RuntimeError kinds
+                node.loop.post(partial(then, None, f"{type(e).__name__}: {e}"))
+            else:
+                node.loop.post(partial(then, version, None))
+        threading.Thread(target=load, name=f"{node.name}-load", daemon=True).start()
+
+    def _installed(self, ship: Ship, archive: bytes, version: Version | None, error: str | None) -> None:
+        if version is None:
+            self.failed(ship.package, error)
+            return
+        self.add(version)
+        node = self.node
+        for peer in ship.relay_to:  # peers this node reaches faster than the source does
+            if peer in node.links:
+                relay = msgspec.structs.replace(ship, sender=node.name, relay_to=[])
+                node.links[peer].send(encode(relay), node.clock.now())
+                node.bulk.add(peer, part_frames(node.name, (archive, ship.package_sha256)))
+
+    def add(self, version: Version) -> None:
+        """Hold ``version`` beside the others; the next heartbeat tells every peer."""
+        node = self.node
+        node.device.profiled_s.update(version.profile)
+        self.loaded[version.pkg.version] = version
+        node.core.add_version(version.pkg)
+        self.error = None
+        node.progress_sent_at = float("-inf")
+        log.warning("%s: holds package %s beside %s", node.name, version.pkg.version, node.package_version)
+
+    def failed(self, package: str, error: str) -> None:
+        self.error = f"{package}: {error}"
+        self.node.progress_sent_at = float("-inf")
+        log.warning("%s: could not load package %s (%s)", self.node.name, package, error)
+
+    # ---------------------------------------------------------------- leaving
+    def unload(self, package: str) -> None:
+        """No item runs on ``package`` any more (the source retired it): free it. The last version stays."""
+        node = self.node
+        if package not in self.loaded or len(self.loaded) < 2:
+            return
+        node.core.remove_version(package)
+        self.retired[package] = self.loaded.pop(package).pkg
+        node.pkg = self.loaded[node.core.first].pkg
+        node.package_version = node.core.first
+        node.progress_sent_at = float("-inf")
+        log.warning("%s: unloaded package %s; serving %s", node.name, package, node.package_version)
+
+    def remove(self) -> None:
+        self.shipments.remove()
