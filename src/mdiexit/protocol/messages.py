@@ -173,6 +173,8 @@ class Join(Member, frozen=True, kw_only=True):
 
 
 Sha256 = Annotated[str, msgspec.Meta(min_length=64, max_length=64)]
+ArchiveBytes = Annotated[int, msgspec.Meta(ge=1, le=1 << 30)]  # a package archive's size
+PartCount = Annotated[int, msgspec.Meta(ge=1, le=1 << 20)]  # the PARTs it travels in
 
 
 class Welcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -184,14 +186,14 @@ class Welcome(msgspec.Struct, frozen=True, kw_only=True):
     sender: Name
     cluster_yaml: Annotated[str, msgspec.Meta(max_length=1 << 20)]
     package_sha256: Sha256
-    package_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)]
-    parts: Annotated[int, msgspec.Meta(ge=1, le=1 << 20)]
+    package_bytes: ArchiveBytes
+    parts: PartCount
     version: int = PROTOCOL_VERSION
 
 
 class Part(msgspec.Struct, frozen=True, kw_only=True):
-    """PART, from the source to a joiner: bytes ``offset``.. of the package archive named by its SHA-256, in the
-    array frame."""
+    """PART: bytes ``offset``.. of the package archive named by its SHA-256, in the array frame (after a WELCOME,
+    a SHIP or a ROLLOUT)."""
 
     KIND: ClassVar[bytes] = KIND_PART
 
@@ -214,8 +216,8 @@ class Ship(msgspec.Struct, frozen=True, kw_only=True):
     sender: Name
     package: PackageVersion
     package_sha256: Sha256
-    package_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)]
-    parts: Annotated[int, msgspec.Meta(ge=1, le=1 << 20)]
+    package_bytes: ArchiveBytes
+    parts: PartCount
     relay_to: Annotated[list[Name], msgspec.Meta(max_length=MAX_PEERS)] = []
     version: int = PROTOCOL_VERSION
 
@@ -232,8 +234,8 @@ class Rollout(msgspec.Struct, frozen=True, kw_only=True):
 
     sender: Name
     package_sha256: Sha256
-    package_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)]
-    parts: Annotated[int, msgspec.Meta(ge=1, le=1 << 20)]
+    package_bytes: ArchiveBytes
+    parts: PartCount
     steps: Annotated[list[Fraction], msgspec.Meta(min_length=1, max_length=32)]
     step_s: Annotated[float, msgspec.Meta(gt=0.0, le=86400.0)]
     shadow: Unit = 0.05
