@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,3 +278,30 @@ def check_onnx_files(pkg: Package) -> None:
         if "features" in outputs and list(outputs["features"].shape[1:]) != list(t.features_shape):
             raise PackageError(f"{t.path}: features shape {outputs['features'].shape} != manifest "
                                f"{list(t.features_shape)}")
+
+
+# ------------------------------------------------------------------ versions: shipped whole, served side by side
+
+def package_archive(folder: Path) -> tuple[bytes, str]:
+    """The package's manifest and model files as a tar archive (no training artifacts), and its SHA-256."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in sorted(p for p in Path(folder).iterdir() if p.is_file()):
+            info = tar.gettarinfo(str(path), arcname=path.name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with path.open("rb") as f:
+                tar.addfile(info, f)
+    data = buf.getvalue()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def incompatible(new: Package, old: Package) -> str | None:
+    """Why ``new`` cannot serve beside ``old`` in this cluster (None: it can). Nodes hold tasks by index, and
+    clients send the one input shape: the split and the input must match."""
+    if new.num_tasks != old.num_tasks:
+        return f"it has {new.num_tasks} tasks, the served package {old.num_tasks} (the nodes hold tasks by index)"
+    if tuple(new.input_shape) != tuple(old.input_shape):
+        return f"its input is {list(new.input_shape)}, the served package's {list(old.input_shape)}"
+    if len(new.classes) != len(old.classes):
+        return f"it has {len(new.classes)} classes, the served package {len(old.classes)}"
+    return None

@@ -9,10 +9,11 @@ import random
 import pytest
 
 from mdiexit.config import load_cluster
+from mdiexit.package import package_archive
 from mdiexit.protocol.codec import ProtocolError, decode
 from mdiexit.protocol.messages import Part, Welcome
 from mdiexit.runtime.bulk import BulkSender
-from mdiexit.runtime.join import JoinError, PackageParts, package_archive, unpack_welcome, welcome_frames
+from mdiexit.runtime.join import JoinError, PackageParts, unpack_welcome, welcome_frames
 from mdiexit.runtime.links import Egress
 from tests.runtime.conftest import write_cluster
 

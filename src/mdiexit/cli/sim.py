@@ -30,7 +30,13 @@ def cmd_simulate(a: argparse.Namespace) -> int:
                  max_backlog_ms=a.max_backlog_ms, max_wait_ms=a.max_wait_ms, live=False, data_dir=a.data_dir,
                  items=a.items, drain_timeout_s=a.drain_timeout)
     opts = RunOptions(**{k: v for k, v in given.items() if not isinstance(v, RunDefault)})
-    result = simulate(a.cluster, opts, seed=a.seed, times=a.times)
+    rollout = None
+    if a.rollout is not None:
+        from mdiexit.sim.rollout import RolloutRequest
+
+        rollout = RolloutRequest(a.rollout, at_s=a.rollout_at, steps=tuple(floats(a.rollout_steps, "--rollout-steps")),
+                                 step_s=a.rollout_step_s, shadow=a.rollout_shadow)
+    result = simulate(a.cluster, opts, seed=a.seed, times=a.times, rollout=rollout)
     sim = result.summary["simulated"]
     print(f"simulated {sim['virtual_s']:.1f} s in {sim['wall_s']:.1f} s ({sim['events']} events)")
     return finish_run(result, a.out)
@@ -76,6 +82,12 @@ def add_sim_commands(sub: argparse._SubParsersAction, bsub: argparse._SubParsers
                        description=doc(cmd_simulate))
     cluster_arg(s)
     s.add_argument("--mode", default=None, choices=list(MODES), help="override the cluster file's mode")
+    s.add_argument("--rollout", type=Path, default=None, metavar="PACKAGE",
+                   help="play `mdiexit rollout` of this package during the run (summary: rollouts)")
+    s.add_argument("--rollout-at", type=float, default=10.0, help="when, s after admission starts (default 10)")
+    s.add_argument("--rollout-steps", default="0.05,0.25,1", help="its steps (default 0.05,0.25,1)")
+    s.add_argument("--rollout-step-s", type=float, default=20.0, help="seconds each step holds (default 20)")
+    s.add_argument("--rollout-shadow", type=float, default=0.05, help="its shadow share (default 0.05)")
     s.add_argument("--admission", default=RunDefault("admission"), choices=ADMISSIONS,
                    help="fixed | rate | thresholds, as for `run` (default %(default)s)")
     stream_timing_args(s, virtual=True)

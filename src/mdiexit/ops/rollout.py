@@ -19,10 +19,10 @@ from pathlib import Path
 import zmq
 
 from mdiexit.config import ClusterConfig, NodeConfig
-from mdiexit.package import Package, PackageError, load_package
+from mdiexit.package import Package, PackageError, load_package, package_archive
 from mdiexit.protocol.codec import Limits, ProtocolError, decode, encode
 from mdiexit.protocol.messages import Progress, Rollout
-from mdiexit.runtime.join import package_archive, part_frames
+from mdiexit.runtime.join import part_frames
 from mdiexit.security import (
     OPERATOR_PREFIX,
     OPERATORS,

@@ -14,7 +14,7 @@ import zmq
 from mdiexit.protocol.codec import encode
 from mdiexit.protocol.messages import Control, Part, Progress, Rollout, Ship
 from mdiexit.runtime.join import PackageParts, part_frames
-from mdiexit.runtime.rollout import RolloutPlan
+from mdiexit.runtime.rollout import RolloutPlan, shipping_plan
 from mdiexit.runtime.versions import Version
 from mdiexit.security import is_operator
 
@@ -154,18 +154,12 @@ class Deployer:
         if not due:
             return
         cluster = self.source.node.cluster
-        mbps = {n: cluster.node(n).bandwidth_mbps or float("inf") for n in due}
-        own = self.source.node.cfg.bandwidth_mbps or float("inf")
-        relay = max(due, key=lambda n: mbps[n])
-        # through the relay: the archive crosses the source's uplink once, then the relay's once per other node
-        direct_s, relayed_s = len(due) / own, 1 / own + (len(due) - 1) / mbps[relay]
-        first = [relay] if len(due) > 1 and relayed_s < direct_s else due
-        rest = [n for n in due if n not in first]
+        plan = shipping_plan(self.source.node.cfg.bandwidth_mbps, {n: cluster.node(n).bandwidth_mbps for n in due})
         data, digest = self.archive
-        for name in first:
+        for name, relay_to in plan.items():
             parts = part_frames(self.source.name, self.archive)
             msg = Ship(sender=self.source.name, package=ro.plan.new, package_sha256=digest, package_bytes=len(data),
-                       parts=len(parts), relay_to=rest if name == relay else [])
+                       parts=len(parts), relay_to=relay_to)
             self.source.node.links[name].send(encode(msg), t)
             self.source.node.bulk.add(name, parts)
         for name in due:

@@ -39,19 +39,6 @@ class JoinError(RuntimeError):
 
 # ------------------------------------------------------------------ the source's side
 
-def package_archive(folder: Path) -> tuple[bytes, str]:
-    """The package's manifest and model files as a tar archive (no training artifacts), and its SHA-256."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path in sorted(p for p in Path(folder).iterdir() if p.is_file()):
-            info = tar.gettarinfo(str(path), arcname=path.name)
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            with path.open("rb") as f:
-                tar.addfile(info, f)
-    data = buf.getvalue()
-    return data, hashlib.sha256(data).hexdigest()
-
-
 def cluster_view(cluster: ClusterConfig, public_keys: dict[str, bytes]) -> str:
     """The cluster file a joiner receives: every member's public key spelled out, the package beside it."""
     d = cluster_dict(cluster)

@@ -249,3 +249,18 @@ def exit_shift(a: Counter, b: Counter) -> float:
     if not na or not nb:
         return math.nan
     return 0.5 * sum(abs(a[k] / na - b[k] / nb) for k in set(a) | set(b))
+
+
+def shipping_plan(own_mbps: float | None, due_mbps: dict[str, float | None]) -> dict[str, list[str]]:
+    """Who the source ships a version to, and whom each passes it on to: every node in ``due_mbps`` (its uplink's
+    Mbit/s, None: unlimited) directly, or, where that is sooner, only the node with the fastest uplink, which relays
+    it to the others (the archive then crosses the source's uplink once, and the relay's once per other node)."""
+    if not due_mbps:
+        return {}
+    mbps = {n: v or math.inf for n, v in due_mbps.items()}
+    own = own_mbps or math.inf
+    relay = max(mbps, key=lambda n: mbps[n])
+    direct_s, relayed_s = len(mbps) / own, 1 / own + (len(mbps) - 1) / mbps[relay]
+    if len(mbps) > 1 and relayed_s < direct_s:
+        return {relay: [n for n in mbps if n != relay]}
+    return {n: [] for n in mbps}

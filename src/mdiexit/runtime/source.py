@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from mdiexit.config import ClusterConfig
-from mdiexit.package import Package
+from mdiexit.package import Package, package_archive
 from mdiexit.policies.gate import REJECT_WHY, STOPPING, AdmissionGate
 from mdiexit.protocol.messages import Control, Join, Part, Result, Rollout, State
 from mdiexit.runtime.arrivals import Arrivals, Offer
@@ -45,7 +45,7 @@ from mdiexit.runtime.events import (
     TakeOut,
     WorkItem,
 )
-from mdiexit.runtime.join import member_message, package_archive, welcome_frames
+from mdiexit.runtime.join import member_message, welcome_frames
 from mdiexit.runtime.node import NodeProcess, encode, member_config
 from mdiexit.runtime.options import ClusterError
 from mdiexit.runtime.sourcecore import (

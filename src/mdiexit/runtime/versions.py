@@ -23,7 +23,7 @@ import msgspec
 
 from mdiexit.config import ClusterConfig, NodeConfig
 from mdiexit.engine import OrtEngine
-from mdiexit.package import Package, PackageError, load_package
+from mdiexit.package import Package, PackageError, incompatible, load_package
 from mdiexit.protocol.codec import encode
 from mdiexit.protocol.messages import Part, Ship
 from mdiexit.runtime.device import calibrate
@@ -48,18 +48,6 @@ class Version:
 
     def key(self, kind: str, k: int) -> tuple:
         return (kind, k, *self.tag)
-
-
-def incompatible(new: Package, old: Package) -> str | None:
-    """Why ``new`` cannot serve beside ``old`` in this cluster (None: it can). Nodes hold tasks by index, and
-    clients send the one input shape: the split and the input must match."""
-    if new.num_tasks != old.num_tasks:
-        return f"it has {new.num_tasks} tasks, the served package {old.num_tasks} (the nodes hold tasks by index)"
-    if tuple(new.input_shape) != tuple(old.input_shape):
-        return f"its input is {list(new.input_shape)}, the served package's {list(old.input_shape)}"
-    if len(new.classes) != len(old.classes):
-        return f"it has {len(new.classes)} classes, the served package {len(old.classes)}"
-    return None
 
 
 def load_version(folder: Path, old: Version, old_profile: dict, cfg: NodeConfig, held: frozenset[int],

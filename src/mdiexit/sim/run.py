@@ -22,6 +22,7 @@ from mdiexit.runtime.runpolicy import capacity_hint, make_admission, make_gate, 
 from mdiexit.runtime.sourcecore import Admission, SourceCore
 from mdiexit.runtime.summary import run_config, run_summary
 from mdiexit.sim.model import host_times, load_items_logits
+from mdiexit.sim.rollout import RolloutRequest, SimDeploy
 from mdiexit.sim.world import SimFeed, World
 
 log = logging.getLogger("mdiexit.sim")
@@ -30,10 +31,11 @@ DRAIN_STEP_S = 0.05  # the drain checks for the last outcomes this often (virtua
 
 
 def simulate(cluster_path: Path, opts: RunOptions, seed: int = 0, times: str = "profile",
-             admission: Admission | None = None) -> RunResult:
+             admission: Admission | None = None, rollout: RolloutRequest | None = None) -> RunResult:
     """Simulate ``cluster_path`` under ``opts`` (the options of `mdiexit run`; the ones about processes, keys and
     the live view do not apply). ``times``: profile (ONNX Runtime on this host, x slowdown) or macs. Every source
-    of the file streams as it would in `mdiexit run` (its own stream, floor, deadline and share of --rate)."""
+    of the file streams as it would in `mdiexit run` (its own stream, floor, deadline and share of --rate).
+    ``rollout``: play `mdiexit rollout` of a package at its ``at_s`` (sim.rollout)."""
     wall0 = time.perf_counter()
     run = preflight(cluster_path, opts)
     cluster, mode, rules, pkg = run.cluster, run.mode, run.rules, run.pkg
@@ -59,6 +61,14 @@ def simulate(cluster_path: Path, opts: RunOptions, seed: int = 0, times: str = "
     profiles = {n: host_times(pkg, cluster, n, times) for n in sorted({n.threads for n in cluster.nodes})}
     world = World(cluster, pkg, rules, feeds, profiles, seed)
     env = world.env
+    first_source = world.sources[cluster.source.name]
+    if rollout is not None:
+        if len(cluster.sources) > 1:
+            raise ClusterError("--rollout: a site of several sources cannot roll a version out yet")
+        o = per_source[cluster.source.name]
+        first_source.deploy = SimDeploy.prepare(world, first_source, rollout, pkg, o.items, o.data_dir,
+                                                o.limit_items)
+        world.rolling = True
     setup_s = time.perf_counter() - wall0
 
     start = READY_HEARTBEATS * world.heartbeat_s
@@ -68,6 +78,8 @@ def simulate(cluster_path: Path, opts: RunOptions, seed: int = 0, times: str = "
         src.admitting = True
         for fn in (src.arrive, src.tick, src.control):
             world.at(0.0, fn)
+    if rollout is not None:
+        world.at(rollout.at_s, first_source.deploy.begin)
     end = start + opts.duration_s
     env.run(until=end)
     for src in world.sources.values():
@@ -96,6 +108,8 @@ def simulate(cluster_path: Path, opts: RunOptions, seed: int = 0, times: str = "
                             adapted=per_source[n.name].adapts_endless())
         for n in cluster.sources}
     summary["fairness_jain"] = fairness(summary["sources"])
+    if first.rollouts:
+        summary["rollouts"] = [r.record(start) for r in first.rollouts]
     summary.update(node_failures=first.failure_summary(), recovery_s=None, secure=False, emulation_warnings=[],
                    **run_energy(cluster_models(cluster.nodes), final_stats, summary["completed"], pkg.num_tasks))
     wall_s = time.perf_counter() - wall0

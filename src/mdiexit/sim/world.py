@@ -17,6 +17,9 @@ sockets and sleeps, it has events.
 - **Source**: offers at the admission policy's rate, the gate, the control step every CONTROL_PERIOD_S and the
   release on every arrival, result and 10 ms tick, as the runtime source's admitting phase (runtime.source).
 
+- **Roll-outs** (`--rollout`): sim.rollout ships the archive over the links and loads it; the source core's roll-out
+  decides as in the runtime.
+
 Not modelled: the host's own CPU contention, message decode/validation costs, failures and joins.
 """
 
@@ -44,6 +47,7 @@ from mdiexit.runtime.device import seed_estimates
 from mdiexit.runtime.events import Finished, WorkItem
 from mdiexit.runtime.sourcecore import ADMIT_LOOK_S, CONTROL_PERIOD_S, SourceCore
 from mdiexit.sim.model import Items, device_table
+from mdiexit.sim.rollout import SimDeploy, stream_keys
 
 # Wire sizes (bytes) of the headers of this protocol version, msgpack-encoded, as measured on typical messages.
 DATA_HEADER_BYTES = 270
@@ -195,6 +199,7 @@ class SimSource(SimNode):
         self.admitting = False
         self.arrived = 0
         self.start = 0.0
+        self.deploy: SimDeploy | None = None  # a roll-out's shell (sim.rollout), when one is played
 
     def result(self, node: str, f: Finished, expired: bool) -> None:
         it = f.item
@@ -235,7 +240,12 @@ class SimSource(SimNode):
         self.source_step(step)
         self.world.at(CONTROL_PERIOD_S, self.control)
 
-    def batch_logits(self, task: int, item_ids: list[int]) -> np.ndarray:
+    def batch_logits(self, task: int, item_ids: list[int], package: str = "") -> np.ndarray:
+        if self.deploy is not None:  # a roll-out: shadow copies, and the new version's own logits
+            keys = stream_keys(self, item_ids)
+            if package == self.deploy.pkg.version:
+                return self.deploy.logits(task, keys)
+            return self.items.logits[task - 1][keys]
         records = self.sc.ledger.records  # a record's key is its item's place in the stream
         return self.items.logits[task - 1][[records[i].key for i in item_ids]]
 
@@ -252,6 +262,8 @@ class SimSource(SimNode):
                     self.route(item)
                 case events.TakeOut(name):
                     self.core.on_leave(name)
+                case events.Retire(package) if self.deploy is not None:
+                    self.deploy.retire(package)
         return actions
 
 
@@ -276,6 +288,7 @@ class World:
         self.quiet_report_s = cluster.quiet_report_s
         self.give_up_s = 5 * cluster.dead_after_ms / 1000  # as runtime.node's heartbeat loop
         self.events = 0
+        self.rolling = False  # a roll-out is played (sim.rollout): STATEs say which versions each node holds
         by_name = {n.name: n for n in cluster.nodes}
         nodes = [n for n in cluster.nodes if not rules.single_node or n.name in feeds]
         tables: dict[tuple[float, int], dict] = {}
@@ -341,15 +354,20 @@ class World:
 
     def logits(self, task: int, batch: list[WorkItem]) -> np.ndarray:
         """Each item's precomputed logits at ``task``'s exit, from its own source's stream."""
-        first = batch[0].source
+        first, package = batch[0].source, batch[0].package  # (a batch is of one package version)
         if all(it.source == first for it in batch):
-            return self.sources[first].batch_logits(task, [it.item_id for it in batch])
-        return np.concatenate([self.sources[it.source].batch_logits(task, [it.item_id]) for it in batch])
+            return self.sources[first].batch_logits(task, [it.item_id for it in batch], package)
+        return np.concatenate([self.sources[it.source].batch_logits(task, [it.item_id], package) for it in batch])
 
     def deliver_state(self, sender: str, backlog_s: float, service: dict[int, float], recipients: list[SimNode],
                       per_source: dict[str, float] | None = None) -> None:
         t = self.env.now
+        held = self.nodes[sender].core.pkgs
+        packages = tuple(held) if len(held) > 1 or self.rolling else ()  # what a STATE's progress says
         for r in recipients:
             r.core.on_report(sender, backlog_s, t, service, per_source)
+            if packages:
+                r.core.on_packages(sender, list(packages))
             if isinstance(r, SimSource):
-                r.source_step(events.StateIn(sender, per_source.get(r.name, backlog_s) if per_source else backlog_s))
+                r.source_step(events.StateIn(sender, per_source.get(r.name, backlog_s) if per_source else backlog_s,
+                                             packages=packages))
