@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from mdiexit.bench.variants import broken_package, renamed_package
 from mdiexit.config import write_cluster
 from mdiexit.package import package_archive
@@ -15,7 +17,7 @@ from mdiexit.sim.rollout import RolloutRequest
 from mdiexit.sim.run import simulate
 from tests.sim.test_sim import ITEMS, PACKAGE, nodes
 
-
+pytestmark = pytest.mark.slow  # two 20-second simulations, and each new version's logits
 STEP_S = 3.0
 
 
