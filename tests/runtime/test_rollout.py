@@ -49,6 +49,8 @@ def test_shipping_waits_for_every_live_node_then_the_first_step_runs_its_exact_s
     assert Counter(v for v, _ in chosen) == {OLD: 90, NEW: 10}  # exactly the share, no randomness
     twins = [(v, twin) for v, twin in chosen if twin is not None]
     assert len(twins) == 20 and all(twin != v for v, twin in twins)  # each copy runs on the other version
+    ro.on_packages("w2", [OLD], None, 0.8)  # it restarted with its cluster file's version: to be shipped again
+    assert ro.relapsed == {"w2"} and not ro.holders["w2"]
 
 
 def test_a_node_that_cannot_load_the_version_rolls_it_back_with_its_reason():

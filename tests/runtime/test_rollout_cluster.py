@@ -1,10 +1,12 @@
 """A roll-out on a running cluster of real processes (`mdiexit rollout`, runtime.deploy): a stranger's key is
-refused, a broken version is rolled back on its shadow agreement, a good one completes; every item has one outcome
-throughout, and each ran on the version its record names."""
+refused, a broken version is rolled back on its shadow agreement, a good one completes; a worker restarted after it
+and a device joining after it both end up holding the new version alone; every item has one outcome throughout,
+and each ran on the version its record names."""
 
 from __future__ import annotations
 
 import csv
+import signal
 import time
 
 import pytest
@@ -13,6 +15,7 @@ from mdiexit.bench.variants import broken_package, renamed_package
 from mdiexit.config import load_cluster
 from mdiexit.ops.rollout import RolloutError, find_keys, rollout
 from mdiexit.runtime.launch import LiveRun, RunOptions, run_cluster
+from mdiexit.runtime.ports import free_ports
 from mdiexit.runtime.report import write_results
 from mdiexit.security import create_keys
 from tests.runtime.conftest import write_cluster
@@ -47,11 +50,24 @@ def test_a_broken_version_is_rolled_back_and_a_good_one_completes(tmp_path, tiny
             seen["bad"] = rollout(cluster.source, bad, {"steps": [0.2, 1.0], **gates}, keys, out=Quiet())
             seen["good"] = rollout(cluster.source, good, {"steps": [0.3, 1.0], **gates}, keys, out=Quiet())
             seen["good_done_at"] = live.source.clock.now()
+            # after it: a worker restarts with the cluster file's (retired) version, and a new device joins
+            live.signal("w2", signal.SIGKILL)
+            live.procs["w2"].wait(timeout=10)
+            live.restart("w2")
+            live.join("w3", free_ports(1)[0], slowdown=10)
+            new = seen["good"][1].package
+            deadline = time.monotonic() + 25
+            while time.monotonic() < deadline and any(
+                    live.source.packages_of.get(n) != (new,) for n in ("w2", "w3")):
+                time.sleep(0.2)
+            seen["held_after"] = {n: live.source.packages_of.get(n) for n in ("w2", "w3")}
         except Exception as e:  # noqa: BLE001 - the test asserts on it below
             seen["error"] = e
 
-    result = run_cluster(cluster_file, RunOptions(rate=40, duration_s=26, live=False), on_ready=operator)
+    result = run_cluster(cluster_file, RunOptions(rate=40, duration_s=24, live=False), on_ready=operator)
     assert "error" not in seen, seen.get("error")
+    # the restarted worker was shipped the new version and unloaded the old; the joiner was welcomed with it
+    assert seen["held_after"] == {"w2": (seen["good"][1].package,), "w3": (seen["good"][1].package,)}
     s = result.summary
     assert s["lost"] == 0 and s["duplicates"] == 0 and s["failed"] == 0 and s["completed"] == s["admitted"]
     assert seen["bad"][0] == "rolled_back" and seen["good"][0] == "completed"

@@ -25,6 +25,7 @@ log = logging.getLogger("mdiexit.rollout")
 PROGRESS_PERIOD_S = 1.0  # the operator hears where the roll-out stands this often
 RESHIP_AFTER_S = 30.0  # a node still without the new version is shipped it again after this long
 RECEIVE_TIMEOUT_S = 120.0  # the operator's package must have arrived whole within this long
+UNLOAD_AGAIN_S = 3.0  # a node still reporting a retired version (it restarted with it) is told again after this long
 
 
 class Deployer:
@@ -150,7 +151,8 @@ class Deployer:
         ro = self.source.sc.rollout
         if ro is None or ro.phase == "rolled_back" or self.archive is None:
             return  # (once completed, a node that joins or restarts still gets it)
-        due = [n for n in self.targets() if t - self.shipped.get(n, float("-inf")) > RESHIP_AFTER_S]
+        due = [n for n in self.targets() if n in ro.relapsed or t - self.shipped.get(n, float("-inf")) > RESHIP_AFTER_S]
+        ro.relapsed.clear()
         if not due:
             return
         cluster = self.source.node.cluster
@@ -164,6 +166,11 @@ class Deployer:
             self.source.node.bulk.add(name, parts)
         for name in due:
             self.shipped[name] = t
+
+    def forget(self, node: str) -> None:
+        """``node`` went down: whatever it held or was receiving may be gone; it is shipped again when it is back."""
+        self.shipped.pop(node, None)
+        self.unloads.pop(node, None)
 
     def tick(self, t: float) -> None:
         """After every control step: the operator's package overdue, nodes to ship to, the roll-out's news."""
@@ -209,6 +216,6 @@ class Deployer:
         for node, held in src.packages_of.items():
             stale = [v for v in held if v in src.sc.retired]
             if stale and src.sc.package in held and node in src.node.links and \
-                    t - self.unloads.get(node, float("-inf")) > RESHIP_AFTER_S:
+                    t - self.unloads.get(node, float("-inf")) > UNLOAD_AGAIN_S:
                 for v in stale:
                     self._unload(node, v, t)

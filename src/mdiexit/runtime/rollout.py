@@ -69,6 +69,7 @@ class RolloutCore:
         self.step_started = now
         self.reason = ""
         self.holders: dict[str, bool] = {}  # node -> holds the new version loaded
+        self.relapsed: set[str] = set()  # nodes that held it and no longer do (restarted), for the shell to ship to
         self.acc_new = 0.0  # Bresenham accumulators: an exact share without randomness
         self.acc_shadow = 0.0
         self.twins: dict[int, int] = {}  # shadow copy id -> its item's id
@@ -163,7 +164,10 @@ class RolloutCore:
 
     def on_packages(self, node: str, versions: list[str], error: str | None, now: float) -> None:
         """A node's STATE: the versions it holds, and why the last one shipped did not load."""
+        had = self.holders.get(node, False)
         self.holders[node] = self.plan.new in versions
+        if had and not self.holders[node]:
+            self.relapsed.add(node)  # it restarted with what its cluster file names: it needs the version again
         if error and self.phase in ("shipping", "step") and not self.holders[node]:
             self.rollback(f"node {node} could not load it ({error})", now)
 

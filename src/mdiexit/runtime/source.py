@@ -238,6 +238,7 @@ class SourceProcess:
                     arrivals.answer(key, outcome, reason, None)
                 case TakeOut(name, kind, in_flight):
                     self.node.core.on_leave(name)
+                    self.deployer.forget(name)
                     log.warning("%s: node %s is down (%s); re-dispatching %d items in flight", self.name, name,
                                 kind, in_flight)
                 case Back(name):
