@@ -106,6 +106,19 @@ def run_rollout(cluster_path: Path, package: Path, o: RolloutBenchOptions) -> di
             "per_second": per_second}
 
 
+def simulate_rollout(cluster_path: Path, package: Path, o: RolloutBenchOptions) -> dict:
+    """The good version's roll-out in the simulator, for its planning figures beside the runtime's."""
+    from mdiexit.sim.rollout import RolloutRequest
+    from mdiexit.sim.run import simulate
+
+    res = simulate(cluster_path, RunOptions(rate=o.rate, duration_s=o.duration_s, warmup_s=3.0, live=False),
+                   rollout=RolloutRequest(package, at_s=o.at_s, steps=o.steps, step_s=o.step_s, shadow=o.shadow,
+                                          min_agreement=o.min_agreement))
+    s = res.summary
+    return {"rollout": s["rollouts"][0], "offered": s["offered"], "rejected": s["rejected"], "lost": s["lost"],
+            "throughput_per_s": s["throughput_per_s"]}
+
+
 def bench_rollout(cluster_path: Path, package: Path, out: Path, o: RolloutBenchOptions) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mdiexit-versions-") as d:
@@ -118,11 +131,14 @@ def bench_rollout(cluster_path: Path, package: Path, out: Path, o: RolloutBenchO
             say(f"{name}: {r['outcome']} ({r['rollout'].get('reason') or 'no gate failed'}); rejected "
                 f"{r['rejected']} of {r['offered']}, lost {r['lost']}, answered by it "
                 f"{100 * r['answered_by_new']:.1f} %")
+        say("the same roll-out of the good version, simulated (mdiexit simulate --rollout)")
+        simulated = simulate_rollout(cluster_path, good, o)
     say(f"{cluster_path} at {o.rate:g} items/s: a device joins at 9 s")
     join = bench_join(cluster_path, out / "rollout-join.json",
                       JoinBenchOptions(rate=o.rate, duration_s=40.0, at_s=9.0))
     (out / "rollout-join.json").unlink(missing_ok=True)
     report = {"cluster": str(cluster_path), "package": str(package), "options": asdict(o), **runs,
+              "simulated": simulated,
               "join": {k: join[k] for k in ("offered", "rejected", "lost", "throughput_per_s", "during")}}
     (out / "rollout.json").write_text(json.dumps(report, indent=1) + "\n")
     _plot(report, out / "rollout.png")
