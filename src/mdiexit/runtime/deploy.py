@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import zmq
 
+from mdiexit.package import PackageError
 from mdiexit.protocol.codec import encode
 from mdiexit.protocol.messages import Control, Part, Progress, Rollout, Ship
 from mdiexit.runtime.join import PackageParts, part_frames
@@ -34,7 +35,6 @@ class Deployer:
     def __init__(self, source: SourceProcess):
         self.source = source
         self.incoming: tuple[Rollout, PackageParts, float] | None = None  # the operator's package, arriving
-        self.request: Rollout | None = None
         self.reply: zmq.Socket | None = None  # to the operator (a PUSH to its reply address)
         self.archive: tuple[bytes, str] | None = None  # the new version's, to ship
         self.shipped: dict[str, float] = {}  # node -> when it was last shipped the new version
@@ -59,7 +59,6 @@ class Deployer:
             ongoing = src.sc.rollout.plan.new if src.sc.rollout is not None else "another package"
             self.tell("refused", f"a roll-out of {ongoing} is in progress; wait for it to end")
             return
-        self.request = msg
         self.incoming = (msg, PackageParts(msg.package_sha256, msg.package_bytes, msg.parts), src.clock.now())
         self.tell("receiving", f"receiving the package from {msg.sender} ({msg.package_bytes / 1e6:.1f} MB)")
 
@@ -108,11 +107,9 @@ class Deployer:
         self.incoming = None
         node = self.source.node
         archive = bytes(parts.data)
-        ship = Ship(sender=self.source.name, package="incoming", package_sha256=request.package_sha256,
-                    package_bytes=request.package_bytes, parts=request.parts)
         try:
-            folder = node.versions.shipments.unpack(ship, archive)
-        except Exception as e:  # noqa: BLE001 - any reason is the operator's to read
+            folder = node.versions.shipments.unpack(request.package_sha256, archive)
+        except PackageError as e:
             self.tell("refused", f"the package is not usable: {e}")
             return
         self.tell("receiving", "received; checking and loading it here first")

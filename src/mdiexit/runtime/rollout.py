@@ -23,7 +23,6 @@ import numpy as np
 SHADOW_BASE = 1 << 61  # shadow copies' item ids start here: never an admitted item's
 MIN_COMPARED = 20  # a gate judges once it has this many samples (comparisons, results on the new version)
 SHIP_TIMEOUT_S = 600.0  # the nodes must hold the new version within this long, or the roll-out is rolled back
-PHASES = ("shipping", "step", "completed", "rolled_back")
 
 
 @dataclass(frozen=True)

@@ -94,13 +94,13 @@ class Shipments:
         del self.receiving[part.package_sha256]
         return entry[0], bytes(entry[1].data)
 
-    def unpack(self, ship: Ship, archive: bytes) -> Path:
-        """The archive, checked and unpacked in a folder of its own (PackageError: why not)."""
+    def unpack(self, sha256: str, archive: bytes) -> Path:
+        """The archive, checked against ``sha256`` and unpacked in a folder of its own (PackageError: why not)."""
         if self.folder is None:
             self.folder = Path(tempfile.mkdtemp(prefix=f"mdiexit-{self.name}-versions-"))
-        target = self.folder / ship.package_sha256[:16]
+        target = self.folder / sha256[:16]
         try:
-            unpack_archive(archive, ship.package_sha256, target)
+            unpack_archive(archive, sha256, target)
         except JoinError as e:
             raise PackageError(str(e)) from None
         return target
@@ -148,7 +148,7 @@ class HeldVersions:
             return
         ship, archive = got
         try:
-            folder = self.shipments.unpack(ship, archive)
+            folder = self.shipments.unpack(ship.package_sha256, archive)
         except PackageError as e:
             self.failed(ship.package, str(e))
             return
