@@ -36,6 +36,7 @@ from mdiexit.security import (
 )
 
 SILENCE_S = 90.0  # the source says where the roll-out stands every second; this long without a word is an error
+FIRST_WORD_S = 15.0  # the source answers a ROLLOUT at once: no answer within this long, and it is not there
 OUTCOMES = {"completed": 0, "rolled_back": 1, "refused": 2}
 
 
@@ -152,11 +153,11 @@ def rollout(source: NodeConfig, package: Path, request: dict, keys: OperatorKeys
 def follow(inbox: zmq.Socket, refused: zmq.Socket, out,
            on_progress: Callable[[Progress], None] | None = None) -> tuple[str, Progress | None]:
     """Print the source's PROGRESS until the roll-out ends."""
-    heard = time.monotonic()
+    began, heard = time.monotonic(), None
     poller = zmq.Poller()
     poller.register(inbox, zmq.POLLIN)
     poller.register(refused, zmq.POLLIN)
-    while time.monotonic() - heard < SILENCE_S:
+    while time.monotonic() - (heard or began) < (SILENCE_S if heard else FIRST_WORD_S):
         ready = dict(poller.poll(500))
         if refused in ready:
             raise RolloutError("the source refused this key: a roll-out needs the source's own key or one in its "
@@ -175,4 +176,7 @@ def follow(inbox: zmq.Socket, refused: zmq.Socket, out,
             on_progress(msg)
         if msg.phase in OUTCOMES:
             return msg.phase, msg
+    if heard is None:
+        raise RolloutError(f"no answer from the source within {FIRST_WORD_S:g} s: is `mdiexit run` or `mdiexit serve` "
+                           "running there, and does it reach this machine (--reply-host)?")
     raise RolloutError(f"no word from the source for {SILENCE_S:g} s: is it still running? (`mdiexit status`)")

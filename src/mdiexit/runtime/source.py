@@ -109,7 +109,7 @@ class SourceProcess:
         self.latency_observers: list[Callable[[float], None]] = [self.latencies.append]  # and metrics
         # the site's status: each node's last few progress reports (time, busy_s and tasks so far), its package
         self.progress: dict[str, deque[tuple[float, dict[str, float]]]] = {}
-        self.package_of: dict[str, str | None] = {self.name: self.node.package_version}
+        self.package_of: dict[str, str | None] = {}  # each node's served version, as it last reported
         self.status_path = None
         self.node_backlog_s: dict[str, float] = {}  # each node's last reported backlog, all sources' items
         self.paused_until = -float("inf")  # a paused source takes no arrivals until then (a camera switched off)

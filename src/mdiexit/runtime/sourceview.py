@@ -107,7 +107,8 @@ def site_status(src: SourceProcess, cluster_file: str, rate: float, t: float) ->
         fig = links.get(name)
         nodes.append(NodeStatus(
             name=name, role=node.role, state=state,
-            package=src.package_of.get(name), backlog_ms=None if backlog is None else 1000 * backlog,
+            package=src.node.package_version if name == src.name else src.package_of.get(name),
+            backlog_ms=None if backlog is None else 1000 * backlog,
             utilization=util, tasks_per_s=tasks, watts=watts,
             link=None if fig is None else LinkStatus(fig[0] / 1e6 if fig[0] else None, 1000 * fig[1])))
     events = [EventStatus(node=e["node"], kind=e["kind"], at_s=e["at_s"], recovery_s=e.get("recovery_s"))
