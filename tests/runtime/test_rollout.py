@@ -103,6 +103,7 @@ def test_agreeing_steps_complete_after_each_holds_its_time():
     ro.tick(11.0, ["w1"])
     assert ro.phase == "completed" and ro.current == NEW and ro.retired == OLD and ro.agreement == 1.0
     assert ro.version_for() == (NEW, None)
+    assert ro.line() == f"{NEW} (completed; items on it: 1, agreement 1.000 over {MIN_COMPARED})"
 
 
 def test_the_exit_mix_is_compared_on_the_same_items_and_p95_on_the_new_versions():

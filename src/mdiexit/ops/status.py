@@ -80,6 +80,7 @@ class SiteStatus(msgspec.Struct, frozen=True):
     joules_per_item: float | None = None  # the counted nodes' joules so far per completed item (None: none counted)
     skipped: int = 0  # a video stream's frames never offered: a newer one came first (freshness, not loss)
     sources: list[SourceStatus] = []  # a site of several sources run by this process: each one's own counts
+    rollout: str | None = None  # the last roll-out of a new package version, in a line (`mdiexit rollout`)
 
 
 def runtime_dirs() -> list[Path]:
@@ -154,7 +155,9 @@ def render(status: SiteStatus, now: float | None = None) -> str:
              f"throughput {status.throughput_per_s:.1f} items/s · admission {status.admission_rate_per_s:.1f}/s · "
              f"admitted {status.admitted} · completed {status.completed} · in flight {status.in_flight} · "
              f"rejected {status.rejected} · expired {status.expired} · failed {status.failed} · accuracy {acc}"
-             + energy, ""]
+             + energy]
+    lines += [f"roll-out: {status.rollout}"] if status.rollout else []
+    lines.append("")
     rows = [("node", "role", "state", "backlog", "util", "tasks/s", "watts", "link from source", "package")]
     for n in status.nodes:
         link = "-" if n.link is None else (

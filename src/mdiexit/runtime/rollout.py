@@ -236,6 +236,14 @@ class RolloutCore:
     def done(self) -> bool:
         return self.phase in ("completed", "rolled_back")
 
+    def line(self) -> str:
+        """Where it stands, for the site's status."""
+        agreement = "" if self.agreement is None else f", agreement {self.agreement:.3f} over {self.compared}"
+        where = {"shipping": "shipping to the nodes",
+                 "step": f"step {self.step + 1}/{len(self.plan.steps)}, {100 * self.fraction:g} % of items",
+                 "completed": "completed", "rolled_back": f"rolled back: {self.reason}"}[self.phase]
+        return f"{self.plan.new} ({where}; items on it: {self.items_on_new}{agreement})"
+
     def record(self, run_start: float) -> dict:
         """The summary's entry (``rollouts``)."""
         return {"package": self.package, "version": self.plan.new, "from_version": self.plan.old,

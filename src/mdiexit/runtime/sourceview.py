@@ -120,7 +120,8 @@ def site_status(src: SourceProcess, cluster_file: str, rate: float, t: float) ->
         in_flight=len(led.in_flight),
         rejected=sum(src.gate.rejected.values()) + (sum(src.intake.refused.values()) if src.intake else 0),
         expired=led.expired + src.gate.expired, failed=led.failed, accuracy=src.accuracy(),
-        joules_per_item=src.joules_per_item(), skipped=src.skipped(), nodes=nodes, events=events)
+        joules_per_item=src.joules_per_item(), skipped=src.skipped(), nodes=nodes, events=events,
+        rollout=None if src.sc.rollout is None else src.sc.rollout.line())
 
 
 def source_status(src: SourceProcess) -> SourceStatus:
