@@ -216,6 +216,7 @@ class SourceCore:
             return []
         self.retired.add(retired)
         return [Retire(retired)]
+
     def max_backlog_s(self, own_backlog_s: float, t: float) -> float:
         """The largest backlog in the cluster: this node's, or the last one a live node reported."""
         at, reported = self._max_reported

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from mdiexit.runtime.node import NodeProcess
 
 log = logging.getLogger("mdiexit.node")
+KEEP_RETIRED = 2  # versions kept loaded after they were retired (a process serving for months rolls out many)
 
 
 @dataclass
@@ -119,16 +120,22 @@ class HeldVersions:
         self.loaded: dict[str, Version] = {first.pkg.version: first}
         self.shipments = Shipments(node.name)
         self.error: str | None = None  # why the last version shipped here did not load
-        self.retired: dict[str, Package] = {}  # versions unloaded (a client may still name one)
+        # versions unloaded, the last few kept: a client may still name one, and a shadow copy of it may still be on
+        # its way to the device (a batch handed to the compute executor just before the unload)
+        self.retired: dict[str, Version] = {}
 
     def of(self, item: WorkItem) -> Version:
         """The version ``item`` runs on (the core routes an item only to nodes holding its version)."""
-        return self.loaded[item.package or self.node.core.first]
+        name = item.package or self.node.core.first
+        found = self.loaded.get(name) or self.retired.get(name)
+        if found is None:
+            raise KeyError(f"{self.node.name} holds no package {name}")
+        return found
 
     def package(self, version: str) -> Package | None:
         """The package of ``version``, held or retired (None: never served here). Any thread may ask."""
-        held = self.loaded.get(version)
-        return held.pkg if held is not None else self.retired.get(version)
+        held = self.loaded.get(version) or self.retired.get(version)
+        return held.pkg if held is not None else None
 
     def has_codec(self, item: WorkItem) -> bool:
         """Whether the item's version has a learned code for its features (another version's may not)."""
@@ -202,7 +209,9 @@ class HeldVersions:
         if package not in self.loaded or len(self.loaded) < 2:
             return
         node.core.remove_version(package)
-        self.retired[package] = self.loaded.pop(package).pkg
+        self.retired[package] = self.loaded.pop(package)
+        while len(self.retired) > KEEP_RETIRED:
+            del self.retired[next(iter(self.retired))]
         node.pkg = self.loaded[node.core.first].pkg
         node.package_version = node.core.first
         node.progress_sent_at = float("-inf")
