@@ -37,12 +37,12 @@ def test_a_broken_version_is_rolled_back_and_a_good_one_completes(tmp_path, tiny
     create_keys(["stranger"], tmp_path / "strangers")
     cluster_file = write_cluster(tmp_path / "c.yaml", tiny_package, [30, 10, 20])  # no keys: ephemeral ones
     cluster = load_cluster(cluster_file)
-    gates = {"step_s": 3.0, "shadow": 0.25, "min_agreement": 0.9, "max_exit_shift": 0.3, "max_p95_ms": None}
+    gates = {"step_s": 2.0, "shadow": 0.25, "min_agreement": 0.9, "max_exit_shift": 0.3, "max_p95_ms": None}
     seen: dict = {}
 
     def operator(live: LiveRun) -> None:
         try:
-            time.sleep(1.0)
+            time.sleep(0.5)
             stranger = find_keys(cluster, cluster.source, tmp_path / "strangers" / "stranger.key_secret", None, False)
             with pytest.raises(RolloutError, match="refused this key"):
                 rollout(cluster.source, good, {"steps": [1.0], **gates}, stranger, out=Quiet())
@@ -64,7 +64,7 @@ def test_a_broken_version_is_rolled_back_and_a_good_one_completes(tmp_path, tiny
         except Exception as e:  # noqa: BLE001 - the test asserts on it below
             seen["error"] = e
 
-    result = run_cluster(cluster_file, RunOptions(rate=40, duration_s=24, live=False), on_ready=operator)
+    result = run_cluster(cluster_file, RunOptions(rate=60, duration_s=20, live=False), on_ready=operator)
     assert "error" not in seen, seen.get("error")
     # the restarted worker was shipped the new version and unloaded the old; the joiner was welcomed with it
     assert seen["held_after"] == {"w2": (seen["good"][1].package,), "w3": (seen["good"][1].package,)}
