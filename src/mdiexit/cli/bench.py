@@ -77,9 +77,9 @@ def cmd_bench_multisource(a: argparse.Namespace) -> int:
 def cmd_bench_rollout(a: argparse.Namespace) -> int:
     """A roll-out while the site serves at --rate: at --at s the operator rolls out a broken version of --package
     (every exit answers another class; the same shapes and speed), which must be rolled back, then, in a run of its
-    own, the same model re-released, which must complete; a third run has a device join. Per run: the outcome and
-    reason, rejected and lost items, the share answered by the new version, and per second the share admitted on it,
-    the results and their p95. Writes --out/rollout.json and rollout.png."""
+    own, the same model re-released, which must complete, and the same roll-out simulated; a last run has a device
+    join. Per run: the outcome and reason, rejected and lost items, the share answered by the new version, and per
+    second the share admitted on it, the results and their p95. Writes --out/rollout.json and rollout.png."""
     from mdiexit.bench.rollout import RolloutBenchOptions, bench_rollout
 
     bench_rollout(a.cluster, a.package, a.out, RolloutBenchOptions(
