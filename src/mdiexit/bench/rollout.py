@@ -2,9 +2,9 @@
 rate; at ``at_s`` the operator rolls out, as `mdiexit rollout` does, first a broken version of the served package
 (every exit answers the class after its own: the same shapes and speed), which must be rolled back, then, in a run
 of its own, the same model re-released, which must complete; the simulator then plays that same roll-out. A last
-run has a device join at 9 s (the package shipped in paced parts). Reported per run: the outcome and its reason, offered, rejected, lost, the share
-of items answered by the new version, and per second the share admitted on it, the results and their p95 latency,
-and the agreement the gates saw. Writes OUT/rollout.json and OUT/rollout.png."""
+run has a device join at 9 s (the package shipped in paced parts). Reported per run: the outcome and its reason,
+offered, rejected, lost, the share of items answered by the new version, and per second the share admitted on it,
+the results and their p95 latency, and the agreement the gates saw. Writes OUT/rollout.json and OUT/rollout.png."""
 
 from __future__ import annotations
 
