@@ -128,6 +128,7 @@ def bench_rollout(cluster_path: Path, package: Path, out: Path, o: RolloutBenchO
             say(f"{cluster_path} at {o.rate:g} items/s for {o.duration_s:g} s; rolling the {name} version out at "
                 f"{o.at_s:g} s")
             runs[name] = r = run_rollout(cluster_path, version, o)
+            r["package"] = f"the {name} version of {package} (mdiexit.bench.variants)"  # not its temporary folder
             say(f"{name}: {r['outcome']} ({r['rollout'].get('reason') or 'no gate failed'}); rejected "
                 f"{r['rejected']} of {r['offered']}, lost {r['lost']}, answered by it "
                 f"{100 * r['answered_by_new']:.1f} %")
