@@ -6,6 +6,7 @@ and each ran on the version its record names."""
 from __future__ import annotations
 
 import csv
+import io
 import signal
 import time
 
@@ -23,14 +24,6 @@ from tests.runtime.conftest import write_cluster
 pytestmark = pytest.mark.cluster
 
 
-class Quiet:
-    def write(self, _: str) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-
 def test_a_broken_version_is_rolled_back_and_a_good_one_completes(tmp_path, tiny_package):
     bad = broken_package(tiny_package, tmp_path / "bad")
     good = renamed_package(tiny_package, tmp_path / "good")
@@ -45,10 +38,10 @@ def test_a_broken_version_is_rolled_back_and_a_good_one_completes(tmp_path, tiny
             time.sleep(0.5)
             stranger = find_keys(cluster, cluster.source, tmp_path / "strangers" / "stranger.key_secret", None, False)
             with pytest.raises(RolloutError, match="refused this key"):
-                rollout(cluster.source, good, {"steps": [1.0], **gates}, stranger, out=Quiet())
+                rollout(cluster.source, good, {"steps": [1.0], **gates}, stranger, out=io.StringIO())
             keys = find_keys(cluster, cluster.source, None, None, False)  # the run's own, in the runtime folder
-            seen["bad"] = rollout(cluster.source, bad, {"steps": [0.2, 1.0], **gates}, keys, out=Quiet())
-            seen["good"] = rollout(cluster.source, good, {"steps": [0.3, 1.0], **gates}, keys, out=Quiet())
+            seen["bad"] = rollout(cluster.source, bad, {"steps": [0.2, 1.0], **gates}, keys, out=io.StringIO())
+            seen["good"] = rollout(cluster.source, good, {"steps": [0.3, 1.0], **gates}, keys, out=io.StringIO())
             seen["good_done_at"] = live.source.clock.now()
             # after it: a worker restarts with the cluster file's (retired) version, and a new device joins
             live.signal("w2", signal.SIGKILL)

@@ -8,6 +8,7 @@ the results and their p95 latency, and the agreement the gates saw. Writes OUT/r
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 import threading
@@ -44,14 +45,6 @@ def say(msg: str) -> None:
     util.say("bench", msg, clock=True)
 
 
-class Quiet:
-    def write(self, _: str) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-
 def run_rollout(cluster_path: Path, package: Path, o: RolloutBenchOptions) -> dict:
     """One run at ``o.rate`` with a roll-out of ``package`` at ``o.at_s``: its figures."""
     from mdiexit.ops.rollout import find_keys, rollout
@@ -69,8 +62,10 @@ def run_rollout(cluster_path: Path, package: Path, o: RolloutBenchOptions) -> di
                     keys = find_keys(cluster, cluster.source, None, None, False)
                     request = {"steps": list(o.steps), "step_s": o.step_s, "shadow": o.shadow,
                                "min_agreement": o.min_agreement, "max_exit_shift": 0.25, "max_p95_ms": None}
-                    seen["outcome"], _ = rollout(cluster.source, package, request, keys, out=Quiet(), on_progress=lambda
-                                                 p: seen["progress"].append((live.source.clock.now(), p)))
+                    def heard(p) -> None:
+                        seen["progress"].append((live.source.clock.now(), p))
+                    seen["outcome"], _ = rollout(cluster.source, package, request, keys, out=io.StringIO(),
+                                                 on_progress=heard)
                 except Exception as e:  # noqa: BLE001 - reported in the result
                     seen["error"] = f"{type(e).__name__}: {e}"
             threading.Thread(target=later, daemon=True).start()

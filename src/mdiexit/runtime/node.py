@@ -30,7 +30,7 @@ import zmq
 from mdiexit.clock import REAL_TIME, WallClock
 from mdiexit.config import ClusterConfig, NodeConfig
 from mdiexit.emulation.device import DeviceModel
-from mdiexit.energy import node_joules, power_model
+from mdiexit.energy import power_model
 from mdiexit.engine import OrtEngine
 from mdiexit.meters import EnergyCounter, find_meter
 from mdiexit.package import Package
@@ -39,7 +39,6 @@ from mdiexit.policies.offload import NeighbourView, ServiceEstimator
 from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, encode
 from mdiexit.protocol.messages import (
     CLUSTER_KINDS,
-    REJECT_REASONS,
     Control,
     Data,
     Join,
@@ -50,7 +49,6 @@ from mdiexit.protocol.messages import (
     Ship,
     State,
 )
-from mdiexit.protocol.stats import task_stats
 from mdiexit.runtime import events  # the node core's events and actions: events.Arrived, events.Compute, ...
 from mdiexit.runtime.bulk import BulkSender
 from mdiexit.runtime.core import NodeCore, energy_weights, held_tasks, neighbour_view, peers_of
@@ -58,6 +56,7 @@ from mdiexit.runtime.device import Profile, calibrate, compression_plan, seed_es
 from mdiexit.runtime.linkmeter import LinkMeter
 from mdiexit.runtime.links import Egress, Link
 from mdiexit.runtime.loop import Loop
+from mdiexit.runtime.nodestats import final_stats, progress_report
 from mdiexit.runtime.options import ClusterError
 from mdiexit.runtime.role import Role, WorkerRole
 from mdiexit.runtime.versions import HeldVersions, Version
@@ -442,35 +441,6 @@ class NodeProcess:
         self.links[s.target].send(encode(msg, list(arrays.values())), t)
 
     # ---------------------------------------------------------------- heartbeat
-    def stats(self) -> dict[str, float]:
-        dev = self.device
-        limit = {k: best for k in self.held if (best := dev.per_item_s(("task", k))) is not None}
-        out = task_stats(self.core.tasks_run, {k: dev.slowdown * dev.host_s(("task", k), 1) for k in limit}, limit,
-                         {k: {b: dev.slowdown * s for b, s in dev.profiled_s.get(("task", k), {}).items()}
-                          for k in self.held})
-        out.update(busy_s=self.busy_s, elapsed_s=self.clock.now() - self.started_at,
-                   bad_messages=float(self.bad_messages),
-                   bytes_sent=float(self.egress.bytes_sent), dropped_parked=float(self.core.dropped_parked),
-                   estimation_bytes=float(self.meter.overhead_bytes))
-        out.update({f"rejected_{r}": float(self.rejected[r]) for r in REJECT_REASONS})
-        out.update(emulated_calls=float(dev.calls), overruns=float(dev.overruns))
-        out.update(runtime_cpu_s=dev.runtime_cpu_s(), engine_cpu_s=dev.engine_cpu_s - dev.cpu_start[1],
-                   runtime_charged_s=dev.charged_s)
-        out.update({f"received_{kind}": float(n) for kind, n in self.received.items()})
-        if self.energy.meter is not None:
-            out["measured_j"] = self.energy.joules  # the device's own meter (mdiexit.meters)
-        return out
-
-    def progress_report(self, t: float) -> dict[str, float]:
-        """What the site's status reads from each node once a second: busy time, tasks and joules so far."""
-        out = {"busy_s": self.busy_s, "tasks": float(sum(self.core.tasks_run.values()))}
-        sofar = {"elapsed_s": t - self.started_at, "busy_s": self.busy_s, "bytes_sent": float(self.egress.bytes_sent)}
-        if self.energy.meter is not None:
-            sofar["measured_j"] = self.energy.joules
-        if (joules := node_joules(self.power, sofar)) is not None:
-            out["joules"] = joules
-        return out
-
     def send_state(self, final: bool = False) -> None:
         t = self.clock.now()
         links = self.links
@@ -479,9 +449,9 @@ class NodeProcess:
             self.progress_sent_at = t
         msg = State(sender=self.name, backlog_s=self.core.backlog_s(t), queue_len=len(self.core.queue),
                     service_s=self.core.estimator.snapshot(), sent_at=t + self.egress.wait_s(t), leaving=self.leaving,
-                    stats=self.stats() if final else {}, run_s=self.role.run_elapsed_s(t),
+                    stats=final_stats(self) if final else {}, run_s=self.role.run_elapsed_s(t),
                     links=self.meter.figures(t) if final else {},
-                    progress=self.progress_report(t) if progress else {},
+                    progress=progress_report(self, t) if progress else {},
                     package=self.package_version if progress else None,
                     source_backlogs=self.core.source_backlogs_s(t) or {},
                     packages=list(self.versions.loaded) if progress else [],

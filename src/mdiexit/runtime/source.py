@@ -47,6 +47,7 @@ from mdiexit.runtime.events import (
 )
 from mdiexit.runtime.join import member_message, welcome_frames
 from mdiexit.runtime.node import NodeProcess, encode, member_config
+from mdiexit.runtime.nodestats import final_stats
 from mdiexit.runtime.options import ClusterError
 from mdiexit.runtime.sourcecore import (
     ADMIT_LOOK_S,
@@ -405,7 +406,7 @@ class SourceProcess:
 
     def own_final_stats(self) -> tuple[dict[str, float], dict]:
         """This node's counters and link figures at the end of the run (on its loop)."""
-        return self.node.stats(), self.node.meter.figures(self.clock.now())
+        return final_stats(self.node), self.node.meter.figures(self.clock.now())
 
     # ---------------------------------------------------------------- what its views show (runtime.sourceview)
     def labelled(self) -> bool:

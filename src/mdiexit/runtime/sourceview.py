@@ -25,6 +25,7 @@ from mdiexit.ops.status import (
     write_status,
 )
 from mdiexit.runtime.loop import LoopTimeout
+from mdiexit.runtime.nodestats import progress_report
 from mdiexit.runtime.source import PROGRESS_SAMPLES, SourceProcess
 
 log = logging.getLogger("mdiexit.source")
@@ -85,7 +86,7 @@ def site_status(src: SourceProcess, cluster_file: str, rate: float, t: float) ->
     failures = src.failure_summary()
     gone = {e["node"]: e["kind"] for e in failures}  # each node's last event: left, crashed, ...
     links = src.node.meter.figures(t)
-    src.progress.setdefault(src.name, deque(maxlen=PROGRESS_SAMPLES)).append((t, src.node.progress_report(t)))
+    src.progress.setdefault(src.name, deque(maxlen=PROGRESS_SAMPLES)).append((t, progress_report(src.node, t)))
     nodes = []
     for node in list(src.node.cluster.nodes):
         name = node.name

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from mdiexit.protocol.messages import REJECT_REASONS
 from mdiexit.runtime.loop import LoopTimeout
+from mdiexit.runtime.nodestats import progress_report
 
 if TYPE_CHECKING:
     from mdiexit.runtime.node import NodeProcess
@@ -105,7 +106,7 @@ def node_families(n: NodeProcess) -> Iterator:
     yield _counter("mdiexit_sent_bytes", {"": n.egress.bytes_sent})
     yield _counter("mdiexit_bad_messages", {"": n.bad_messages})
     yield _counter("mdiexit_rejected_messages", {r: n.rejected[r] for r in REJECT_REASONS})
-    if (joules := n.progress_report(t).get("joules")) is not None:
+    if (joules := progress_report(n, t).get("joules")) is not None:
         yield _counter("mdiexit_energy_joules", {"": joules})
 
 

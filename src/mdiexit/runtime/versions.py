@@ -87,7 +87,7 @@ class Shipments:
             self.receiving[ship.package_sha256] = (ship, PackageParts(ship.package_sha256, ship.package_bytes,
                                                                       ship.parts))
 
-    def add(self, part, payload: bytes) -> tuple[Ship, bytes] | None:
+    def add(self, part: Part, payload: bytes) -> tuple[Ship, bytes] | None:
         """Take one PART; the SHIP and the whole archive once its last part came (None: not yet, or not ours)."""
         entry = self.receiving.get(part.package_sha256)
         if entry is None or not entry[1].add(part, payload) or not entry[1].complete:

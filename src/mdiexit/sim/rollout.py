@@ -51,6 +51,7 @@ class SimDeploy:
     items: Items  # the source's stream, with the new version's logits
     archive_bytes: int
     shipped: set[str] = field(default_factory=set)
+    bulk_free_at: dict[str, float] = field(default_factory=dict)  # node -> when its egress ends the transfers it has
 
     @classmethod
     def prepare(cls, world: World, source: SimSource, request: RolloutRequest, served: Package, items: str,
@@ -88,9 +89,9 @@ class SimDeploy:
         """The archive over ``sender``'s egress at the bulk share of its rate, after any transfer before it."""
         t = self.world.env.now
         rate = sender.cfg.bandwidth_mbps * 1e6 * BULK_SHARE if sender.cfg.bandwidth_mbps else None
-        start = max(t, getattr(sender, "bulk_free_at", t))
-        sender.bulk_free_at = start + (self.archive_bytes * 8 / rate if rate else 0.0)
-        self.world.at(sender.bulk_free_at - t + self.request.load_s, self._arrived, target, relay_to)
+        start = max(t, self.bulk_free_at.get(sender.name, t))
+        done = self.bulk_free_at[sender.name] = start + (self.archive_bytes * 8 / rate if rate else 0.0)
+        self.world.at(done - t + self.request.load_s, self._arrived, target, relay_to)
 
     def _arrived(self, target: str, relay_to: list[str]) -> None:
         node = self.world.nodes[target]
