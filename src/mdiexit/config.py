@@ -241,6 +241,11 @@ class ClusterConfig:
     def public_keys(self) -> dict[str, str | None]:
         return {n.name: n.public_key for n in self.nodes}
 
+    def keyless(self, keys_dir: Path | None = None) -> bool:
+        """No keys configured: no keys folder (``keys_dir``, else the file's) and no public key in the file. A
+        one-machine run then makes ephemeral keys (runtime.launch.cluster_keys)."""
+        return (keys_dir or self.keys_dir) is None and not any(n.public_key for n in self.nodes)
+
     def link(self, src: str, dst: str) -> tuple[float | None, float]:
         """Configured (bandwidth in bit/s or None for unlimited, latency in s) of the path src -> dst: the sender's
         egress bandwidth (shared by all its sends, as on a device's one uplink) and both ends' latencies."""

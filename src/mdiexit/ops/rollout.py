@@ -37,7 +37,7 @@ from mdiexit.security import (
 
 SILENCE_S = 90.0  # the source says where the roll-out stands every second; this long without a word is an error
 FIRST_WORD_S = 15.0  # the source answers a ROLLOUT at once: no answer within this long, and it is not there
-OUTCOMES = {"completed": 0, "rolled_back": 1, "refused": 2}
+OUTCOMES = ("completed", "rolled_back", "refused")  # a PROGRESS in one of these phases ends the roll-out
 
 
 class RolloutError(Exception):
@@ -46,7 +46,7 @@ class RolloutError(Exception):
 
 @dataclass
 class OperatorKeys:
-    """The operator's keypair, and the source's public key (None: an insecure cluster)."""
+    """The operator's keypair, the source's public key, and the operator's name (its key file's)."""
 
     public: bytes
     secret: bytes
@@ -56,16 +56,17 @@ class OperatorKeys:
 
 def find_keys(cluster: ClusterConfig, source: NodeConfig, key_file: Path | None, keys_dir: Path | None,
               insecure: bool) -> OperatorKeys | None:
+    """The operator's keys for ``source`` (module docstring: where they are looked for); None on an insecure site.
+    RolloutError names what is missing."""
     if insecure:
         return None
-    keys_dir = keys_dir or cluster.keys_dir
-    ephemeral = keys_dir is None and not any(n.public_key for n in cluster.nodes)
-    if ephemeral:
+    if cluster.keyless(keys_dir):  # a one-machine run's ephemeral keys, in this user's runtime folder
         keys_dir = run_keys_dir(source.name, source.port)
         if keys_dir is None:
             raise RolloutError(f"no running one-machine run of source {source.name!r} (port {source.port}) keyed on "
                                "this machine by this user; start `mdiexit run` first, or pass --keys-dir / --key for "
                                "a keyed site (--insecure for an insecure one)")
+    keys_dir = keys_dir or cluster.keys_dir
     if source.public_key:
         source_public = source.public_key.encode()
     elif keys_dir is not None and (keys_dir / f"{source.name}.key").exists():

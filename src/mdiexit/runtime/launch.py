@@ -177,7 +177,7 @@ def cluster_keys(cluster: ClusterConfig, opts: RunOptions, ephemeral_ok: bool) -
         log.warning("running INSECURE (--insecure): links are neither authenticated nor encrypted")
         return None
     keys_dir = opts.keys_dir or cluster.keys_dir
-    if keys_dir is None and not any(n.public_key for n in cluster.nodes):
+    if cluster.keyless(keys_dir):
         if not ephemeral_ok:
             raise ClusterError("no keys for this cluster: create them with `mdiexit keys --cluster F --out DIR` "
                                "and set keys_dir (or pass --keys-dir), or pass --insecure")
