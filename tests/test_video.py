@@ -56,6 +56,7 @@ def run(cluster: Path, video: Path, rate: float, sink: Path | str | None = None,
     return run_cluster(cluster, opts).summary
 
 
+@pytest.mark.cluster  # runs the runtime (in process): not the pure tier
 def test_every_frame_is_classified_when_the_cluster_keeps_up_and_each_result_reaches_the_sink(tmp_path, tiny_package,
                                                                                                video):
     cluster = write_cluster(tmp_path / "c.yaml", tiny_package, [2, 2])
@@ -74,6 +75,7 @@ def test_every_frame_is_classified_when_the_cluster_keeps_up_and_each_result_rea
                and 1 <= r["exit"] for r in lines)
 
 
+@pytest.mark.cluster  # runs the runtime (in process): not the pure tier
 def test_a_slow_admission_keeps_the_newest_frame_and_skips_the_rest(tmp_path, tiny_package, video):
     cluster = write_cluster(tmp_path / "c.yaml", tiny_package, [2, 2])
     s = run(cluster, video, rate=5)  # 5 of the 30 frames a second
@@ -81,6 +83,7 @@ def test_a_slow_admission_keeps_the_newest_frame_and_skips_the_rest(tmp_path, ti
     assert s["skipped"] > FRAMES / 2 and s["offered"] + s["skipped"] <= FRAMES
 
 
+@pytest.mark.cluster  # runs the runtime (in process): not the pure tier
 def test_a_video_that_cannot_be_opened_is_one_line(tmp_path, tiny_package):
     cluster = write_cluster(tmp_path / "c.yaml", tiny_package, [2, 2])
     out = subprocess.run([sys.executable, "-m", "mdiexit.cli", "run", "--cluster", str(cluster), "--quiet",
@@ -90,6 +93,7 @@ def test_a_video_that_cannot_be_opened_is_one_line(tmp_path, tiny_package):
     assert out.stderr.strip().splitlines()[-1].startswith("mdiexit: error:") and "nope.mp4" in out.stderr
 
 
+@pytest.mark.cluster  # runs the runtime (in process): not the pure tier
 def test_a_sink_that_cannot_be_written_is_one_line(tmp_path, tiny_package):
     cluster = write_cluster(tmp_path / "c.yaml", tiny_package, [2, 2])
     refused = free_ports(1)[0]  # nothing listens there
@@ -135,6 +139,7 @@ def broker(tmp_path):
         proc.wait(timeout=10)
 
 
+@pytest.mark.cluster  # runs the runtime (in process): not the pure tier
 def test_a_cameras_results_reach_an_mqtt_broker_once_per_frame(tmp_path, tiny_package, video, broker):
     mqtt = pytest.importorskip("paho.mqtt.client")
     got: list[dict] = []
