@@ -43,6 +43,7 @@ import yaml
 from msgspec import Meta
 
 from mdiexit.configcheck import ConfigError, convert, describe_value, one_of, reject_unknown
+from mdiexit.emulation.boards import cpu_slowdown_of
 from mdiexit.emulation.device import EMULATIONS
 from mdiexit.energy import power_model
 from mdiexit.policies.modes import MODES
@@ -84,8 +85,9 @@ class NodeConfig:
     threads: Annotated[int, Meta(ge=1, le=256)] = 1  # ONNX Runtime threads of this node's engine
     slowdown: Annotated[float, Meta(ge=1)] = 1.0  # emulation: the device runs every task this many times slower
     # emulation: the device's CPU runs the runtime's own work (messages, threads, ledger) this many times slower
-    # than this host, and its device pays for it; None: the runtime's work is free (docs/guide/emulation.md)
-    cpu_slowdown: Annotated[float, Meta(ge=1)] | None = None
+    # than this host, and its device pays for it: a number, or a board (raspberry-pi-3, raspberry-pi-4,
+    # raspberry-pi-5, jetson-nano, jetson-orin-nano; emulation/boards.py), read as its factor; None: free
+    cpu_slowdown: Annotated[float, Meta(ge=1)] | str | None = None
     bandwidth_mbps: Positive | None = None  # this node's egress in Mbit/s; None = unlimited
     latency_ms: NonNegative = 0.0  # this node's access-link latency; a path pays both ends'
     # emulated egress rate over time: (seconds from the run's start, Mbit/s), times increasing
@@ -114,6 +116,7 @@ class NodeConfig:
 
     def __post_init__(self) -> None:
         power_model(self.power)  # a preset that does not exist, or figures that cannot be, name the fix now
+        object.__setattr__(self, "cpu_slowdown", cpu_slowdown_of(self.cpu_slowdown))  # a board, as its factor
         for key in SOURCE_ONLY:
             if self.role != "source" and getattr(self, key) != NodeConfig.__dataclass_fields__[key].default:
                 raise ValueError(f"{key}: only a source has one; move it to a node with role source")
