@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The node runtime at BASE (a commit) against this checkout, side by side: RUNS interleaved pairs of 16-s runs of
 # mdi-exit on edge4 (pinned devices) offered RATE items/s, above what the cluster can take, so each run shows its
-# saturated throughput. Prints one line per run and the medians; the runs are kept in runs/ab-runtime/.
+# saturated throughput (below it, RATE shows the runtime's CPU at that load). Prints one line per run and the medians
+# of throughput and of the runtime's own CPU per item-hop; the runs are kept in runs/ab-runtime/.
 # usage (from the repository root, after scripts/setup.sh):  scripts/ab-runtime.sh BASE [RUNS] [RATE]
 set -euo pipefail
 base=${1:?usage: scripts/ab-runtime.sh BASE [RUNS] [RATE]}
@@ -23,14 +24,17 @@ done
 .venv/bin/python - "$out" "$runs" <<'PY'
 import json, statistics, sys
 out, runs = sys.argv[1], int(sys.argv[2])
-med = {}
+med, cpu = {}, {}
 for v in ("base", "new"):
-    got = []
+    got, us = [], []
     for i in range(1, runs + 1):
         s = json.load(open(f"{out}/{v}-{i}/summary.json"))
         got.append(s["throughput_per_s"])
+        us.append(s["runtime_cpu_us_per_item_hop"])
         print(f"{v} run {i}: {s['throughput_per_s']:.1f} items/s, {s['efficiency_batched']:.0%} of the batched ideal, "
-              f"host CPU {s['host_cpu_utilization']:.0%}, p95 {s['latency_ms']['p95']:.0f} ms")
-    med[v] = statistics.median(got)
-print(f"medians: base {med['base']:.1f}, new {med['new']:.1f} items/s, ratio {med['new'] / med['base']:.3f}")
+              f"host CPU {s['host_cpu_utilization']:.0%}, p95 {s['latency_ms']['p95']:.0f} ms, "
+              f"runtime {us[-1]:.0f} µs per item-hop")
+    med[v], cpu[v] = statistics.median(got), statistics.median(us)
+print(f"medians: base {med['base']:.1f}, new {med['new']:.1f} items/s, ratio {med['new'] / med['base']:.3f}; "
+      f"runtime CPU base {cpu['base']:.0f}, new {cpu['new']:.0f} µs per item-hop, ratio {cpu['new'] / cpu['base']:.3f}")
 PY

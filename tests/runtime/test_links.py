@@ -59,33 +59,67 @@ def test_a_kernel_shaped_slow_uplink_is_learnt_and_avoided(tmp_path, tiny_packag
 
 
 def test_a_burst_on_an_idle_paced_link_waits_out_its_latency_once():
-    """Twenty messages queued at once on a fast, idle egress each arrive one latency after they were sent: the
-    sender thread does not wait the latency again for each message that left while it sent the ones ahead."""
+    """Twenty messages queued at once on a fast, idle egress each arrive one latency after they were sent, in
+    order: the loop does not wait the latency again for each message that left while it sent the ones ahead."""
+    import threading
     import time
 
     import zmq
 
     from mdiexit.clock import REAL_TIME
     from mdiexit.runtime.links import Egress, Link
+    from mdiexit.runtime.loop import Loop
 
     now = REAL_TIME.now
-
     ctx = zmq.Context()
     inbox = ctx.socket(zmq.PULL)
     port = inbox.bind_to_random_port("tcp://127.0.0.1")
-    link = Link(ctx, "a", "b", f"tcp://127.0.0.1:{port}", Egress(100e6), latency_s=0.1, clock=REAL_TIME)
+    loop, stop = Loop(REAL_TIME), threading.Event()
+    link = Link(ctx, "b", f"tcp://127.0.0.1:{port}", Egress(100e6), latency_s=0.1, loop=loop)
+    runner = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+    runner.start()
     try:
         t0 = now()
-        for i in range(20):
-            link.send([str(i).encode()], now())
+
+        def burst() -> None:
+            for i in range(20):
+                link.send([str(i).encode()], now())
+
+        loop.post(burst)
         got, deadline = [], time.monotonic() + 10
         while len(got) < 20 and time.monotonic() < deadline:
             if inbox.poll(100):
                 got.append((int(inbox.recv()), now() - t0))
         assert [i for i, _ in got] == list(range(20))
-        assert got[0][1] >= 0.1  # the latency is waited out
+        assert got[0][1] >= 0.1 - loop.early_s  # the latency is waited out
         assert got[-1][1] < 1.0, got  # once for the burst, not 20 x 0.1 s one after the other
     finally:
+        stop.set()
+        loop.wake()
+        runner.join(timeout=5)
+        loop.close()
         link.close()
+        inbox.close(linger=0)
+        ctx.term()
+
+
+def test_what_waits_when_the_loop_stops_leaves_at_close():
+    """A message still waiting out its latency when the node's loop stops (a final STATE) is sent at close."""
+    import zmq
+
+    from mdiexit.clock import REAL_TIME
+    from mdiexit.runtime.links import Egress, Link
+    from mdiexit.runtime.loop import Loop
+
+    ctx = zmq.Context()
+    inbox = ctx.socket(zmq.PULL)
+    port = inbox.bind_to_random_port("tcp://127.0.0.1")
+    link = Link(ctx, "b", f"tcp://127.0.0.1:{port}", Egress(None), latency_s=60.0, loop=Loop(REAL_TIME))
+    try:
+        link.send([b"final"], REAL_TIME.now())
+        assert link.pending() == 1  # an hour's latency: it waits for a timer that never comes
+        link.close()
+        assert inbox.poll(5000) and inbox.recv() == b"final"
+    finally:
         inbox.close(linger=0)
         ctx.term()

@@ -30,6 +30,7 @@ from mdiexit.clock import Clock
 
 log = logging.getLogger("mdiexit.loop")
 MAX_WAIT_S = 0.1  # host seconds the poll sleeps at most: a stop set without a wake is seen within this
+EARLY_S = 0.0005  # host seconds a timer may fire before it is due: the poll waits whole ms, rounded
 T = TypeVar("T")
 
 
@@ -49,6 +50,7 @@ class Loop:
         self.readers: list[tuple[zmq.Socket, Callable[[zmq.Socket], Any]]] = []
         self.after: list[Callable[[float], float | None]] = []
         self.owner: int | None = None  # the thread running the loop
+        self.early_s = EARLY_S / clock.wall_s(1.0)  # in the clock's seconds
         self.closed = False
 
     # ---------------------------------------------------------------- from any thread
@@ -100,22 +102,21 @@ class Loop:
         for sock, _ in self.readers:
             poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        next_t = self.clock.now()
+        timer_t = hook_t = self.clock.now()
         try:
             while not stop.is_set():
-                wait_s = min(MAX_WAIT_S, self.clock.wall_s(max(0.0, next_t - self.clock.now())))
-                ready = dict(poller.poll(math.ceil(wait_s * 1000)))  # whole ms (zmq truncates): never spins
+                ready = dict(poller.poll(self._wait_ms(timer_t, hook_t)))
                 if self._wake_r in ready:
                     self._drain_pipe()
                 self._run_posted()
                 for sock, fn in self.readers:
                     if sock in ready:
                         self._call(fn, sock)
-                next_t = self._fire_timers()
+                timer_t, hook_t = self._fire_timers(), math.inf
                 t = self.clock.now()
                 for hook in self.after:
                     if (want := self._call(hook, t)) is not None:
-                        next_t = min(next_t, want)
+                        hook_t = min(hook_t, want)
         finally:
             self.owner = None  # from now on an ask runs in the asking thread: nothing else runs the core
             self._run_posted()  # an ask still waiting gets its answer
@@ -126,6 +127,14 @@ class Loop:
             self.closed = True
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+    def _wait_ms(self, timer_t: float, hook_t: float) -> int:
+        """Whole ms the poll may sleep: to the next timer, rounded (it fires within EARLY_S of its time), or to
+        the time a hook asked for, rounded up (a hook is called no sooner: a wait rounded down would spin)."""
+        now, wall_s = self.clock.now(), self.clock.wall_s
+        timer_ms = round(wall_s(max(0.0, timer_t - now)) * 1000)
+        hook_ms = math.ceil(wall_s(max(0.0, hook_t - now)) * 1000) if hook_t < math.inf else timer_ms
+        return min(round(MAX_WAIT_S * 1000), timer_ms, hook_ms)
 
     def _drain_pipe(self) -> None:
         try:
@@ -144,7 +153,7 @@ class Loop:
 
     def _fire_timers(self) -> float:
         """Run the timers that are due; returns when the next one is (or MAX_WAIT_S from now)."""
-        while self.timers and self.timers[0][0] <= self.clock.now():
+        while self.timers and self.timers[0][0] <= self.clock.now() + self.early_s:
             _, _, fn = heapq.heappop(self.timers)
             self._call(fn)
         return self.timers[0][0] if self.timers else self.clock.now() + MAX_WAIT_S

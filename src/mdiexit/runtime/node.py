@@ -10,9 +10,9 @@ Threads, and who owns what:
   estimates, runtime.linkmeter, come from these);
 - compute: an executor. It runs the batches the loop hands it on the engine, sleeps the emulated slowdown, and
   posts the outputs back to the loop;
-- encode (only where features cross a link as learned codes): the same, for the encoder's calls;
-- one sender per outgoing link: paces bytes at the link's bandwidth and adds its latency (DESIGN §7).
-Communication overlaps compute: sends are queued to the link threads, never done by the compute thread.
+- encode (only where features cross a link as learned codes): the same, for the encoder's calls.
+The loop also sends: each outgoing link (runtime.links) paces its bytes at the egress's bandwidth and adds its
+latency with the loop's timers (DESIGN §7). Communication overlaps compute: the compute thread never sends.
 """
 
 from __future__ import annotations
@@ -196,8 +196,7 @@ class NodeProcess:
     def _link(self, node: NodeConfig) -> Link:
         bw, lat = self.cluster.link(self.name, node.name)
         self.meter.add_peer(node.name, bw, lat)  # the configured figures seed its estimates
-        return Link(self.ctx, self.name, node.name, node.address, self.egress, lat, self.clock, self.identity,
-                    self.meter.on_send)
+        return Link(self.ctx, node.name, node.address, self.egress, lat, self.loop, self.identity, self.meter.on_send)
 
     def start_run(self, origin: float) -> None:
         """The run started at ``origin`` (this node's clock): emulated link schedules count from it."""
@@ -269,8 +268,8 @@ class NodeProcess:
             self.inbox.close()
         if self.auth is not None:
             self.auth.stop()
-        # any socket still open (a sender thread that did not stop in time) is closed, unflushed: term() would
-        # wait for it for ever, and a worker would outlive its run; the closed ones flush within their linger
+        # a socket that could not flush (its peer is gone) is dropped, unflushed: term() would wait for it for ever,
+        # and a worker would outlive its run; the closed ones flush within their linger
         self.ctx.destroy(linger=0)
 
     # ---------------------------------------------------------------- receive
