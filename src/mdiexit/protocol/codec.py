@@ -94,20 +94,30 @@ _ENCODER = msgspec.msgpack.Encoder()
 
 def describe(name: str, arr: np.ndarray, codec: str = "raw") -> ArrayMeta:
     """The ArrayMeta of ``arr`` under ``name``."""
-    return ArrayMeta(name=name, dtype=_wire_dtype(arr.dtype).name, shape=list(arr.shape), codec=codec)
+    return ArrayMeta(name=name, dtype=_wire_name(arr.dtype), shape=list(arr.shape), codec=codec)
 
 
 def _wire_dtype(dt: np.dtype) -> np.dtype:
-    wire = _WIRE_OF.get(dt)  # every message asks this of each array: the answer is looked up once per dtype
+    return _wire(dt)[0]
+
+
+def _wire_name(dt: np.dtype) -> str:
+    return _wire(dt)[1]
+
+
+def _wire(dt: np.dtype) -> tuple[np.dtype, str]:
+    """The wire dtype of ``dt`` and its name. Every message asks this of each array (numpy computes a dtype's name
+    in Python each time it is read): the answer is looked up once per dtype."""
+    wire = _WIRE_OF.get(dt)
     if wire is None:
         name = np.dtype(dt).newbyteorder("=").name
         if name not in DTYPES:
             raise ProtocolError(f"dtype {dt} cannot be sent; allowed: {sorted(DTYPES)}")
-        wire = _WIRE_OF[dt] = DTYPES[name]
+        wire = _WIRE_OF[dt] = (DTYPES[name], name)
     return wire
 
 
-_WIRE_OF: dict[np.dtype, np.dtype] = {}
+_WIRE_OF: dict[np.dtype, tuple[np.dtype, str]] = {}
 
 
 def _buffer(arr: np.ndarray) -> memoryview:
@@ -131,7 +141,7 @@ def encode(msg: Message, arrays: Sequence[np.ndarray] = ()) -> list[bytes | memo
     for i, (meta, arr) in enumerate(zip(metas, arrays, strict=True)):
         if meta.codec not in CODECS:
             raise ProtocolError(f"arrays[{i}].codec: {meta.codec!r} is not implemented (use 'raw')")
-        if meta.dtype != _wire_dtype(arr.dtype).name or tuple(meta.shape) != arr.shape:
+        if meta.dtype != _wire_name(arr.dtype) or tuple(meta.shape) != arr.shape:
             raise ProtocolError(f"arrays[{i}] ({meta.name}): header says {meta.dtype}{list(meta.shape)}, "
                                 f"array is {arr.dtype}{list(arr.shape)}")
     header = {"kind": kind, **msgspec.structs.asdict(msg)}

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
 
 MAX_ATTEMPTS = 4  # dispatches of one item before it is failed
+_LATENCY = itemgetter(2)  # of an entry of Ledger.recent: (time, correct, latency)
 
 
 @dataclass
@@ -187,7 +189,7 @@ class Ledger:
             return 0.0
         key = (len(self.recent), self.recent[0][0], self.recent[-1][0])
         if self._sorted_key != key:  # a control step asks several percentiles of one window: sort it once
-            self._sorted = np.sort(np.fromiter((x for _, _, x in self.recent), float, len(self.recent)))
+            self._sorted = np.sort(np.fromiter(map(_LATENCY, self.recent), float, len(self.recent)))
             self._sorted_key = key
         return float(np.percentile(self._sorted, q))
 

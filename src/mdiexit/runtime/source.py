@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -318,7 +319,11 @@ class SourceProcess:
         if arrivals.done and not self.gate.queue:
             self._end(phase, self.clock.now())
             return None
-        return min(self.paused_until if paused else arrivals.next_at(t), t + ADMIT_LOOK_S)
+        # what it waits for: the next arrival, the next control step, the phase's end, and, while the gate holds
+        # items, a look at it every ADMIT_LOOK_S (a message arriving runs this hook too: results need no timer)
+        wake = min(self.paused_until if paused else arrivals.next_at(t), phase.last_step + CONTROL_PERIOD_S,
+                   phase.until if phase.until is not None else math.inf)
+        return min(wake, t + ADMIT_LOOK_S) if self.gate.queue else wake
 
     def pause(self, seconds: float) -> None:
         """Take no arrivals for ``seconds`` (a camera switched off; what arrives meanwhile waits where it is)."""
