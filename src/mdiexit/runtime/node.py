@@ -279,10 +279,9 @@ class NodeProcess:
 
     def _read_inbox(self, inbox: zmq.Socket) -> None:
         for _ in range(MAX_READS):
-            try:
-                frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            if not inbox.get(zmq.EVENTS) & zmq.POLLIN:  # drained (cheaper to ask than to catch zmq.Again)
                 return
+            frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
             try:
                 msg, arrays = decode(frames, self.limits)
                 if not isinstance(msg, CLUSTER_KINDS):
