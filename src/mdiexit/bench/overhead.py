@@ -6,10 +6,12 @@ node. Whole runs of `mdiexit run`, as a user starts them:
   - edge4 in mdi-exit, mdi and ddi-exit, at a rate well under capacity (`low` x the planned limit) and at
     saturation (`high` x it);
   - a chain: a source that only dispatches and one worker per task, each passing items to the next;
-  - idle: edge4 at 1 item/s, whose CPU is the runtime's fixed cost per second (heartbeats, polling, links).
+  - idle: edge4 at 1 item/s, whose CPU is the runtime's fixed cost per second (heartbeats, polling, links);
+  - charged: the saturated mdi-exit run again with every node's `cpu_slowdown` set to its board (the board its
+    `power` names, emulation/boards.py), so that each device pays for the runtime as that board would.
 From them: µs per item-hop for each run, by process, the messages per item by kind, the fixed cost per second of
-each process, and the marginal µs per visit (the saturated edge4 run less its fixed cost): the figures the
-simulator charges under `cpu_slowdown` (emulation/overhead.py).
+each process, the marginal µs per visit (the saturated edge4 run less its fixed cost): the figures the
+simulator charges under `cpu_slowdown` (emulation/overhead.py); and what charging the boards costs in throughput.
 Writes OUT (JSON).
 """
 
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from mdiexit import util
 from mdiexit.config import load_cluster, write_cluster
+from mdiexit.emulation.boards import CPU_PRESETS
 from mdiexit.package import load_package
 from mdiexit.planner import node_times, plan_throughput
 from mdiexit.runtime.device import planner_costs
@@ -39,6 +42,7 @@ class OverheadBenchOptions:
     high: float = 1.5  # saturation, x the planned limit
     idle_rate: float = 1.0  # items/s of the idle run
     modes: tuple[str, ...] = MODES
+    boards: bool = True  # also the saturated mdi-exit run with every node's board charged (`cpu_slowdown`)
 
 
 def say(msg: str) -> None:
@@ -61,6 +65,7 @@ def measure(cluster: Path, mode: str, rate: float, o: OverheadBenchOptions, labe
            "by_process": {name: {"runtime_cpu_s": n["runtime_cpu_s"],
                                  "cpu_share": n["runtime_cpu_s"] / elapsed if n["runtime_cpu_s"] is not None else None}
                           for name, n in s["per_node"].items()},
+           "runtime_share": {name: n.get("runtime_share") for name, n in s["per_node"].items()},
            "elapsed_s": elapsed}
     say(f"{label}: {row['throughput_per_s']:.1f} items/s, {row['cpu_us_per_item_hop']:.0f} µs of runtime CPU per "
         f"item-hop ({visits} visits), lost {row['lost']}")
@@ -75,6 +80,28 @@ def chain_cluster(folder: Path, package: Path, slowdown: float = 20.0) -> Path:
     names = [n["name"] for n in nodes]
     neighbours = {a: [b] for a, b in zip(names, names[1:], strict=False)}
     return write_cluster(folder / "chain.yaml", package=package, mode="mdi-exit", nodes=nodes, neighbours=neighbours)
+
+
+def boards_cluster(folder: Path, cluster: Path) -> Path | None:
+    """``cluster`` with each node's `cpu_slowdown` set to the board its `power` preset names (None: no node's does)."""
+    boards = {n.name: n.power for n in load_cluster(cluster).nodes
+              if isinstance(n.power, str) and n.power in CPU_PRESETS}
+    if not boards:
+        return None
+    return write_cluster(folder / "boards.yaml", cluster,
+                         every_node=lambda n: {"cpu_slowdown": boards[n["name"]]} if n["name"] in boards else {})
+
+
+def charged(cluster: Path, folder: Path, o: OverheadBenchOptions, uncharged: dict) -> dict | None:
+    """The saturated mdi-exit run with the boards charged, beside the same run uncharged."""
+    boards = boards_cluster(folder, cluster)
+    if boards is None:
+        say("charged: no node's power names a board with a cpu_slowdown preset; skipped")
+        return None
+    row = measure(boards, "mdi-exit", uncharged["rate"], o, "mdi-exit saturated, boards charged")
+    return {"cpu_slowdown": {n.name: n.cpu_slowdown for n in load_cluster(boards).nodes},
+            "throughput_ratio": row["throughput_per_s"] / uncharged["throughput_per_s"],
+            "runtime_share": row["runtime_share"], "run": row}
 
 
 def planned_limit(cluster: Path, mode: str) -> float:
@@ -97,9 +124,10 @@ def bench_overhead(cluster_path: Path, out: Path, o: OverheadBenchOptions) -> di
         limit = planned_limit(chain, "mdi-exit")
         for share, name in ((o.low, "low"), (o.high, "saturated")):
             runs.append(measure(chain, "mdi-exit", round(share * limit, 1), o, f"chain {name}"))
+        sat = next(r for r in runs if r["run"] == "mdi-exit saturated")
+        boards = charged(edge, Path(d), o, sat) if o.boards else None
     headline = next(r for r in runs if r["run"] == "mdi-exit low")
     fixed_per_s = {n: p["runtime_cpu_s"] / idle["elapsed_s"] for n, p in idle["by_process"].items()}
-    sat = next(r for r in runs if r["run"] == "mdi-exit saturated")
     variable_s = sum(p["runtime_cpu_s"] for p in sat["by_process"].values()) - sum(fixed_per_s.values()) * sat[
         "elapsed_s"]
     result = {
@@ -109,6 +137,7 @@ def bench_overhead(cluster_path: Path, out: Path, o: OverheadBenchOptions) -> di
         "fixed_us_per_s": {n: 1e6 * v for n, v in fixed_per_s.items()},
         "by_kind": headline["messages_per_item"],
         "by_process": headline["by_process"],
+        "charged": boards,
         "runs": [idle, *runs],
         "cluster": str(cluster_path), "options": vars(o),
     }
@@ -116,6 +145,8 @@ def bench_overhead(cluster_path: Path, out: Path, o: OverheadBenchOptions) -> di
     out.write_text(json.dumps(result, indent=1) + "\n")
     say(f"runtime CPU: {result['cpu_us_per_item_hop']:.0f} µs per item-hop under capacity, "
         f"{result['cpu_us_per_item_hop_saturated']:.0f} saturated; marginal {result['marginal_us_per_visit']:.0f} µs "
-        f"per visit; fixed {sum(result['fixed_us_per_s'].values()) / 1e6:.2f} CPU-s per s over the site. Wrote {out}")
+        f"per visit; fixed {sum(result['fixed_us_per_s'].values()) / 1e6:.2f} CPU-s per s over the site"
+        + (f"; with the boards charged, {boards['throughput_ratio']:.2f}x the saturated throughput" if boards else "")
+        + f". Wrote {out}")
     return result
 

@@ -1,0 +1,22 @@
+from pathlib import Path
+
+import pytest
+
+from mdiexit.bench.overhead import boards_cluster
+from mdiexit.config import load_cluster, write_cluster
+from mdiexit.emulation.boards import cpu_slowdown_of
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_charged_run_gives_every_node_the_board_its_power_names(tmp_path):
+    edge = load_cluster(REPO / "examples/edge4.yaml")
+    boards = load_cluster(boards_cluster(tmp_path, REPO / "examples/edge4.yaml"))
+    for node in edge.nodes:
+        assert node.cpu_slowdown is None  # the example itself is uncharged
+        assert boards.node(node.name).cpu_slowdown == pytest.approx(cpu_slowdown_of(node.power))
+
+
+def test_without_boards_there_is_no_charged_run(tmp_path):
+    plain = write_cluster(tmp_path / "plain.yaml", REPO / "examples/edge4.yaml", every_node={"power": None})
+    assert boards_cluster(tmp_path, plain) is None
