@@ -28,3 +28,18 @@ def test_a_cluster_file_names_boards_and_every_node_gets_its_factor(tmp_path):
     assert c.node("src").cpu_slowdown == pytest.approx(HOST_MIPS / CPU_PRESETS["raspberry-pi-4"][0])
     assert c.node("w1").cpu_slowdown == pytest.approx(HOST_MIPS / CPU_PRESETS["jetson-nano"][0])
     assert c.node("w2").cpu_slowdown == 6.0 and c.node("w3").cpu_slowdown is None
+
+
+def test_the_guides_table_of_boards_is_the_codes():
+    """docs/guide/emulation.md lists every preset with its rating and the factor the code reads it as."""
+    import re
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[2] / "docs/guide/emulation.md").read_text()
+    rows = {m[1]: (float(m[2].replace(",", "")), float(m[3]))
+            for m in re.finditer(r"^\| `([a-z0-9-]+)` \|[^|]+\| ([\d,]+) \| ([\d.]+) \|$", guide, re.M)}
+    assert set(rows) == set(CPU_PRESETS)
+    for board, (mips, factor) in rows.items():
+        assert mips == CPU_PRESETS[board][0]
+        assert factor == pytest.approx(cpu_slowdown_of(board), abs=0.005)
+    assert f"| {HOST_MIPS:,.0f} |" in guide
