@@ -333,8 +333,10 @@ class SourceProcess:
         self.source_step(Offered(offer), t, arrivals)
 
     def release(self, t: float, arrivals: Arrivals) -> None:
-        """Admit what the gate lets through now; answer what expired waiting."""
-        self.source_step(Release(self.own_backlog_s(t)), t, arrivals)
+        """Admit what the gate lets through now; answer what expired waiting (nothing to do while it holds none:
+        the loop calls this after every round)."""
+        if self.gate.queue:
+            self.source_step(Release(self.own_backlog_s(t)), t, arrivals)
 
     def answer_settled(self, arrivals: Arrivals) -> None:
         for _, r in self.ledger.take_settled():
