@@ -177,3 +177,29 @@ def test_a_source_plays_the_video_its_cluster_file_names(tmp_path, tiny_package,
     assert s["lost"] == 0 and s["completed"] == s["offered"] and s["offered"] + s["skipped"] == FRAMES
     assert s["sources"]["source"]["stream"] == f"video:{video}" and s["sources"]["source"]["accuracy"] is None
     assert s["sources"]["source"]["skipped"] == s["skipped"] < FRAMES / 4
+
+
+
+def test_the_decoder_wakes_its_taker_at_every_frame_and_at_the_end(tiny_package, video):
+    """A source's loop sleeps until a frame comes (VideoFrames.on_frame wakes it) rather than looking every 5 ms:
+    the decoder calls on_frame at every frame and at the end; the arrivals want a look while a frame waits or the
+    video has ended, and not at all while they wait for the next frame."""
+    from mdiexit.video import VideoArrivals, VideoFrames
+
+    shape = load_package(tiny_package).input_shape
+    calls: list[int] = []
+    frames = VideoFrames.open(str(video), shape, fps=600.0, on_frame=lambda: calls.append(1))
+    frames.thread.join(timeout=30)
+    assert frames.ended and frames.error is None
+    assert len(calls) == frames.decoded + 1 == FRAMES + 1
+    arrivals = VideoArrivals(frames, rate=lambda: 1000.0, start=0.0)
+    assert arrivals.next_at(5.0) == 0.0  # the last frame waits: look now
+    assert len(arrivals.take(5.0)) == 1
+    assert arrivals.next_at(5.0) <= 5.0  # ended: look now, and find it done
+    arrivals.take(5.0)
+    assert arrivals.done
+
+    idle = VideoFrames(None, shape, None, live=True, on_frame=lambda: None)  # no frame yet, still playing
+    assert VideoArrivals(idle, rate=lambda: 30.0, start=0.0).next_at(1.0) == float("inf")
+    polled = VideoFrames(None, shape, None, live=True)  # nobody told of frames: look again in 5 ms
+    assert VideoArrivals(polled, rate=lambda: 30.0, start=0.0).next_at(1.0) == pytest.approx(1.005)

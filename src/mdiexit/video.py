@@ -14,6 +14,7 @@ before it was offered is *skipped*, counted, and neither lost nor rejected. A fi
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,8 +47,9 @@ class VideoFrames:
     """Decodes a video in a background thread at its own pace into a one-frame slot: the newest frame only."""
 
     def __init__(self, container: Any, input_shape: tuple[int, ...], fps: float | None, live: bool,
-                 clock: WallClock = REAL_TIME):
+                 clock: WallClock = REAL_TIME, on_frame: Callable[[], None] | None = None):
         self.container, self.input_shape, self.fps, self.live, self.clock = container, input_shape, fps, live, clock
+        self.on_frame = on_frame  # called from the decoder thread as a frame comes and as the video ends
         self.lock = threading.Lock()  # the decoder thread fills the slot, the admit thread empties it
         self.newest: Frame | None = None
         self.decoded = 0
@@ -58,9 +60,10 @@ class VideoFrames:
 
     @classmethod
     def open(cls, source: str, input_shape: tuple[int, ...], fps: float | None = None,
-             clock: WallClock = REAL_TIME) -> VideoFrames:
-        """Start decoding ``source`` now (a file plays from its first frame at its own rate, on ``clock``)."""
-        frames = cls(_container(source), input_shape, fps, source.startswith(LIVE_PREFIXES), clock)
+             clock: WallClock = REAL_TIME, on_frame: Callable[[], None] | None = None) -> VideoFrames:
+        """Start decoding ``source`` now (a file plays from its first frame at its own rate, on ``clock``);
+        ``on_frame``: a wake-up for whoever takes the frames (a source's loop), at each frame and at the end."""
+        frames = cls(_container(source), input_shape, fps, source.startswith(LIVE_PREFIXES), clock, on_frame)
         frames.thread.start()
         return frames
 
@@ -94,12 +97,18 @@ class VideoFrames:
                     self.replaced += self.newest is not None
                     self.newest = Frame(i, at, x)
                     self.decoded += 1
+                self._tell()
         except Exception as e:  # noqa: BLE001 - a broken stream ends the run's offers, with the reason
             self.error = f"the video stopped decoding at frame {self.decoded} ({e})"
             log.warning("%s", self.error)
         finally:
             self.ended = True
             self.container.close()
+            self._tell()
+
+    def _tell(self) -> None:
+        if self.on_frame is not None:
+            self.on_frame()
 
 
 def _container(source: str):
@@ -147,7 +156,11 @@ class VideoArrivals:
         return [Offer(frame.x, -1, frame.index, self.deadline_s)]
 
     def next_at(self, t: float) -> float:
-        return max(self.next_t, t + 0.005)  # a frame may come at any moment: look again soon
+        if self.frames.on_frame is None:  # nobody is told when a frame comes: look again soon
+            return max(self.next_t, t + 0.005)
+        # the decoder wakes the taker as a frame comes: wait for the next offer's time, or until then
+        waiting = self.frames.newest is not None or self.frames.ended
+        return self.next_t if waiting or t < self.next_t else math.inf
 
     def answer(self, key: Any, outcome: str, reason: str, record: Record | None) -> None:
         pass

@@ -92,7 +92,7 @@ class Feed:
         if self.serving:
             arrivals = self.endpoint = client_endpoint(source, self.node, pkg)
         elif self.video is not None:  # the newest frame at the admission rate (mdiexit.video)
-            self.frames = VideoFrames.open(self.video, pkg.input_shape, self.opts.fps, clock)
+            self.frames = VideoFrames.open(self.video, pkg.input_shape, self.opts.fps, clock, source.loop.wake)
             arrivals = VideoArrivals(self.frames, source.admission.rate, clock.now(), deadline_s)
         else:  # items all | N: each item once, in order
             arrivals = StreamArrivals(self.stream, source.admission.rate, clock.now(),
