@@ -22,7 +22,7 @@ from mdiexit.protocol import (
     describe,
     encode,
 )
-from mdiexit.protocol.codec import bundle, decode_bundle, named
+from mdiexit.protocol.codec import named
 
 
 def data_msg(arrays, **kw):
@@ -355,49 +355,3 @@ def test_a_request_is_told_from_its_header_alone():
     assert peek(b"\xc1garbage") == Peek()
     assert peek(msgpack.packb({"kind": Request.KIND, "request_id": -5})) == Peek(Request.KIND)
     assert peek(msgpack.packb({"kind": Request.KIND, "request_id": 3, "sent_at": float("nan")})) == Peek(Request.KIND)
-
-
-# ------------------------------------------------------------------ bundles
-
-def test_a_bundle_carries_several_messages_each_with_its_arrays_and_bytes():
-    a = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
-    parts = [encode(data_msg([a], item_id=1), [a]),
-             encode(Result(item_id=1, label=3, exit=2, confidence=0.9, sender="w1", backlog_s=0.0, admitted_at=1.0)),
-             encode(data_msg([], item_id=2))]
-    got, error = decode_bundle(as_bytes(bundle(parts)))
-    assert error is None
-    assert [type(m).__name__ for m, _, _ in got] == ["Data", "Result", "Data"]
-    assert got[0][0].item_id == 1 and np.array_equal(got[0][1][0], a) and got[2][1] == []
-    assert [n for _, _, n in got] == [sum(len(memoryview(f).cast("B")) for f in p) for p in parts]
-
-
-def test_a_bad_message_in_a_bundle_keeps_those_before_it_and_says_why():
-    a = np.zeros((1, 4), dtype=np.uint8)
-    good = encode(data_msg([a]), [a])
-    unknown = msgpack.packb({"kind": b"Z", "version": PROTOCOL_VERSION})
-    got, error = decode_bundle(as_bytes(good) + [unknown] + as_bytes(good))
-    assert len(got) == 1 and got[0][0].item_id == 7
-    assert isinstance(error, ProtocolError) and "unknown message kind" in str(error)
-    got, error = decode_bundle(as_bytes(good)[:1])  # a header whose array frame is missing
-    assert got == [] and "header describes 1 arrays but 0 array frames came" in str(error)
-
-
-def test_a_single_message_is_a_bundle_of_one_and_decode_takes_exactly_one():
-    a = np.zeros((1, 4), dtype=np.uint8)
-    one = as_bytes(encode(data_msg([a]), [a]))
-    assert len(decode_bundle(one)[0]) == 1
-    with pytest.raises(ProtocolError, match="too many frames|header describes"):
-        decode(bundle([one, one]))
-
-
-def test_a_bundle_of_too_many_messages_is_cut_at_the_limit():
-    small = as_bytes(encode(Control(sender="src", action="shutdown")))
-    got, error = decode_bundle(small * 5, Limits(max_bundle=3))
-    assert len(got) == 3 and "more than 3 messages" in str(error)
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.binary(max_size=64), max_size=8))
-def test_random_bytes_in_a_bundle_never_raise(frames):
-    got, error = decode_bundle(GOOD + frames)  # junk after a good message: the good one is kept, nothing raises
-    assert got[0][0].item_id == 7 and (error is None or isinstance(error, ProtocolError))

@@ -4,13 +4,7 @@
     msg, arrays = decode(frames, Limits())   # arrays are np.frombuffer views of the frames
     check_arrays(msg, arrays, package)       # shapes/dtypes against the model manifest
 
-Messages that leave for one peer at the same moment travel as one ZeroMQ message, a bundle: their frames one after
-another (each header says how many array frames follow it). A single message is a bundle of one:
-
-    sock.send_multipart(bundle([encode(a), encode(b, [x])]))
-    messages, error = decode_bundle(frames)  # [(msg, arrays, bytes)], in order, up to the first bad one
-
-``decode`` raises only :class:`ProtocolError`, whatever bytes arrive; ``decode_bundle`` raises nothing.
+``decode`` raises only :class:`ProtocolError`, whatever bytes arrive.
 """
 
 from __future__ import annotations
@@ -57,10 +51,6 @@ class Limits:
     max_header_bytes: int = 64 * 1024
     max_arrays: int = 16
     max_ndim: int = MAX_NDIM
-    max_bundle: int = 256  # messages in one bundle
-
-
-BUNDLE_BYTES = 1 << 20  # a sender starts a new bundle past this many bytes (a message larger travels alone)
 
 
 class _Envelope(msgspec.Struct):
@@ -227,60 +217,18 @@ def decode(frames: Sequence[Frame], limits: Limits | None = None) -> tuple[Messa
         raise ProtocolError(f"malformed message ({type(e).__name__}: {e})") from None
 
 
-def bundle(messages: Sequence[Sequence[Frame]]) -> list[Frame]:
-    """Several encoded messages for one peer as the frames of one ZeroMQ message."""
-    return [f for frames in messages for f in frames]
-
-
-def decode_bundle(frames: Sequence[Frame], limits: Limits | None = None
-                  ) -> tuple[list[tuple[Message, list[np.ndarray], int]], ProtocolError | None]:
-    """The messages of a bundle, in order, each with its arrays and its bytes, up to the first that cannot be read
-    (after a bad header the frames cannot be told apart); and why that one could not (None: all were read)."""
-    limits = limits or Limits()
-    out: list[tuple[Message, list[np.ndarray], int]] = []
-    try:
-        views = _views(frames, limits, limits.max_bundle * (limits.max_arrays + 1))
-        i = 0
-        while i < len(views):
-            if len(out) == limits.max_bundle:
-                raise ProtocolError(f"bundle: more than {limits.max_bundle} messages")
-            msg, arrays, end = _message_at(views, i, limits)
-            out.append((msg, arrays, sum(v.nbytes for v in views[i:end])))
-            i = end
-    except ProtocolError as e:
-        return out, e
-    except Exception as e:  # last line of defence: a bad message must never kill a node
-        return out, ProtocolError(f"malformed message ({type(e).__name__}: {e})")
-    return out, None
-
-
 def _decode(frames: Sequence[Frame], limits: Limits) -> tuple[Message, list[np.ndarray]]:
-    views = _views(frames, limits, limits.max_arrays + 1)
-    msg, arrays, end = _message_at(views, 0, limits)
-    if end != len(views):
-        raise ProtocolError(f"{KIND_NAMES[type(msg).KIND]}: header describes {len(arrays)} arrays but "
-                            f"{len(views) - 1} array frames came")
-    return msg, arrays
-
-
-def _views(frames: Sequence[Frame], limits: Limits, max_frames: int) -> list[memoryview]:
-    """The frames as byte views, checked for count and size."""
     if isinstance(frames, bytes | bytearray | memoryview | str) or not isinstance(frames, Sequence):
         raise ProtocolError(f"expected a list of frames, got {type(frames).__name__}")
     if not frames:
         raise ProtocolError("empty message: no header frame")
-    if len(frames) > max_frames:
-        raise ProtocolError(f"too many frames: {len(frames)} > {max_frames}")
+    if len(frames) > limits.max_arrays + 1:
+        raise ProtocolError(f"too many frames: {len(frames)} > {limits.max_arrays + 1}")
     views = [_as_view(f, i) for i, f in enumerate(frames)]
     total = sum(v.nbytes for v in views)
     if total > limits.max_bytes:
         raise ProtocolError(f"message too large: {total} bytes > {limits.max_bytes}")
-    return views
-
-
-def _message_at(views: list[memoryview], i: int, limits: Limits) -> tuple[Message, list[np.ndarray], int]:
-    """The message whose header is ``views[i]``, its arrays, and where the next message starts."""
-    head = views[i]
+    head = views[0]
     if head.nbytes > limits.max_header_bytes:
         raise ProtocolError(f"header too large: {head.nbytes} bytes > {limits.max_header_bytes}")
     if head.nbytes == 0 or not 0x80 <= head[0] <= 0x8F and head[0] not in (0xDE, 0xDF):
@@ -302,12 +250,10 @@ def _message_at(views: list[memoryview], i: int, limits: Limits) -> tuple[Messag
     metas = list(getattr(msg, "arrays", ()))
     if len(metas) > limits.max_arrays:
         raise ProtocolError(f"{name}.arrays: {len(metas)} arrays > limit {limits.max_arrays}")
-    end = i + 1 + len(metas)
-    if end > len(views):
+    if len(views) - 1 != len(metas):
         raise ProtocolError(f"{name}: header describes {len(metas)} arrays but "
-                            f"{len(views) - 1 - i} array frames came")
-    arrays = [_array(meta, v, k, limits) for k, (meta, v) in enumerate(zip(metas, views[i + 1:end], strict=True))]
-    return msg, arrays, end
+                            f"{len(views) - 1} array frames came")
+    return msg, [_array(meta, v, i, limits) for i, (meta, v) in enumerate(zip(metas, views[1:], strict=True))]
 
 
 def _array(meta: ArrayMeta, buf: memoryview, i: int, limits: Limits) -> np.ndarray:

@@ -24,7 +24,7 @@ import yaml
 import zmq
 
 from mdiexit.config import ClusterConfig, cluster_dict
-from mdiexit.protocol.codec import Limits, decode_bundle, describe, encode
+from mdiexit.protocol.codec import Limits, ProtocolError, decode, describe, encode
 from mdiexit.protocol.messages import Join, Member, Part, Welcome
 from mdiexit.runtime.bulk import PART_BYTES
 from mdiexit.security import Identity, NodeAuthenticator, make_client, make_server, read_public, read_secret
@@ -149,21 +149,22 @@ def _receive_welcome(inbox: zmq.Socket, workdir: Path, timeout_s: float, source:
     while time.monotonic() < deadline:
         if not inbox.poll(200):
             continue
-        messages, error = decode_bundle(inbox.recv_multipart(copy=False), Limits(max_bytes=64 << 20))
-        if error is not None:
-            log.warning("dropped a bad message while joining (%s)", error)
-        for msg, arrays, _ in messages:
-            if isinstance(msg, Welcome):
-                welcome, package = msg, PackageParts(msg.package_sha256, msg.package_bytes, msg.parts)
-                log.warning("welcomed by %s: receiving the model package (%.1f MB in %d parts)", source,
-                            msg.package_bytes / 1e6, msg.parts)
-            elif isinstance(msg, Part) and package is not None and package.add(msg, bytes(arrays[0])):
-                deadline = max(deadline, time.monotonic() + PART_TIMEOUT_S)  # a transfer in progress may take time
-                if (share := len(package.received) / package.parts) >= shown + 0.25 or package.complete:
-                    shown = share
-                    log.warning("model package: %.0f %% received", 100 * share)
-                if package.complete:
-                    return unpack_welcome(welcome, bytes(package.data), workdir)
+        try:
+            msg, arrays = decode(inbox.recv_multipart(copy=False), Limits(max_bytes=64 << 20))
+        except ProtocolError as e:
+            log.warning("dropped a bad message while joining (%s)", e)
+            continue
+        if isinstance(msg, Welcome):
+            welcome, package = msg, PackageParts(msg.package_sha256, msg.package_bytes, msg.parts)
+            log.warning("welcomed by %s: receiving the model package (%.1f MB in %d parts)", source,
+                        msg.package_bytes / 1e6, msg.parts)
+        elif isinstance(msg, Part) and package is not None and package.add(msg, bytes(arrays[0])):
+            deadline = max(deadline, time.monotonic() + PART_TIMEOUT_S)  # a transfer in progress may take its time
+            if (share := len(package.received) / package.parts) >= shown + 0.25 or package.complete:
+                shown = share
+                log.warning("model package: %.0f %% received", 100 * share)
+            if package.complete:
+                return unpack_welcome(welcome, bytes(package.data), workdir)
     if package is not None:
         raise JoinError(f"the model package from {source} stopped arriving ({len(package.received)} of "
                         f"{package.parts} parts); try again")

@@ -1,7 +1,6 @@
 """A node's outgoing side: one egress token bucket shared by all its links (one uplink per device, DESIGN §7),
 and one PUSH socket per peer, authenticated with CurveZMQ unless insecure. Both belong to the node's loop: a
-message is sent from the loop's thread when the emulated egress and latency let it leave (a timer of the loop), and
-the messages due together travel as one bundle."""
+message is sent from the loop's thread when the emulated egress and latency let it leave (a timer of the loop)."""
 
 from __future__ import annotations
 
@@ -9,24 +8,20 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from itertools import islice
 
 import zmq
 
 from mdiexit.emulation.link import LinkPacer
-from mdiexit.protocol.codec import BUNDLE_BYTES, Limits, bundle
 from mdiexit.runtime.loop import Loop
 from mdiexit.security import Identity, make_client
 
 RECHECK_S = 0.05  # a message waiting for the egress re-reads its departure this often (the rate may change)
 AWAY_RECHECK_S = 0.1  # a message to a peer that is away is tried again this often
-MAX_BUNDLE = Limits().max_bundle  # messages in one bundle: as many as a receiver takes
 
 
 @dataclass
 class Outgoing:
     frames: list
-    nbytes: int
     queued_at: float
     position: int  # the egress's byte count after it
     leaves_at: float  # when it leaves the egress, as the bucket said when it was queued
@@ -106,7 +101,7 @@ class Link:
         position, departure = self.egress.reserve(nbytes, t)
         if self.on_send is not None:
             self.on_send(self.dst, nbytes, position, t)
-        self.waiting.append(Outgoing(frames, nbytes, t, position, departure))
+        self.waiting.append(Outgoing(frames, t, position, departure))
         if len(self.waiting) == 1:
             self.flush()
 
@@ -114,39 +109,24 @@ class Link:
         return len(self.waiting)
 
     def flush(self) -> None:
-        """Send what is due, in order, the messages due together as one bundle (protocol.codec); set a timer for
-        the rest."""
+        """Send what is due, in order; set a timer for the rest."""
         now = self.clock.now()
-        due = self._due(now)
-        while due:
-            k, size = 1, self.waiting[0].nbytes  # a bundle: what is due, up to BUNDLE_BYTES (one message at least)
-            while k < min(due, MAX_BUNDLE) and size + self.waiting[k].nbytes <= BUNDLE_BYTES:
-                size += self.waiting[k].nbytes
-                k += 1
-            try:
-                self.sock.send_multipart(bundle([out.frames for out in islice(self.waiting, k)]), copy=False,
-                                         flags=zmq.NOBLOCK)
-            except zmq.Again:  # the peer is away (down, or not started yet): try again later
-                return self._wake_at(now + AWAY_RECHECK_S)
-            for _ in range(k):
-                self.waiting.popleft()
-            due -= k
-
-    def _due(self, now: float) -> int:
-        """How many messages at the head of ``waiting`` may leave now; a timer for the first that may not."""
-        for k, out in enumerate(self.waiting):
+        while self.waiting:
+            out = self.waiting[0]
             departure = self.egress.departure_of(out.position, out.queued_at, now)
             if departure <= now:
                 # It has left. The bucket only knows how much has drained since, not when this one left: the time
                 # it gave when the message was queued is the right one.
                 departure = min(departure, out.leaves_at)
             elif departure - now > RECHECK_S:  # still in the egress: look again soon, the rate may change
-                self._wake_at(now + RECHECK_S)
-                return k
+                return self._wake_at(now + RECHECK_S)
             if (due := departure + self.latency_s) > now + self.loop.early_s:
-                self._wake_at(due)
-                return k
-        return len(self.waiting)
+                return self._wake_at(due)
+            try:
+                self.sock.send_multipart(out.frames, copy=False, flags=zmq.NOBLOCK)
+            except zmq.Again:  # the peer is away (down, or not started yet): try again later
+                return self._wake_at(now + AWAY_RECHECK_S)
+            self.waiting.popleft()
 
     def _wake_at(self, t: float) -> None:
         if self.timer_at is None or t < self.timer_at:

@@ -36,7 +36,7 @@ from mdiexit.meters import EnergyCounter, find_meter
 from mdiexit.package import Package
 from mdiexit.policies.modes import rules_for
 from mdiexit.policies.offload import NeighbourView, ServiceEstimator
-from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode_bundle, encode
+from mdiexit.protocol.codec import Limits, ProtocolError, check_arrays, decode, encode
 from mdiexit.protocol.messages import (
     CLUSTER_KINDS,
     Control,
@@ -282,24 +282,18 @@ class NodeProcess:
             if not inbox.get(zmq.EVENTS) & zmq.POLLIN:  # drained (cheaper to ask than to catch zmq.Again)
                 return
             frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
-            messages, error = decode_bundle(frames, self.limits)
-            for msg, arrays, nbytes in messages:
-                try:
-                    if not isinstance(msg, CLUSTER_KINDS):
-                        raise ProtocolError(f"{type(msg).__name__.upper()} belongs on the client endpoint")
-                    check_arrays(msg, arrays, self._package_of(msg))
-                except ProtocolError as e:
-                    self.bad_message(e)
-                    continue
-                if self.authentic(msg, frames[0]):
-                    self.meter.on_receive(msg.sender, nbytes, self.clock.now())
-                    self.handle(msg, arrays)
-            if error is not None:
-                self.bad_message(error)
-
-    def bad_message(self, e: ProtocolError) -> None:
-        self.bad_messages += 1
-        log.warning("%s: dropped a bad message (%s)", self.name, e)
+            try:
+                msg, arrays = decode(frames, self.limits)
+                if not isinstance(msg, CLUSTER_KINDS):
+                    raise ProtocolError(f"{type(msg).__name__.upper()} belongs on the client endpoint")
+                check_arrays(msg, arrays, self._package_of(msg))
+            except ProtocolError as e:
+                self.bad_messages += 1
+                log.warning("%s: dropped a bad message (%s)", self.name, e)
+                continue
+            if self.authentic(msg, frames[0]):
+                self.meter.on_receive(msg.sender, sum(len(f) for f in frames), self.clock.now())
+                self.handle(msg, arrays)
 
     def _package_of(self, msg) -> Package:
         """The package a message is checked against: its item's version where held here, else the first."""
