@@ -38,7 +38,10 @@ def test_retraining_the_recipe_gives_the_committed_model(tmp_path, fmnist):
     assert configs[0] == configs[1]
     val_acc = [[t["val_accuracy"] for t in p.manifest["tasks"]] for p in (committed, fresh)]
     assert np.allclose(val_acc[0], val_acc[1], atol=0.02), val_acc
-    # the two packages label the same test items alike at every exit (bit-exactness is not portable across CPUs)
+    # the two packages label the same test items alike at every exit. Bit-exactness is not portable across CPUs, and
+    # a CPU's rounding moves an item near a weak exit's boundary: on an AMD EPYC (Zen 4) host the recipe's model
+    # agreed with the committed one on 97.4, 94.8, 95.8 and 96.8 % of these items, while the recipe with another
+    # seed agrees on 72-88 %; 92 % tells the two apart
     images = fmnist[1].images[:500]
     old, new = OrtEngine(committed, threads=1), OrtEngine(fresh, threads=1)
     x_old = x_new = images
@@ -46,4 +49,4 @@ def test_retraining_the_recipe_gives_the_committed_model(tmp_path, fmnist):
         x_old, logits_old = old.run(t.index, x_old)
         x_new, logits_new = new.run(t.index, x_new)
         agree = float((logits_old.argmax(1) == logits_new.argmax(1)).mean())
-        assert agree >= 0.95, f"exit {t.index}: the retrained model agrees on {agree:.1%} of test items"
+        assert agree >= 0.92, f"exit {t.index}: the retrained model agrees on {agree:.1%} of test items"

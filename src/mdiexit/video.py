@@ -158,7 +158,8 @@ class VideoArrivals:
     def next_at(self, t: float) -> float:
         if self.frames.on_frame is None:  # nobody is told when a frame comes: look again soon
             return max(self.next_t, t + 0.005)
-        # the decoder wakes the taker as a frame comes: wait for the next offer's time, or until then
+        # the decoder wakes the taker as a frame comes: until the next offer's time, wait for that; past it, for the
+        # frame (or the video's end)
         waiting = self.frames.newest is not None or self.frames.ended
         return self.next_t if waiting or t < self.next_t else math.inf
 

@@ -100,9 +100,9 @@ class AdmissionGate:
     def shedding(self, t: float, rate: float) -> bool:
         """Whether an offer now would be refused as OVERLOADED: the queue is full, or what it holds would wait
         longer than max_wait_s. A service refuses requests at the door while this holds (runtime.service)."""
-        return self._shedding(t, rate, self.expected_wait_s(t, rate) if self.queue else 0.0)
+        return self._shedding(self.expected_wait_s(t, rate) if self.queue else 0.0)
 
-    def _shedding(self, t: float, rate: float, wait_s: float) -> bool:
+    def _shedding(self, wait_s: float) -> bool:
         return len(self.queue) >= self.max_items or (bool(self.queue) and wait_s > self.max_wait_s)
 
     def offer(self, key: Any, t: float, rate: float, deadline: float | None = None,
@@ -114,7 +114,7 @@ class AdmissionGate:
             self.started_at = t
         wait = self.expected_wait_s(t, rate) if self.queue else 0.0
         why = None
-        if self._shedding(t, rate, wait):
+        if self._shedding(wait):
             why = OVERLOADED
         elif deadline is not None and t + wait + latency_s > deadline:
             why = DEADLINE
