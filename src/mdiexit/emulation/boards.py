@@ -1,18 +1,20 @@
-"""How much slower a board's CPU runs the runtime's own work than this host: the `cpu_slowdown` presets.
+"""How much slower a board's CPU runs the runtime's own work than the development machine: the `cpu_slowdown`
+presets.
 
-A preset's factor is this host's single-core score over the board's, both from one benchmark: 7-Zip's LZMA
-benchmark on one thread (`taskset -c 0 7zr b -mmt=1`, the "Tot:" rating in MIPS), the "7-zip single" column of
-sbc-bench's results list, which measures every board below with the same command. Branchy integer work, as
-7-Zip's is, is a fair stand-in for an interpreter's; a board's cache and memory may still move Python by more or
-less than the ratio says (docs/guide/emulation.md). The presets hold for this host; on another, measure its rating
-with the same command and give the node the number `your rating / the board's` instead of the name.
+A preset's factor is the development machine's single-core score over the board's, both from one benchmark:
+7-Zip's LZMA benchmark on one thread (`taskset -c 0 7zr b -mmt=1`, the "Tot:" rating in MIPS), the "7-zip single"
+column of sbc-bench's results list, which measures every board below with the same command. Branchy integer work,
+as 7-Zip's is, is a fair stand-in for an interpreter's; a board's cache and memory may still move Python by more
+or less than the ratio says (docs/guide/emulation.md). The presets hold for the development machine, where the
+project's benches run; on another host, measure its rating with the same command and give the node the number
+`your rating / the board's` instead of the name.
 """
 
 from __future__ import annotations
 
 RESULTS = "https://github.com/ThomasKaiser/sbc-bench/blob/master/Results.md"  # the "7-zip single" column
 
-# this host (the development machine, an AMD EPYC Zen 4 virtual core): the median of three runs of
+# the development machine (an AMD EPYC Zen 4 virtual core): the median of three runs of
 # `taskset -c 0 7zr b -mmt=1` (4264, 4269, 4277), 7-Zip 26.02 (Debian's p7zip-full)
 HOST_MIPS = 4269.0
 
