@@ -38,12 +38,15 @@ class Egress:
                  pace: bool = True):
         self.pace = pace
         self.pacer = LinkPacer(bandwidth_bps, 0.0, schedule=schedule if pace else ())
-        self.bytes_sent = 0
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.pacer.bytes_sent
 
     def reserve(self, nbytes: int, t: float) -> tuple[int, float]:
         """`nbytes` sent at ``t``: the egress's byte count after them, and the time they have left the node."""
-        self.bytes_sent += nbytes
-        return self.bytes_sent, self.pacer.departure(nbytes, t)
+        departure = self.pacer.departure(nbytes, t)
+        return self.pacer.bytes_sent, departure
 
     def queued_bytes(self, t: float) -> int:
         return self.pacer.queued_bytes(t)

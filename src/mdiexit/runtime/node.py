@@ -8,9 +8,8 @@ Threads, and who owns what:
   device its next batch, finishes computed ones, and every `heartbeat_ms` sends a STATE to every node it sends to
   or hears DATA from, and to the source (each acknowledges the bytes received from its addressee, whose link
   estimates, runtime.linkmeter, come from these);
-- compute: an executor. It runs the batches the loop hands it on the engine, sleeps the emulated slowdown, and
-  posts the outputs back to the loop;
-- encode (only where features cross a link as learned codes): the same, for the encoder's calls.
+- compute, and encode where features cross a link as learned codes (runtime.executors): they make the emulated
+  device's calls the loop hands them, and post the outputs back to it.
 The loop also sends: each outgoing link (runtime.links) paces its bytes at the egress's bandwidth and adds its
 latency with the loop's timers (DESIGN §7). Communication overlaps compute: the compute thread never sends.
 """
@@ -18,7 +17,6 @@ latency with the loop's timers (DESIGN §7). Communication overlaps compute: the
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections import Counter
 from functools import partial
@@ -53,6 +51,7 @@ from mdiexit.runtime import events  # the node core's events and actions: events
 from mdiexit.runtime.bulk import BulkSender
 from mdiexit.runtime.core import NodeCore, energy_weights, held_tasks, neighbour_view, peers_of
 from mdiexit.runtime.device import Profile, calibrate, compression_plan, seed_estimates
+from mdiexit.runtime.executors import Executors
 from mdiexit.runtime.linkmeter import LinkMeter
 from mdiexit.runtime.links import Egress, Link
 from mdiexit.runtime.loop import Loop
@@ -127,8 +126,8 @@ class NodeProcess:
                              energy=energy_weights(cluster, self.cfg), max_batch=cluster.max_batch,
                              weights=cluster.weights)
         self.loop = Loop(clock)  # the one thread that calls into the core
-        self.batches: queue.SimpleQueue = queue.SimpleQueue()  # (batch, continued) for the compute executor
-        self.encodes: queue.SimpleQueue = queue.SimpleQueue()  # (Send, time queued) for the encode executor
+        # the threads that make the device's calls (runtime.executors)
+        self.executors = Executors(self.device, self.versions, self.loop.post, self._computed, self._send_encoded)
         bandwidth = self.cfg.bandwidth_mbps * 1e6 if self.cfg.bandwidth_mbps is not None else None
         schedule = tuple((t_s, mbps * 1e6) for t_s, mbps in self.cfg.bandwidth_schedule or ())
         self.egress = Egress(bandwidth, schedule, pace_bandwidth)
@@ -185,9 +184,9 @@ class NodeProcess:
         if self.monitor is not None:
             self.loop.on_readable(self.monitor, self._read_monitor)
         self.loop.at(self.clock.now() + self.cluster.heartbeat_ms / 1000, self._heartbeat)
-        executors = [(self._compute_loop, "compute")]
+        executors = [(self.executors.compute_loop, "compute")]
         if any(self.core.compress_on.values()):
-            executors.append((self._encode_loop, "encode"))
+            executors.append((self.executors.encode_loop, "encode"))
         for target, tname in ((partial(self.loop.run, self.stop), "loop"), *executors):
             t = threading.Thread(target=target, name=f"{self.name}-{tname}", daemon=True)
             t.start()
@@ -213,7 +212,7 @@ class NodeProcess:
             if isinstance(a, events.Send):
                 self.send_item(a, t)
             elif isinstance(a, events.Compute):
-                self.batches.put((a.batch, a.continued))
+                self.executors.compute(a.batch, a.continued)
             elif isinstance(a, events.Deliver):
                 if a.finished.item.source == self.name:
                     self.role.deliver(a.finished)
@@ -251,8 +250,7 @@ class NodeProcess:
     def close(self) -> None:
         self.stop.set()
         self.loop.wake()
-        self.batches.put(None)
-        self.encodes.put(None)
+        self.executors.close()
         for t in self.threads:
             t.join(timeout=2)
         self.loop.close()
@@ -384,38 +382,8 @@ class NodeProcess:
         computed = events.Computed(batch, features, logits, seconds, self.egress.queued_bytes(t))
         self.execute(self.core.step(computed, t), t)
 
-    def _compute_loop(self) -> None:
-        """The compute executor: runs the batches the loop hands it, as the emulated device would."""
-        free_at: float | None = None  # when the device's last call ended (its timeline), if work was waiting then
-        self.device.start_runtime_clock()  # after the warm-up
-        while (job := self.batches.get()) is not None:
-            batch, continued = job
-            if not continued:
-                free_at = None  # the device was idle: this batch starts when it came, not when the last one ended
-            seconds, k = 0.0, batch[0].task
-            ver = self.versions.of(batch[0])
-            for it in batch:
-                if it.x is None:  # features that crossed the network as a learned code
-                    codec = ver.engine.codec(k - 1)
-                    it.x, dec_s, free_at = self.device.run_from(ver.key("decode", k - 1), 1,
-                                                                lambda c=codec, it=it: c.decode(it.code), free_at)
-                    it.code, seconds = None, seconds + dec_s
-            x = batch[0].x if len(batch) == 1 else np.concatenate([it.x for it in batch])
-            self.device.charge_runtime()  # `cpu_slowdown`: the runtime's CPU since the last call, paid now
-            (features, logits), task_s, free_at = self.device.run_from(
-                ver.key("task", k), len(batch), lambda k=k, x=x, e=ver.engine: e.run(k, x), free_at)
-            self.loop.post(partial(self._computed, batch, features, logits, seconds + task_s))
-
-    def _encode_loop(self) -> None:
-        """The encode executor: features leaving as learned codes are encoded as the emulated device would."""
-        while (job := self.encodes.get()) is not None:
-            s, _ = job
-            k = s.item.task - 1
-            ver = self.versions.of(s.item)
-            arrays, seconds = self.device.run(ver.key("encode", k), 1, partial(ver.engine.codec(k).encode, s.item.x))
-            self.loop.post(partial(self._send_encoded, s, arrays, seconds))
-
     def _send_encoded(self, s: events.Send, arrays: dict[str, np.ndarray], seconds: float) -> None:
+        """The encode executor has the item's code (on the loop)."""
         self.busy_s += seconds
         self._send_arrays(s, arrays, self.clock.now())
 
@@ -428,7 +396,7 @@ class NodeProcess:
         if it.x is None:
             self._send_arrays(s, it.code, t)  # forwarded as it came
         elif it.task - 1 in self.core.compress_on.get(s.target, ()) and self.versions.has_codec(it):
-            self.encodes.put((s, t))  # sent once the encode executor has its code
+            self.executors.encode(s)  # sent once the encode executor has its code
         else:
             self._send_arrays(s, {"x": it.x}, t)
 
