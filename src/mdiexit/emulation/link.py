@@ -52,8 +52,7 @@ class TokenBucket:
         """Token level at ``now`` (without changing state)."""
         if self.last == -math.inf:
             return self.tokens
-        elapsed = max(0.0, now - self.last)
-        return min(float(self.burst_bytes), self.tokens + elapsed * self.bytes_per_s)
+        return min(float(self.burst_bytes), self.tokens + max(0.0, now - self.last) * self.rate_bps / 8.0)
 
     def reserve(self, nbytes: int, now: float) -> float:
         """Reserve ``nbytes`` at ``now``; returns the time by which they have left the link (>= now)."""

@@ -6,6 +6,8 @@ the last task always exits.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from mdiexit.calibration import confidence
@@ -38,3 +40,13 @@ def exit_decisions(logits: np.ndarray, temperature: float, threshold: float,
     else:
         exits = conf >= threshold
     return exits, labels, conf
+
+
+def exit_decision(logits: np.ndarray, temperature: float, threshold: float, last: bool) -> tuple[bool, int, float]:
+    """:func:`exit_decisions` for one item, in plain Python: (exits, label, confidence). The runtime decides each
+    item of a batch on its own thresholds, and numpy's per-call cost is most of a 10-class softmax."""
+    z = [v / temperature for v in logits.ravel().tolist()]
+    top = max(z)
+    conf = 1.0 / math.fsum(math.exp(v - top) for v in z)  # the largest softmax term: exp(0) over the sum
+    exits = last or (threshold < 1.0 and conf >= threshold)
+    return exits, z.index(top), conf

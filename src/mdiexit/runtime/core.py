@@ -27,7 +27,7 @@ import numpy as np
 from mdiexit.config import ClusterConfig, NodeConfig, link_between
 from mdiexit.energy import power_model
 from mdiexit.package import Package
-from mdiexit.policies.exit import exit_decisions
+from mdiexit.policies.exit import exit_decision
 from mdiexit.policies.fairqueue import FairQueue, fair_wait_s
 from mdiexit.policies.modes import ModeRules
 from mdiexit.policies.offload import EnergyWeights, NeighbourView, OffloadConfig, ServiceEstimator, choose_target
@@ -182,7 +182,10 @@ class NodeCore:
         """W_n: estimated seconds of queued compute plus what remains of the running batch."""
         # priced at the current estimates: a running sum would keep the error of every estimate that changed
         # while its item waited
-        queued_s = sum(n * self.estimator.get(task) for task, n in list(self.queued.items()) if n)
+        queued_s, est = 0.0, self.estimator.get
+        for task, n in list(self.queued.items()):
+            if n:
+                queued_s += n * est(task)
         return queued_s + max(0.0, self.busy_until - now)
 
     def source_backlogs_s(self, now: float) -> dict[str, float] | None:
@@ -395,9 +398,9 @@ class NodeCore:
         for i, item in enumerate(batch):
             item.timings.append((self.name, task, per_item))
             threshold = item.thresholds[task - 1] if self.rules.exits or last else 1.0
-            exits, labels, conf = exit_decisions(logits[i:i + 1], spec.temperature, threshold, last)
-            if exits[0]:
-                finished.append(Finished(item, int(labels[0]), task, float(conf[0])))
+            exits, label, conf = exit_decision(logits[i], spec.temperature, threshold, last)
+            if exits:
+                finished.append(Finished(item, label, task, conf))
             else:
                 item.task = task + 1
                 item.x = None if features is None else features[i:i + 1]

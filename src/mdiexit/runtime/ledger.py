@@ -19,6 +19,15 @@ from typing import Any
 import numpy as np
 
 MAX_ATTEMPTS = 4  # dispatches of one item before it is failed
+def percentile(ordered: list[float], q: float) -> float:
+    """The q-th percentile of a sorted, non-empty list, interpolated as numpy's default ('linear') does: a
+    control step asks three of them, and numpy's per-call cost is most of the work."""
+    at = q / 100 * (len(ordered) - 1)
+    lo = int(at)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (at - lo)
+
+
 _LATENCY = itemgetter(2)  # of an entry of Ledger.recent: (time, correct, latency)
 
 
@@ -68,7 +77,7 @@ class Ledger:
     unknown: int = 0
     recent: deque = field(default_factory=deque)  # (done_at, correct, latency_s) of the last completions
     recent_correct: int = 0  # how many of them are correct (kept with the deque: window() is O(1) per result)
-    _sorted: np.ndarray = field(default_factory=lambda: np.zeros(0), init=False, repr=False)  # recent latencies
+    _sorted: list[float] = field(default_factory=list, init=False, repr=False)  # recent latencies, sorted
     _sorted_key: tuple | None = field(default=None, init=False, repr=False)  # the window they were sorted for
 
     def admit(self, item_id: int, t: float, truth: int, x: np.ndarray | None = None,
@@ -189,9 +198,9 @@ class Ledger:
             return 0.0
         key = (len(self.recent), self.recent[0][0], self.recent[-1][0])
         if self._sorted_key != key:  # a control step asks several percentiles of one window: sort it once
-            self._sorted = np.sort(np.fromiter(map(_LATENCY, self.recent), float, len(self.recent)))
+            self._sorted = sorted(map(_LATENCY, self.recent))
             self._sorted_key = key
-        return float(np.percentile(self._sorted, q))
+        return percentile(self._sorted, q)
 
     @property
     def settled(self) -> int:

@@ -108,10 +108,12 @@ class Loop:
                 ready = dict(poller.poll(self._wait_ms(timer_t, hook_t)))
                 if self._wake_r in ready:
                     self._drain_pipe()
-                self._run_posted()
-                for sock, fn in self.readers:
-                    if sock in ready:
-                        self._call(fn, sock)
+                if not self.posted.empty():
+                    self._run_posted()
+                if ready:
+                    for sock, fn in self.readers:
+                        if sock in ready:
+                            self._call(fn, sock)
                 timer_t, hook_t = self._fire_timers(), math.inf
                 t = self.clock.now()
                 for hook in self.after:
@@ -138,8 +140,7 @@ class Loop:
 
     def _drain_pipe(self) -> None:
         try:
-            while os.read(self._wake_r, 4096):
-                pass
+            os.read(self._wake_r, 4096)  # a byte left over only wakes the next poll at once
         except BlockingIOError:
             pass
 
@@ -153,10 +154,10 @@ class Loop:
 
     def _fire_timers(self) -> float:
         """Run the timers that are due; returns when the next one is (or MAX_WAIT_S from now)."""
-        while self.timers and self.timers[0][0] <= self.clock.now() + self.early_s:
-            _, _, fn = heapq.heappop(self.timers)
-            self._call(fn)
-        return self.timers[0][0] if self.timers else self.clock.now() + MAX_WAIT_S
+        timers, now = self.timers, self.clock.now
+        while timers and timers[0][0] <= now() + self.early_s:
+            self._call(heapq.heappop(timers)[2])
+        return timers[0][0] if timers else now() + MAX_WAIT_S
 
     @staticmethod
     def _call(fn: Callable, *args):
