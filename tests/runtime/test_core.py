@@ -12,7 +12,7 @@ from mdiexit.package import load_package
 from mdiexit.policies.modes import rules_for
 from mdiexit.policies.offload import NeighbourView, OffloadConfig, ServiceEstimator
 from mdiexit.runtime.core import NodeCore, codes_pay, held_tasks, neighbour_view
-from mdiexit.runtime.events import Arrived, Computed, Leave, Route, Send, Tick, WorkItem
+from mdiexit.runtime.events import Arrived, Computed, Leave, Report, Route, Send, Tick, WorkItem
 
 PACKAGE = Path(__file__).resolve().parents[2] / "models" / "mobilenetv2-fmnist"
 
@@ -146,6 +146,30 @@ def test_a_still_node_reports_every_quiet_period_and_a_moving_one_at_every_heart
     assert not core.state_due(0.2, quiet_s=0.1)
     core.estimator.update(1, 0.5)  # a service estimate moved
     assert core.state_due(0.25, quiet_s=0.1)
+
+
+def test_a_heartbeat_skips_the_peers_a_data_told_but_each_still_gets_a_state_every_quiet_period(pkg):
+    """DESIGN §3.2: every message carries the backlog, and every peer gets a STATE at least every quiet period."""
+    core = make_core(pkg, held=(2, 3, 4), neighbours={"m": (1, 2, 3, 4), "w": (2, 3, 4)})
+    core.neighbours["m"].on_report(0.0, 0.0, {1: 0.01})
+
+    def tick(t: float) -> frozenset[str] | None:
+        core.estimator.update(2, 0.01 + t)  # its state moves between heartbeats
+        reports = [a for a in core.step(Tick(0.1, 6.0, 0), t) if isinstance(a, Report)]
+        return reports[0].skip if reports else None
+
+    def data_to_m(i: int, t: float) -> None:
+        core.neighbours["m"].on_report(0.0, t, {1: 0.01})
+        assert [a.target for a in core.step(Arrived(item(i, 1), 0), t) if isinstance(a, Send)] == ["m"]
+
+    assert tick(0.0) == frozenset()  # the first STATE goes to every peer
+    data_to_m(1, 0.02)
+    assert tick(0.05) == {"m"}  # m heard the backlog from the DATA; w did not
+    assert tick(0.10) == frozenset()  # nothing sent since the last heartbeat
+    data_to_m(2, 0.12)
+    assert tick(0.15) == {"m"}
+    data_to_m(3, 0.17)
+    assert tick(0.20) == frozenset()  # m's last STATE was a quiet period ago: it gets one, DATA or not
 
 
 def test_the_quiet_period_keeps_within_the_design_and_the_peers_staleness():

@@ -1,6 +1,7 @@
+import numpy as np
 import pytest
 
-from mdiexit.runtime.ledger import MAX_ATTEMPTS, Ledger
+from mdiexit.runtime.ledger import MAX_ATTEMPTS, Ledger, percentile
 
 
 def test_each_item_settles_once_result_expired_or_failed():
@@ -65,3 +66,11 @@ def test_the_window_counts_the_correct_results_it_holds():
     assert led.window(9.5, 4.0) == (5 / 4.0, 2 / 5)  # results at 5.5 .. 9.5: items 6 and 8 correct
     assert led.window(9.5, 1.5) == (2 / 1.5, 0.5)  # 8.5 (correct) and 9.5
     assert led.recent_correct == 1
+
+
+def test_percentile_interpolates_as_numpy_does():
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 3, 10, 1377):
+        ordered = sorted(rng.exponential(size=n).tolist())
+        for q in (0, 5, 50, 95, 100):
+            assert percentile(ordered, q) == pytest.approx(float(np.percentile(ordered, q)), rel=1e-12)

@@ -62,6 +62,19 @@ def test_a_large_backlog_holds_admission_until_it_drains():
     assert [it.item_id for it in sc.release(0.06, 0.0)[0]] == [0]
 
 
+def test_a_results_backlog_stands_in_for_a_state():
+    """A RESULT carries its node's backlog (DESIGN §3.2): the admission sees it as it would a STATE's."""
+    sc = make(max_backlog_s=0.5)
+    sc.on_state("w1", 0.9, False, 0.0)
+    offer(sc, 0, 0.0)
+    assert sc.release(0.01, 0.0)[0] == []
+    sc.step(events.ResultIn(7, 1, 2, 0.9, "w1", backlog_s=0.1), 0.2)  # a RESULT for an item it does not know
+    assert [it.item_id for it in sc.release(0.3, 0.0)[0]] == [0]
+    sc.on_state("w1", 0.0, True, 0.4)  # leaving: a late RESULT's backlog does not bring it back into the count
+    sc.step(events.ResultIn(8, 1, 2, 0.9, "w1", backlog_s=2.0), 0.5)
+    assert sc.reports["w1"].leaving and sc.reports["w1"].backlog_s == 0.0
+
+
 def test_down_nodes_do_not_count_in_the_largest_backlog():
     sc = make()
     sc.on_state("w1", 2.0, False, 0.0)

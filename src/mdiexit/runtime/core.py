@@ -129,6 +129,11 @@ class NodeCore:
         self.expired: list[WorkItem] = []  # dropped unrun: their deadline passed in the queue
         self.reported: tuple = ()  # what the last STATE said (state_due)
         self.reported_at = -math.inf
+        # the STATE a DATA or RESULT makes unneeded (Report.skip): when each peer was last sent one, when the peers
+        # skipped last had their last STATE, and the last heartbeat
+        self.told_at: dict[str, float] = {}
+        self.stated_at: dict[str, float] = {}
+        self.ticked_at = -math.inf
         self.max_batch = max_batch
         self.computing = False  # the device holds a batch (from Compute until its Computed)
         self.leaving = False
@@ -155,17 +160,42 @@ class NodeCore:
                 elif (s := self.route(item, now, event.queued_bytes)) is not None:
                     actions.append(s)
         elif isinstance(event, Tick):
-            if self.state_due(now, event.quiet_s) or self.leaving:  # a leaving node tells its peers every time
+            last_report = self.reported_at
+            if self.leaving:  # a leaving node tells every peer at every heartbeat
                 actions.append(Report())
+            elif self.state_due(now, event.quiet_s):
+                actions.append(Report(self.told_enough(now, event.quiet_s, last_report)))
             if not self.leaving:
                 sends, dropped = self.retry_parked(now, event.give_up_s, event.queued_bytes)
                 actions += [GiveUp(item) for item in dropped]
                 actions += sends
+            self.ticked_at = now
         elif isinstance(event, Leave):
             self.leaving = True
             actions += [HandBack(item) for item in self.take_all()]
         self._feed(now, actions)
+        self._note_told(actions, now)
         return actions
+
+    def _note_told(self, actions: list[Action], now: float) -> None:
+        """Peers that the actions' DATA and RESULT messages will tell this node's backlog."""
+        for a in actions:
+            if isinstance(a, Send):
+                self.told_at[a.target] = now
+            elif isinstance(a, Deliver | Expire):
+                source = (a.finished.item if isinstance(a, Deliver) else a.item).source
+                if source and source != self.name:
+                    self.told_at[source] = now
+
+    def told_enough(self, now: float, quiet_s: float, last_report: float) -> frozenset[str]:
+        """The peers this heartbeat's STATE may skip: a DATA or RESULT told them the backlog since the last
+        heartbeat, and their last STATE is within ``quiet_s``, which still brings them the service estimates
+        at least that often. None with several sources: a STATE carries each one's fair-share backlog."""
+        if len(self.queue.weights) >= 2:
+            return frozenset()
+        stated = {p: self.stated_at.get(p, last_report) for p, t in self.told_at.items() if t > self.ticked_at}
+        self.stated_at = {p: at for p, at in stated.items() if now - at < quiet_s}
+        return frozenset(self.stated_at)
 
     def _feed(self, now: float, actions: list[Action], continued: bool = False) -> None:
         """An idle device (not leaving) takes its next batch; items past their deadline are dropped on the way."""

@@ -141,7 +141,10 @@ class Expire:
 
 @dataclass
 class Report:
-    pass
+    """A STATE to every peer but ``skip``: those a DATA or RESULT told this node's backlog since the last heartbeat
+    and that had a STATE within the quiet period (DESIGN §3.2: every message carries the backlog)."""
+
+    skip: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -195,6 +198,7 @@ class ResultIn(NamedTuple):
     node: str
     attempt: int = 0
     expired: bool = False
+    backlog_s: float | None = None  # the backlog the node's RESULT carried (None: the source's own result)
 
 
 class StateIn(NamedTuple):

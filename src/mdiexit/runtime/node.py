@@ -226,7 +226,7 @@ class NodeProcess:
                 else:
                     self.send_expired(a.item)
             elif isinstance(a, events.Report):
-                self.send_state()
+                self.send_state(skip=a.skip)
             elif isinstance(a, events.HandBack):
                 self.hand_back(a.item, t)
             elif isinstance(a, events.GiveUp):  # nobody reachable holds its task: the source's ledger re-dispatches it
@@ -409,12 +409,14 @@ class NodeProcess:
         self.links[s.target].send(encode(msg, list(arrays.values())), t)
 
     # ---------------------------------------------------------------- heartbeat
-    def send_state(self, final: bool = False) -> None:
+    def send_state(self, final: bool = False, skip: frozenset[str] = frozenset()) -> None:
+        """A STATE to every peer but ``skip`` (events.Report); once a second, with the progress, to every one."""
         t = self.clock.now()
         links = self.links
         progress = final or t - self.progress_sent_at >= PROGRESS_PERIOD_S
         if progress:
             self.progress_sent_at = t
+        peers = [p for p in links if p not in skip] if skip and not progress else list(links)
         msg = State(sender=self.name, backlog_s=self.core.backlog_s(t), queue_len=len(self.core.queue),
                     service_s=self.core.estimator.snapshot(), sent_at=t + self.egress.wait_s(t), leaving=self.leaving,
                     stats=final_stats(self) if final else {}, run_s=self.role.run_elapsed_s(t),
@@ -424,7 +426,7 @@ class NodeProcess:
                     source_backlogs=self.core.source_backlogs_s(t) or {},
                     packages=list(self.versions.loaded) if progress else [],
                     package_error=self.versions.error if progress else None)
-        for peer, frames in self.meter.state_frames(msg, list(links)).items():
+        for peer, frames in self.meter.state_frames(msg, peers).items():
             links[peer].send(frames, t)
 
     def refresh_links(self, t: float) -> None:

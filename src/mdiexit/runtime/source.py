@@ -174,7 +174,7 @@ class SourceProcess:
                                                   f"{msg.sender!r}, which does not hold task {msg.exit}")
             return
         self.source_step(ResultIn(msg.item_id, msg.label, msg.exit, msg.confidence, msg.sender, msg.attempt,
-                                  msg.expired), self.clock.now())
+                                  msg.expired, msg.backlog_s), self.clock.now())
 
     def _could_compute(self, sender: str, task: int) -> bool:
         try:

@@ -130,7 +130,9 @@ class SourceCore:
                 return self._supervised(self.control_step(now, start, own_backlog_s)) + self._rollout_step(now)
             case Supervise(own_backlog_s):
                 return self._supervised(self.supervise(now, own_backlog_s)) + self._rollout_step(now)
-            case ResultIn(item_id, label, exit_, confidence, node, attempt, expired):
+            case ResultIn(item_id, label, exit_, confidence, node, attempt, expired, backlog_s):
+                if backlog_s is not None:
+                    self.on_backlog(node, backlog_s)
                 if item_id >= SHADOW_BASE:
                     if self.rollout is not None:
                         self.rollout.on_twin(item_id, None if expired else label, exit_)
@@ -168,6 +170,12 @@ class SourceCore:
         self.reports[sender] = NodeReport(backlog_s, leaving)
         self.backlog_samples.setdefault(sender, []).append(backlog_s)
         return leaving
+
+    def on_backlog(self, sender: str, backlog_s: float) -> None:
+        """The backlog a RESULT carried: the node's latest, as a STATE's would be (it may stand in for one)."""
+        report = self.reports.get(sender)
+        if report is not None and not report.leaving:
+            report.backlog_s = backlog_s
 
     def on_result(self, item_id: int, label: int, exit_: int, confidence: float, node: str, t: float,
                   attempt: int = 0, expired: bool = False) -> None:

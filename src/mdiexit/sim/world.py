@@ -118,7 +118,7 @@ class SimNode:
             elif isinstance(a, events.Expire):
                 self.deliver(Finished(a.item, 0, a.item.task, 0.0), expired=True)
             elif isinstance(a, events.Report):
-                self.report()
+                self.report(a.skip)
             # HandBack (a graceful leave) is not simulated; GiveUp is counted by the core
 
     def heartbeat(self) -> None:
@@ -127,17 +127,19 @@ class SimNode:
         self.charge(seconds=self.world.heartbeat_s)
         self.world.at(self.world.heartbeat_s, self.heartbeat)
 
-    def report(self) -> None:
-        """A STATE to every recipient, one event per path latency."""
+    def report(self, skip: frozenset[str] = frozenset()) -> None:
+        """A STATE to every recipient but ``skip`` (events.Report), one event per path latency."""
         t = self.world.env.now
         backlog = self.core.backlog_s(t)
         per_source = self.core.source_backlogs_s(t)
         service = self.core.estimator.snapshot()
-        count = sum(len(r) for r in self.state_to.values())
+        to = {lat: [r for r in recipients if r.name not in skip] for lat, recipients in self.state_to.items()}
+        count = sum(len(r) for r in to.values())
         departure = self.egress.departure(STATE_BYTES * count, t)
-        for latency, recipients in self.state_to.items():
-            self.world.at(departure - t + latency, self.world.deliver_state, self.name, backlog, service, recipients,
-                          per_source)
+        for latency, recipients in to.items():
+            if recipients:
+                self.world.at(departure - t + latency, self.world.deliver_state, self.name, backlog, service,
+                              recipients, per_source)
 
     # ---------------------------------------------------------------- compute
     def compute(self, batch: list[WorkItem]) -> None:
@@ -201,16 +203,17 @@ class SimSource(SimNode):
         self.start = 0.0
         self.deploy: SimDeploy | None = None  # a roll-out's shell (sim.rollout), when one is played
 
-    def result(self, node: str, f: Finished, expired: bool) -> None:
+    def result(self, node: str, f: Finished, expired: bool, backlog_s: float | None = None) -> None:
         it = f.item
-        self.source_step(events.ResultIn(it.item_id, f.label, f.exit, f.confidence, node, it.attempt, expired))
+        self.source_step(events.ResultIn(it.item_id, f.label, f.exit, f.confidence, node, it.attempt, expired,
+                                         backlog_s))
         self.release()
 
     def on_result(self, sender: str, backlog_s: float, f: Finished, expired: bool) -> None:
         t = self.world.env.now
         self.core.on_report(sender, backlog_s, t, None)
         self.sc.heard(sender, t)
-        self.result(sender, f, expired)
+        self.result(sender, f, expired, backlog_s)
 
     def arrive(self) -> None:
         if not self.admitting:
