@@ -97,6 +97,9 @@ def codes_pay(raw_bytes: int, code_bytes: int, bandwidth_bps: float | None, enco
     return code_bytes * 8 / bandwidth_bps + encode_s + decode_s < raw_bytes * 8 / bandwidth_bps
 
 
+MIN_MOVE_S = 1e-4  # a state that moved by less than this has not moved (without a hysteresis)
+
+
 class NodeCore:
     """One node's decisions. Not thread-safe: one thread owns it (runtime.loop)."""
 
@@ -234,15 +237,23 @@ class NodeCore:
         return self.backlog_s(now) if per_source is None else per_source.get(source, self.backlog_s(now))
 
     def state_due(self, now: float, quiet_s: float) -> bool:
-        """Whether this heartbeat sends a STATE: whenever the node's backlog, queue or service estimates moved since
-        the last one; while they stay still, every ``quiet_s`` (an idle cluster's heartbeats were most of its
-        runtime's CPU, docs/bench/overhead.md)."""
-        state = (round(self.backlog_s(now), 4), len(self.queue), len(self.parked),
-                 tuple(self.estimator.snapshot().items()))
-        if state == self.reported and now - self.reported_at < quiet_s:
+        """Whether this heartbeat sends a STATE: whenever the node's backlog or a service estimate moved by more than
+        the offloading rule's hysteresis since the last one, or items were parked or unparked; otherwise every
+        ``quiet_s`` (an idle cluster's heartbeats were most of its runtime's CPU, docs/bench/overhead.md). A peer
+        does not move work for a smaller difference, and the DATA and RESULT between carry the exact backlog."""
+        backlog, estimates = self.backlog_s(now), self.estimator.snapshot()
+        if now - self.reported_at < quiet_s and not self._moved(backlog, estimates):
             return False
-        self.reported, self.reported_at = state, now
+        self.reported, self.reported_at = (backlog, len(self.parked), estimates), now
         return True
+
+    def _moved(self, backlog_s: float, estimates: dict[int, float]) -> bool:
+        if not self.reported:
+            return True
+        last_backlog_s, last_parked, last_estimates = self.reported
+        tolerance_s = max(self.cfg.hysteresis_s, MIN_MOVE_S)
+        return (abs(backlog_s - last_backlog_s) > tolerance_s or len(self.parked) != last_parked
+                or any(abs(s - last_estimates.get(task, math.inf)) > tolerance_s for task, s in estimates.items()))
 
     def on_report(self, sender: str, backlog_s: float, now: float, service_s: dict[int, float] | None,
                   source_backlogs: dict[str, float] | None = None) -> None:
