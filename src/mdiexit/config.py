@@ -190,7 +190,8 @@ class ClusterConfig:
     objective: one_of(OBJECTIVES) = "throughput"
     energy_slack_ms: NonNegative = 20.0  # objective energy: how much later than the soonest an item may finish
     stale_after_ms: Positive = _OFFLOAD.stale_after_s * 1000  # a neighbour's report older than this is not trusted
-    heartbeat_ms: Annotated[float, Meta(gt=0, le=MAX_HEARTBEAT_MS)] = 50.0  # each node's STATE report period
+    # each node's STATE report period (a STATE waits while its state moved less than the hysteresis)
+    heartbeat_ms: Annotated[float, Meta(gt=0, le=MAX_HEARTBEAT_MS)] = 50.0
     max_batch: Annotated[int, Meta(ge=1, le=4096)] = 8  # dynamic batching: up to this many queued items per call
     emulation: one_of(EMULATIONS) = "calibrated"  # device time: slowdown x profiled time, or x each call's time
     links: one_of(LINK_FIGURES) = "measured"  # price transfers by online estimates (seeded by the file) or the file

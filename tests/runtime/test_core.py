@@ -172,6 +172,27 @@ def test_a_heartbeat_skips_the_peers_a_data_told_but_each_still_gets_a_state_eve
     assert tick(0.20) == frozenset()  # m's last STATE was a quiet period ago: it gets one, DATA or not
 
 
+def test_a_state_moves_by_more_than_the_hysteresis_only(pkg):
+    """A peer moves work only for differences above the hysteresis: smaller wobbles wait for the quiet period."""
+    core = make_core(pkg)  # OffloadConfig's hysteresis: 2 ms
+    assert core.state_due(0.0, quiet_s=0.1)
+    core.busy_until = 0.0515  # 1.5 ms of the device's batch left at the next heartbeat: within the hysteresis
+    assert not core.state_due(0.05, quiet_s=0.1)
+    core.busy_until = 0.0625  # 2.5 ms: more than it
+    assert core.state_due(0.06, quiet_s=0.1)
+    before = core.estimator.get(1)
+    core.estimator.update(1, before + 0.005)  # an estimate that wobbled by less than 2 ms
+    core.busy_until = 0.0725  # the backlog stays 2.5 ms
+    assert abs(core.estimator.get(1) - before) < 0.002 and not core.state_due(0.07, quiet_s=0.1)
+    core.estimator.update(1, before + 0.5)
+    core.busy_until = 0.0825
+    assert core.state_due(0.08, quiet_s=0.1)
+    core.busy_until = 0.0925
+    assert not core.state_due(0.09, quiet_s=0.1)
+    core.busy_until = 0.1925
+    assert core.state_due(0.19, quiet_s=0.1)  # unmoved, but a quiet period since the last STATE
+
+
 def test_the_quiet_period_keeps_within_the_design_and_the_peers_staleness():
     from mdiexit.config import cluster_from_dict
 
