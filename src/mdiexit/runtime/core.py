@@ -193,7 +193,7 @@ class NodeCore:
     def told_enough(self, now: float, quiet_s: float, last_report: float) -> frozenset[str]:
         """The peers this heartbeat's STATE may skip: a DATA or RESULT told them the backlog since the last
         heartbeat, and their last STATE is within ``quiet_s``, which still brings them the service estimates
-        at least that often. None with several sources: a STATE carries each one's fair-share backlog."""
+        at least that often. None with several sources, as only a STATE carries each one's fair-share backlog."""
         if len(self.queue.weights) >= 2:
             return frozenset()
         stated = {p: self.stated_at.get(p, last_report) for p, t in self.told_at.items() if t > self.ticked_at}

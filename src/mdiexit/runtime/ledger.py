@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 MAX_ATTEMPTS = 4  # dispatches of one item before it is failed
+
+
 def percentile(ordered: list[float], q: float) -> float:
     """The q-th percentile of a sorted, non-empty list, interpolated as numpy's default ('linear') does: a
     control step asks three of them, and numpy's per-call cost is most of the work."""
