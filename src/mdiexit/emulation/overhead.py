@@ -23,6 +23,6 @@ class RuntimeCost:
         return cpu_slowdown * (visits * self.per_visit_s + seconds * self.per_second_s)
 
 
-# docs/results/overhead.json (edge4, pinned devices, its third edition): marginal 266 µs per visit; 23-39 ms of CPU
-# per second per idle process (27 ms on average)
-MEASURED = RuntimeCost(per_visit_s=266e-6, per_second_s=27e-3)
+# docs/results/overhead.json (edge4, pinned devices, its fourth edition): marginal 235 µs per visit; 17-23 ms of CPU
+# per second per idle process (19 ms on average)
+MEASURED = RuntimeCost(per_visit_s=235e-6, per_second_s=19e-3)
