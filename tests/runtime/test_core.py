@@ -11,7 +11,7 @@ from mdiexit.config import NodeConfig
 from mdiexit.package import load_package
 from mdiexit.policies.modes import rules_for
 from mdiexit.policies.offload import NeighbourView, OffloadConfig, ServiceEstimator
-from mdiexit.runtime.core import NodeCore, codes_pay, held_tasks, neighbour_view
+from mdiexit.runtime.core import NodeCore, codes_pay, heartbeat_after, held_tasks, neighbour_view
 from mdiexit.runtime.events import Arrived, Computed, Leave, Report, Route, Send, Tick, WorkItem
 
 PACKAGE = Path(__file__).resolve().parents[2] / "models" / "mobilenetv2-fmnist"
@@ -191,6 +191,19 @@ def test_a_state_moves_by_more_than_the_hysteresis_only(pkg):
     assert not core.state_due(0.09, quiet_s=0.1)
     core.busy_until = 0.1925
     assert core.state_due(0.19, quiet_s=0.1)  # unmoved, but a quiet period since the last STATE
+
+
+def test_heartbeats_are_timed_so_that_every_peers_state_reaches_a_node_together():
+    period = 0.05
+    latency = {"a": 0.002, "b": 0.005, "c": 0.0}
+    beats = {n: heartbeat_after(1234.567 + i * 0.013, period, lat) for i, (n, lat) in enumerate(latency.items())}
+    for sender, at in beats.items():
+        # its STATE reaches a node r at at + latency[sender] + r's latency: a point of the grid plus r's, for all
+        grid = (at + latency[sender]) / period
+        assert grid == pytest.approx(round(grid), abs=1e-6)
+    at = beats["a"]
+    for fired in (at - 0.0004, at, at + 0.004):  # a timer a little early or late keeps the grid, one period on
+        assert heartbeat_after(fired, period, 0.002) == pytest.approx(at + period)
 
 
 def test_the_quiet_period_keeps_within_the_design_and_the_peers_staleness():

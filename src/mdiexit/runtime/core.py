@@ -100,6 +100,14 @@ def codes_pay(raw_bytes: int, code_bytes: int, bandwidth_bps: float | None, enco
 MIN_MOVE_S = 1e-4  # a state that moved by less than this has not moved (without a hysteresis)
 
 
+def heartbeat_after(t: float, period_s: float, own_latency_s: float) -> float:
+    """The node's next heartbeat after one due about ``t``. Every node's fall on one grid of the shared clock, each
+    moved earlier by its own access latency: a path pays both ends' latencies, so the STATEs of all a node's peers
+    reach it together, and it wakes once for them instead of once each (a wake-up after a pause costs more than
+    the message, docs/bench/overhead.md). Rounded, so a timer that fires a little early or late keeps its slot."""
+    return (round((t + own_latency_s) / period_s) + 1) * period_s - own_latency_s
+
+
 class NodeCore:
     """One node's decisions. Not thread-safe: one thread owns it (runtime.loop)."""
 

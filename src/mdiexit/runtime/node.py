@@ -49,7 +49,7 @@ from mdiexit.protocol.messages import (
 )
 from mdiexit.runtime import events  # the node core's events and actions: events.Arrived, events.Compute, ...
 from mdiexit.runtime.bulk import BulkSender
-from mdiexit.runtime.core import NodeCore, energy_weights, held_tasks, neighbour_view, peers_of
+from mdiexit.runtime.core import NodeCore, energy_weights, heartbeat_after, held_tasks, neighbour_view, peers_of
 from mdiexit.runtime.device import Profile, calibrate, compression_plan, seed_estimates
 from mdiexit.runtime.executors import Executors
 from mdiexit.runtime.linkmeter import LinkMeter
@@ -185,7 +185,7 @@ class NodeProcess:
         self.loop.after.append(self.bulk.pump)
         if self.monitor is not None:
             self.loop.on_readable(self.monitor, self._read_monitor)
-        self.loop.at(self.clock.now() + self.cluster.heartbeat_ms / 1000, self._heartbeat)
+        self.loop.at(self._heartbeat_after(self.clock.now()), self._heartbeat)
         executors = [(self.executors.compute_loop, "compute")]
         if any(self.core.compress_on.values()):
             executors.append((self.executors.encode_loop, "encode"))
@@ -439,11 +439,14 @@ class NodeProcess:
         except (OSError, ValueError) as e:
             log.warning("%s: power meter unreadable (%s); energy from the power model from now on", self.name, e)
 
+    def _heartbeat_after(self, t: float) -> float:
+        return heartbeat_after(t, self.cluster.heartbeat_ms / 1000, self.cfg.latency_ms / 1000)
+
     def _heartbeat(self) -> None:
         """Every `heartbeat_ms`: the core's tick (a STATE when one is due, the parked items tried again), the link
         estimates, the power meter, and the progress the site's status reads once a second."""
         t = self.clock.now()
-        self.loop.at(t + self.cluster.heartbeat_ms / 1000, self._heartbeat)
+        self.loop.at(self._heartbeat_after(t), self._heartbeat)
         actions = self.core.step(events.Tick(self.cluster.quiet_report_s, 5 * self.cluster.dead_after_ms / 1000,
                                       self.egress.queued_bytes(t)), t)
         if t - self.progress_sent_at >= PROGRESS_PERIOD_S and not any(isinstance(a, events.Report) for a in actions):
