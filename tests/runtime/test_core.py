@@ -278,6 +278,15 @@ def test_a_tick_reports_when_due_and_gives_up_parked_items(pkg):
     assert kinds(actions) == ["Report", "GiveUp"] and actions[1].item.item_id == 0
 
 
+def test_a_still_nodes_state_goes_at_the_heartbeat_nearest_its_quiet_period(pkg):
+    """Heartbeats on the grid fire a little early or late: a still node still reports every two of them, not three."""
+    core = make_core(pkg)
+    assert kinds(core.step(Tick(0.1, 6.0, 0, 0.05), 0.0)) == ["Report"]
+    assert kinds(core.step(Tick(0.1, 6.0, 0, 0.05), 0.0496)) == []
+    assert kinds(core.step(Tick(0.1, 6.0, 0, 0.05), 0.0996)) == ["Report"]  # 0.4 ms early: still this one
+    assert kinds(core.step(Tick(0.1, 6.0, 0, 0.05), 0.1503)) == []
+
+
 def test_a_leaving_node_computes_nothing_more_and_hands_back_all_it_holds_and_whatever_arrives(pkg):
     core = make_core(pkg, held=(1, 2), max_batch=1)
     [compute] = core.step(Arrived(item(0), 0), 0.0)

@@ -172,10 +172,12 @@ class NodeCore:
                     actions.append(s)
         elif isinstance(event, Tick):
             last_report = self.reported_at
+            # a heartbeat early or late by up to half a period is the one nearest the quiet period's end
+            quiet_s = event.quiet_s - event.period_s / 2
             if self.leaving:  # a leaving node tells every peer at every heartbeat
                 actions.append(Report())
-            elif self.state_due(now, event.quiet_s):
-                actions.append(Report(self.told_enough(now, event.quiet_s, last_report)))
+            elif self.state_due(now, quiet_s):
+                actions.append(Report(self.told_enough(now, quiet_s, last_report)))
             if not self.leaving:
                 sends, dropped = self.retry_parked(now, event.give_up_s, event.queued_bytes)
                 actions += [GiveUp(item) for item in dropped]

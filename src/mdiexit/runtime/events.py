@@ -115,6 +115,7 @@ class Tick:
     quiet_s: float  # a still node reports this often
     give_up_s: float  # a parked item is given up after this long
     queued_bytes: int
+    period_s: float = 0.0  # the heartbeats' period: what is due by quiet_s goes at the heartbeat nearest to it
 
 
 @dataclass

@@ -413,7 +413,7 @@ class NodeProcess:
         """A STATE to every peer but ``skip`` (events.Report); once a second, with the progress, to every one."""
         t = self.clock.now()
         links = self.links
-        progress = final or t - self.progress_sent_at >= PROGRESS_PERIOD_S
+        progress = final or self.progress_due(t)
         if progress:
             self.progress_sent_at = t
         peers = [p for p in links if p not in skip] if skip and not progress else list(links)
@@ -428,6 +428,10 @@ class NodeProcess:
                     package_error=self.versions.error if progress else None)
         for peer, frames in self.meter.state_frames(msg, peers).items():
             links[peer].send(frames, t)
+
+    def progress_due(self, t: float) -> bool:
+        """Whether a STATE now carries the progress: at the heartbeat nearest a second after the last one."""
+        return t - self.progress_sent_at >= PROGRESS_PERIOD_S - self.cluster.heartbeat_ms / 2000
 
     def refresh_links(self, t: float) -> None:
         """Measured links: the offloading rule (and the model of a kernel-shaped egress) use the latest estimates."""
@@ -448,8 +452,8 @@ class NodeProcess:
         t = self.clock.now()
         self.loop.at(self._heartbeat_after(t), self._heartbeat)
         actions = self.core.step(events.Tick(self.cluster.quiet_report_s, 5 * self.cluster.dead_after_ms / 1000,
-                                      self.egress.queued_bytes(t)), t)
-        if t - self.progress_sent_at >= PROGRESS_PERIOD_S and not any(isinstance(a, events.Report) for a in actions):
+                                             self.egress.queued_bytes(t), self.cluster.heartbeat_ms / 1000), t)
+        if self.progress_due(t) and not any(isinstance(a, events.Report) for a in actions):
             actions.insert(0, events.Report())
         self.execute(actions, t)
         self.refresh_links(t)

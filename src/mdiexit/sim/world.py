@@ -123,7 +123,8 @@ class SimNode:
 
     def heartbeat(self) -> None:
         t = self.world.env.now
-        self.step(events.Tick(self.world.quiet_report_s, self.world.give_up_s, self.egress.queued_bytes(t)))
+        self.step(events.Tick(self.world.quiet_report_s, self.world.give_up_s, self.egress.queued_bytes(t),
+                              self.world.heartbeat_s))
         self.charge(seconds=self.world.heartbeat_s)
         self.world.at(self.world.heartbeat_s, self.heartbeat)
 
