@@ -11,7 +11,7 @@ from mdiexit.config import NodeConfig
 from mdiexit.package import load_package
 from mdiexit.policies.modes import rules_for
 from mdiexit.policies.offload import NeighbourView, OffloadConfig, ServiceEstimator
-from mdiexit.runtime.core import NodeCore, codes_pay, heartbeat_after, held_tasks, neighbour_view
+from mdiexit.runtime.core import NodeCore, codes_pay, held_tasks, neighbour_view
 from mdiexit.runtime.events import Arrived, Computed, Leave, Report, Route, Send, Tick, WorkItem
 
 PACKAGE = Path(__file__).resolve().parents[2] / "models" / "mobilenetv2-fmnist"
@@ -170,40 +170,6 @@ def test_a_heartbeat_skips_the_peers_a_data_told_but_each_still_gets_a_state_eve
     assert tick(0.15) == {"m"}
     data_to_m(3, 0.17)
     assert tick(0.20) == frozenset()  # m's last STATE was a quiet period ago: it gets one, DATA or not
-
-
-def test_a_state_moves_by_more_than_the_hysteresis_only(pkg):
-    """A peer moves work only for differences above the hysteresis: smaller wobbles wait for the quiet period."""
-    core = make_core(pkg)  # OffloadConfig's hysteresis: 2 ms
-    assert core.state_due(0.0, quiet_s=0.1)
-    core.busy_until = 0.0515  # 1.5 ms of the device's batch left at the next heartbeat: within the hysteresis
-    assert not core.state_due(0.05, quiet_s=0.1)
-    core.busy_until = 0.0625  # 2.5 ms: more than it
-    assert core.state_due(0.06, quiet_s=0.1)
-    before = core.estimator.get(1)
-    core.estimator.update(1, before + 0.005)  # an estimate that wobbled by less than 2 ms
-    core.busy_until = 0.0725  # the backlog stays 2.5 ms
-    assert abs(core.estimator.get(1) - before) < 0.002 and not core.state_due(0.07, quiet_s=0.1)
-    core.estimator.update(1, before + 0.5)
-    core.busy_until = 0.0825
-    assert core.state_due(0.08, quiet_s=0.1)
-    core.busy_until = 0.0925
-    assert not core.state_due(0.09, quiet_s=0.1)
-    core.busy_until = 0.1925
-    assert core.state_due(0.19, quiet_s=0.1)  # unmoved, but a quiet period since the last STATE
-
-
-def test_heartbeats_are_timed_so_that_every_peers_state_reaches_a_node_together():
-    period = 0.05
-    latency = {"a": 0.002, "b": 0.005, "c": 0.0}
-    beats = {n: heartbeat_after(1234.567 + i * 0.013, period, lat) for i, (n, lat) in enumerate(latency.items())}
-    for sender, at in beats.items():
-        # its STATE reaches a node r at at + latency[sender] + r's latency: a point of the grid plus r's, for all
-        grid = (at + latency[sender]) / period
-        assert grid == pytest.approx(round(grid), abs=1e-6)
-    at = beats["a"]
-    for fired in (at - 0.0004, at, at + 0.004):  # a timer a little early or late keeps the grid, one period on
-        assert heartbeat_after(fired, period, 0.002) == pytest.approx(at + period)
 
 
 def test_the_quiet_period_keeps_within_the_design_and_the_peers_staleness():

@@ -49,6 +49,7 @@ from mdiexit.runtime.events import (
     Tick,
     WorkItem,
 )
+from mdiexit.runtime.reporting import Reporting
 
 
 def held_tasks(node: NodeConfig, rules: ModeRules, num_tasks: int) -> frozenset[int]:
@@ -97,17 +98,6 @@ def codes_pay(raw_bytes: int, code_bytes: int, bandwidth_bps: float | None, enco
     return code_bytes * 8 / bandwidth_bps + encode_s + decode_s < raw_bytes * 8 / bandwidth_bps
 
 
-MIN_MOVE_S = 1e-4  # a state that moved by less than this has not moved (without a hysteresis)
-
-
-def heartbeat_after(t: float, period_s: float, own_latency_s: float) -> float:
-    """The node's next heartbeat after one due about ``t``. Every node's fall on one grid of the shared clock, each
-    moved earlier by its own access latency: a path pays both ends' latencies, so the STATEs of all a node's peers
-    reach it together, and it wakes once for them instead of once each (a wake-up after a pause costs more than
-    the message, docs/bench/overhead.md). Rounded, so a timer that fires a little early or late keeps its slot."""
-    return (round((t + own_latency_s) / period_s) + 1) * period_s - own_latency_s
-
-
 class NodeCore:
     """One node's decisions. Not thread-safe: one thread owns it (runtime.loop)."""
 
@@ -138,13 +128,7 @@ class NodeCore:
         self.busy_until = 0.0
         self.tasks_run: dict[int, int] = {}
         self.expired: list[WorkItem] = []  # dropped unrun: their deadline passed in the queue
-        self.reported: tuple = ()  # what the last STATE said (state_due)
-        self.reported_at = -math.inf
-        # the STATE a DATA or RESULT makes unneeded (Report.skip): when each peer was last sent one, when the peers
-        # skipped last had their last STATE, and the last heartbeat
-        self.told_at: dict[str, float] = {}
-        self.stated_at: dict[str, float] = {}
-        self.ticked_at = -math.inf
+        self.reporting = Reporting(cfg.hysteresis_s)  # when a heartbeat sends a STATE, and to whom
         self.max_batch = max_batch
         self.computing = False  # the device holds a batch (from Compute until its Computed)
         self.leaving = False
@@ -171,18 +155,18 @@ class NodeCore:
                 elif (s := self.route(item, now, event.queued_bytes)) is not None:
                     actions.append(s)
         elif isinstance(event, Tick):
-            last_report = self.reported_at
-            # a heartbeat early or late by up to half a period is the one nearest the quiet period's end
-            quiet_s = event.quiet_s - event.period_s / 2
             if self.leaving:  # a leaving node tells every peer at every heartbeat
                 actions.append(Report())
-            elif self.state_due(now, quiet_s):
-                actions.append(Report(self.told_enough(now, quiet_s, last_report)))
-            if not self.leaving:
+            else:
+                # a heartbeat early or late by up to half a period is the one nearest the quiet period's end
+                quiet_s = event.quiet_s - event.period_s / 2
+                skip = self.reporting.on_heartbeat(now, quiet_s, self.backlog_s(now), len(self.parked),
+                                                   self.estimator.snapshot(), len(self.queue.weights) >= 2)
+                if skip is not None:
+                    actions.append(Report(skip))
                 sends, dropped = self.retry_parked(now, event.give_up_s, event.queued_bytes)
                 actions += [GiveUp(item) for item in dropped]
                 actions += sends
-            self.ticked_at = now
         elif isinstance(event, Leave):
             self.leaving = True
             actions += [HandBack(item) for item in self.take_all()]
@@ -194,21 +178,11 @@ class NodeCore:
         """Peers that the actions' DATA and RESULT messages will tell this node's backlog."""
         for a in actions:
             if isinstance(a, Send):
-                self.told_at[a.target] = now
+                self.reporting.told(a.target, now)
             elif isinstance(a, Deliver | Expire):
                 source = (a.finished.item if isinstance(a, Deliver) else a.item).source
                 if source and source != self.name:
-                    self.told_at[source] = now
-
-    def told_enough(self, now: float, quiet_s: float, last_report: float) -> frozenset[str]:
-        """The peers this heartbeat's STATE may skip: a DATA or RESULT told them the backlog since the last
-        heartbeat, and their last STATE is within ``quiet_s``, which still brings them the service estimates
-        at least that often. None with several sources, as only a STATE carries each one's fair-share backlog."""
-        if len(self.queue.weights) >= 2:
-            return frozenset()
-        stated = {p: self.stated_at.get(p, last_report) for p, t in self.told_at.items() if t > self.ticked_at}
-        self.stated_at = {p: at for p, at in stated.items() if now - at < quiet_s}
-        return frozenset(self.stated_at)
+                    self.reporting.told(source, now)
 
     def _feed(self, now: float, actions: list[Action], continued: bool = False) -> None:
         """An idle device (not leaving) takes its next batch; items past their deadline are dropped on the way."""
@@ -247,23 +221,8 @@ class NodeCore:
         return self.backlog_s(now) if per_source is None else per_source.get(source, self.backlog_s(now))
 
     def state_due(self, now: float, quiet_s: float) -> bool:
-        """Whether this heartbeat sends a STATE: whenever the node's backlog or a service estimate moved by more than
-        the offloading rule's hysteresis since the last one, or items were parked or unparked; otherwise every
-        ``quiet_s`` (an idle cluster's heartbeats were most of its runtime's CPU, docs/bench/overhead.md). A peer
-        does not move work for a smaller difference, and the DATA and RESULT between carry the exact backlog."""
-        backlog, estimates = self.backlog_s(now), self.estimator.snapshot()
-        if now - self.reported_at < quiet_s and not self._moved(backlog, estimates):
-            return False
-        self.reported, self.reported_at = (backlog, len(self.parked), estimates), now
-        return True
-
-    def _moved(self, backlog_s: float, estimates: dict[int, float]) -> bool:
-        if not self.reported:
-            return True
-        last_backlog_s, last_parked, last_estimates = self.reported
-        tolerance_s = max(self.cfg.hysteresis_s, MIN_MOVE_S)
-        return (abs(backlog_s - last_backlog_s) > tolerance_s or len(self.parked) != last_parked
-                or any(abs(s - last_estimates.get(task, math.inf)) > tolerance_s for task, s in estimates.items()))
+        """Whether a heartbeat now sends a STATE (runtime.reporting)."""
+        return self.reporting.due(now, quiet_s, self.backlog_s(now), len(self.parked), self.estimator.snapshot())
 
     def on_report(self, sender: str, backlog_s: float, now: float, service_s: dict[int, float] | None,
                   source_backlogs: dict[str, float] | None = None) -> None:

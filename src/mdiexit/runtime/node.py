@@ -49,7 +49,7 @@ from mdiexit.protocol.messages import (
 )
 from mdiexit.runtime import events  # the node core's events and actions: events.Arrived, events.Compute, ...
 from mdiexit.runtime.bulk import BulkSender
-from mdiexit.runtime.core import NodeCore, energy_weights, heartbeat_after, held_tasks, neighbour_view, peers_of
+from mdiexit.runtime.core import NodeCore, energy_weights, held_tasks, neighbour_view, peers_of
 from mdiexit.runtime.device import Profile, calibrate, compression_plan, seed_estimates
 from mdiexit.runtime.executors import Executors
 from mdiexit.runtime.linkmeter import LinkMeter
@@ -57,6 +57,7 @@ from mdiexit.runtime.links import Egress, Link
 from mdiexit.runtime.loop import Loop
 from mdiexit.runtime.nodestats import final_stats, progress_report
 from mdiexit.runtime.options import ClusterError
+from mdiexit.runtime.reporting import heartbeat_after
 from mdiexit.runtime.role import Role, WorkerRole
 from mdiexit.runtime.versions import HeldVersions, Version
 from mdiexit.security import CLIENTS, OPERATORS, Identity, NodeAuthenticator, is_operator, make_server
