@@ -193,7 +193,9 @@ class ClusterConfig:
     # each node's STATE report period (a STATE waits while its state moved less than the hysteresis)
     heartbeat_ms: Annotated[float, Meta(gt=0, le=MAX_HEARTBEAT_MS)] = 50.0
     max_batch: Annotated[int, Meta(ge=1, le=4096)] = 8  # dynamic batching: up to this many queued items per call
-    emulation: one_of(EMULATIONS) = "calibrated"  # device time: slowdown x profiled time, or x each call's time
+    # device time: slowdown x profiled time, x each call's time, or none (the model's calls return at once, exits
+    # drawn to its mix: the runtime alone, `bench overhead`)
+    emulation: one_of(EMULATIONS) = "calibrated"
     links: one_of(LINK_FIGURES) = "measured"  # price transfers by online estimates (seeded by the file) or the file
     dead_after_ms: Positive = 1000.0  # no report for this long: the node is down, its items re-dispatched (§9)
     keys_dir: Path | None = None  # node keys (`mdiexit keys`): NAME.key_secret for itself, NAME.key for peers

@@ -106,3 +106,23 @@ def test_adaptive_admission_runs_and_logs_a_timeline(cluster_file, tmp_path, adm
         assert max(rates) > rates[0]  # the lightly loaded cluster lets the rate climb
     else:
         assert set(rates) == {60.0}
+
+
+def test_a_zero_cost_model_carries_every_item_through_a_chain_in_its_exit_mix(tmp_path, tiny_package):
+    """`emulation: zero-cost`: every task returns at once, so the run is the runtime alone (bench overhead)."""
+    from mdiexit.config import write_cluster
+    from mdiexit.runtime.ports import local_nodes
+
+    pkg = load_package(tiny_package)
+    k = pkg.num_tasks
+    nodes = local_nodes([{"tasks": []}] + [{"tasks": [t], "slowdown": 20} for t in range(1, k + 1)], latency_ms=1)
+    names = [n["name"] for n in nodes]
+    path = write_cluster(tmp_path / "chain.yaml", package=tiny_package, mode="mdi-exit", nodes=nodes,
+                         neighbours={a: [b] for a, b in zip(names, names[1:], strict=False)}, emulation="zero-cost")
+    s = run_cluster(path, RunOptions(rate=400, duration_s=2.0, warmup_s=0.5, live=False, drain_timeout_s=30)).summary
+    assert s["completed"] == s["admitted"] >= 400 and s["lost"] == 0 and s["bad_messages"] == 0
+    assert s["emulation_warnings"] == []  # no device time is emulated: none overran it
+    assert s["exit_fraction"] == pytest.approx(pkg.profile.exit_mix(pkg.default_thresholds), abs=0.08)
+    for t, name in enumerate(names[1:], start=1):  # each worker ran its task on the items that reached it
+        assert s["per_node"][name]["tasks_run"].get(str(t), 0) > 0
+    assert s["runtime_cpu_us_per_item_hop"] > 0

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mdiexit.runtime.ledger import MAX_ATTEMPTS, Ledger, percentile
+from mdiexit.runtime.ledger import LATENCY_SAMPLE, MAX_ATTEMPTS, Ledger, percentile
 
 
 def test_each_item_settles_once_result_expired_or_failed():
@@ -54,6 +54,16 @@ def test_recent_latency_percentiles_follow_the_window():
     assert led.recent_latency_s(100) == pytest.approx(2.0)
     led.window(3.0, 1.5)  # forgets the results done before 1.5 s
     assert led.recent_latency_s(50) == pytest.approx(2.0)
+
+
+def test_recent_latency_percentiles_are_of_the_latest_results_at_most_a_sample():
+    led = Ledger()
+    n = LATENCY_SAMPLE
+    for i in range(2 * n):  # the older half took 1 s, the newer 2 s: all within one window
+        led.admit(i, 0.0, truth=1)
+        led.complete(i, 1, 1, 0.9, "w1", 1.0 if i < n else 2.0)
+    assert len(led.recent) == 2 * n
+    assert led.recent_latency_s(0) == pytest.approx(2.0)  # the oldest results are not in the sample
 
 
 def test_the_window_counts_the_correct_results_it_holds():

@@ -169,6 +169,13 @@ def test_cpu_slowdown_charges_the_runtimes_work_to_the_simulated_devices(tmp_pat
     assert charged["lost"] == free["lost"] == 0
 
 
+def test_a_zero_cost_cluster_is_refused_with_the_fix(tmp_path, capsys):
+    path = write_cluster(tmp_path / "zc.yaml", package=PACKAGE, mode="mdi-exit", nodes=nodes(), emulation="zero-cost")
+    assert main(["simulate", "--cluster", str(path), "--rate", "10", "--duration", "1", "--times", "macs"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "zero-cost" in err[0] and "emulation calibrated" in err[0]
+
+
 def cameras(tmp_path, weights: tuple[float, ...]) -> Path:
     """Two worker nodes shared by sources cam0, cam1, ... of these weights."""
     spec = [(f"cam{i}", "source", 80, {"weight": w}) for i, w in enumerate(weights)]

@@ -30,7 +30,7 @@ from pathlib import Path
 from mdiexit.clock import REAL_TIME, WallClock
 from mdiexit.util import isolated_s
 
-EMULATIONS = ("calibrated", "measured")
+EMULATIONS = ("calibrated", "measured", "zero-cost")  # zero-cost: the runtime alone (emulation.zerocost)
 PROFILE_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 DEVICE_PROFILE_ENV = "MDIEXIT_DEVICE_PROFILE"  # --device-profile: a JSON file of host profiles, reused where it has one
 NO_PROFILE_FILE = "none"  # --device-profile none: profile the host at every start, keep nothing
@@ -95,7 +95,7 @@ class DeviceModel:
         the fastest of `repeats` (util.isolated_s), holding a host-wide lock so that no other node's profiling runs
         beside it."""
         model = cls(slowdown, emulation)
-        if slowdown == 1.0 or emulation == "measured":
+        if slowdown == 1.0 or emulation != "calibrated":
             return model
         batches = profile_batches(max_batch)
         with LOCK_FILE.open("a") as lock:
@@ -130,6 +130,8 @@ class DeviceModel:
         return None if not prof else self.slowdown * min(t / b for b, t in prof.items())
 
     def budget_s(self, key: Key, batch: int, measured_s: float) -> float:
+        if self.emulation == "zero-cost":
+            return 0.0
         host = self.host_s(key, batch) if self.emulation == "calibrated" else None
         return self.slowdown * (host if host is not None else measured_s)
 
@@ -177,7 +179,7 @@ class DeviceModel:
             budget, self.owed_s = budget + self.owed_s, 0.0  # (task calls: the compute thread's, which charges)
             self.calls += 1
             wall_budget = self.clock.wall_s(budget)
-            self.overruns += measured > wall_budget * 1.0001 and self.clock.wall_s(self.slowdown) > 1.0
+            self.overruns += 0 < wall_budget * 1.0001 < measured and self.clock.wall_s(self.slowdown) > 1.0
         begin = t0 if start is None else min(start, t0)
         wall_s = max(self.clock.wall_s(budget), measured) if math.isfinite(budget) else measured
         if (remaining := begin + wall_s - time.perf_counter()) > 0:

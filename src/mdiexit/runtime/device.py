@@ -24,6 +24,7 @@ import numpy as np
 
 from mdiexit.config import ClusterConfig, ConfigError, NodeConfig
 from mdiexit.emulation.device import DeviceModel, Key, profile_batches, profile_file
+from mdiexit.emulation.zerocost import ZeroCostEngine
 from mdiexit.engine import OrtEngine
 from mdiexit.package import Package
 from mdiexit.planner import Costs
@@ -31,9 +32,19 @@ from mdiexit.policies.offload import ServiceEstimator
 from mdiexit.runtime.core import codes_pay
 from mdiexit.util import isolated_s
 
+ModelEngine = OrtEngine | ZeroCostEngine  # what runs a node's tasks and codecs
 Profile = dict[Key, dict[int, float]]  # (kind, task) -> batch size -> host seconds
 HOST_PROFILE_REPEATS = 15  # timed calls per task and batch size when the host is profiled once for every node
 _host_profiles: dict[tuple[str, str, int, int], Profile] = {}  # profile_host's, per package, threads and max_batch
+
+
+def make_engine(pkg: Package, cfg: NodeConfig, cluster: ClusterConfig,
+                held: frozenset[int]) -> ModelEngine:
+    """The node's model: ONNX Runtime sessions for the tasks it holds, or under `emulation: zero-cost` calls that
+    return at once (the runtime alone)."""
+    if cluster.emulation == "zero-cost":
+        return ZeroCostEngine(pkg, cfg.name)
+    return OrtEngine(pkg, threads=cfg.threads, tasks=sorted(held))
 
 
 def task_input(pkg: Package, task: int, batch: int) -> np.ndarray:
@@ -42,7 +53,7 @@ def task_input(pkg: Package, task: int, batch: int) -> np.ndarray:
     return np.zeros((batch, *spec.input_shape), dtype)
 
 
-def calibrate(engine: OrtEngine, pkg: Package, held: frozenset[int], cfg: NodeConfig,
+def calibrate(engine: ModelEngine, pkg: Package, held: frozenset[int], cfg: NodeConfig,
               cluster: ClusterConfig, host_profile: Profile | None = None, repeats: int = 5) -> DeviceModel:
     """Profile every task this node holds, and the codecs it may run, at each batch size (in isolation). With
     ``host_profile`` (made by :func:`profile_host` before the cluster started), take its times instead. Either
@@ -212,7 +223,7 @@ def seed_estimates(estimator: ServiceEstimator, device: DeviceModel, held: froze
             estimator.seed(k, device.slowdown * host)
 
 
-def compression_plan(engine: OrtEngine, pkg: Package, held: frozenset[int], cluster: ClusterConfig, name: str,
+def compression_plan(engine: ModelEngine, pkg: Package, held: frozenset[int], cluster: ClusterConfig, name: str,
                      peers: list[str], device: DeviceModel) -> dict[str, set[int]]:
     """Per peer, the task boundaries whose features travel as learned codes (`compress: on | off | auto`)."""
     cfg = cluster.node(name)
@@ -228,7 +239,7 @@ def compression_plan(engine: OrtEngine, pkg: Package, held: frozenset[int], clus
     return plan
 
 
-def _compression_pays(engine: OrtEngine, spec, cluster: ClusterConfig, name: str, peer: str,
+def _compression_pays(engine: ModelEngine, spec, cluster: ClusterConfig, name: str, peer: str,
                       device: DeviceModel) -> bool:
     """auto: compress when encode + code transfer + decode beats the float transfer on this link. Host times
     come from the device model's profile where it has one (calibrated emulation), else are measured here."""

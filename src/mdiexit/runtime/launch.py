@@ -302,7 +302,7 @@ def _run_cluster(cluster_path: Path, opts: RunOptions, admission: Admission | No
                        secure=keys_dir is not None, **link_summary(source.link_reports, source.final_stats),
                        **run_energy(cluster_models(source.node.cluster.nodes), source.final_stats, summary["completed"],
                                     pkg.num_tasks))
-        emulation_check(summary, ticks_before, ticks_after)
+        emulation_check(summary, ticks_before, ticks_after, cluster.emulation)
         for w in summary["emulation_warnings"]:
             log.warning("emulation: %s", w)
     finally:

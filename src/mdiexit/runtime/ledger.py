@@ -13,12 +13,16 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from itertools import islice
 from operator import itemgetter
 from typing import Any
 
 import numpy as np
 
 MAX_ATTEMPTS = 4  # dispatches of one item before it is failed
+# the recent latency percentiles are of the last this many results at most: at 10,000 items/s, sorting the whole
+# window at every control step was the source's largest cost (docs/bench/overhead.md)
+LATENCY_SAMPLE = 1000
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -195,12 +199,13 @@ class Ledger:
         return n / span_s, (correct / n if n else float("nan"))
 
     def recent_latency_s(self, q: float = 95) -> float:
-        """The q-th percentile of the recent results' latencies (0 when there are none)."""
+        """The q-th percentile of the recent results' latencies, of the last LATENCY_SAMPLE at most (0 when there
+        are none)."""
         if not self.recent:
             return 0.0
         key = (len(self.recent), self.recent[0][0], self.recent[-1][0])
         if self._sorted_key != key:  # a control step asks several percentiles of one window: sort it once
-            self._sorted = sorted(map(_LATENCY, self.recent))
+            self._sorted = sorted(map(_LATENCY, islice(reversed(self.recent), LATENCY_SAMPLE)))
             self._sorted_key = key
         return percentile(self._sorted, q)
 

@@ -29,7 +29,6 @@ from mdiexit.clock import REAL_TIME, WallClock
 from mdiexit.config import ClusterConfig, NodeConfig
 from mdiexit.emulation.device import DeviceModel
 from mdiexit.energy import power_model
-from mdiexit.engine import OrtEngine
 from mdiexit.meters import EnergyCounter, find_meter
 from mdiexit.package import Package
 from mdiexit.policies.modes import rules_for
@@ -50,7 +49,7 @@ from mdiexit.protocol.messages import (
 from mdiexit.runtime import events  # the node core's events and actions: events.Arrived, events.Compute, ...
 from mdiexit.runtime.bulk import BulkSender
 from mdiexit.runtime.core import NodeCore, energy_weights, held_tasks, neighbour_view, peers_of
-from mdiexit.runtime.device import Profile, calibrate, compression_plan, seed_estimates
+from mdiexit.runtime.device import Profile, calibrate, compression_plan, make_engine, seed_estimates
 from mdiexit.runtime.executors import Executors
 from mdiexit.runtime.linkmeter import LinkMeter
 from mdiexit.runtime.links import Egress, Link
@@ -103,7 +102,7 @@ class NodeProcess:
         self.is_source = self.cfg.role == "source"
         self.held = held_tasks(self.cfg, self.rules, pkg.num_tasks)
         self.source_name = cluster.source.name
-        self.engine = OrtEngine(pkg, threads=self.cfg.threads, tasks=sorted(self.held))
+        self.engine = make_engine(pkg, self.cfg, cluster, self.held)
         # the package versions held (runtime.versions): the first, and during a roll-out the one shipped here
         self.versions = HeldVersions(self, Version(pkg, self.engine))
         self.device: DeviceModel = calibrate(self.engine, pkg, self.held, self.cfg, cluster, host_profile)

@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from mdiexit.config import ClusterConfig, NodeConfig
-from mdiexit.engine import OrtEngine
 from mdiexit.package import Package, PackageError, incompatible, load_package
 from mdiexit.protocol.codec import encode
 from mdiexit.protocol.messages import Part, Ship
-from mdiexit.runtime.device import calibrate
+from mdiexit.runtime.device import ModelEngine, calibrate, make_engine
 from mdiexit.runtime.events import WorkItem
 from mdiexit.runtime.join import JoinError, PackageParts, part_frames, unpack_archive
 
@@ -43,7 +42,7 @@ class Version:
     version the node started with, whose keys are the plain ones)."""
 
     pkg: Package
-    engine: OrtEngine
+    engine: ModelEngine
     tag: tuple[str, ...] = ()
     profile: dict = field(default_factory=dict)  # its device-model keys' profiled host seconds, to merge
 
@@ -63,7 +62,7 @@ def load_version(folder: Path, old: Version, old_profile: dict, cfg: NodeConfig,
     pkg = load_package(folder, check_onnx=True)
     if (why := incompatible(pkg, old.pkg)) is not None:
         raise PackageError(why)
-    engine = OrtEngine(pkg, threads=cfg.threads, tasks=sorted(held))
+    engine = make_engine(pkg, cfg, cluster, held)
     measured = calibrate(engine, pkg, held, cfg, cluster).profiled_s
     beside = calibrate(old.engine, old.pkg, held, cfg, cluster).profiled_s if measured else {}
     version = Version(pkg, engine, (pkg.version,))

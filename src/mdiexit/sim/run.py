@@ -39,6 +39,9 @@ def simulate(cluster_path: Path, opts: RunOptions, seed: int = 0, times: str = "
     wall0 = time.perf_counter()
     run = preflight(cluster_path, opts)
     cluster, mode, rules, pkg = run.cluster, run.mode, run.rules, run.pkg
+    if cluster.emulation == "zero-cost":
+        raise ClusterError(f"{cluster_path}: emulation zero-cost measures the runtime alone, in `mdiexit run` or "
+                           "`mdiexit bench overhead`; the simulator has no runtime: set emulation calibrated")
     total_weight = sum(cluster.weights.values())
     per_source = {n.name: source_options(opts, n, n.name == cluster.source.name, total_weight)
                   for n in cluster.sources}
