@@ -20,3 +20,13 @@ def test_the_charged_run_gives_every_node_the_board_its_power_names(tmp_path):
 def test_without_boards_there_is_no_charged_run(tmp_path):
     plain = write_cluster(tmp_path / "plain.yaml", REPO / "examples/edge4.yaml", every_node={"power": None})
     assert boards_cluster(tmp_path, plain) is None
+
+
+def test_the_zero_cost_cluster_is_the_same_cluster_with_a_model_that_costs_nothing(tmp_path):
+    from mdiexit.bench.overhead import zero_cost_cluster
+
+    edge = load_cluster(REPO / "examples/edge4.yaml")
+    zero = load_cluster(zero_cost_cluster(tmp_path, REPO / "examples/edge4.yaml", "edge"))
+    assert zero.emulation == "zero-cost" and edge.emulation == "calibrated"
+    assert [(n.name, n.slowdown, n.tasks, n.bandwidth_mbps) for n in zero.nodes] == [
+        (n.name, n.slowdown, n.tasks, n.bandwidth_mbps) for n in edge.nodes]

@@ -8,7 +8,10 @@ node. Whole runs of `mdiexit run`, as a user starts them:
   - a chain: a source that only dispatches and one worker per task, each passing items to the next;
   - idle: edge4 at 1 item/s, whose CPU is the runtime's fixed cost per second (heartbeats, polling, links);
   - charged: the saturated mdi-exit run again with every node's `cpu_slowdown` set to its board (the board its
-    `power` names, emulation/boards.py), so that each device pays for the runtime as that board would.
+    `power` names, emulation/boards.py), so that each device pays for the runtime as that board would;
+  - zero-cost: the chain and edge4 again with `emulation: zero-cost` (emulation/zerocost.py: every task returns at
+    once), the runtime alone: the chain under capacity at the chain's low rate, and both offered more than the
+    runtime can carry (`zero_cost_rate`), where the host's two cores are the only limit.
 From them: µs per item-hop for each run, by process, the messages per item by kind, the fixed cost per second of
 each process, the marginal µs per visit (the saturated edge4 run less its fixed cost): the figures the
 simulator charges under `cpu_slowdown` (emulation/overhead.py); and what charging the boards costs in throughput.
@@ -43,6 +46,8 @@ class OverheadBenchOptions:
     idle_rate: float = 1.0  # items/s of the idle run
     modes: tuple[str, ...] = MODES
     boards: bool = True  # also the saturated mdi-exit run with every node's board charged (`cpu_slowdown`)
+    zero_cost: bool = True  # also the runs with a model whose calls return at once (the runtime alone)
+    zero_cost_rate: float = 20_000.0  # items/s offered to saturate the runtime alone
 
 
 def say(msg: str) -> None:
@@ -80,6 +85,21 @@ def chain_cluster(folder: Path, package: Path, slowdown: float = 20.0) -> Path:
     names = [n["name"] for n in nodes]
     neighbours = {a: [b] for a, b in zip(names, names[1:], strict=False)}
     return write_cluster(folder / "chain.yaml", package=package, mode="mdi-exit", nodes=nodes, neighbours=neighbours)
+
+
+def zero_cost_cluster(folder: Path, cluster: Path, name: str) -> Path:
+    """``cluster`` with `emulation: zero-cost`: every task returns at once (the runtime alone)."""
+    return write_cluster(folder / f"{name}-zero-cost.yaml", cluster, emulation="zero-cost")
+
+
+def zero_cost_runs(edge: Path, chain: Path, chain_low: float, folder: Path, o: OverheadBenchOptions) -> dict:
+    """The runtime alone: the chain under capacity and saturated, and edge4 saturated, with a zero-cost model."""
+    zchain, zedge = zero_cost_cluster(folder, chain, "chain"), zero_cost_cluster(folder, edge, "edge")
+    runs = [measure(zchain, "mdi-exit", chain_low, o, "zero-cost chain low"),
+            measure(zchain, "mdi-exit", o.zero_cost_rate, o, "zero-cost chain saturated"),
+            measure(zedge, "mdi-exit", o.zero_cost_rate, o, "zero-cost mdi-exit saturated")]
+    return {"cpu_us_per_item_hop_saturated": runs[1]["cpu_us_per_item_hop"],
+            "throughput_per_s": runs[1]["throughput_per_s"], "runs": runs}
 
 
 def boards_cluster(folder: Path, cluster: Path) -> Path | None:
@@ -126,6 +146,7 @@ def bench_overhead(cluster_path: Path, out: Path, o: OverheadBenchOptions) -> di
             runs.append(measure(chain, "mdi-exit", round(share * limit, 1), o, f"chain {name}"))
         sat = next(r for r in runs if r["run"] == "mdi-exit saturated")
         boards = charged(edge, Path(d), o, sat) if o.boards else None
+        zero = zero_cost_runs(edge, chain, round(o.low * limit, 1), Path(d), o) if o.zero_cost else None
     headline = next(r for r in runs if r["run"] == "mdi-exit low")
     fixed_per_s = {n: p["runtime_cpu_s"] / idle["elapsed_s"] for n, p in idle["by_process"].items()}
     variable_s = sum(p["runtime_cpu_s"] for p in sat["by_process"].values()) - sum(fixed_per_s.values()) * sat[
@@ -138,6 +159,7 @@ def bench_overhead(cluster_path: Path, out: Path, o: OverheadBenchOptions) -> di
         "by_kind": headline["messages_per_item"],
         "by_process": headline["by_process"],
         "charged": boards,
+        "zero_cost": zero,
         "runs": [idle, *runs],
         "cluster": str(cluster_path), "options": vars(o),
     }
@@ -147,6 +169,8 @@ def bench_overhead(cluster_path: Path, out: Path, o: OverheadBenchOptions) -> di
         f"{result['cpu_us_per_item_hop_saturated']:.0f} saturated; marginal {result['marginal_us_per_visit']:.0f} µs "
         f"per visit; fixed {sum(result['fixed_us_per_s'].values()) / 1e6:.2f} CPU-s per s over the site"
         + (f"; with the boards charged, {boards['throughput_ratio']:.2f}x the saturated throughput" if boards else "")
+        + (f"; the runtime alone (zero-cost chain) {zero['cpu_us_per_item_hop_saturated']:.0f} µs per item-hop at "
+           f"{zero['throughput_per_s']:.0f} items/s" if zero else "")
         + f". Wrote {out}")
     return result
 

@@ -48,6 +48,7 @@ class StreamArrivals:
     def take(self, t: float) -> list[Offer]:
         out = []
         images, labels = self.stream.images, self.stream.labels
+        gap_s = 1.0 / max(self.rate(), 1e-3)  # the admission rate of this tick
         while not self.done and self.next_t <= t:
             if self.i >= len(labels) and not self.cycle:
                 self.done = True  # every item offered once
@@ -55,7 +56,7 @@ class StreamArrivals:
             k = self.i % len(labels)
             out.append(Offer(images[k:k + 1], int(labels[k]), k, self.deadline_s))
             self.i += 1
-            self.next_t += 1.0 / max(self.rate(), 1e-3)
+            self.next_t += gap_s
             if self.next_t < t - 1.0:
                 self.next_t = t  # do not burst to catch up after a stall
         return out

@@ -100,7 +100,7 @@ class Link:
 
     def send(self, frames: list, t: float) -> None:
         """Queue ``frames`` for the peer (on the loop); they leave when the egress and the latency allow."""
-        nbytes = sum(len(memoryview(f).cast("B")) for f in frames)
+        nbytes = sum(memoryview(f).nbytes for f in frames)
         position, departure = self.egress.reserve(nbytes, t)
         if self.on_send is not None:
             self.on_send(self.dst, nbytes, position, t)
