@@ -2,12 +2,14 @@
 # The node runtime at BASE (a commit) against this checkout, side by side: RUNS interleaved pairs of 16-s runs of
 # mdi-exit on edge4 (pinned devices) offered RATE items/s, above what the cluster can take, so each run shows its
 # saturated throughput (below it, RATE shows the runtime's CPU at that load). Prints one line per run and the medians
-# of throughput and of the runtime's own CPU per item-hop; the runs are kept in runs/ab-runtime/.
-# usage (from the repository root, after scripts/setup.sh):  scripts/ab-runtime.sh BASE [RUNS] [RATE]
+# of throughput and of the runtime's own CPU per item-hop; the runs are kept in runs/ab-runtime/. CLUSTER: another
+# cluster file (e.g. one with `emulation: zero-cost`, the runtime alone; both commits must accept it).
+# usage (from the repository root, after scripts/setup.sh):  scripts/ab-runtime.sh BASE [RUNS] [RATE] [CLUSTER]
 set -euo pipefail
-base=${1:?usage: scripts/ab-runtime.sh BASE [RUNS] [RATE]}
+base=${1:?usage: scripts/ab-runtime.sh BASE [RUNS] [RATE] [CLUSTER]}
 runs=${2:-3}
 rate=${3:-2000}
+cluster=${4:-examples/edge4.yaml}
 tmp=$(mktemp -d)
 git worktree add -q --detach "$tmp/base" "$base"
 trap 'git worktree remove --force "$tmp/base"; rm -rf "$tmp"' EXIT
@@ -16,7 +18,7 @@ mkdir -p "$out"
 for i in $(seq "$runs"); do
   for v in base new; do
     src=$([ "$v" = base ] && echo "$tmp/base/src" || echo "$PWD/src")
-    PYTHONPATH=$src timeout 200 .venv/bin/python -m mdiexit.cli run --cluster examples/edge4.yaml \
+    PYTHONPATH=$src timeout 200 .venv/bin/python -m mdiexit.cli run --cluster "$cluster" \
       --device-profile docs/results/device-profile.json --mode mdi-exit --rate "$rate" --duration 16 --warmup 6 \
       --thresholds 0.75,0.5,0.5,0 --quiet --out "$out/$v-$i" > "$out/$v-$i.log" 2>&1
   done

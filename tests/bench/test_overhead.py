@@ -30,3 +30,13 @@ def test_the_zero_cost_cluster_is_the_same_cluster_with_a_model_that_costs_nothi
     assert zero.emulation == "zero-cost" and edge.emulation == "calibrated"
     assert [(n.name, n.slowdown, n.tasks, n.bandwidth_mbps) for n in zero.nodes] == [
         (n.name, n.slowdown, n.tasks, n.bandwidth_mbps) for n in edge.nodes]
+
+
+def test_the_headline_is_the_median_run_and_keeps_every_runs_figure():
+    from mdiexit.bench.overhead import median_run
+
+    runs = [{"run": "a", "cpu_us_per_item_hop": 700.0}, {"run": "b", "cpu_us_per_item_hop": 600.0},
+            {"run": "c", "cpu_us_per_item_hop": 900.0}]
+    got = median_run(runs)
+    assert got["run"] == "a" and got["repeats_us"] == [700.0, 600.0, 900.0]
+    assert median_run(runs[:1])["cpu_us_per_item_hop"] == 700.0
