@@ -220,10 +220,6 @@ class NodeCore:
         per_source = self.source_backlogs_s(now)
         return self.backlog_s(now) if per_source is None else per_source.get(source, self.backlog_s(now))
 
-    def state_due(self, now: float, quiet_s: float) -> bool:
-        """Whether a heartbeat now sends a STATE (runtime.reporting)."""
-        return self.reporting.due(now, quiet_s, self.backlog_s(now), len(self.parked), self.estimator.snapshot())
-
     def on_report(self, sender: str, backlog_s: float, now: float, service_s: dict[int, float] | None,
                   source_backlogs: dict[str, float] | None = None) -> None:
         view = self.neighbours.get(sender)
