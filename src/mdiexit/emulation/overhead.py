@@ -23,6 +23,6 @@ class RuntimeCost:
         return cpu_slowdown * (visits * self.per_visit_s + seconds * self.per_second_s)
 
 
-# docs/results/overhead.json (edge4, pinned devices, its fourth edition): marginal 210 µs per visit; 21-31 ms of CPU
-# per second per idle process (23 ms on average)
-MEASURED = RuntimeCost(per_visit_s=210e-6, per_second_s=23e-3)
+# docs/results/overhead.json (edge4, pinned devices, its fifth edition): marginal 241 µs per visit; 16-23 ms of CPU
+# per second per idle process (17.6 ms on average)
+MEASURED = RuntimeCost(per_visit_s=241e-6, per_second_s=17.6e-3)
