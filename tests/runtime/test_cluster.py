@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from mdiexit.exitprofile import outcome
 from mdiexit.package import load_package
 from mdiexit.policies.modes import MODES, no_exit_thresholds
 from mdiexit.runtime.launch import RunOptions, run_cluster
+from mdiexit.runtime.report import print_summary
 from mdiexit.runtime.summary import SUMMARY_FIELDS
 
 pytestmark = pytest.mark.cluster
@@ -126,3 +129,6 @@ def test_a_zero_cost_model_carries_every_item_through_a_chain_in_its_exit_mix(tm
     for t, name in enumerate(names[1:], start=1):  # each worker ran its task on the items that reached it
         assert s["per_node"][name]["tasks_run"].get(str(t), 0) > 0
     assert s["runtime_cpu_us_per_item_hop"] > 0
+    printed = io.StringIO()
+    print_summary(s, printed)
+    assert "labels mean nothing" in printed.getvalue()  # its accuracy is no model's

@@ -80,6 +80,8 @@ def print_summary(s: dict, file=sys.stdout) -> None:
     if s["rejected"]:
         print(f"  rejected by reason {s['rejected_reasons']}", file=file)
     accuracy = "n/a (unlabelled requests)" if s["accuracy"] is None else f"{s['accuracy']:.4f}"
+    if (s.get("config") or {}).get("emulation") == "zero-cost":
+        accuracy += " (a zero-cost model: its labels mean nothing)"
     print(f"  throughput {s['throughput_per_s']:.1f} items/s, accuracy {accuracy}, latency p50/p95/p99 "
           f"{lat['p50']:.0f}/{lat['p95']:.0f}/{lat['p99']:.0f} ms, {s['bytes_per_item']:.0f} bytes/item", file=file)
     print(f"  exit fractions {' '.join(f'{x:.3f}' for x in s['exit_fraction'])}", file=file)
