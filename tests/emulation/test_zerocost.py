@@ -66,3 +66,14 @@ def test_a_codec_answers_with_arrays_of_the_codes_and_the_features_shapes():
     assert {k: (v.shape, v.dtype) for k, v in code.items()} == {"q": ((3, 2, 4, 4), np.uint8),
                                                                 "scale": ((3, 1), np.float32)}
     assert codec.decode(code).shape == (3, 8, 4, 4)
+
+
+def test_an_exiting_item_is_certain_and_a_going_one_is_not_at_any_sane_temperature(pkg):
+    engine = ZeroCostEngine(pkg, "w1")
+    engine.chances = [1.0] * pkg.num_tasks  # every item exits at its first task
+    _, certain = engine.run(1, np.zeros((4, *pkg.input_shape), np.uint8))
+    engine.chances = [0.0] * pkg.num_tasks
+    _, flat = engine.run(1, np.zeros((4, *pkg.input_shape), np.uint8))
+    for temperature in (0.5, 1.0, 100.0):
+        assert all(exit_decision(row, temperature, 0.999, False)[0] for row in certain)
+        assert not any(exit_decision(row, temperature, 0.2, False)[0] for row in flat)

@@ -16,7 +16,7 @@ import numpy as np
 
 from mdiexit.package import CompressionSpec, Package
 
-CERTAIN = 50.0  # the logit of an exiting item's class: its confidence is 1.0 at any temperature a package has
+CERTAIN = 1e4  # the logit of an exiting item's class: a confidence of 1.0 at any temperature below 500
 
 
 def exit_chances(pkg: Package) -> list[float]:
