@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mdiexit.runtime.reporting import Reporting, heartbeat_after
+from mdiexit.runtime.reporting import Reporting, due_after, heartbeat_after
 
 QUIET_S = 0.1
 
@@ -62,3 +62,9 @@ def test_heartbeats_are_timed_so_that_every_peers_state_reaches_a_node_together(
     at = beats["a"]
     for fired in (at - 0.0004, at, at + 0.004):  # a timer a little early or late keeps the grid, one period on
         assert heartbeat_after(fired, period, 0.002) == pytest.approx(at + period)
+
+
+def test_a_periodic_thing_is_due_at_the_heartbeat_nearest_its_period():
+    due = due_after(1.0, 0.05)
+    assert 0.9996 >= due  # a heartbeat 0.4 ms early is the one nearest the second
+    assert not 0.9496 >= due  # the one before it is not

@@ -49,7 +49,7 @@ from mdiexit.runtime.events import (
     Tick,
     WorkItem,
 )
-from mdiexit.runtime.reporting import Reporting
+from mdiexit.runtime.reporting import Reporting, due_after
 
 
 def held_tasks(node: NodeConfig, rules: ModeRules, num_tasks: int) -> frozenset[int]:
@@ -158,8 +158,7 @@ class NodeCore:
             if self.leaving:  # a leaving node tells every peer at every heartbeat
                 actions.append(Report())
             else:
-                # a heartbeat early or late by up to half a period is the one nearest the quiet period's end
-                quiet_s = event.quiet_s - event.period_s / 2
+                quiet_s = due_after(event.quiet_s, event.period_s)
                 skip = self.reporting.on_heartbeat(now, quiet_s, self.backlog_s(now), len(self.parked),
                                                    self.estimator.snapshot(), len(self.queue.weights) >= 2)
                 if skip is not None:

@@ -56,7 +56,7 @@ from mdiexit.runtime.links import Egress, Link
 from mdiexit.runtime.loop import Loop
 from mdiexit.runtime.nodestats import final_stats, progress_report
 from mdiexit.runtime.options import ClusterError
-from mdiexit.runtime.reporting import heartbeat_after
+from mdiexit.runtime.reporting import due_after, heartbeat_after
 from mdiexit.runtime.role import Role, WorkerRole
 from mdiexit.runtime.versions import HeldVersions, Version
 from mdiexit.security import CLIENTS, OPERATORS, Identity, NodeAuthenticator, is_operator, make_server
@@ -431,7 +431,7 @@ class NodeProcess:
 
     def progress_due(self, t: float) -> bool:
         """Whether a STATE now carries the progress: at the heartbeat nearest a second after the last one."""
-        return t - self.progress_sent_at >= PROGRESS_PERIOD_S - self.cluster.heartbeat_ms / 2000
+        return t - self.progress_sent_at >= due_after(PROGRESS_PERIOD_S, self.cluster.heartbeat_ms / 1000)
 
     def refresh_links(self, t: float) -> None:
         """Measured links: the offloading rule (and the model of a kernel-shaped egress) use the latest estimates."""
